@@ -1,0 +1,71 @@
+"""What the chain state asks the store to persist, and what a store gives back at start.
+
+`ChainState` never writes: every change it makes in memory is also recorded in a `ChainUpdate`,
+which the node hands to the store to apply as one atomic transaction. A process killed at any
+moment therefore restarts at the last update that was fully committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from consensus.coins import Coin
+from consensus.tx import OutPoint
+
+
+@dataclass(slots=True)
+class IndexRecord:
+    """One block index entry as stored: the header plus what the node knows about the block."""
+
+    hash: bytes
+    header: bytes  # the 80-byte header encoding
+    height: int
+    chainwork: int
+    status: int  # BlockStatus flags
+    sequence: int  # order in which the block's data arrived (first seen wins ties)
+
+
+@dataclass(slots=True)
+class ChainUpdate:
+    """Changes since the last commit. A value of None in a map means 'delete this key'."""
+
+    index: dict[bytes, IndexRecord] = field(default_factory=dict)
+    blocks: dict[bytes, bytes] = field(default_factory=dict)  # hash -> encoded block
+    undo: dict[bytes, bytes] = field(default_factory=dict)  # hash -> encoded undo data
+    utxo: dict[OutPoint, Coin | None] = field(default_factory=dict)
+    tx_index: dict[bytes, bytes | None] = field(default_factory=dict)  # txid -> block hash
+    spends: dict[OutPoint, bytes | None] = field(default_factory=dict)  # outpoint -> txid
+    tip: bytes | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.index or self.blocks or self.undo or self.utxo or self.tx_index or self.spends
+        ) and self.tip is None
+
+
+@dataclass(slots=True)
+class ChainSnapshot:
+    """Everything a store returns at start for `ChainState` to resume from."""
+
+    index: list[IndexRecord]
+    tip: bytes | None
+    utxo: dict[OutPoint, Coin]
+    tx_index: dict[bytes, bytes]
+    spends: dict[OutPoint, bytes]
+
+
+class BlockReader(Protocol):
+    """Read access to committed block bodies and undo data (the store implements it)."""
+
+    def get_block_bytes(self, block_hash: bytes) -> bytes | None: ...
+
+    def get_undo_bytes(self, block_hash: bytes) -> bytes | None: ...
+
+
+class ChainStore(BlockReader, Protocol):
+    def load(self) -> ChainSnapshot: ...
+
+    def apply(self, update: ChainUpdate) -> None: ...
+
+    def close(self) -> None: ...

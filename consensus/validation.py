@@ -1,0 +1,192 @@
+"""Transaction and block rules. Each failure raises `ConsensusError` with a distinct reason code.
+
+Split as in Bitcoin Core: context-free checks (`check_transaction`, `check_block`), checks against
+the parent block (`check_header_context`), and checks against the UTXO set (`check_tx_inputs`,
+`check_tx_signatures`), so the mempool and the chain state share exactly the same rules.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from consensus.block import Block, BlockHeader
+from consensus.coins import Coin
+from consensus.errors import ConsensusError
+from consensus.hashing import ZERO_HASH
+from consensus.keys import PUBKEY_SIZE, SIGNATURE_SIZE, pubkey_hash, verify_signature
+from consensus.params import COIN, ChainParams
+from consensus.pow import bits_to_target, hash_meets_target
+from consensus.tx import COINBASE_HEIGHT_SIZE, OutPoint, Transaction, coinbase_height
+
+MAX_MONEY = 21_000_000 * COIN
+
+CoinLookup = Callable[[OutPoint], Coin | None]
+
+
+def money_range(amount: int) -> bool:
+    return 0 <= amount <= MAX_MONEY
+
+
+def check_transaction(tx: Transaction, params: ChainParams) -> None:
+    """Rules that need nothing but the transaction itself."""
+    if not tx.inputs:
+        raise ConsensusError("bad-txns-vin-empty")
+    if not tx.outputs:
+        raise ConsensusError("bad-txns-vout-empty")
+    if tx.size > params.max_block_size:
+        raise ConsensusError("bad-txns-oversize", f"{tx.size} bytes")
+    total = 0
+    for out in tx.outputs:
+        if out.amount < 0:
+            raise ConsensusError("bad-txns-vout-negative")
+        if out.amount > MAX_MONEY:
+            raise ConsensusError("bad-txns-vout-toolarge", str(out.amount))
+        total += out.amount
+        if total > MAX_MONEY:
+            raise ConsensusError("bad-txns-txouttotal-toolarge")
+    if len({i.outpoint for i in tx.inputs}) != len(tx.inputs):
+        raise ConsensusError("bad-txns-inputs-duplicate")
+    if tx.is_coinbase:
+        if len(tx.inputs[0].signature) < COINBASE_HEIGHT_SIZE:
+            raise ConsensusError("bad-cb-length", "coinbase data must start with the height")
+        return
+    for txin in tx.inputs:
+        if txin.prev_txid == ZERO_HASH:
+            raise ConsensusError("bad-txns-prevout-null")
+        if len(txin.pubkey) != PUBKEY_SIZE or len(txin.signature) != SIGNATURE_SIZE:
+            raise ConsensusError("bad-txns-unsigned", f"input {txin.outpoint} carries no signature")
+
+
+def check_tx_inputs(
+    tx: Transaction, lookup: CoinLookup, spend_height: int, params: ChainParams
+) -> tuple[int, list[Coin]]:
+    """Check a non-coinbase transaction's inputs against a UTXO view.
+
+    Returns (fee, spent coins in input order). `spend_height` is the height of the block that
+    would include the transaction (tip height + 1 for the mempool).
+    """
+    coins = []
+    value_in = 0
+    for txin in tx.inputs:
+        coin = lookup(txin.outpoint)
+        if coin is None:
+            raise ConsensusError("bad-txns-inputs-missingorspent", f"input {txin.outpoint}")
+        if coin.is_coinbase and spend_height - coin.height < params.coinbase_maturity:
+            raise ConsensusError(
+                "bad-txns-premature-spend-of-coinbase",
+                f"tried to spend coinbase at depth {spend_height - coin.height}",
+            )
+        value_in += coin.amount
+        if not money_range(coin.amount) or not money_range(value_in):
+            raise ConsensusError("bad-txns-inputvalues-outofrange")
+        coins.append(coin)
+    value_out = tx.total_out()
+    if value_in < value_out:
+        raise ConsensusError(
+            "bad-txns-in-belowout", f"value in ({value_in}) < value out ({value_out})"
+        )
+    return value_in - value_out, coins
+
+
+class SignatureCache:
+    """Txids whose signatures were already verified (bounded, least recently used out first).
+
+    Keying by txid is sound because the txid commits to every byte of the transaction, including
+    the public keys and signatures, and the sighash commits to the network; whether each key
+    matches the coin it spends is fixed by the outpoint, which the txid commits to as well.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, txid: bytes) -> bool:
+        return txid in self._entries
+
+    def add(self, txid: bytes) -> None:
+        self._entries[txid] = None
+        self._entries.move_to_end(txid)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def check_tx_signatures(
+    tx: Transaction,
+    coins: Sequence[Coin],
+    genesis_hash: bytes,
+    cache: SignatureCache | None = None,
+) -> None:
+    """Each input's key must hash to the spent coin's address and sign the sighash."""
+    if cache is not None and tx.txid in cache:
+        return
+    digest = tx.sighash(genesis_hash)
+    for n, (txin, coin) in enumerate(zip(tx.inputs, coins, strict=True)):
+        if pubkey_hash(txin.pubkey) != coin.pkh:
+            raise ConsensusError("bad-txns-pubkey-mismatch", f"input {n} key does not own the coin")
+        if not verify_signature(txin.pubkey, txin.signature, digest):
+            raise ConsensusError("bad-txns-bad-signature", f"input {n}")
+    if cache is not None:
+        cache.add(tx.txid)
+
+
+def check_header_pow(header: BlockHeader, params: ChainParams) -> None:
+    target = bits_to_target(header.bits)
+    if target <= 0 or target > params.pow_limit:
+        raise ConsensusError("bad-diffbits", "target outside the allowed range")
+    if not hash_meets_target(header.hash, target):
+        raise ConsensusError("high-hash", "proof of work failed")
+
+
+def check_header_context(
+    header: BlockHeader,
+    expected_bits: int,
+    median_time_past: int,
+    now: int,
+    params: ChainParams,
+) -> None:
+    """Rules that need the parent: difficulty, and the timestamp window."""
+    if header.bits != expected_bits:
+        raise ConsensusError(
+            "bad-diffbits", f"bits {header.bits:08x}, expected {expected_bits:08x}"
+        )
+    if header.timestamp <= median_time_past:
+        raise ConsensusError(
+            "time-too-old", f"{header.timestamp} <= median time past {median_time_past}"
+        )
+    if header.timestamp > now + params.max_future_drift:
+        raise ConsensusError(
+            "time-too-new", f"{header.timestamp} is more than {params.max_future_drift}s ahead"
+        )
+
+
+def check_block_merkle(block: Block) -> None:
+    """A merkle mismatch means these are not the transactions the header commits to: the
+    block may have been mangled in transit, so this failure must not mark the header invalid."""
+    if block.header.merkle_root != block.computed_merkle_root():
+        raise ConsensusError("bad-merkle-root", "merkle root mismatch")
+    if len({tx.txid for tx in block.txs}) != len(block.txs):
+        raise ConsensusError("bad-txns-duplicate", "duplicate transaction")
+
+
+def check_block(block: Block, params: ChainParams) -> None:
+    """Context-free block rules (the header's proof of work is checked separately)."""
+    if block.size > params.max_block_size:
+        raise ConsensusError("bad-blk-length", f"{block.size} > {params.max_block_size} bytes")
+    if not block.txs or not block.txs[0].is_coinbase:
+        raise ConsensusError("bad-cb-missing", "first transaction is not a coinbase")
+    if any(tx.is_coinbase for tx in block.txs[1:]):
+        raise ConsensusError("bad-cb-multiple", "more than one coinbase")
+    for tx in block.txs:
+        try:
+            check_transaction(tx, params)
+        except ConsensusError as exc:
+            raise ConsensusError(exc.reason, f"tx {tx.txid.hex()}: {exc.detail}") from None
+
+
+def check_coinbase_height(block: Block, height: int) -> None:
+    if coinbase_height(block.txs[0]) != height:
+        raise ConsensusError("bad-cb-height", f"coinbase does not start with height {height}")
