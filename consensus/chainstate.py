@@ -77,7 +77,7 @@ class BlockIndex:
 
     def record(self) -> IndexRecord:
         return IndexRecord(
-            self.hash, self.header.encode(), self.height, self.chainwork, self.status,
+            self.hash, self.header.encode(), self.height, self.chainwork, int(self.status),
             self.sequence,
         )
 
@@ -183,6 +183,7 @@ class ChainState:
             True,
         )
         self._add_entry(entry)
+        self._dirty.add(entry)
         self.active = [entry]
         self.best_header = entry
         self._candidates.add(entry)

@@ -31,6 +31,11 @@ DEFAULT_MAX_MEMPOOL_BYTES = 50_000_000
 DEFAULT_MAX_ORPHAN_TXS = 100
 DEFAULT_ORPHAN_TX_EXPIRY = 20 * 60  # seconds
 DEFAULT_MIN_RELAY_FEE_RATE = 1  # smallest units per byte
+DEFAULT_INCREMENTAL_RELAY_FEE_RATE = 1  # units/byte the mempool floor rises above an evicted rate
+DEFAULT_MEMPOOL_FEE_HALFLIFE = 12 * 60 * 60  # seconds for a raised mempool floor to halve
+DEFAULT_MAX_MEMPOOL_ANCESTORS = 25  # in-mempool ancestors of one entry, itself included
+DEFAULT_MAX_MEMPOOL_DESCENDANTS = 25  # in-mempool descendants of one entry, itself included
+DEFAULT_MAX_ORPHAN_TX_SIZE = 100_000  # bytes: bigger orphans are refused, their inputs unchecked
 DEFAULT_SIGNATURE_CACHE_SIZE = 100_000
 DEFAULT_ASSUMED_ATTACKER_SHARE = 0.1
 

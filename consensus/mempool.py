@@ -1,0 +1,775 @@
+"""The memory pool: unconfirmed transactions valid on top of the active chain.
+
+Pure policy and state: the node hands in the chain state and the time; nothing here touches I/O.
+Validity is exactly the chain's (`check_transaction`, `check_tx_inputs`, `check_tx_signatures`
+against the tip's UTXO set plus the outputs of pool transactions, spend height = tip + 1); on top
+of that come the relay policies: first-seen wins on conflicts, a minimum fee rate, limits on
+chains of unconfirmed transactions, a byte budget enforced by evicting the lowest fee rates, and a
+small pool of orphans waiting for their parents.
+
+Signatures go through the chain's `SignatureCache`, so a block made of pool transactions connects
+without verifying a single signature again.
+
+Entries are kept with their descendant totals (count, size, fee) up to date, which is what both the
+descendant limit and eviction need; ancestor packages are computed on demand (they are bounded by
+the ancestor limit). Arrival order (`seq`) is always a valid dependency order, because an entry
+only ever goes in after all its in-pool parents.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from consensus.block import Block
+from consensus.coins import Coin
+from consensus.errors import ConsensusError
+from consensus.params import (
+    DEFAULT_INCREMENTAL_RELAY_FEE_RATE,
+    DEFAULT_MAX_MEMPOOL_ANCESTORS,
+    DEFAULT_MAX_MEMPOOL_BYTES,
+    DEFAULT_MAX_MEMPOOL_DESCENDANTS,
+    DEFAULT_MAX_ORPHAN_TX_SIZE,
+    DEFAULT_MAX_ORPHAN_TXS,
+    DEFAULT_MEMPOOL_FEE_HALFLIFE,
+    DEFAULT_MIN_RELAY_FEE_RATE,
+    DEFAULT_ORPHAN_TX_EXPIRY,
+    DEFAULT_SIGNATURE_CACHE_SIZE,
+    ChainParams,
+)
+from consensus.tx import OutPoint, Transaction
+from consensus.validation import (
+    SignatureCache,
+    check_transaction,
+    check_tx_inputs,
+    check_tx_signatures,
+)
+
+MISSING_INPUTS = "bad-txns-inputs-missingorspent"
+
+# Rough CPython footprint of an entry beyond its encoded bytes (entry object, decoded inputs and
+# outputs, index slots); only feeds the `usage` estimate.
+_ENTRY_OVERHEAD = 700
+_INPUT_OVERHEAD = 350
+_OUTPUT_OVERHEAD = 150
+
+
+class ChainView(Protocol):
+    """What the mempool reads from the chain state (`ChainState` provides all of it)."""
+
+    @property
+    def height(self) -> int: ...
+
+    def coin(self, outpoint: OutPoint) -> Coin | None: ...
+
+    def tx_block(self, txid: bytes) -> Any: ...
+
+    def spender(self, outpoint: OutPoint) -> bytes | None: ...
+
+
+class MempoolConflict(ConsensusError):
+    """The transaction spends an output a pool transaction already spends (first seen wins)."""
+
+    def __init__(self, conflicting: list[bytes]) -> None:
+        self.conflicting = conflicting
+        super().__init__(
+            "txn-mempool-conflict",
+            "spends an output already spent by mempool transaction "
+            + ", ".join(t.hex() for t in conflicting),
+        )
+
+
+@dataclass(eq=False, slots=True)
+class MempoolEntry:
+    tx: Transaction
+    txid: bytes
+    fee: int
+    size: int
+    time: int
+    parents: set[bytes]  # in-pool transactions this one spends from
+    children: set[bytes]  # in-pool transactions spending this one
+    seq: int  # arrival order: a dependency order of the whole pool
+    # Totals over this entry and all its in-pool descendants.
+    descendant_count: int = 1
+    descendant_size: int = 0
+    descendant_fee: int = 0
+    _evict_key: tuple[float, int, bytes] | None = None
+
+    @property
+    def fee_rate(self) -> float:
+        return self.fee / self.size
+
+    @property
+    def descendant_score(self) -> float:
+        """What eviction ranks by: a parent is worth at least what its descendants pay for it."""
+        return max(self.fee / self.size, self.descendant_fee / self.descendant_size)
+
+
+@dataclass
+class AcceptOutcome:
+    accepted: list[bytes] = field(default_factory=list)  # the transaction, then adopted orphans
+    orphan: bool = False
+    missing_parents: list[bytes] = field(default_factory=list)
+    evicted: list[bytes] = field(default_factory=list)  # pushed out to make room
+    orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+@dataclass
+class MempoolUpdate:
+    """What a chain change did to the pool."""
+
+    included: list[bytes] = field(default_factory=list)  # now confirmed
+    conflicted: list[bytes] = field(default_factory=list)
+    conflicted_with: dict[bytes, bytes] = field(default_factory=dict)  # txid -> block txid
+    returned: list[bytes] = field(default_factory=list)  # from disconnected blocks, back in
+    removed: list[bytes] = field(default_factory=list)  # invalid on the new chain
+    removed_reasons: dict[bytes, str] = field(default_factory=dict)
+    evicted: list[bytes] = field(default_factory=list)  # over the byte budget afterwards
+    orphans_accepted: list[bytes] = field(default_factory=list)
+    orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class _Orphan:
+    tx: Transaction
+    time: int
+    missing: tuple[bytes, ...]
+
+
+class Mempool:
+    def __init__(
+        self,
+        params: ChainParams,
+        *,
+        max_bytes: int = DEFAULT_MAX_MEMPOOL_BYTES,
+        min_fee_rate: int = DEFAULT_MIN_RELAY_FEE_RATE,
+        max_orphans: int = DEFAULT_MAX_ORPHAN_TXS,
+        orphan_expiry: int = DEFAULT_ORPHAN_TX_EXPIRY,
+        signature_cache: SignatureCache | None = None,
+        max_ancestors: int = DEFAULT_MAX_MEMPOOL_ANCESTORS,
+        max_descendants: int = DEFAULT_MAX_MEMPOOL_DESCENDANTS,
+        incremental_fee_rate: int = DEFAULT_INCREMENTAL_RELAY_FEE_RATE,
+        fee_halflife: int = DEFAULT_MEMPOOL_FEE_HALFLIFE,
+        max_orphan_size: int = DEFAULT_MAX_ORPHAN_TX_SIZE,
+    ) -> None:
+        self.params = params
+        self.max_bytes = max_bytes
+        self.min_relay_fee_rate = min_fee_rate
+        self.max_orphans = max_orphans
+        self.orphan_expiry = orphan_expiry
+        # Share the chain state's cache: that sharing is what lets blocks skip verification.
+        self.signature_cache = signature_cache or SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
+        self.max_ancestors = max_ancestors
+        self.max_descendants = max_descendants
+        self.incremental_fee_rate = incremental_fee_rate
+        self.fee_halflife = fee_halflife
+        self.max_orphan_size = max_orphan_size
+        self._entries: dict[bytes, MempoolEntry] = {}
+        self._spenders: dict[OutPoint, bytes] = {}
+        # Lazy min-heap of (descendant score, -seq, txid); stale keys are skipped on pop.
+        self._evict_heap: list[tuple[float, int, bytes]] = []
+        self._bytes = 0
+        self._usage = 0
+        self._next_seq = 0
+        self._floor = 0.0  # raised after evictions, decays with `fee_halflife`
+        self._floor_time = 0
+        self._orphans: OrderedDict[bytes, _Orphan] = OrderedDict()
+        self._orphans_by_parent: dict[bytes, set[bytes]] = {}
+
+    # ----------------------------------------------------------------- queries
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, txid: bytes) -> MempoolEntry | None:
+        return self._entries.get(txid)
+
+    def txids(self) -> list[bytes]:
+        """All txids in arrival order (parents before children)."""
+        return list(self._entries)
+
+    @property
+    def usage(self) -> int:
+        """Estimated memory use in bytes."""
+        return self._usage
+
+    @property
+    def min_fee_rate(self) -> float:
+        """The fee rate (units/byte) a newcomer must pay now: the relay minimum, or more while
+        the pool is recovering from being full."""
+        return max(float(self.min_relay_fee_rate), self._floor)
+
+    def conflicts_of(self, tx: Transaction) -> list[bytes]:
+        found: list[bytes] = []
+        for txin in tx.inputs:
+            spender = self._spenders.get(txin.outpoint)
+            if spender is not None and spender != tx.txid and spender not in found:
+                found.append(spender)
+        return found
+
+    def spender_of(self, outpoint: OutPoint) -> bytes | None:
+        return self._spenders.get(outpoint)
+
+    def orphan_count(self) -> int:
+        return len(self._orphans)
+
+    def has_orphan(self, txid: bytes) -> bool:
+        return txid in self._orphans
+
+    def snapshot(self) -> list[tuple[bytes, int]]:
+        """(encoded tx, entry time) in dependency order, for persisting across restarts."""
+        return [(e.tx.encode(), e.time) for e in self._entries.values()]
+
+    # ----------------------------------------------------------------- acceptance
+
+    def accept(
+        self, tx: Transaction, chain: ChainView, now: int, *, entry_time: int | None = None
+    ) -> AcceptOutcome:
+        """Validate `tx` against the tip plus the pool and add it, or park it as an orphan.
+
+        Raises `ConsensusError` on rejection. `entry_time` restores a persisted entry's age.
+        """
+        self._expire_orphans(now)
+        self._decay_floor(now)
+        outcome = AcceptOutcome()
+        missing = self._accept_one(
+            tx, chain, now if entry_time is None else entry_time, outcome.evicted,
+            orphan_time=now,
+        )
+        if missing:
+            outcome.orphan, outcome.missing_parents = True, missing
+            return outcome
+        outcome.accepted.append(tx.txid)
+        self._retry_orphans(
+            [tx.txid], chain, now, outcome.accepted, outcome.orphans_rejected, outcome.evicted
+        )
+        return outcome
+
+    def _accept_one(
+        self,
+        tx: Transaction,
+        chain: ChainView,
+        entry_time: int,
+        evicted: list[bytes],
+        *,
+        orphan_time: int | None,
+        bypass_limits: bool = False,
+    ) -> list[bytes]:
+        """Add `tx` (returns []) or park it as an orphan (returns its missing parents; only when
+        `orphan_time` is given). Raises `ConsensusError` otherwise."""
+        params = self.params
+        entries = self._entries
+        txid = tx.txid
+        if txid in entries:
+            raise ConsensusError("txn-already-in-mempool", txid.hex())
+        check_transaction(tx, params)
+        if tx.is_coinbase:
+            raise ConsensusError("coinbase", "a coinbase is only valid in a block")
+        if chain.tx_block(txid) is not None:
+            raise ConsensusError("txn-already-known", "already confirmed in the active chain")
+
+        spend_height = chain.height + 1
+        spenders = self._spenders
+        found: dict[OutPoint, Coin] = {}
+        parents: set[bytes] = set()
+        conflicts: list[bytes] = []
+        missing: list[OutPoint] = []
+        for txin in tx.inputs:
+            outpoint = txin.outpoint
+            spender = spenders.get(outpoint)
+            if spender is not None and spender not in conflicts:
+                conflicts.append(spender)
+            parent = entries.get(outpoint.txid)
+            if parent is not None:
+                parents.add(outpoint.txid)
+                outs = parent.tx.outputs
+                if outpoint.index < len(outs):
+                    out = outs[outpoint.index]
+                    # Pool outputs are never coinbase outputs, so their height is moot.
+                    found[outpoint] = Coin(out.amount, out.pkh, spend_height, False)
+                continue
+            coin = chain.coin(outpoint)
+            if coin is None:
+                missing.append(outpoint)
+            else:
+                found[outpoint] = coin
+        if conflicts:
+            raise MempoolConflict(conflicts)
+        if missing and orphan_time is not None:
+            # An orphan only if no parent is known: a confirmed parent means the output is
+            # spent (or never existed), which no later arrival can fix.
+            unknown = [
+                op.txid for op in missing
+                if op.txid not in entries and chain.tx_block(op.txid) is None
+            ]
+            if len(unknown) == len(missing):
+                return self._add_orphan(tx, orphan_time, list(dict.fromkeys(unknown)))
+
+        fee, coins = check_tx_inputs(tx, found.get, spend_height, params)
+        size = tx.size
+        if not bypass_limits:
+            if fee < self.min_relay_fee_rate * size:
+                raise ConsensusError(
+                    "min-relay-fee-not-met",
+                    f"fee rate {fee / size:.3f} < minimum {self.min_relay_fee_rate} units/byte",
+                )
+            if fee < self._floor * size:
+                raise ConsensusError(
+                    "mempool-full",
+                    f"fee rate {fee / size:.3f} < current mempool minimum {self._floor:.3f}",
+                )
+
+        ancestors = self._ancestors(parents)
+        plan: set[bytes] = set()
+        plan_score = 0.0
+        if not bypass_limits:
+            if len(ancestors) + 1 > self.max_ancestors:
+                raise ConsensusError(
+                    "too-long-mempool-chain",
+                    f"{len(ancestors) + 1} ancestors > limit {self.max_ancestors}",
+                )
+            for a in ancestors:
+                if entries[a].descendant_count + 1 > self.max_descendants:
+                    raise ConsensusError(
+                        "too-long-mempool-chain",
+                        f"{a.hex()} would exceed {self.max_descendants} descendants",
+                    )
+            if self._bytes + size > self.max_bytes:
+                plan, plan_score = self._plan_eviction(fee, size, ancestors)
+
+        # Last, as the most expensive check: cheap policy refusals must not cost a verification.
+        check_tx_signatures(tx, coins, params.genesis_hash, self.signature_cache)
+
+        self._insert(tx, txid, fee, size, entry_time, parents, ancestors)
+        if plan:
+            evicted.extend(self._remove_set(plan))
+            self._raise_floor(plan_score)
+        return []
+
+    def _insert(
+        self,
+        tx: Transaction,
+        txid: bytes,
+        fee: int,
+        size: int,
+        entry_time: int,
+        parents: set[bytes],
+        ancestors: set[bytes],
+    ) -> None:
+        entries = self._entries
+        entry = MempoolEntry(
+            tx, txid, fee, size, entry_time, parents, set(), self._next_seq,
+            1, size, fee,
+        )
+        self._next_seq += 1
+        entries[txid] = entry
+        for p in parents:
+            entries[p].children.add(txid)
+        spenders = self._spenders
+        for txin in tx.inputs:
+            spenders[txin.outpoint] = txid
+        for a in ancestors:
+            ae = entries[a]
+            ae.descendant_count += 1
+            ae.descendant_size += size
+            ae.descendant_fee += fee
+            self._push_evict(ae)
+        self._push_evict(entry)
+        self._bytes += size
+        self._usage += _entry_usage(tx)
+
+    def _ancestors(self, parents: Iterable[bytes]) -> set[bytes]:
+        entries = self._entries
+        found: set[bytes] = set()
+        stack = list(parents)
+        while stack:
+            txid = stack.pop()
+            if txid not in found:
+                found.add(txid)
+                stack.extend(entries[txid].parents)
+        return found
+
+    def _descendants(self, txid: bytes) -> set[bytes]:
+        """`txid` and everything in the pool that depends on it."""
+        entries = self._entries
+        found: set[bytes] = set()
+        stack = [txid]
+        while stack:
+            t = stack.pop()
+            if t not in found:
+                found.add(t)
+                stack.extend(entries[t].children)
+        return found
+
+    # ----------------------------------------------------------------- size limit
+
+    def _push_evict(self, entry: MempoolEntry) -> None:
+        key = (entry.descendant_score, -entry.seq, entry.txid)
+        entry._evict_key = key
+        heap = self._evict_heap
+        heapq.heappush(heap, key)
+        if len(heap) > 2 * len(self._entries) + 64:
+            self._evict_heap = [
+                e._evict_key for e in self._entries.values() if e._evict_key is not None
+            ]
+            heapq.heapify(self._evict_heap)
+
+    def _pop_evict(self) -> tuple[float, int, bytes] | None:
+        """The lowest-score live entry's key (newest first among equals), or None."""
+        heap, entries = self._evict_heap, self._entries
+        while heap:
+            key = heapq.heappop(heap)
+            entry = entries.get(key[2])
+            if entry is not None and entry._evict_key is key:
+                return key
+        return None
+
+    def _plan_eviction(
+        self, fee: int, size: int, ancestors: set[bytes]
+    ) -> tuple[set[bytes], float]:
+        """What to evict to fit a newcomer (and the best score among it), or `mempool-full` if
+        that would give up fees."""
+        if size > self.max_bytes:
+            raise ConsensusError("mempool-full", f"{size} bytes exceed the whole pool")
+        entries = self._entries
+        # The newcomer is worth to a miner no more than its own rate nor its package's rate.
+        package_fee = fee + sum(entries[a].fee for a in ancestors)
+        package_size = size + sum(entries[a].size for a in ancestors)
+        newcomer_rate = min(fee / size, package_fee / package_size)
+        need = self._bytes + size - self.max_bytes
+        doomed: set[bytes] = set()
+        freed = 0
+        best = 0.0
+        popped: list[tuple[float, int, bytes]] = []
+        try:
+            while freed < need:
+                key = self._pop_evict()
+                if key is None:
+                    break
+                popped.append(key)
+                txid = key[2]
+                if txid in ancestors or txid in doomed:
+                    continue  # evicting a parent would evict the newcomer with it
+                if not newcomer_rate > key[0]:
+                    raise ConsensusError(
+                        "mempool-full",
+                        f"fee rate {newcomer_rate:.3f} is not above the {key[0]:.3f} "
+                        "of the entries it would evict",
+                    )
+                best = max(best, key[0])
+                for d in self._descendants(txid):
+                    if d not in doomed:
+                        doomed.add(d)
+                        freed += entries[d].size
+        finally:
+            for key in popped:
+                heapq.heappush(self._evict_heap, key)
+        if freed < need:
+            raise ConsensusError("mempool-full", "not enough evictable entries")
+        return doomed, best
+
+    def _trim(self, evicted: list[bytes]) -> None:
+        """Evict lowest descendant scores (with their descendants) until within the budget."""
+        while self._bytes > self.max_bytes:
+            key = self._pop_evict()
+            if key is None:
+                break
+            self._raise_floor(key[0])
+            evicted.extend(self._remove_set(self._descendants(key[2])))
+
+    def _raise_floor(self, evicted_score: float) -> None:
+        self._floor = max(self._floor, evicted_score + self.incremental_fee_rate)
+
+    def _decay_floor(self, now: int) -> None:
+        if self._floor > 0 and now > self._floor_time:
+            self._floor *= 0.5 ** ((now - self._floor_time) / self.fee_halflife)
+            if self._floor < self.min_relay_fee_rate / 2:
+                self._floor = 0.0
+        self._floor_time = max(self._floor_time, now)
+
+    # ----------------------------------------------------------------- removal
+
+    def _remove_entry(self, txid: bytes) -> MempoolEntry:
+        """Drop one entry that is either a root (confirmed: children stay, minus a parent) or
+        has no children left (removed leaves first); other shapes would corrupt the totals."""
+        entries = self._entries
+        entry = entries.pop(txid)
+        spenders = self._spenders
+        for txin in entry.tx.inputs:
+            if spenders.get(txin.outpoint) == txid:
+                del spenders[txin.outpoint]
+        for c in entry.children:
+            entries[c].parents.discard(txid)
+        for p in entry.parents:
+            entries[p].children.discard(txid)
+        for a in self._ancestors(entry.parents):
+            ae = entries[a]
+            ae.descendant_count -= 1
+            ae.descendant_size -= entry.size
+            ae.descendant_fee -= entry.fee
+            self._push_evict(ae)
+        self._bytes -= entry.size
+        self._usage -= _entry_usage(entry.tx)
+        return entry
+
+    def _remove_set(self, txids: set[bytes]) -> list[bytes]:
+        """Remove a descendant-closed set, children first; returns them parents first."""
+        order = sorted(txids, key=lambda t: self._entries[t].seq, reverse=True)
+        for t in order:
+            self._remove_entry(t)
+        order.reverse()
+        return order
+
+    def _clear(self) -> list[MempoolEntry]:
+        old = list(self._entries.values())
+        self._entries = {}
+        self._spenders = {}
+        self._evict_heap = []
+        self._bytes = self._usage = 0
+        return old
+
+    # ----------------------------------------------------------------- orphans
+
+    def _add_orphan(self, tx: Transaction, time: int, missing: list[bytes]) -> list[bytes]:
+        txid = tx.txid
+        if txid in self._orphans:
+            return missing
+        if tx.size > self.max_orphan_size:
+            raise ConsensusError(
+                "orphan-tx-too-large", f"{tx.size} bytes > {self.max_orphan_size} for an orphan"
+            )
+        self._orphans[txid] = _Orphan(tx, time, tuple(missing))
+        for parent in missing:
+            self._orphans_by_parent.setdefault(parent, set()).add(txid)
+        while len(self._orphans) > self.max_orphans:
+            self._drop_orphan(next(iter(self._orphans)))
+        return missing
+
+    def _drop_orphan(self, txid: bytes) -> _Orphan:
+        orphan = self._orphans.pop(txid)
+        for parent in orphan.missing:
+            waiting = self._orphans_by_parent.get(parent)
+            if waiting is not None:
+                waiting.discard(txid)
+                if not waiting:
+                    del self._orphans_by_parent[parent]
+        return orphan
+
+    def _expire_orphans(self, now: int) -> None:
+        expired = [t for t, o in self._orphans.items() if o.time + self.orphan_expiry <= now]
+        for txid in expired:
+            self._drop_orphan(txid)
+
+    def _retry_orphans(
+        self,
+        parents: list[bytes],
+        chain: ChainView,
+        now: int,
+        accepted: list[bytes],
+        rejected: list[tuple[bytes, str]],
+        evicted: list[bytes],
+    ) -> None:
+        queue = list(parents)
+        while queue:
+            parent = queue.pop(0)
+            waiting = self._orphans_by_parent.get(parent)
+            if not waiting:
+                continue
+            # Oldest first, so that among conflicting orphans the first seen wins.
+            for txid in [t for t in self._orphans if t in waiting]:
+                if txid not in self._orphans:
+                    continue
+                orphan = self._drop_orphan(txid)
+                try:
+                    missing = self._accept_one(
+                        orphan.tx, chain, now, evicted, orphan_time=orphan.time
+                    )
+                except ConsensusError as exc:
+                    rejected.append((txid, exc.reason))
+                    continue
+                if not missing:
+                    accepted.append(txid)
+                    queue.append(txid)
+
+    # ----------------------------------------------------------------- chain changes
+
+    def update_for_chain(self, result: Any, chain: ChainView, now: int) -> MempoolUpdate:
+        """Follow the chain after `chain.accept_block` (or invalidate/reconsider) returned
+        `result` (an `AcceptResult`): drop what got confirmed or double-spent, and on a reorg put
+        the disconnected blocks' transactions back and drop what the new chain made invalid."""
+        self._expire_orphans(now)
+        self._decay_floor(now)
+        update = MempoolUpdate()
+        if not result.connected and not result.disconnected:
+            return update
+        if result.disconnected:
+            self._reorg(result, chain, now, update)
+        else:
+            self._connect(result.connected, update)
+        retry = [tx.txid for _, block in result.connected for tx in block.txs]
+        retry += update.returned
+        self._drop_orphans_for_blocks([block for _, block in result.connected])
+        self._retry_orphans(
+            retry, chain, now, update.orphans_accepted, update.orphans_rejected, update.evicted
+        )
+        return update
+
+    def _connect(self, connected: list[tuple[Any, Block]], update: MempoolUpdate) -> None:
+        entries, spenders = self._entries, self._spenders
+        for _, block in connected:
+            for tx in block.txs[1:]:
+                txid = tx.txid
+                for txin in tx.inputs:
+                    spender = spenders.get(txin.outpoint)
+                    if spender is not None and spender != txid:
+                        for t in self._remove_set(self._descendants(spender)):
+                            update.conflicted.append(t)
+                            update.conflicted_with[t] = txid
+                if txid in entries:
+                    # Its in-pool parents were confirmed before it, so it is a root by now.
+                    self._remove_entry(txid)
+                    update.included.append(txid)
+
+    def _reorg(self, result: Any, chain: ChainView, now: int, update: MempoolUpdate) -> None:
+        """Rebuild the pool against the new tip: the disconnected blocks' transactions first
+        (oldest block first, so parents come first), then the old entries in arrival order."""
+        candidates: list[tuple[Transaction, int, bool]] = [
+            (tx, now, True)
+            for _, block in reversed(result.disconnected)
+            for tx in block.txs[1:]
+        ]
+        candidates += [(e.tx, e.time, False) for e in self._clear()]
+        failed: dict[bytes, tuple[str, bytes | None]] = {}
+        for tx, entry_time, returned in candidates:
+            txid = tx.txid
+            if chain.tx_block(txid) is not None:
+                if not returned:
+                    update.included.append(txid)
+                continue
+            try:
+                # Limits are waived as in Bitcoin Core: these were fine before the reorg, and
+                # dropping a confirmed payment for policy reasons would surprise its owner.
+                self._accept_one(
+                    tx, chain, entry_time, update.evicted, orphan_time=None, bypass_limits=True
+                )
+            except ConsensusError as exc:
+                cause = self._removal_cause(tx, exc.reason, chain, failed)
+                failed[txid] = cause
+                reason, block_txid = cause
+                if block_txid is not None:
+                    update.conflicted.append(txid)
+                    update.conflicted_with[txid] = block_txid
+                else:
+                    update.removed.append(txid)
+                    update.removed_reasons[txid] = reason
+                continue
+            if returned:
+                update.returned.append(txid)
+        self._trim(update.evicted)
+
+    @staticmethod
+    def _removal_cause(
+        tx: Transaction,
+        reason: str,
+        chain: ChainView,
+        failed: dict[bytes, tuple[str, bytes | None]],
+    ) -> tuple[str, bytes | None]:
+        """Why a transaction could not go back in: its parent's fate, a double spend in the new
+        chain (with the spending txid), or the rule it now breaks."""
+        for txin in tx.inputs:
+            if txin.prev_txid in failed:
+                return failed[txin.prev_txid]
+        if reason == MISSING_INPUTS:
+            for txin in tx.inputs:
+                spender = chain.spender(txin.outpoint)
+                if spender is not None:
+                    return reason, spender
+        return reason, None
+
+    def _drop_orphans_for_blocks(self, blocks: list[Block]) -> None:
+        """Orphans that got confirmed, or whose inputs a block spent, can never get in."""
+        if not self._orphans:
+            return
+        confirmed: set[bytes] = set()
+        spent: set[OutPoint] = set()
+        for block in blocks:
+            for tx in block.txs:
+                confirmed.add(tx.txid)
+                spent.update(txin.outpoint for txin in tx.inputs)
+        doomed = [
+            txid for txid, o in self._orphans.items()
+            if txid in confirmed or any(txin.outpoint in spent for txin in o.tx.inputs)
+        ]
+        for txid in doomed:
+            self._drop_orphan(txid)
+
+    # ----------------------------------------------------------------- block templates
+
+    def select_for_block(self, max_bytes: int) -> tuple[list[Transaction], int]:
+        """Transactions for a block template, at most `max_bytes` in total, and their fees.
+
+        Ancestor-package selection as in Bitcoin Core: repeatedly take the entry whose package
+        (itself plus its not-yet-selected ancestors) pays the best fee rate, with that package,
+        parents first. A high-fee child thereby pulls in its low-fee parent.
+        """
+        entries = self._entries
+        if not entries:
+            return [], 0
+        ancestors: dict[bytes, set[bytes]] = {}
+        pkg_fee: dict[bytes, int] = {}
+        pkg_size: dict[bytes, int] = {}
+        heap: list[tuple[float, int, bytes]] = []
+        for txid, e in entries.items():
+            anc = self._ancestors(e.parents) if e.parents else set()
+            ancestors[txid] = anc
+            fee = e.fee + sum(entries[a].fee for a in anc)
+            size = e.size + sum(entries[a].size for a in anc)
+            pkg_fee[txid], pkg_size[txid] = fee, size
+            heap.append((-fee / size, e.seq, txid))
+        heapq.heapify(heap)
+        smallest = min(e.size for e in entries.values())
+        selected: set[bytes] = set()
+        chosen: list[MempoolEntry] = []
+        total_size = total_fee = 0
+        while heap and max_bytes - total_size >= smallest:
+            neg_rate, _, txid = heapq.heappop(heap)
+            if txid in selected or neg_rate != -pkg_fee[txid] / pkg_size[txid]:
+                continue  # taken already, or a stale key from before an ancestor was taken
+            if total_size + pkg_size[txid] > max_bytes:
+                continue
+            package = sorted(
+                (entries[t] for t in ancestors[txid] | {txid} if t not in selected),
+                key=lambda e: e.seq,
+            )
+            for e in package:
+                selected.add(e.txid)
+                chosen.append(e)
+                total_size += e.size
+                total_fee += e.fee
+                for d in self._descendants(e.txid):
+                    if d in selected:
+                        continue
+                    pkg_fee[d] -= e.fee
+                    pkg_size[d] -= e.size
+                    heapq.heappush(heap, (-pkg_fee[d] / pkg_size[d], entries[d].seq, d))
+        return [e.tx for e in chosen], total_fee
+
+
+    # Last in the class body so that `bytes` in the annotations above means the builtin.
+    @property
+    def bytes(self) -> int:
+        """Total encoded size of the entries."""
+        return self._bytes
+
+
+def _entry_usage(tx: Transaction) -> int:
+    return (
+        tx.size + _ENTRY_OVERHEAD
+        + _INPUT_OVERHEAD * len(tx.inputs) + _OUTPUT_OVERHEAD * len(tx.outputs)
+    )

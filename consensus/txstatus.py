@@ -1,0 +1,91 @@
+"""Where a transaction stands: mempool, confirmed, final, conflicted or unknown.
+
+`confirmations` follows bitcoind: positive in the active chain, 0 in the mempool, and negative
+when a conflicting transaction is confirmed instead (minus that transaction's confirmations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from consensus.chainstate import ChainState
+from consensus.tx import Transaction
+
+
+class MempoolView(Protocol):
+    def __contains__(self, txid: object) -> bool: ...
+
+    def conflicts_of(self, tx: Transaction) -> list[bytes]: ...
+
+
+@dataclass
+class TxStatus:
+    txid: bytes
+    status: str  # mempool, confirmed, final, conflicted, unknown
+    confirmations: int = 0
+    blockhash: bytes | None = None
+    blockheight: int | None = None
+    conflicts: list[bytes] = field(default_factory=list)
+    finality_depth: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "txid": self.txid.hex(),
+            "status": self.status,
+            "confirmations": self.confirmations,
+            "blockhash": self.blockhash.hex() if self.blockhash else None,
+            "blockheight": self.blockheight,
+            "conflicts": [c.hex() for c in self.conflicts],
+            "finality_depth": self.finality_depth,
+        }
+
+
+def transaction_status(
+    txid: bytes,
+    tx: Transaction | None,
+    chain: ChainState,
+    mempool: MempoolView,
+    finality_depth: int,
+    known_conflicts: Iterable[bytes] = (),
+) -> TxStatus:
+    """`tx` is the transaction's body when known (wallet, recent mempool), needed to see
+    conflicts; `known_conflicts` are txids the node saw double-spending it (alerts)."""
+    entry = chain.tx_block(txid)
+    if entry is not None:
+        confirmations = chain.confirmations(entry)
+        return TxStatus(
+            txid,
+            "final" if confirmations >= finality_depth else "confirmed",
+            confirmations,
+            entry.hash,
+            entry.height,
+            finality_depth=finality_depth,
+        )
+    if txid in mempool:
+        return TxStatus(
+            txid, "mempool", 0, conflicts=list(known_conflicts), finality_depth=finality_depth
+        )
+    if tx is None:
+        return TxStatus(txid, "unknown", 0, finality_depth=finality_depth)
+    confirmed_conflicts: dict[bytes, int] = {}
+    for txin in tx.inputs:
+        spender = chain.spender(txin.outpoint)
+        if spender is not None and spender != txid:
+            block = chain.tx_block(spender)
+            confirmed_conflicts[spender] = chain.confirmations(block) if block else 0
+    if confirmed_conflicts:
+        return TxStatus(
+            txid,
+            "conflicted",
+            -max(confirmed_conflicts.values()),
+            conflicts=list(confirmed_conflicts),
+            finality_depth=finality_depth,
+        )
+    mempool_conflicts = mempool.conflicts_of(tx)
+    if mempool_conflicts:
+        # Not confirmed either way yet: the conflicting spend holds the mempool slot.
+        return TxStatus(txid, "conflicted", 0, conflicts=mempool_conflicts,
+                        finality_depth=finality_depth)
+    return TxStatus(txid, "unknown", 0, finality_depth=finality_depth)

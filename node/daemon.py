@@ -1,0 +1,390 @@
+"""The node: composes chain state, store, mempool, wallet, miner and RPC, and owns the clock.
+
+Every change to the chain goes through `Node.submit_block` (or invalidate/reconsider), which
+asks the pure `ChainState` what to do, commits its update to the store as one transaction,
+then tells the mempool, the wallet watchers, the event stream and the miner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import structlog
+from consensus.mempool import Mempool
+
+from consensus.block import Block
+from consensus.chainstate import AcceptResult, ChainState
+from consensus.errors import ConsensusError
+from consensus.params import ChainParams
+from consensus.tx import Transaction, decode_transaction
+from consensus.txstatus import TxStatus, transaction_status
+from consensus.validation import SignatureCache
+from node.config import NodeConfig, parse_host_port
+from node.datadir import DataDirLock
+from node.events import EventHub
+from node.fsutil import write_atomic
+from node.metrics import NodeMetrics
+from node.miner import Miner
+from node.peers import PeerControl
+from node.rpc_server import RPCServer, delete_cookie, write_cookie
+from node.wallet import Wallet
+from storage import open_store
+
+log = structlog.get_logger("powlab.node")
+
+MEMPOOL_FILE = "mempool.dat"
+MEMPOOL_FILE_VERSION = 1
+MAX_WATCHED_TXS = 10_000
+MAX_RECENT_TXS = 10_000
+MEMPOOL_SAVE_INTERVAL = 60.0  # seconds: bounds what a SIGKILL can lose
+
+
+class NodeError(Exception):
+    pass
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        params: ChainParams,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.params = params
+        self.clock = clock
+        self.datadir = Path(config.datadir)
+        self.started_at = clock()
+        self.events = EventHub()
+        self.metrics = NodeMetrics()
+        self.peers = PeerControl()
+        self.finality_depth = config.finality_depth or params.finality_depth
+        self._lock = DataDirLock(self.datadir)
+        self._stop_event = asyncio.Event()
+        self._watched: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self._recent: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.store: Any = None
+        self.chain: ChainState
+        self.mempool: Mempool
+        self.wallet: Wallet
+        self.miner: Miner
+        self.rpc: RPCServer | None = None
+        self.rpc_url = ""
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    async def start(self) -> None:
+        self._lock.acquire()
+        try:
+            self._open_state()
+            if self.config.mine:
+                await self.miner.set_mining(True, self.config.hashrate)
+            await self._start_rpc()
+        except BaseException:
+            miner = getattr(self, "miner", None)
+            if miner is not None:
+                await miner.close()
+            self._close_state()
+            self._lock.release()
+            raise
+        self._tasks.append(asyncio.create_task(self._save_mempool_periodically()))
+        log.info(
+            "node_started",
+            network=self.params.name,
+            height=self.chain.height,
+            tip=self.chain.tip.hash.hex(),
+            rpc=self.rpc_url,
+            datadir=str(self.datadir),
+        )
+
+    def _open_state(self) -> None:
+        sigcache = SignatureCache(100_000)
+        self.store = open_store(self.datadir, self.params)
+        self.chain = ChainState(
+            self.params,
+            self.store,
+            self.store.load(),
+            finality_depth=self.finality_depth,
+            enforce_finality=self.config.enforce_finality,
+            signature_cache=sigcache,
+        )
+        self._commit()
+        self.mempool = Mempool(
+            self.params,
+            max_bytes=self.config.max_mempool_bytes,
+            max_orphans=self.config.max_orphan_txs,
+            signature_cache=sigcache,
+        )
+        self.wallet = Wallet.open(self.datadir, self.params)
+        for txid in self.wallet.txs:
+            self._watch(txid)
+        self._load_mempool()
+        payout = (
+            self.wallet.decode(self.config.mining_address)
+            if self.config.mining_address
+            else self.wallet.default_pkh()
+        )
+        self.miner = Miner(self, payout, self.config.miner_processes)
+
+    async def _start_rpc(self) -> None:
+        from node.rpc_methods import build_registry
+
+        if self.config.rpc_user:
+            auth = (self.config.rpc_user, self.config.rpc_password or "")
+        else:
+            auth = write_cookie(self.datadir)
+        self.rpc = RPCServer(
+            build_registry(self),
+            self.events,
+            auth,
+            max_body_bytes=self.config.max_rpc_body_bytes,
+            metrics=lambda: self.metrics.render(self),
+        )
+        host, port = parse_host_port(self.config.rpc_bind)
+        host, port = await self.rpc.start(host, port)
+        self.rpc_url = f"http://{host}:{port}/"
+        write_atomic(self.datadir / "rpc.url", self.rpc_url.encode(), 0o600)
+
+    def request_stop(self) -> None:
+        self._stop_event.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop_event.wait()
+
+    async def stop(self) -> None:
+        log.info("node_stopping")
+        await self.miner.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.rpc is not None:
+            await self.rpc.stop()
+        self.events.close()
+        self._save_mempool()
+        self._close_state()
+        if not self.config.rpc_user:
+            delete_cookie(self.datadir)
+        with contextlib.suppress(FileNotFoundError):
+            (self.datadir / "rpc.url").unlink()
+        self._lock.release()
+        log.info("node_stopped")
+
+    def _close_state(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _commit(self) -> None:
+        update = self.chain.take_update()
+        if update.is_empty():
+            return
+        try:
+            self.store.apply(update)
+        except Exception as exc:
+            # Memory is now ahead of disk: carrying on would serve a state that a restart
+            # cannot reproduce. Stop; the store still holds the last committed tip.
+            log.critical("store_write_failed", error=str(exc))
+            self.request_stop()
+            raise
+
+    # ----------------------------------------------------------------- mempool persistence
+
+    def _load_mempool(self) -> None:
+        path = self.datadir / MEMPOOL_FILE
+        if not path.exists():
+            return
+        try:
+            data = msgpack.unpackb(path.read_bytes())
+            if data.get("version") != MEMPOOL_FILE_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            entries = data["txs"]
+        except Exception as exc:
+            log.warning("mempool_file_unreadable", path=str(path), error=str(exc))
+            return
+        accepted = 0
+        for raw, _entry_time in entries:
+            try:
+                tx = decode_transaction(raw, self.params.max_block_size)
+                self.mempool.accept(tx, self.chain, self.now())
+                accepted += 1
+            except ConsensusError as exc:
+                log.info("mempool_tx_dropped_at_load", reason=exc.reason)
+        log.info("mempool_loaded", accepted=accepted, stored=len(entries))
+
+    def _save_mempool(self) -> None:
+        data = {"version": MEMPOOL_FILE_VERSION, "txs": self.mempool.snapshot()}
+        write_atomic(self.datadir / MEMPOOL_FILE, msgpack.packb(data, use_bin_type=True))
+
+    async def _save_mempool_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(MEMPOOL_SAVE_INTERVAL)
+            self._save_mempool()
+
+    # ----------------------------------------------------------------- chain changes
+
+    def submit_block(self, block: Block) -> AcceptResult:
+        result = self.chain.accept_block(block, self.now())
+        self._after_chain_change(result)
+        if result.status == "invalid":
+            log.info("block_rejected", hash=block.hash.hex(), reason=result.reason)
+        return result
+
+    def invalidate_block(self, block_hash: bytes) -> AcceptResult:
+        result = self.chain.invalidate_block(block_hash)
+        self._after_chain_change(result)
+        return result
+
+    def reconsider_block(self, block_hash: bytes) -> AcceptResult:
+        result = self.chain.reconsider_block(block_hash)
+        self._after_chain_change(result)
+        return result
+
+    def _after_chain_change(self, result: AcceptResult) -> None:
+        self._commit()
+        for entry, block in result.disconnected:
+            self.metrics.blocks_disconnected.inc()
+            for tx in block.txs[1:]:
+                self._remember_tx(tx)
+            log.info("block_disconnected", height=entry.height, hash=entry.hash.hex())
+            self.events.publish(
+                {"type": "block_disconnected", "hash": entry.hash.hex(), "height": entry.height}
+            )
+        if result.disconnected and result.old_tip and result.new_tip and result.fork:
+            depth = len(result.disconnected)
+            self.metrics.reorg_depth.observe(depth)
+            log.warning(
+                "reorg",
+                old_tip=result.old_tip.hash.hex(),
+                new_tip=result.new_tip.hash.hex(),
+                fork_height=result.fork.height,
+                depth=depth,
+            )
+            self.events.publish(
+                {
+                    "type": "reorg",
+                    "old_tip": result.old_tip.hash.hex(),
+                    "new_tip": result.new_tip.hash.hex(),
+                    "fork_height": result.fork.height,
+                    "depth": depth,
+                }
+            )
+        for entry, block in result.connected:
+            self.metrics.blocks_connected.inc()
+            log.info(
+                "block_connected", height=entry.height, hash=entry.hash.hex(), txs=len(block.txs)
+            )
+            self.events.publish(
+                {
+                    "type": "block_connected",
+                    "hash": entry.hash.hex(),
+                    "height": entry.height,
+                    "txs": len(block.txs),
+                }
+            )
+        for block_hash in result.finality_refused:
+            log.warning("reorg_refused_beyond_finality", hash=block_hash.hex(),
+                        finality_depth=self.finality_depth)
+        if result.connected or result.disconnected:
+            update = self.mempool.update_for_chain(result, self.chain, self.now())
+            for txid in update.conflicted:
+                self._watch(txid)
+            self._publish_tx_statuses()
+            self.miner.on_new_tip()
+
+    # ----------------------------------------------------------------- transactions
+
+    def submit_transaction(self, tx: Transaction) -> Any:
+        outcome = self.mempool.accept(tx, self.chain, self.now())
+        for txid in outcome.accepted:
+            entry = self.mempool.get(txid)
+            if entry is not None:
+                self._remember_tx(entry.tx)
+        self._watch(tx.txid)
+        self._publish_tx_statuses()
+        self.miner.on_mempool_changed()
+        return outcome
+
+    def _remember_tx(self, tx: Transaction) -> None:
+        self._recent[tx.txid] = tx
+        self._recent.move_to_end(tx.txid)
+        while len(self._recent) > MAX_RECENT_TXS:
+            self._recent.popitem(last=False)
+
+    def find_transaction(self, txid: bytes) -> Transaction | None:
+        """The body of `txid` from wherever the node knows it: mempool, chain, wallet, recent."""
+        entry = self.mempool.get(txid)
+        if entry is not None:
+            return entry.tx
+        block_entry = self.chain.tx_block(txid)
+        if block_entry is not None:
+            block = self.chain.get_block(block_entry.hash)
+            if block is not None:
+                for tx in block.txs:
+                    if tx.txid == txid:
+                        return tx
+        if txid in self._recent:
+            return self._recent[txid]
+        raw = self.wallet.known_tx(txid)
+        if raw is not None:
+            return decode_transaction(raw, self.params.max_block_size)
+        return None
+
+    def tx_status(self, txid: bytes) -> TxStatus:
+        tx = None if self.chain.tx_block(txid) else self.find_transaction(txid)
+        return transaction_status(txid, tx, self.chain, self.mempool, self.finality_depth)
+
+    def _watch(self, txid: bytes) -> None:
+        if txid not in self._watched:
+            self._watched[txid] = ("", 0)
+        self._watched.move_to_end(txid)
+        while len(self._watched) > MAX_WATCHED_TXS:
+            self._watched.popitem(last=False)
+
+    def _publish_tx_statuses(self) -> None:
+        for txid, previous in list(self._watched.items()):
+            status = self.tx_status(txid)
+            current = (status.status, status.confirmations)
+            if current != previous:
+                self._watched[txid] = current
+                self.events.publish(
+                    {
+                        "type": "tx_status",
+                        "txid": txid.hex(),
+                        "status": status.status,
+                        "confirmations": status.confirmations,
+                    }
+                )
+
+
+async def run_node(config: NodeConfig, params: ChainParams) -> int:
+    """Run until SIGINT/SIGTERM or RPC `stop`; returns the process exit code."""
+    node = Node(config, params)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.request_stop)
+    print(f"powlab node running: rpc {node.rpc_url} datadir {node.datadir}", flush=True)
+    try:
+        await node.wait_stopped()
+    finally:
+        await node.stop()
+    return 0
+
+
+def default_datadir(network: str) -> Path:
+    return Path(os.path.expanduser("~/.powlab")) / network

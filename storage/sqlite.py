@@ -1,0 +1,444 @@
+"""The default on-disk store: one SQLite database per data directory, one transaction per update.
+
+Durability: the database runs in WAL mode with ``synchronous=NORMAL`` by default. In WAL mode a
+commit is appended to the write-ahead log before `apply` returns, so it survives the process
+being killed at any moment (SIGKILL, OOM killer, a crash in the interpreter): SQLite replays or
+discards the log on the next open and every reader sees exactly the last committed update. What
+NORMAL gives up is the fsync of the log at every commit, so a power loss or kernel panic may lose
+the last few commits (never corrupt the file, never tear an update). The chain state recovers
+from that by downloading those blocks again from its peers; ``synchronous="FULL"`` is available
+for operators who would rather pay an fsync per block (see docs/storage.md for measured costs).
+
+Every refusal to open leaves the file as it was: an existing database is first checked through a
+read-only connection, and only a database that passes every check is opened for writing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from consensus.coins import decode_coin, decode_outpoint, encode_coin, encode_outpoint
+from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
+from storage.errors import StorageError, check_meta, check_update
+
+SCHEMA_VERSION = 1
+FILENAME = "chain.sqlite3"
+CHAINWORK_SIZE = 32
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SQLITE_HEADER_SIZE = 100
+# Long enough to ride out a checkpoint or a reader in another process, short enough that a stuck
+# second writer is reported instead of hanging the node forever.
+_BUSY_TIMEOUT = 30.0
+_CACHE_KIB = 64 * 1024
+
+# Column names per table, checked at open so a damaged or foreign schema is reported by name
+# instead of failing later inside `load`.
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "block_index": ("hash", "header", "height", "chainwork", "status", "sequence"),
+    "blocks": ("hash", "data"),
+    "undo": ("hash", "data"),
+    "utxo": ("outpoint", "coin"),
+    "tx_index": ("txid", "block_hash"),
+    "spends": ("outpoint", "txid"),
+}
+
+# Small fixed-size rows live directly in the primary-key b-tree (WITHOUT ROWID), which halves
+# their lookups and storage. Block bodies and undo data can be large, and SQLite advises against
+# WITHOUT ROWID for rows bigger than a twentieth of a page, so those keep a rowid.
+_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE block_index (hash BLOB PRIMARY KEY, header BLOB NOT NULL,"
+    " height INTEGER NOT NULL, chainwork BLOB NOT NULL, status INTEGER NOT NULL,"
+    " sequence INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE blocks (hash BLOB PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TABLE undo (hash BLOB PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TABLE utxo (outpoint BLOB PRIMARY KEY, coin BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE tx_index (txid BLOB PRIMARY KEY, block_hash BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE spends (outpoint BLOB PRIMARY KEY, txid BLOB NOT NULL) WITHOUT ROWID",
+)
+
+_KEY_COLUMN = {name: columns[0] for name, columns in _COLUMNS.items()}
+
+_Statement = tuple[str, Sequence[tuple[Any, ...]]]
+
+
+def _corrupt(path: Path, detail: str) -> StorageError:
+    return StorageError(
+        f"{path} is corrupt: {detail}; it was left as it is — move it aside to start afresh"
+    )
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def _upsert(table: str) -> str:
+    columns = _COLUMNS[table]
+    return (
+        f"INSERT OR REPLACE INTO {table} ({', '.join(columns)})"
+        f" VALUES ({', '.join('?' for _ in columns)})"
+    )
+
+
+def _delete(table: str) -> str:
+    return f"DELETE FROM {table} WHERE {_KEY_COLUMN[table]} = ?"
+
+
+def _split(
+    table: str, items: Iterable[tuple[Any, Any]], encode_key: Any, encode_value: Any
+) -> list[_Statement]:
+    deletes: list[tuple[Any, ...]] = []
+    upserts: list[tuple[Any, ...]] = []
+    for key, value in items:
+        if value is None:
+            deletes.append((encode_key(key),))
+        else:
+            upserts.append((encode_key(key), *encode_value(value)))
+    return [(_delete(table), deletes), (_upsert(table), upserts)]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _one(value: Any) -> tuple[Any]:
+    return (value,)
+
+
+def _record_columns(record: IndexRecord) -> tuple[Any, ...]:
+    return (
+        record.header,
+        record.height,
+        record.chainwork.to_bytes(CHAINWORK_SIZE, "big"),
+        record.status,
+        record.sequence,
+    )
+
+
+def _encode_update(update: ChainUpdate) -> list[_Statement]:
+    """Every statement of the update with its rows, computed before the transaction opens."""
+    statements = [
+        *_split("block_index", update.index.items(), _same, _record_columns),
+        *_split("blocks", update.blocks.items(), _same, _one),
+        *_split("undo", update.undo.items(), _same, _one),
+        *_split("utxo", update.utxo.items(), encode_outpoint, lambda c: (encode_coin(c),)),
+        *_split("tx_index", update.tx_index.items(), _same, _one),
+        *_split("spends", update.spends.items(), encode_outpoint, _one),
+    ]
+    if update.tip is not None:
+        statements.append((_upsert("meta"), [("tip", update.tip)]))
+    return [(sql, rows) for sql, rows in statements if rows]
+
+
+def _check_existing(path: Path, network: str, genesis_hash: bytes) -> bool:
+    """Validate an existing file without writing to it; return False if it holds no tables yet.
+
+    A database with no tables at all is what a crash during the very first open leaves behind, so
+    it is initialised rather than refused.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SQLITE_HEADER_SIZE)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+    if not head:
+        return False
+    if len(head) < _SQLITE_HEADER_SIZE or not head.startswith(_SQLITE_MAGIC):
+        raise _corrupt(path, "it is not a SQLite database (bad header)")
+    try:
+        conn = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT
+        )
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open {path} for reading: {exc}") from exc
+    try:
+        return _check_contents(conn, path, network, genesis_hash)
+    except sqlite3.Error as exc:
+        if _is_corruption(exc):
+            raise _corrupt(path, str(exc)) from exc
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _check_contents(
+    conn: sqlite3.Connection, path: Path, network: str, genesis_hash: bytes
+) -> bool:
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise _corrupt(path, "quick_check found " + "; ".join(problems))
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return False
+    if "meta" not in tables:
+        raise StorageError(
+            f"{path} is a SQLite database but not a powlab chain store (it has no meta table);"
+            " it was left as it is — use another data directory"
+        )
+    meta = dict(
+        conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('schema_version', 'network', 'genesis_hash')"
+        )
+    )
+    _check_schema_version(path, meta.get("schema_version"))
+    stored_network = meta.get("network")
+    stored_genesis = meta.get("genesis_hash")
+    if not isinstance(stored_network, bytes) or not isinstance(stored_genesis, bytes):
+        raise _corrupt(path, "the meta table lacks the network name or genesis hash")
+    if stored_network != network.encode() or stored_genesis != genesis_hash:
+        raise StorageError(
+            f"{path} holds the chain of network {stored_network.decode(errors='replace')!r}"
+            f" (genesis {stored_genesis.hex()}), but this node runs network {network!r}"
+            f" (genesis {genesis_hash.hex()}); it was left as it is — use another data"
+            " directory for this network"
+        )
+    for table, expected in _COLUMNS.items():
+        if table not in tables:
+            raise _corrupt(path, f"table {table} is missing")
+        found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+        if found != expected:
+            raise _corrupt(
+                path, f"table {table} has columns {list(found)}, expected {list(expected)}"
+            )
+    return True
+
+
+def _check_schema_version(path: Path, raw: object) -> None:
+    try:
+        version = int(raw.decode("ascii")) if isinstance(raw, bytes) else None
+    except ValueError:
+        version = None
+    if version is None or version < 1:
+        raise _corrupt(path, f"the meta table holds no valid schema_version (found {raw!r})")
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} was written by a newer powlab (schema version {version}; this one reads up"
+            f" to {SCHEMA_VERSION}); it was left as it is — upgrade powlab to use it"
+        )
+
+
+class SQLiteStore:
+    """Implements `ChainStore` on `<datadir>/chain.sqlite3`; open it with `SQLiteStore.open`.
+
+    One connection, shared by all threads under a lock: the node may run `apply` in a worker
+    thread (asyncio.to_thread) so that a large commit does not stall the event loop, which is the
+    reason for ``check_same_thread=False``. SQLite itself keeps the file consistent if a second
+    process writes to it, but keeping that from happening is the node's lock file's job.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open(
+        cls,
+        datadir: Path,
+        network: str,
+        genesis_hash: bytes,
+        *,
+        synchronous: Synchronous = "NORMAL",
+    ) -> SQLiteStore:
+        """Open (or create) the store of `network`; refuse any file it cannot trust, untouched."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise StorageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        datadir = Path(datadir)
+        path = datadir / FILENAME
+        try:
+            datadir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {datadir}: {exc}") from exc
+        if path.exists() and not path.is_file():
+            raise StorageError(f"{path} exists but is not a file")
+        initialised = path.exists() and _check_existing(path, network, genesis_hash)
+        try:
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(
+                    f"cannot use write-ahead logging for {path} (journal mode stays {mode!r});"
+                    " is the data directory on a network file system?"
+                )
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            if not initialised:
+                cls._initialise(conn, path, network, genesis_hash)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot prepare {path}: {exc}") from exc
+            raise
+        return cls(conn, path)
+
+    @staticmethod
+    def _initialise(
+        conn: sqlite3.Connection, path: Path, network: str, genesis_hash: bytes
+    ) -> None:
+        # One transaction: a crash here leaves an empty database, which the next open initialises.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StorageError(f"{path} was initialised by another process while opening")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.executemany(
+                _upsert("meta"),
+                [
+                    ("schema_version", str(SCHEMA_VERSION).encode()),
+                    ("network", network.encode()),
+                    ("genesis_hash", genesis_hash),
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- ChainStore -------------------------------------------------------------------------
+
+    def load(self) -> ChainSnapshot:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                # One read transaction: every table comes from the same commit.
+                conn.execute("BEGIN")
+                try:
+                    return self._read_snapshot(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if _is_corruption(exc):
+                    raise _corrupt(self.path, str(exc)) from exc
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
+
+    def _read_snapshot(self, conn: sqlite3.Connection) -> ChainSnapshot:
+        table = "block_index"
+        try:
+            index = [
+                IndexRecord(h, header, height, int.from_bytes(work, "big"), status, sequence)
+                for h, header, height, work, status, sequence in conn.execute(
+                    "SELECT hash, header, height, chainwork, status, sequence FROM block_index"
+                    " ORDER BY height, sequence, hash"
+                )
+            ]
+            table = "meta"
+            row = conn.execute("SELECT value FROM meta WHERE key = 'tip'").fetchone()
+            table = "utxo"
+            utxo = {
+                decode_outpoint(k): decode_coin(v)
+                for k, v in conn.execute("SELECT outpoint, coin FROM utxo")
+            }
+            table = "tx_index"
+            tx_index = dict(conn.execute("SELECT txid, block_hash FROM tx_index"))
+            table = "spends"
+            spends = {
+                decode_outpoint(k): v for k, v in conn.execute("SELECT outpoint, txid FROM spends")
+            }
+        except sqlite3.Error:
+            raise
+        except Exception as exc:  # a row that does not decode: damage SQLite itself cannot see
+            raise _corrupt(self.path, f"a row of table {table} does not decode ({exc!r})") from exc
+        return ChainSnapshot(
+            index=index,
+            tip=None if row is None else row[0],
+            utxo=utxo,
+            tx_index=tx_index,
+            spends=spends,
+        )
+
+    def apply(self, update: ChainUpdate) -> None:
+        """Write the whole update in one transaction, or nothing of it (StorageError)."""
+        check_update(update)
+        self._write(_encode_update(update), "apply an update to")
+
+    def get_block_bytes(self, block_hash: bytes) -> bytes | None:
+        return self._get("SELECT data FROM blocks WHERE hash = ?", block_hash)
+
+    def get_undo_bytes(self, block_hash: bytes) -> bytes | None:
+        return self._get("SELECT data FROM undo WHERE hash = ?", block_hash)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot close {self.path}: {exc}") from exc
+
+    # -- node metadata ----------------------------------------------------------------------
+
+    def put_meta(self, key: str, value: bytes | None) -> None:
+        """Set (or with None, delete) a node-owned metadata entry; chain keys are refused."""
+        check_meta(key, value)
+        if value is None:
+            statement: _Statement = (_delete("meta"), [(key,)])
+        else:
+            statement = (_upsert("meta"), [(key, value)])
+        self._write([statement], f"write meta key {key!r} to")
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._get("SELECT value FROM meta WHERE key = ?", key)
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError(f"the store {self.path} is closed")
+        return self._conn
+
+    def _get(self, sql: str, key: Any) -> Any:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                row = conn.execute(sql, (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
+        return None if row is None else row[0]
+
+    def _write(self, statements: list[_Statement], action: str) -> None:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sql, rows in statements:
+                    conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, Exception):
+                    raise StorageError(
+                        f"cannot {action} {self.path} (nothing was written): {exc}"
+                    ) from exc
+                raise
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The connection is unusable; SQLite discards the uncommitted transaction when the
+            # file is next opened, so dropping the connection is the safe way out.
+            self._conn = None
+            conn.close()

@@ -1,0 +1,326 @@
+"""Tests for the proof-of-work hashing engine (node.hashing) and the miner process pool."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.hashing import (
+    MAX_NONCE,
+    NONCE_SPACE,
+    baseline_midstate_loop,
+    block_hash,
+    hash_meets_target,
+    header_with_nonce,
+    scan_nonces,
+)
+from node.miner_pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEADER76 = bytes(range(76))
+EASY = 1 << 250  # ~1 in 64 hashes wins
+IMPOSSIBLE = 0  # a hash of exactly zero: never in practice
+ANY = (1 << 256) - 1  # every hash wins
+
+
+def reference_first_hit(header76: bytes, target: int, start: int, count: int) -> int | None:
+    for nonce in range(start, start + count):
+        if hash_meets_target(block_hash(header_with_nonce(header76, nonce)), target):
+            return nonce
+    return None
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., MinerPool]]:
+    pools: list[MinerPool] = []
+
+    def make(**kwargs: object) -> MinerPool:
+        pool = MinerPool(**kwargs)  # type: ignore[arg-type]
+        pools.append(pool)
+        pool.start()
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+# ----------------------------------------------------------------------------- node.hashing
+
+
+def test_scan_nonces_finds_nonce_below_target() -> None:
+    nonce, done = scan_nonces(HEADER76, EASY, 1000, 100_000)
+    assert nonce is not None
+    assert int.from_bytes(block_hash(header_with_nonce(HEADER76, nonce)), "big") <= EASY
+    assert nonce == reference_first_hit(HEADER76, EASY, 1000, 100_000)
+    assert done == nonce - 1000 + 1
+
+
+@pytest.mark.parametrize("target", [ANY, 1 << 252, 1 << 248])
+def test_scan_nonces_agrees_with_plain_double_sha(target: int) -> None:
+    # Crosses several internal chunks, so chunk boundaries are exercised too.
+    start, count = 5, 5000
+    expected = reference_first_hit(HEADER76, target, start, count)
+    nonce, done = scan_nonces(HEADER76, target, start, count)
+    assert nonce == expected
+    assert done == (count if expected is None else expected - start + 1)
+
+
+def test_scan_nonces_impossible_target_counts_all() -> None:
+    assert scan_nonces(HEADER76, IMPOSSIBLE, 0, 3000) == (None, 3000)
+    assert scan_nonces(HEADER76, -1, 0, 10) == (None, 10)
+    assert scan_nonces(HEADER76, ANY, 7, 0) == (None, 0)
+
+
+def test_scan_nonces_never_passes_max_nonce() -> None:
+    assert scan_nonces(HEADER76, IMPOSSIBLE, MAX_NONCE - 2, 100) == (None, 3)
+    assert scan_nonces(HEADER76, IMPOSSIBLE, NONCE_SPACE, 100) == (None, 0)
+    assert scan_nonces(HEADER76, ANY, MAX_NONCE, 100) == (MAX_NONCE, 1)
+
+
+def test_scan_nonces_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        scan_nonces(HEADER76[:75], EASY, 0, 1)
+    with pytest.raises(ValueError):
+        scan_nonces(HEADER76, EASY, -1, 1)
+
+
+def test_baseline_loop_counts() -> None:
+    assert baseline_midstate_loop(HEADER76, 1000) == 1000
+
+
+@pytest.mark.parametrize(
+    ("space", "parts"), [(NONCE_SPACE, 1), (NONCE_SPACE, 2), (NONCE_SPACE, 7), (10, 3), (2, 4)]
+)
+def test_nonce_ranges_disjoint_and_cover(space: int, parts: int) -> None:
+    ranges = nonce_ranges(space, parts)
+    assert len(ranges) == parts
+    assert ranges[0][0] == 0
+    assert ranges[-1][1] == space
+    for (_, hi), (lo, _) in itertools.pairwise(ranges):
+        assert hi == lo  # contiguous, hence disjoint and complete
+    assert all(lo <= hi for lo, hi in ranges)
+
+
+# ----------------------------------------------------------------------------- MinerPool
+
+
+async def test_workers_hash_disjoint_ranges(make_pool: Callable[..., MinerPool]) -> None:
+    # Every hash wins, so each worker reports the first nonce of its own range.
+    pool = make_pool(processes=2, nonce_space=1000)
+    pool.submit_job(1, HEADER76, ANY)
+    results = [await asyncio.wait_for(pool.next_result(), 10) for _ in range(2)]
+    assert all(isinstance(r, Found) and r.job_id == 1 for r in results)
+    by_worker = {r.worker: r.nonce for r in results if isinstance(r, Found)}
+    assert by_worker == {0: 0, 1: 500}
+
+
+async def test_found_nonce_meets_target(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2)
+    pool.submit_job(42, HEADER76, EASY)
+    result = await asyncio.wait_for(pool.next_result(), 10)
+    assert isinstance(result, Found)
+    assert result.job_id == 42
+    assert hash_meets_target(block_hash(header_with_nonce(HEADER76, result.nonce)), EASY)
+
+
+async def test_impossible_target_small_space_is_exhausted(
+    make_pool: Callable[..., MinerPool],
+) -> None:
+    pool = make_pool(processes=2, nonce_space=3000)
+    pool.submit_job(7, HEADER76, IMPOSSIBLE)
+    assert await asyncio.wait_for(pool.next_result(), 10) == Exhausted(7)
+    assert pool.total_hashes() == 3000
+    # The daemon's reaction: a new job (new extra-nonce) is mined from scratch.
+    pool.submit_job(8, HEADER76[:-1] + b"\xff", IMPOSSIBLE)
+    assert await asyncio.wait_for(pool.next_result(), 10) == Exhausted(8)
+    assert pool.total_hashes() == 6000
+
+
+async def test_new_job_preempts_old(make_pool: Callable[..., MinerPool]) -> None:
+    # Job 1 alone would be exhausted after ~0.2 s; job 2 must take over before that.
+    pool = make_pool(processes=2, nonce_space=400_000)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: len(pool.job_switch_latencies()) == 1)
+    other = HEADER76[:-1] + b"\x01"
+    pool.submit_job(2, other, EASY)
+    first = await asyncio.wait_for(pool.next_result(), 10)
+    assert isinstance(first, Found)
+    assert first.job_id == 2
+    assert hash_meets_target(block_hash(header_with_nonce(other, first.nonce)), EASY)
+    # Absence check: whatever else arrives (the other worker's solution) is for job 2 only.
+    with pytest.raises(TimeoutError):
+        while True:
+            later = await asyncio.wait_for(pool.next_result(), 0.5)
+            assert later.job_id == 2
+    assert len(pool.job_switch_latencies()) == 2
+
+
+async def test_stale_results_are_dropped(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2, nonce_space=1000)
+    pool.submit_job(1, HEADER76, ANY)
+    # Let job 1's solutions arrive but do not consume them.
+    await wait_until(lambda: pool.total_hashes() >= 2)
+    await asyncio.sleep(0)  # not synchronisation: just yields once
+    pool.submit_job(2, HEADER76, IMPOSSIBLE)
+    assert await asyncio.wait_for(pool.next_result(), 10) == Exhausted(2)
+    assert pool.result_nowait() is None
+
+
+async def test_clear_job_idles_workers(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: pool.total_hashes() > 10_000)
+    pool.clear_job()
+
+    previous = [-1]
+
+    def stopped() -> bool:
+        now = pool.total_hashes()
+        same = now == previous[0]
+        previous[0] = now
+        return same
+
+    await wait_until(stopped, timeout=5)
+    frozen = pool.total_hashes()
+    await asyncio.sleep(0.2)
+    assert pool.total_hashes() == frozen
+    assert pool.result_nowait() is None
+
+
+async def test_hashrate_cap(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2, hashrate=2000)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: len(pool.job_switch_latencies()) == 1)
+
+    async def measure(seconds: float) -> float:
+        t0, c0 = time.monotonic(), pool.total_hashes()
+        await asyncio.sleep(seconds)  # a measurement interval, not synchronisation
+        return (pool.total_hashes() - c0) / (time.monotonic() - t0)
+
+    rate = await measure(2.0)
+    assert 0.5 * 2000 <= rate <= 1.3 * 2000
+    assert 0.5 * 2000 <= pool.hashrate_measured(window=2.0) <= 1.3 * 2000
+
+    pool.set_hashrate(500)
+    await asyncio.sleep(0.2)  # let the old bucket drain out of the measurement
+    rate = await measure(2.0)
+    assert 0.5 * 500 <= rate <= 1.3 * 500
+
+
+async def test_low_hashrate_still_switches_jobs_fast(make_pool: Callable[..., MinerPool]) -> None:
+    # At 2 H/s each worker sleeps ~1 s between single hashes; a new job must not wait for that.
+    pool = make_pool(processes=2, hashrate=2)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: len(pool.job_switch_latencies()) == 1)
+    pool.submit_job(2, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: len(pool.job_switch_latencies()) == 2)
+    assert pool.job_switch_latencies()[-1] < 0.5
+
+
+async def test_event_loop_stays_responsive(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: pool.total_hashes() > 100_000)
+    delays = []
+    for _ in range(50):
+        t0 = time.monotonic()
+        await asyncio.sleep(0.01)
+        delays.append(time.monotonic() - t0 - 0.01)
+    assert statistics.median(delays) < 0.05
+    assert max(delays) < 0.25
+    assert pool.hashrate_measured() > 0
+
+
+async def test_close_leaves_no_children(make_pool: Callable[..., MinerPool]) -> None:
+    pool = make_pool(processes=2)
+    pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    await wait_until(lambda: pool.total_hashes() > 0)
+    waiter = asyncio.ensure_future(pool.next_result())
+    await asyncio.sleep(0)
+    pool.close()
+    assert multiprocessing.active_children() == []
+    pool.close()  # idempotent
+    with pytest.raises(MinerPoolError):
+        await asyncio.wait_for(waiter, 5)
+    with pytest.raises(MinerPoolError):
+        pool.submit_job(2, HEADER76, EASY)
+
+
+def test_context_manager_and_bad_arguments() -> None:
+    with MinerPool(processes=1, nonce_space=100) as pool:
+        pool.submit_job(1, HEADER76, IMPOSSIBLE)
+    assert multiprocessing.active_children() == []
+    with pytest.raises(ValueError):
+        MinerPool(processes=0)
+    with pytest.raises(ValueError):
+        MinerPool(hashrate=-1)
+    with pytest.raises(ValueError):
+        MinerPool(start_method="fork")
+    with pytest.raises(ValueError), MinerPool(processes=1) as pool:
+        pool.submit_job(1, HEADER76 + b"x", EASY)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from node.miner_pool import MinerPool
+if __name__ == "__main__":
+    pool = MinerPool(processes=2)
+    pool.start()
+    pool.submit_job(1, bytes(76), 0)
+    print("PIDS", *[p.pid for p in pool._procs], flush=True)
+    time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie is no longer running, just not yet reaped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+async def test_workers_exit_when_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "orphan_parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, env=env, cwd=tmp_path, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("PIDS"):  # skip structlog output on the same stdout
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            assert line, "child exited early"
+        pids = [int(p) for p in line.split()[1:]]
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        await wait_until(lambda: all(_gone(pid) for pid in pids), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
