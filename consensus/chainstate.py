@@ -147,7 +147,11 @@ class ChainState:
         self.finality_depth = finality_depth or params.finality_depth
         self.enforce_finality = enforce_finality
         self.max_orphan_blocks = max_orphan_blocks
-        self.signature_cache = signature_cache or SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
+        self.signature_cache = (
+            signature_cache
+            if signature_cache is not None
+            else SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
+        )
         self.index: dict[bytes, BlockIndex] = {}
         self.children: dict[bytes, list[BlockIndex]] = {}
         self.active: list[BlockIndex] = []
@@ -408,9 +412,13 @@ class ChainState:
         if result.status in ("stored", "connected", "side-branch"):
             self._activate_best_chain(result)
             self._process_orphans(block.hash, now, result)
-            result.status = "connected" if self.is_active(self.index[block.hash]) else (
-                "side-branch"
-            )
+            entry = self.index[block.hash]
+            if entry.failed:
+                # Found invalid when connecting (its own rules, or an ancestor's on the way).
+                result.status = "invalid"
+                result.reason = result.reason or "bad-prevblk"
+            else:
+                result.status = "connected" if self.is_active(entry) else "side-branch"
         return result
 
     def invalidate_block(self, block_hash: bytes) -> AcceptResult:

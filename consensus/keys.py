@@ -103,6 +103,8 @@ def decode_address(
     if len(raw) != PUBKEY_HASH_SIZE + CHECKSUM_SIZE or body != body.lower():
         raise AddressError(f"invalid address {address!r}: wrong length or case")
     pkh, checksum = raw[:PUBKEY_HASH_SIZE], raw[PUBKEY_HASH_SIZE:]
-    if _checksum(prefix, pkh) != checksum:
+    # base32 leaves 3 spare bits in the last character and accepts '=' padding: only the one
+    # canonical spelling is valid, or some single-character typos would decode all the same.
+    if _checksum(prefix, pkh) != checksum or encode_address(prefix, pkh) != address:
         raise AddressError(f"invalid address {address!r}: checksum mismatch (mistyped?)")
     return pkh

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from consensus.block import Block
+from consensus.chainstate import AcceptResult, BlockIndex
 from consensus.coins import Coin
 from consensus.errors import ConsensusError
 from consensus.params import (
@@ -161,7 +162,12 @@ class Mempool:
         self.max_orphans = max_orphans
         self.orphan_expiry = orphan_expiry
         # Share the chain state's cache: that sharing is what lets blocks skip verification.
-        self.signature_cache = signature_cache or SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
+        # (Not `or`: an empty cache has len() 0 and is falsy, and would silently go unshared.)
+        self.signature_cache = (
+            signature_cache
+            if signature_cache is not None
+            else SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
+        )
         self.max_ancestors = max_ancestors
         self.max_descendants = max_descendants
         self.incremental_fee_rate = incremental_fee_rate
@@ -178,6 +184,7 @@ class Mempool:
         self._floor_time = 0
         self._orphans: OrderedDict[bytes, _Orphan] = OrderedDict()
         self._orphans_by_parent: dict[bytes, set[bytes]] = {}
+        self._orphan_scan_at = 0  # no orphan expires before this time: skip the scan till then
 
     # ----------------------------------------------------------------- queries
 
@@ -545,6 +552,8 @@ class Mempool:
                 "orphan-tx-too-large", f"{tx.size} bytes > {self.max_orphan_size} for an orphan"
             )
         self._orphans[txid] = _Orphan(tx, time, tuple(missing))
+        if len(self._orphans) == 1 or time + self.orphan_expiry < self._orphan_scan_at:
+            self._orphan_scan_at = time + self.orphan_expiry
         for parent in missing:
             self._orphans_by_parent.setdefault(parent, set()).add(txid)
         while len(self._orphans) > self.max_orphans:
@@ -562,9 +571,14 @@ class Mempool:
         return orphan
 
     def _expire_orphans(self, now: int) -> None:
+        if now < self._orphan_scan_at or not self._orphans:
+            return
         expired = [t for t, o in self._orphans.items() if o.time + self.orphan_expiry <= now]
         for txid in expired:
             self._drop_orphan(txid)
+        self._orphan_scan_at = min(
+            (o.time + self.orphan_expiry for o in self._orphans.values()), default=0
+        )
 
     def _retry_orphans(
         self,
@@ -599,7 +613,9 @@ class Mempool:
 
     # ----------------------------------------------------------------- chain changes
 
-    def update_for_chain(self, result: Any, chain: ChainView, now: int) -> MempoolUpdate:
+    def update_for_chain(
+        self, result: AcceptResult, chain: ChainView, now: int
+    ) -> MempoolUpdate:
         """Follow the chain after `chain.accept_block` (or invalidate/reconsider) returned
         `result` (an `AcceptResult`): drop what got confirmed or double-spent, and on a reorg put
         the disconnected blocks' transactions back and drop what the new chain made invalid."""
@@ -620,7 +636,9 @@ class Mempool:
         )
         return update
 
-    def _connect(self, connected: list[tuple[Any, Block]], update: MempoolUpdate) -> None:
+    def _connect(
+        self, connected: list[tuple[BlockIndex, Block]], update: MempoolUpdate
+    ) -> None:
         entries, spenders = self._entries, self._spenders
         for _, block in connected:
             for tx in block.txs[1:]:
@@ -636,7 +654,9 @@ class Mempool:
                     self._remove_entry(txid)
                     update.included.append(txid)
 
-    def _reorg(self, result: Any, chain: ChainView, now: int, update: MempoolUpdate) -> None:
+    def _reorg(
+        self, result: AcceptResult, chain: ChainView, now: int, update: MempoolUpdate
+    ) -> None:
         """Rebuild the pool against the new tip: the disconnected blocks' transactions first
         (oldest block first, so parents come first), then the old entries in arrival order."""
         candidates: list[tuple[Transaction, int, bool]] = [

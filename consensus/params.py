@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from consensus.block import Block, BlockHeader
+from consensus.errors import ConsensusError
 from consensus.hashing import ZERO_HASH
 from consensus.pow import bits_to_target
 from consensus.tx import make_coinbase
@@ -136,7 +137,7 @@ class ChainParams:
                 raise ParamsError(f"chain parameter {name!r} must not be negative")
         try:
             limit = bits_to_target(self.pow_limit_bits)
-        except ValueError as exc:
+        except (ValueError, ConsensusError) as exc:  # negative or overflowing compact bits
             raise ParamsError(f"pow_limit_bits: {exc}") from None
         if limit <= 0:
             raise ParamsError("pow_limit_bits must give a positive target")

@@ -17,7 +17,13 @@ from consensus.hashing import ZERO_HASH
 from consensus.keys import PUBKEY_SIZE, SIGNATURE_SIZE, pubkey_hash, verify_signature
 from consensus.params import COIN, ChainParams
 from consensus.pow import bits_to_target, hash_meets_target
-from consensus.tx import COINBASE_HEIGHT_SIZE, OutPoint, Transaction, coinbase_height
+from consensus.tx import (
+    COINBASE_HEIGHT_SIZE,
+    MAX_COINBASE_DATA,
+    OutPoint,
+    Transaction,
+    coinbase_height,
+)
 
 MAX_MONEY = 21_000_000 * COIN
 
@@ -48,8 +54,14 @@ def check_transaction(tx: Transaction, params: ChainParams) -> None:
     if len({i.outpoint for i in tx.inputs}) != len(tx.inputs):
         raise ConsensusError("bad-txns-inputs-duplicate")
     if tx.is_coinbase:
-        if len(tx.inputs[0].signature) < COINBASE_HEIGHT_SIZE:
-            raise ConsensusError("bad-cb-length", "coinbase data must start with the height")
+        # The same bounds decoding enforces: a block held as objects (a local miner's) must not
+        # pass with a coinbase that no peer, and no restart, could ever decode.
+        if not COINBASE_HEIGHT_SIZE <= len(tx.inputs[0].signature) <= MAX_COINBASE_DATA:
+            raise ConsensusError(
+                "bad-cb-length",
+                f"coinbase data must start with the height and be at most {MAX_COINBASE_DATA}"
+                " bytes",
+            )
         return
     for txin in tx.inputs:
         if txin.prev_txid == ZERO_HASH:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import time
 from collections import OrderedDict
@@ -19,12 +20,13 @@ from typing import Any
 
 import msgpack
 import structlog
-from consensus.mempool import Mempool
 
 from consensus.block import Block
 from consensus.chainstate import AcceptResult, ChainState
 from consensus.errors import ConsensusError
-from consensus.params import ChainParams
+from consensus.keys import PrivateKey
+from consensus.mempool import Mempool
+from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE, ChainParams
 from consensus.tx import Transaction, decode_transaction
 from consensus.txstatus import TxStatus, transaction_status
 from consensus.validation import SignatureCache
@@ -34,9 +36,11 @@ from node.events import EventHub
 from node.fsutil import write_atomic
 from node.metrics import NodeMetrics
 from node.miner import Miner
-from node.peers import PeerControl
 from node.rpc_server import RPCServer, delete_cookie, write_cookie
 from node.wallet import Wallet
+from p2p.config import P2PConfig
+from p2p.protocol import Event, P2PProtocol, PeerConnected, PeerDisconnected
+from p2p.transport import P2PService
 from storage import open_store
 
 log = structlog.get_logger("powlab.node")
@@ -66,7 +70,9 @@ class Node:
         self.started_at = clock()
         self.events = EventHub()
         self.metrics = NodeMetrics()
-        self.peers = PeerControl()
+        self.p2p: P2PService | None = None
+        self.p2p_addr = ""
+        self.rng = random.Random()
         self.finality_depth = config.finality_depth or params.finality_depth
         self._lock = DataDirLock(self.datadir)
         self._stop_event = asyncio.Event()
@@ -90,6 +96,7 @@ class Node:
         self._lock.acquire()
         try:
             self._open_state()
+            await self._start_p2p()
             if self.config.mine:
                 await self.miner.set_mining(True, self.config.hashrate)
             await self._start_rpc()
@@ -97,6 +104,8 @@ class Node:
             miner = getattr(self, "miner", None)
             if miner is not None:
                 await miner.close()
+            if self.p2p is not None:
+                await self.p2p.close()
             self._close_state()
             self._lock.release()
             raise
@@ -111,7 +120,7 @@ class Node:
         )
 
     def _open_state(self) -> None:
-        sigcache = SignatureCache(100_000)
+        sigcache = SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
         self.store = open_store(self.datadir, self.params)
         self.chain = ChainState(
             self.params,
@@ -138,6 +147,57 @@ class Node:
             else self.wallet.default_pkh()
         )
         self.miner = Miner(self, payout, self.config.miner_processes)
+
+    async def _start_p2p(self) -> None:
+        cfg = self.config
+        listen = not cfg.no_listen
+        host, port = parse_host_port(cfg.p2p_bind)
+        if not listen:
+            port = 0  # still a UDP socket to talk from, but nobody is told about it
+        service = P2PService((host, port), listen, self.clock, self.rng, self._on_p2p_event)
+        bound = await service.bind()
+        p2p_config = P2PConfig(
+            listen=listen,
+            listen_port=bound if listen else 0,
+            connect=tuple(parse_host_port(a) for a in cfg.connect),
+            addnode=tuple(parse_host_port(a) for a in cfg.addnode),
+            max_inbound=cfg.max_inbound,
+            max_outbound=cfg.max_outbound,
+            allow_peers=frozenset(bytes.fromhex(n) for n in cfg.allow_peer),
+            ban_seconds=cfg.ban_seconds,
+        )
+        protocol = P2PProtocol(
+            self.params, load_node_key(self.datadir), p2p_config, self, self.rng, self.clock()
+        )
+        service.attach(protocol)
+        self.p2p = service
+        self.p2p_addr = f"{host}:{bound}"
+        write_atomic(self.datadir / "p2p.addr", self.p2p_addr.encode(), 0o600)
+        log.info("p2p_listening" if listen else "p2p_outbound_only", addr=self.p2p_addr,
+                 node_id=protocol.node_id.hex())
+
+    @property
+    def protocol(self) -> P2PProtocol:
+        assert self.p2p is not None and self.p2p.protocol is not None
+        return self.p2p.protocol
+
+    def _on_p2p_event(self, event: Event) -> None:
+        if isinstance(event, PeerConnected):
+            self.events.publish({"type": "peer_connected", "id": event.peer_id,
+                                 "addr": f"{event.addr[0]}:{event.addr[1]}",
+                                 "inbound": event.inbound, "node_id": event.node_id.hex()})
+        elif isinstance(event, PeerDisconnected):
+            self.events.publish({"type": "peer_disconnected", "id": event.peer_id,
+                                 "addr": f"{event.addr[0]}:{event.addr[1]}",
+                                 "reason": event.reason})
+
+    def p2p_flush(self) -> None:
+        if self.p2p is not None:
+            self.p2p.flush()
+
+    def accept_header(self, header: Any) -> Any:
+        """Headers-first sync: index a header; it is stored with the next commit."""
+        return self.chain.accept_header(header, self.now())
 
     async def _start_rpc(self) -> None:
         from node.rpc_methods import build_registry
@@ -167,6 +227,8 @@ class Node:
     async def stop(self) -> None:
         log.info("node_stopping")
         await self.miner.close()
+        if self.p2p is not None:
+            await self.p2p.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -179,8 +241,9 @@ class Node:
         self._close_state()
         if not self.config.rpc_user:
             delete_cookie(self.datadir)
-        with contextlib.suppress(FileNotFoundError):
-            (self.datadir / "rpc.url").unlink()
+        for name in ("rpc.url", "p2p.addr"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.datadir / name).unlink()
         self._lock.release()
         log.info("node_stopped")
 
@@ -217,10 +280,10 @@ class Node:
             log.warning("mempool_file_unreadable", path=str(path), error=str(exc))
             return
         accepted = 0
-        for raw, _entry_time in entries:
+        for raw, entry_time in entries:
             try:
                 tx = decode_transaction(raw, self.params.max_block_size)
-                self.mempool.accept(tx, self.chain, self.now())
+                self.mempool.accept(tx, self.chain, self.now(), entry_time=entry_time)
                 accepted += 1
             except ConsensusError as exc:
                 log.info("mempool_tx_dropped_at_load", reason=exc.reason)
@@ -305,6 +368,9 @@ class Node:
                 self._watch(txid)
             self._publish_tx_statuses()
             self.miner.on_new_tip()
+            if self.p2p is not None:
+                self.protocol.announce_blocks(result, self.clock())
+                self.p2p.flush()
 
     # ----------------------------------------------------------------- transactions
 
@@ -314,6 +380,10 @@ class Node:
             entry = self.mempool.get(txid)
             if entry is not None:
                 self._remember_tx(entry.tx)
+                if self.p2p is not None:
+                    self.protocol.announce_tx(entry.tx, self.clock())
+        if self.p2p is not None:
+            self.p2p.flush()
         self._watch(tx.txid)
         self._publish_tx_statuses()
         self.miner.on_mempool_changed()
@@ -384,6 +454,22 @@ async def run_node(config: NodeConfig, params: ChainParams) -> int:
     finally:
         await node.stop()
     return 0
+
+
+NODE_KEY_FILE = "node_key"
+
+
+def load_node_key(datadir: Path) -> PrivateKey:
+    """The node's P2P identity (an Ed25519 key), created on first start, private to the user."""
+    path = datadir / NODE_KEY_FILE
+    if path.exists():
+        seed = path.read_bytes()
+        if len(seed) != 32:
+            raise NodeError(f"{path} is not a 32-byte key; move it aside to make a new identity")
+        return PrivateKey(seed)
+    key = PrivateKey(os.urandom(32))
+    write_atomic(path, key.seed, 0o600)
+    return key
 
 
 def default_datadir(network: str) -> Path:

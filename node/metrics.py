@@ -34,6 +34,6 @@ class NodeMetrics:
         self.height.set(node.chain.height)
         self.mempool_txs.set(len(node.mempool))
         self.mempool_bytes.set(node.mempool.bytes)
-        self.peers.set(node.peers.connection_count())
+        self.peers.set(node.protocol.established_count())
         self.hashrate.set(node.miner.hashrate_measured())
         return generate_latest(self.registry)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
-
-from consensus.mempool import MempoolConflict
 
 from consensus.block import decode_block
 from consensus.errors import ConsensusError, DecodeError
 from consensus.keys import encode_address
+from consensus.mempool import MempoolConflict
 from consensus.pow import bits_to_target, difficulty
 from consensus.tx import Transaction, TxIn, TxOut, decode_transaction
+from node.config import parse_host_port
 from node.miner import MinerError
-from node.peers import LinkFault, PeerControlError
 from node.rpc_server import (
     RPC_CLIENT_NODE_NOT_ADDED,
     RPC_DESERIALIZATION_ERROR,
@@ -28,6 +26,7 @@ from node.rpc_server import (
     RPCError,
 )
 from node.wallet import InsufficientFunds, WalletError
+from p2p.transport import LinkFault
 
 if TYPE_CHECKING:
     from consensus.chainstate import BlockIndex
@@ -35,7 +34,9 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 USER_AGENT = "/powlab:0.1.0/"
+RPC_CLIENT_NODE_ALREADY_ADDED = -23
 RPC_CLIENT_NODE_NOT_CONNECTED = -29
+RPC_CLIENT_INVALID_IP_OR_SUBNET = -30
 
 
 def _hash_param(value: str, what: str = "hash") -> bytes:
@@ -398,52 +399,92 @@ def build_registry(node: Node) -> MethodRegistry:
 
     # ----------------------------------------------------------------- network
 
+    def peer_address(text: str) -> tuple[str, int]:
+        try:
+            return parse_host_port(text)
+        except ValueError as exc:
+            raise RPCError(RPC_INVALID_PARAMETER, f"invalid address {text!r}: {exc}") from None
+
     def getpeerinfo() -> list[dict[str, Any]]:
-        """Connected peers (none until the P2P layer connects some)."""
-        return []
+        """Peers: id, address, direction, node id, height, latency, misbehaviour score and
+        penalties, bytes sent and received."""
+        return node.protocol.peer_info()
 
     def getconnectioncount() -> int:
-        """Number of connected peers."""
-        return node.peers.connection_count()
+        """Number of established peers."""
+        return node.protocol.established_count()
 
     def addnode(node_addr: str, command: str) -> None:
-        """Add, remove or try once a peer address (HOST:PORT)."""
-        try:
-            node.peers.add_node(node_addr, command)
-        except PeerControlError as exc:
-            raise RPCError(RPC_CLIENT_NODE_NOT_ADDED, str(exc)) from None
+        """add (keep connected), remove, or onetry a peer at HOST:PORT."""
+        addr = peer_address(node_addr)
+        now = node.clock()
+        if command == "add":
+            if addr in node.protocol.persistent_addresses():
+                raise RPCError(RPC_CLIENT_NODE_ALREADY_ADDED, "Node already added")
+            node.protocol.connect(addr, now, persistent=True)
+        elif command == "remove":
+            if not node.protocol.forget_persistent(addr):
+                raise RPCError(RPC_CLIENT_NODE_NOT_ADDED, "Node has not been added")
+        elif command == "onetry":
+            node.protocol.connect(addr, now)
+        else:
+            raise RPCError(RPC_INVALID_PARAMETER, "command must be add, remove or onetry")
+        node.p2p_flush()
 
     def getaddednodeinfo() -> list[dict[str, Any]]:
-        """Peers added with addnode."""
-        return [{"addednode": a, "connected": False} for a in node.peers.added]
+        """Peers added with addnode or --connect/--addnode, and whether connected."""
+        connected = {p["addr"] for p in node.protocol.peer_info() if p["status"] == "established"}
+        return [
+            {"addednode": f"{h}:{p}", "connected": f"{h}:{p}" in connected}
+            for h, p in node.protocol.persistent_addresses()
+        ]
 
     def disconnectnode(address: str = "", nodeid: int | None = None) -> None:
-        """Disconnect a peer by address or id."""
-        raise RPCError(RPC_CLIENT_NODE_NOT_CONNECTED, "Node not found in connected nodes")
+        """Disconnect a peer by address (HOST:PORT) or by id."""
+        peers = node.protocol.peer_info()
+        match = [p for p in peers if (nodeid is not None and p["id"] == nodeid)
+                 or (address and p["addr"] == address)]
+        if not match:
+            raise RPCError(RPC_CLIENT_NODE_NOT_CONNECTED, "Node not found in connected nodes")
+        for peer in match:
+            node.protocol.disconnect(peer["id"], node.clock(), "disconnectnode")
+        node.p2p_flush()
 
     def setban(subnet: str, command: str, bantime: int = 86400) -> None:
-        """Ban (add) or unban (remove) an address for `bantime` seconds."""
-        try:
-            node.peers.set_ban(subnet, command, bantime, time.time())
-        except PeerControlError as exc:
-            raise RPCError(RPC_INVALID_PARAMETER, str(exc)) from None
+        """Ban (add) or unban (remove) a host (IP) for `bantime` seconds."""
+        host = subnet.rsplit(":", 1)[0] if subnet.count(":") == 1 else subnet
+        if command == "add":
+            if bantime <= 0:
+                raise RPCError(RPC_INVALID_PARAMETER, "bantime must be positive")
+            node.protocol.ban(host, bantime, node.clock())
+        elif command == "remove":
+            if not node.protocol.book.unban(host):
+                raise RPCError(RPC_CLIENT_INVALID_IP_OR_SUBNET, f"{host} is not banned")
+        else:
+            raise RPCError(RPC_INVALID_PARAMETER, "command must be add or remove")
+        node.p2p_flush()
 
     def listbanned() -> list[dict[str, Any]]:
-        """Banned addresses and until when."""
-        return node.peers.list_banned(time.time())
+        """Banned hosts and discouraged (misbehaving) addresses, and until when."""
+        return [
+            {"address": key, "banned_until": int(until)}
+            for key, until in sorted(node.protocol.book.list_banned(node.clock()).items())
+        ]
 
     def clearbanned() -> None:
-        """Lift every ban."""
-        node.peers.banned.clear()
+        """Lift every ban and discouragement."""
+        node.protocol.book.banned.clear()
+        node.protocol.book.scores.clear()
 
     def setnetworkactive(state: bool) -> bool:
         """Switch all P2P activity on or off; returns the new state."""
-        node.peers.network_active = state
+        node.protocol.set_network_active(state, node.clock())
+        node.p2p_flush()
         return state
 
     def setlinkfault(fault: dict[str, Any], peer: str | None = None) -> None:
-        """Inject delay_ms, jitter_ms and loss (0..1) on outgoing P2P traffic (optionally for
-        one peer), for experiments."""
+        """Inject delay_ms, jitter_ms and loss (0..1, datagrams only) on outgoing P2P traffic,
+        for all peers or one peer (HOST:PORT), for experiments. {} clears it."""
         unknown = set(fault) - {"delay_ms", "jitter_ms", "loss"}
         if unknown:
             raise RPCError(RPC_INVALID_PARAMETER, f"unknown fault keys: {sorted(unknown)}")
@@ -452,10 +493,12 @@ def build_registry(node: Node) -> MethodRegistry:
             link.validate()
         except (TypeError, ValueError) as exc:
             raise RPCError(RPC_INVALID_PARAMETER, str(exc)) from None
+        assert node.p2p is not None
         if peer is None:
-            node.peers.fault = link
+            node.p2p.fault = link
         else:
-            node.peers.peer_faults[peer] = link
+            peer_address(peer)
+            node.p2p.peer_faults[peer] = link
 
     def getnetworkinfo() -> dict[str, Any]:
         """Version, protocol, whether networking is active, connections, relay fee."""
@@ -463,8 +506,10 @@ def build_registry(node: Node) -> MethodRegistry:
             "version": PROTOCOL_VERSION,
             "subversion": USER_AGENT,
             "protocolversion": PROTOCOL_VERSION,
-            "networkactive": node.peers.network_active,
-            "connections": node.peers.connection_count(),
+            "networkactive": node.protocol.network_active,
+            "connections": node.protocol.established_count(),
+            "p2p": node.p2p_addr,
+            "node_id": node.protocol.node_id.hex(),
             "relayfee": node.mempool.min_fee_rate,
             "localaddresses": [],
         }

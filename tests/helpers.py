@@ -29,7 +29,7 @@ from consensus.coins import Coin
 from consensus.errors import ConsensusError
 from consensus.hashing import merkle_root
 from consensus.keys import PrivateKey, pubkey_hash
-from consensus.params import REGTEST, ChainParams
+from consensus.params import REGTEST, TESTNET, ChainParams
 from consensus.pow import (
     bits_to_target,
     hash_meets_target,
@@ -76,13 +76,16 @@ def regtest(**overrides: Any) -> ChainParams:
 
 
 def retargeting(window: int = 4, **overrides: Any) -> ChainParams:
-    """REGTEST's easy pow limit, but with difficulty retargeting every `window` blocks.
+    """TESTNET's rules (difficulty retargets) with a `window`-block window and REGTEST's easy
+    pow limit.
 
     Blocks stay cheap to mine (the limit is ~2**255, so the hardest target a few fast windows
-    reach needs well under a thousand tries) while blocks on different branches can carry
-    different amounts of work: exactly what most-work-vs-longest tests need.
+    reach needs only hundreds of tries) while blocks on different branches can carry different
+    amounts of work: exactly what most-work-vs-longest tests need.
     """
-    return REGTEST.with_overrides({"no_retarget": False, "retarget_window": window, **overrides})
+    return TESTNET.with_overrides(
+        {"pow_limit_bits": REGTEST.pow_limit_bits, "retarget_window": window, **overrides}
+    )
 
 
 # ------------------------------------------------------------------------------------ store

@@ -1,0 +1,52 @@
+"""Every P2P limit and timer, named, with its default: the one place to change them.
+
+The node builds a `P2PConfig` from its own configuration; tests and the simulator build one
+directly (often with shorter timers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Address = tuple[str, int]
+
+PROTOCOL_VERSION = 1
+USER_AGENT = "/powlab:0.1.0/"
+
+
+@dataclass(frozen=True)
+class P2PConfig:
+    listen: bool = True  # accept inbound peers (--no-listen turns it off)
+    listen_port: int = 0  # advertised to peers; 0 = not listening
+    connect: tuple[Address, ...] = ()  # --connect: ONLY these peers
+    addnode: tuple[Address, ...] = ()  # --addnode: these plus whatever gossip finds
+    max_inbound: int = 32
+    max_outbound: int = 8
+    allow_peers: frozenset[bytes] = field(default_factory=frozenset)  # node ids; empty = all
+    ban_seconds: float = 24 * 60 * 60
+    misbehavior_threshold: int = 100
+
+    ping_interval: float = 5.0  # also how fast a missed announcement is noticed
+    peer_timeout: float = 30.0  # silence after which a peer is dropped
+    handshake_timeout: float = 10.0
+    hello_retry_interval: float = 1.0  # datagrams get lost: resend the hello
+    reconnect_interval: float = 5.0
+    stream_hello_timeout: float = 10.0
+
+    max_blocks_in_flight_per_peer: int = 16
+    block_download_window: int = 1024  # blocks ahead of the tip we fetch at once
+    block_stall_timeout: float = 10.0
+    headers_timeout: float = 10.0
+    tx_request_timeout: float = 5.0
+    max_unrequested_blocks_per_minute: int = 60
+
+    msg_rate: float = 2_000.0  # messages per second per peer (token bucket)
+    msg_burst: float = 4_000.0
+    byte_rate: float = 50_000_000.0  # bytes per second per peer
+    byte_burst: float = 100_000_000.0
+
+    max_addr_book: int = 1_000
+    max_known_inventory: int = 50_000  # per peer: what it has or we sent it
+    max_seen: int = 100_000  # hashes we fetched or rejected recently
+    max_pending_stream_bytes: int = 64_000_000  # queued for a peer before its stream is up
+    user_agent: str = USER_AGENT

@@ -1,0 +1,109 @@
+"""One peer's state: handshake progress, what it has, what we asked it for, its budget."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from p2p.config import Address, P2PConfig
+from p2p.ratelimit import TokenBucket
+
+
+class PeerStatus(Enum):
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class BoundedSet:
+    """Insertion-ordered set that forgets its oldest members past `limit`."""
+
+    __slots__ = ("_items", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, item: bytes) -> None:
+        self._items[item] = None
+        self._items.move_to_end(item)
+        if len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def discard(self, item: bytes) -> None:
+        self._items.pop(item, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class PartialBlock:
+    """A compact block waiting for the transactions we could not find in our mempool."""
+
+    header: bytes
+    txs: list[bytes | None]
+    missing: list[int]
+    requested_at: float
+
+
+@dataclass(eq=False)
+class Peer:
+    id: int
+    addr: Address  # where its datagrams come from and go to (its listening socket)
+    inbound: bool
+    our_nonce: bytes
+    created: float
+    config: P2PConfig
+    status: PeerStatus = PeerStatus.HANDSHAKE
+    node_id: bytes | None = None
+    their_nonce: bytes | None = None
+    verack_received: bool = False
+    pending_verack: bytes | None = None  # a Verack that overtook the Hello
+    version: int = 0
+    user_agent: str = ""
+    listen_port: int = 0
+    height: int = 0
+    chainwork: int = 0
+    tip: bytes = b""
+    last_recv: float = 0.0
+    last_hello_sent: float = 0.0
+    last_ping_sent: float = 0.0
+    ping_nonce: int | None = None
+    latency_ms: float | None = None
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    connected_at: float = 0.0
+    headers_requested_at: float | None = None
+    best_header_work: int = 0  # most work of any header it sent us
+    stalls: int = 0
+    stream_id: int | None = None
+    stream_requested: bool = False
+    pending_stream: list[bytes] = field(default_factory=list)
+    pending_stream_bytes: int = 0
+    pending_compact: dict[bytes, PartialBlock] = field(default_factory=dict)
+    unhelpful_blocks: deque[float] = field(default_factory=deque)
+    known: BoundedSet = field(init=False)
+    msg_bucket: TokenBucket = field(init=False)
+    byte_bucket: TokenBucket = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.known = BoundedSet(self.config.max_known_inventory)
+        self.msg_bucket = TokenBucket(self.config.msg_rate, self.config.msg_burst, self.created)
+        self.byte_bucket = TokenBucket(self.config.byte_rate, self.config.byte_burst, self.created)
+        self.last_recv = self.created
+
+    @property
+    def established(self) -> bool:
+        return self.status is PeerStatus.ESTABLISHED
+
+    @property
+    def label(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    def advertised_address(self) -> Address | None:
+        return (self.addr[0], self.listen_port) if self.listen_port else None

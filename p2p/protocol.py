@@ -1,0 +1,1184 @@
+"""The P2P protocol as a sans-IO state machine.
+
+`P2PProtocol` never touches a socket or a clock. The transport shell feeds it what arrives
+(`receive_datagram`, `stream_opened`, `receive_stream_data`, `stream_closed`) and calls
+`handle_timer(now)` regularly; it asks `take_actions()` for what to send and `take_events()` for
+what happened. Blocks, headers and transactions are handed to the node through `NodeInterface`
+(which validates with the pure consensus code and commits); the node calls `announce_block` /
+`announce_tx` after accepting anything, whatever its source, so relay has one path.
+
+Channels: datagrams carry the handshake, pings (with each side's tip and work), address gossip,
+inventory and small messages; a per-peer stream carries headers, blocks and anything larger than
+a datagram. Nothing depends on a datagram arriving: hellos are retried, pings repeat the tip, and
+a peer that is ahead is asked for headers at the next ping.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import structlog
+
+from consensus.block import Block, decode_block, decode_header
+from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus, ChainState
+from consensus.errors import ConsensusError, DecodeError
+from consensus.hashing import ZERO_HASH, merkle_root
+from consensus.keys import PrivateKey, verify_signature
+from consensus.params import ChainParams
+from consensus.tx import Transaction, decode_transaction
+from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
+from p2p.errors import ProtocolError
+from p2p.messages import (
+    INV_BLOCK,
+    INV_TX,
+    MAX_ADDR,
+    MAX_HEADERS,
+    Addr,
+    AddrEntry,
+    BlockMsg,
+    BlockTxn,
+    CompactBlock,
+    DoubleSpendAlert,
+    GetAddr,
+    GetBlockTxn,
+    GetData,
+    GetHeaders,
+    Goodbye,
+    Headers,
+    Hello,
+    Inv,
+    InvItem,
+    Message,
+    NotFound,
+    Ping,
+    Pong,
+    PrefilledTx,
+    StreamHello,
+    TxMsg,
+    Verack,
+    handshake_digest,
+    short_tx_id,
+)
+from p2p.peer import BoundedSet, PartialBlock, Peer, PeerStatus
+from p2p.peerbook import PeerBook
+from p2p.wire import MAX_DATAGRAM_SIZE, MAX_MESSAGE_SIZE, FrameDecoder, decode_message, frame
+from p2p.wire import encode_message as encode_envelope
+
+log = structlog.get_logger("powlab.p2p")
+
+MAX_UDP_PAYLOAD = 65_507
+ADDR_PER_DATAGRAM = 10  # keeps an Addr message inside one datagram
+MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
+
+# Penalty scores: the threshold (default 100) disconnects and discourages the peer.
+PENALTY = {
+    "malformed": 10,
+    "truncated": 10,
+    "bad-magic": 10,
+    "bad-checksum": 10,
+    "oversize": 50,
+    "unknown-type": 10,
+    "bad-field": 20,
+    "rate-limit": 10,
+    "invalid-block": 100,
+    "invalid-header": 100,
+    "invalid-tx": 10,
+    "malformed-tx": 20,
+    "malformed-block": 50,
+    "bad-handshake": 100,
+    "unrequested-block-flood": 20,
+    "unconnecting-headers": 10,
+    "stream-overflow": 50,
+}
+# Block rejections that say nothing bad about the sender: the body may have been mangled in
+# transit, or the block is only early.
+HARMLESS_BLOCK_REASONS = frozenset(
+    {"bad-merkle-root", "bad-txns-duplicate", "time-too-new", "duplicate", "prev-blk-not-found"}
+)
+# Transaction rejections that an honest peer can cause (races, policy differences).
+HARMLESS_TX_REASONS = frozenset(
+    {
+        "txn-mempool-conflict",
+        "txn-already-in-mempool",
+        "txn-already-known",
+        "bad-txns-inputs-missingorspent",
+        "bad-txns-premature-spend-of-coinbase",
+        "min-relay-fee-not-met",
+        "mempool-full",
+        "mempool-min-fee-not-met",
+        "too-long-mempool-chain",
+    }
+)
+
+
+class NodeInterface(Protocol):
+    """What the protocol needs from the node: read access plus validated, committed writes."""
+
+    chain: ChainState
+    mempool: Any
+
+    def submit_block(self, block: Block) -> AcceptResult: ...
+
+    def submit_transaction(self, tx: Transaction) -> Any: ...
+
+    def accept_header(self, header: Any) -> BlockIndex: ...
+
+
+# ----------------------------------------------------------------- actions and events
+
+
+@dataclass(frozen=True)
+class SendDatagram:
+    addr: Address
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendStream:
+    stream_id: int
+    data: bytes  # already framed
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    addr: Address
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    stream_id: int
+
+
+Action = SendDatagram | SendStream | OpenStream | CloseStream
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    peer_id: int
+    addr: Address
+    inbound: bool
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class PeerDisconnected:
+    peer_id: int
+    addr: Address
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerRefused:
+    addr: Address
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerPenalised:
+    addr: Address
+    reason: str
+    score: int
+    discouraged: bool
+
+
+@dataclass(frozen=True)
+class DoubleSpendSeen:
+    tx_a: Transaction
+    tx_b: Transaction
+    peer_id: int | None
+
+
+Event = PeerConnected | PeerDisconnected | PeerRefused | PeerPenalised | DoubleSpendSeen
+
+
+@dataclass
+class _Stream:
+    id: int
+    addr: Address
+    outbound: bool
+    opened_at: float
+    decoder: FrameDecoder
+    peer: Peer | None = None
+
+
+class P2PProtocol:
+    def __init__(
+        self,
+        params: ChainParams,
+        node_key: PrivateKey,
+        config: P2PConfig,
+        node: NodeInterface,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.params = params
+        self.key = node_key
+        self.node_id = node_key.public_key
+        self.config = config
+        self.node = node
+        self.rng = rng
+        self.magic = params.magic
+        self.book = PeerBook(config.max_addr_book, config.misbehavior_threshold, config.ban_seconds)
+        self.peers: dict[int, Peer] = {}
+        self.by_addr: dict[Address, Peer] = {}
+        self.streams: dict[int, _Stream] = {}
+        self.network_active = True
+        self.link_faults: dict[str, Any] = {}
+        self._next_peer_id = 1
+        self._actions: list[Action] = []
+        self._events: list[Event] = []
+        self._self_addrs: set[Address] = set()
+        self._persistent: dict[Address, float] = {}  # address -> next dial time
+        for addr in (*config.connect, *config.addnode):
+            self._persistent[addr] = now
+        self._blocks_in_flight: dict[bytes, tuple[int, float]] = {}
+        self._txs_in_flight: dict[bytes, tuple[int, float]] = {}
+        self._tx_announcers: dict[bytes, list[int]] = {}
+        self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
+        self._download_queue: list[BlockIndex] = []
+        self._download_for: bytes | None = None
+        self._last_dial = 0.0
+        self._started = now
+
+    # ----------------------------------------------------------------- outputs
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # ----------------------------------------------------------------- sending
+
+    def _encode(self, msg: Message) -> bytes:
+        return encode_envelope(self.magic, msg)
+
+    def _send(self, peer: Peer, msg: Message, stream: bool = False) -> None:
+        data = self._encode(msg)
+        if not stream and len(data) <= MAX_DATAGRAM_SIZE:
+            peer.bytes_sent += len(data)
+            self._actions.append(SendDatagram(peer.addr, data))
+            return
+        framed = frame(data)
+        peer.bytes_sent += len(framed)
+        if peer.stream_id is not None:
+            self._actions.append(SendStream(peer.stream_id, framed))
+            return
+        peer.pending_stream.append(framed)
+        peer.pending_stream_bytes += len(framed)
+        if peer.pending_stream_bytes > self.config.max_pending_stream_bytes:
+            self._disconnect(peer, "stream-overflow", self._started)
+            return
+        if not peer.inbound and not peer.stream_requested and peer.established:
+            peer.stream_requested = True
+            self._actions.append(OpenStream(peer.addr))
+
+    def _send_to_addr(self, addr: Address, msg: Message) -> None:
+        self._actions.append(SendDatagram(addr, self._encode(msg)))
+
+    # ----------------------------------------------------------------- control
+
+    def connect(self, addr: Address, now: float, persistent: bool = False) -> None:
+        if persistent:
+            self._persistent[addr] = now
+        if addr in self.by_addr or addr in self._self_addrs or not self.network_active:
+            return
+        if self.book.is_banned(addr, now):
+            return
+        peer = self._new_peer(addr, inbound=False, now=now)
+        self._send_hello(peer, now)
+
+    def forget_persistent(self, addr: Address) -> bool:
+        return self._persistent.pop(addr, None) is not None
+
+    def persistent_addresses(self) -> list[Address]:
+        return list(self._persistent)
+
+    def disconnect(self, peer_id: int, now: float, reason: str = "requested") -> bool:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return False
+        self._disconnect(peer, reason, now)
+        return True
+
+    def set_network_active(self, active: bool, now: float) -> None:
+        self.network_active = active
+        if not active:
+            for peer in list(self.peers.values()):
+                self._disconnect(peer, "network-inactive", now)
+        else:
+            for addr in self._persistent:
+                self._persistent[addr] = now
+
+    def ban(self, host: str, seconds: float, now: float) -> None:
+        self.book.ban(host, seconds, now)
+        for peer in list(self.peers.values()):
+            if peer.addr[0] == host:
+                self._disconnect(peer, "banned", now)
+
+    # ----------------------------------------------------------------- peers
+
+    def _new_peer(self, addr: Address, inbound: bool, now: float) -> Peer:
+        peer = Peer(self._next_peer_id, addr, inbound, os.urandom(16), now, self.config)
+        self._next_peer_id += 1
+        self.peers[peer.id] = peer
+        self.by_addr[addr] = peer
+        return peer
+
+    def _hello(self, peer: Peer, now: float) -> Hello:
+        tip = self.node.chain.tip
+        return Hello(
+            PROTOCOL_VERSION,
+            self.params.genesis_hash,
+            self.node_id,
+            peer.our_nonce,
+            self.config.listen_port if self.config.listen else 0,
+            tip.height,
+            tip.chainwork.to_bytes(32, "big"),
+            tip.hash,
+            self.config.user_agent,
+            int(now),
+        )
+
+    def _send_hello(self, peer: Peer, now: float) -> None:
+        peer.last_hello_sent = now
+        self._send(peer, self._hello(peer, now))
+
+    def _disconnect(self, peer: Peer, reason: str, now: float) -> None:
+        if peer.status is PeerStatus.CLOSED:
+            return
+        was_established = peer.established
+        peer.status = PeerStatus.CLOSED
+        self.peers.pop(peer.id, None)
+        if self.by_addr.get(peer.addr) is peer:
+            del self.by_addr[peer.addr]
+        if reason not in ("goodbye", "network-inactive-silent"):
+            self._send_to_addr(peer.addr, Goodbye(reason[:200]))
+        if peer.stream_id is not None:
+            self.streams.pop(peer.stream_id, None)
+            self._actions.append(CloseStream(peer.stream_id))
+        for block_hash, (peer_id, _) in list(self._blocks_in_flight.items()):
+            if peer_id == peer.id:
+                del self._blocks_in_flight[block_hash]
+        for txid, (peer_id, _) in list(self._txs_in_flight.items()):
+            if peer_id == peer.id:
+                del self._txs_in_flight[txid]
+        if peer.addr in self._persistent:
+            self._persistent[peer.addr] = now + self.config.reconnect_interval
+        if was_established:
+            log.info("peer_disconnected", peer=peer.label, reason=reason)
+            self._events.append(PeerDisconnected(peer.id, peer.addr, reason))
+
+    def _penalise(self, addr: Address, reason: str, now: float, score: int | None = None) -> None:
+        score = PENALTY.get(reason, 10) if score is None else score
+        discouraged = self.book.penalise(addr, reason, score, now)
+        log.info(
+            "peer_penalised",
+            peer=f"{addr[0]}:{addr[1]}",
+            reason=reason,
+            score=score,
+            total=self.book.score(addr),
+            discouraged=discouraged,
+        )
+        self._events.append(PeerPenalised(addr, reason, score, discouraged))
+        if discouraged:
+            peer = self.by_addr.get(addr)
+            if peer is not None:
+                self._disconnect(peer, f"misbehaving: {reason}", now)
+
+    # ----------------------------------------------------------------- input: datagrams
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        if not self.network_active or self.book.is_banned(addr, now):
+            return
+        peer = self.by_addr.get(addr)
+        try:
+            msg = decode_message(data, self.magic, MAX_UDP_PAYLOAD)
+        except ProtocolError as exc:
+            if exc.reason == "bad-magic" and peer is None:
+                self._refuse(addr, "wrong network (magic)")
+                return
+            self._penalise(addr, exc.reason, now)
+            return
+        if isinstance(msg, Hello):
+            self._on_hello(peer, addr, msg, now)
+            return
+        if peer is None:
+            return  # strangers may only say hello
+        if not self._within_budget(peer, len(data), now):
+            return
+        self._handle(peer, msg, now)
+
+    def _within_budget(self, peer: Peer, size: int, now: float) -> bool:
+        peer.last_recv = now
+        peer.bytes_recv += size
+        if peer.msg_bucket.take(1, now) and peer.byte_bucket.take(size, now):
+            return True
+        self._penalise(peer.addr, "rate-limit", now)
+        return False
+
+    def _refuse(self, addr: Address, reason: str) -> None:
+        log.info("peer_refused", peer=f"{addr[0]}:{addr[1]}", reason=reason)
+        self._events.append(PeerRefused(addr, reason))
+
+    # ----------------------------------------------------------------- input: streams
+
+    def stream_opened(self, stream_id: int, addr: Address, outbound: bool, now: float) -> None:
+        stream = _Stream(stream_id, addr, outbound, now, FrameDecoder(MAX_MESSAGE_SIZE))
+        self.streams[stream_id] = stream
+        if outbound:
+            peer = self.by_addr.get(addr)
+            if peer is None or not peer.established or peer.their_nonce is None:
+                self._actions.append(CloseStream(stream_id))
+                self.streams.pop(stream_id, None)
+                return
+            hello = self._encode(StreamHello(self.node_id, peer.their_nonce))
+            self._actions.append(SendStream(stream_id, frame(hello)))
+            self._bind_stream(stream, peer)
+
+    def stream_failed(self, addr: Address, now: float) -> None:
+        peer = self.by_addr.get(addr)
+        if peer is not None:
+            peer.stream_requested = False
+            self._disconnect(peer, "stream-failed", now)
+
+    def receive_stream_data(self, stream_id: int, data: bytes, now: float) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        try:
+            envelopes = stream.decoder.feed(data)
+        except ProtocolError as exc:
+            self._stream_protocol_error(stream, exc, now)
+            return
+        for envelope in envelopes:
+            try:
+                msg = decode_message(envelope, self.magic, MAX_MESSAGE_SIZE)
+            except ProtocolError as exc:
+                self._stream_protocol_error(stream, exc, now)
+                return
+            if stream.peer is None:
+                if not self._on_stream_hello(stream, msg, now):
+                    return
+                continue
+            peer = stream.peer
+            if peer.status is PeerStatus.CLOSED:
+                return
+            if not self._within_budget(peer, len(envelope) + 4, now):
+                continue
+            self._handle(peer, msg, now)
+
+    def _stream_protocol_error(self, stream: _Stream, exc: ProtocolError, now: float) -> None:
+        self._close_stream(stream)
+        if stream.peer is not None:
+            self._penalise(stream.peer.addr, exc.reason, now)
+
+    def _on_stream_hello(self, stream: _Stream, msg: Message, now: float) -> bool:
+        peer = None
+        if isinstance(msg, StreamHello):
+            peer = next(
+                (
+                    p
+                    for p in self.peers.values()
+                    if p.node_id == msg.node_id and p.established and p.our_nonce == msg.session
+                ),
+                None,
+            )
+        if peer is None:
+            self._close_stream(stream)
+            return False
+        self._bind_stream(stream, peer)
+        return True
+
+    def _bind_stream(self, stream: _Stream, peer: Peer) -> None:
+        if peer.stream_id is not None and peer.stream_id != stream.id:
+            old = self.streams.pop(peer.stream_id, None)
+            if old is not None:
+                self._actions.append(CloseStream(old.id))
+        stream.peer = peer
+        peer.stream_id = stream.id
+        for framed in peer.pending_stream:
+            self._actions.append(SendStream(stream.id, framed))
+        peer.pending_stream = []
+        peer.pending_stream_bytes = 0
+
+    def _close_stream(self, stream: _Stream) -> None:
+        self.streams.pop(stream.id, None)
+        self._actions.append(CloseStream(stream.id))
+        if stream.peer is not None and stream.peer.stream_id == stream.id:
+            stream.peer.stream_id = None
+            stream.peer.stream_requested = False
+
+    def stream_closed(self, stream_id: int, now: float) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None or stream.peer is None:
+            return
+        peer = stream.peer
+        if peer.stream_id == stream_id:
+            peer.stream_id = None
+            peer.stream_requested = False
+            if peer.established and not peer.inbound:
+                peer.stream_requested = True
+                self._actions.append(OpenStream(peer.addr))
+
+    # ----------------------------------------------------------------- handshake
+
+    def _on_hello(self, peer: Peer | None, addr: Address, msg: Hello, now: float) -> None:
+        if msg.genesis != self.params.genesis_hash:
+            self._send_to_addr(addr, Goodbye("wrong network: genesis differs"))
+            self._refuse(addr, "wrong network (genesis differs)")
+            if peer is not None:
+                self._disconnect(peer, "wrong-network", now)
+            return
+        if msg.node_id == self.node_id:
+            self._self_addrs.add(addr)
+            self._refuse(addr, "connection to self")
+            if peer is not None:
+                self._disconnect(peer, "self-connection", now)
+            return
+        if self.config.allow_peers and msg.node_id not in self.config.allow_peers:
+            self._send_to_addr(addr, Goodbye("not on the allowlist"))
+            self._refuse(addr, "node id not on the allowlist")
+            if peer is not None:
+                self._disconnect(peer, "not-allowed", now)
+            return
+        if peer is None:
+            reason = self._inbound_refusal(msg, now)
+            if reason:
+                self._send_to_addr(addr, Goodbye(reason))
+                self._refuse(addr, reason)
+                return
+            peer = self._new_peer(addr, inbound=True, now=now)
+        if not self._within_budget(peer, 0, now):
+            return
+        if peer.their_nonce == msg.nonce:
+            # A retransmission: our answer was lost. Answer again.
+            if peer.inbound:
+                self._send_hello(peer, now)
+            self._send_verack(peer)
+            return
+        peer.node_id = msg.node_id
+        peer.their_nonce = msg.nonce
+        peer.version = msg.version
+        peer.user_agent = msg.user_agent
+        peer.listen_port = msg.listen_port
+        self._update_peer_tip(peer, msg.height, int.from_bytes(msg.chainwork, "big"), msg.tip)
+        if peer.inbound:
+            self._send_hello(peer, now)
+        self._send_verack(peer)
+        if peer.pending_verack is not None:
+            self._check_verack(peer, peer.pending_verack, now)
+        self._maybe_established(peer, now)
+
+    def _inbound_refusal(self, msg: Hello, now: float) -> str:
+        if not self.config.listen:
+            return "not accepting inbound connections"
+        inbound = sum(1 for p in self.peers.values() if p.inbound)
+        if inbound >= self.config.max_inbound:
+            return "too many inbound peers"
+        if any(p.node_id == msg.node_id for p in self.peers.values()):
+            return "already connected"
+        return ""
+
+    def _send_verack(self, peer: Peer) -> None:
+        assert peer.their_nonce is not None
+        digest = handshake_digest(self.params.genesis_hash, peer.their_nonce, self.node_id)
+        self._send(peer, Verack(self.key.sign(digest)))
+
+    def _check_verack(self, peer: Peer, signature: bytes, now: float) -> None:
+        assert peer.node_id is not None
+        digest = handshake_digest(self.params.genesis_hash, peer.our_nonce, peer.node_id)
+        if not verify_signature(peer.node_id, signature, digest):
+            self._penalise(peer.addr, "bad-handshake", now)
+            self._disconnect(peer, "bad-handshake", now)
+            return
+        peer.verack_received = True
+        peer.pending_verack = None
+
+    def _on_verack(self, peer: Peer, msg: Verack, now: float) -> None:
+        if peer.established:
+            return
+        if peer.node_id is None:
+            peer.pending_verack = msg.signature
+            return
+        self._check_verack(peer, msg.signature, now)
+        self._maybe_established(peer, now)
+
+    def _maybe_established(self, peer: Peer, now: float) -> None:
+        if peer.established or not peer.verack_received or peer.their_nonce is None:
+            return
+        peer.status = PeerStatus.ESTABLISHED
+        peer.connected_at = now
+        advertised = peer.advertised_address()
+        if advertised is not None:
+            self.book.add_address(advertised, peer.node_id or bytes(32), int(now))
+        log.info(
+            "peer_connected",
+            peer=peer.label,
+            inbound=peer.inbound,
+            node_id=(peer.node_id or b"").hex()[:16],
+            height=peer.height,
+        )
+        assert peer.node_id is not None
+        self._events.append(PeerConnected(peer.id, peer.addr, peer.inbound, peer.node_id))
+        if not peer.inbound:
+            peer.stream_requested = True
+            self._actions.append(OpenStream(peer.addr))
+        if not self.config.connect:
+            self._send(peer, GetAddr())
+        self._maybe_request_headers(peer, now)
+
+    # ----------------------------------------------------------------- dispatch
+
+    def _handle(self, peer: Peer, msg: Message, now: float) -> None:
+        if isinstance(msg, Verack):
+            self._on_verack(peer, msg, now)
+            return
+        if isinstance(msg, Goodbye):
+            log.info("peer_goodbye", peer=peer.label, reason=msg.reason)
+            self._disconnect(peer, "goodbye", now)
+            return
+        if not peer.established:
+            return
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            handler(self, peer, msg, now)
+
+    # ----------------------------------------------------------------- liveness
+
+    def _update_peer_tip(self, peer: Peer, height: int, work: int, tip: bytes) -> None:
+        peer.height, peer.chainwork, peer.tip = height, work, tip
+
+    def _tip_fields(self) -> tuple[int, bytes, bytes]:
+        tip = self.node.chain.tip
+        return tip.height, tip.chainwork.to_bytes(32, "big"), tip.hash
+
+    def _on_ping(self, peer: Peer, msg: Ping, now: float) -> None:
+        self._update_peer_tip(peer, msg.height, int.from_bytes(msg.chainwork, "big"), msg.tip)
+        self._send(peer, Pong(msg.nonce, *self._tip_fields()))
+        self._maybe_request_headers(peer, now)
+
+    def _on_pong(self, peer: Peer, msg: Pong, now: float) -> None:
+        if peer.ping_nonce == msg.nonce:
+            peer.latency_ms = (now - peer.last_ping_sent) * 1000
+            peer.ping_nonce = None
+        self._update_peer_tip(peer, msg.height, int.from_bytes(msg.chainwork, "big"), msg.tip)
+        self._maybe_request_headers(peer, now)
+
+    # ----------------------------------------------------------------- addresses
+
+    def _on_getaddr(self, peer: Peer, msg: GetAddr, now: float) -> None:
+        entries = [
+            AddrEntry(k.addr[0], k.addr[1], k.node_id, k.last_seen)
+            for k in self.book.sample(self.rng, MAX_ADDR)
+            if k.addr != peer.advertised_address()
+        ]
+        for i in range(0, len(entries), ADDR_PER_DATAGRAM):
+            self._send(peer, Addr(tuple(entries[i : i + ADDR_PER_DATAGRAM])))
+
+    def _on_addr(self, peer: Peer, msg: Addr, now: float) -> None:
+        for entry in msg.addrs:
+            addr = (entry.host, entry.port)
+            if entry.node_id == self.node_id or addr in self._self_addrs:
+                continue
+            self.book.add_address(addr, entry.node_id, min(entry.last_seen, int(now)))
+
+    # ----------------------------------------------------------------- headers and blocks
+
+    def _maybe_request_headers(self, peer: Peer, now: float) -> None:
+        best = self.node.chain.best_header
+        if peer.chainwork <= best.chainwork and peer.best_header_work <= best.chainwork:
+            self._request_blocks(now)
+            return
+        if peer.headers_requested_at is not None and (
+            now - peer.headers_requested_at < self.config.headers_timeout
+        ):
+            return
+        self._send_getheaders(peer, best, now)
+
+    def _send_getheaders(self, peer: Peer, start: BlockIndex, now: float) -> None:
+        peer.headers_requested_at = now
+        self._send(peer, GetHeaders(tuple(self.node.chain.locator(start)[:64]), ZERO_HASH))
+
+    def _on_getheaders(self, peer: Peer, msg: GetHeaders, now: float) -> None:
+        chain = self.node.chain
+        fork = chain.fork_from_locator(list(msg.locator))
+        headers = []
+        height = fork.height + 1
+        while len(headers) < MAX_HEADERS:
+            entry = chain.at_height(height)
+            if entry is None:
+                break
+            headers.append(entry.header.encode())
+            if entry.hash == msg.stop:
+                break
+            height += 1
+        self._send(peer, Headers(tuple(headers)))
+
+    def _on_headers(self, peer: Peer, msg: Headers, now: float) -> None:
+        peer.headers_requested_at = None
+        last: BlockIndex | None = None
+        for n, raw in enumerate(msg.headers):
+            header = decode_header(raw)
+            try:
+                last = self.node.accept_header(header)
+            except ConsensusError as exc:
+                if exc.reason == "prev-blk-not-found" and n == 0:
+                    self._penalise(peer.addr, "unconnecting-headers", now)
+                    self._send_getheaders(peer, self.node.chain.best_header, now)
+                    return
+                if exc.reason in HARMLESS_BLOCK_REASONS:
+                    break
+                self._penalise(peer.addr, "invalid-header", now)
+                return
+            peer.known.add(last.hash)
+        if last is not None:
+            peer.best_header_work = max(peer.best_header_work, last.chainwork)
+            if len(msg.headers) == MAX_HEADERS:
+                self._send_getheaders(peer, last, now)
+        self._request_blocks(now)
+
+    def _refresh_download_queue(self) -> None:
+        chain = self.node.chain
+        best = chain.best_header
+        if self._download_for == best.hash:
+            self._download_queue = [
+                e for e in self._download_queue if not e.status & BlockStatus.HAVE_DATA
+            ]
+            return
+        self._download_for = best.hash
+        queue = []
+        cursor: BlockIndex | None = best
+        while cursor is not None and not chain.is_active(cursor):
+            if not cursor.status & BlockStatus.HAVE_DATA:
+                queue.append(cursor)
+            cursor = cursor.prev
+        queue.reverse()
+        self._download_queue = queue
+
+    def _request_blocks(self, now: float) -> None:
+        self._refresh_download_queue()
+        if not self._download_queue:
+            return
+        chain = self.node.chain
+        limit_height = chain.height + self.config.block_download_window
+        load = {p.id: 0 for p in self.peers.values() if p.established}
+        for _, (peer_id, _) in self._blocks_in_flight.items():
+            if peer_id in load:
+                load[peer_id] += 1
+        requests: dict[int, list[InvItem]] = {}
+        peers = [p for p in self.peers.values() if p.established]
+        self.rng.shuffle(peers)
+        for entry in self._download_queue:
+            if entry.height > limit_height:
+                break
+            if entry.hash in self._blocks_in_flight or chain.has_block(entry.hash):
+                continue
+            candidates = [
+                p
+                for p in peers
+                if max(p.chainwork, p.best_header_work) >= entry.chainwork
+                and load[p.id] < self.config.max_blocks_in_flight_per_peer
+            ]
+            if not candidates:
+                continue
+            peer = min(candidates, key=lambda p: load[p.id])
+            load[peer.id] += 1
+            self._blocks_in_flight[entry.hash] = (peer.id, now)
+            requests.setdefault(peer.id, []).append(InvItem(INV_BLOCK, entry.hash))
+        for peer_id, items in requests.items():
+            self._send(self.peers[peer_id], GetData(tuple(items)))
+
+    def _on_block(self, peer: Peer, msg: BlockMsg, now: float) -> None:
+        try:
+            block = decode_block(msg.block, self.params.max_block_size)
+        except DecodeError:
+            self._penalise(peer.addr, "malformed-block", now)
+            return
+        self._process_block(peer, block, now)
+
+    def _process_block(self, peer: Peer, block: Block, now: float) -> None:
+        block_hash = block.hash
+        requested = self._blocks_in_flight.pop(block_hash, None)
+        peer.known.add(block_hash)
+        peer.pending_compact.pop(block_hash, None)
+        if requested is None and self.node.chain.has_block(block_hash):
+            self._count_unhelpful(peer, now)
+            return
+        result = self.node.submit_block(block)
+        if result.status == "invalid":
+            if result.reason not in HARMLESS_BLOCK_REASONS:
+                self._penalise(peer.addr, "invalid-block", now)
+            return
+        if result.status == "orphan":
+            self._send_getheaders(peer, self.node.chain.best_header, now)
+        if requested is None and result.status not in ("connected",):
+            self._count_unhelpful(peer, now)
+        if result.status == "connected":
+            entry = self.node.chain.get(block_hash)
+            if entry is not None:
+                peer.best_header_work = max(peer.best_header_work, entry.chainwork)
+        self._request_blocks(now)
+
+    def _count_unhelpful(self, peer: Peer, now: float) -> None:
+        """Unrequested blocks that do not extend our best chain: a flood costs the sender."""
+        window = peer.unhelpful_blocks
+        window.append(now)
+        while window and now - window[0] > 60:
+            window.popleft()
+        if len(window) > self.config.max_unrequested_blocks_per_minute:
+            self._penalise(peer.addr, "unrequested-block-flood", now)
+
+    # ----------------------------------------------------------------- compact blocks
+
+    def _on_compact_block(self, peer: Peer, msg: CompactBlock, now: float) -> None:
+        header = decode_header(msg.header)
+        block_hash = header.hash
+        peer.known.add(block_hash)
+        chain = self.node.chain
+        if chain.has_block(block_hash):
+            return
+        if header.prev_hash not in chain.index:
+            self._send_getheaders(peer, chain.best_header, now)
+            return
+        try:
+            entry = self.node.accept_header(header)
+        except ConsensusError as exc:
+            if exc.reason not in HARMLESS_BLOCK_REASONS:
+                self._penalise(peer.addr, "invalid-header", now)
+            return
+        peer.best_header_work = max(peer.best_header_work, entry.chainwork)
+        count = len(msg.short_ids) + len(msg.prefilled)
+        txs: list[bytes | None] = [None] * count
+        for item in msg.prefilled:
+            if item.index >= count:
+                self._penalise(peer.addr, "bad-field", now)
+                return
+            txs[item.index] = item.tx
+        by_short = self._mempool_short_ids(msg.salt)
+        short_iter = iter(msg.short_ids)
+        missing = []
+        for index in range(count):
+            if txs[index] is None:
+                tx = by_short.get(next(short_iter))
+                if tx is None:
+                    missing.append(index)
+                else:
+                    txs[index] = tx
+        self._blocks_in_flight[block_hash] = (peer.id, now)
+        if missing:
+            peer.pending_compact[block_hash] = PartialBlock(msg.header, txs, missing, now)
+            self._send(peer, GetBlockTxn(block_hash, tuple(missing)))
+            return
+        self._finish_compact(peer, msg.header, txs, now)
+
+    def _mempool_short_ids(self, salt: int) -> dict[bytes, bytes]:
+        mempool = self.node.mempool
+        result = {}
+        for txid in mempool.txids():
+            entry = mempool.get(txid)
+            if entry is not None:
+                result[short_tx_id(salt, txid)] = entry.tx.encode()
+        return result
+
+    def _finish_compact(
+        self, peer: Peer, raw_header: bytes, txs: list[bytes | None], now: float
+    ) -> None:
+        header = decode_header(raw_header)
+        try:
+            decoded = [decode_transaction(t or b"", self.params.max_block_size) for t in txs]
+        except DecodeError:
+            self._penalise(peer.addr, "malformed-tx", now)
+            return
+        if merkle_root([tx.txid for tx in decoded]) != header.merkle_root:
+            # A short-id collision or a stale guess: fall back to the full block.
+            self._blocks_in_flight[header.hash] = (peer.id, now)
+            self._send(peer, GetData((InvItem(INV_BLOCK, header.hash),)))
+            return
+        self._process_block(peer, Block(header, decoded), now)
+
+    def _on_getblocktxn(self, peer: Peer, msg: GetBlockTxn, now: float) -> None:
+        block = self.node.chain.get_block(msg.block_hash)
+        if block is None or (msg.indexes and msg.indexes[-1] >= len(block.txs)):
+            self._send(peer, NotFound((InvItem(INV_BLOCK, msg.block_hash),)))
+            return
+        self._send(
+            peer,
+            BlockTxn(msg.block_hash, tuple(block.txs[i].encode() for i in msg.indexes)),
+            stream=True,
+        )
+
+    def _on_blocktxn(self, peer: Peer, msg: BlockTxn, now: float) -> None:
+        partial = peer.pending_compact.pop(msg.block_hash, None)
+        if partial is None:
+            return
+        if len(msg.txs) != len(partial.missing):
+            self._penalise(peer.addr, "bad-field", now)
+            return
+        for index, raw in zip(partial.missing, msg.txs, strict=True):
+            partial.txs[index] = raw
+        self._finish_compact(peer, partial.header, partial.txs, now)
+
+    # ----------------------------------------------------------------- inventory and transactions
+
+    def _on_inv(self, peer: Peer, msg: Inv, now: float) -> None:
+        wanted = []
+        for item in msg.items:
+            peer.known.add(item.hash)
+            if item.kind == INV_TX:
+                txid = item.hash
+                if txid in self.node.mempool or txid in self._seen_txs:
+                    continue
+                self._tx_announcers.setdefault(txid, [])
+                if peer.id not in self._tx_announcers[txid]:
+                    self._tx_announcers[txid].append(peer.id)
+                if txid in self._txs_in_flight:
+                    continue
+                self._txs_in_flight[txid] = (peer.id, now)
+                wanted.append(item)
+            elif not self.node.chain.has_block(item.hash):
+                self._maybe_request_headers(peer, now) if peer.headers_requested_at else (
+                    self._send_getheaders(peer, self.node.chain.best_header, now)
+                )
+        for i in range(0, len(wanted), 30):
+            self._send(peer, GetData(tuple(wanted[i : i + 30])))
+
+    def _on_getdata(self, peer: Peer, msg: GetData, now: float) -> None:
+        missing = []
+        for item in msg.items:
+            if item.kind == INV_TX:
+                entry = self.node.mempool.get(item.hash)
+                if entry is None:
+                    missing.append(item)
+                else:
+                    peer.known.add(item.hash)
+                    self._send(peer, TxMsg(entry.tx.encode()))
+            else:
+                block = self.node.chain.get_block(item.hash)
+                if block is None:
+                    missing.append(item)
+                else:
+                    peer.known.add(item.hash)
+                    self._send(peer, BlockMsg(block.encode()), stream=True)
+        if missing:
+            self._send(peer, NotFound(tuple(missing)))
+
+    def _on_notfound(self, peer: Peer, msg: NotFound, now: float) -> None:
+        for item in msg.items:
+            flight = self._txs_in_flight if item.kind == INV_TX else self._blocks_in_flight
+            if flight.get(item.hash, (None,))[0] == peer.id:
+                del flight[item.hash]
+
+    def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:
+        try:
+            tx = decode_transaction(msg.tx, self.params.max_block_size)
+        except DecodeError:
+            self._penalise(peer.addr, "malformed-tx", now)
+            return
+        txid = tx.txid
+        self._txs_in_flight.pop(txid, None)
+        self._tx_announcers.pop(txid, None)
+        peer.known.add(txid)
+        if txid in self.node.mempool or txid in self._seen_txs:
+            return
+        self._seen_txs.add(txid)
+        try:
+            outcome = self.node.submit_transaction(tx)
+        except ConsensusError as exc:
+            if exc.reason not in HARMLESS_TX_REASONS:
+                self._penalise(peer.addr, "invalid-tx", now)
+            return
+        if getattr(outcome, "orphan", False):
+            # Ask the sender for the parents; the orphan pool retries when they arrive.
+            self._seen_txs.discard(txid)
+            items = [
+                InvItem(INV_TX, p) for p in outcome.missing_parents if p not in self._txs_in_flight
+            ]
+            for item in items:
+                self._txs_in_flight[item.hash] = (peer.id, now)
+            if items:
+                self._send(peer, GetData(tuple(items[:30])))
+
+    def _on_dsalert(self, peer: Peer, msg: DoubleSpendAlert, now: float) -> None:
+        try:
+            tx_a = decode_transaction(msg.tx_a, self.params.max_block_size)
+            tx_b = decode_transaction(msg.tx_b, self.params.max_block_size)
+        except DecodeError:
+            self._penalise(peer.addr, "malformed-tx", now)
+            return
+        self._events.append(DoubleSpendSeen(tx_a, tx_b, peer.id))
+
+    # ----------------------------------------------------------------- relay (called by the node)
+
+    def announce_block(self, block: Block, now: float) -> None:
+        """Push a compact form of a newly connected block to every peer that lacks it."""
+        block_hash = block.hash
+        msg: CompactBlock | None = None
+        for peer in self.peers.values():
+            if not peer.established or block_hash in peer.known:
+                continue
+            if msg is None:
+                salt = self.rng.getrandbits(64)
+                msg = CompactBlock(
+                    block.header.encode(),
+                    salt,
+                    tuple(short_tx_id(salt, tx.txid) for tx in block.txs[1:]),
+                    (PrefilledTx(0, block.txs[0].encode()),),
+                )
+            peer.known.add(block_hash)
+            self._send(peer, msg, stream=True)
+
+    def announce_blocks(self, result: AcceptResult, now: float) -> None:
+        connected = result.connected[-MAX_ANNOUNCE_BLOCKS:]
+        for _, block in connected:
+            self.announce_block(block, now)
+
+    def announce_tx(self, tx: Transaction, now: float) -> None:
+        txid = tx.txid
+        self._seen_txs.add(txid)
+        for peer in self.peers.values():
+            if peer.established and txid not in peer.known:
+                peer.known.add(txid)
+                self._send(peer, Inv((InvItem(INV_TX, txid),)))
+
+    def broadcast_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> None:
+        msg = DoubleSpendAlert(tx_a.encode(), tx_b.encode())
+        for peer in self.peers.values():
+            if peer.established:
+                self._send(peer, msg)
+
+    # ----------------------------------------------------------------- timers
+
+    def handle_timer(self, now: float) -> None:
+        if not self.network_active:
+            return
+        cfg = self.config
+        for peer in list(self.peers.values()):
+            if peer.status is PeerStatus.HANDSHAKE:
+                if now - peer.created > cfg.handshake_timeout:
+                    self._disconnect(peer, "handshake-timeout", now)
+                elif not peer.inbound and now - peer.last_hello_sent >= cfg.hello_retry_interval:
+                    self._send_hello(peer, now)
+                continue
+            if now - peer.last_recv > cfg.peer_timeout:
+                self._disconnect(peer, "timeout", now)
+                continue
+            if now - peer.last_ping_sent >= cfg.ping_interval:
+                peer.last_ping_sent = now
+                peer.ping_nonce = self.rng.getrandbits(64)
+                self._send(peer, Ping(peer.ping_nonce, *self._tip_fields()))
+            for block_hash, partial in list(peer.pending_compact.items()):
+                if now - partial.requested_at > cfg.block_stall_timeout:
+                    del peer.pending_compact[block_hash]
+        for block_hash, (peer_id, at) in list(self._blocks_in_flight.items()):
+            if now - at > cfg.block_stall_timeout:
+                del self._blocks_in_flight[block_hash]
+                stalled = self.peers.get(peer_id)
+                if stalled is not None:
+                    stalled.stalls += 1
+                    if stalled.stalls >= 3:
+                        self._disconnect(stalled, "stalling", now)
+        self._retry_txs(now)
+        for stream in list(self.streams.values()):
+            if stream.peer is None and now - stream.opened_at > cfg.stream_hello_timeout:
+                self._close_stream(stream)
+        self._dial(now)
+        self._request_blocks(now)
+
+    def _retry_txs(self, now: float) -> None:
+        for txid, (peer_id, at) in list(self._txs_in_flight.items()):
+            if now - at <= self.config.tx_request_timeout:
+                continue
+            del self._txs_in_flight[txid]
+            others = [
+                p for p in self._tx_announcers.get(txid, []) if p != peer_id and p in self.peers
+            ]
+            if others:
+                self._txs_in_flight[txid] = (others[0], now)
+                self._send(self.peers[others[0]], GetData((InvItem(INV_TX, txid),)))
+            else:
+                self._tx_announcers.pop(txid, None)
+
+    def _dial(self, now: float) -> None:
+        for addr, due in list(self._persistent.items()):
+            if due <= now and addr not in self.by_addr:
+                self._persistent[addr] = now + self.config.reconnect_interval
+                self.connect(addr, now)
+        if self.config.connect:
+            return
+        outbound = sum(1 for p in self.peers.values() if not p.inbound)
+        if outbound >= self.config.max_outbound or now - self._last_dial < 1.0:
+            return
+        connected_ids = {p.node_id for p in self.peers.values()}
+        for known in self.book.candidates(now, self.config.reconnect_interval):
+            if (
+                known.addr in self.by_addr
+                or known.addr in self._self_addrs
+                or known.node_id in connected_ids
+                or known.node_id == self.node_id
+            ):
+                continue
+            known.last_attempt = now
+            self._last_dial = now
+            self.connect(known.addr, now)
+            return
+
+    # ----------------------------------------------------------------- reporting
+
+    def peer_info(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": p.id,
+                "addr": p.label,
+                "inbound": p.inbound,
+                "status": p.status.value,
+                "node_id": (p.node_id or b"").hex(),
+                "height": p.height,
+                "tip": p.tip.hex(),
+                "latency_ms": None if p.latency_ms is None else round(p.latency_ms, 3),
+                "misbehavior": self.book.score(p.addr),
+                "penalties": [
+                    {"reason": x.reason, "score": x.score}
+                    for x in self.book.recent_penalties(p.addr)
+                ],
+                "bytes_sent": p.bytes_sent,
+                "bytes_recv": p.bytes_recv,
+                "user_agent": p.user_agent,
+                "stream": p.stream_id is not None,
+                "blocks_in_flight": sum(
+                    1 for pid, _ in self._blocks_in_flight.values() if pid == p.id
+                ),
+            }
+            for p in self.peers.values()
+        ]
+
+    def established_count(self) -> int:
+        return sum(1 for p in self.peers.values() if p.established)
+
+    _handlers: ClassVar[dict[type, Any]] = {}
+
+
+# A fixed table from message class to handler: nothing from the network picks the code path
+# beyond the decoded message type.
+P2PProtocol._handlers = {
+    Ping: P2PProtocol._on_ping,
+    Pong: P2PProtocol._on_pong,
+    GetAddr: P2PProtocol._on_getaddr,
+    Addr: P2PProtocol._on_addr,
+    Inv: P2PProtocol._on_inv,
+    GetData: P2PProtocol._on_getdata,
+    NotFound: P2PProtocol._on_notfound,
+    TxMsg: P2PProtocol._on_tx,
+    BlockMsg: P2PProtocol._on_block,
+    GetHeaders: P2PProtocol._on_getheaders,
+    Headers: P2PProtocol._on_headers,
+    CompactBlock: P2PProtocol._on_compact_block,
+    GetBlockTxn: P2PProtocol._on_getblocktxn,
+    BlockTxn: P2PProtocol._on_blocktxn,
+    DoubleSpendAlert: P2PProtocol._on_dsalert,
+}

@@ -1,0 +1,282 @@
+"""The asyncio shell around `P2PProtocol`: moves bytes, arms the timer, injects link faults.
+
+UDP (asyncio-dgram) and TCP share one port number. Nothing here decides anything about the
+protocol; it only feeds the state machine and carries out the actions it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncio_dgram
+import structlog
+
+from p2p.config import Address
+from p2p.protocol import (
+    CloseStream,
+    Event,
+    OpenStream,
+    P2PProtocol,
+    SendDatagram,
+    SendStream,
+)
+
+log = structlog.get_logger("powlab.p2p")
+
+TIMER_INTERVAL = 0.25  # seconds between handle_timer calls
+STREAM_CONNECT_TIMEOUT = 5.0
+STREAM_READ_CHUNK = 256 * 1024
+MAX_QUEUED_DATAGRAMS = 10_000  # beyond this, outgoing datagrams are dropped (UDP is lossy)
+STREAM_HIGH_WATER = 16 * 1024 * 1024  # bytes buffered for one stream before we await drain
+
+
+@dataclass
+class LinkFault:
+    """Injected on outgoing traffic: delay ± jitter (ms) on everything, loss on datagrams."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+
+    def validate(self) -> None:
+        if self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("delay_ms and jitter_ms must not be negative")
+        if not 0.0 <= self.loss <= 1.0:
+            raise ValueError("loss is a probability between 0 and 1")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.delay_ms or self.jitter_ms or self.loss)
+
+
+class P2PService:
+    def __init__(
+        self,
+        bind: Address,
+        listen: bool,
+        clock: Callable[[], float],
+        rng: random.Random,
+        on_event: Callable[[Event], None],
+    ) -> None:
+        self.bind_addr = bind
+        self.listen = listen
+        self.clock = clock
+        self.rng = rng
+        self.on_event = on_event
+        self.protocol: P2PProtocol | None = None
+        self.fault = LinkFault()
+        self.peer_faults: dict[str, LinkFault] = {}
+        self._udp: Any = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._stream_tasks: dict[int, asyncio.Task[Any]] = {}
+        self._stream_ids = itertools.count(1)
+        self._send_queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(
+            MAX_QUEUED_DATAGRAMS
+        )
+        self.port = 0
+        self.datagrams_dropped = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def bind(self) -> int:
+        """Bind UDP (and TCP on the same port when listening); returns the port."""
+        host, port = self.bind_addr
+        self._udp = await asyncio_dgram.bind((host, port))
+        self.port = self._udp.sockname[1]
+        if self.listen:
+            self._server = await asyncio.start_server(self._on_inbound, host, self.port)
+        return self.port
+
+    def attach(self, protocol: P2PProtocol) -> None:
+        self.protocol = protocol
+        self._tasks = [
+            asyncio.create_task(self._recv_loop()),
+            asyncio.create_task(self._send_loop()),
+            asyncio.create_task(self._timer_loop()),
+        ]
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *self._stream_tasks.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._stream_tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        if self._udp is not None:
+            self._udp.close()
+
+    # ----------------------------------------------------------------- driving the protocol
+
+    def flush(self) -> None:
+        """Carry out what the protocol asked for and pass its events on."""
+        protocol = self.protocol
+        if protocol is None:
+            return
+        for action in protocol.take_actions():
+            if isinstance(action, SendDatagram):
+                self._queue_datagram(action.data, action.addr)
+            elif isinstance(action, SendStream):
+                self._write_stream(action.stream_id, action.data)
+            elif isinstance(action, OpenStream):
+                task = asyncio.create_task(self._open_stream(action.addr))
+                self._tasks.append(task)
+                task.add_done_callback(self._forget_task)
+            elif isinstance(action, CloseStream):
+                self._close_stream(action.stream_id)
+        for event in protocol.take_events():
+            self.on_event(event)
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _recv_loop(self) -> None:
+        assert self.protocol is not None
+        while True:
+            try:
+                data, addr = await self._udp.recv()
+            except asyncio_dgram.TransportClosed:
+                return
+            self.protocol.receive_datagram(data, (addr[0], addr[1]), self.clock())
+            self.flush()
+
+    async def _timer_loop(self) -> None:
+        assert self.protocol is not None
+        while True:
+            await asyncio.sleep(TIMER_INTERVAL)
+            try:
+                self.protocol.handle_timer(self.clock())
+            except Exception:  # a bug in one tick must not silence the network for good
+                log.exception("p2p_timer_failed")
+            self.flush()
+
+    # ----------------------------------------------------------------- datagrams
+
+    def _fault_for(self, addr: Address) -> LinkFault:
+        return self.peer_faults.get(f"{addr[0]}:{addr[1]}", self.fault)
+
+    def _delay(self, fault: LinkFault) -> float:
+        jitter = self.rng.uniform(-fault.jitter_ms, fault.jitter_ms) if fault.jitter_ms else 0.0
+        return max(0.0, fault.delay_ms + jitter) / 1000
+
+    def _queue_datagram(self, data: bytes, addr: Address) -> None:
+        fault = self._fault_for(addr)
+        if fault.active:
+            if fault.loss and self.rng.random() < fault.loss:
+                self.datagrams_dropped += 1
+                return
+            delay = self._delay(fault)
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._enqueue, data, addr)
+                return
+        self._enqueue(data, addr)
+
+    def _enqueue(self, data: bytes, addr: Address) -> None:
+        try:
+            self._send_queue.put_nowait((data, addr))
+        except asyncio.QueueFull:
+            self.datagrams_dropped += 1
+
+    async def _send_loop(self) -> None:
+        while True:
+            data, addr = await self._send_queue.get()
+            try:
+                await self._udp.send(data, addr)
+            except asyncio_dgram.TransportClosed:
+                return
+            except OSError as exc:
+                log.debug("datagram_send_failed", addr=f"{addr[0]}:{addr[1]}", error=str(exc))
+
+    # ----------------------------------------------------------------- streams
+
+    async def _on_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        stream_id = next(self._stream_ids)
+        self._writers[stream_id] = writer
+        assert self.protocol is not None
+        self.protocol.stream_opened(stream_id, (peer[0], peer[1]), False, self.clock())
+        self.flush()
+        await self._read_stream(stream_id, reader)
+
+    async def _open_stream(self, addr: Address) -> None:
+        assert self.protocol is not None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(addr[0], addr[1]), STREAM_CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("stream_connect_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
+            self.protocol.stream_failed(addr, self.clock())
+            self.flush()
+            return
+        stream_id = next(self._stream_ids)
+        self._writers[stream_id] = writer
+        self.protocol.stream_opened(stream_id, addr, True, self.clock())
+        self.flush()
+        task = asyncio.create_task(self._read_stream(stream_id, reader))
+        self._stream_tasks[stream_id] = task
+
+    async def _read_stream(self, stream_id: int, reader: asyncio.StreamReader) -> None:
+        assert self.protocol is not None
+        try:
+            while stream_id in self._writers:
+                data = await reader.read(STREAM_READ_CHUNK)
+                if not data:
+                    break
+                self.protocol.receive_stream_data(stream_id, data, self.clock())
+                self.flush()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._stream_tasks.pop(stream_id, None)
+            writer = self._writers.pop(stream_id, None)
+            if writer is not None:
+                writer.close()
+                self.protocol.stream_closed(stream_id, self.clock())
+                self.flush()
+
+    def _write_stream(self, stream_id: int, data: bytes) -> None:
+        writer = self._writers.get(stream_id)
+        if writer is None or writer.is_closing():
+            return
+        peer = writer.get_extra_info("peername")
+        fault = self.fault if peer is None else self._fault_for((peer[0], peer[1]))
+        delay = self._delay(fault) if fault.active else 0.0
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._write_now, stream_id, data)
+        else:
+            self._write_now(stream_id, data)
+
+    def _write_now(self, stream_id: int, data: bytes) -> None:
+        writer = self._writers.get(stream_id)
+        if writer is None or writer.is_closing():
+            return
+        writer.write(data)
+        transport = writer.transport
+        if transport.get_write_buffer_size() > STREAM_HIGH_WATER:
+            # A peer that does not read is a peer we stop talking to.
+            self._close_stream(stream_id)
+            assert self.protocol is not None
+            self.protocol.stream_closed(stream_id, self.clock())
+
+    def _close_stream(self, stream_id: int) -> None:
+        writer = self._writers.pop(stream_id, None)
+        if writer is not None:
+            writer.close()
+        task = self._stream_tasks.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
