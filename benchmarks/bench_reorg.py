@@ -12,10 +12,11 @@ after one block each instead of after a hundred):
 * timed: delivering block 113 of the branch, i.e. `accept_block` (disconnect 100 + connect 101,
   10,100 signature checks) plus `store.apply(chain.take_update())`, one SQLite transaction.
 
-Baseline, same run: a fresh store holding heights 0-12 receives the same 101 branch blocks one by
-one, each committed as a syncing node would (cold signature cache as well). Also measured: the
-reorganisation with the branch's signatures already cached, which isolates their cost, and a
-cProfile run that names the hot spots.
+Baselines, same run: the bare Ed25519 verification rate (the floor: one check per spend), and a
+fresh store holding heights 0-12 receiving the same 101 branch blocks one by one, each committed as
+a syncing node would (cold signature cache as well). Also measured: the reorganisation with the
+branch's signatures already cached, which isolates their cost, and a cProfile run that names the
+hot spots.
 
 Usage: python benchmarks/bench_reorg.py [--repeat N] [--no-profile] [--top N]
 """
@@ -35,6 +36,8 @@ from pathlib import Path
 
 # Allow running from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from consensus.block import Block, BlockHeader
 from consensus.blockbuild import BLOCK_VERSION
@@ -70,8 +73,12 @@ def make_block(parent: Parent, txs: Sequence[Transaction], fees: int, tag: int) 
     )
     all_txs = [coinbase, *txs]
     header = BlockHeader(
-        BLOCK_VERSION, prev_hash, merkle_root([t.txid for t in all_txs]),
-        prev_time + PARAMS.target_spacing, PARAMS.pow_limit_bits, 0,
+        BLOCK_VERSION,
+        prev_hash,
+        merkle_root([t.txid for t in all_txs]),
+        prev_time + PARAMS.target_spacing,
+        PARAMS.pow_limit_bits,
+        0,
     )
     target = bits_to_target(header.bits)
     while not hash_meets_target(header.hash, target):
@@ -105,18 +112,14 @@ def build_blocks() -> tuple[list[Block], list[Block], list[Block]]:
     for block in common:
         coinbase = block.txs[0]
         amount = (coinbase.outputs[0].amount - FEE) // FAN_OUT
-        unsigned = Transaction(
-            [TxIn(coinbase.txid, 0, b"", b"")], [TxOut(amount, PKH)] * FAN_OUT
-        )
+        unsigned = Transaction([TxIn(coinbase.txid, 0, b"", b"")], [TxOut(amount, PKH)] * FAN_OUT)
         fan_outs.append(sign_transaction(unsigned, [KEY], PARAMS.genesis_hash))
     fees = sum(
         b.txs[0].outputs[0].amount - t.total_out() for b, t in zip(common, fan_outs, strict=True)
     )
     common.append(make_block(parent, fan_outs, fees, 99))
     fork = link(common[-1], FUNDING_BLOCKS + 1)
-    coins = [
-        (OutPoint(t.txid, n), o.amount) for t in fan_outs for n, o in enumerate(t.outputs)
-    ]
+    coins = [(OutPoint(t.txid, n), o.amount) for t in fan_outs for n, o in enumerate(t.outputs)]
 
     def branch(length: int, variant: int) -> list[Block]:
         blocks: list[Block] = []
@@ -165,6 +168,22 @@ def timed_reorg(chain: ChainState, store: SQLiteStore, last: Block) -> float:
     if result.reorg_depth != DEPTH or len(result.connected) != DEPTH + 1:
         raise RuntimeError(f"unexpected reorg: {result.status} {result.reason}")
     return elapsed
+
+
+def raw_verify_seconds(blocks: Sequence[Block], repeats: int = 3) -> float:
+    """Seconds per bare Ed25519 verification in this run: the floor for a cold-cache reorg."""
+    jobs = [
+        (tx.inputs[0].pubkey, tx.inputs[0].signature, tx.sighash(PARAMS.genesis_hash))
+        for block in blocks[:20]
+        for tx in block.txs[1:]
+    ]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for pubkey, signature, digest in jobs:
+            Ed25519PublicKey.from_public_bytes(pubkey).verify(signature, digest)
+        best = min(best, (time.perf_counter() - t0) / len(jobs))
+    return best
 
 
 def main() -> None:
@@ -217,20 +236,35 @@ def main() -> None:
             stats.sort_stats("tottime").print_stats(args.top)
             profile_text = out.getvalue()
 
+    raw = raw_verify_seconds(branch)
     reorg, cached, baseline = min(reorg_times), min(cached_times), min(baseline_times)
     moved = 2 * DEPTH + 1
     sigs = (DEPTH + 1) * TXS_PER_BLOCK
-    print(f"\nreorg {DEPTH} deep (disconnect {DEPTH} + connect {DEPTH + 1} blocks,"
-          f" {sigs} new signatures, one commit), best of {args.repeat}:")
-    print(f"  reorg time           {reorg:.3f} s   (median {statistics.median(reorg_times):.3f} s;"
-          f" goal < 1 s: {'met' if reorg < 1 else 'MISSED'})")
-    print(f"  blocks/s             {moved / reorg:.0f} disconnected+connected"
-          f" ({(DEPTH + 1) / reorg:.0f} connected)")
-    print(f"  signatures cached    {cached:.3f} s -> signature checks are"
-          f" {reorg - cached:.3f} s = {100 * (reorg - cached) / reorg:.0f}% of the reorg"
-          f" ({1e6 * (reorg - cached) / sigs:.0f} us per signature)")
-    print(f"  baseline: connect the same {DEPTH + 1} blocks on a fresh chain, one commit each:"
-          f" {baseline:.3f} s ({(DEPTH + 1) / baseline:.0f} blocks/s)")
+    print(
+        f"\nreorg {DEPTH} deep (disconnect {DEPTH} + connect {DEPTH + 1} blocks,"
+        f" {sigs} new signatures, one commit), best of {args.repeat}:"
+    )
+    print(
+        f"  reorg time           {reorg:.3f} s   (median {statistics.median(reorg_times):.3f} s;"
+        f" goal < 1 s: {'met' if reorg < 1 else 'MISSED'})"
+    )
+    print(
+        f"  blocks/s             {moved / reorg:.0f} disconnected+connected"
+        f" ({(DEPTH + 1) / reorg:.0f} connected)"
+    )
+    print(
+        f"  signatures cached    {cached:.3f} s -> signature checks are"
+        f" {reorg - cached:.3f} s = {100 * (reorg - cached) / reorg:.0f}% of the reorg"
+        f" ({1e6 * (reorg - cached) / sigs:.0f} us per signature)"
+    )
+    print(
+        f"  raw Ed25519 verify   {1e6 * raw:.0f} us -> {sigs} signatures need"
+        f" {sigs * raw:.3f} s on one core; reorg / that floor = {reorg / (sigs * raw):.2f}"
+    )
+    print(
+        f"  baseline: connect the same {DEPTH + 1} blocks on a fresh chain, one commit each:"
+        f" {baseline:.3f} s ({(DEPTH + 1) / baseline:.0f} blocks/s)"
+    )
     print(f"  ratio reorg / baseline  {reorg / baseline:.2f}")
     if profile_text:
         print("\ncProfile of one reorganisation (profiling overhead inflates the total):")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import random
 import signal
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +49,7 @@ log = structlog.get_logger("powlab.node")
 
 MEMPOOL_FILE = "mempool.dat"
 MEMPOOL_FILE_VERSION = 1
+PEER_NAME_RETRY = 2.0  # seconds between attempts to resolve a peer's host name
 MAX_WATCHED_TXS = 10_000
 MAX_RECENT_TXS = 10_000
 MEMPOOL_SAVE_INTERVAL = 60.0  # seconds: bounds what a SIGKILL can lose
@@ -156,11 +159,17 @@ class Node:
             port = 0  # still a UDP socket to talk from, but nobody is told about it
         service = P2PService((host, port), listen, self.clock, self.rng, self._on_p2p_event)
         bound = await service.bind()
+        connect = [parse_host_port(a) for a in cfg.connect]
+        addnode = [parse_host_port(a) for a in cfg.addnode]
+        # The protocol keys peers by the IP their datagrams come from, so names (docker
+        # compose service names, say) are resolved here, retrying until they resolve.
+        named = [(a, bool(connect)) for a in connect + addnode if not _is_ip(a[0])]
         p2p_config = P2PConfig(
             listen=listen,
             listen_port=bound if listen else 0,
-            connect=tuple(parse_host_port(a) for a in cfg.connect),
-            addnode=tuple(parse_host_port(a) for a in cfg.addnode),
+            connect=tuple(a for a in connect if _is_ip(a[0])),
+            addnode=tuple(a for a in addnode if _is_ip(a[0])),
+            connect_only=bool(connect),
             max_inbound=cfg.max_inbound,
             max_outbound=cfg.max_outbound,
             allow_peers=frozenset(bytes.fromhex(n) for n in cfg.allow_peer),
@@ -171,10 +180,30 @@ class Node:
         )
         service.attach(protocol)
         self.p2p = service
+        if named:
+            self._tasks.append(asyncio.create_task(self._resolve_peer_names(named)))
         self.p2p_addr = f"{host}:{bound}"
         write_atomic(self.datadir / "p2p.addr", self.p2p_addr.encode(), 0o600)
         log.info("p2p_listening" if listen else "p2p_outbound_only", addr=self.p2p_addr,
                  node_id=protocol.node_id.hex())
+
+    async def _resolve_peer_names(self, named: list[tuple[tuple[str, int], bool]]) -> None:
+        loop = asyncio.get_running_loop()
+        pending = [addr for addr, _ in named]
+        while pending:
+            for addr in list(pending):
+                try:
+                    infos = await loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+                except OSError as exc:
+                    log.debug("peer_name_unresolved", host=addr[0], error=str(exc))
+                    continue
+                ip = infos[0][4][0]
+                log.info("peer_name_resolved", host=addr[0], ip=ip)
+                self.protocol.connect((ip, addr[1]), self.clock(), persistent=True)
+                self.p2p_flush()
+                pending.remove(addr)
+            if pending:
+                await asyncio.sleep(PEER_NAME_RETRY)
 
     @property
     def protocol(self) -> P2PProtocol:
@@ -454,6 +483,14 @@ async def run_node(config: NodeConfig, params: ChainParams) -> int:
     finally:
         await node.stop()
     return 0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 NODE_KEY_FILE = "node_key"

@@ -19,6 +19,7 @@ class P2PConfig:
     listen: bool = True  # accept inbound peers (--no-listen turns it off)
     listen_port: int = 0  # advertised to peers; 0 = not listening
     connect: tuple[Address, ...] = ()  # --connect: ONLY these peers
+    connect_only: bool = False  # set with --connect even while its names are being resolved
     addnode: tuple[Address, ...] = ()  # --addnode: these plus whatever gossip finds
     max_inbound: int = 32
     max_outbound: int = 8

@@ -226,6 +226,7 @@ class P2PProtocol:
         self.by_addr: dict[Address, Peer] = {}
         self.streams: dict[int, _Stream] = {}
         self.network_active = True
+        self.connect_only = bool(config.connect) or config.connect_only
         self.link_faults: dict[str, Any] = {}
         self._next_peer_id = 1
         self._actions: list[Action] = []
@@ -629,7 +630,7 @@ class P2PProtocol:
         if not peer.inbound:
             peer.stream_requested = True
             self._actions.append(OpenStream(peer.addr))
-        if not self.config.connect:
+        if not self.connect_only:
             self._send(peer, GetAddr())
         self._maybe_request_headers(peer, now)
 
@@ -1109,7 +1110,7 @@ class P2PProtocol:
             if due <= now and addr not in self.by_addr:
                 self._persistent[addr] = now + self.config.reconnect_interval
                 self.connect(addr, now)
-        if self.config.connect:
+        if self.connect_only:
             return
         outbound = sum(1 for p in self.peers.values() if not p.inbound)
         if outbound >= self.config.max_outbound or now - self._last_dial < 1.0:
