@@ -47,6 +47,7 @@ from consensus.keys import PrivateKey, pubkey_hash
 from consensus.params import REGTEST
 from consensus.pow import bits_to_target, hash_meets_target
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, make_coinbase, sign_transaction
+from node.verify import ParallelVerifier
 from storage import SQLiteStore, open_store
 
 PARAMS = REGTEST.with_overrides({"coinbase_maturity": 1})
@@ -134,6 +135,9 @@ def build_blocks() -> tuple[list[Block], list[Block], list[Block]]:
     return common, branch(DEPTH, 1), branch(DEPTH + 1, 2)
 
 
+VERIFIER = ParallelVerifier()
+
+
 def deliver(chain: ChainState, store: SQLiteStore, block: Block, expect: str) -> None:
     result = chain.accept_block(block, NOW)
     if result.status != expect:
@@ -143,7 +147,8 @@ def deliver(chain: ChainState, store: SQLiteStore, block: Block, expect: str) ->
 
 def open_chain(datadir: Path, blocks: Sequence[Block]) -> tuple[ChainState, SQLiteStore]:
     store = open_store(datadir, PARAMS)
-    chain = ChainState(PARAMS, store, store.load())
+    # The node's parallel verifier, as the daemon uses it (threads: Ed25519 drops the GIL).
+    chain = ChainState(PARAMS, store, store.load(), verify_batch=VERIFIER)
     store.apply(chain.take_update())
     for block in blocks:
         deliver(chain, store, block, "connected")

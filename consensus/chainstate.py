@@ -29,14 +29,17 @@ from consensus.pow import bits_to_target, retarget, target_to_bits, work_from_ta
 from consensus.tx import OutPoint, Transaction
 from consensus.update import BlockReader, ChainSnapshot, ChainUpdate, IndexRecord
 from consensus.validation import (
+    BatchVerifier,
     SignatureCache,
+    SignatureJob,
     check_block,
     check_block_merkle,
     check_coinbase_height,
     check_header_context,
     check_header_pow,
     check_tx_inputs,
-    check_tx_signatures,
+    signature_jobs,
+    verify_sequentially,
 )
 
 _BLOCK_CACHE_SIZE = 256  # decoded blocks/undo kept for quick reorgs and RPC reads
@@ -141,9 +144,11 @@ class ChainState:
         enforce_finality: bool = False,
         max_orphan_blocks: int = DEFAULT_MAX_ORPHAN_BLOCKS,
         signature_cache: SignatureCache | None = None,
+        verify_batch: BatchVerifier = verify_sequentially,
     ) -> None:
         self.params = params
         self.reader = reader
+        self.verify_batch = verify_batch
         self.finality_depth = finality_depth or params.finality_depth
         self.enforce_finality = enforce_finality
         self.max_orphan_blocks = max_orphan_blocks
@@ -609,6 +614,10 @@ class ChainState:
         height = entry.height
         genesis_hash = params.genesis_hash
         cache = self.signature_cache
+        # Signatures not already verified (mempool entries are) are checked together at the
+        # end, so an injected verifier can spread them over several cores.
+        jobs: list[SignatureJob] = []
+        job_owner: list[tuple[Transaction, int]] = []
         for tx in block.txs[1:]:
             for txin in tx.inputs:
                 if txin.outpoint in spent:
@@ -616,7 +625,10 @@ class ChainState:
                         "bad-txns-inputs-spent-in-block", f"{txin.outpoint} spent twice"
                     )
             fee, coins = check_tx_inputs(tx, view.get, height, params)
-            check_tx_signatures(tx, coins, genesis_hash, cache)
+            if tx.txid not in cache:
+                tx_jobs = signature_jobs(tx, coins, genesis_hash)
+                jobs.extend(tx_jobs)
+                job_owner.extend((tx, n) for n in range(len(tx_jobs)))
             fees += fee
             undo.extend(coins)
             for txin in tx.inputs:
@@ -624,6 +636,12 @@ class ChainState:
                 if created.pop(outpoint, None) is None:
                     spent.add(outpoint)
             self._create_outputs(tx, height, created)
+        if jobs:
+            for ok, (tx, n) in zip(self.verify_batch(jobs), job_owner, strict=True):
+                if not ok:
+                    raise ConsensusError("bad-txns-bad-signature", f"tx {tx.txid.hex()} input {n}")
+            for tx, _ in job_owner:
+                cache.add(tx.txid)
         coinbase = block.txs[0]
         limit = params.block_reward(height) + fees
         if coinbase.total_out() > limit:

@@ -126,6 +126,28 @@ class SignatureCache:
         return len(self._entries)
 
 
+SignatureJob = tuple[bytes, bytes, bytes]  # (public key, signature, signed digest)
+BatchVerifier = Callable[[Sequence[SignatureJob]], list[bool]]
+
+
+def verify_sequentially(jobs: Sequence[SignatureJob]) -> list[bool]:
+    """The default batch verifier; the node may inject a parallel one (same answers)."""
+    return [verify_signature(pubkey, sig, digest) for pubkey, sig, digest in jobs]
+
+
+def signature_jobs(
+    tx: Transaction, coins: Sequence[Coin], genesis_hash: bytes
+) -> list[SignatureJob]:
+    """Check each input's key owns the spent coin; return the signatures left to verify."""
+    digest = tx.sighash(genesis_hash)
+    jobs = []
+    for n, (txin, coin) in enumerate(zip(tx.inputs, coins, strict=True)):
+        if pubkey_hash(txin.pubkey) != coin.pkh:
+            raise ConsensusError("bad-txns-pubkey-mismatch", f"input {n} key does not own the coin")
+        jobs.append((txin.pubkey, txin.signature, digest))
+    return jobs
+
+
 def check_tx_signatures(
     tx: Transaction,
     coins: Sequence[Coin],
@@ -135,11 +157,8 @@ def check_tx_signatures(
     """Each input's key must hash to the spent coin's address and sign the sighash."""
     if cache is not None and tx.txid in cache:
         return
-    digest = tx.sighash(genesis_hash)
-    for n, (txin, coin) in enumerate(zip(tx.inputs, coins, strict=True)):
-        if pubkey_hash(txin.pubkey) != coin.pkh:
-            raise ConsensusError("bad-txns-pubkey-mismatch", f"input {n} key does not own the coin")
-        if not verify_signature(txin.pubkey, txin.signature, digest):
+    for n, (pubkey, signature, digest) in enumerate(signature_jobs(tx, coins, genesis_hash)):
+        if not verify_signature(pubkey, signature, digest):
             raise ConsensusError("bad-txns-bad-signature", f"input {n}")
     if cache is not None:
         cache.add(tx.txid)

@@ -39,6 +39,7 @@ from node.fsutil import write_atomic
 from node.metrics import NodeMetrics
 from node.miner import Miner
 from node.rpc_server import RPCServer, delete_cookie, write_cookie
+from node.verify import ParallelVerifier
 from node.wallet import Wallet
 from p2p.config import P2PConfig
 from p2p.protocol import Event, P2PProtocol, PeerConnected, PeerDisconnected
@@ -76,6 +77,7 @@ class Node:
         self.p2p: P2PService | None = None
         self.p2p_addr = ""
         self.rng = random.Random()
+        self.verifier = ParallelVerifier()
         self.finality_depth = config.finality_depth or params.finality_depth
         self._lock = DataDirLock(self.datadir)
         self._stop_event = asyncio.Event()
@@ -132,6 +134,7 @@ class Node:
             finality_depth=self.finality_depth,
             enforce_finality=self.config.enforce_finality,
             signature_cache=sigcache,
+            verify_batch=self.verifier,
         )
         self._commit()
         self.mempool = Mempool(
@@ -277,6 +280,7 @@ class Node:
         log.info("node_stopped")
 
     def _close_state(self) -> None:
+        self.verifier.close()
         if self.store is not None:
             self.store.close()
             self.store = None

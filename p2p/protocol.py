@@ -72,6 +72,10 @@ log = structlog.get_logger("powlab.p2p")
 MAX_UDP_PAYLOAD = 65_507
 ADDR_PER_DATAGRAM = 10  # keeps an Addr message inside one datagram
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
+# Transaction relay runs over lossy datagrams: an Inv the peer never asked about is repeated,
+# and a GetData that went unanswered is retried (with the same announcer if it is the only one).
+TX_ANNOUNCE_RETRIES = 3
+TX_REQUEST_ATTEMPTS = 8
 
 # Penalty scores: the threshold (default 100) disconnects and discourages the peer.
 PENALTY = {
@@ -238,6 +242,9 @@ class P2PProtocol:
         self._blocks_in_flight: dict[bytes, tuple[int, float]] = {}
         self._txs_in_flight: dict[bytes, tuple[int, float]] = {}
         self._tx_announcers: dict[bytes, list[int]] = {}
+        self._tx_attempts: dict[bytes, int] = {}  # GetData sent so far for a tx in flight
+        # (peer id, txid) -> (when announced, re-announcements): Invs the peer has not asked for
+        self._tx_unrequested: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
         self._download_queue: list[BlockIndex] = []
         self._download_for: bytes | None = None
@@ -933,6 +940,7 @@ class P2PProtocol:
             peer.known.add(item.hash)
             if item.kind == INV_TX:
                 txid = item.hash
+                self._tx_unrequested.pop((peer.id, txid), None)
                 if txid in self.node.mempool or txid in self._seen_txs:
                     continue
                 self._tx_announcers.setdefault(txid, [])
@@ -953,6 +961,7 @@ class P2PProtocol:
         missing = []
         for item in msg.items:
             if item.kind == INV_TX:
+                self._tx_unrequested.pop((peer.id, item.hash), None)
                 entry = self.node.mempool.get(item.hash)
                 if entry is None:
                     missing.append(item)
@@ -974,6 +983,7 @@ class P2PProtocol:
             flight = self._txs_in_flight if item.kind == INV_TX else self._blocks_in_flight
             if flight.get(item.hash, (None,))[0] == peer.id:
                 del flight[item.hash]
+                self._tx_attempts.pop(item.hash, None)
 
     def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:
         try:
@@ -984,6 +994,8 @@ class P2PProtocol:
         txid = tx.txid
         self._txs_in_flight.pop(txid, None)
         self._tx_announcers.pop(txid, None)
+        self._tx_attempts.pop(txid, None)
+        self._tx_unrequested.pop((peer.id, txid), None)
         peer.known.add(txid)
         if txid in self.node.mempool or txid in self._seen_txs:
             return
@@ -1046,6 +1058,8 @@ class P2PProtocol:
             if peer.established and txid not in peer.known:
                 peer.known.add(txid)
                 self._send(peer, Inv((InvItem(INV_TX, txid),)))
+                if len(self._tx_unrequested) < self.config.max_seen:
+                    self._tx_unrequested[(peer.id, txid)] = (now, 0)
 
     def broadcast_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> None:
         msg = DoubleSpendAlert(tx_a.encode(), tx_b.encode())
@@ -1063,8 +1077,13 @@ class P2PProtocol:
             if peer.status is PeerStatus.HANDSHAKE:
                 if now - peer.created > cfg.handshake_timeout:
                     self._disconnect(peer, "handshake-timeout", now)
-                elif not peer.inbound and now - peer.last_hello_sent >= cfg.hello_retry_interval:
+                elif now - peer.last_hello_sent >= cfg.hello_retry_interval:
+                    # Any handshake datagram may be lost. The dialler repeats its Hello; the
+                    # listener repeats its Hello and Verack, else a lost Verack leaves the
+                    # dialler established and us waiting for the handshake timeout.
                     self._send_hello(peer, now)
+                    if peer.inbound and peer.their_nonce is not None:
+                        self._send_verack(peer)
                 continue
             if now - peer.last_recv > cfg.peer_timeout:
                 self._disconnect(peer, "timeout", now)
@@ -1096,14 +1115,37 @@ class P2PProtocol:
             if now - at <= self.config.tx_request_timeout:
                 continue
             del self._txs_in_flight[txid]
-            others = [
-                p for p in self._tx_announcers.get(txid, []) if p != peer_id and p in self.peers
-            ]
-            if others:
+            announcers = [p for p in self._tx_announcers.get(txid, []) if p in self.peers]
+            # Another announcer if there is one; else the same again: a datagram got lost.
+            others = [p for p in announcers if p != peer_id] or announcers
+            attempts = self._tx_attempts.get(txid, 1)
+            if others and attempts < TX_REQUEST_ATTEMPTS + len(announcers):
+                self._tx_attempts[txid] = attempts + 1
                 self._txs_in_flight[txid] = (others[0], now)
                 self._send(self.peers[others[0]], GetData((InvItem(INV_TX, txid),)))
             else:
                 self._tx_announcers.pop(txid, None)
+                self._tx_attempts.pop(txid, None)
+        self._reannounce_txs(now)
+
+    def _reannounce_txs(self, now: float) -> None:
+        resend: dict[int, list[InvItem]] = {}
+        for key, (at, tries) in list(self._tx_unrequested.items()):
+            if now - at <= self.config.tx_request_timeout:
+                continue
+            peer_id, txid = key
+            if (
+                peer_id not in self.peers
+                or tries >= TX_ANNOUNCE_RETRIES
+                or txid not in self.node.mempool
+            ):
+                del self._tx_unrequested[key]
+                continue
+            self._tx_unrequested[key] = (now, tries + 1)
+            resend.setdefault(peer_id, []).append(InvItem(INV_TX, txid))
+        for peer_id, items in resend.items():
+            for i in range(0, len(items), 30):
+                self._send(self.peers[peer_id], Inv(tuple(items[i : i + 30])))
 
     def _dial(self, now: float) -> None:
         for addr, due in list(self._persistent.items()):
