@@ -60,13 +60,17 @@ def decode_header(data: bytes) -> BlockHeader:
 class Block:
     """A header and its transactions; the hash and encoding are cached."""
 
-    __slots__ = ("_encoded", "_hash", "header", "txs")
+    __slots__ = ("_encoded", "_hash", "_merkle", "checked_with", "header", "txs")
 
     def __init__(self, header: BlockHeader, txs: Sequence[Transaction]) -> None:
         self.header = header
         self.txs = tuple(txs)
         self._encoded: bytes | None = None
         self._hash: bytes | None = None
+        self._merkle: bytes | None = None
+        # The params this block passed the context-free checks with (like Core's fChecked):
+        # the same immutable block object need not be checked twice.
+        self.checked_with: object = None
 
     @property
     def hash(self) -> bytes:
@@ -86,7 +90,9 @@ class Block:
         return len(self.encode())
 
     def computed_merkle_root(self) -> bytes:
-        return merkle_root([tx.txid for tx in self.txs])
+        if self._merkle is None:
+            self._merkle = merkle_root([tx.txid for tx in self.txs])
+        return self._merkle
 
     def __repr__(self) -> str:
         return f"Block({self.hash.hex()[:16]}…, txs={len(self.txs)})"

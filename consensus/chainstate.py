@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import IntFlag
 
 from consensus.block import Block, BlockHeader, decode_block, decode_header
 from consensus.coins import Coin, decode_undo, encode_undo
@@ -45,7 +44,9 @@ from consensus.validation import (
 _BLOCK_CACHE_SIZE = 256  # decoded blocks/undo kept for quick reorgs and RPC reads
 
 
-class BlockStatus(IntFlag):
+class BlockStatus:
+    """Bit flags of a block index entry (plain ints: this is on the hottest path)."""
+
     HEADER_VALID = 1
     HAVE_DATA = 2
     VALID = 4  # connected successfully at least once: every rule checked
@@ -145,10 +146,14 @@ class ChainState:
         max_orphan_blocks: int = DEFAULT_MAX_ORPHAN_BLOCKS,
         signature_cache: SignatureCache | None = None,
         verify_batch: BatchVerifier = verify_sequentially,
+        check_pow: bool = True,
     ) -> None:
         self.params = params
         self.reader = reader
         self.verify_batch = verify_batch
+        # Only the simulator turns this off: it models mining as a Poisson process, and
+        # proof-of-work validity is not what it studies.
+        self.check_pow = check_pow
         self.finality_depth = finality_depth or params.finality_depth
         self.enforce_finality = enforce_finality
         self.max_orphan_blocks = max_orphan_blocks
@@ -376,9 +381,17 @@ class ChainState:
         self._update = ChainUpdate()
         return update
 
-    def accept_header(self, header: BlockHeader, now: int) -> BlockIndex:
+    def discard_update(self) -> None:
+        """Drop the journal without building records (for callers that persist nothing)."""
+        self._dirty = set()
+        self._update = ChainUpdate()
+
+    def accept_header(
+        self, header: BlockHeader, now: int, header_hash: bytes | None = None
+    ) -> BlockIndex:
         """Check a header against its parent and add it to the block index (headers-first)."""
-        existing = self.index.get(header.hash)
+        header_hash = header_hash or header.hash
+        existing = self.index.get(header_hash)
         if existing is not None:
             if existing.failed:
                 raise ConsensusError("duplicate-invalid", "header of a known invalid block")
@@ -388,12 +401,13 @@ class ChainState:
             raise ConsensusError("prev-blk-not-found", header.prev_hash.hex())
         if prev.failed:
             raise ConsensusError("bad-prevblk", "parent block is invalid")
-        check_header_pow(header, self.params)
+        if self.check_pow:
+            check_header_pow(header, self.params)
         check_header_context(
             header, self.next_bits(prev), self.median_time_past(prev), now, self.params
         )
         entry = BlockIndex(
-            header.hash,
+            header_hash,
             header,
             prev.height + 1,
             prev.chainwork + work_from_target(bits_to_target(header.bits)),
@@ -477,11 +491,12 @@ class ChainState:
             return
         try:
             if block.header.prev_hash not in self.index:
-                check_header_pow(block.header, self.params)  # no free rides in the orphan pool
+                if self.check_pow:  # no free rides in the orphan pool
+                    check_header_pow(block.header, self.params)
                 self._add_orphan(block)
                 result.status, result.missing_parent = "orphan", block.header.prev_hash
                 return
-            entry = self.accept_header(block.header, now)
+            entry = self.accept_header(block.header, now, block_hash)
             check_block_merkle(block)
         except ConsensusError as exc:
             result.status, result.reason = "invalid", exc.reason
@@ -522,7 +537,10 @@ class ChainState:
             self._orphans.popitem(last=False)
 
     def _process_orphans(self, parent_hash: bytes, now: int, result: AcceptResult) -> None:
+        if not self._orphans:
+            return
         pending = [parent_hash]
+        accepted = False
         while pending:
             parent = pending.pop()
             ready = [b for b in self._orphans.values() if b.header.prev_hash == parent]
@@ -533,7 +551,9 @@ class ChainState:
                 result.invalid.extend(sub.invalid)
                 if sub.status == "stored":
                     pending.append(block.hash)
-        self._activate_best_chain(result)
+                    accepted = True
+        if accepted:
+            self._activate_best_chain(result)
 
     def _better(self, a: BlockIndex, b: BlockIndex) -> bool:
         return (a.chainwork, -a.sequence) > (b.chainwork, -b.sequence)
@@ -705,7 +725,7 @@ class ChainState:
         self.active.pop()
         journal.tip = entry.prev.hash
 
-    def _mark_failed(self, entry: BlockIndex, flag: BlockStatus) -> None:
+    def _mark_failed(self, entry: BlockIndex, flag: int) -> None:
         entry.status |= flag
         self._dirty.add(entry)
         self._candidates.discard(entry)

@@ -205,6 +205,8 @@ def check_block_merkle(block: Block) -> None:
 
 def check_block(block: Block, params: ChainParams) -> None:
     """Context-free block rules (the header's proof of work is checked separately)."""
+    if block.checked_with is params:
+        return
     if block.size > params.max_block_size:
         raise ConsensusError("bad-blk-length", f"{block.size} > {params.max_block_size} bytes")
     if not block.txs or not block.txs[0].is_coinbase:
@@ -216,6 +218,7 @@ def check_block(block: Block, params: ChainParams) -> None:
             check_transaction(tx, params)
         except ConsensusError as exc:
             raise ConsensusError(exc.reason, f"tx {tx.txid.hex()}: {exc.detail}") from None
+    block.checked_with = params
 
 
 def check_coinbase_height(block: Block, height: int) -> None:

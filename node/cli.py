@@ -10,7 +10,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from node.client import add_endpoint_arguments, parse_cli_value, resolve_endpoint
+from node.client import (
+    EndpointError,
+    add_endpoint_arguments,
+    parse_cli_value,
+    resolve_endpoint,
+)
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
 
 EXIT_USAGE = 2
@@ -119,13 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
     watch.add_argument("--timeout", type=float, help="give up after this many seconds")
     watch.set_defaults(func=_cmd_watch)
+
+    from node.simulate.cli import add_simulate_parser
+
+    add_simulate_parser(sub)
+
+    from node.testnet import add_testnet_parser
+
+    add_testnet_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except EndpointError as exc:
+        # e.g. `--node n9` on a 4-node testnet, or no testnet in --dir
+        print(f"powlab: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ DEFAULT_RPC_URL = "http://127.0.0.1:18443/"
 DEFAULT_NETWORK = "regtest"
 
 
+class EndpointError(Exception):
+    """The node to talk to cannot be determined (e.g. an unknown testnet node name)."""
+
+
 @dataclass
 class NodeEndpoint:
     url: str
@@ -33,10 +37,21 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rpc-password", help="RPC password")
     group.add_argument("--datadir", metavar="DIR", help="the node's data directory "
                        f"(default ~/.powlab/{DEFAULT_NETWORK}): its cookie and RPC URL are used")
+    group.add_argument("--node", metavar="NAME", help="a node of a `powlab testnet` (n1, n2, …): "
+                       "its RPC URL and cookie come from the testnet's manifest")
+    group.add_argument("--dir", metavar="DIR", help="the testnet's directory for --node "
+                       "(default ./testnet, env POWLAB_TESTNET_DIR)")
 
 
 def resolve_endpoint(args: argparse.Namespace) -> NodeEndpoint:
-    """--rpc / --rpc-cookie / --rpc-user win; else the data directory's rpc.url and .cookie."""
+    """--rpc / --rpc-cookie / --rpc-user win; else --node NAME from a testnet manifest; else
+    the data directory's rpc.url and .cookie."""
+    node_name = getattr(args, "node", None)
+    if node_name and not (args.rpc or args.rpc_cookie or args.rpc_user or args.datadir):
+        # Imported here: the testnet module is only needed when a node is named.
+        from node.testnet import testnet_endpoint
+
+        return testnet_endpoint(getattr(args, "dir", None), node_name)
     datadir = Path(
         os.path.expanduser(args.datadir or os.environ.get("POWLAB_DATADIR", "")
                            or f"~/.powlab/{DEFAULT_NETWORK}")

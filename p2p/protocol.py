@@ -408,8 +408,11 @@ class P2PProtocol:
         try:
             msg = decode_message(data, self.magic, MAX_UDP_PAYLOAD)
         except ProtocolError as exc:
-            if exc.reason == "bad-magic" and peer is None:
+            if exc.reason == "bad-magic" and (peer is None or not peer.established):
+                # Another network, not misbehaviour: even while we are dialling it.
                 self._refuse(addr, "wrong network (magic)")
+                if peer is not None:
+                    self._disconnect(peer, "wrong-network", now)
                 return
             self._penalise(addr, exc.reason, now)
             return
@@ -810,7 +813,11 @@ class P2PProtocol:
             return
         self._process_block(peer, block, now)
 
-    def _process_block(self, peer: Peer, block: Block, now: float) -> None:
+    def _process_block(
+        self, peer: Peer, block: Block, now: float, pushed: bool = False
+    ) -> None:
+        """`pushed`: a compact block (in flight only while we fetched its transactions), so
+        as unrequested as a full block nobody asked for."""
         block_hash = block.hash
         requested = self._blocks_in_flight.pop(block_hash, None)
         peer.known.add(block_hash)
@@ -825,7 +832,7 @@ class P2PProtocol:
             return
         if result.status == "orphan":
             self._send_getheaders(peer, self.node.chain.best_header, now)
-        if requested is None and result.status not in ("connected",):
+        if (requested is None or pushed) and result.status not in ("connected",):
             self._count_unhelpful(peer, now)
         if result.status == "connected":
             entry = self.node.chain.get(block_hash)
@@ -908,7 +915,7 @@ class P2PProtocol:
             self._blocks_in_flight[header.hash] = (peer.id, now)
             self._send(peer, GetData((InvItem(INV_BLOCK, header.hash),)))
             return
-        self._process_block(peer, Block(header, decoded), now)
+        self._process_block(peer, Block(header, decoded), now, pushed=True)
 
     def _on_getblocktxn(self, peer: Peer, msg: GetBlockTxn, now: float) -> None:
         block = self.node.chain.get_block(msg.block_hash)
@@ -1096,7 +1103,8 @@ class P2PProtocol:
                 if now - partial.requested_at > cfg.block_stall_timeout:
                     del peer.pending_compact[block_hash]
         for block_hash, (peer_id, at) in list(self._blocks_in_flight.items()):
-            if now - at > cfg.block_stall_timeout:
+            # Disconnecting a staller below already dropped the rest of its requests.
+            if now - at > cfg.block_stall_timeout and block_hash in self._blocks_in_flight:
                 del self._blocks_in_flight[block_hash]
                 stalled = self.peers.get(peer_id)
                 if stalled is not None:

@@ -190,8 +190,23 @@ class Line:
         wait_for(linked, timeout, "every node of the line linked to its neighbours")
 
     def wait_converged(self, timeout: float = 60) -> str:
-        wait_for(lambda: converged(self.nodes), timeout, "one tip and one mempool everywhere")
+        try:
+            wait_for(lambda: converged(self.nodes), timeout, "one tip and one mempool everywhere")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
         return str(self.nodes[0].rpc("getbestblockhash"))
+
+    def describe(self) -> str:
+        """Height, tip, mempool and peers of every node, for failure messages."""
+        lines = []
+        for i, node in enumerate(self.nodes):
+            info = node.rpc("getpeerinfo")
+            lines.append(
+                f"node{i}: height {node.rpc('getblockcount')} tip {node.rpc('getbestblockhash')[:12]}"
+                f" mempool {[t[:8] for t in node.rpc('getrawmempool')]} peers "
+                + ", ".join(f"{p['addr']}/{p['status']}/h{p['height']}" for p in info)
+            )
+        return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,728 @@
+"""The docker-compose testnet: `powlab testnet … --docker` drives it through this module.
+
+:class:`DockerTestnet` wraps the repository's ``docker-compose.yml`` (or any compose file
+built the same way: one service per node, a ``powlab.role`` label on each, the JSON-RPC on
+container port 18443 published on the host, credentials in ``POWLAB_RPC_USER`` /
+``POWLAB_RPC_PASSWORD``). It works with Compose v2 (``docker compose``) and v1.29
+(``docker-compose``), whichever answers, and finds everything else through Docker labels,
+so it needs no YAML parser and no state of its own.
+
+Partitions are real network partitions: the containers of every group but the largest are
+taken off the compose network (a lone node is left with no network at all, several nodes
+get a private bridge of their own). While a node is cut off, its published RPC port is
+unreachable, so RPC calls fall back to ``docker exec`` inside the container.
+
+This module imports only the standard library at top level: the image's HEALTHCHECK runs
+``python -m node.testnet_docker healthcheck`` every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DockerError",
+    "DockerRPCError",
+    "DockerTestnet",
+    "NodeContainer",
+    "RPCUnreachable",
+    "find_compose_command",
+    "healthcheck",
+]
+
+RPC_PORT = 18443
+P2P_PORT = 18444
+ROLE_LABEL = "powlab.role"
+PARTITION_LABEL = "powlab.partition"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+NETWORK_LABEL = "com.docker.compose.network"
+ROLE_ORDER = ("miner", "merchant", "attacker", "observer")
+SETUP_HINT = (
+    "install Docker Engine and Compose (v2 plugin or docker-compose 1.29) and start the "
+    "engine; on a machine without a container registry, /work/shared/tools/docker-offline.sh "
+    "(or the same steps by hand, see docs/docker.md) sets both up"
+)
+DOCKER_TIMEOUT = 120.0  # seconds for one ordinary docker command
+BUILD_TIMEOUT = 1800.0  # seconds for `compose build` / `up`
+
+
+class DockerError(RuntimeError):
+    """Docker or Compose is missing, not running, or a docker command failed."""
+
+
+class RPCUnreachable(ConnectionError):
+    """Nothing answered at the node's RPC endpoint."""
+
+
+class DockerRPCError(RuntimeError):
+    """The node answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"RPC error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# JSON-RPC over plain urllib (no aiohttp: this runs in the healthcheck, too)
+# --------------------------------------------------------------------------------------------
+
+
+def rpc_http(
+    url: str,
+    auth: tuple[str, str] | None,
+    method: str,
+    params: Sequence[Any] = (),
+    timeout: float = 30.0,
+) -> Any:
+    """One JSON-RPC 2.0 call; raises :class:`RPCUnreachable` or :class:`DockerRPCError`."""
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = json.load(response)
+    except urllib.error.HTTPError as exc:
+        # JSON-RPC errors may come with a non-2xx status (as bitcoind does); keep the message.
+        try:
+            payload = json.load(exc)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not payload.get("error"):
+            if exc.code in (401, 403):
+                raise DockerRPCError(-32600, f"HTTP {exc.code}: wrong RPC credentials") from None
+            raise DockerRPCError(-32603, f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RPCUnreachable(f"{url}: {reason}") from None
+    error = payload.get("error")
+    if error:
+        if isinstance(error, dict):
+            raise DockerRPCError(int(error.get("code", -1)), str(error.get("message", error)))
+        raise DockerRPCError(-1, str(error))
+    return payload.get("result")
+
+
+def _local_endpoint(environ: Mapping[str, str]) -> tuple[str, tuple[str, str] | None]:
+    """The RPC of the node in this container, from its own POWLAB_* environment."""
+    bind = environ.get("POWLAB_RPC_BIND", f"127.0.0.1:{RPC_PORT}")
+    port = bind.rsplit(":", 1)[-1] or str(RPC_PORT)
+    url = f"http://127.0.0.1:{port}/"
+    user, password = environ.get("POWLAB_RPC_USER"), environ.get("POWLAB_RPC_PASSWORD")
+    if user and password is not None:
+        return url, (user, password)
+    cookie = Path(environ.get("POWLAB_DATADIR", "/data")) / ".cookie"
+    try:
+        text = cookie.read_text().strip()
+    except OSError:
+        return url, None
+    name, _, secret = text.partition(":")
+    return url, (name, secret)
+
+
+def healthcheck(environ: Mapping[str, str] | None = None, timeout: float = 4.0) -> int:
+    """Exit status for Docker's HEALTHCHECK: 0 when the node's RPC answers getblockcount."""
+    url, auth = _local_endpoint(os.environ if environ is None else environ)
+    try:
+        height = rpc_http(url, auth, "getblockcount", (), timeout)
+    except (RPCUnreachable, DockerRPCError) as exc:
+        print(f"unhealthy: {exc}")
+        return 1
+    print(f"ok: height {height}")
+    return 0
+
+
+def _exec_calls(calls: Sequence[Sequence[Any]], environ: Mapping[str, str]) -> list[Any]:
+    """Run [method, params] calls against the local node; each result or error as a dict."""
+    url, auth = _local_endpoint(environ)
+    out: list[Any] = []
+    for method, params in calls:
+        try:
+            out.append({"result": rpc_http(url, auth, method, params)})
+        except DockerRPCError as exc:
+            out.append({"error": {"code": exc.code, "message": exc.message}})
+        except RPCUnreachable as exc:
+            out.append({"unreachable": str(exc)})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Docker plumbing
+# --------------------------------------------------------------------------------------------
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    timeout: float = DOCKER_TIMEOUT,
+    cwd: Path | None = None,
+    check: bool = True,
+    capture: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            list(argv), cwd=cwd, text=True, timeout=timeout, check=False,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
+        )
+    except FileNotFoundError:
+        raise DockerError(f"{argv[0]} is not installed: {SETUP_HINT}") from None
+    except subprocess.TimeoutExpired:
+        raise DockerError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip() if capture else ""
+        raise DockerError(
+            f"`{' '.join(argv)}` failed (exit {result.returncode})" + (f": {detail}" if detail
+                                                                         else "")
+        )
+    return result
+
+
+def find_compose_command() -> list[str]:
+    """``["docker", "compose"]`` (v2) or ``["docker-compose"]`` (v1), whichever works."""
+    if shutil.which("docker") is None:
+        raise DockerError(f"the docker command is not installed: {SETUP_HINT}")
+    candidates = (["docker", "compose"], ["docker-compose"])
+    for argv in candidates:
+        if shutil.which(argv[0]) is None:
+            continue
+        try:
+            probe = _run([*argv, "version"], timeout=30, check=False)
+        except DockerError:
+            continue
+        if probe.returncode == 0:
+            return argv
+    raise DockerError(f"neither `docker compose` nor `docker-compose` works: {SETUP_HINT}")
+
+
+def check_engine() -> None:
+    """Raise :class:`DockerError` unless a Docker engine answers."""
+    if shutil.which("docker") is None:
+        raise DockerError(f"the docker command is not installed: {SETUP_HINT}")
+    probe = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        detail = (probe.stderr or "").strip().splitlines()
+        raise DockerError(
+            "the Docker engine is not reachable"
+            + (f" ({detail[-1]})" if detail else "")
+            + f": {SETUP_HINT}"
+        )
+
+
+def default_project_name(project_dir: Path) -> str:
+    """What Compose itself would call the project: COMPOSE_PROJECT_NAME or the folder name."""
+    name = os.environ.get("COMPOSE_PROJECT_NAME") or Path(project_dir).resolve().name
+    name = re.sub(r"[^a-z0-9_-]", "", name.lower()).lstrip("_-")
+    return name or "powlab"
+
+
+@dataclass
+class NodeContainer:
+    """One node's container, as `docker inspect` sees it."""
+
+    id: str
+    container: str  # container name
+    node: str  # service name, or service-N for the Nth replica of a scaled service
+    service: str
+    number: int
+    role: str
+    running: bool
+    health: str | None
+    networks: dict[str, str] = field(default_factory=dict)  # network name -> IP
+    rpc_port: int | None = None
+    auth: tuple[str, str] | None = None
+
+    @property
+    def rpc_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.rpc_port}/" if self.rpc_port else None
+
+
+def _parse_container(data: dict[str, Any]) -> NodeContainer:
+    config = data.get("Config") or {}
+    labels = config.get("Labels") or {}
+    env = dict(item.split("=", 1) for item in (config.get("Env") or []) if "=" in item)
+    state = data.get("State") or {}
+    settings = data.get("NetworkSettings") or {}
+    networks = {
+        name: (net or {}).get("IPAddress", "")
+        for name, net in (settings.get("Networks") or {}).items()
+    }
+    rpc_port = None
+    # NetworkSettings.Ports is empty while a container is cut off from every network;
+    # HostConfig.PortBindings always says what was published.
+    bindings = (settings.get("Ports") or {}).get(f"{RPC_PORT}/tcp") or (
+        (data.get("HostConfig") or {}).get("PortBindings") or {}
+    ).get(f"{RPC_PORT}/tcp")
+    for binding in bindings or []:
+        port = (binding or {}).get("HostPort")
+        if port and port.isdigit():
+            rpc_port = int(port)
+            break
+    user, password = env.get("POWLAB_RPC_USER"), env.get("POWLAB_RPC_PASSWORD")
+    service = labels.get(SERVICE_LABEL, data.get("Name", "").lstrip("/"))
+    number = int(labels.get(NUMBER_LABEL, "1") or 1)
+    return NodeContainer(
+        id=data["Id"],
+        container=data.get("Name", "").lstrip("/"),
+        node=service if number == 1 else f"{service}-{number}",
+        service=service,
+        number=number,
+        role=labels.get(ROLE_LABEL, "node"),
+        running=bool(state.get("Running")),
+        health=(state.get("Health") or {}).get("Status"),
+        networks=networks,
+        rpc_port=rpc_port,
+        auth=(user, password) if user and password is not None else None,
+    )
+
+
+def _role_key(c: NodeContainer) -> tuple[int, str, int]:
+    rank = ROLE_ORDER.index(c.role) if c.role in ROLE_ORDER else len(ROLE_ORDER)
+    return (rank, c.service, c.number)
+
+
+# --------------------------------------------------------------------------------------------
+# The testnet
+# --------------------------------------------------------------------------------------------
+
+
+class DockerTestnet:
+    """A compose project of powlab nodes.
+
+    ``project_dir`` is where compose runs (build context and ``.env`` are relative to it);
+    ``compose_file`` is the YAML file; ``project_name`` defaults to what plain
+    ``docker compose up`` in ``project_dir`` would use, so the CLI and a user's own compose
+    commands manage the same containers. ``network`` is the compose network's key.
+    """
+
+    def __init__(
+        self,
+        project_dir: Path,
+        compose_file: Path,
+        *,
+        project_name: str | None = None,
+        network: str = "powlab",
+        env: Mapping[str, str] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.project_dir = Path(project_dir).resolve()
+        self.compose_file = Path(compose_file)
+        if not self.compose_file.is_absolute():
+            self.compose_file = self.project_dir / self.compose_file
+        self.project = project_name or default_project_name(self.project_dir)
+        self.network_key = network
+        self.env = dict(env or {})
+        self.log = log or (lambda message: None)
+        self._compose: list[str] | None = None
+        self._main_network: str | None = None
+
+    # ------------------------------------------------------------------ compose
+
+    @property
+    def compose_command(self) -> list[str]:
+        if self._compose is None:
+            check_engine()
+            self._compose = find_compose_command()
+        return self._compose
+
+    def compose(self, *args: str, timeout: float = DOCKER_TIMEOUT, capture: bool = True,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        if not self.compose_file.exists():
+            raise DockerError(f"compose file {self.compose_file} does not exist")
+        argv = [*self.compose_command, "-f", str(self.compose_file), "-p", self.project, *args]
+        return _run(argv, timeout=timeout, cwd=self.project_dir, capture=capture, check=check,
+                    env=self.env)
+
+    def up(self, build: bool = True, *, wait: float = 180.0, fund: bool = True) -> None:
+        """Build the image (``build``), start every node, wait until all answer RPC.
+
+        With ``fund``, a fresh chain gets one matured coinbase per node (so every wallet,
+        the attacker's and the merchant's included, can spend).
+        """
+        if build:
+            self.log("building the powlab image (compose build)")
+            self.compose("build", timeout=BUILD_TIMEOUT)
+        self.log("starting the containers (compose up -d)")
+        self.compose("up", "-d", "--remove-orphans", timeout=BUILD_TIMEOUT)
+        self.wait_ready(wait)
+        if fund:
+            self.fund()
+
+    def down(self, purge: bool = False) -> None:
+        """Stop and remove the containers (and with ``purge`` the chains' volumes)."""
+        self._remove_partition_networks(force=True)
+        args = ["down", "--remove-orphans"]
+        if purge:
+            args.append("-v")
+        self.compose(*args, timeout=300)
+
+    # ------------------------------------------------------------------ containers
+
+    def containers(self) -> list[NodeContainer]:
+        """Every container of the project, miners first."""
+        ids = _run(
+            ["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
+             f"label={PROJECT_LABEL}={self.project}"]
+        ).stdout.split()
+        if not ids:
+            return []
+        data = json.loads(_run(["docker", "inspect", *ids]).stdout)
+        return sorted((_parse_container(d) for d in data), key=_role_key)
+
+    def nodes(self) -> list[str]:
+        return [c.node for c in self.containers()]
+
+    def container(self, name: str) -> NodeContainer:
+        found = self.containers()
+        for c in found:
+            if name in (c.node, c.container, c.id, c.id[:12]):
+                return c
+        known = ", ".join(c.node for c in found) or "none: is the testnet up?"
+        raise DockerError(f"no node {name!r} in compose project {self.project!r} (nodes: {known})")
+
+    def endpoint(self, name: str) -> tuple[str, tuple[str, str]]:
+        """``(url, (user, password))`` of a node's RPC as published on the host."""
+        c = self.container(name)
+        if c.rpc_url is None:
+            raise DockerError(f"node {name!r} does not publish its RPC port {RPC_PORT}")
+        auth = c.auth or self._cookie(c)
+        return c.rpc_url, auth
+
+    def _cookie(self, c: NodeContainer) -> tuple[str, str]:
+        text = _run(["docker", "exec", c.id, "cat", "/data/.cookie"]).stdout.strip()
+        user, _, password = text.partition(":")
+        return user, password
+
+    # ------------------------------------------------------------------ RPC
+
+    def rpc(self, name: str, method: str, *params: Any, timeout: float = 60.0) -> Any:
+        """Call a node: over its published port, or via ``docker exec`` while it is cut off."""
+        return self._calls(self.container(name), [(method, list(params))], timeout)[0]
+
+    def _calls(
+        self, c: NodeContainer, calls: Sequence[tuple[str, list[Any]]], timeout: float = 60.0
+    ) -> list[Any]:
+        if c.rpc_url is not None and self._main_network_name() in c.networks:
+            try:
+                auth = c.auth or self._cookie(c)
+                return [rpc_http(c.rpc_url, auth, m, p, timeout) for m, p in calls]
+            except RPCUnreachable:
+                pass
+        if not c.running:
+            raise RPCUnreachable(f"node {c.node}: container {c.container} is not running")
+        argv = ["docker", "exec", c.id, "python", "-m", "node.testnet_docker", "call-batch",
+                json.dumps([[m, p] for m, p in calls])]
+        out = _run(argv, timeout=timeout + 30, check=False)
+        if out.returncode != 0:
+            raise RPCUnreachable(f"node {c.node}: docker exec failed: {out.stderr.strip()}")
+        results = []
+        for item in json.loads(out.stdout):
+            if "unreachable" in item:
+                raise RPCUnreachable(f"node {c.node}: {item['unreachable']}")
+            if "error" in item:
+                raise DockerRPCError(item["error"]["code"], item["error"]["message"])
+            results.append(item["result"])
+        return results
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until every node's RPC answers."""
+        deadline = time.monotonic() + timeout
+        pending: list[str] = []
+        while True:
+            found = self.containers()
+            if not found:
+                raise DockerError(f"compose project {self.project!r} has no containers")
+            pending = []
+            for c in found:
+                try:
+                    self._calls(c, [("getblockcount", [])], timeout=10)
+                except (RPCUnreachable, DockerRPCError, DockerError):
+                    pending.append(c.node)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise DockerError(
+                    f"nodes not answering RPC after {timeout:.0f}s: {', '.join(pending)} "
+                    f"(see `{' '.join(self.compose_command)} -p {self.project} logs`)"
+                )
+            time.sleep(1.0)
+
+    def wait_converged(self, timeout: float = 120.0, nodes: Sequence[str] | None = None,
+                       min_height: int = 0) -> str:
+        """Until the nodes (default: all) share one best block at ``min_height`` or above."""
+        deadline = time.monotonic() + timeout
+        tips: dict[str, tuple[int, str] | None] = {}
+        while True:
+            tips = {}
+            for c in self.containers():
+                if nodes is not None and c.node not in nodes:
+                    continue
+                try:
+                    info = self._calls(c, [("getblockchaininfo", [])], timeout=10)[0]
+                    tips[c.node] = (info["blocks"], info["bestblockhash"])
+                except (RPCUnreachable, DockerRPCError, DockerError):
+                    tips[c.node] = None
+            hashes = {t[1] for t in tips.values() if t is not None}
+            heights = [t[0] for t in tips.values() if t is not None]
+            if (tips and None not in tips.values() and len(hashes) == 1
+                    and min(heights) >= min_height):
+                return hashes.pop()
+            if time.monotonic() > deadline:
+                shown = ", ".join(
+                    f"{n}={'down' if t is None else f'{t[0]}:{t[1][:12]}'}" for n, t in tips.items()
+                )
+                raise DockerError(f"nodes did not converge within {timeout:.0f}s: {shown}")
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------------ funding
+
+    def fund(self, blocks_per_node: int = 1) -> None:
+        """On a fresh chain, give every node ``blocks_per_node`` spendable coinbases.
+
+        Each node mines its own blocks to its own wallet, then the first miner buries them
+        past coinbase maturity (100 blocks). Chains that already have history are left alone.
+        """
+        found = [c for c in self.containers() if c.running]
+        if not found:
+            return
+        first = found[0]
+        height = self._calls(first, [("getblockcount", [])])[0]
+        if height > 0:
+            return
+        for c in found:
+            address = self._calls(c, [("getnewaddress", [])])[0]
+            self._calls(c, [("generatetoaddress", [blocks_per_node, address])], timeout=120)
+            self.wait_converged(60, min_height=self._height(c))
+        address = self._calls(first, [("getnewaddress", [])])[0]
+        self._calls(first, [("generatetoaddress", [100, address])], timeout=300)
+        self.wait_converged(120, min_height=self._height(first))
+        self.log(f"funded {len(found)} wallets; height {self._height(first)}")
+
+    def _height(self, c: NodeContainer) -> int:
+        return int(self._calls(c, [("getblockcount", [])])[0])
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per node: node, role, rpc, height, bestblockhash, peers, mempool,
+        hashrate, up (plus container, health and networks)."""
+        main = self._main_network_name()
+        rows = []
+        for c in self.containers():
+            row: dict[str, Any] = {
+                "node": c.node, "role": c.role, "rpc": c.rpc_url, "height": None,
+                "bestblockhash": None, "peers": None, "mempool": None, "hashrate": None,
+                "up": False, "container": c.container, "health": c.health,
+                "partitioned": main not in c.networks,
+            }
+            if c.running:
+                try:
+                    info, peers, mempool, mining = self._calls(c, [
+                        ("getblockchaininfo", []), ("getpeerinfo", []), ("getmempoolinfo", []),
+                        ("getmininginfo", []),
+                    ], timeout=10)
+                except (RPCUnreachable, DockerRPCError, DockerError):
+                    pass
+                else:
+                    row.update(
+                        height=info["blocks"], bestblockhash=info["bestblockhash"],
+                        peers=len(peers), mempool=mempool.get("size"),
+                        hashrate=(mining.get("hashrate") or 0.0) if mining.get("mining") else 0.0,
+                        up=True,
+                    )
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ partitions
+
+    def _main_network_name(self) -> str:
+        if self._main_network is not None:
+            return self._main_network
+        out = _run(["docker", "network", "ls", "--format", "{{.Name}}",
+                    "--filter", f"label={PROJECT_LABEL}={self.project}",
+                    "--filter", f"label={NETWORK_LABEL}={self.network_key}"]).stdout.split()
+        if out:
+            self._main_network = out[0]  # stable for the project's life, so cached
+            return out[0]
+        return f"{self.project}_{self.network_key}"
+
+    def _partition_networks(self) -> list[str]:
+        return _run(["docker", "network", "ls", "--format", "{{.Name}}", "--filter",
+                     f"label={PARTITION_LABEL}={self.project}"]).stdout.split()
+
+    def partition(self, groups: Sequence[Sequence[str]]) -> None:
+        """Split the network: nodes in different groups can no longer reach each other.
+
+        The largest group (the first of equals) stays on the compose network, together
+        with every node no group names; each other group is moved to a bridge of its own
+        (a group of one is simply disconnected). Any earlier partition is healed first.
+        """
+        groups = [list(g) for g in groups if g]
+        if len(groups) < 2:
+            raise ValueError("a partition needs at least two non-empty groups")
+        by_node = {c.node: c for c in self.containers()}
+        seen: set[str] = set()
+        for group in groups:
+            for name in group:
+                if name not in by_node:
+                    raise ValueError(f"unknown node {name!r} (nodes: {', '.join(by_node)})")
+                if name in seen:
+                    raise ValueError(f"node {name!r} is in more than one group")
+                seen.add(name)
+        self.heal(reconnect=False)
+        main = self._main_network_name()
+        stay = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+        for index, group in enumerate(groups):
+            if index == stay:
+                continue
+            private = None
+            if len(group) > 1:
+                private = f"{self.project}_partition{index}"
+                _run(["docker", "network", "create", "--driver", "bridge",
+                      "--label", f"{PARTITION_LABEL}={self.project}", private])
+            for name in group:
+                c = by_node[name]
+                if main in c.networks:
+                    _run(["docker", "network", "disconnect", main, c.id])
+                if private is not None:
+                    _run(["docker", "network", "connect", "--alias", c.service, private, c.id])
+        self.log("partitioned: " + " | ".join(",".join(g) for g in groups))
+
+    def heal(self, reconnect: bool = True) -> None:
+        """Undo :meth:`partition`: every node back on the compose network, peers redialled."""
+        main = self._main_network_name()
+        private = set(self._partition_networks())
+        moved = False
+        for c in self.containers():
+            for net in c.networks:
+                if net in private:
+                    _run(["docker", "network", "disconnect", "--force", net, c.id])
+            if main not in c.networks:
+                _run(["docker", "network", "connect", "--alias", c.service, main, c.id])
+                moved = True
+        self._remove_partition_networks()
+        if moved and reconnect:
+            self.reconnect_peers()
+
+    def reconnect_peers(self) -> None:
+        """Ask every node to dial every other at its current IP (IPs change on reconnect)."""
+        main = self._main_network_name()
+        found = [c for c in self.containers() if c.running]
+        for c in found:
+            calls = [
+                ("addnode", [f"{other.networks[main]}:{P2P_PORT}", "onetry"])
+                for other in found
+                if other.id != c.id and other.networks.get(main)
+            ]
+            try:
+                self._calls(c, calls, timeout=10)
+            except (RPCUnreachable, DockerRPCError, DockerError) as exc:
+                self.log(f"{c.node}: could not redial peers: {exc}")
+
+    def _remove_partition_networks(self, force: bool = False) -> None:
+        for net in self._partition_networks():
+            if force:
+                data = json.loads(_run(["docker", "network", "inspect", net]).stdout or "[]")
+                for cid in (data[0].get("Containers") or {}) if data else {}:
+                    _run(["docker", "network", "disconnect", "--force", net, cid], check=False)
+            _run(["docker", "network", "rm", net], check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m node.testnet_docker …
+# --------------------------------------------------------------------------------------------
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    header = f"{'node':<10} {'role':<9} {'rpc':<24} {'height':>6} {'best':<14} {'peers':>5} " \
+             f"{'mempool':>7} {'H/s':>6} up"
+    print(header)
+    for r in rows:
+        best = (r["bestblockhash"] or "-")[:12]
+        rate = "-" if r["hashrate"] is None else f"{r['hashrate']:.2f}"
+        print(f"{r['node']:<10} {r['role']:<9} {r['rpc'] or '-':<24} "
+              f"{'-' if r['height'] is None else r['height']:>6} {best:<14} "
+              f"{'-' if r['peers'] is None else r['peers']:>5} "
+              f"{'-' if r['mempool'] is None else r['mempool']:>7} {rate:>6} "
+              f"{'yes' if r['up'] else 'NO'}{' (partitioned)' if r['partitioned'] else ''}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node.testnet_docker",
+                                     description="drive the docker-compose powlab testnet")
+    parser.add_argument("--project-dir", type=Path, default=Path.cwd())
+    parser.add_argument("--file", "-f", type=Path, default=Path("docker-compose.yml"))
+    parser.add_argument("--project-name", "-p")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("healthcheck", help="(inside a container) exit 0 when the node answers RPC")
+    batch = sub.add_parser("call-batch", help="(inside a container) run [[method, params]…]")
+    batch.add_argument("calls")
+    up = sub.add_parser("up")
+    up.add_argument("--no-build", action="store_true")
+    up.add_argument("--no-fund", action="store_true")
+    status = sub.add_parser("status")
+    status.add_argument("--json", action="store_true")
+    part = sub.add_parser("partition", help="groups as A,B C,D")
+    part.add_argument("groups", nargs="+")
+    sub.add_parser("heal")
+    down = sub.add_parser("down")
+    down.add_argument("--purge", action="store_true", help="also delete the chains (down -v)")
+    args = parser.parse_args(argv)
+
+    if args.command == "healthcheck":
+        return healthcheck()
+    if args.command == "call-batch":
+        print(json.dumps(_exec_calls(json.loads(args.calls), os.environ)))
+        return 0
+    net = DockerTestnet(args.project_dir, args.file, project_name=args.project_name,
+                        log=lambda m: print(m, file=sys.stderr))
+    try:
+        if args.command == "up":
+            net.up(build=not args.no_build, fund=not args.no_fund)
+            _print_status(net.status())
+        elif args.command == "status":
+            rows = net.status()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                _print_status(rows)
+        elif args.command == "partition":
+            net.partition([g.split(",") for g in args.groups])
+        elif args.command == "heal":
+            net.heal()
+        elif args.command == "down":
+            net.down(purge=args.purge)
+    except (DockerError, ValueError, RPCUnreachable, DockerRPCError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
