@@ -32,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_p2p import (  # noqa: E402
+from bench_p2p import (
     KeepAliveRPC,
     bench_propagation,
     bench_sync,
@@ -125,7 +126,7 @@ class LitecoinNode:
                 raise RuntimeError("litecoind RPC did not come up")
             time.sleep(0.1)
 
-    def call(self, method: str, *params: object) -> object:
+    def call(self, method: str, *params: object) -> Any:
         assert self.client is not None
         return self.client.call(method, *params)
 
@@ -171,7 +172,7 @@ def litecoin_line(workdir: Path, count: int) -> Iterator[list[LitecoinNode]]:
             )
         for i, node in enumerate(nodes):
             want = 1 if i in (0, count - 1) else 2
-            wait_until(lambda n=node, w=want: n.call("getconnectioncount") >= w, 60,  # type: ignore[misc]
+            wait_until(lambda n=node, w=want: n.call("getconnectioncount") >= w, 60,
                        f"litecoind {i} connections")
         yield nodes
     finally:
@@ -179,9 +180,9 @@ def litecoin_line(workdir: Path, count: int) -> Iterator[list[LitecoinNode]]:
             node.stop()
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.02)
@@ -200,12 +201,12 @@ def ltc_propagation(workdir: Path, count: int, rounds: int, warmup: int = 3) -> 
     with litecoin_line(workdir, count) as nodes:
         miner = nodes[0]
         for _ in range(warmup):
-            block_hash = miner.call("generatetoaddress", 1, LTC_ADDRESS)[0]  # type: ignore[index]
+            block_hash = miner.call("generatetoaddress", 1, LTC_ADDRESS)[0]
             ltc_wait_block(nodes, block_hash, 60)
         samples = []
         for _ in range(rounds):
             settle()
-            block_hash = miner.call("generatetoaddress", 1, LTC_ADDRESS)[0]  # type: ignore[index]
+            block_hash = miner.call("generatetoaddress", 1, LTC_ADDRESS)[0]
             ltc_wait_block(nodes, block_hash, 60)
             start = miner.connected[block_hash]
             samples.append(max(n.connected[block_hash] for n in nodes) - start)

@@ -320,6 +320,21 @@ def wait_mempools(nodes: Sequence[BenchNode], ntxs: int, timeout: float) -> int:
         time.sleep(0.1)
 
 
+def fill_mempools(
+    nodes: Sequence[BenchNode], miner: BenchNode, txs: Sequence[Transaction], chunk: int
+) -> int:
+    """Submit `txs` to `miner`, `chunk` at a time, each chunk relayed everywhere before the
+    next (chunk 0: all at once). Returns the transactions missing from mempools at the end."""
+    assert miner.client is not None
+    chunk = chunk or len(txs)
+    missing = 0
+    for i in range(0, len(txs), chunk):
+        part = txs[i : i + chunk]
+        miner.client.batch([("sendrawtransaction", [tx.encode().hex()]) for tx in part], 50)
+        missing = wait_mempools(nodes, i + len(part), 5)
+    return missing
+
+
 def propagation_of(nodes: Sequence[BenchNode], miner: BenchNode, block_hash: str) -> float:
     """Seconds from the miner's block_connected to the last node's."""
     times = [n.follower.connected[block_hash] for n in nodes]  # type: ignore[union-attr]
@@ -393,7 +408,7 @@ def measure_block(nodes: Sequence[BenchNode], miner: BenchNode) -> tuple[float, 
 
 def bench_propagation(
     workdir: Path, count: int, topology: str, full_relay: bool, rounds: int, ntxs: int,
-    small_only: bool = False,
+    small_only: bool = False, burst_chunk: int = 50,
 ) -> PropagationResult:
     result = PropagationResult(topology, "full" if full_relay else "compact")
     with network(workdir, count, topology, full_relay) as nodes:
@@ -426,10 +441,7 @@ def bench_propagation(
             txs = spends(parent, ntxs)
             settle()
             sent0, recv0 = total_bytes(nodes)
-            miner.client.batch(  # type: ignore[union-attr]
-                [("sendrawtransaction", [tx.encode().hex()]) for tx in txs], chunk=50
-            )
-            result.missing_txs.append(wait_mempools(nodes, ntxs, 20))
+            result.missing_txs.append(fill_mempools(nodes, miner, txs, burst_chunk))
             time.sleep(0.3)
             sent1, recv1 = total_bytes(nodes)
             result.tx_sent.append((sent1 - sent0) / (ntxs * count))
@@ -453,7 +465,7 @@ def print_propagation(r: PropagationResult, count: int, ntxs: int) -> None:
     if r.tx_sent:
         print(f"{head} tx relay: {statistics.median(r.tx_sent):.1f} B sent, "
               f"{statistics.median(r.tx_recv):.1f} B received per tx per node "
-              f"({count} nodes, bursts of {ntxs})")
+              f"({count} nodes, {ntxs} txs per round)")
     if any(r.missing_txs):
         print(f"{head} WARNING: transactions missing from mempools before mining "
               f"(sum over nodes, per round): {r.missing_txs}")
@@ -598,8 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("propagation", "sync"))
     parser.add_argument("--topologies", default="line,mesh")
     parser.add_argument("--no-full", action="store_true", help="skip the full-relay variant")
+    parser.add_argument("--burst-chunk", type=int, default=50,
+                        help="transactions submitted per step while filling mempools "
+                             "(0 = all at once; see the UDP-loss caveat in the docs)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the nodes
     if args.quick:
         args.rounds, args.txs, args.sync_blocks = 3, 200, 1000
     if args.nodes > 200:
@@ -616,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             for topology in args.topologies.split(","):
                 for full in (False, True) if not args.no_full else (False,):
                     r = bench_propagation(workdir, args.nodes, topology, full, args.rounds,
-                                          args.txs)
+                                          args.txs, burst_chunk=args.burst_chunk)
                     results[(topology, r.relay)] = r
                     print_propagation(r, args.nodes, args.txs)
             for topology in args.topologies.split(","):

@@ -61,19 +61,20 @@ def exact_probability(q: float, z: int, model: str = "catch-up") -> float:
     needed = z + _MODEL_OFFSET[model]  # attacker blocks that settle the race at once
     if needed <= 0:
         return 1.0
-    # P(attacker has k blocks when the honest chain gets its z-th) = C(k+z-1, k) p^z q^k;
-    # for k >= needed the attacker has already won, so sum the complement.
-    failure = 0.0
+    if z == 0:
+        return catch_up_probability(q, needed)
+    # P(attacker has k blocks when the honest chain gets its z-th) = C(k+z-1, k) p^z q^k.
+    # Below `needed` it must still catch up; at or above it has already won, which happens
+    # with probability I_q(needed, z). Summing the two parts directly (not 1 - failure)
+    # keeps tiny probabilities accurate.
+    total = regularized_incomplete_beta(q, needed, z)
     for k in range(needed):
-        if z == 0:
-            weight = 1.0 if k == 0 else 0.0
-        else:
-            weight = math.exp(
-                math.lgamma(k + z) - math.lgamma(k + 1) - math.lgamma(z)
-                + z * math.log(p) + k * math.log(q)
-            )
-        failure += weight * (1.0 - (q / p) ** (needed - k))
-    return min(1.0, max(0.0, 1.0 - failure))
+        weight = math.exp(
+            math.lgamma(k + z) - math.lgamma(k + 1) - math.lgamma(z)
+            + z * math.log(p) + k * math.log(q)
+        )
+        total += weight * (q / p) ** (needed - k)
+    return min(1.0, max(0.0, total))
 
 
 def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
@@ -140,6 +141,10 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     """95% Wilson score interval for a binomial proportion."""
     if trials == 0:
         return (0.0, 1.0)
+    if successes in (0, trials):
+        # The exact end points (rounding would otherwise leave them a hair inside).
+        bound = (z * z / trials) / (1 + z * z / trials)
+        return (0.0, bound) if successes == 0 else (1.0 - bound, 1.0)
     phat = successes / trials
     denom = 1 + z * z / trials
     centre = (phat + z * z / (2 * trials)) / denom

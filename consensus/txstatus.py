@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from consensus.attack_theory import reversal_risk
 from consensus.chainstate import ChainState
 from consensus.tx import Transaction
 
@@ -29,6 +30,19 @@ class TxStatus:
     blockheight: int | None = None
     conflicts: list[bytes] = field(default_factory=list)
     finality_depth: int = 0
+
+    def reversal_risk(self, attacker_share: float) -> float:
+        """Chance an attacker of this share could still reverse it (catch-up model)."""
+        if self.status in ("confirmed", "final"):
+            return reversal_risk(self.confirmations, attacker_share)
+        return 1.0
+
+    def risk_summary(self, attacker_share: float) -> str:
+        risk = self.reversal_risk(attacker_share)
+        return (
+            f"{self.confirmations} confirmation{'s' if self.confirmations != 1 else ''} — "
+            f"reversal risk {risk * 100:.2g}% at q = {attacker_share * 100:g}%"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

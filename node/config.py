@@ -93,6 +93,9 @@ class NodeConfig:
     max_outbound: int = 8
     allow_peer: tuple[str, ...] = ()
     ban_seconds: int = 86_400
+    assumed_attacker_share: float = 0.1
+    double_spend_alerts: bool = False
+    listening_period: float = 0.0
     # A plain dict rather than a read-only proxy so the config stays picklable for
     # miner worker processes.
     params: dict[str, ParamValue] = field(default_factory=dict)
@@ -162,7 +165,7 @@ def _toml_key(key: str) -> str:
 
 _Kind = Literal[
     "path", "choice", "hostport", "hostport_list", "nodeid_list", "bool", "int",
-    "positive_float", "text",
+    "positive_float", "fraction", "seconds", "text",
 ]
 _LIST_KINDS = frozenset({"hostport_list", "nodeid_list"})
 
@@ -217,6 +220,13 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("allow_peer", "nodeid_list",
             "only accept peers with this node id (hex); repeatable (env: comma-separated)"),
     _Option("ban_seconds", "int", "how long a misbehaving peer stays banned", minimum=0),
+    _Option("assumed_attacker_share", "fraction",
+            "attacker hash-rate share used for the reversal risk gettransaction reports"),
+    _Option("double_spend_alerts", "bool",
+            "relay proof of double spends of unconfirmed payments and flag the victims"),
+    _Option("listening_period", "seconds",
+            "merchant setting: seconds a 0-confirmation payment must go unchallenged before "
+            "it counts as accepted"),
 )
 _OPTIONS: dict[str, _Option] = {opt.name: opt for opt in _OPTION_LIST}
 _DEFAULTS: dict[str, Any] = {
@@ -264,6 +274,7 @@ def _metavar(opt: _Option) -> str:
     return {
         "path": "DIR", "hostport": "HOST:PORT", "hostport_list": "HOST:PORT",
         "nodeid_list": "NODE_ID", "int": "N", "positive_float": "H/S", "text": "TEXT",
+        "fraction": "Q", "seconds": "SECONDS",
     }.get(opt.kind, "VALUE")
 
 
@@ -347,6 +358,10 @@ def _expected(opt: _Option, textual: bool) -> str:
         return f"an integer >= {opt.minimum}"
     if opt.kind == "positive_float":
         return "a finite number > 0"
+    if opt.kind == "fraction":
+        return "a number between 0 and 1"
+    if opt.kind == "seconds":
+        return "a finite number of seconds >= 0"
     if opt.kind == "choice":
         return "one of " + ", ".join(opt.choices)
     if opt.kind == "path":
@@ -397,9 +412,14 @@ def _convert_item(opt: _Option, raw: object, source: str, textual: bool) -> Any:
         if opt.minimum is not None and value < opt.minimum:
             raise _bad(source, raw, expected)
         return value
-    if opt.kind == "positive_float":
+    if opt.kind in ("positive_float", "fraction", "seconds"):
         number = _to_float(raw, source, expected, textual)
-        if not math.isfinite(number) or number <= 0:
+        valid = math.isfinite(number) and (
+            number > 0 if opt.kind == "positive_float"
+            else 0 <= number <= 1 if opt.kind == "fraction"
+            else number >= 0
+        )
+        if not valid:
             raise _bad(source, raw, expected)
         return number
     if opt.kind == "path" and isinstance(raw, os.PathLike):

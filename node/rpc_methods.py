@@ -387,7 +387,14 @@ def build_registry(node: Node) -> MethodRegistry:
         when conflicted), block, conflicting txids and the finality depth."""
         raw_txid = _hash_param(txid, "txid")
         node._watch(raw_txid)
-        return node.tx_status(raw_txid).to_json()
+        status = node.tx_status(raw_txid)
+        q = node.config.assumed_attacker_share
+        return {
+            **status.to_json(),
+            "reversal_risk": status.reversal_risk(q),
+            "assumed_attacker_share": q,
+            "risk_summary": status.risk_summary(q),
+        }
 
     def validateaddress(address: str) -> dict[str, Any]:
         """Whether `address` is valid on this network, and why not."""

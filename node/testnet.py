@@ -736,13 +736,13 @@ def collect_status(manifest: Manifest) -> list[dict[str, Any]]:
         return list(pool.map(lambda e: node_status(manifest, e), manifest.nodes))
 
 
-def status_table(manifest: Manifest, rows: list[dict[str, Any]]) -> Any:
+def status_table(title: str, partition: list[list[str]] | None,
+                 rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    part = ""
-    if manifest.partition:
-        part = " — PARTITIONED: " + " | ".join(",".join(g) for g in manifest.partition)
-    table = Table(title=f"powlab testnet in {manifest.directory}{part}")
+    if partition:
+        title += " — PARTITIONED: " + " | ".join(",".join(g) for g in partition)
+    table = Table(title=title)
     for col in ("node", "role", "up", "height", "best hash", "peers", "mempool", "hash rate",
                 "RPC"):
         table.add_column(col, justify="right" if col in ("height", "peers", "mempool") else "left")
@@ -753,9 +753,9 @@ def status_table(manifest: Manifest, rows: list[dict[str, Any]]) -> Any:
         best_text = best[:12]
         if best and best != common:
             best_text = f"[yellow]{best_text}"  # not on the majority's tip: a fork or lag
-        if r["hashrate"] is None:
+        if r.get("hashrate") is None:
             rate = "-"
-        elif r["mining"]:
+        elif r.get("mining", True):
             limit = r.get("hashrate_limit")
             rate = f"{r['hashrate']:.3g}" + (f" / {limit:.3g}" if limit else "")
         else:
@@ -764,7 +764,7 @@ def status_table(manifest: Manifest, rows: list[dict[str, Any]]) -> Any:
             "[yellow]no rpc" if r["up"] else "[red]down")
         table.add_row(
             r["node"], r["role"], up, _cell(r["height"]), best_text, _cell(r["peers"]),
-            _cell(r["mempool"]), rate, r["rpc"],
+            _cell(r["mempool"]), rate, _cell(r["rpc"]),
         )
     return table
 
@@ -775,30 +775,32 @@ def _cell(value: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
-    if args.docker or _docker_manifest(directory):
-        rows = _docker(directory).status()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            console().print_json(json.dumps(rows))
-        return 0
-    manifest = load_manifest(directory)
+    docker = args.docker or _docker_manifest(directory)
+    if not docker:
+        load_manifest(directory)  # fail early, with the hint, when there is no testnet
+
+    def snapshot() -> tuple[str, list[list[str]] | None, list[dict[str, Any]]]:
+        if docker:
+            rows = _docker_do(directory, args, lambda net: net.status())
+            return "powlab docker testnet", None, rows
+        # Re-read each time: another shell may have partitioned, healed or restarted nodes.
+        manifest = load_manifest(directory)
+        return (f"powlab testnet in {manifest.directory}", manifest.partition,
+                collect_status(manifest))
+
     if args.json:
-        print(json.dumps(collect_status(manifest), indent=2))
+        print(json.dumps(snapshot()[2], indent=2))
         return 0
     if not args.watch:
-        console().print(status_table(manifest, collect_status(manifest)))
+        console().print(status_table(*snapshot()))
         return 0
     from rich.live import Live
 
     try:
-        with Live(status_table(manifest, collect_status(manifest)), console=console(),
-                  refresh_per_second=4) as live:
+        with Live(status_table(*snapshot()), console=console(), refresh_per_second=4) as live:
             while True:
                 time.sleep(args.interval)
-                # Re-read: another shell may have partitioned, healed or restarted nodes.
-                manifest = load_manifest(directory)
-                live.update(status_table(manifest, collect_status(manifest)))
+                live.update(status_table(*snapshot()))
     except KeyboardInterrupt:
         return 0
 
@@ -806,8 +808,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or _docker_manifest(directory):
-        _docker(directory).down(args.purge)
-        return 0
+        return _docker_down(args, directory)
     if read_manifest_json(directory) is None:
         console().print(f"no testnet in {directory}")
         if args.purge and directory.exists():
@@ -898,7 +899,8 @@ def _apply_partition(manifest: Manifest, entries: Iterable[NodeEntry]) -> None:
 def cmd_partition(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or _docker_manifest(directory):
-        _docker(directory).partition([_split_names(g) for g in args.groups])
+        groups = [_split_names(g) for g in args.groups]
+        _docker_do(directory, args, lambda net: net.partition(groups))
         return 0
     manifest = load_manifest(directory)
     groups = parse_groups(manifest, args.groups)
@@ -920,7 +922,7 @@ def _clear_bans(manifest: Manifest) -> None:
 def cmd_heal(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or _docker_manifest(directory):
-        _docker(directory).heal()
+        _docker_do(directory, args, lambda net: net.heal())
         return 0
     manifest = load_manifest(directory)
     _clear_bans(manifest)
@@ -952,41 +954,95 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- docker
+# `--docker` hands every action to node/testnet_docker.py (compose does the process work).
+# `up --docker` leaves a small marker manifest (mode "docker") in DIR, so later commands and
+# `--node NAME` find the compose project without being told `--docker` again.
+
+
+def _docker_marker(directory: Path) -> dict[str, Any] | None:
+    data = read_manifest_json(directory)
+    return data if data and data.get("mode") == "docker" else None
 
 
 def _docker_manifest(directory: Path) -> bool:
-    data = read_manifest_json(directory)
-    return bool(data) and data.get("mode") == "docker"  # type: ignore[union-attr]
+    return _docker_marker(directory) is not None
 
 
-def _docker(directory: Path) -> Any:
+def _compose_location(args: argparse.Namespace | None, directory: Path) -> tuple[Path, Path]:
+    marker = _docker_marker(directory)
+    given = getattr(args, "compose_file", None) if args is not None else None
+    if given:
+        compose = Path(given).resolve()
+    elif marker:
+        compose = Path(marker["compose_file"])
+    else:
+        candidates = [Path.cwd() / "docker-compose.yml",
+                      Path(__file__).resolve().parent.parent / "docker-compose.yml"]
+        compose = next((c for c in candidates if c.exists()), candidates[0])
+    return compose.parent, compose
+
+
+def _docker(directory: Path, args: argparse.Namespace | None = None) -> Any:
     try:
-        from node.testnet_docker import DockerTestnet  # type: ignore[import-not-found]
+        from node.testnet_docker import DockerTestnet
     except ImportError as exc:
         raise TestnetError(f"Docker mode is unavailable in this installation ({exc})") from None
-    return DockerTestnet(directory)
+    project_dir, compose = _compose_location(args, directory)
+    return DockerTestnet(project_dir, compose, log=lambda m: print(m, file=sys.stderr))
+
+
+def _docker_do(directory: Path, args: argparse.Namespace | None,
+               action: Callable[[Any], Any]) -> Any:
+    """Runs `action(DockerTestnet)`, turning the docker module's errors into TestnetError."""
+    net = _docker(directory, args)
+    from node import testnet_docker as td
+
+    try:
+        return action(net)
+    except (td.DockerError, td.RPCUnreachable, td.DockerRPCError, ValueError) as exc:
+        raise TestnetError(f"docker: {exc}") from None
 
 
 def _docker_up(args: argparse.Namespace, directory: Path) -> int:
-    miners = args.miners if args.miners is not None else 2
-    result = _docker(directory).up(
-        nodes=args.nodes or 4,
-        miners=miners,
-        hashrates=parse_shares(args.hashrates, miners) if miners else [],
-        topology=args.topology or "line",
-        network=args.network or "regtest",
-        block_time=args.block_time,
-        finality_depth=args.finality_depth,
-    )
-    return int(result or 0)
+    existing = read_manifest_json(directory)
+    if existing is not None and existing.get("mode") != "docker":
+        raise TestnetError(f"{directory} holds a process testnet; `powlab testnet down --dir "
+                           f"{directory}` it first, or use another --dir")
+    ignored = [flag for flag, value in (
+        ("--nodes", args.nodes), ("--miners", args.miners), ("--hashrates", args.hashrates),
+        ("--topology", args.topology), ("--miner-nodes", args.miner_nodes),
+        ("--finality-depth", args.finality_depth),
+    ) if value is not None]
+    if ignored:
+        console().print(f"[yellow]--docker: the compose file defines the nodes; ignoring "
+                        f"{', '.join(ignored)}")
+    project_dir, compose = _compose_location(args, directory)
+    _docker_do(directory, args, lambda net: net.up(wait=args.timeout))
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = {"version": MANIFEST_VERSION, "mode": "docker", "project_dir": str(project_dir),
+              "compose_file": str(compose), "created": time.time()}
+    (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+    rows = _docker_do(directory, args, lambda net: net.status())
+    console().print(status_table(f"powlab docker testnet ({compose})", None, rows))
+    return 0
+
+
+def _docker_down(args: argparse.Namespace, directory: Path) -> int:
+    _docker_do(directory, args, lambda net: net.down(args.purge))
+    with contextlib.suppress(FileNotFoundError):
+        (directory / MANIFEST_NAME).unlink()
+    if args.purge:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if nothing else lives there
+    return 0
 
 
 def testnet_endpoint(directory: str | None, name: str) -> NodeEndpoint:
     """`--node NAME [--dir DIR]`: the node's RPC URL and credentials, from the manifest."""
     path = resolve_dir(directory)
     if _docker_manifest(path):
-        url, auth = _docker(path).endpoint(name)
-        return NodeEndpoint(url, tuple(auth) if auth else None)  # type: ignore[arg-type]
+        url, auth = _docker_do(path, None, lambda net: net.endpoint(name))
+        return NodeEndpoint(url, (auth[0], auth[1]) if auth else None)
     manifest = load_manifest(path)
     return endpoint(manifest.node(name))
 
@@ -1019,7 +1075,10 @@ def add_testnet_parser(sub: Any) -> None:
         add_dir_argument(p)
         if docker:
             p.add_argument("--docker", action="store_true",
-                           help="the testnet runs under docker compose")
+                           help="the testnet runs under docker compose (node/testnet_docker.py)")
+            p.add_argument("--compose-file", metavar="FILE",
+                           help="with --docker: the compose file (default ./docker-compose.yml, "
+                                "else the repository's)")
         p.set_defaults(func=lambda a, f=func: run(f, a), docker=False)
         return p
 

@@ -604,7 +604,9 @@ class DockerTestnet:
             private = None
             if len(group) > 1:
                 private = f"{self.project}_partition{index}"
-                _run(["docker", "network", "create", "--driver", "bridge",
+                # --internal: no default route out of it, so nothing reaches the other
+                # bridges through the host even where Docker runs without iptables rules.
+                _run(["docker", "network", "create", "--driver", "bridge", "--internal",
                       "--label", f"{PARTITION_LABEL}={self.project}", private])
             for name in group:
                 c = by_node[name]

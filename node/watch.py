@@ -54,11 +54,12 @@ def watch_transaction(
                 state = status.get("status", "unknown")
                 if depth and state == "confirmed" and confirmations >= depth:
                     state = "final"
+                risk = status.get("risk_summary", "")
                 progress.update(
                     task,
                     total=final_depth,
                     completed=max(0, min(confirmations, final_depth)),
-                    status=state,
+                    status=f"{state}  {risk}" if state in ("confirmed", "final") else state,
                 )
                 if best_seen > 0 and confirmations < best_seen and state != "conflicted":
                     console.print(
@@ -68,7 +69,8 @@ def watch_transaction(
                 best_seen = max(best_seen, confirmations)
                 if state == "final":
                     progress.stop()
-                    console.print(f"[bold green]final[/] {txid} at {confirmations} confirmations")
+                    console.print(f"[bold green]final[/] {txid} at {confirmations} confirmations"
+                                  f" ({status.get('risk_summary', '')})")
                     return EXIT_FINAL
                 if state == "conflicted":
                     progress.stop()

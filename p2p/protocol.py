@@ -813,9 +813,7 @@ class P2PProtocol:
             return
         self._process_block(peer, block, now)
 
-    def _process_block(
-        self, peer: Peer, block: Block, now: float, pushed: bool = False
-    ) -> None:
+    def _process_block(self, peer: Peer, block: Block, now: float, pushed: bool = False) -> None:
         """`pushed`: a compact block (in flight only while we fetched its transactions), so
         as unrequested as a full block nobody asked for."""
         block_hash = block.hash

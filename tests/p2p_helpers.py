@@ -11,6 +11,7 @@ Typical use::
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -80,7 +81,7 @@ def link(net: MemoryNetwork, a: MemoryNode, b: MemoryNode, timeout: float = 10.0
 
 def line(net: MemoryNetwork, nodes: list[MemoryNode]) -> None:
     """Connect nodes[i] to nodes[i+1]: a line, the longest path for relay."""
-    for left, right in zip(nodes, nodes[1:], strict=False):
+    for left, right in itertools.pairwise(nodes):
         link(net, left, right)
 
 
@@ -231,13 +232,11 @@ class Traffic:
 
     def counts(self, since: int = 0, sender: str | None = None) -> Counter[str]:
         return Counter(
-            s.msg.NAME
-            for s in self.sent[since:]
-            if sender is None or s.sender == sender
+            s.msg.NAME for s in self.sent[since:] if sender is None or s.sender == sender
         )
 
     def messages(self, name: str, since: int = 0) -> list[Sent]:
-        return [s for s in self.sent[since:] if s.msg.NAME == name]
+        return [s for s in self.sent[since:] if name == s.msg.NAME]
 
 
 class LogRecorder:

@@ -107,6 +107,10 @@ PRECEDENCE_CASES = {
     "max_outbound": ("1", "2", ["--max-outbound", "3"], (1, 2, 3)),
     "allow_peer": ('["aa"]', "bb,cc", ["--allow-peer", "DD"], (("aa",), ("bb", "cc"), ("dd",))),
     "ban_seconds": ("1", "2", ["--ban-seconds", "3"], (1, 2, 3)),
+    "assumed_attacker_share": ("0.2", "0.3", ["--assumed-attacker-share", "0.4"],
+                               (0.2, 0.3, 0.4)),
+    "double_spend_alerts": ("true", "0", ["--double-spend-alerts"], (True, False, True)),
+    "listening_period": ("1.5", "2", ["--listening-period", "3"], (1.5, 2.0, 3.0)),
     "rpc_user": ('"fu"', "eu", ["--rpc-user", "au"], ("fu", "eu", "au")),
     "rpc_password": ('"fp"', "ep", ["--rpc-password", "ap"], ("fp", "ep", "ap")),
 }
@@ -548,3 +552,9 @@ def test_written_config_loads_from_disk(tmp_path: Path) -> None:
     path = tmp_path / "n1.toml"
     path.write_text(cfg.to_toml(), encoding="utf-8")
     assert load_config_from_sources({"config": path}, {}) == cfg
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_assumed_attacker_share_must_be_a_fraction(value: str) -> None:
+    with pytest.raises(ConfigError, match="POWLAB_ASSUMED_ATTACKER_SHARE"):
+        load_config(parse_flags(), {**HOME, "POWLAB_ASSUMED_ATTACKER_SHARE": value})

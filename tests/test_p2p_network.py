@@ -259,6 +259,9 @@ def test_line_of_six_with_two_miners_converges(line: Line) -> None:
     finally:
         for i in (1, 4):
             nodes[i].rpc("setmining", False)
+    # Branches of equal work may survive the race (each node keeps the one it saw first, as in
+    # Bitcoin); one more block on top of one of them breaks the tie for everyone.
+    nodes[2].rpc("generatetoaddress", 1, line.wallet[2])
     tip = line.wait_converged()
 
     height = nodes[0].rpc("getblockcount")

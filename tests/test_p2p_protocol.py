@@ -7,6 +7,7 @@ headers-first sync and reorganisation under loss and reordering, and peer penalt
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any
 
 import msgpack
@@ -99,7 +100,15 @@ def _handshake_by_hand(
     magic, genesis = target.params.magic, target.params.genesis_hash
     nonce = hashlib.sha256(source[0].encode()).digest()[:16]
     hello = Hello(
-        PROTOCOL_VERSION, genesis, claimed_id, nonce, PORT, 0, bytes(32), genesis, "/hand/",
+        PROTOCOL_VERSION,
+        genesis,
+        claimed_id,
+        nonce,
+        PORT,
+        0,
+        bytes(32),
+        genesis,
+        "/hand/",
         int(net.now),
     )
     target.p2p.receive_datagram(encode_message(magic, hello), source, net.now)
@@ -368,7 +377,7 @@ def _three_with_funds(seed: int) -> tuple[MemoryNetwork, list[MemoryNode], list[
 
 def test_compact_block_is_rebuilt_from_the_mempool() -> None:
     net, nodes, coins = _three_with_funds(11)
-    a, b, c = nodes
+    a, _, c = nodes
     for coin in coins:
         a.submit_transaction(pay(a, coin, c.payout_pkh))
     net.flush(a)
@@ -511,7 +520,7 @@ def test_loss_and_reordering_still_converge_on_blocks_and_mempools(seed: int) ->
     # 30% of datagrams lost; jitter 60x the latency reorders nearly everything.
     net, nodes = network(4, seed=seed, link=LinkModel(latency=0.005, jitter=0.3, loss=0.3))
     a, _, c, d = nodes
-    for left, right in zip(nodes, nodes[1:], strict=False):
+    for left, right in itertools.pairwise(nodes):
         link(net, left, right, timeout=30)
     coins = fund(a, 6)
     run_until(net, net.converged, 30, "funding blocks")
@@ -530,10 +539,10 @@ def test_loss_and_reordering_still_converge_on_blocks_and_mempools(seed: int) ->
         net, lambda: net.converged() and net.mempools_converged(), 90, "convergence under loss"
     )
     assert net.datagrams_lost > 0
-    confirmed = {tx.txid for entry in a.chain.active[-2:] for tx in a.chain.get_block(entry.hash).txs}
+    confirmed = {t for t in sent if a.chain.tx_block(t) is not None}
     # Every transaction is either confirmed or in every mempool.
     assert all(t in confirmed or all(t in n.mempool for n in nodes) for t in sent)
-    assert len(a.mempool) > 0 or confirmed.issuperset(sent)
+    assert len(a.mempool) > 0  # the mempools agree on something, not just on being empty
 
 
 def test_a_missed_announcement_is_caught_up_at_the_next_ping() -> None:
@@ -620,9 +629,8 @@ def test_malformed_datagrams_from_an_established_peer_earn_named_penalties() -> 
 
 
 def test_an_invalid_block_gets_its_sender_discouraged_while_others_are_still_served() -> None:
-    # m talks to a only (so whatever it learns, it learns from a)
-    net, (a, b, c, m) = network(4, seed=62, configs={3: config(connect=(("127.0.1.1", PORT),),
-                                                               listen=False)})
+    net, (a, b, c) = network(3, seed=62)
+    m = net.add_node("m", config(connect=(a.addr,), listen=False))  # m talks to a only
     for node in (b, c, m):
         link(net, a, node)
     a.mine()

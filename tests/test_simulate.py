@@ -1,0 +1,155 @@
+"""The simulator and the attack theory it is checked against."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from consensus.attack_theory import (
+    catch_up_probability,
+    exact_probability,
+    eyal_sirer_share,
+    grunspan_perez_marco_probability,
+    nakamoto_probability,
+    reversal_risk,
+    wilson_interval,
+)
+from node.simulate.doublespend import simulate_doublespend
+from node.simulate.network import NetworkConfig, simulate_network
+from node.simulate.selfish import simulate_selfish, simulate_selfish_grid
+from tests.daemon_harness import REPO
+
+
+@pytest.mark.parametrize(("q", "z", "expected"), [
+    # Nakamoto's whitepaper §11 table.
+    (0.1, 0, 1.0), (0.1, 1, 0.2045873), (0.1, 5, 0.0009137), (0.1, 10, 0.0000012),
+    (0.3, 5, 0.1773523), (0.3, 10, 0.0416605),
+])
+def test_nakamoto_matches_the_whitepaper(q: float, z: int, expected: float) -> None:
+    assert nakamoto_probability(q, z) == pytest.approx(expected, abs=5e-7)
+
+
+@pytest.mark.parametrize(("q", "z", "expected"), [
+    # Rosenfeld 2014, table 1 (percent), and r(q, 1) = 2q.
+    (0.1, 1, 0.2), (0.1, 6, 0.00059141), (0.3, 6, 0.15645), (0.2, 1, 0.4),
+])
+def test_exact_catch_up_matches_rosenfeld(q: float, z: int, expected: float) -> None:
+    assert exact_probability(q, z) == pytest.approx(expected, rel=2e-3)
+
+
+@pytest.mark.parametrize("q", [0.05, 0.1, 0.2, 0.3, 0.45])
+@pytest.mark.parametrize("z", [1, 2, 3, 6, 10, 20])
+def test_rosenfeld_equals_grunspan_perez_marco(q: float, z: int) -> None:
+    assert exact_probability(q, z) == pytest.approx(
+        grunspan_perez_marco_probability(q, z), rel=1e-9, abs=1e-15
+    )
+
+
+def test_model_ordering_and_edges() -> None:
+    for q in (0.1, 0.3):
+        for z in (1, 3, 6):
+            assert (exact_probability(q, z, "overtake") < exact_probability(q, z)
+                    < exact_probability(q, z, "premined"))
+    assert exact_probability(0.5, 6) == 1.0 and exact_probability(0.6, 6, "overtake") == 1.0
+    assert catch_up_probability(0.1, 0) == 1.0
+    assert reversal_risk(-1, 0.1) == 1.0
+    with pytest.raises(ValueError):
+        exact_probability(0.1, 3, "psychic")
+    lo, hi = wilson_interval(0, 100)
+    assert lo == 0.0 and 0 < hi < 0.05
+
+
+@pytest.mark.parametrize("model", ["catch-up", "overtake", "premined"])
+def test_monte_carlo_agrees_with_exact_within_ci(model: str) -> None:
+    data = simulate_doublespend([0.1, 0.3], [1, 2, 4], 6_000, seed=7, model=model)
+    assert data["model"] == model
+    misses = [r for r in data["rows"] if not r["ci95"][0] <= r["exact"] <= r["ci95"][1]]
+    # 6 cells at 95% each: allow one miss by chance, no more.
+    assert len(misses) <= 1, misses
+    for row in data["rows"]:
+        assert set(row) >= {"q", "z", "trials", "successes", "empirical", "ci95", "nakamoto",
+                            "exact"}
+
+
+def test_doublespend_same_seed_same_output() -> None:
+    a = simulate_doublespend([0.2], [1, 3], 2_000, seed=3)
+    b = simulate_doublespend([0.2], [1, 3], 2_000, seed=3)
+    c = simulate_doublespend([0.2], [1, 3], 2_000, seed=4)
+    assert json.dumps(a) == json.dumps(b)
+    assert json.dumps(a) != json.dumps(c)
+
+
+def test_selfish_mining_matches_eyal_sirer() -> None:
+    for alpha, gamma in ((0.25, 0.0), (0.4, 0.0), (0.3, 0.5)):
+        row = simulate_selfish(alpha, gamma, 200_000, random.Random(11))
+        expected = eyal_sirer_share(alpha, gamma)
+        lo, hi = row["ci95"]
+        assert lo - 0.005 <= expected <= hi + 0.005, row
+    strong = simulate_selfish(0.4, 0.0, 200_000, random.Random(5))
+    assert strong["ci95"][0] > 0.4 and strong["profitable"]
+    weak = simulate_selfish(0.2, 0.0, 200_000, random.Random(5))
+    assert weak["ci95"][1] < 0.2 and not weak["profitable"]
+    grid = simulate_selfish_grid([0.3], [0.0, 1.0], 10_000, seed=1)
+    assert [r["gamma"] for r in grid["rows"]] == [0.0, 1.0]
+
+
+def test_eyal_sirer_thresholds() -> None:
+    assert eyal_sirer_share(1 / 3, 0.0) == pytest.approx(1 / 3)
+    assert eyal_sirer_share(0.25, 0.5) == pytest.approx(0.25)
+
+
+def test_network_same_seed_same_output_and_contract_keys() -> None:
+    cfg = NetworkConfig(nodes=40, blocks=60, block_interval=2.0, latency="uniform:50ms,150ms",
+                        miners=5, seed=9)
+    a = simulate_network(cfg)
+    b = simulate_network(cfg)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert set(a) >= {"nodes", "blocks", "seed", "stale_rate", "propagation_ms", "reorg_depths"}
+    assert set(a["propagation_ms"]) == {"p50", "p90", "max"}
+    assert a["converged"]
+    assert a["main_chain_blocks"] + a["stale_blocks"] == 60
+
+
+def test_stale_rate_rises_as_the_interval_nears_propagation_delay() -> None:
+    rates = []
+    for interval in (0.3, 2.0, 30.0):
+        result = simulate_network(NetworkConfig(nodes=60, blocks=300, block_interval=interval,
+                                                latency="100ms", miners=10, seed=2))
+        rates.append(result["stale_rate"])
+    assert rates[0] > rates[1] > rates[2]
+    assert rates[0] > 0.2 and rates[2] < 0.05
+
+
+def test_bandwidth_makes_block_size_matter() -> None:
+    small = simulate_network(NetworkConfig(nodes=30, blocks=50, miners=3, seed=4,
+                                           bandwidth_bps=10e6, block_size=10_000))
+    large = simulate_network(NetworkConfig(nodes=30, blocks=50, miners=3, seed=4,
+                                           bandwidth_bps=10e6, block_size=2_000_000))
+    assert large["propagation_ms"]["p50"] > small["propagation_ms"]["p50"] + 1000
+
+
+def test_enforced_finality_never_reorgs_deeper_than_the_depth() -> None:
+    result = simulate_network(NetworkConfig(nodes=30, blocks=200, block_interval=0.2,
+                                            latency="150ms", miners=6, seed=3,
+                                            finality_depth=2, enforce_finality=True))
+    assert all(int(depth) < 2 for depth in result["reorg_depths"])
+
+
+def test_cli_json_outputs() -> None:
+    def run(*args: str) -> dict:  # type: ignore[type-arg]
+        out = subprocess.run([sys.executable, "-m", "node", "simulate", *args, "--json"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    ds = run("doublespend", "--q", "0.1", "--z", "1..2", "--trials", "500")
+    assert ds["model"] == "catch-up" and len(ds["rows"]) == 2
+    sf = run("selfish", "--alpha", "0.3", "--gamma", "0", "--blocks", "5000")
+    assert set(sf["rows"][0]) >= {"alpha", "gamma", "blocks", "attacker_share", "eyal_sirer"}
+    net = run("network", "--nodes", "20", "--blocks", "20", "--seed", "1")
+    assert net["seed"] == 1 and net["nodes"] == 20
+    again = run("network", "--nodes", "20", "--blocks", "20", "--seed", "1")
+    assert net == again
