@@ -189,6 +189,7 @@ class BenchNode(NodeProcess):
     """A `NodeProcess` that can be launched through the full-relay shim of this script."""
 
     full_relay: bool = False
+    profile_to: Path | None = None  # run the daemon under cProfile, stats written at exit
     follower: LogFollower | None = None
     client: KeepAliveRPC | None = None
     p2p_addr: str = ""
@@ -202,6 +203,8 @@ class BenchNode(NodeProcess):
             if self.full_relay
             else [sys.executable, "-m", "node"]
         )
+        if self.profile_to is not None:
+            launcher[1:1] = ["-m", "cProfile", "-o", str(self.profile_to)]
         cmd = [
             *launcher, "node",
             "--datadir", str(self.datadir),
@@ -252,7 +255,8 @@ def wait_connected(
 
 @contextlib.contextmanager
 def network(
-    workdir: Path, count: int, topology: str, full_relay: bool = False, first_host: int = 2
+    workdir: Path, count: int, topology: str, full_relay: bool = False, first_host: int = 2,
+    profile: dict[int, Path] | None = None,
 ) -> Iterator[list[BenchNode]]:
     """`count` nodes on 127.0.0.<first_host + i>, linked as a line or a full mesh."""
     nodes: list[BenchNode] = []
@@ -267,7 +271,8 @@ def network(
             args = ["--p2p-bind", f"{host}:0"]
             for target in targets:
                 args += ["--connect", target]
-            node = BenchNode(workdir / f"{tag}-{i}", args=args, full_relay=full_relay)
+            node = BenchNode(workdir / f"{tag}-{i}", args=args, full_relay=full_relay,
+                             profile_to=(profile or {}).get(i))
             node.start()
             nodes.append(node)
 
@@ -408,10 +413,10 @@ def measure_block(nodes: Sequence[BenchNode], miner: BenchNode) -> tuple[float, 
 
 def bench_propagation(
     workdir: Path, count: int, topology: str, full_relay: bool, rounds: int, ntxs: int,
-    small_only: bool = False, burst_chunk: int = 50,
+    small_only: bool = False, burst_chunk: int = 50, profile: dict[int, Path] | None = None,
 ) -> PropagationResult:
     result = PropagationResult(topology, "full" if full_relay else "compact")
-    with network(workdir, count, topology, full_relay) as nodes:
+    with network(workdir, count, topology, full_relay, profile=profile) as nodes:
         miner = nodes[0]
         large_rounds = 0 if small_only else rounds
         if large_rounds:
@@ -572,6 +577,37 @@ def print_sync(r: SyncResult) -> None:
     print(f"  sync / local    : {ratio:.2f}  (goal >= {SYNC_GOAL_RATIO}) {verdict}")
 
 
+# ----------------------------------------------------------------- profiling
+
+PROFILE_FUNCTIONS = (
+    "_on_compact_block", "_mempool_short_ids", "_finish_compact", "_process_block",
+    "submit_block", "accept_block", "_after_chain_change", "_commit", "apply",
+    "update_for_chain", "_publish_tx_statuses", "announce_block", "decode_transaction",
+    "merkle_root", "_on_tx", "submit_transaction", "handle_timer",
+)
+
+
+def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> None:
+    """A 3-node line, 1000-tx blocks, with the middle node (the relaying one) under cProfile."""
+    import pstats
+
+    out = workdir / "middle.prof"
+    r = bench_propagation(workdir, 3, "line", False, rounds, ntxs, burst_chunk=burst_chunk,
+                          profile={1: out})
+    print_propagation(r, 3, ntxs)
+    wait_for(out.exists, 30, "profile output")
+    stats = pstats.Stats(str(out))
+    rows = []
+    for (filename, _, name), (_, ncalls, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if name in PROFILE_FUNCTIONS and str(REPO) in filename:
+            rows.append((cumtime, ncalls, f"{Path(filename).parent.name}/"
+                         f"{Path(filename).name}:{name}"))
+    print(f"\nmiddle node, cumulative seconds over the whole run ({rounds} blocks of {ntxs} "
+          f"txs + {rounds + 1} empty blocks + setup):")
+    for cumtime, ncalls, label in sorted(rows, reverse=True)[:25]:
+        print(f"  {cumtime:8.3f} s  {ncalls:>8} calls  {label}")
+
+
 # ----------------------------------------------------------------- full-relay shim
 
 
@@ -607,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="blocks measured per scenario")
     parser.add_argument("--txs", type=int, default=1000, help="transactions in the large block")
     parser.add_argument("--sync-blocks", type=int, default=5000)
-    parser.add_argument("--only", choices=("propagation", "sync"))
+    parser.add_argument("--only", choices=("propagation", "sync", "profile"))
     parser.add_argument("--topologies", default="line,mesh")
     parser.add_argument("--no-full", action="store_true", help="skip the full-relay variant")
     parser.add_argument("--burst-chunk", type=int, default=50,
@@ -625,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_p2p: {args.nodes} nodes on 127.0.0.2.., {os.cpu_count()} cores, "
           f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, work {workdir}")
     try:
+        if args.only == "profile":
+            profile_relay(workdir, args.rounds, args.txs, args.burst_chunk)
         if args.only in (None, "propagation"):
             print(f"\nblock propagation (miner block_connected -> last node's), "
                   f"{args.rounds} blocks each:")

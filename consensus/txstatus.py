@@ -78,8 +78,11 @@ def transaction_status(
             finality_depth=finality_depth,
         )
     if txid in mempool:
+        # Proof of a double spend (an alert) marks an unconfirmed payment before any block.
+        conflicts = list(known_conflicts)
         return TxStatus(
-            txid, "mempool", 0, conflicts=list(known_conflicts), finality_depth=finality_depth
+            txid, "conflicted" if conflicts else "mempool", 0, conflicts=conflicts,
+            finality_depth=finality_depth,
         )
     if tx is None:
         return TxStatus(txid, "unknown", 0, finality_depth=finality_depth)

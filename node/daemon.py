@@ -25,13 +25,19 @@ import structlog
 
 from consensus.block import Block
 from consensus.chainstate import AcceptResult, ChainState
+from consensus.coins import Coin
 from consensus.errors import ConsensusError
 from consensus.keys import PrivateKey
-from consensus.mempool import Mempool
+from consensus.mempool import Mempool, MempoolConflict
 from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE, ChainParams
-from consensus.tx import Transaction, decode_transaction
+from consensus.tx import OutPoint, Transaction, decode_transaction
 from consensus.txstatus import TxStatus, transaction_status
-from consensus.validation import SignatureCache
+from consensus.validation import (
+    SignatureCache,
+    check_transaction,
+    check_tx_inputs,
+    check_tx_signatures,
+)
 from node.config import NodeConfig, parse_host_port
 from node.datadir import DataDirLock
 from node.events import EventHub
@@ -42,7 +48,7 @@ from node.rpc_server import RPCServer, delete_cookie, write_cookie
 from node.verify import ParallelVerifier
 from node.wallet import Wallet
 from p2p.config import P2PConfig
-from p2p.protocol import Event, P2PProtocol, PeerConnected, PeerDisconnected
+from p2p.protocol import DoubleSpendSeen, Event, P2PProtocol, PeerConnected, PeerDisconnected
 from p2p.transport import P2PService
 from storage import open_store
 
@@ -82,6 +88,9 @@ class Node:
         self._lock = DataDirLock(self.datadir)
         self._stop_event = asyncio.Event()
         self._watched: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        # txid -> txids proven to double-spend it (from our own mempool or peers' alerts).
+        self._double_spends: OrderedDict[bytes, set[bytes]] = OrderedDict()
+        self._alerted: OrderedDict[OutPoint, None] = OrderedDict()
         self._recent: OrderedDict[bytes, Transaction] = OrderedDict()
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None
@@ -218,6 +227,8 @@ class Node:
             self.events.publish({"type": "peer_connected", "id": event.peer_id,
                                  "addr": f"{event.addr[0]}:{event.addr[1]}",
                                  "inbound": event.inbound, "node_id": event.node_id.hex()})
+        elif isinstance(event, DoubleSpendSeen):
+            self._on_double_spend_alert(event.tx_a, event.tx_b)
         elif isinstance(event, PeerDisconnected):
             self.events.publish({"type": "peer_disconnected", "id": event.peer_id,
                                  "addr": f"{event.addr[0]}:{event.addr[1]}",
@@ -408,7 +419,14 @@ class Node:
     # ----------------------------------------------------------------- transactions
 
     def submit_transaction(self, tx: Transaction) -> Any:
-        outcome = self.mempool.accept(tx, self.chain, self.now())
+        try:
+            outcome = self.mempool.accept(tx, self.chain, self.now())
+        except MempoolConflict as exc:
+            for txid in exc.conflicting:
+                entry = self.mempool.get(txid)
+                if entry is not None:
+                    self._record_double_spend(entry.tx, tx, relay=True)
+            raise
         for txid in outcome.accepted:
             entry = self.mempool.get(txid)
             if entry is not None:
@@ -421,6 +439,72 @@ class Node:
         self._publish_tx_statuses()
         self.miner.on_mempool_changed()
         return outcome
+
+    # ----------------------------------------------------------------- double spends
+
+    def _proves_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> bool:
+        """Both signed and valid on their own against our view, and spending a common coin:
+        proof rather than rumour."""
+        if tx_a.txid == tx_b.txid or not (
+            {i.outpoint for i in tx_a.inputs} & {i.outpoint for i in tx_b.inputs}
+        ):
+            return False
+        for tx in (tx_a, tx_b):
+            try:
+                check_transaction(tx, self.params)
+                _, coins = check_tx_inputs(tx, self._coin_or_pending, self.chain.height + 1,
+                                           self.params)
+                check_tx_signatures(tx, coins, self.params.genesis_hash,
+                                    self.chain.signature_cache)
+            except ConsensusError:
+                return False
+        return True
+
+    def _coin_or_pending(self, outpoint: OutPoint) -> Coin | None:
+        coin = self.chain.coin(outpoint)
+        if coin is not None:
+            return coin
+        entry = self.mempool.get(outpoint.txid)
+        if entry is not None and outpoint.index < len(entry.tx.outputs):
+            out = entry.tx.outputs[outpoint.index]
+            return Coin(out.amount, out.pkh, self.chain.height + 1, False)
+        return None
+
+    def _record_double_spend(self, tx_a: Transaction, tx_b: Transaction, relay: bool) -> None:
+        if not self._proves_double_spend(tx_a, tx_b):
+            return
+        new = tx_b.txid not in self._double_spends.get(tx_a.txid, set())
+        for x, y in ((tx_a, tx_b), (tx_b, tx_a)):
+            self._double_spends.setdefault(x.txid, set()).add(y.txid)
+            self._double_spends.move_to_end(x.txid)
+            self._remember_tx(x)
+            self._watch(x.txid)
+        while len(self._double_spends) > MAX_WATCHED_TXS:
+            self._double_spends.popitem(last=False)
+        if new:
+            log.warning("double_spend_seen", txid=tx_a.txid.hex(), conflicting=tx_b.txid.hex())
+            self.events.publish({"type": "double_spend", "txid": tx_a.txid.hex(),
+                                 "conflicting": tx_b.txid.hex()})
+        shared = {i.outpoint for i in tx_a.inputs} & {i.outpoint for i in tx_b.inputs}
+        fresh = [op for op in shared if op not in self._alerted]
+        if relay and fresh and self.config.double_spend_alerts and self.p2p is not None:
+            for op in fresh:
+                self._alerted[op] = None
+            while len(self._alerted) > MAX_WATCHED_TXS:
+                self._alerted.popitem(last=False)
+            self.protocol.broadcast_double_spend(tx_a, tx_b)
+            self.p2p.flush()
+        self._publish_tx_statuses()
+
+    def _on_double_spend_alert(self, tx_a: Transaction, tx_b: Transaction) -> None:
+        if not self.config.double_spend_alerts:
+            return
+        # Whichever of the two we hold is the payment at risk; relay the proof onward once.
+        first, second = (tx_b, tx_a) if tx_b.txid in self.mempool else (tx_a, tx_b)
+        self._record_double_spend(first, second, relay=True)
+
+    def double_spends_of(self, txid: bytes) -> set[bytes]:
+        return set(self._double_spends.get(txid, ()))
 
     def _remember_tx(self, tx: Transaction) -> None:
         self._recent[tx.txid] = tx
@@ -449,7 +533,20 @@ class Node:
 
     def tx_status(self, txid: bytes) -> TxStatus:
         tx = None if self.chain.tx_block(txid) else self.find_transaction(txid)
-        return transaction_status(txid, tx, self.chain, self.mempool, self.finality_depth)
+        alerts = self._double_spends.get(txid, ()) if self.config.double_spend_alerts else ()
+        return transaction_status(
+            txid, tx, self.chain, self.mempool, self.finality_depth, known_conflicts=alerts
+        )
+
+    def accepted_zero_conf(self, status: TxStatus) -> bool:
+        """Merchant policy: confirmed, or unconfirmed but unchallenged for the listening
+        period (0 s by default: accepted at once, as most wallets do)."""
+        if status.status in ("confirmed", "final"):
+            return True
+        if status.status != "mempool" or self._double_spends.get(status.txid):
+            return False
+        entry = self.mempool.get(status.txid)
+        return entry is not None and self.now() - entry.time >= self.config.listening_period
 
     def _watch(self, txid: bytes) -> None:
         if txid not in self._watched:

@@ -173,6 +173,10 @@ class Miner:
             hashes.append(block.hash)
         return hashes
 
+    async def solve(self, payout_pkh: bytes, txs: Sequence[Transaction] | None) -> Block:
+        """A solved block on the current tip, not submitted (the caller may withhold it)."""
+        return await self._solve(payout_pkh, txs)
+
     async def _solve(self, payout_pkh: bytes, txs: Sequence[Transaction] | None) -> Block:
         node = self.node
         for extra_nonce in range(MAX_GENERATE_TRIES):

@@ -198,9 +198,12 @@ def build_registry(node: Node) -> MethodRegistry:
         except MinerError as exc:
             raise RPCError(RPC_MISC_ERROR, str(exc)) from None
 
-    async def generateblock(address: str, transactions: list[str]) -> dict[str, str]:
+    async def generateblock(
+        address: str, transactions: list[str], submit: bool = True
+    ) -> dict[str, str]:
         """Mine one block with exactly these transactions (mempool txids or raw hex); raw ones
-        need not be in the mempool, so a conflicting transaction can be mined on purpose."""
+        need not be in the mempool, so a conflicting transaction can be mined on purpose. With
+        submit=false the block is returned as {hash, hex} and not announced (withheld)."""
         pkh = address_pkh(address)
         txs = []
         for item in transactions:
@@ -212,6 +215,9 @@ def build_registry(node: Node) -> MethodRegistry:
             else:
                 txs.append(decode_tx(item))
         try:
+            if not submit:
+                block = await node.miner.solve(pkh, txs)
+                return {"hash": block.hash.hex(), "hex": block.encode().hex()}
             hashes = await node.miner.generate(1, pkh, txs)
         except (MinerError, ConsensusError) as exc:
             raise RPCError(RPC_VERIFY_ERROR, f"block not valid: {exc}") from None
@@ -389,11 +395,16 @@ def build_registry(node: Node) -> MethodRegistry:
         node._watch(raw_txid)
         status = node.tx_status(raw_txid)
         q = node.config.assumed_attacker_share
+        seen = node.double_spends_of(raw_txid)
         return {
             **status.to_json(),
             "reversal_risk": status.reversal_risk(q),
             "assumed_attacker_share": q,
             "risk_summary": status.risk_summary(q),
+            "double_spend_alert": bool(seen) and node.config.double_spend_alerts,
+            "seen_double_spends": sorted(t.hex() for t in seen),
+            "accepted_zero_conf": node.accepted_zero_conf(status),
+            "listening_period": node.config.listening_period,
         }
 
     def validateaddress(address: str) -> dict[str, Any]:

@@ -424,12 +424,26 @@ class DockerTestnet:
         return self._calls(self.container(name), [(method, list(params))], timeout)[0]
 
     def _calls(
-        self, c: NodeContainer, calls: Sequence[tuple[str, list[Any]]], timeout: float = 60.0
+        self,
+        c: NodeContainer,
+        calls: Sequence[tuple[str, list[Any]]],
+        timeout: float = 60.0,
+        errors: str = "raise",
     ) -> list[Any]:
+        """Results of ``calls`` in order; with ``errors="return"`` an RPC error comes back
+        as its :class:`DockerRPCError` instead of being raised."""
         if c.rpc_url is not None and self._main_network_name() in c.networks:
             try:
                 auth = c.auth or self._cookie(c)
-                return [rpc_http(c.rpc_url, auth, m, p, timeout) for m, p in calls]
+                results: list[Any] = []
+                for method, params in calls:
+                    try:
+                        results.append(rpc_http(c.rpc_url, auth, method, params, timeout))
+                    except DockerRPCError as exc:
+                        if errors == "raise":
+                            raise
+                        results.append(exc)
+                return results
             except RPCUnreachable:
                 pass
         if not c.running:
@@ -444,8 +458,12 @@ class DockerTestnet:
             if "unreachable" in item:
                 raise RPCUnreachable(f"node {c.node}: {item['unreachable']}")
             if "error" in item:
-                raise DockerRPCError(item["error"]["code"], item["error"]["message"])
-            results.append(item["result"])
+                exc = DockerRPCError(item["error"]["code"], item["error"]["message"])
+                if errors == "raise":
+                    raise exc
+                results.append(exc)
+            else:
+                results.append(item["result"])
         return results
 
     # ------------------------------------------------------------------ waiting
@@ -580,8 +598,9 @@ class DockerTestnet:
         """Split the network: nodes in different groups can no longer reach each other.
 
         The largest group (the first of equals) stays on the compose network, together
-        with every node no group names; each other group is moved to a bridge of its own
-        (a group of one is simply disconnected). Any earlier partition is healed first.
+        with every node no group names; each other group is moved to an internal bridge of
+        its own (a group of one is simply disconnected). Any earlier partition is healed
+        first.
         """
         groups = [list(g) for g in groups if g]
         if len(groups) < 2:
@@ -595,9 +614,15 @@ class DockerTestnet:
                 if name in seen:
                     raise ValueError(f"node {name!r} is in more than one group")
                 seen.add(name)
-        self.heal(reconnect=False)
+        if self._partition_networks() or any(
+            self._main_network_name() not in c.networks for c in by_node.values()
+        ):
+            self.heal()
+            by_node = {c.node: c for c in self.containers()}
         main = self._main_network_name()
         stay = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+        moved: list[NodeContainer] = []
+        private_groups: list[tuple[str, list[str]]] = []
         for index, group in enumerate(groups):
             if index == stay:
                 continue
@@ -608,44 +633,82 @@ class DockerTestnet:
                 # bridges through the host even where Docker runs without iptables rules.
                 _run(["docker", "network", "create", "--driver", "bridge", "--internal",
                       "--label", f"{PARTITION_LABEL}={self.project}", private])
+                private_groups.append((private, group))
             for name in group:
                 c = by_node[name]
+                moved.append(c)
                 if main in c.networks:
                     _run(["docker", "network", "disconnect", main, c.id])
                 if private is not None:
                     _run(["docker", "network", "connect", "--alias", c.service, private, c.id])
+        self._drop_stale_peers(moved)
+        for private, group in private_groups:
+            # The moved nodes have new addresses: introduce them to each other.
+            self.reconnect_peers(network=private, nodes=group)
         self.log("partitioned: " + " | ".join(",".join(g) for g in groups))
 
     def heal(self, reconnect: bool = True) -> None:
         """Undo :meth:`partition`: every node back on the compose network, peers redialled."""
         main = self._main_network_name()
         private = set(self._partition_networks())
-        moved = False
+        moved: list[NodeContainer] = []
         for c in self.containers():
             for net in c.networks:
                 if net in private:
                     _run(["docker", "network", "disconnect", "--force", net, c.id])
             if main not in c.networks:
                 _run(["docker", "network", "connect", "--alias", c.service, main, c.id])
-                moved = True
+                moved.append(c)
         self._remove_partition_networks()
-        if moved and reconnect:
-            self.reconnect_peers()
+        if moved:
+            self._drop_stale_peers(moved)
+            if reconnect:
+                self.reconnect_peers()
+            self.log("healed: " + ", ".join(c.node for c in moved) + " back on " + main)
 
-    def reconnect_peers(self) -> None:
-        """Ask every node to dial every other at its current IP (IPs change on reconnect)."""
-        main = self._main_network_name()
-        found = [c for c in self.containers() if c.running]
+    def _drop_stale_peers(self, moved: Sequence[NodeContainer]) -> None:
+        """Forget peer links that a move made dead, on both ends.
+
+        A moved node's peers all sat on the network it left; the others still list it at
+        its old address. Left alone, such links linger until the peer timeout, and while
+        they do a node refuses the same peer at its new address ("already connected").
+        """
+        moved_ids = {c.id for c in moved}
+        old_ips = {ip for c in moved for ip in c.networks.values() if ip}
+        for c in self.containers():
+            if not c.running:
+                continue
+            try:
+                peers = self._calls(c, [("getpeerinfo", [])], timeout=10)[0]
+            except (RPCUnreachable, DockerRPCError, DockerError):
+                continue
+            stale = [
+                p["id"] for p in peers
+                if c.id in moved_ids or str(p.get("addr", "")).rsplit(":", 1)[0] in old_ips
+            ]
+            if stale:
+                self._calls(c, [("disconnectnode", ["", pid]) for pid in stale], timeout=10,
+                            errors="return")
+
+    def reconnect_peers(self, network: str | None = None,
+                        nodes: Sequence[str] | None = None) -> None:
+        """Ask each node to dial every other at its current IP on ``network`` (default: the
+        compose network). Nodes dial names only once, and a container's IP changes when it
+        is disconnected and reconnected."""
+        network = network or self._main_network_name()
+        found = [c for c in self.containers()
+                 if c.running and network in c.networks and (nodes is None or c.node in nodes)]
         for c in found:
             calls = [
-                ("addnode", [f"{other.networks[main]}:{P2P_PORT}", "onetry"])
+                ("addnode", [f"{other.networks[network]}:{P2P_PORT}", "onetry"])
                 for other in found
-                if other.id != c.id and other.networks.get(main)
+                if other.id != c.id and other.networks.get(network)
             ]
-            try:
-                self._calls(c, calls, timeout=10)
-            except (RPCUnreachable, DockerRPCError, DockerError) as exc:
-                self.log(f"{c.node}: could not redial peers: {exc}")
+            if calls:
+                try:
+                    self._calls(c, calls, timeout=10, errors="return")
+                except (RPCUnreachable, DockerError) as exc:
+                    self.log(f"{c.node}: could not redial peers: {exc}")
 
     def _remove_partition_networks(self, force: bool = False) -> None:
         for net in self._partition_networks():

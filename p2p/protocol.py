@@ -655,6 +655,11 @@ class P2PProtocol:
             self._disconnect(peer, "goodbye", now)
             return
         if not peer.established:
+            if peer.inbound and now - peer.last_hello_sent >= self.config.hello_retry_interval:
+                # The dialler talks like this only once it is established: its Verack to us
+                # was lost. Our Hello again makes it send another. (Only in reply to traffic:
+                # never retransmit unprompted towards an address that may be spoofed.)
+                self._send_hello(peer, now)
             return
         handler = self._handlers.get(type(msg))
         if handler is not None:
@@ -1082,13 +1087,8 @@ class P2PProtocol:
             if peer.status is PeerStatus.HANDSHAKE:
                 if now - peer.created > cfg.handshake_timeout:
                     self._disconnect(peer, "handshake-timeout", now)
-                elif now - peer.last_hello_sent >= cfg.hello_retry_interval:
-                    # Any handshake datagram may be lost. The dialler repeats its Hello; the
-                    # listener repeats its Hello and Verack, else a lost Verack leaves the
-                    # dialler established and us waiting for the handshake timeout.
+                elif not peer.inbound and now - peer.last_hello_sent >= cfg.hello_retry_interval:
                     self._send_hello(peer, now)
-                    if peer.inbound and peer.their_nonce is not None:
-                        self._send_verack(peer)
                 continue
             if now - peer.last_recv > cfg.peer_timeout:
                 self._disconnect(peer, "timeout", now)

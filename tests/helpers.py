@@ -342,7 +342,11 @@ class ChainBuilder:
         return block
 
     def record(self, block: Block) -> None:
-        """Remember `block`'s header and outputs (done by `block`; call it for hand-made ones)."""
+        """Remember `block`'s header and outputs (done by `block` and `accept`).
+
+        The first block recorded under a hash is kept: a mangled copy of an honest block (same
+        header, other transactions) never replaces it in ``self.blocks``.
+        """
         prev = self.headers.get(block.header.prev_hash)
         if prev is not None and block.hash not in self.headers:
             try:
@@ -353,7 +357,7 @@ class ChainBuilder:
                 block.hash, prev.hash, prev.height + 1, block.header.timestamp,
                 block.header.bits, prev.chainwork + work,
             )
-        self.blocks[block.hash] = block
+        self.blocks.setdefault(block.hash, block)
         for tx in block.txs:
             for n, out in enumerate(tx.outputs):
                 self.outputs[OutPoint(tx.txid, n)] = out
@@ -430,6 +434,12 @@ class ChainBuilder:
     def sync(self) -> None:
         """Hand the chain state's pending update to the store (what the node does)."""
         self.store.apply(self.chain.take_update())
+
+    def entry(self, block: Block | bytes) -> BlockIndex:
+        """The chain's index entry for `block` (which must be indexed)."""
+        found = self.chain.get(block if isinstance(block, bytes) else block.hash)
+        assert found is not None, "block not in the chain's index"
+        return found
 
     def block_at(self, height: int) -> Block:
         """The active chain's block at `height`."""

@@ -22,6 +22,7 @@ from tests.helpers import (
     regtest,
     replay,
     retargeting,
+    unsolve,
 )
 
 
@@ -60,7 +61,7 @@ def test_most_work_beats_longest() -> None:
     for blk in fast[:4]:
         result = b.accept(blk)
         assert result.status == "side-branch"
-        assert b.chain.get(blk.hash).chainwork < slow_work  # type: ignore[union-attr]
+        assert b.entry(blk).chainwork < slow_work
     result = b.accept(fast[4])
     fast_tip = b.chain.get(fast[4].hash)
     assert fast_tip is not None
@@ -76,7 +77,7 @@ def test_most_work_beats_longest() -> None:
     # An 11th slow block ties (24 each): the fast tip was there first. A 12th wins it back.
     slow11, slow12 = b.branch(2, parent=slow[-1], gap=100)
     assert b.accept(slow11).status == "side-branch"
-    assert b.chain.get(slow11.hash).chainwork == fast_tip.chainwork  # type: ignore[union-attr]
+    assert b.entry(slow11).chainwork == fast_tip.chainwork
     assert b.chain.tip is fast_tip
     result = b.accept(slow12)
     assert result.status == "connected" and b.chain.tip.height == 12
@@ -125,7 +126,7 @@ def test_reorg_disconnects_and_connects_and_moves_coins() -> None:
     assert b.accept(fork[1]).status == "side-branch"  # a tie
     result = b.accept(fork[2])
     assert result.status == "connected"
-    assert (result.old_tip.hash, result.new_tip.hash) == (main[-1].hash, fork[2].hash)  # type: ignore[union-attr]
+    assert result.old_tip is b.entry(main[-1]) and result.new_tip is b.entry(fork[2])
     assert result.fork is b.chain.get(base[1].hash)
     assert hashes(result.disconnected) == [main[1].hash, main[0].hash]
     assert hashes(result.connected) == [f.hash for f in fork]
@@ -164,18 +165,18 @@ def test_invalid_block_in_the_middle_of_a_side_branch() -> None:
     s5 = b.block(s4)
     for blk in (s1, s2, s3):
         assert b.accept(blk).status == "side-branch"
-    assert not b.chain.get(s2.hash).failed  # type: ignore[union-attr]
+    assert not b.entry(s2).failed
     result = b.accept(s4)  # now the branch has the most work: the node tries it and fails
     assert (result.status, result.reason) == ("invalid", "bad-prevblk")
     assert (s2.hash, "bad-cb-amount") in result.invalid
     assert b.chain.tip.hash == main[-1].hash
     # Net of the attempt, nothing changed (the node went to s1 and came back).
     assert result.connected == [] and result.disconnected == []
-    assert b.chain.get(s2.hash).status & BlockStatus.FAILED  # type: ignore[operator,union-attr]
+    assert b.entry(s2).status & BlockStatus.FAILED
     for blk in (s3, s4):
         entry = b.chain.get(blk.hash)
         assert entry is not None and entry.status & BlockStatus.FAILED_CHILD
-    assert not b.chain.get(s1.hash).failed  # type: ignore[union-attr]
+    assert not b.entry(s1).failed
     assert tips(b) == {main[-1].hash: ("active", 0), s4.hash: ("invalid", 4)}
     later = b.accept(s5)
     assert (later.status, later.reason) == ("invalid", "bad-prevblk")
@@ -200,9 +201,7 @@ def test_orphans_delivered_child_first_connect_when_the_parent_arrives() -> None
     assert b.chain.orphan_count() == 4
     assert b.chain.height == 0
     assert b.chain.has_block(blocks[3].hash)
-    assert b.chain.get_block(blocks[3].hash) is blocks[3] or b.chain.get_block(
-        blocks[3].hash
-    ).hash == blocks[3].hash  # type: ignore[union-attr]
+    assert b.chain.get_block(blocks[3].hash) is blocks[3]  # served from the orphan pool
     assert b.accept(blocks[2]).status == "duplicate"  # already waiting
     result = b.accept(blocks[0])
     assert result.status == "connected"
@@ -230,8 +229,6 @@ def test_orphan_pool_is_bounded() -> None:
 
 
 def test_orphan_without_proof_of_work_is_not_pooled() -> None:
-    from tests.helpers import unsolve
-
     b = ChainBuilder()
     parent = b.block()
     child = b.block(parent, solved=False)
@@ -260,7 +257,7 @@ def test_invalidate_and_reconsider_block() -> None:
     assert b.chain.tip.hash == fork[-1].hash
     assert hashes(result.disconnected) == [blk.hash for blk in reversed(main[2:])]
     assert hashes(result.connected) == [blk.hash for blk in fork]
-    assert b.chain.get(main[2].hash).status & BlockStatus.FAILED  # type: ignore[operator,union-attr]
+    assert b.entry(main[2]).status & BlockStatus.FAILED
     assert tips(b)[main[-1].hash] == ("invalid", 4)
     assert tips(b)[fork[-1].hash] == ("active", 0)
     assert b.chain.spender(coinbase_outpoint(main[0])) is None
@@ -429,7 +426,7 @@ def test_finality_refuses_a_deep_reorg() -> None:
     assert results[-1].status == "side-branch"
     assert results[-1].finality_refused == [deep[-1].hash]
     assert not any(r.finality_refused for r in results[:-1])
-    assert not b.chain.get(deep[-1].hash).failed  # type: ignore[union-attr]  # parked, not invalid
+    assert not b.entry(deep[-1]).failed  # parked, not invalid
     # The parked branch keeps growing and stays refused.
     more = b.block(deep[-1])
     result = b.accept(more)

@@ -187,7 +187,7 @@ class Line:
                     return False
             return True
 
-        wait_for(linked, timeout, "every node of the line linked to its neighbours")
+        self.wait(linked, timeout, "every node of the line linked to its neighbours")
 
     def wait_converged(self, timeout: float = 60) -> str:
         try:
@@ -195,6 +195,13 @@ class Line:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.describe()}") from None
         return str(self.nodes[0].rpc("getbestblockhash"))
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> None:
+        """`wait_for`, describing every node when it times out."""
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
 
     def describe(self) -> str:
         """Height, tip, mempool and peers of every node, for failure messages."""
@@ -304,7 +311,7 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     # Split: each boundary node bans the other's host, which also disconnects them.
     nodes[2].rpc("setban", host3, "add", 3600)
     nodes[3].rpc("setban", host2, "add", 3600)
-    wait_for(
+    line.wait(
         lambda: peer_addrs(nodes[2]) == {line.addrs[1]} and peer_addrs(nodes[3]) == {line.addrs[4]},
         20,
         "the boundary link to drop",
@@ -316,7 +323,7 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     txid_right = nodes[4].rpc("sendrawtransaction", pay_right)
     plain_left = nodes[2].rpc("sendtoaddress", line.wallet[0], 4_000_000)
     plain_right = nodes[4].rpc("sendtoaddress", line.wallet[5], 5_000_000)
-    wait_for(
+    line.wait(
         lambda: all(m == sorted([txid_left, plain_left]) for m in mempools(left))
         and all(m == sorted([txid_right, plain_right]) for m in mempools(right)),
         30,
@@ -326,7 +333,7 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     # Both halves mine; the right one mines more, so it holds the most work.
     nodes[0].rpc("generatetoaddress", 2, line.wallet[0])
     nodes[5].rpc("generatetoaddress", 4, line.wallet[5])
-    wait_for(
+    line.wait(
         lambda: len(set(tips(left))) == 1 and len(set(tips(right))) == 1
         and all(n.rpc("getblockcount") == fork_height + 2 for n in left)
         and all(n.rpc("getblockcount") == fork_height + 4 for n in right),
@@ -345,12 +352,12 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     nodes[3].rpc("addnode", line.addrs[2], "onetry")
     line.wait_linked()
 
-    wait_for(lambda: set(tips(nodes)) == {winning_tip}, 60, "all six on the most-work chain")
+    line.wait(lambda: set(tips(nodes)) == {winning_tip}, 60, "all six on the most-work chain")
     for node in nodes:
         assert node.rpc("getblockcount") == fork_height + 4
 
     # The losing branch's ordinary payment is back in the mempools; its double spend is not.
-    wait_for(
+    line.wait(
         lambda: all(m == [plain_left] for m in mempools(nodes)),
         30,
         "the losing branch's non-conflicting payment back in every mempool",
