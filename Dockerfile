@@ -8,23 +8,23 @@
 # variables (see `powlab node --help`); extra arguments to `docker run` are passed on as
 # flags. Everything the node persists lives in the /data volume. See docs/docker.md.
 
-# ---------------------------------------------------------------- build: wheels only
+# ---------------------------------------------------------------- build: the virtualenv
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# .dockerignore lets only the packaging files and the four packages in.
+# .dockerignore lets only the packaging files and the four packages in. Dependencies (and
+# hatchling, for the build) come from PyPI: build with host networking where the default
+# bridge has no way out (docker build --network host / compose `build.network: host`).
 COPY . /src
-RUN /opt/venv/bin/pip wheel --wheel-dir /wheels /src
+RUN /opt/venv/bin/pip install /src \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 # ---------------------------------------------------------------- runtime
 FROM python:3.11-slim
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-COPY --from=build /wheels /wheels
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels powlab \
- && rm -rf /wheels \
- && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
+# Same base, same interpreter path: the virtualenv moves over as it is.
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin powlab \
  && mkdir -p /data \
  && chown powlab:powlab /data \

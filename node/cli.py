@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_parser(sub)
 
+    from node.attack import add_attack_parser
+
+    add_attack_parser(sub)
+
     from node.testnet import add_testnet_parser
 
     add_testnet_parser(sub)

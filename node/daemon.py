@@ -410,6 +410,13 @@ class Node:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:
                 self._watch(txid)
+            if self.p2p is not None:
+                # Transactions back from disconnected blocks may be news to peers that were on
+                # the other branch: announce them like new arrivals.
+                for txid in update.returned:
+                    entry = self.mempool.get(txid)
+                    if entry is not None:
+                        self.protocol.announce_tx(entry.tx, self.clock())
             self._publish_tx_statuses()
             self.miner.on_new_tip()
             if self.p2p is not None:

@@ -254,6 +254,7 @@ class NodeContainer:
     health: str | None
     networks: dict[str, str] = field(default_factory=dict)  # network name -> IP
     rpc_port: int | None = None
+    rpc_mapped: bool = True  # False: published, but Docker holds no live mapping for it
     auth: tuple[str, str] | None = None
 
     @property
@@ -271,17 +272,12 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
         name: (net or {}).get("IPAddress", "")
         for name, net in (settings.get("Networks") or {}).items()
     }
-    rpc_port = None
-    # NetworkSettings.Ports is empty while a container is cut off from every network;
-    # HostConfig.PortBindings always says what was published.
-    bindings = (settings.get("Ports") or {}).get(f"{RPC_PORT}/tcp") or (
-        (data.get("HostConfig") or {}).get("PortBindings") or {}
-    ).get(f"{RPC_PORT}/tcp")
-    for binding in bindings or []:
-        port = (binding or {}).get("HostPort")
-        if port and port.isdigit():
-            rpc_port = int(port)
-            break
+    # NetworkSettings.Ports holds the live mappings (none while a container is cut off
+    # from every network); HostConfig.PortBindings says what was asked for, but a random
+    # host port ("127.0.0.1::18443") only shows up in the live ones.
+    live = _host_port((settings.get("Ports") or {}).get(f"{RPC_PORT}/tcp"))
+    wanted = ((data.get("HostConfig") or {}).get("PortBindings") or {}).get(f"{RPC_PORT}/tcp")
+    rpc_port = live or _host_port(wanted)
     user, password = env.get("POWLAB_RPC_USER"), env.get("POWLAB_RPC_PASSWORD")
     service = labels.get(SERVICE_LABEL, data.get("Name", "").lstrip("/"))
     number = int(labels.get(NUMBER_LABEL, "1") or 1)
@@ -296,8 +292,17 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
         health=(state.get("Health") or {}).get("Status"),
         networks=networks,
         rpc_port=rpc_port,
+        rpc_mapped=live is not None or not wanted,
         auth=(user, password) if user and password is not None else None,
     )
+
+
+def _host_port(bindings: list[dict[str, str]] | None) -> int | None:
+    for binding in bindings or []:
+        port = (binding or {}).get("HostPort")
+        if port and port.isdigit() and port != "0":
+            return int(port)
+    return None
 
 
 def _role_key(c: NodeContainer) -> tuple[int, str, int]:
@@ -384,6 +389,7 @@ class DockerTestnet:
 
     def containers(self) -> list[NodeContainer]:
         """Every container of the project, miners first."""
+        self.compose_command  # noqa: B018 - checks Docker once, with a clear error if missing
         ids = _run(
             ["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
              f"label={PROJECT_LABEL}={self.project}"]
@@ -570,7 +576,9 @@ class DockerTestnet:
                 else:
                     row.update(
                         height=info["blocks"], bestblockhash=info["bestblockhash"],
-                        peers=len(peers), mempool=mempool.get("size"),
+                        peers=sum(1 for p in peers if p.get("status", "established")
+                                  == "established"),
+                        mempool=mempool.get("size"),
                         hashrate=(mining.get("hashrate") or 0.0) if mining.get("mining") else 0.0,
                         up=True,
                     )
@@ -629,9 +637,11 @@ class DockerTestnet:
             private = None
             if len(group) > 1:
                 private = f"{self.project}_partition{index}"
-                # --internal: no default route out of it, so nothing reaches the other
-                # bridges through the host even where Docker runs without iptables rules.
+                # --internal isolates it with iptables rules; inhibit_ipv4 leaves the host
+                # without an address on the bridge, so nothing is routed through the host
+                # to the other bridges even where dockerd runs with --iptables=false.
                 _run(["docker", "network", "create", "--driver", "bridge", "--internal",
+                      "-o", "com.docker.network.bridge.inhibit_ipv4=true",
                       "--label", f"{PARTITION_LABEL}={self.project}", private])
                 private_groups.append((private, group))
             for name in group:
@@ -652,14 +662,33 @@ class DockerTestnet:
         main = self._main_network_name()
         private = set(self._partition_networks())
         moved: list[NodeContainer] = []
+        restarted = False
         for c in self.containers():
             for net in c.networks:
                 if net in private:
                     _run(["docker", "network", "disconnect", "--force", net, c.id])
+            if main in c.networks and not c.rpc_mapped and c.running:
+                # On the network but its published port is not mapped (Docker could not
+                # re-bind it on an earlier reconnect, leaving a half-made endpoint behind):
+                # a restart rebuilds the container's network sandbox; the chain persists.
+                self.log(f"{c.node}: RPC port not mapped; restarting its container")
+                _run(["docker", "restart", "-t", "30", c.id], timeout=90)
+                moved.append(c)
+                restarted = True
+                continue
             if main not in c.networks:
-                _run(["docker", "network", "connect", "--alias", c.service, main, c.id])
+                result = _run(["docker", "network", "connect", "--alias", c.service, main,
+                               c.id], check=False)
+                if result.returncode != 0:
+                    raise DockerError(
+                        f"could not put {c.node} back on {main}: {result.stderr.strip()} "
+                        "(is another program, or another compose project, using its RPC "
+                        "port now? free the port and run heal again)"
+                    )
                 moved.append(c)
         self._remove_partition_networks()
+        if restarted:
+            self.wait_ready(90)
         if moved:
             self._drop_stale_peers(moved)
             if reconnect:

@@ -655,11 +655,6 @@ class P2PProtocol:
             self._disconnect(peer, "goodbye", now)
             return
         if not peer.established:
-            if peer.inbound and now - peer.last_hello_sent >= self.config.hello_retry_interval:
-                # The dialler talks like this only once it is established: its Verack to us
-                # was lost. Our Hello again makes it send another. (Only in reply to traffic:
-                # never retransmit unprompted towards an address that may be spoofed.)
-                self._send_hello(peer, now)
             return
         handler = self._handlers.get(type(msg))
         if handler is not None:
@@ -1069,6 +1064,7 @@ class P2PProtocol:
                 peer.known.add(txid)
                 self._send(peer, Inv((InvItem(INV_TX, txid),)))
                 if len(self._tx_unrequested) < self.config.max_seen:
+                    self._tx_unrequested.pop((peer.id, txid), None)  # keep oldest-first order
                     self._tx_unrequested[(peer.id, txid)] = (now, 0)
 
     def broadcast_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> None:
@@ -1087,8 +1083,15 @@ class P2PProtocol:
             if peer.status is PeerStatus.HANDSHAKE:
                 if now - peer.created > cfg.handshake_timeout:
                     self._disconnect(peer, "handshake-timeout", now)
-                elif not peer.inbound and now - peer.last_hello_sent >= cfg.hello_retry_interval:
+                elif now - peer.last_hello_sent >= cfg.hello_retry_interval:
+                    # Any handshake datagram may be lost. The dialler repeats its Hello; the
+                    # listener repeats its Hello and Verack, else a lost Verack leaves the
+                    # dialler established and us waiting for the handshake timeout. (What a
+                    # spoofed Hello can reflect this way is bounded: max_inbound handshakes,
+                    # each for handshake_timeout.)
                     self._send_hello(peer, now)
+                    if peer.inbound and peer.their_nonce is not None:
+                        self._send_verack(peer)
                 continue
             if now - peer.last_recv > cfg.peer_timeout:
                 self._disconnect(peer, "timeout", now)
@@ -1135,20 +1138,22 @@ class P2PProtocol:
         self._reannounce_txs(now)
 
     def _reannounce_txs(self, now: float) -> None:
+        # Oldest first (entries are re-inserted when renewed): stop at the first recent one.
+        pending = self._tx_unrequested
         resend: dict[int, list[InvItem]] = {}
-        for key, (at, tries) in list(self._tx_unrequested.items()):
+        renewed = []
+        while pending:
+            key = next(iter(pending))
+            at, tries = pending[key]
             if now - at <= self.config.tx_request_timeout:
-                continue
+                break
+            del pending[key]
             peer_id, txid = key
-            if (
-                peer_id not in self.peers
-                or tries >= TX_ANNOUNCE_RETRIES
-                or txid not in self.node.mempool
-            ):
-                del self._tx_unrequested[key]
-                continue
-            self._tx_unrequested[key] = (now, tries + 1)
-            resend.setdefault(peer_id, []).append(InvItem(INV_TX, txid))
+            if peer_id in self.peers and tries < TX_ANNOUNCE_RETRIES and txid in self.node.mempool:
+                renewed.append((key, tries + 1))
+                resend.setdefault(peer_id, []).append(InvItem(INV_TX, txid))
+        for key, tries in renewed:
+            pending[key] = (now, tries)
         for peer_id, items in resend.items():
             for i in range(0, len(items), 30):
                 self._send(self.peers[peer_id], Inv(tuple(items[i : i + 30])))

@@ -30,7 +30,9 @@ from p2p.protocol import (
 log = structlog.get_logger("powlab.p2p")
 
 TIMER_INTERVAL = 0.25  # seconds between handle_timer calls
+BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
 STREAM_CONNECT_TIMEOUT = 5.0
+WILDCARDS = ("0.0.0.0", "::", "")
 STREAM_READ_CHUNK = 256 * 1024
 MAX_QUEUED_DATAGRAMS = 10_000  # beyond this, outgoing datagrams are dropped (UDP is lossy)
 STREAM_HIGH_WATER = 16 * 1024 * 1024  # bytes buffered for one stream before we await drain
@@ -87,13 +89,27 @@ class P2PService:
     # ----------------------------------------------------------------- lifecycle
 
     async def bind(self) -> int:
-        """Bind UDP (and TCP on the same port when listening); returns the port."""
+        """Bind UDP (and TCP on the same port when listening); returns the port.
+
+        With port 0 the system picks a free UDP port, which TCP may not have free: then try
+        another, a bounded number of times.
+        """
         host, port = self.bind_addr
-        self._udp = await asyncio_dgram.bind((host, port))
-        self.port = self._udp.sockname[1]
-        if self.listen:
-            self._server = await asyncio.start_server(self._on_inbound, host, self.port)
-        return self.port
+        attempts = BIND_ATTEMPTS if port == 0 else 1
+        for attempt in range(attempts):
+            self._udp = await asyncio_dgram.bind((host, port))
+            self.port = self._udp.sockname[1]
+            if not self.listen:
+                return self.port
+            try:
+                self._server = await asyncio.start_server(self._on_inbound, host, self.port)
+                return self.port
+            except OSError:
+                self._udp.close()
+                self._udp = None
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def attach(self, protocol: P2PProtocol) -> None:
         self.protocol = protocol
@@ -215,8 +231,12 @@ class P2PService:
     async def _open_stream(self, addr: Address) -> None:
         assert self.protocol is not None
         try:
+            # Dial from our own address so the peer sees the host it knows us by (several
+            # nodes of a local testnet share the machine on different loopback addresses).
+            local = (self.bind_addr[0], 0) if self.bind_addr[0] not in WILDCARDS else None
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr[0], addr[1]), STREAM_CONNECT_TIMEOUT
+                asyncio.open_connection(addr[0], addr[1], local_addr=local),
+                STREAM_CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
             log.info("stream_connect_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))

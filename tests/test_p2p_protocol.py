@@ -92,6 +92,15 @@ def test_two_nodes_establish_and_authenticate_each_other() -> None:
     assert b.addr in a.p2p.book.addresses and a.addr in b.p2p.book.addresses
 
 
+def _hello(net: MemoryNetwork, target: MemoryNode, node_id: bytes, nonce: bytes) -> Hello:
+    """A Hello on `target`'s network from a node at genesis."""
+    genesis = target.params.genesis_hash
+    return Hello(
+        PROTOCOL_VERSION, genesis, node_id, nonce, PORT, 0, bytes(32), genesis, "/hand/",
+        int(net.now),
+    )  # fmt: skip
+
+
 def _handshake_by_hand(
     net: MemoryNetwork, target: MemoryNode, source: Address, claimed_id: bytes, signer: PrivateKey
 ) -> list[Event]:
@@ -99,18 +108,7 @@ def _handshake_by_hand(
     signed by `signer` over the challenge `target` sent back. Returns target's events."""
     magic, genesis = target.params.magic, target.params.genesis_hash
     nonce = hashlib.sha256(source[0].encode()).digest()[:16]
-    hello = Hello(
-        PROTOCOL_VERSION,
-        genesis,
-        claimed_id,
-        nonce,
-        PORT,
-        0,
-        bytes(32),
-        genesis,
-        "/hand/",
-        int(net.now),
-    )
+    hello = _hello(net, target, claimed_id, nonce)
     target.p2p.receive_datagram(encode_message(magic, hello), source, net.now)
     replies: list[Message] = [
         decode_message(action.data, magic, MAX_MESSAGE_SIZE)
@@ -141,8 +139,10 @@ def test_verack_signed_by_the_wrong_key_is_refused_and_penalised() -> None:
     assert not any(isinstance(e, PeerConnected) for e in events)
     assert a.p2p.peers == {}
     assert f"127.0.9.9:{PORT}" in a.p2p.book.list_banned(net.now)
-    # Discouraged: her next Hello is not even answered.
-    a.p2p.receive_datagram(b"whatever", mallory, net.now)
+    # Discouraged: even a fresh Hello from her is dropped unanswered.
+    fresh = _hello(net, a, mallory_key.public_key, bytes(16))
+    a.p2p.receive_datagram(envelope(a, fresh), mallory, net.now)
+    assert a.p2p.take_actions() == []
     assert a.p2p.take_actions() == [] and a.p2p.peers == {}
 
     # The same exchange signed by the key that owns the claimed id establishes.
