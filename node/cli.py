@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -140,12 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Behave like other Unix tools when piped into `head`: exit quietly on a closed pipe.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except EndpointError as exc:
-        # e.g. `--node n9` on a 4-node testnet, or no testnet in --dir
+    except (EndpointError, CookieError) as exc:
+        # e.g. `--node n9` on a 4-node testnet, no testnet in --dir, or a missing cookie
         print(f"powlab: {exc}", file=sys.stderr)
         return 1
 

@@ -142,11 +142,6 @@ def test_wallet_without_a_node_fails_cleanly(
     assert "could not connect" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    reason="node/cli.py resolves the endpoint outside its error handling: a missing "
-    "--rpc-cookie file ends in a CookieError traceback instead of a one-line error",
-    raises=CookieError,
-)
 def test_missing_explicit_cookie_is_a_clean_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

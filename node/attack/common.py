@@ -1,0 +1,572 @@
+"""What every attack scenario shares: the network and its roles, the timeline, transactions
+spending one coin twice, mining control, block withholding, and the outcome record.
+
+Everything goes through JSON-RPC, so a scenario runs against any powlab network whose nodes
+are reachable: a `powlab testnet` of local processes or a docker compose one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.client import EndpointError, NodeEndpoint
+from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
+
+DEFAULT_AMOUNT = 10 * 100_000_000
+PAYMENT_FEE = 10_000
+# The double spend pays more, as a real attacker's would, so fee-greedy miners prefer it.
+DOUBLE_SPEND_FEE = 20_000
+POLL_INTERVAL = 0.25
+UNREACHABLE = (RPCConnectionError, RPCAuthError, CookieError, OSError)
+
+
+class AttackError(EndpointError):
+    """The network is not in a state the scenario can run on (roles, funds, a missing RPC)."""
+
+
+# --------------------------------------------------------------------------- network
+
+
+@dataclass
+class NetNode:
+    name: str
+    role: str
+    endpoint: NodeEndpoint
+    hashrate_share: float = 0.0
+
+    @property
+    def is_miner(self) -> bool:
+        return self.role in ("miner", "attacker") or self.hashrate_share > 0
+
+    def call(self, method: str, *params: Any, timeout: float = 60) -> Any:
+        return self.endpoint.call(method, *params, timeout=timeout)
+
+    def try_call(self, method: str, *params: Any, timeout: float = 10) -> Any:
+        try:
+            return self.call(method, *params, timeout=timeout)
+        except (*UNREACHABLE, RPCError):
+            return None
+
+
+def load_nodes(directory: str | None) -> list[NetNode]:
+    """The testnet's nodes with roles and endpoints, from its manifest (process or docker)."""
+    from node.testnet import (
+        _docker_do,
+        _docker_manifest,
+        load_manifest,
+        resolve_dir,
+        testnet_endpoint,
+    )
+
+    path = resolve_dir(directory)
+    if _docker_manifest(path):
+        containers = _docker_do(path, None, lambda net: net.containers())
+        return [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
+                for c in containers]
+    manifest = load_manifest(path)
+    return [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
+            for e in manifest.nodes]
+
+
+@dataclass
+class Roles:
+    attacker: NetNode
+    victim: NetNode
+    honest: list[NetNode]  # honest miners
+    others: list[NetNode]  # every node but the attacker (victim included)
+    nodes: list[NetNode]
+
+    def names(self) -> dict[str, Any]:
+        return {"attacker": self.attacker.name, "victim": self.victim.name,
+                "honest": [n.name for n in self.honest]}
+
+
+def _split(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def resolve_roles(nodes: list[NetNode], attacker: str | None, victim: str | None,
+                  honest: str | None) -> Roles:
+    """Explicit names win; else role `attacker`/the last miner, role `merchant`/the last
+    non-miner, and the other miners."""
+    by_name = {n.name: n for n in nodes}
+
+    def named(name: str) -> NetNode:
+        if name not in by_name:
+            raise AttackError(f"no node {name!r} (nodes: {', '.join(by_name)})")
+        return by_name[name]
+
+    miners = [n for n in nodes if n.is_miner]
+    if attacker:
+        att = named(attacker)
+    else:
+        tagged = [n for n in nodes if n.role == "attacker"]
+        if not tagged and not miners:
+            raise AttackError("no miner to play the attacker; name one with --attacker")
+        att = tagged[0] if tagged else miners[-1]
+    if victim:
+        vic = named(victim)
+    else:
+        tagged = [n for n in nodes if n.role == "merchant" and n is not att]
+        plain = [n for n in nodes if not n.is_miner and n is not att]
+        if not tagged and not plain:
+            raise AttackError("no non-mining node to play the victim; name one with --victim")
+        vic = tagged[0] if tagged else plain[-1]
+    if vic is att:
+        raise AttackError("the attacker and the victim must be different nodes")
+    if honest:
+        hon = [named(n) for n in _split(honest)]
+    else:
+        hon = [n for n in miners if n is not att and n is not vic]
+    if any(n is att for n in hon):
+        raise AttackError("the attacker cannot also be an honest miner")
+    others = [n for n in nodes if n is not att]
+    return Roles(att, vic, hon, others, nodes)
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@dataclass
+class Timeline:
+    start: float = field(default_factory=time.monotonic)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    echo: Callable[[dict[str, Any]], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+    def add(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
+        item = {"t": self.now(), "node": node, "event": event, **extra}
+        with self._lock:
+            self.events.append(item)
+        if self.echo is not None:
+            self.echo(item)
+        return item
+
+    def sample(self, **values: Any) -> None:
+        with self._lock:
+            self.samples.append({"t": self.now(), **values})
+
+    def first(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        with self._lock:
+            return next((e for e in self.events if predicate(e)), None)
+
+
+@dataclass
+class Outcome:
+    attack: str
+    success: bool = False
+    reorg_depth: int = 0
+    victim_confirmations_seen: int = 0
+    detected: bool = False
+    verdict: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, timeline: Timeline, roles: Roles | None, params: dict[str, Any]
+                ) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "success": self.success,
+            "reorg_depth": self.reorg_depth,
+            "victim_confirmations_seen": self.victim_confirmations_seen,
+            "detected": self.detected,
+            "verdict": self.verdict,
+            "roles": roles.names() if roles else None,
+            "params": params,
+            **self.details,
+            "timeline": timeline.events,
+            "samples": timeline.samples,
+        }
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+class Monitor:
+    """Polls every node in the background and writes what changed into the timeline: tips
+    (with reorganisations and their depth), and the status of the tracked transactions as
+    each node sees them. The samples it keeps are what the plot draws."""
+
+    def __init__(self, timeline: Timeline, roles: Roles, interval: float = POLL_INTERVAL) -> None:
+        self.timeline = timeline
+        self.roles = roles
+        self.interval = interval
+        self.txids: dict[str, str] = {}
+        self.tips: dict[str, tuple[str, int]] = {}
+        self.tx_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.victim_status: dict[str, dict[str, Any]] = {}
+        self.max_victim_conf = 0
+        self.victim_statuses: list[str] = []
+        self.reorgs: list[dict[str, Any]] = []
+        self.track_all_txs = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def track(self, label: str, txid: str) -> None:
+        with self._lock:
+            self.txids[label] = txid
+
+    def __enter__(self) -> Monitor:
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name="attack-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Ends polling; the timeline then stops before the testnet is handed back."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        with self._lock:
+            txids = dict(self.txids)
+        heights: dict[str, int | None] = {}
+        with ThreadPoolExecutor(max_workers=min(8, len(self.roles.nodes))) as pool:
+            results = list(pool.map(lambda n: self._poll_node(n, txids), self.roles.nodes))
+        for node, height in zip(self.roles.nodes, results, strict=True):
+            heights[node.name] = height
+        victim = self.victim_status.get("tx1", {})
+        self.timeline.sample(
+            heights=heights,
+            attacker=heights.get(self.roles.attacker.name),
+            honest=heights.get(self.roles.victim.name),
+            victim_confirmations=victim.get("confirmations"),
+            victim_status=victim.get("status"),
+        )
+
+    def _poll_node(self, node: NetNode, txids: dict[str, str]) -> int | None:
+        try:
+            info = node.call("getblockchaininfo", timeout=10)
+        except (*UNREACHABLE, RPCError):
+            return None
+        tip, height = info["bestblockhash"], info["blocks"]
+        old = self.tips.get(node.name)
+        if old is None or old[0] != tip:
+            self.tips[node.name] = (tip, height)
+            if old is not None:
+                depth = self._reorg_depth(node, old[0])
+                if depth:
+                    reorg = {"node": node.name, "depth": depth, "old_tip": old[0],
+                             "new_tip": tip}
+                    self.reorgs.append(reorg)
+                    self.timeline.add(node.name, "reorg", depth=depth, old_tip=old[0][:16],
+                                      new_tip=tip[:16], height=height)
+                self.timeline.add(node.name, "tip", height=height, hash=tip[:16])
+        is_victim = node is self.roles.victim
+        for label, txid in txids.items():
+            if not (is_victim or self.track_all_txs):
+                continue
+            try:
+                st = node.call("gettransaction", txid, timeout=10)
+            except (*UNREACHABLE, RPCError):
+                continue
+            key = (st.get("status"), st.get("confirmations"), bool(st.get("double_spend_alert")),
+                   tuple(st.get("conflicts") or ()), st.get("accepted_zero_conf"))
+            if is_victim:
+                self.victim_status[label] = st
+                if label == "tx1":
+                    conf = st.get("confirmations") or 0
+                    self.max_victim_conf = max(self.max_victim_conf, conf)
+                    if not self.victim_statuses or self.victim_statuses[-1] != st["status"]:
+                        self.victim_statuses.append(st["status"])
+            if self.tx_seen.get((node.name, label)) == key or st.get("status") == "unknown":
+                continue
+            self.tx_seen[(node.name, label)] = key
+            extra: dict[str, Any] = {"txid": txid[:16], "status": st.get("status"),
+                                     "confirmations": st.get("confirmations")}
+            if st.get("conflicts"):
+                extra["conflicts"] = [c[:16] for c in st["conflicts"]]
+            if st.get("double_spend_alert"):
+                extra["double_spend_alert"] = True
+            if "accepted_zero_conf" in st:
+                extra["accepted_zero_conf"] = st["accepted_zero_conf"]
+            self.timeline.add(node.name, label, **extra)
+        return height
+
+    @staticmethod
+    def _reorg_depth(node: NetNode, old_tip: str) -> int:
+        """How many blocks of the old active chain the node disconnected (0: none)."""
+        depth, cursor = 0, old_tip
+        for _ in range(1000):
+            header = node.try_call("getblockheader", cursor)
+            if header is None or header.get("confirmations", -1) >= 0:
+                return depth
+            depth += 1
+            cursor = header["previousblockhash"]
+        return depth
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AttackError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def parallel(calls: Iterable[Callable[[], Any]]) -> list[Any]:
+    """Runs the calls at (nearly) the same moment: a race must not favour the first one."""
+    jobs = list(calls)
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+
+def tips(nodes: Sequence[NetNode]) -> dict[str, str | None]:
+    return {n.name: n.try_call("getbestblockhash") for n in nodes}
+
+
+def wait_converged(nodes: Sequence[NetNode], timeout: float = 60.0) -> str:
+    def same() -> str | None:
+        seen = set(tips(nodes).values())
+        return seen.pop() if len(seen) == 1 and None not in seen else None
+
+    return wait_until(same, timeout, f"{', '.join(n.name for n in nodes)} to agree on a tip")
+
+
+def wait_tip(nodes: Sequence[NetNode], block_hash: str, timeout: float = 30.0) -> None:
+    wait_until(lambda: all(v == block_hash for v in tips(nodes).values()), timeout,
+               f"{', '.join(n.name for n in nodes)} to reach {block_hash[:16]}")
+
+
+def chainwork(node: NetNode) -> int:
+    return int(node.call("getblockchaininfo")["chainwork"], 16)
+
+
+@dataclass
+class MiningState:
+    mining: bool
+    limit: float | None
+
+
+class Network:
+    """Mining and P2P switches, remembered so the testnet is left as it was found."""
+
+    def __init__(self, roles: Roles, timeline: Timeline) -> None:
+        self.roles = roles
+        self.timeline = timeline
+        self.saved: dict[str, MiningState] = {}
+        self.isolated: set[str] = set()
+        self.before_restore: Callable[[], None] | None = None
+
+    def save(self) -> None:
+        for node in self.roles.nodes:
+            info = node.try_call("getmininginfo")
+            if info is not None:
+                self.saved[node.name] = MiningState(bool(info.get("mining")),
+                                                    info.get("hashrate_limit"))
+
+    def set_mining(self, node: NetNode, enabled: bool, rate: float | None = None) -> None:
+        node.call("setmining", enabled, rate)
+        self.timeline.add(node.name, "mining on" if enabled else "mining off",
+                          **({"hashrate": round(rate, 4)} if enabled and rate else {}))
+
+    def stop_all_mining(self) -> None:
+        def stop(node: NetNode) -> None:
+            if self.saved.get(node.name, MiningState(False, None)).mining:
+                node.call("setmining", False)
+
+        parallel([lambda n=n: stop(n) for n in self.roles.nodes])
+        self.timeline.add("*", "mining paused", note="every node stops mining for the setup")
+
+    def isolate(self, node: NetNode) -> None:
+        node.call("setnetworkactive", False)
+        self.isolated.add(node.name)
+        self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+
+    def reconnect(self, node: NetNode) -> None:
+        node.call("setnetworkactive", True)
+        self.isolated.discard(node.name)
+        self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
+
+    def restore(self) -> None:
+        if self.before_restore is not None:
+            self.before_restore()
+        for node in self.roles.nodes:
+            if node.name in self.isolated:
+                node.try_call("setnetworkactive", True)
+        self.isolated.clear()
+        for node in self.roles.nodes:
+            state = self.saved.get(node.name)
+            if state is None:
+                continue
+            if state.mining:
+                node.try_call("setmining", True, state.limit)
+            else:
+                node.try_call("setmining", False)
+
+
+@contextlib.contextmanager
+def staged(network: Network) -> Iterator[Network]:
+    """Pause mining for the setup; whatever happens, give the nodes back as they were."""
+    network.save()
+    network.stop_all_mining()
+    try:
+        yield network
+    finally:
+        network.restore()
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+@dataclass
+class DoubleSpend:
+    coin: dict[str, Any]
+    tx1: str  # raw hex: pays the victim
+    tx2: str  # raw hex: the same coin back to the attacker
+    txid1: str = ""
+    txid2: str = ""
+    amount: int = 0
+
+
+def make_double_spend(attacker: NetNode, victim: NetNode, amount: int,
+                      rng: random.Random) -> DoubleSpend:
+    """tx1 pays `amount` to a fresh victim address (change to the attacker); tx2 sends the
+    whole coin to a fresh attacker address. Both are signed by the attacker's wallet."""
+    coins = [c for c in attacker.call("listunspent", 1)
+             if c.get("spendable", True) and c["amount"] > amount + DOUBLE_SPEND_FEE]
+    if not coins:
+        raise AttackError(f"{attacker.name} has no spendable coin above {amount}; mine or "
+                          "fund it first (coinbase outputs mature after 100 blocks)")
+    # Deterministic choice for a seed, but not always the same coin across runs with
+    # different seeds.
+    coins.sort(key=lambda c: (c["txid"], c["vout"]))
+    coin = rng.choice(coins)
+    outpoint = [{"txid": coin["txid"], "vout": coin["vout"]}]
+    pay_to = victim.call("getnewaddress")
+    change = attacker.call("getnewaddress")
+    back = attacker.call("getnewaddress")
+    outputs1 = {pay_to: amount}
+    rest = coin["amount"] - amount - PAYMENT_FEE
+    if rest > 0:
+        outputs1[change] = rest
+    raw1 = attacker.call("createrawtransaction", outpoint, outputs1)
+    raw2 = attacker.call("createrawtransaction", outpoint,
+                         {back: coin["amount"] - DOUBLE_SPEND_FEE})
+    signed1 = attacker.call("signrawtransactionwithwallet", raw1)
+    signed2 = attacker.call("signrawtransactionwithwallet", raw2)
+    if not (signed1.get("complete") and signed2.get("complete")):
+        raise AttackError(f"{attacker.name}'s wallet could not sign the spends of its coin")
+    ds = DoubleSpend(coin, signed1["hex"], signed2["hex"], amount=amount)
+    ds.txid1 = attacker.call("decoderawtransaction", ds.tx1)["txid"]
+    ds.txid2 = attacker.call("decoderawtransaction", ds.tx2)["txid"]
+    return ds
+
+
+def send_tx(node: NetNode, raw: str, timeline: Timeline, label: str) -> str | None:
+    """sendrawtransaction; a rejection (the conflict already there) is an event, not a crash."""
+    try:
+        txid = node.call("sendrawtransaction", raw)
+    except RPCError as exc:
+        timeline.add(node.name, f"{label} rejected", reason=exc.message)
+        return None
+    timeline.add(node.name, f"{label} sent", txid=txid[:16])
+    return txid
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class Withheld:
+    hash: str
+    hex: str
+    via_isolation: bool  # the attacker's node holds it as its tip, cut off from the network
+
+
+def withhold_block(network: Network, attacker: NetNode, address: str, txs: list[str]
+                   ) -> Withheld:
+    """Mines a block with exactly `txs` and keeps it from the network.
+
+    `generateblock ADDR TXS false` returns the block without submitting it. A node that does
+    not know the third parameter gets the same effect by mining it while cut off
+    (`setnetworkactive false`); the caller must then reconnect the attacker when it
+    releases."""
+    try:
+        result = attacker.call("generateblock", address, txs, False)
+        if isinstance(result, dict) and result.get("hex"):
+            network.timeline.add(attacker.name, "block withheld", hash=result["hash"][:16],
+                                 method="generateblock submit=false")
+            return Withheld(result["hash"], result["hex"], False)
+    except RPCError as exc:
+        if "given" not in exc.message and "parameter" not in exc.message:
+            raise
+    network.isolate(attacker)
+    block_hash = attacker.call("generateblock", address, txs)["hash"]
+    hexdata = attacker.call("getblock", block_hash, 0)
+    network.timeline.add(attacker.name, "block withheld", hash=block_hash[:16],
+                         method="mined while isolated (generateblock has no submit=false)")
+    return Withheld(block_hash, hexdata, True)
+
+
+def submit_block(node: NetNode, hexdata: str, block_hash: str, timeline: Timeline,
+                 label: str = "block released") -> str | None:
+    reason = node.call("submitblock", hexdata)
+    timeline.add(node.name, label, hash=block_hash[:16],
+                 **({"result": reason} if reason else {}))
+    return reason
+
+
+def mine_one(node: NetNode, timeline: Timeline, label: str = "block mined") -> str:
+    address = node.call("getnewaddress")
+    block_hash = node.call("generatetoaddress", 1, address, timeout=120)[0]
+    block = node.call("getblock", block_hash)
+    timeline.add(node.name, label, hash=block_hash[:16], height=block["height"],
+                 txs=len(block["tx"]) - 1)
+    return block_hash
+
+
+def block_txids(node: NetNode, block_hash: str) -> list[str]:
+    return list(node.call("getblock", block_hash)["tx"])
+
+
+def hashes_per_block(node: NetNode) -> float:
+    """Expected hashes to find a block at the tip's difficulty: 2**256 / (target + 1)."""
+    from consensus.pow import bits_to_target
+
+    header = node.call("getblockheader", node.call("getbestblockhash"))
+    return 2**256 / (bits_to_target(int(header["bits"], 16)) + 1)
+
+
+def finality_depth(node: NetNode) -> int:
+    return int(node.call("getblockchaininfo").get("finality_depth") or 6)
+
+
+def params_of(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"func", "command", "attack_command", "json", "plot", "dir", "quiet"}
+    return {k: v for k, v in vars(args).items() if k not in skip and not callable(v)}
+
+
+def plot_path(args: argparse.Namespace) -> Path | None:
+    return Path(args.plot) if getattr(args, "plot", None) else None

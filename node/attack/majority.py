@@ -1,0 +1,192 @@
+"""Majority (51 %) attack: the attacker, holding a share Q of the hash rate, cuts itself off
+at the block before the payment, mines a private branch that starts with tx2 while tx1 pays
+the victim on the public chain, waits until the victim's payment has Z confirmations, keeps
+mining until its branch has more work (or gives up N blocks behind) and then reconnects,
+publishing the branch. Against nodes running `--enforce-finality` a reorganisation that deep
+is refused: the network splits instead."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from node.attack.common import (
+    AttackError,
+    NetNode,
+    Outcome,
+    chainwork,
+    finality_depth,
+    hashes_per_block,
+    make_double_spend,
+    parallel,
+    send_tx,
+    staged,
+    wait_converged,
+    wait_until,
+)
+from node.attack.context import Context
+from node.attack.race import tx_state
+
+
+def honest_rates(honest: list[NetNode], total: float) -> dict[str, float]:
+    """Splits the honest hash rate by the manifest's shares (equally when it has none)."""
+    shares = [max(n.hashrate_share, 0.0) for n in honest]
+    if sum(shares) <= 0:
+        shares = [1.0] * len(honest)
+    scale = total / sum(shares)
+    return {n.name: s * scale for n, s in zip(honest, shares, strict=True)}
+
+
+def run(ctx: Context) -> Outcome:
+    roles, args, tl = ctx.roles, ctx.args, ctx.timeline
+    if not roles.honest:
+        raise AttackError("the majority attack needs honest miners to race (see --honest)")
+    q = args.hashrate_share if args.hashrate_share is not None else 0.7
+    if not 0 < q < 1:
+        raise AttackError("--hashrate-share must be between 0 and 1")
+    out = Outcome("majority")
+    attacker, victim = roles.attacker, roles.victim
+    depth = finality_depth(victim)
+    z = args.confirmations if args.confirmations is not None else depth
+    chain_info = victim.call("getblockchaininfo")
+    enforcing = bool(chain_info.get("enforce_finality"))
+    outcome_kind = "timeout"
+    published_tip: str | None = None
+    reached_z_at: float | None = None
+    with staged(ctx.net):
+        fork = wait_converged(roles.nodes)
+        fork_height = victim.call("getblockcount")
+        ds = make_double_spend(attacker, victim, args.amount, ctx.rng)
+        ctx.monitor.track("tx1", ds.txid1)
+        ctx.monitor.track("tx2", ds.txid2)
+        tl.add(attacker.name, "double spend prepared", tx1=ds.txid1[:16], tx2=ds.txid2[:16],
+               fork=fork[:16], fork_height=fork_height)
+        ctx.net.isolate(attacker)
+        private = attacker.call("generateblock", attacker.call("getnewaddress"), [ds.tx2])
+        tl.add(attacker.name, "private block (tx2)", hash=private["hash"][:16],
+               height=fork_height + 1)
+        send_tx(victim, ds.tx1, tl, "tx1")
+        wait_until(lambda: all(tx_state(h, ds.txid1).get("status") == "mempool"
+                               for h in roles.honest), 20, "tx1 to reach the honest miners")
+
+        total = hashes_per_block(victim) / args.block_interval
+        rates = honest_rates(roles.honest, (1 - q) * total)
+
+        def mining(on: bool) -> None:
+            calls = [lambda: ctx.net.set_mining(attacker, on, q * total)] + [
+                lambda h=h: ctx.net.set_mining(h, on, rates[h.name]) for h in roles.honest]
+            parallel(calls)
+
+        def honest_mining(on: bool) -> None:
+            parallel([lambda h=h: ctx.net.set_mining(h, on, rates[h.name])
+                      for h in roles.honest])
+
+        mining(True)
+        deadline = time.monotonic() + args.timeout
+        while True:
+            time.sleep(0.2)
+            view = tx_state(victim, ds.txid1)
+            conf = view.get("confirmations") or 0
+            a_height, h_height = attacker.call("getblockcount"), victim.call("getblockcount")
+            if reached_z_at is None and conf >= z:
+                reached_z_at = tl.now()
+                tl.add(victim.name, f"payment has {conf} confirmations (Z = {z})",
+                       status=view.get("status"))
+            if h_height - a_height >= args.give_up:
+                outcome_kind = "gave up"
+                tl.add(attacker.name, "gives up", behind=h_height - a_height,
+                       attacker_height=a_height, honest_height=h_height)
+                break
+            if time.monotonic() > deadline:
+                tl.add(attacker.name, "gives up (timeout)", attacker_height=a_height,
+                       honest_height=h_height)
+                break
+            if reached_z_at is not None and chainwork(attacker) > chainwork(victim):
+                # Freeze both sides so the comparison cannot go stale while publishing.
+                mining(False)
+                time.sleep(0.5)
+                if chainwork(attacker) > chainwork(victim):
+                    outcome_kind = "published"
+                    break
+                mining(True)
+        mining(False)
+        a_tip = attacker.call("getbestblockhash")
+        a_height = attacker.call("getblockcount")
+        h_height = victim.call("getblockcount")
+        ctx.net.reconnect(attacker)
+        if outcome_kind == "published":
+            published_tip = a_tip
+            tl.add(attacker.name, "private branch published", tip=a_tip[:16], height=a_height,
+                   branch_length=a_height - fork_height, honest_height=h_height)
+
+            def settled() -> bool:
+                if victim.try_call("getbestblockhash") == a_tip:
+                    return True
+                known = victim.try_call("getchaintips") or []
+                return any(t["hash"] == a_tip for t in known)
+
+            try:
+                wait_until(settled, args.settle, "the victim to hear of the private branch")
+            except AttackError:
+                tl.add(victim.name, "has not heard of the private branch")
+            time.sleep(max(1.0, ctx.monitor.interval * 4))
+        else:
+            try:
+                wait_until(lambda: attacker.try_call("getbestblockhash")
+                           == victim.try_call("getbestblockhash"), args.settle,
+                           "the attacker to rejoin the honest chain")
+            except AttackError:
+                tl.add(attacker.name, "still off the honest chain")
+        ctx.monitor.poll()
+        after = tx_state(victim, ds.txid1)
+        victim_tips = victim.try_call("getchaintips") or []
+        victim_tip = victim.call("getbestblockhash")
+
+    attacker_tip_status = next((t["status"] for t in victim_tips if t["hash"] == a_tip), None)
+    split = bool(published_tip and victim_tip != published_tip)
+    statuses = ctx.monitor.victim_statuses
+    out.success = after.get("status") == "conflicted"
+    out.victim_confirmations_seen = ctx.monitor.max_victim_conf
+    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
+                           if r["node"] == victim.name), default=0)
+    out.detected = split
+    out.details = {
+        "hashrate_share": q, "z": z, "finality_depth": depth, "enforce_finality": enforcing,
+        "outcome": outcome_kind, "chain_split": split,
+        "fork_height": fork_height, "attacker_height": a_height, "honest_height": h_height,
+        "attacker_tip": a_tip, "attacker_tip_status_at_victim": attacker_tip_status,
+        "victim_status_history": statuses, "victim_final_status": after.get("status"),
+        "reached_z_at": reached_z_at, "txid1": ds.txid1, "txid2": ds.txid2,
+        "theory": theory(q, z),
+    }
+    history = " → ".join(statuses)
+    if out.success:
+        out.verdict = (f"majority: SUCCESS — with q = {q:g} the private branch "
+                       f"({a_height - fork_height} blocks) outworked the honest one; the victim "
+                       f"reorganised {out.reorg_depth} blocks and its payment went {history} "
+                       f"(it had {out.victim_confirmations_seen} confirmations, finality depth "
+                       f"{depth}).")
+    elif split:
+        out.verdict = (f"majority: CHAIN SPLIT, no reversal — the victim enforces finality and "
+                       f"refused the heavier private branch ({a_height - fork_height} blocks "
+                       f"from the fork, reorg depth {h_height - fork_height} ≥ {depth}); "
+                       f"getchaintips on {victim.name} shows it as '{attacker_tip_status}', "
+                       f"not active. The payment stays {after.get('status')}.")
+    elif outcome_kind == "gave up":
+        out.verdict = (f"majority: FAILED — with q = {q:g} the attacker fell {h_height - a_height}"
+                       f" blocks behind and gave up (--give-up {args.give_up}); the payment is "
+                       f"{after.get('status')} with {after.get('confirmations')} confirmations.")
+    else:
+        out.verdict = (f"majority: FAILED ({outcome_kind}) — the payment is "
+                       f"{after.get('status')} with {after.get('confirmations')} confirmations.")
+    return out
+
+
+def theory(q: float, z: int) -> dict[str, Any]:
+    from consensus.attack_theory import exact_probability, nakamoto_probability
+
+    try:
+        return {"nakamoto": nakamoto_probability(q, z),
+                "catch_up": exact_probability(q, z, "catch-up")}
+    except ValueError:
+        return {}

@@ -1,0 +1,135 @@
+"""Race attack: tx1 pays the victim, tx2 sends the same coin back to the attacker; tx1 goes to
+the victim's node and tx2 to the honest miners at the same moment. The victim sees tx1 at zero
+confirmations; whichever spend the miners saw first is mined."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from node.attack.common import (
+    AttackError,
+    Outcome,
+    make_double_spend,
+    mine_one,
+    parallel,
+    send_tx,
+    staged,
+    wait_converged,
+    wait_tip,
+)
+from node.attack.context import Context
+
+
+def tx_state(node: Any, txid: str) -> dict[str, Any]:
+    return node.try_call("gettransaction", txid) or {"status": "unknown"}
+
+
+def detected_in(view: dict[str, Any]) -> bool:
+    """The victim's node knows tx1 is double-spent: an alert, a recorded conflict, or the
+    conflicted status."""
+    return bool(view.get("double_spend_alert") or view.get("conflicts")
+                or view.get("status") == "conflicted")
+
+
+def run(ctx: Context) -> Outcome:
+    roles, args, tl = ctx.roles, ctx.args, ctx.timeline
+    if not roles.honest:
+        raise AttackError("the race needs at least one honest miner (see --honest)")
+    out = Outcome("race")
+    with staged(ctx.net):
+        wait_converged(roles.nodes)
+        ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
+        ctx.monitor.track("tx1", ds.txid1)
+        ctx.monitor.track("tx2", ds.txid2)
+        tl.add(roles.attacker.name, "double spend prepared", tx1=ds.txid1[:16],
+               tx2=ds.txid2[:16], coin=f"{ds.coin['txid'][:16]}:{ds.coin['vout']}")
+
+        latency = args.victim_latency
+        if latency:
+            # A poorly connected merchant: its relay of tx1 to the miners lags behind the
+            # attacker's direct delivery of tx2 (outgoing traffic only).
+            roles.victim.call("setlinkfault", {"delay_ms": latency})
+            tl.add(roles.victim.name, "link delay", delay_ms=latency)
+
+        def pay_victim() -> None:
+            send_tx(roles.victim, ds.tx1, tl, "tx1")
+
+        pay_back = [lambda h=h: send_tx(h, ds.tx2, tl, "tx2") for h in roles.honest]
+        try:
+            if args.delay == 0:
+                parallel([pay_victim, *pay_back])
+            elif args.delay > 0:
+                pay_victim()
+                time.sleep(args.delay)
+                parallel(pay_back)
+            else:
+                parallel(pay_back)
+                time.sleep(-args.delay)
+                pay_victim()
+        finally:
+            if latency:
+                # Relays already queued keep their delay; new traffic is back to normal.
+                roles.victim.try_call("setlinkfault", {})
+        # Propagation and any double-spend alert happen now, before anyone mines.
+        time.sleep(args.wait)
+        ctx.monitor.poll()
+        before = tx_state(roles.victim, ds.txid1)
+        # Accepted if, at any moment before a block, the victim's node showed the payment in
+        # its mempool as good to go (a listening period or a seen conflict says otherwise).
+        accepted = tl.first(lambda e: e["node"] == roles.victim.name and e["event"] == "tx1"
+                            and e.get("status") == "mempool"
+                            and e.get("accepted_zero_conf", True) is not False) is not None
+        out.detected = detected_in(before)
+        tl.add(roles.victim.name, "victim's view before any block", status=before.get("status"),
+               confirmations=before.get("confirmations"), alert=out.detected,
+               accepted_zero_conf=before.get("accepted_zero_conf"))
+        miner_view = {h.name: sorted(lbl for lbl, txid in (("tx1", ds.txid1), ("tx2", ds.txid2))
+                                     if tx_state(h, txid).get("status") == "mempool")
+                      for h in roles.honest}
+        tl.add("*", "miners' mempools", holds=miner_view)
+
+        last = ""
+        for _ in range(max(1, args.confirmations or 1)):
+            miner = ctx.rng.choice(roles.honest)
+            last = mine_one(miner, tl)
+            wait_tip([roles.victim, *roles.honest], last, timeout=args.timeout)
+        time.sleep(ctx.monitor.interval * 2)
+        ctx.monitor.poll()
+        judge = roles.honest[0]
+        mined1 = tx_state(judge, ds.txid1).get("status") in ("confirmed", "final")
+        mined2 = tx_state(judge, ds.txid2).get("status") in ("confirmed", "final")
+        after = tx_state(roles.victim, ds.txid1)
+
+    out.success = mined2 and not mined1
+    out.victim_confirmations_seen = ctx.monitor.max_victim_conf
+    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
+                           if r["node"] == roles.victim.name), default=0)
+    alert = tl.first(lambda e: e["node"] == roles.victim.name and e["event"] == "tx1"
+                     and (e.get("double_spend_alert") or e.get("conflicts")))
+    block = tl.first(lambda e: e["event"] == "block mined")
+    out.details = {
+        "mined": "tx2" if mined2 else "tx1" if mined1 else "neither",
+        "victim_accepted_zero_conf": accepted,
+        "victim_final_status": after.get("status"),
+        "alert_t": alert["t"] if alert else None,
+        "first_block_t": block["t"] if block else None,
+        "miners_mempools": miner_view,
+        "txid1": ds.txid1, "txid2": ds.txid2,
+    }
+    winner = "tx2 (the attacker's refund)" if mined2 else "tx1 (the victim's payment)" if (
+        mined1) else "neither"
+    lines = [f"the miners mined {winner}; the victim's payment is now {after.get('status')}."]
+    if accepted:
+        lines.append("The victim's node showed the payment at 0 confirmations before any block.")
+    if out.detected and alert:
+        when = f"{alert['t']:.2f}s" + (f", {block['t'] - alert['t']:.2f}s before the first block"
+                                       if block else "")
+        lines.append(f"DETECTED: the victim's node flagged tx1 as double-spent at {when}.")
+    else:
+        lines.append("The victim's node saw no conflict before the block (no alert).")
+    verdict = "SUCCESS" if out.success else "FAILED"
+    if out.success and out.detected:
+        verdict += " on chain, but the merchant was warned in time"
+    out.verdict = f"race: {verdict} — " + " ".join(lines)
+    return out

@@ -1,0 +1,92 @@
+"""Printing the timeline and verdict, and drawing the PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SKIP_KEYS = ("t", "node", "event")
+
+
+def format_event(event: dict[str, Any]) -> str:
+    extra = " ".join(f"{k}={_short(v)}" for k, v in event.items() if k not in SKIP_KEYS)
+    return f"  {event['t']:8.3f}s  {event['node']:<6} {event['event']:<32} {extra}".rstrip()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ",".join(_short(v) for v in value) or "[]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def print_report(data: dict[str, Any], timeline_printed: bool) -> None:
+    if not timeline_printed:
+        print("timeline:")
+        for event in data["timeline"]:
+            print(format_event(event))
+    print()
+    print(f"verdict: {data['verdict']}")
+    print(f"  success={data['success']} reorg_depth={data['reorg_depth']} "
+          f"victim_confirmations_seen={data['victim_confirmations_seen']} "
+          f"detected={data['detected']}")
+    roles = data.get("roles") or {}
+    print(f"  roles: attacker {roles.get('attacker')}, victim {roles.get('victim')}, "
+          f"honest miners {', '.join(roles.get('honest') or []) or '-'}")
+
+
+def plot_attack(data: dict[str, Any], path: Path) -> None:
+    """Both branches' heights (the attacker's node and the victim's node) and the victim's
+    confirmations of its payment, over time, with the scenario's key moments marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: servers and CI have no display
+    import matplotlib.pyplot as plt
+
+    samples = data.get("samples") or []
+    roles = data.get("roles") or {}
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ts = [s["t"] for s in samples]
+    for key, label, style in (
+        ("attacker", f"attacker's node {roles.get('attacker')} (its branch)", "C3"),
+        ("honest", f"victim's node {roles.get('victim')} (honest branch)", "C0"),
+    ):
+        ys = [s.get(key) for s in samples]
+        pts = [(t, y) for t, y in zip(ts, ys, strict=True) if y is not None]
+        if pts:
+            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=style,
+                    label=label)
+    ax.set_xlabel("seconds since the attack started")
+    ax.set_ylabel("chain height")
+    ax.grid(True, alpha=0.3)
+    confs = [(s["t"], s["victim_confirmations"]) for s in samples
+             if s.get("victim_confirmations") is not None]
+    handles, labels = ax.get_legend_handles_labels()
+    if confs:
+        ax2 = ax.twinx()
+        ax2.step([c[0] for c in confs], [c[1] for c in confs], where="post", color="C2",
+                 linestyle="--", label="victim's confirmations of tx1")
+        ax2.axhline(0, color="grey", linewidth=0.6)
+        ax2.set_ylabel("victim's confirmations (negative: conflicted)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    marks = ("tx1 sent", "tx2 sent", "block released", "block shown to the victim only",
+             "private branch published", "gives up", "reconnected", "isolated")
+    seen: set[str] = set()
+    for event in data.get("timeline", []):
+        if event["event"] in marks and event["event"] not in seen:
+            seen.add(event["event"])
+            ax.axvline(event["t"], color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(event["event"], (event["t"], 1.0), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color="dimgray")
+    ax.legend(handles, labels, fontsize=7, loc="upper left")
+    verdict = "success" if data.get("success") else "failed"
+    ax.set_title(f"powlab attack {data['attack']}: {verdict}, reorg depth "
+                 f"{data.get('reorg_depth')}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

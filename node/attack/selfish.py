@@ -1,0 +1,196 @@
+"""Selfish mining (Eyal & Sirer 2014): the attacker keeps the blocks it finds private and
+publishes them only to override honest blocks, so honest miners waste work on blocks that end
+up stale and the attacker's share of main-chain blocks exceeds its hash-rate share α.
+
+Block discovery is a seeded lottery, not a wall-clock hash race: each next block is found by
+the attacker with probability α, else by an honest miner chosen by hash-rate share, and is
+then mined for real on that node (`generatetoaddress`). The attacker's node is cut off for
+the whole run (`setnetworkactive false`) so its blocks stay private until it hands them to
+the honest nodes with `submitblock`. In a tie (two published branches of equal length), the
+next honest block extends the attacker's branch with probability γ: that miner is made to
+have seen the attacker's branch first (`invalidateblock` of the competing honest block on
+that node for the one block it mines, then `reconsiderblock`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.attack_theory import eyal_sirer_share, wilson_interval
+from node.attack.common import (
+    AttackError,
+    NetNode,
+    Outcome,
+    parallel,
+    staged,
+    wait_converged,
+    wait_until,
+)
+from node.attack.context import Context
+from node.attack.majority import honest_rates
+
+
+class SelfishRun:
+    def __init__(self, ctx: Context, alpha: float, gamma: float) -> None:
+        self.ctx = ctx
+        self.alpha, self.gamma = alpha, gamma
+        self.attacker = ctx.roles.attacker
+        self.public = ctx.roles.others
+        self.honest = ctx.roles.honest
+        weights = honest_rates(self.honest, 1.0)
+        self.weights = [weights[h.name] for h in self.honest]
+        self.private: list[str] = []  # the attacker's branch since the fork point
+        self.published = 0  # how many of `private` the honest nodes have
+        self.public_branch: list[str] = []  # honest blocks since the fork point
+        self.attacker_blocks: set[str] = set()
+        self.stale_honest = 0
+        self.rounds: list[str] = []
+        self.address = ""
+
+    # ----------------------------------------------------------------- plumbing
+
+    def tl(self, node: str, event: str, **extra: Any) -> None:
+        self.ctx.timeline.add(node, event, **extra)
+
+    def hexof(self, node: NetNode, block_hash: str) -> str:
+        return node.call("getblock", block_hash, 0)
+
+    def give(self, nodes: list[NetNode], hexdata: str) -> None:
+        # Straight to every node, not over gossip: the cut-off attacker would split a line.
+        parallel([lambda n=n: n.call("submitblock", hexdata) for n in nodes])
+
+    def wait_public(self, tip: str) -> None:
+        wait_until(lambda: all(n.try_call("getbestblockhash") == tip for n in self.public),
+                   self.ctx.args.timeout, f"the honest nodes to reach {tip[:16]}", 0.02)
+
+    def publish(self, upto: int) -> None:
+        """Hands the honest nodes the attacker's private blocks up to index `upto`."""
+        for block_hash in self.private[self.published:upto]:
+            self.give(self.public, self.hexof(self.attacker, block_hash))
+            self.tl(self.attacker.name, "publishes", hash=block_hash[:16])
+        self.published = max(self.published, upto)
+
+    def reset(self) -> None:
+        self.private, self.published, self.public_branch = [], 0, []
+
+    # ----------------------------------------------------------------- the strategy
+
+    def attacker_finds(self) -> None:
+        lead_before = len(self.private) - len(self.public_branch)
+        block_hash = self.attacker.call("generatetoaddress", 1, self.address)[0]
+        self.attacker_blocks.add(block_hash)
+        self.private.append(block_hash)
+        self.tl(self.attacker.name, "attacker finds (private)", hash=block_hash[:16],
+                lead=lead_before + 1)
+        if lead_before == 0 and self.public_branch:
+            # State 0': a tie, and the attacker extends its own branch: publish, win both.
+            self.publish(len(self.private))
+            self.wait_public(block_hash)
+            self.stale_honest += len(self.public_branch)
+            self.tl("*", "attacker wins the tie", orphaned=len(self.public_branch))
+            self.reset()
+
+    def honest_finds(self) -> None:
+        rng = self.ctx.rng
+        finder = rng.choices(self.honest, weights=self.weights)[0]
+        lead_before = len(self.private) - len(self.public_branch)
+        tie = lead_before == 0 and bool(self.public_branch)
+        on_attacker = tie and rng.random() < self.gamma
+        if on_attacker:
+            # This miner saw the attacker's branch first: it mines on it.
+            competing = self.public_branch[0]
+            finder.call("invalidateblock", competing)
+            block_hash = finder.call("generatetoaddress", 1, finder.call("getnewaddress"))[0]
+            finder.call("reconsiderblock", competing)
+        else:
+            block_hash = finder.call("generatetoaddress", 1, finder.call("getnewaddress"))[0]
+        hexdata = self.hexof(finder, block_hash)
+        self.give([n for n in self.public if n is not finder], hexdata)
+        self.give([self.attacker], hexdata)
+        self.tl(finder.name, "honest finds", hash=block_hash[:16],
+                on="attacker's branch" if on_attacker else "public chain", lead=lead_before)
+        self.wait_public(block_hash)
+        if tie:
+            if on_attacker:
+                self.stale_honest += len(self.public_branch)
+                self.tl("*", "tie resolved for the attacker (γ)")
+            else:
+                self.tl("*", "tie resolved for the honest miners",
+                        orphaned=len(self.private))
+            self.reset()
+            return
+        self.public_branch.append(block_hash)
+        if lead_before == 0:
+            self.reset()  # nothing private: the attacker simply adopts the public block
+        elif lead_before == 1:
+            self.publish(len(self.private))  # match: a tie
+            self.tl(self.attacker.name, "tie", height_each=len(self.private))
+        elif lead_before == 2:
+            self.publish(len(self.private))  # one ahead: override the honest branch
+            self.wait_public(self.private[-1])
+            self.stale_honest += len(self.public_branch)
+            self.tl("*", "attacker overrides", orphaned=len(self.public_branch))
+            self.reset()
+        else:
+            self.publish(len(self.public_branch))  # keep up, still ahead in private
+
+    def finish(self) -> None:
+        """After the last round a longer private branch is published (it would win)."""
+        if len(self.private) > len(self.public_branch):
+            self.publish(len(self.private))
+            self.wait_public(self.private[-1])
+            self.stale_honest += len(self.public_branch)
+
+
+def run(ctx: Context) -> Outcome:
+    roles, args = ctx.roles, ctx.args
+    alpha = args.alpha if args.alpha is not None else (
+        args.hashrate_share if args.hashrate_share is not None else 0.4)
+    gamma = args.gamma
+    if not 0 < alpha < 1 or not 0 <= gamma <= 1:
+        raise AttackError("--alpha must be in (0, 1) and --gamma in [0, 1]")
+    if not roles.honest:
+        raise AttackError("selfish mining needs honest miners (see --honest)")
+    out = Outcome("selfish")
+    sm = SelfishRun(ctx, alpha, gamma)
+    with staged(ctx.net):
+        start = wait_converged(roles.nodes)
+        start_height = roles.victim.call("getblockcount")
+        ctx.net.isolate(sm.attacker)
+        sm.address = sm.attacker.call("getnewaddress")
+        for _ in range(args.blocks):
+            if ctx.rng.random() < alpha:
+                sm.rounds.append("A")
+                sm.attacker_finds()
+            else:
+                sm.rounds.append("H")
+                sm.honest_finds()
+        sm.finish()
+        ctx.net.reconnect(sm.attacker)
+        judge = roles.victim
+        tip_height = judge.call("getblockcount")
+        main = [judge.call("getblockhash", h) for h in range(start_height + 1, tip_height + 1)]
+        ctx.monitor.poll()
+    ours = sum(1 for h in main if h in sm.attacker_blocks)
+    share = ours / len(main) if main else 0.0
+    lo, hi = wilson_interval(ours, len(main))
+    es = eyal_sirer_share(min(alpha, 0.5), gamma) if alpha <= 0.5 else None
+    found_by_attacker = sm.rounds.count("A")
+    out.success = share > alpha
+    out.details = {
+        "alpha": alpha, "gamma": gamma, "blocks": args.blocks, "driver": "seeded lottery",
+        "start": start, "start_height": start_height, "main_chain_blocks": len(main),
+        "attacker_main_chain_blocks": ours, "attacker_found": found_by_attacker,
+        "attacker_share": share, "ci95": [lo, hi], "eyal_sirer": es,
+        "significant": lo > alpha, "stale_honest_blocks": sm.stale_honest,
+        "attacker_lottery_share": found_by_attacker / max(1, len(sm.rounds)),
+    }
+    es_text = f"{es:.3f}" if es is not None else "n/a"
+    compare = ("above α, and the 95 % interval excludes α" if lo > alpha else
+               "above α, but the 95 % interval still includes α" if share > alpha else
+               "not above α")
+    out.verdict = (f"selfish: {'SUCCESS' if out.success else 'FAILED'} — the attacker "
+                   f"(α = {alpha:g}, γ = {gamma:g}) holds {ours} of {len(main)} main-chain blocks "
+                   f"= {share:.3f} [95 % CI {lo:.3f}–{hi:.3f}], {compare}; Eyal–Sirer predicts "
+                   f"{es_text}. It found {found_by_attacker} of {len(sm.rounds)} blocks; "
+                   f"{sm.stale_honest} honest blocks were orphaned.")
+    return out
