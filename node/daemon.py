@@ -442,8 +442,11 @@ class Node:
                     self.protocol.announce_tx(entry.tx, self.clock())
         if self.p2p is not None:
             self.p2p.flush()
-        self._watch(tx.txid)
-        self._publish_tx_statuses()
+        # Only the new arrival changed: report it, not every watched transaction.
+        self.events.publish({"type": "tx_status", "txid": tx.txid.hex(), "status": "mempool",
+                             "confirmations": 0})
+        if tx.txid in self._watched:
+            self._watched[tx.txid] = ("mempool", 0)
         self.miner.on_mempool_changed()
         return outcome
 
@@ -554,6 +557,10 @@ class Node:
             return False
         entry = self.mempool.get(status.txid)
         return entry is not None and self.now() - entry.time >= self.config.listening_period
+
+    def watch(self, txid: bytes) -> None:
+        """Report `txid`'s status changes on the event stream from now on (bounded)."""
+        self._watch(txid)
 
     def _watch(self, txid: bytes) -> None:
         if txid not in self._watched:

@@ -294,6 +294,7 @@ def build_registry(node: Node) -> MethodRegistry:
                 RPC_VERIFY_REJECTED
             )
             raise RPCError(code, str(exc)) from None
+        node.watch(tx.txid)
         if outcome.orphan:
             missing = ", ".join(p.hex() for p in outcome.missing_parents)
             raise RPCError(RPC_VERIFY_ERROR, f"bad-txns-inputs-missingorspent: orphan, "
@@ -386,13 +387,14 @@ def build_registry(node: Node) -> MethodRegistry:
         except ConsensusError as exc:
             raise RPCError(RPC_VERIFY_REJECTED, str(exc)) from None
         node.wallet.remember(tx, node.now())
+        node.watch(tx.txid)
         return tx.txid.hex()
 
     def gettransaction(txid: str) -> dict[str, Any]:
         """Status (mempool, confirmed, final, conflicted, unknown), confirmations (negative
         when conflicted), block, conflicting txids and the finality depth."""
         raw_txid = _hash_param(txid, "txid")
-        node._watch(raw_txid)
+        node.watch(raw_txid)
         status = node.tx_status(raw_txid)
         q = node.config.assumed_attacker_share
         seen = node.double_spends_of(raw_txid)

@@ -280,7 +280,7 @@ class P2PProtocol:
         peer.pending_stream.append(framed)
         peer.pending_stream_bytes += len(framed)
         if peer.pending_stream_bytes > self.config.max_pending_stream_bytes:
-            self._disconnect(peer, "stream-overflow", self._started)
+            self._disconnect(peer, "stream-overflow", peer.last_recv)
             return
         if not peer.inbound and not peer.stream_requested and peer.established:
             peer.stream_requested = True
