@@ -35,7 +35,6 @@ from consensus.txstatus import TxStatus, transaction_status
 from consensus.validation import (
     SignatureCache,
     check_transaction,
-    check_tx_inputs,
     check_tx_signatures,
 )
 from node.config import NodeConfig, parse_host_port
@@ -410,6 +409,7 @@ class Node:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:
                 self._watch(txid)
+            self._prove_reorg_conflicts(update.conflicted_with)
             if self.p2p is not None:
                 # Transactions back from disconnected blocks may be news to peers that were on
                 # the other branch: announce them like new arrivals.
@@ -459,26 +459,38 @@ class Node:
             {i.outpoint for i in tx_a.inputs} & {i.outpoint for i in tx_b.inputs}
         ):
             return False
-        for tx in (tx_a, tx_b):
-            try:
-                check_transaction(tx, self.params)
-                _, coins = check_tx_inputs(tx, self._coin_or_pending, self.chain.height + 1,
-                                           self.params)
-                check_tx_signatures(tx, coins, self.params.genesis_hash,
-                                    self.chain.signature_cache)
-            except ConsensusError:
+        return self._validly_signed(tx_a) and self._validly_signed(tx_b)
+
+    def _validly_signed(self, tx: Transaction) -> bool:
+        """Well formed, and each input signed by the owner of the coin it spends, whether
+        that coin is unspent, spent already (by the other side of a double spend) or still
+        unconfirmed. A transaction confirmed in our chain is valid by definition."""
+        if self.chain.tx_block(tx.txid) is not None:
+            return True
+        try:
+            check_transaction(tx, self.params)
+            coins = []
+            for txin in tx.inputs:
+                coin = self._coin_anywhere(txin.outpoint)
+                if coin is None:
+                    return False
+                coins.append(coin)
+            if sum(c.amount for c in coins) < tx.total_out():
                 return False
+            check_tx_signatures(tx, coins, self.params.genesis_hash, self.chain.signature_cache)
+        except ConsensusError:
+            return False
         return True
 
-    def _coin_or_pending(self, outpoint: OutPoint) -> Coin | None:
+    def _coin_anywhere(self, outpoint: OutPoint) -> Coin | None:
         coin = self.chain.coin(outpoint)
         if coin is not None:
             return coin
-        entry = self.mempool.get(outpoint.txid)
-        if entry is not None and outpoint.index < len(entry.tx.outputs):
-            out = entry.tx.outputs[outpoint.index]
-            return Coin(out.amount, out.pkh, self.chain.height + 1, False)
-        return None
+        parent = self.find_transaction(outpoint.txid)
+        if parent is None or outpoint.index >= len(parent.outputs):
+            return None
+        out = parent.outputs[outpoint.index]
+        return Coin(out.amount, out.pkh, self.chain.height + 1, parent.is_coinbase)
 
     def _record_double_spend(self, tx_a: Transaction, tx_b: Transaction, relay: bool) -> None:
         if not self._proves_double_spend(tx_a, tx_b):
@@ -505,6 +517,17 @@ class Node:
             self.protocol.broadcast_double_spend(tx_a, tx_b)
             self.p2p.flush()
         self._publish_tx_statuses()
+
+    def _prove_reorg_conflicts(self, conflicted_with: dict[bytes, bytes]) -> None:
+        """A spend pushed out by a conflicting one in the new chain: nodes that only ever saw
+        the winning branch cannot know the loser existed, so (with alerts on) send them both."""
+        if not self.config.double_spend_alerts:
+            return
+        for loser_txid, winner_txid in conflicted_with.items():
+            loser = self._recent.get(loser_txid)
+            winner = self.find_transaction(winner_txid)
+            if loser is not None and winner is not None:
+                self._record_double_spend(winner, loser, relay=True)
 
     def _on_double_spend_alert(self, tx_a: Transaction, tx_b: Transaction) -> None:
         if not self.config.double_spend_alerts:

@@ -168,7 +168,9 @@ class Miner:
         for _ in range(count):
             block = await self._solve(payout_pkh, txs)
             result = self.node.submit_block(block)
-            if result.status != "connected":
+            # A peer's block may win the race while we solve: ours is then a valid stale block,
+            # still returned (as bitcoind does); only a rejected block is an error.
+            if result.status not in ("connected", "side-branch"):
                 raise MinerError(f"generated block rejected: {result.reason or result.status}")
             hashes.append(block.hash)
         return hashes

@@ -230,6 +230,7 @@ class P2PProtocol:
         self.by_addr: dict[Address, Peer] = {}
         self.streams: dict[int, _Stream] = {}
         self.network_active = True
+        self.undecodable_datagrams = 0
         self.connect_only = bool(config.connect) or config.connect_only
         self.link_faults: dict[str, Any] = {}
         self._next_peer_id = 1
@@ -414,7 +415,12 @@ class P2PProtocol:
                 if peer is not None:
                     self._disconnect(peer, "wrong-network", now)
                 return
-            self._penalise(addr, exc.reason, now)
+            # A datagram's source address is not authenticated: only an address we hold a
+            # handshake with is charged, so nobody can get a stranger discouraged by spoofing.
+            if peer is not None and peer.established:
+                self._penalise(addr, exc.reason, now)
+            else:
+                self.undecodable_datagrams += 1
             return
         if isinstance(msg, Hello):
             self._on_hello(peer, addr, msg, now)

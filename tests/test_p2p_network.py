@@ -171,7 +171,9 @@ class Line:
         for i in range(6):
             # Node 0 connects to nobody and must not dial what gossip tells it either, or the
             # line would turn into a star around it.
-            args = ["--miner-processes", "1"]
+            # Alerts on: after the split heals, the losing spend reaches the winning half as
+            # proof of the double spend, so every node can report it conflicted.
+            args = ["--miner-processes", "1", "--double-spend-alerts"]
             args += ["--connect", self.addrs[i - 1]] if i else ["--max-outbound", "0"]
             node, addr = net.make(f"line{i}", host_of(i), *args)
             self.nodes.append(node)
@@ -375,9 +377,8 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
         assert status["status"] == "confirmed" and status["confirmations"] == 4
         assert status["blockheight"] == fork_height + 1
 
-    # Every node, winners included, should end up with the same: the payment in its mempool
-    # and the losing spend reported conflicted. Gaps are collected, not asserted at once, so
-    # the rest of the test still runs (see the xfail at the end).
+    # Every node, winners included, ends up with the same: the payment in its mempool and the
+    # losing spend reported conflicted (the winners learn it from the alert).
     def gaps() -> list[str]:
         found = []
         for i, node in enumerate(nodes):
@@ -389,7 +390,7 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
         return found
 
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: not gaps(), 10, "the winning half to learn the losing half's txs")
+        wait_for(lambda: not gaps(), 20, "the winning half to learn the losing half's txs")
     missing = gaps()
 
     # The healed network works as one: a block on the losing side's end confirms the
@@ -399,11 +400,7 @@ def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     assert nodes[5].rpc("gettransaction", plain_left)["status"] == "confirmed"
     assert nodes[5].rpc("getrawmempool") == []
 
-    if missing:
-        # Known daemon gaps (see the report): transactions a reorg returns to the mempool are
-        # not re-announced, and double-spend evidence (dsalert) is never sent, so nodes that
-        # only ever saw the winning branch cannot know the losing transactions.
-        pytest.xfail("winning half never learns the losing half's txs: " + "; ".join(missing))
+    assert not missing, missing
 
 
 def test_fresh_node_syncs_two_thousand_blocks(tmp_path: Path) -> None:
