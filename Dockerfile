@@ -16,8 +16,14 @@ WORKDIR /src
 # .dockerignore lets only the packaging files and the four packages in. Dependencies (and
 # hatchling, for the build) come from PyPI: build with host networking where the default
 # bridge has no way out (docker build --network host / compose `build.network: host`).
+# Dependencies first, from pyproject.toml alone (with empty package stubs), so editing the
+# code does not re-download them.
+COPY pyproject.toml README.md /src/
+RUN for pkg in consensus storage p2p node; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done \
+ && /opt/venv/bin/pip install /src \
+ && rm -rf /src/consensus /src/storage /src/p2p /src/node
 COPY . /src
-RUN /opt/venv/bin/pip install /src \
+RUN /opt/venv/bin/pip install --no-deps --force-reinstall /src \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 # ---------------------------------------------------------------- runtime

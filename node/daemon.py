@@ -56,6 +56,7 @@ log = structlog.get_logger("powlab.node")
 MEMPOOL_FILE = "mempool.dat"
 MEMPOOL_FILE_VERSION = 1
 PEER_NAME_RETRY = 2.0  # seconds between attempts to resolve a peer's host name
+PEER_NAME_RECHECK = 15.0  # seconds between re-resolving names that did resolve
 MAX_WATCHED_TXS = 10_000
 MAX_RECENT_TXS = 10_000
 MEMPOOL_SAVE_INTERVAL = 60.0  # seconds: bounds what a SIGKILL can lose
@@ -199,22 +200,29 @@ class Node:
                  node_id=protocol.node_id.hex())
 
     async def _resolve_peer_names(self, named: list[tuple[tuple[str, int], bool]]) -> None:
+        """Keep named peers resolved: retry until a name resolves, then re-check it now and
+        then, since a restarted container may come back with another address."""
         loop = asyncio.get_running_loop()
-        pending = [addr for addr, _ in named]
-        while pending:
-            for addr in list(pending):
+        current: dict[tuple[str, int], tuple[str, int]] = {}
+        while True:
+            for addr, _ in named:
                 try:
                     infos = await loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
                 except OSError as exc:
                     log.debug("peer_name_unresolved", host=addr[0], error=str(exc))
                     continue
-                ip = infos[0][4][0]
-                log.info("peer_name_resolved", host=addr[0], ip=ip)
-                self.protocol.connect((ip, addr[1]), self.clock(), persistent=True)
+                resolved = (infos[0][4][0], addr[1])
+                previous = current.get(addr)
+                if previous == resolved:
+                    continue
+                if previous is not None:
+                    self.protocol.forget_persistent(previous)
+                log.info("peer_name_resolved", host=addr[0], ip=resolved[0])
+                current[addr] = resolved
+                self.protocol.connect(resolved, self.clock(), persistent=True)
                 self.p2p_flush()
-                pending.remove(addr)
-            if pending:
-                await asyncio.sleep(PEER_NAME_RETRY)
+            resolved_all = len(current) == len(named)
+            await asyncio.sleep(PEER_NAME_RECHECK if resolved_all else PEER_NAME_RETRY)
 
     @property
     def protocol(self) -> P2PProtocol:

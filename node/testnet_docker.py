@@ -55,8 +55,8 @@ NETWORK_LABEL = "com.docker.compose.network"
 ROLE_ORDER = ("miner", "merchant", "attacker", "observer")
 SETUP_HINT = (
     "install Docker Engine and Compose (v2 plugin or docker-compose 1.29) and start the "
-    "engine; on a machine without a container registry, /work/shared/tools/docker-offline.sh "
-    "(or the same steps by hand, see docs/docker.md) sets both up"
+    "engine; on a machine without a container registry, shared/tools/docker-offline.sh "
+    "beside the repository (see docs/docker.md) sets both up"
 )
 DOCKER_TIMEOUT = 120.0  # seconds for one ordinary docker command
 BUILD_TIMEOUT = 1800.0  # seconds for `compose build` / `up`
@@ -527,26 +527,27 @@ class DockerTestnet:
     # ------------------------------------------------------------------ funding
 
     def fund(self, blocks_per_node: int = 1) -> None:
-        """On a fresh chain, give every node ``blocks_per_node`` spendable coinbases.
+        """Give every node whose wallet cannot spend yet ``blocks_per_node`` coinbases.
 
-        Each node mines its own blocks to its own wallet, then the first miner buries them
-        past coinbase maturity (100 blocks). Chains that already have history are left alone.
+        Each such node mines its own blocks to its own wallet, then the first node buries
+        them past coinbase maturity (100 blocks). Wallets that already have a spendable
+        balance (a testnet brought up again on its volumes) are left alone.
         """
         found = [c for c in self.containers() if c.running]
         if not found:
             return
-        first = found[0]
-        height = self._calls(first, [("getblockcount", [])])[0]
-        if height > 0:
+        poor = [c for c in found if self._calls(c, [("getbalance", [])])[0] == 0]
+        if not poor:
             return
-        for c in found:
+        for c in poor:
             address = self._calls(c, [("getnewaddress", [])])[0]
             self._calls(c, [("generatetoaddress", [blocks_per_node, address])], timeout=120)
             self.wait_converged(60, min_height=self._height(c))
+        first = found[0]
         address = self._calls(first, [("getnewaddress", [])])[0]
         self._calls(first, [("generatetoaddress", [100, address])], timeout=300)
         self.wait_converged(120, min_height=self._height(first))
-        self.log(f"funded {len(found)} wallets; height {self._height(first)}")
+        self.log(f"funded {len(poor)} wallets; height {self._height(first)}")
 
     def _height(self, c: NodeContainer) -> int:
         return int(self._calls(c, [("getblockcount", [])])[0])

@@ -598,8 +598,14 @@ class P2PProtocol:
         inbound = sum(1 for p in self.peers.values() if p.inbound)
         if inbound >= self.config.max_inbound:
             return "too many inbound peers"
-        if any(p.node_id == msg.node_id for p in self.peers.values()):
-            return "already connected"
+        for existing in list(self.peers.values()):
+            if existing.node_id != msg.node_id:
+                continue
+            if existing.established and now - existing.last_recv < self.config.ping_interval:
+                return "already connected"
+            # The same node from a new address (a restarted container, say) while the old
+            # entry has gone quiet: the old one is stale, let the new one in.
+            self._disconnect(existing, "replaced by a new connection", now)
         return ""
 
     def _send_verack(self, peer: Peer) -> None:
