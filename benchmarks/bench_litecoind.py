@@ -17,7 +17,9 @@ Measures, for both implementations, on loopback addresses 127.0.0.2, 127.0.0.3, 
       Goal: our p50 no worse than litecoind's.
   (b) fresh-node sync of 5,000 (coinbase-only) blocks from one peer: blocks/s over the fresh
       node's first to last block connection (each implementation's own log).
-      Goal: ours >= 5x litecoind's.
+      Goal: ours >= 5x litecoind's. litecoind's chain carries one MWEB peg-in transaction at
+      height 432 (regtest cannot mine past 431 without one, litecoin-project/litecoin#807);
+      every other block is coinbase-only, like ours.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ RPC_USER, RPC_PASSWORD = "bench", "bench"
 LTC_ADDRESS = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"
 UPDATE_TIP = re.compile(rb"^(\S+) UpdateTip: new best=([0-9a-f]{64}) height=(\d+)")
 SYNC_GOAL = 5.0
+MWEB_HEIGHT = 431  # the last regtest block before MWEB activation
 
 
 def free_port(host: str) -> int:
@@ -69,6 +72,7 @@ class LitecoinNode:
     datadir: Path
     host: str
     connect: list[str] = field(default_factory=list)
+    wallet: bool = False
     port: int = 0
     onion_port: int = 0
     rpc_port: int = 0
@@ -100,7 +104,8 @@ class LitecoinNode:
             "-listen=1", "-listenonion=0", "-dnsseed=0", "-discover=0", "-upnp=0",
             "-server=1", f"-rpcbind=127.0.0.1:{self.rpc_port}", f"-rpcport={self.rpc_port}",
             "-rpcallowip=127.0.0.1", f"-rpcuser={RPC_USER}", f"-rpcpassword={RPC_PASSWORD}",
-            "-disablewallet", "-logtimemicros", "-printtoconsole=0",
+            *(["-fallbackfee=0.0001"] if self.wallet else ["-disablewallet"]),
+            "-logtimemicros", "-printtoconsole=0",
             *(f"-connect={c}" for c in self.connect),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -215,11 +220,18 @@ def ltc_propagation(workdir: Path, count: int, rounds: int, warmup: int = 3) -> 
 
 def ltc_sync(workdir: Path, nblocks: int) -> tuple[float, float, float]:
     """(generate seconds, first->last block connection seconds, launch->last seconds)."""
-    source = LitecoinNode(workdir / "ltc-sync-source", "127.0.0.2").start()
+    source = LitecoinNode(workdir / "ltc-sync-source", "127.0.0.2", wallet=True).start()
     fresh: LitecoinNode | None = None
     try:
         t0 = time.perf_counter()
         made = 0
+        if nblocks > MWEB_HEIGHT:
+            # Litecoin 0.21.2's regtest cannot mine past height 431 unless the first MWEB block
+            # carries a peg-in (litecoin-project/litecoin#807): make one from a wallet.
+            source.call("createwallet", "bench")
+            source.call("generatetoaddress", MWEB_HEIGHT, source.call("getnewaddress"))
+            source.call("sendtoaddress", source.call("getnewaddress", "", "mweb"), 1)
+            made = MWEB_HEIGHT
         while made < nblocks:
             step = min(1000, nblocks - made)
             source.call("generatetoaddress", step, LTC_ADDRESS)

@@ -521,7 +521,9 @@ def import_locally(raw_blocks: Sequence[bytes], workdir: Path) -> float:
     return elapsed
 
 
-def bench_sync(workdir: Path, nblocks: int, host_a: int = 2) -> SyncResult:
+def bench_sync(
+    workdir: Path, nblocks: int, host_a: int = 2, profile_to: Path | None = None
+) -> SyncResult:
     source = BenchNode(workdir / "sync-source", args=["--p2p-bind", f"127.0.0.{host_a}:0"])
     fresh: BenchNode | None = None
     try:
@@ -539,7 +541,8 @@ def bench_sync(workdir: Path, nblocks: int, host_a: int = 2) -> SyncResult:
         local_s = import_locally(raw_blocks, workdir)
 
         fresh = BenchNode(workdir / "sync-fresh", args=[
-            "--p2p-bind", f"127.0.0.{host_a + 1}:0", "--connect", source.p2p_addr])
+            "--p2p-bind", f"127.0.0.{host_a + 1}:0", "--connect", source.p2p_addr],
+            profile_to=profile_to)
         launched = time.time()
         fresh.start(wait=False)
         assert fresh.follower is not None
@@ -580,32 +583,44 @@ def print_sync(r: SyncResult) -> None:
 # ----------------------------------------------------------------- profiling
 
 PROFILE_FUNCTIONS = (
-    "_on_compact_block", "_mempool_short_ids", "_finish_compact", "_process_block",
+    "_on_compact_block", "_mempool_short_ids", "_request_blocks", "_refresh_download_queue",
+    "_on_headers", "accept_header", "_on_block", "receive_stream_data", "_on_getdata",
+    "_finish_compact", "_process_block",
     "submit_block", "accept_block", "_after_chain_change", "_commit", "apply",
     "update_for_chain", "_publish_tx_statuses", "announce_block", "decode_transaction",
     "merkle_root", "_on_tx", "submit_transaction", "handle_timer",
 )
 
 
-def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> None:
-    """A 3-node line, 1000-tx blocks, with the middle node (the relaying one) under cProfile."""
+def print_profile(path: Path, title: str, top: int = 18) -> None:
+    """The daemon's own functions by cumulative time, then everything by own time."""
     import pstats
 
+    wait_for(path.exists, 30, "profile output")
+    stats = pstats.Stats(str(path))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    ours, flat = [], []
+    for (filename, line, name), (_, ncalls, tottime, cumtime, _) in raw.items():
+        label = f"{Path(filename).parent.name}/{Path(filename).name}:{line}:{name}"
+        flat.append((tottime, ncalls, label))
+        if str(REPO) in filename and name in PROFILE_FUNCTIONS:
+            ours.append((cumtime, ncalls, label))
+    print(f"\n{title}\n  cumulative, selected daemon functions:")
+    for seconds, ncalls, label in sorted(ours, reverse=True)[:top]:
+        print(f"    {seconds:8.3f} s {ncalls:>9} calls  {label}")
+    print("  own time, top functions:")
+    for seconds, ncalls, label in sorted(flat, reverse=True)[:top]:
+        print(f"    {seconds:8.3f} s {ncalls:>9} calls  {label}")
+
+
+def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> None:
+    """A 3-node line, 1000-tx blocks, with the middle node (the relaying one) under cProfile."""
     out = workdir / "middle.prof"
     r = bench_propagation(workdir, 3, "line", False, rounds, ntxs, burst_chunk=burst_chunk,
                           profile={1: out})
     print_propagation(r, 3, ntxs)
-    wait_for(out.exists, 30, "profile output")
-    stats = pstats.Stats(str(out))
-    rows = []
-    for (filename, _, name), (_, ncalls, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if name in PROFILE_FUNCTIONS and str(REPO) in filename:
-            rows.append((cumtime, ncalls, f"{Path(filename).parent.name}/"
-                         f"{Path(filename).name}:{name}"))
-    print(f"\nmiddle node, cumulative seconds over the whole run ({rounds} blocks of {ntxs} "
-          f"txs + {rounds + 1} empty blocks + setup):")
-    for cumtime, ncalls, label in sorted(rows, reverse=True)[:25]:
-        print(f"  {cumtime:8.3f} s  {ncalls:>8} calls  {label}")
+    print_profile(out, f"middle node of 3 under cProfile, whole run ({rounds} blocks of {ntxs} "
+                  f"txs, their relay, {rounds + 1} empty blocks, setup):")
 
 
 # ----------------------------------------------------------------- full-relay shim
@@ -643,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="blocks measured per scenario")
     parser.add_argument("--txs", type=int, default=1000, help="transactions in the large block")
     parser.add_argument("--sync-blocks", type=int, default=5000)
-    parser.add_argument("--only", choices=("propagation", "sync", "profile"))
+    parser.add_argument("--only", choices=("propagation", "sync", "profile"),
+                        help="profile: a 3-node line with the relaying node under cProfile, "
+                             "then a sync with the fresh node under cProfile")
     parser.add_argument("--topologies", default="line,mesh")
     parser.add_argument("--no-full", action="store_true", help="skip the full-relay variant")
     parser.add_argument("--burst-chunk", type=int, default=50,
@@ -663,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only == "profile":
             profile_relay(workdir, args.rounds, args.txs, args.burst_chunk)
+            out = workdir / "fresh.prof"
+            print_sync(bench_sync(workdir, args.sync_blocks, profile_to=out))
+            print_profile(out, f"fresh node syncing {args.sync_blocks} blocks under cProfile:")
         if args.only in (None, "propagation"):
             print(f"\nblock propagation (miner block_connected -> last node's), "
                   f"{args.rounds} blocks each:")

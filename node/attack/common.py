@@ -346,10 +346,25 @@ def tips(nodes: Sequence[NetNode]) -> dict[str, str | None]:
     return {n.name: n.try_call("getbestblockhash") for n in nodes}
 
 
-def wait_converged(nodes: Sequence[NetNode], timeout: float = 60.0) -> str:
+def wait_converged(nodes: Sequence[NetNode], timeout: float = 60.0,
+                   tie_breaker: NetNode | None = None) -> str:
+    """Until every node has the same tip. Two blocks found at once just before mining was
+    paused leave a tie nobody breaks; after a few seconds `tie_breaker` mines one block."""
+    last: list[str | None] = [None]
+    started = time.monotonic()
+    broke = [False]
+
     def same() -> str | None:
         seen = set(tips(nodes).values())
-        return seen.pop() if len(seen) == 1 and None not in seen else None
+        tip = seen.pop() if len(seen) == 1 and None not in seen else None
+        # The same tip twice in a row: nothing still propagating.
+        stable = tip if tip is not None and tip == last[0] else None
+        last[0] = tip
+        if stable is None and tie_breaker is not None and not broke[0] \
+                and time.monotonic() - started > 5:
+            broke[0] = True
+            tie_breaker.call("generatetoaddress", 1, tie_breaker.call("getnewaddress"))
+        return stable
 
     return wait_until(same, timeout, f"{', '.join(n.name for n in nodes)} to agree on a tip")
 
@@ -397,6 +412,9 @@ class Network:
                 node.call("setmining", False)
 
         parallel([lambda n=n: stop(n) for n in self.roles.nodes])
+        # A block a miner found just before it stopped may still be on its way: let it land
+        # now rather than in the middle of the scenario.
+        time.sleep(1.0)
         self.timeline.add("*", "mining paused", note="every node stops mining for the setup")
 
     def isolate(self, node: NetNode) -> None:

@@ -29,7 +29,8 @@ def run(ctx: Context) -> Outcome:
     roles, args, tl = ctx.roles, ctx.args, ctx.timeline
     out = Outcome("finney")
     with staged(ctx.net):
-        wait_converged(roles.nodes)
+        wait_converged(roles.nodes,
+                       tie_breaker=roles.honest[0] if roles.honest else roles.attacker)
         ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
         ctx.monitor.track("tx1", ds.txid1)
         ctx.monitor.track("tx2", ds.txid2)

@@ -54,7 +54,7 @@ def run(ctx: Context) -> Outcome:
     published_tip: str | None = None
     reached_z_at: float | None = None
     with staged(ctx.net):
-        fork = wait_converged(roles.nodes)
+        fork = wait_converged(roles.nodes, tie_breaker=roles.honest[0])
         fork_height = victim.call("getblockcount")
         ds = make_double_spend(attacker, victim, args.amount, ctx.rng)
         ctx.monitor.track("tx1", ds.txid1)

@@ -38,7 +38,7 @@ def run(ctx: Context) -> Outcome:
         raise AttackError("the race needs at least one honest miner (see --honest)")
     out = Outcome("race")
     with staged(ctx.net):
-        wait_converged(roles.nodes)
+        wait_converged(roles.nodes, tie_breaker=roles.honest[0])
         ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
         ctx.monitor.track("tx1", ds.txid1)
         ctx.monitor.track("tx2", ds.txid2)

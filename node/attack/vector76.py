@@ -34,7 +34,7 @@ def run(ctx: Context) -> Outcome:
     honest_net = [n for n in roles.others if n is not roles.victim]
     relayed_by_hand = False
     with staged(ctx.net):
-        wait_converged(roles.nodes)
+        wait_converged(roles.nodes, tie_breaker=roles.honest[0])
         ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
         ctx.monitor.track("tx1", ds.txid1)
         ctx.monitor.track("tx2", ds.txid2)
