@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -97,6 +98,8 @@ class Manifest:
     partition: list[list[str]] | None = None
     created: float = field(default_factory=time.time)
     mode: str = "process"
+    # `powlab node` options for every node, as KEY=VALUE text (validated by node.config).
+    node_options: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -120,6 +123,7 @@ class Manifest:
             "funded": self.funded,
             "partition": self.partition,
             "created": self.created,
+            "node_options": self.node_options,
             "nodes": [asdict(e) for e in self.nodes],
         }
 
@@ -166,6 +170,7 @@ def load_manifest(directory: str | os.PathLike[str] | None) -> Manifest:
             partition=data.get("partition"),
             created=float(data.get("created", 0)),
             mode=data.get("mode", "process"),
+            node_options=dict(data.get("node_options") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TestnetError(f"{path / MANIFEST_NAME} is malformed: {exc!r}") from None
@@ -269,6 +274,36 @@ def new_manifest(
     return Manifest(directory, network, block_time, topology, finality_depth, entries)
 
 
+def collect_node_options(args: argparse.Namespace) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in args.node_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TestnetError(f"--node-option wants KEY=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
+    if args.double_spend_alerts:
+        options["double_spend_alerts"] = "true"
+    if args.enforce_finality:
+        options["enforce_finality"] = "true"
+    return options
+
+
+def parse_node_options(options: dict[str, str]) -> dict[str, Any]:
+    """Validate KEY=VALUE node options with the node's own config rules; typed values back."""
+    from node.config import ConfigError, load_config
+
+    names = {key.replace("-", "_"): value for key, value in options.items()}
+    reserved = set(names) & {"datadir", "network", "p2p_bind", "rpc_bind", "connect"}
+    if reserved:
+        raise TestnetError(f"--node-option cannot set {', '.join(sorted(reserved))}: the "
+                           "testnet lays those out itself")
+    try:
+        parsed = load_config({"datadir": "/", **names}, {"HOME": "/"})
+    except ConfigError as exc:
+        raise TestnetError(f"--node-option: {exc}") from None
+    return {name: getattr(parsed, name) for name in names}
+
+
 def write_node_config(manifest: Manifest, entry: NodeEntry) -> None:
     from node.config import NodeConfig
 
@@ -290,6 +325,8 @@ def write_node_config(manifest: Manifest, entry: NodeEntry) -> None:
         finality_depth=manifest.finality_depth,
         log_format="json",
     )
+    if manifest.node_options:
+        config = dataclasses.replace(config, **parse_node_options(manifest.node_options))
     Path(entry.datadir).mkdir(parents=True, exist_ok=True, mode=0o700)
     Path(entry.config).write_text(config.to_toml())
 
@@ -640,6 +677,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             args.block_time, args.finality_depth, args.subnet, args.p2p_port, args.rpc_port,
             miner_names,
         )
+        manifest.node_options = collect_node_options(args)
+        parse_node_options(manifest.node_options)  # refuse bad options before starting anything
         for entry in manifest.nodes:
             write_node_config(manifest, entry)
         manifest.save()
@@ -1102,6 +1141,13 @@ def add_testnet_parser(sub: Any) -> None:
                     help="node K listens on A.B.C.(K+1) (default 127.0.0)")
     up.add_argument("--p2p-port", type=int, default=DEFAULT_P2P_PORT)
     up.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT)
+    up.add_argument("--node-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a `powlab node` option for every node, e.g. double_spend_alerts=1 "
+                    "or listening_period=5; repeatable")
+    up.add_argument("--double-spend-alerts", action="store_true",
+                    help="every node relays and acts on double-spend proofs")
+    up.add_argument("--enforce-finality", action="store_true",
+                    help="every node refuses reorganisations deeper than the finality depth")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds to wait for start-up, connections and funding")
 

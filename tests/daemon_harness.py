@@ -112,7 +112,9 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"node did not stop within {timeout}s:\n{self.log_tail()}")
+            raise AssertionError(
+                f"node did not stop within {timeout}s:\n{self.log_tail()}"
+            ) from None
 
     def kill(self) -> None:
         assert self.proc is not None

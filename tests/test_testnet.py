@@ -280,3 +280,22 @@ def test_down_leaves_no_process_behind(testnet: Path) -> None:
     assert [r["up"] for r in rows] == [False] * 5
     ok(powlab("testnet", "down", "--purge", "--dir", str(testnet)))
     assert not testnet.exists()
+
+
+def test_node_options_are_validated_with_the_node_rules() -> None:
+    import argparse
+
+    from node.testnet import TestnetError, collect_node_options, parse_node_options
+
+    args = argparse.Namespace(node_option=["listening_period=5", "assumed-attacker-share=0.2"],
+                              double_spend_alerts=True, enforce_finality=False)
+    options = collect_node_options(args)
+    assert parse_node_options(options) == {
+        "listening_period": 5.0, "assumed_attacker_share": 0.2, "double_spend_alerts": True,
+    }
+    for bad in ({"listening_period": "-1"}, {"datadir": "/x"}, {"no_such_option": "1"}):
+        with pytest.raises(TestnetError):
+            parse_node_options(bad)
+    with pytest.raises(TestnetError):
+        collect_node_options(argparse.Namespace(node_option=["oops"], double_spend_alerts=False,
+                                                enforce_finality=False))
