@@ -290,9 +290,14 @@ def collect_node_options(args: argparse.Namespace) -> dict[str, str]:
 
 def parse_node_options(options: dict[str, str]) -> dict[str, Any]:
     """Validate KEY=VALUE node options with the node's own config rules; typed values back."""
-    from node.config import ConfigError, load_config
+    from node.config import ConfigError, NodeConfig, load_config
 
     names = {key.replace("-", "_"): value for key, value in options.items()}
+    known = {f.name for f in dataclasses.fields(NodeConfig)} - {"params"}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise TestnetError(f"--node-option: unknown option {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted(known))}")
     reserved = set(names) & {"datadir", "network", "p2p_bind", "rpc_bind", "connect"}
     if reserved:
         raise TestnetError(f"--node-option cannot set {', '.join(sorted(reserved))}: the "
