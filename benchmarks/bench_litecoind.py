@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "propagation"):
             print(f"\n1-transaction block, line of {args.nodes}, miner -> last node, "
                   f"{args.rounds} blocks:")
-            ours = bench_propagation(workdir, args.nodes, "line", False, args.rounds, 0,
+            ours = bench_propagation(workdir, args.nodes, "line", "compact", args.rounds, 0,
                                      small_only=True).small
             print(f"  powlab    {ms_summary(ours)}")
             if have_ltc:

@@ -12,12 +12,13 @@ Measures, all in this run on this machine:
       node's, median and p90 over several blocks; timestamps come from the nodes' JSON logs
       (all processes share the machine's clock).
   (b) the same with FULL-block relay: there is no switch to turn compact blocks off, so the
-      nodes of this variant are started through a shim in this script (`--_full-relay-node`)
-      that replaces `P2PProtocol.announce_block` by a push of the whole block (`BlockMsg`)
-      over the stream, the way a compact-less node announces. Everything else is the real
-      daemon. Goal: compact ÷ full latency for the 1000-transaction block <= 0.3. Bytes on the
-      wire for relaying the block (sum of `bytes_sent` deltas of every node) are reported for
-      both.
+      nodes of this variant are started through a shim in this script (`--_relay-shim MODE`)
+      that replaces `P2PProtocol.announce_block`. MODE "full" (the default comparison)
+      announces the header (`Headers`), and the peer fetches the block with `GetData` as it
+      does during sync — Bitcoin's `sendheaders` relay; MODE "push" sends the whole block
+      (`BlockMsg`) unsolicited. Everything else is the real daemon. Goal: compact ÷ full
+      latency for the 1000-transaction block <= 0.3. Bytes on the wire for relaying the block
+      (sum of `bytes_sent` deltas of every node) are reported for both.
   (c) bytes on the wire per relayed transaction per node: the `bytes_sent` / `bytes_recv`
       deltas of all nodes while the 1000 transactions of (a) relay, ÷ (txs × nodes).
   (d) fresh-node sync of 5,000 blocks: a node with 5,000 (coinbase-only) blocks, a fresh node
@@ -69,7 +70,7 @@ PKH = pubkey_hash(KEY.public_key)
 ADDRESS = encode_address(PARAMS.address_prefix, PKH)
 BURN = encode_address(PARAMS.address_prefix, bytes(20))
 TX_FEE = 1_000
-FULL_RELAY_FLAG = "--_full-relay-node"
+FULL_RELAY_FLAG = "--_relay-shim"
 LATENCY_GOAL_RATIO = 0.3
 SYNC_GOAL_RATIO = 0.7
 
@@ -113,8 +114,15 @@ class KeepAliveRPC:
         self._id = 0
 
     def _post(self, payload: Any) -> Any:
-        self.conn.request("POST", self.path, json.dumps(payload), self.headers)
-        return json.loads(self.conn.getresponse().read())
+        body = json.dumps(payload)
+        try:
+            self.conn.request("POST", self.path, body, self.headers)
+            return json.loads(self.conn.getresponse().read())
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed an idle keep-alive connection: reconnect once.
+            self.conn.close()
+            self.conn.request("POST", self.path, body, self.headers)
+            return json.loads(self.conn.getresponse().read())
 
     def call(self, method: str, *params: Any) -> Any:
         self._id += 1
@@ -188,7 +196,7 @@ class LogFollower:
 class BenchNode(NodeProcess):
     """A `NodeProcess` that can be launched through the full-relay shim of this script."""
 
-    full_relay: bool = False
+    relay: str = "compact"  # or "full" / "push": through the shim, see run_shimmed_node
     profile_to: Path | None = None  # run the daemon under cProfile, stats written at exit
     follower: LogFollower | None = None
     client: KeepAliveRPC | None = None
@@ -199,8 +207,8 @@ class BenchNode(NodeProcess):
         with contextlib.suppress(FileNotFoundError):
             (self.datadir / "rpc.url").unlink()
         launcher = (
-            [sys.executable, str(Path(__file__).resolve()), FULL_RELAY_FLAG]
-            if self.full_relay
+            [sys.executable, str(Path(__file__).resolve()), FULL_RELAY_FLAG, self.relay]
+            if self.relay != "compact"
             else [sys.executable, "-m", "node"]
         )
         if self.profile_to is not None:
@@ -255,12 +263,12 @@ def wait_connected(
 
 @contextlib.contextmanager
 def network(
-    workdir: Path, count: int, topology: str, full_relay: bool = False, first_host: int = 2,
+    workdir: Path, count: int, topology: str, relay: str = "compact", first_host: int = 2,
     profile: dict[int, Path] | None = None,
 ) -> Iterator[list[BenchNode]]:
     """`count` nodes on 127.0.0.<first_host + i>, linked as a line or a full mesh."""
     nodes: list[BenchNode] = []
-    tag = f"{topology}-{'full' if full_relay else 'compact'}"
+    tag = f"{topology}-{relay}"
     try:
         for i in range(count):
             host = f"127.0.0.{first_host + i}"
@@ -271,7 +279,7 @@ def network(
             args = ["--p2p-bind", f"{host}:0"]
             for target in targets:
                 args += ["--connect", target]
-            node = BenchNode(workdir / f"{tag}-{i}", args=args, full_relay=full_relay,
+            node = BenchNode(workdir / f"{tag}-{i}", args=args, relay=relay,
                              profile_to=(profile or {}).get(i))
             node.start()
             nodes.append(node)
@@ -412,11 +420,11 @@ def measure_block(nodes: Sequence[BenchNode], miner: BenchNode) -> tuple[float, 
 
 
 def bench_propagation(
-    workdir: Path, count: int, topology: str, full_relay: bool, rounds: int, ntxs: int,
-    small_only: bool = False, burst_chunk: int = 50, profile: dict[int, Path] | None = None,
+    workdir: Path, count: int, topology: str, relay: str, rounds: int, ntxs: int,
+    small_only: bool = False, burst_chunk: int = 10, profile: dict[int, Path] | None = None,
 ) -> PropagationResult:
-    result = PropagationResult(topology, "full" if full_relay else "compact")
-    with network(workdir, count, topology, full_relay, profile=profile) as nodes:
+    result = PropagationResult(topology, relay)
+    with network(workdir, count, topology, relay, profile=profile) as nodes:
         miner = nodes[0]
         large_rounds = 0 if small_only else rounds
         if large_rounds:
@@ -616,7 +624,7 @@ def print_profile(path: Path, title: str, top: int = 18) -> None:
 def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> None:
     """A 3-node line, 1000-tx blocks, with the middle node (the relaying one) under cProfile."""
     out = workdir / "middle.prof"
-    r = bench_propagation(workdir, 3, "line", False, rounds, ntxs, burst_chunk=burst_chunk,
+    r = bench_propagation(workdir, 3, "line", "compact", rounds, ntxs, burst_chunk=burst_chunk,
                           profile={1: out})
     print_propagation(r, 3, ntxs)
     print_profile(out, f"middle node of 3 under cProfile, whole run ({rounds} blocks of {ntxs} "
@@ -626,22 +634,25 @@ def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> No
 # ----------------------------------------------------------------- full-relay shim
 
 
-def run_full_relay_node(argv: list[str]) -> int:
-    """The real daemon, with blocks announced as whole blocks instead of compact blocks."""
+def run_shimmed_node(mode: str, argv: list[str]) -> int:
+    """The real daemon with compact-block announcements replaced (`mode` "full" or "push")."""
     from node.cli import main as node_main
-    from p2p.messages import BlockMsg
+    from p2p.messages import BlockMsg, Headers
     from p2p.protocol import P2PProtocol
 
     def announce_block_full(self: P2PProtocol, block: Block, now: float) -> None:
         block_hash = block.hash
-        msg: BlockMsg | None = None
+        msg: BlockMsg | Headers | None = None
         for peer in self.peers.values():
             if not peer.established or block_hash in peer.known:
                 continue
             if msg is None:
-                msg = BlockMsg(block.encode())
+                msg = (
+                    BlockMsg(block.encode()) if mode == "push"
+                    else Headers((block.header.encode(),))
+                )
             peer.known.add(block_hash)
-            self._send(peer, msg, stream=True)
+            self._send(peer, msg, stream=mode == "push")
 
     P2PProtocol.announce_block = announce_block_full  # type: ignore[method-assign]
     return node_main(argv)
@@ -662,8 +673,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile: a 3-node line with the relaying node under cProfile, "
                              "then a sync with the fresh node under cProfile")
     parser.add_argument("--topologies", default="line,mesh")
-    parser.add_argument("--no-full", action="store_true", help="skip the full-relay variant")
-    parser.add_argument("--burst-chunk", type=int, default=50,
+    parser.add_argument("--relays", default="compact,full",
+                        help="comma-separated: compact, full (header announcement, then "
+                             "getdata/block), push (unsolicited full block); see the docstring")
+    parser.add_argument("--burst-chunk", type=int, default=10,
                         help="transactions submitted per step while filling mempools "
                              "(0 = all at once; see the UDP-loss caveat in the docs)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -688,8 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.rounds} blocks each:")
             results: dict[tuple[str, str], PropagationResult] = {}
             for topology in args.topologies.split(","):
-                for full in (False, True) if not args.no_full else (False,):
-                    r = bench_propagation(workdir, args.nodes, topology, full, args.rounds,
+                for relay in args.relays.split(","):
+                    r = bench_propagation(workdir, args.nodes, topology, relay, args.rounds,
                                           args.txs, burst_chunk=args.burst_chunk)
                     results[(topology, r.relay)] = r
                     print_propagation(r, args.nodes, args.txs)
@@ -713,6 +726,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == FULL_RELAY_FLAG:
-        sys.exit(run_full_relay_node(sys.argv[2:]))
+    if len(sys.argv) > 2 and sys.argv[1] == FULL_RELAY_FLAG:
+        sys.exit(run_shimmed_node(sys.argv[2], sys.argv[3:]))
     sys.exit(main())

@@ -370,6 +370,10 @@ class Node:
 
     def _after_chain_change(self, result: AcceptResult) -> None:
         self._commit()
+        if result.connected and self.p2p is not None:
+            # Relay first: every millisecond spent on bookkeeping here is added per hop.
+            self.protocol.announce_blocks(result, self.clock())
+            self.p2p.flush()
         for entry, block in result.disconnected:
             self.metrics.blocks_disconnected.inc()
             for tx in block.txs[1:]:
@@ -428,7 +432,6 @@ class Node:
             self._publish_tx_statuses()
             self.miner.on_new_tip()
             if self.p2p is not None:
-                self.protocol.announce_blocks(result, self.clock())
                 self.p2p.flush()
 
     # ----------------------------------------------------------------- transactions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from p2p.config import Address, P2PConfig
 from p2p.ratelimit import TokenBucket
@@ -46,7 +47,7 @@ class PartialBlock:
     """A compact block waiting for the transactions we could not find in our mempool."""
 
     header: bytes
-    txs: list[bytes | None]
+    txs: list[Any]  # Transaction from our mempool, bytes from the wire, None while missing
     missing: list[int]
     requested_at: float
 
@@ -86,6 +87,7 @@ class Peer:
     pending_stream: list[bytes] = field(default_factory=list)
     pending_stream_bytes: int = 0
     pending_compact: dict[bytes, PartialBlock] = field(default_factory=dict)
+    inv_queue: list[Any] = field(default_factory=list)  # InvItems to announce at the next tick
     unhelpful_blocks: deque[float] = field(default_factory=deque)
     known: BoundedSet = field(init=False)
     msg_bucket: TokenBucket = field(init=False)

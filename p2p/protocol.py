@@ -25,7 +25,7 @@ import structlog
 from consensus.block import Block, decode_block, decode_header
 from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus, ChainState
 from consensus.errors import ConsensusError, DecodeError
-from consensus.hashing import ZERO_HASH, merkle_root
+from consensus.hashing import ZERO_HASH
 from consensus.keys import PrivateKey, verify_signature
 from consensus.params import ChainParams
 from consensus.tx import Transaction, decode_transaction
@@ -75,6 +75,7 @@ MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 # Transaction relay runs over lossy datagrams: an Inv the peer never asked about is repeated,
 # and a GetData that went unanswered is retried (with the same announcer if it is the only one).
 TX_ANNOUNCE_RETRIES = 3
+INV_PER_DATAGRAM = 35  # 36-byte items: an Inv of 35 stays inside one datagram
 TX_REQUEST_ATTEMPTS = 8
 
 # Penalty scores: the threshold (default 100) disconnects and discourages the peer.
@@ -770,9 +771,13 @@ class P2PProtocol:
         chain = self.node.chain
         best = chain.best_header
         if self._download_for == best.hash:
-            self._download_queue = [
-                e for e in self._download_queue if not e.status & BlockStatus.HAVE_DATA
-            ]
+            # Blocks mostly arrive in order: drop the delivered front, not the whole queue.
+            queue = self._download_queue
+            start = 0
+            while start < len(queue) and queue[start].status & BlockStatus.HAVE_DATA:
+                start += 1
+            if start:
+                del queue[:start]
             return
         self._download_for = best.hash
         queue = []
@@ -790,17 +795,22 @@ class P2PProtocol:
             return
         chain = self.node.chain
         limit_height = chain.height + self.config.block_download_window
+        per_peer = self.config.max_blocks_in_flight_per_peer
         load = {p.id: 0 for p in self.peers.values() if p.established}
         for _, (peer_id, _) in self._blocks_in_flight.items():
             if peer_id in load:
                 load[peer_id] += 1
+        free = sum(max(0, per_peer - n) for n in load.values())
+        if not free:
+            return  # every peer is busy: nothing to hand out, so no need to scan the queue
         requests: dict[int, list[InvItem]] = {}
         peers = [p for p in self.peers.values() if p.established]
         self.rng.shuffle(peers)
+        in_flight = self._blocks_in_flight
         for entry in self._download_queue:
-            if entry.height > limit_height:
+            if entry.height > limit_height or not free:
                 break
-            if entry.hash in self._blocks_in_flight or chain.has_block(entry.hash):
+            if entry.hash in in_flight or entry.status & BlockStatus.HAVE_DATA:
                 continue
             candidates = [
                 p
@@ -812,6 +822,7 @@ class P2PProtocol:
                 continue
             peer = min(candidates, key=lambda p: load[p.id])
             load[peer.id] += 1
+            free -= 1
             self._blocks_in_flight[entry.hash] = (peer.id, now)
             requests.setdefault(peer.id, []).append(InvItem(INV_BLOCK, entry.hash))
         for peer_id, items in requests.items():
@@ -879,7 +890,7 @@ class P2PProtocol:
             return
         peer.best_header_work = max(peer.best_header_work, entry.chainwork)
         count = len(msg.short_ids) + len(msg.prefilled)
-        txs: list[bytes | None] = [None] * count
+        txs: list[Transaction | bytes | None] = [None] * count
         for item in msg.prefilled:
             if item.index >= count:
                 self._penalise(peer.addr, "bad-field", now)
@@ -902,30 +913,36 @@ class P2PProtocol:
             return
         self._finish_compact(peer, msg.header, txs, now)
 
-    def _mempool_short_ids(self, salt: int) -> dict[bytes, bytes]:
+    def _mempool_short_ids(self, salt: int) -> dict[bytes, Transaction]:
         mempool = self.node.mempool
         result = {}
         for txid in mempool.txids():
             entry = mempool.get(txid)
             if entry is not None:
-                result[short_tx_id(salt, txid)] = entry.tx.encode()
+                result[short_tx_id(salt, txid)] = entry.tx
         return result
 
     def _finish_compact(
-        self, peer: Peer, raw_header: bytes, txs: list[bytes | None], now: float
+        self, peer: Peer, raw_header: bytes, txs: list[Transaction | bytes | None], now: float
     ) -> None:
         header = decode_header(raw_header)
+        # Mempool transactions are used as they are; only what came over the wire is decoded.
         try:
-            decoded = [decode_transaction(t or b"", self.params.max_block_size) for t in txs]
+            decoded = [
+                t if isinstance(t, Transaction)
+                else decode_transaction(t or b"", self.params.max_block_size)
+                for t in txs
+            ]
         except DecodeError:
             self._penalise(peer.addr, "malformed-tx", now)
             return
-        if merkle_root([tx.txid for tx in decoded]) != header.merkle_root:
+        block = Block(header, decoded)
+        if block.computed_merkle_root() != header.merkle_root:
             # A short-id collision or a stale guess: fall back to the full block.
             self._blocks_in_flight[header.hash] = (peer.id, now)
             self._send(peer, GetData((InvItem(INV_BLOCK, header.hash),)))
             return
-        self._process_block(peer, Block(header, decoded), now, pushed=True)
+        self._process_block(peer, block, now, pushed=True)
 
     def _on_getblocktxn(self, peer: Peer, msg: GetBlockTxn, now: float) -> None:
         block = self.node.chain.get_block(msg.block_hash)
@@ -1074,7 +1091,9 @@ class P2PProtocol:
         for peer in self.peers.values():
             if peer.established and txid not in peer.known:
                 peer.known.add(txid)
-                self._send(peer, Inv((InvItem(INV_TX, txid),)))
+                # Queued, not sent: the timer sends each peer one Inv of many ids (a burst of
+                # single-id datagrams overflows receive buffers and loses announcements).
+                peer.inv_queue.append(InvItem(INV_TX, txid))
                 if len(self._tx_unrequested) < self.config.max_seen:
                     self._tx_unrequested.pop((peer.id, txid), None)  # keep oldest-first order
                     self._tx_unrequested[(peer.id, txid)] = (now, 0)
@@ -1148,6 +1167,14 @@ class P2PProtocol:
                 self._tx_announcers.pop(txid, None)
                 self._tx_attempts.pop(txid, None)
         self._reannounce_txs(now)
+        self.flush_announcements()
+
+    def flush_announcements(self) -> None:
+        """Send every peer its queued transaction ids, as few datagrams as fit them."""
+        for peer in self.peers.values():
+            items, peer.inv_queue = peer.inv_queue, []
+            for i in range(0, len(items), INV_PER_DATAGRAM):
+                self._send(peer, Inv(tuple(items[i : i + INV_PER_DATAGRAM])))
 
     def _reannounce_txs(self, now: float) -> None:
         # Oldest first (entries are re-inserted when renewed): stop at the first recent one.
@@ -1167,8 +1194,7 @@ class P2PProtocol:
         for key, tries in renewed:
             pending[key] = (now, tries)
         for peer_id, items in resend.items():
-            for i in range(0, len(items), 30):
-                self._send(self.peers[peer_id], Inv(tuple(items[i : i + 30])))
+            self.peers[peer_id].inv_queue.extend(items)
 
     def _dial(self, now: float) -> None:
         for addr, due in list(self._persistent.items()):

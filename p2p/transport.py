@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from p2p.protocol import (
 log = structlog.get_logger("powlab.p2p")
 
 TIMER_INTERVAL = 0.25  # seconds between handle_timer calls
+UDP_BUFFER = 4 * 1024 * 1024  # bytes of socket receive buffer asked for
 BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
 STREAM_CONNECT_TIMEOUT = 5.0
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -99,6 +101,10 @@ class P2PService:
         for attempt in range(attempts):
             self._udp = await asyncio_dgram.bind((host, port))
             self.port = self._udp.sockname[1]
+            # Bursts (a block's worth of announcements, many peers) must not overflow the
+            # kernel's small default buffer; the kernel caps this at its own maximum.
+            with contextlib.suppress(OSError):
+                self._udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
             if not self.listen:
                 return self.port
             try:
