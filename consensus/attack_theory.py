@@ -8,6 +8,12 @@ merchant waits for `z` confirmations, the payment's block being the first):
 - ``overtake``: the attacker needs strictly more work. This is what a powlab node requires,
   since ties go to the block seen first.
 - ``premined``: catch-up, with one block mined in advance (a Finney-style head start).
+
+With a finite ``give_up`` N the attacker abandons its branch as soon as it is N blocks behind,
+"behind" being the honest branch's length minus its own (a pre-mined block counts as its own),
+checked after every block, before the merchant's z confirmations as well as after. That is
+exactly what `powlab attack majority --give-up N` does (`h_height - a_height >= N`), so the two
+can be compared; see docs/attacks.md for the live attack's free first block.
 """
 
 from __future__ import annotations
@@ -47,12 +53,39 @@ def nakamoto_probability(q: float, z: int) -> float:
     return min(1.0, max(0.0, total))
 
 
-def exact_probability(q: float, z: int, model: str = "catch-up") -> float:
+def ruin_probability(q: float, deficit: int, barrier: int) -> float:
+    """Gambler's ruin with two barriers: the chance the attacker makes up `deficit` blocks
+    before its deficit reaches `barrier`, i.e. (r^d - r^B) / (1 - r^B) with r = q/p."""
+    if deficit <= 0:
+        return 1.0
+    if deficit >= barrier:
+        return 0.0
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    log_r = math.log(q) - math.log1p(-q)
+    if log_r == 0.0:
+        return (barrier - deficit) / barrier
+    # Written with expm1 so that r near 1 keeps its digits; for r > 1 the quotient is taken
+    # by r^B first, since r^B itself overflows for long barriers.
+    if log_r < 0.0:
+        return math.exp(deficit * log_r) * (math.expm1((barrier - deficit) * log_r)
+                                            / math.expm1(barrier * log_r))
+    return math.expm1((deficit - barrier) * log_r) / math.expm1(-barrier * log_r)
+
+
+def exact_probability(
+    q: float, z: int, model: str = "catch-up", give_up: int | None = None
+) -> float:
     """Exact success probability of the attack in `model` (negative binomial race, then
-    gambler's ruin); for ``catch-up`` it is Rosenfeld's formula."""
+    gambler's ruin); for ``catch-up`` it is Rosenfeld's formula. With `give_up` N the
+    attacker abandons once N blocks behind (see the module docstring for how that counts)."""
     _check(q, z)
     if model not in _MODEL_OFFSET:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if give_up is not None:
+        return _give_up_probability(q, z, model, give_up)
     p = 1.0 - q
     if q >= p:
         return 1.0
@@ -74,6 +107,48 @@ def exact_probability(q: float, z: int, model: str = "catch-up") -> float:
             + z * math.log(p) + k * math.log(q)
         )
         total += weight * (q / p) ** (needed - k)
+    return min(1.0, max(0.0, total))
+
+
+def _give_up_probability(q: float, z: int, model: str, give_up: int) -> float:
+    if give_up < 1:
+        # Behind by 0 is where an attacker without a head start begins: N must exceed it.
+        raise ValueError(f"give_up must be at least 1, got {give_up}")
+    premine = 1 if model == "premined" else 0
+    margin = 1 if model == "overtake" else 0  # overtaking needs one block more than a tie
+    needed = z + _MODEL_OFFSET[model]  # attacker blocks that settle the race at once
+    if needed <= 0:
+        return 1.0
+    if q >= 1.0:
+        return 1.0  # the limit q -> 1: the honest side never finds a block
+    p = 1.0 - q
+    # The deficit (blocks the attacker still needs) is `margin` more than how far behind it
+    # is, so the give-up barrier in deficit terms sits at N + margin, not at N.
+    barrier = give_up + margin
+    # Phase 1, until the z-th honest block: the give-up can strike here too (the live attack
+    # checks it all along), so the negative binomial weights of the infinite case do not
+    # apply. Instead walk the lattice (h honest, k attacker blocks): mass[k] is the chance of
+    # standing at (h, k) still in the race; reaching k = needed before h = z is a sure win,
+    # since from there the attacker cannot fall N behind before the z-th honest block.
+    mass = [0.0] * needed
+    mass[0] = 1.0
+    won = 0.0
+    for h in range(z):
+        nxt = [0.0] * needed
+        carry = 0.0  # mass arriving at (h, k) from (h, k - 1) by an attacker block
+        for k in range(needed):
+            here = mass[k] + carry
+            if h + 1 - k - premine < give_up:  # else the next honest block ends the attack
+                nxt[k] = here * p
+            carry = here * q
+        won += carry
+        mass = nxt
+    # Phase 2: from deficit d = z - k + offset the attacker needs d net blocks before its
+    # deficit reaches the barrier. Summed term by term (not 1 - failure) for tiny values.
+    total = won
+    for k, weight in enumerate(mass):
+        if weight:
+            total += weight * ruin_probability(q, z - k + _MODEL_OFFSET[model], barrier)
     return min(1.0, max(0.0, total))
 
 

@@ -153,3 +153,82 @@ def test_cli_json_outputs() -> None:
     assert net["seed"] == 1 and net["nodes"] == 20
     again = run("network", "--nodes", "20", "--blocks", "20", "--seed", "1")
     assert net == again
+
+
+# --------------------------------------------------------------------------- finite give-up
+
+
+@pytest.mark.parametrize(("model", "q", "z", "give_up"), [
+    ("catch-up", 0.3, 2, 1), ("overtake", 0.1, 2, 3), ("overtake", 0.45, 4, 3),
+    ("premined", 0.3, 5, 2), ("catch-up", 0.5, 3, 3), ("overtake", 0.6, 3, 2),
+])
+def test_give_up_formula_agrees_with_monte_carlo(model: str, q: float, z: int,
+                                                 give_up: int) -> None:
+    # r < 1, r = 1 and r > 1, each model; 99.9% intervals so the six cells rarely miss by chance.
+    data = simulate_doublespend([q], [z], 20_000, seed=11, model=model, give_up=give_up)
+    assert data["give_up"] == give_up
+    row = data["rows"][0]
+    lo, hi = wilson_interval(row["successes"], row["trials"], z=3.2905)
+    assert lo <= row["exact"] <= hi, row
+    assert row["exact"] <= row["exact_never_gives_up"]
+    assert row["exact"] == exact_probability(q, z, model, give_up)
+
+
+def test_give_up_counts_behind_from_the_start() -> None:
+    # Catch-up, give up 1 behind, z = 2: the attacker must be level after each honest block,
+    # before the z-th as well as after, so only q^2 (two blocks first) or q p q wins.
+    q, p = 0.3, 0.7
+    assert exact_probability(q, 2, "catch-up", 1) == pytest.approx(q * q + q * p * q, rel=1e-12)
+    # Overtake needs one block more than a tie, so its deficit barrier is N + 1: at z = 0 and
+    # N = 1 it wins iff the very next block is its own (a barrier at N would give 0).
+    assert exact_probability(q, 0, "overtake", 1) == pytest.approx(q, rel=1e-12)
+    assert exact_probability(0.5, 0, "overtake", 3) == pytest.approx(3 / 4, rel=1e-12)
+
+
+def test_ruin_probability_limits() -> None:
+    from consensus.attack_theory import ruin_probability
+
+    assert ruin_probability(0.5, 2, 5) == pytest.approx(3 / 5)
+    # Continuous in r across 1: the expm1 forms must meet the linear one.
+    assert ruin_probability(0.5 - 1e-9, 2, 5) == pytest.approx(0.6, abs=1e-7)
+    assert ruin_probability(0.5 + 1e-9, 2, 5) == pytest.approx(0.6, abs=1e-7)
+    r = 0.6 / 0.4
+    assert ruin_probability(0.6, 3, 7) == pytest.approx((r**3 - r**7) / (1 - r**7))
+    assert ruin_probability(0.6, 3, 5000) == pytest.approx(1.0)  # r^B would overflow
+    assert ruin_probability(0.2, 3, 5000) == pytest.approx(0.25**3)
+    assert ruin_probability(0.3, 0, 4) == 1.0 and ruin_probability(0.3, 4, 4) == 0.0
+    assert ruin_probability(0.0, 1, 4) == 0.0 and ruin_probability(1.0, 3, 4) == 1.0
+
+
+@pytest.mark.parametrize("model", ["catch-up", "overtake", "premined"])
+@pytest.mark.parametrize(("q", "z"), [(0.1, 3), (0.3, 2), (0.3, 6), (0.45, 4)])
+def test_give_up_tends_to_never_giving_up(model: str, q: float, z: int) -> None:
+    from itertools import pairwise
+
+    infinite = exact_probability(q, z, model)
+    values = [exact_probability(q, z, model, n) for n in (1, 2, 4, 8, 16, 64, 256, 1024)]
+    assert all(a <= b + 1e-15 for a, b in pairwise(values))
+    assert values[-1] <= infinite + 1e-12
+    assert values[-1] == pytest.approx(infinite, rel=1e-9, abs=1e-15)
+    # At or above half the hash rate the infinite attacker always wins; a finite one only
+    # as N grows (linearly in N at q = 1/2).
+    assert exact_probability(0.5, z, model, 1000) > 0.99 - 2 * z / 1000
+    assert exact_probability(0.6, z, model, 64) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_give_up_validation_and_cli() -> None:
+    with pytest.raises(ValueError):
+        exact_probability(0.3, 2, "overtake", 0)
+    with pytest.raises(ValueError):
+        simulate_doublespend([0.3], [2], 10, seed=1, give_up=0)
+    # Without a give-up the rows carry no extra key and the old numbers stay put.
+    assert "exact_never_gives_up" not in simulate_doublespend([0.3], [2], 10, seed=1)["rows"][0]
+    out = subprocess.run([sys.executable, "-m", "node", "simulate", "doublespend", "--q", "0.3",
+                          "--z", "1..2", "--trials", "500", "--model", "overtake",
+                          "--give-up", "3", "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+    data = json.loads(out.stdout)
+    assert data["give_up"] == 3 and len(data["rows"]) == 2
+    for row in data["rows"]:
+        assert row["exact"] == exact_probability(0.3, row["z"], "overtake", 3)
+        assert row["exact"] < row["exact_never_gives_up"]

@@ -70,6 +70,9 @@ def add_simulate_parser(sub: Any) -> None:
                     help="confirmations, e.g. 1..10")
     ds.add_argument("--trials", type=int, default=10_000)
     ds.add_argument("--model", choices=MODELS, default="catch-up")
+    ds.add_argument("--give-up", type=int, default=None, metavar="N",
+                    help="the attacker abandons once N blocks behind, as `powlab attack "
+                         "majority --give-up N` does (default: never)")
     _common(ds)
     ds.set_defaults(func=_cmd_doublespend)
 
@@ -168,19 +171,28 @@ def _cmd_doublespend(args: argparse.Namespace) -> int:
     from node.simulate.doublespend import simulate_doublespend
 
     try:
-        data = simulate_doublespend(args.q, args.z, args.trials, args.seed, args.model)
+        data = simulate_doublespend(args.q, args.z, args.trials, args.seed, args.model,
+                                    args.give_up)
     except ValueError as exc:
         print(f"powlab simulate doublespend: {exc}", file=sys.stderr)
         return 2
-    table = Table(title=f"double spend, model {args.model}, {args.trials} trials per cell, "
-                        f"seed {args.seed}", caption=data["model_notes"])
-    for column in ("q", "z", "successes", "empirical", "95% CI", "nakamoto", "exact"):
+    give_up = "never gives up" if args.give_up is None else f"gives up {args.give_up} behind"
+    table = Table(title=f"double spend, model {args.model}, attacker {give_up}, "
+                        f"{args.trials} trials per cell, seed {args.seed}",
+                  caption=data["model_notes"])
+    columns = ["q", "z", "successes", "empirical", "95% CI", "nakamoto", "exact"]
+    if args.give_up is not None:
+        columns.append("exact, never gives up")
+    for column in columns:
         table.add_column(column, justify="right")
     for row in data["rows"]:
         lo, hi = row["ci95"]
-        table.add_row(f"{row['q']:g}", str(row["z"]), str(row["successes"]),
-                      f"{row['empirical']:.5f}", f"[{lo:.5f}, {hi:.5f}]",
-                      f"{row['nakamoto']:.5f}", f"{row['exact']:.5f}")
+        cells = [f"{row['q']:g}", str(row["z"]), str(row["successes"]),
+                 f"{row['empirical']:.5f}", f"[{lo:.5f}, {hi:.5f}]",
+                 f"{row['nakamoto']:.5f}", f"{row['exact']:.5f}"]
+        if args.give_up is not None:
+            cells.append(f"{row['exact_never_gives_up']:.5f}")
+        table.add_row(*cells)
     _emit(args, data, table)
     if args.plot:
         from node.simulate.plots import plot_doublespend
