@@ -290,6 +290,17 @@ class ChainState:
             return self._orphans.get(block_hash)
         return self._load_block(block_hash)
 
+    def get_block_bytes(self, block_hash: bytes) -> bytes | None:
+        """The block's encoding, without decoding it (serving peers needs only the bytes)."""
+        block = self._blocks.get(block_hash)
+        if block is not None:
+            return block.encode()
+        entry = self.index.get(block_hash)
+        if entry is None or not entry.status & BlockStatus.HAVE_DATA:
+            orphan = self._orphans.get(block_hash)
+            return orphan.encode() if orphan is not None else None
+        return self._update.blocks.get(block_hash) or self.reader.get_block_bytes(block_hash)
+
     def median_time_past(self, entry: BlockIndex) -> int:
         times = []
         cursor: BlockIndex | None = entry

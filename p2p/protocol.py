@@ -1003,12 +1003,12 @@ class P2PProtocol:
                     peer.known.add(item.hash)
                     self._send(peer, TxMsg(entry.tx.encode()))
             else:
-                block = self.node.chain.get_block(item.hash)
-                if block is None:
+                raw = self.node.chain.get_block_bytes(item.hash)
+                if raw is None:
                     missing.append(item)
                 else:
                     peer.known.add(item.hash)
-                    self._send(peer, BlockMsg(block.encode()), stream=True)
+                    self._send(peer, BlockMsg(raw), stream=True)
         if missing:
             self._send(peer, NotFound(tuple(missing)))
 
