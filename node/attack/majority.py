@@ -157,7 +157,7 @@ def run(ctx: Context) -> Outcome:
         "attacker_tip": a_tip, "attacker_tip_status_at_victim": attacker_tip_status,
         "victim_status_history": statuses, "victim_final_status": after.get("status"),
         "reached_z_at": reached_z_at, "txid1": ds.txid1, "txid2": ds.txid2,
-        "theory": theory(q, z),
+        "theory": theory(q, z, args.give_up),
     }
     history = " → ".join(statuses)
     if out.success:
@@ -182,11 +182,18 @@ def run(ctx: Context) -> Outcome:
     return out
 
 
-def theory(q: float, z: int) -> dict[str, Any]:
+def theory(q: float, z: int, give_up: int) -> dict[str, Any]:
+    """What the theory predicts for this very race. The private branch starts with one block
+    mined for free (the double spend) and must then overtake; that is the catch-up race with
+    one more block of slack before giving up (see tests/test_sim_vs_live.py)."""
     from consensus.attack_theory import exact_probability, nakamoto_probability
 
     try:
-        return {"nakamoto": nakamoto_probability(q, z),
-                "catch_up": exact_probability(q, z, "catch-up")}
+        return {
+            "nakamoto": nakamoto_probability(q, z),
+            "catch_up": exact_probability(q, z, "catch-up"),
+            "this_attack": exact_probability(q, z, "catch-up", give_up=give_up + 1),
+            "this_attack_model": f"catch-up from one free block, giving up {give_up} behind",
+        }
     except ValueError:
         return {}
