@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node import waiting
 from node.client import EndpointError, NodeEndpoint
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError, read_cookie
 
@@ -498,14 +499,7 @@ def try_call(entry: NodeEntry, method: str, *params: Any, timeout: float = 10) -
 def wait_until(
     predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TestnetError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return waiting.wait_until(predicate, timeout, what, interval, TestnetError)
 
 
 def wait_ready(entries: Iterable[NodeEntry], timeout: float) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node import waiting
 from node.client import EndpointError, NodeEndpoint
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
 
@@ -322,14 +323,7 @@ class Monitor:
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AttackError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    return waiting.wait_until(predicate, timeout, what, interval, AttackError)
 
 
 def parallel(calls: Iterable[Callable[[], Any]]) -> list[Any]:
