@@ -369,11 +369,12 @@ class Node:
         return result
 
     def _after_chain_change(self, result: AcceptResult) -> None:
-        self._commit()
         if result.connected and self.p2p is not None:
-            # Relay first: every millisecond spent on bookkeeping here is added per hop.
+            # Relay first (the blocks are fully validated already): every millisecond spent on
+            # the commit and bookkeeping here would be added at every hop.
             self.protocol.announce_blocks(result, self.clock())
             self.p2p.flush()
+        self._commit()
         for entry, block in result.disconnected:
             self.metrics.blocks_disconnected.inc()
             for tx in block.txs[1:]:
