@@ -283,7 +283,7 @@ def _end_to_end(net: DockerTestnet) -> None:
     attacker_blocks = net.rpc("attacker", "generatetoaddress", 2,
                               net.rpc("attacker", "getnewaddress"))
     honest_blocks = net.rpc("miner1", "generatetoaddress", 6, net.rpc("miner1", "getnewaddress"))
-    time.sleep(3)
+    time.sleep(3)  # an observation window for a "never crosses" check, not synchronisation
     attacker_tip = net.rpc("attacker", "getbestblockhash")
     honest_tip = net.wait_converged(60, nodes=["miner1", "miner2", "merchant", "observer"])
     assert attacker_tip != honest_tip
