@@ -503,9 +503,10 @@ def build_registry(node: Node) -> MethodRegistry:
         return state
 
     def setlinkfault(fault: dict[str, Any], peer: str | None = None) -> None:
-        """Inject delay_ms, jitter_ms and loss (0..1, datagrams only) on outgoing P2P traffic,
-        for all peers or one peer (HOST:PORT), for experiments. {} clears it."""
-        unknown = set(fault) - {"delay_ms", "jitter_ms", "loss"}
+        """Inject delay_ms, jitter_ms, bandwidth_kbps (a cap; bytes queue behind each other)
+        and loss (0..1, datagrams only) on outgoing P2P traffic, for all peers or one peer
+        (HOST:PORT), for experiments. {} clears it."""
+        unknown = set(fault) - {"delay_ms", "jitter_ms", "loss", "bandwidth_kbps"}
         if unknown:
             raise RPCError(RPC_INVALID_PARAMETER, f"unknown fault keys: {sorted(unknown)}")
         try:

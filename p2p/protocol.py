@@ -801,8 +801,12 @@ class P2PProtocol:
             if peer_id in load:
                 load[peer_id] += 1
         free = sum(max(0, per_peer - n) for n in load.values())
-        if not free:
-            return  # every peer is busy: nothing to hand out, so no need to scan the queue
+        in_flight_now = len(self._blocks_in_flight)
+        still_wanted = len(self._download_queue) - in_flight_now
+        if not free or (in_flight_now and free < min(per_peer // 2, still_wanted)):
+            # Refill in batches while the pipe is still full: one getdata for many blocks
+            # instead of a message (and a wakeup on both sides) per block.
+            return
         requests: dict[int, list[InvItem]] = {}
         peers = [p for p in self.peers.values() if p.established]
         self.rng.shuffle(peers)

@@ -31,6 +31,7 @@ from p2p.protocol import (
 log = structlog.get_logger("powlab.p2p")
 
 TIMER_INTERVAL = 0.25  # seconds between handle_timer calls
+ORDERING_EPSILON = 1e-6  # seconds between two frames scheduled on one stream
 UDP_BUFFER = 4 * 1024 * 1024  # bytes of socket receive buffer asked for
 BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
 STREAM_CONNECT_TIMEOUT = 5.0
@@ -42,21 +43,23 @@ STREAM_HIGH_WATER = 16 * 1024 * 1024  # bytes buffered for one stream before we 
 
 @dataclass
 class LinkFault:
-    """Injected on outgoing traffic: delay ± jitter (ms) on everything, loss on datagrams."""
+    """Injected on outgoing traffic: delay ± jitter (ms) and a bandwidth cap (kbit/s) on
+    everything, loss on datagrams (a stream is reliable: its bytes are delayed, never lost)."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
+    bandwidth_kbps: float = 0.0  # 0 = unlimited
 
     def validate(self) -> None:
-        if self.delay_ms < 0 or self.jitter_ms < 0:
-            raise ValueError("delay_ms and jitter_ms must not be negative")
+        if self.delay_ms < 0 or self.jitter_ms < 0 or self.bandwidth_kbps < 0:
+            raise ValueError("delay_ms, jitter_ms and bandwidth_kbps must not be negative")
         if not 0.0 <= self.loss <= 1.0:
             raise ValueError("loss is a probability between 0 and 1")
 
     @property
     def active(self) -> bool:
-        return bool(self.delay_ms or self.jitter_ms or self.loss)
+        return bool(self.delay_ms or self.jitter_ms or self.loss or self.bandwidth_kbps)
 
 
 class P2PService:
@@ -87,6 +90,8 @@ class P2PService:
         )
         self.port = 0
         self.datagrams_dropped = 0
+        self._link_free_at: dict[str, float] = {}  # link -> when its last queued byte leaves
+        self._stream_ready_at: dict[int, float] = {}  # stream -> its last scheduled write
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -195,13 +200,26 @@ class P2PService:
         jitter = self.rng.uniform(-fault.jitter_ms, fault.jitter_ms) if fault.jitter_ms else 0.0
         return max(0.0, fault.delay_ms + jitter) / 1000
 
+    def _transmission_delay(self, key: str, size: int, fault: LinkFault) -> float:
+        """Seconds until `size` bytes have left a link capped at fault.bandwidth_kbps: bytes
+        queue behind what was sent before them on the same link."""
+        if not fault.bandwidth_kbps:
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._link_free_at.get(key, 0.0))
+        done = start + size * 8 / (fault.bandwidth_kbps * 1000)
+        self._link_free_at[key] = done
+        return done - now
+
     def _queue_datagram(self, data: bytes, addr: Address) -> None:
         fault = self._fault_for(addr)
         if fault.active:
             if fault.loss and self.rng.random() < fault.loss:
                 self.datagrams_dropped += 1
                 return
-            delay = self._delay(fault)
+            delay = self._delay(fault) + self._transmission_delay(
+                f"{addr[0]}:{addr[1]}", len(data), fault
+            )
             if delay:
                 asyncio.get_running_loop().call_later(delay, self._enqueue, data, addr)
                 return
@@ -281,11 +299,23 @@ class P2PService:
             return
         peer = writer.get_extra_info("peername")
         fault = self.fault if peer is None else self._fault_for((peer[0], peer[1]))
-        delay = self._delay(fault) if fault.active else 0.0
-        if delay:
-            asyncio.get_running_loop().call_later(delay, self._write_now, stream_id, data)
-        else:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ready = self._stream_ready_at.get(stream_id)
+        if not fault.active and (ready is None or ready <= now):
+            self._stream_ready_at.pop(stream_id, None)
             self._write_now(stream_id, data)
+            return
+        delay = self._delay(fault) + self._transmission_delay(
+            f"stream:{stream_id}", len(data), fault
+        )
+        # A stream is a byte sequence: jitter may delay a frame but never let it overtake
+        # one written before it, or the peer would read garbage.
+        # Strictly later than the previous frame: the loop's timer heap does not keep the
+        # order of equal deadlines.
+        at = max(now + delay, self._stream_ready_at.get(stream_id, 0.0) + ORDERING_EPSILON)
+        self._stream_ready_at[stream_id] = at
+        loop.call_at(at, self._write_now, stream_id, data)
 
     def _write_now(self, stream_id: int, data: bytes) -> None:
         writer = self._writers.get(stream_id)
@@ -300,6 +330,7 @@ class P2PService:
             self.protocol.stream_closed(stream_id, self.clock())
 
     def _close_stream(self, stream_id: int) -> None:
+        self._stream_ready_at.pop(stream_id, None)
         writer = self._writers.pop(stream_id, None)
         if writer is not None:
             writer.close()
