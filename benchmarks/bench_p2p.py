@@ -422,6 +422,7 @@ def measure_block(nodes: Sequence[BenchNode], miner: BenchNode) -> tuple[float, 
 def bench_propagation(
     workdir: Path, count: int, topology: str, relay: str, rounds: int, ntxs: int,
     small_only: bool = False, burst_chunk: int = 10, profile: dict[int, Path] | None = None,
+    bandwidth_kbps: float = 0.0,
 ) -> PropagationResult:
     result = PropagationResult(topology, relay)
     with network(workdir, count, topology, relay, profile=profile) as nodes:
@@ -440,6 +441,11 @@ def bench_propagation(
             miner.call("generatetoaddress", 3, BURN)
         height = miner.call("getblockcount")
         wait_height(nodes, height, 120)
+        if bandwidth_kbps:
+            # Every link capped (after funding, which is not measured): loopback has no
+            # bandwidth of its own, so this is what lets block size matter.
+            for node in nodes:
+                node.call("setlinkfault", {"bandwidth_kbps": bandwidth_kbps})
         # Warm-up: one block of each kind is not counted.
         settle()
         measure_block(nodes, miner)
@@ -679,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-chunk", type=int, default=10,
                         help="transactions submitted per step while filling mempools "
                              "(0 = all at once; see the UDP-loss caveat in the docs)")
+    parser.add_argument("--bandwidth-kbps", type=float, default=0.0,
+                        help="cap every link with setlinkfault (kbit/s) during the measurements;"
+                             " 0 = loopback's unlimited bandwidth")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the nodes
@@ -703,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             for topology in args.topologies.split(","):
                 for relay in args.relays.split(","):
                     r = bench_propagation(workdir, args.nodes, topology, relay, args.rounds,
-                                          args.txs, burst_chunk=args.burst_chunk)
+                                          args.txs, burst_chunk=args.burst_chunk,
+                                          bandwidth_kbps=args.bandwidth_kbps)
                     results[(topology, r.relay)] = r
                     print_propagation(r, args.nodes, args.txs)
             for topology in args.topologies.split(","):
