@@ -91,6 +91,7 @@ class Node:
         # txid -> txids proven to double-spend it (from our own mempool or peers' alerts).
         self._double_spends: OrderedDict[bytes, set[bytes]] = OrderedDict()
         self._alerted: OrderedDict[OutPoint, None] = OrderedDict()
+        self._double_spend_seen_at: dict[bytes, float] = {}  # txid -> first proof, clock time
         self._recent: OrderedDict[bytes, Transaction] = OrderedDict()
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None
@@ -509,12 +510,14 @@ class Node:
             return
         new = tx_b.txid not in self._double_spends.get(tx_a.txid, set())
         for x, y in ((tx_a, tx_b), (tx_b, tx_a)):
+            self._double_spend_seen_at.setdefault(x.txid, self.clock())
             self._double_spends.setdefault(x.txid, set()).add(y.txid)
             self._double_spends.move_to_end(x.txid)
             self._remember_tx(x)
             self._watch(x.txid)
         while len(self._double_spends) > MAX_WATCHED_TXS:
-            self._double_spends.popitem(last=False)
+            forgotten, _ = self._double_spends.popitem(last=False)
+            self._double_spend_seen_at.pop(forgotten, None)
         if new:
             log.warning("double_spend_seen", txid=tx_a.txid.hex(), conflicting=tx_b.txid.hex())
             self.events.publish({"type": "double_spend", "txid": tx_a.txid.hex(),
@@ -584,14 +587,19 @@ class Node:
         )
 
     def accepted_zero_conf(self, status: TxStatus) -> bool:
-        """Merchant policy: confirmed, or unconfirmed but unchallenged for the listening
-        period (0 s by default: accepted at once, as most wallets do)."""
+        """Merchant policy: confirmed, or unconfirmed and unchallenged until the end of the
+        listening period (0 s by default: accepted at once, as most wallets do). A conflict
+        seen after that came too late: the payment had been accepted."""
         if status.status in ("confirmed", "final"):
             return True
-        if status.status != "mempool" or self._double_spends.get(status.txid):
-            return False
         entry = self.mempool.get(status.txid)
-        return entry is not None and self.now() - entry.time >= self.config.listening_period
+        if entry is None:
+            return False
+        deadline = entry.time + self.config.listening_period
+        if self.clock() < deadline:
+            return False
+        challenged = self._double_spend_seen_at.get(status.txid)
+        return challenged is None or challenged > deadline
 
     def watch(self, txid: bytes) -> None:
         """Report `txid`'s status changes on the event stream from now on (bounded)."""
