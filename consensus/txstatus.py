@@ -38,10 +38,11 @@ class TxStatus:
         return 1.0
 
     def risk_summary(self, attacker_share: float) -> str:
-        risk = self.reversal_risk(attacker_share)
+        pct = self.reversal_risk(attacker_share) * 100
+        shown = f"{pct:.0f}" if pct >= 10 else f"{pct:.2g}"  # "100", "16", "0.059"
         return (
             f"{self.confirmations} confirmation{'s' if self.confirmations != 1 else ''} — "
-            f"reversal risk {risk * 100:.2g}% at q = {attacker_share * 100:g}%"
+            f"reversal risk {shown}% at q = {attacker_share * 100:g}%"
         )
 
     def to_json(self) -> dict[str, Any]:

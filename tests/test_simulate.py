@@ -232,3 +232,14 @@ def test_give_up_validation_and_cli() -> None:
     for row in data["rows"]:
         assert row["exact"] == exact_probability(0.3, row["z"], "overtake", 3)
         assert row["exact"] < row["exact_never_gives_up"]
+
+
+def test_reversal_risk_summary_reads_as_the_issue_describes() -> None:
+    from consensus.txstatus import TxStatus
+
+    assert TxStatus(b"t", "final", 6).risk_summary(0.1) == (
+        "6 confirmations — reversal risk 0.059% at q = 10%"
+    )
+    assert TxStatus(b"t", "mempool", 0).risk_summary(0.1).endswith("risk 100% at q = 10%")
+    assert TxStatus(b"t", "conflicted", -2).reversal_risk(0.1) == 1.0
+    assert TxStatus(b"t", "confirmed", 1).risk_summary(0.25).startswith("1 confirmation —")
