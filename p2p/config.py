@@ -34,7 +34,7 @@ class P2PConfig:
     reconnect_interval: float = 5.0
     stream_hello_timeout: float = 10.0
 
-    max_blocks_in_flight_per_peer: int = 16
+    max_blocks_in_flight_per_peer: int = 32
     block_download_window: int = 1024  # blocks ahead of the tip we fetch at once
     block_stall_timeout: float = 10.0
     headers_timeout: float = 10.0
