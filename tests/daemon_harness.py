@@ -125,3 +125,25 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def run_powlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `powlab` command line in a subprocess, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def tear_down_testnet(directory: Path, timeout: float = 120) -> None:
+    """`powlab testnet down`, then SIGKILL anything it left: never leave processes behind."""
+    import json
+
+    from node.testnet import process_alive
+
+    run_powlab("testnet", "down", "--dir", str(directory), timeout=timeout)
+    try:
+        nodes = json.loads((directory / "testnet.json").read_text())["nodes"]
+    except FileNotFoundError:
+        return
+    for pid in (n.get("pid") for n in nodes):
+        if pid and process_alive(pid):
+            os.kill(pid, signal.SIGKILL)

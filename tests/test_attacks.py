@@ -13,7 +13,6 @@ import json
 import random
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,20 +24,18 @@ from node.attack.common import NetNode, resolve_roles
 from node.client import NodeEndpoint
 from node.testnet import (
     load_manifest,
-    process_alive,
     spawn_node,
     stop_node,
     wait_connected,
     wait_ready,
 )
-from tests.daemon_harness import REPO
+from tests.daemon_harness import run_powlab, tear_down_testnet
 
 FINALITY = 4
 
 
 def powlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return run_powlab(*args, timeout=timeout)
 
 
 def attack(directory: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
@@ -64,15 +61,7 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert result.returncode == 0, result.stdout + result.stderr
         yield directory
     finally:
-        powlab("testnet", "down", "--dir", str(directory), timeout=120)
-        try:
-            pids = [n.get("pid") for n in json.loads(
-                (directory / "testnet.json").read_text())["nodes"]]
-        except FileNotFoundError:
-            pids = []
-        for pid in pids:
-            if pid and process_alive(pid):  # last resort: never leave processes behind
-                subprocess.run(["kill", "-9", str(pid)], check=False)
+        tear_down_testnet(directory)
 
 
 def restart_with(directory: Path, **options: bool) -> None:

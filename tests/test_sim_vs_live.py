@@ -25,7 +25,6 @@ import json
 import math
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +34,7 @@ import pytest
 
 from consensus.attack_theory import exact_probability
 from node.simulate.doublespend import simulate_doublespend
-from node.testnet import process_alive
-from tests.daemon_harness import REPO
+from tests.daemon_harness import run_powlab, tear_down_testnet
 
 # Chosen so the live success probability is 0.50: with 8 trials the 99% interval is then
 # [1, 7], two-sided. With 6 (or 7) trials near 0.5 it is every count from 0 to 6, a test that
@@ -56,8 +54,7 @@ LEVEL = 0.99
 
 
 def powlab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return run_powlab(*args, timeout=timeout)
 
 
 def live_prediction(q: float, z: int, give_up: int) -> float:
@@ -127,15 +124,7 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert result.returncode == 0, result.stdout + result.stderr
         yield directory
     finally:
-        powlab("testnet", "down", "--dir", str(directory))
-        try:
-            pids = [n.get("pid") for n in json.loads(
-                (directory / "testnet.json").read_text())["nodes"]]
-        except FileNotFoundError:
-            pids = []
-        for pid in pids:
-            if pid and process_alive(pid):  # last resort: never leave processes behind
-                subprocess.run(["kill", "-9", str(pid)], check=False)
+        tear_down_testnet(directory)
 
 
 def majority(directory: Path, seed: int) -> dict[str, Any]:
