@@ -181,9 +181,14 @@ def _run(
     capture: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    # Resolved through PATH here, not by subprocess, so every caller gets the same
+    # "not installed" error whether the binary is missing or merely off PATH.
+    executable = shutil.which(argv[0])
+    if executable is None:
+        raise DockerError(f"{argv[0]} is not installed: {SETUP_HINT}")
     try:
         result = subprocess.run(
-            list(argv), cwd=cwd, text=True, timeout=timeout, check=False,
+            [executable, *argv[1:]], cwd=cwd, text=True, timeout=timeout, check=False,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
             stdin=subprocess.DEVNULL,
