@@ -82,6 +82,7 @@ class Peer:
     headers_requested_at: float | None = None
     best_header_work: int = 0  # most work of any header it sent us
     stalls: int = 0
+    blocks_in_flight: int = 0  # block requests to it not yet answered
     stream_id: int | None = None
     stream_requested: bool = False
     pending_stream: list[bytes] = field(default_factory=list)

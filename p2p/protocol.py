@@ -250,6 +250,9 @@ class P2PProtocol:
         self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
         self._download_queue: list[BlockIndex] = []
         self._download_for: bytes | None = None
+        # A block arrived: ask for more once the current input (often a dozen blocks in one
+        # stream read) is handled, so a sync sends one getdata per batch, not one per block.
+        self._block_requests_due = False
         self._last_dial = 0.0
         self._started = now
 
@@ -374,7 +377,7 @@ class P2PProtocol:
             self._actions.append(CloseStream(peer.stream_id))
         for block_hash, (peer_id, _) in list(self._blocks_in_flight.items()):
             if peer_id == peer.id:
-                del self._blocks_in_flight[block_hash]
+                self._block_landed(block_hash)
         for txid, (peer_id, _) in list(self._txs_in_flight.items()):
             if peer_id == peer.id:
                 del self._txs_in_flight[txid]
@@ -404,6 +407,12 @@ class P2PProtocol:
     # ----------------------------------------------------------------- input: datagrams
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        try:
+            self._receive_datagram(data, addr, now)
+        finally:
+            self._request_due_blocks(now)
+
+    def _receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if not self.network_active or self.book.is_banned(addr, now):
             return
         peer = self.by_addr.get(addr)
@@ -428,17 +437,46 @@ class P2PProtocol:
             return
         if peer is None:
             return  # strangers may only say hello
-        if not self._within_budget(peer, len(data), now):
+        if not self._within_budget(peer, msg, len(data), now):
             return
         self._handle(peer, msg, now)
 
-    def _within_budget(self, peer: Peer, size: int, now: float) -> bool:
+    def _within_budget(self, peer: Peer, msg: Message, size: int, now: float) -> bool:
         peer.last_recv = now
         peer.bytes_recv += size
+        if self._answers_our_request(peer, msg):
+            # We set that volume (blocks in flight per peer, headers per request): a sync at
+            # thousands of blocks a second must not look like a flood from the peer serving it.
+            return True
         if peer.msg_bucket.take(1, now) and peer.byte_bucket.take(size, now):
             return True
         self._penalise(peer.addr, "rate-limit", now)
         return False
+
+    @staticmethod
+    def _answers_our_request(peer: Peer, msg: Message) -> bool:
+        kind = type(msg)
+        if kind is BlockMsg:
+            return peer.blocks_in_flight > 0
+        if kind is Headers:
+            return peer.headers_requested_at is not None
+        if kind is BlockTxn:
+            return bool(peer.pending_compact)
+        return False
+
+    def _block_requested(self, block_hash: bytes, peer: Peer, now: float) -> None:
+        self._block_landed(block_hash)  # it may be re-requested from another peer
+        self._blocks_in_flight[block_hash] = (peer.id, now)
+        peer.blocks_in_flight += 1
+
+    def _block_landed(self, block_hash: bytes) -> tuple[int, float] | None:
+        """Forget the request for `block_hash` (answered, refused or given up on)."""
+        request = self._blocks_in_flight.pop(block_hash, None)
+        if request is not None:
+            peer = self.peers.get(request[0])
+            if peer is not None:
+                peer.blocks_in_flight -= 1
+        return request
 
     def _refuse(self, addr: Address, reason: str) -> None:
         log.info("peer_refused", peer=f"{addr[0]}:{addr[1]}", reason=reason)
@@ -466,6 +504,17 @@ class P2PProtocol:
             self._disconnect(peer, "stream-failed", now)
 
     def receive_stream_data(self, stream_id: int, data: bytes, now: float) -> None:
+        try:
+            self._receive_stream_data(stream_id, data, now)
+        finally:
+            self._request_due_blocks(now)
+
+    def _request_due_blocks(self, now: float) -> None:
+        if self._block_requests_due:
+            self._block_requests_due = False
+            self._request_blocks(now)
+
+    def _receive_stream_data(self, stream_id: int, data: bytes, now: float) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
@@ -487,7 +536,7 @@ class P2PProtocol:
             peer = stream.peer
             if peer.status is PeerStatus.CLOSED:
                 return
-            if not self._within_budget(peer, len(envelope) + 4, now):
+            if not self._within_budget(peer, msg, len(envelope) + 4, now):
                 continue
             self._handle(peer, msg, now)
 
@@ -572,7 +621,7 @@ class P2PProtocol:
                 self._refuse(addr, reason)
                 return
             peer = self._new_peer(addr, inbound=True, now=now)
-        if not self._within_budget(peer, 0, now):
+        if not self._within_budget(peer, msg, 0, now):
             return
         if peer.their_nonce == msg.nonce:
             # A retransmission: our answer was lost. Answer again.
@@ -796,10 +845,7 @@ class P2PProtocol:
         chain = self.node.chain
         limit_height = chain.height + self.config.block_download_window
         per_peer = self.config.max_blocks_in_flight_per_peer
-        load = {p.id: 0 for p in self.peers.values() if p.established}
-        for _, (peer_id, _) in self._blocks_in_flight.items():
-            if peer_id in load:
-                load[peer_id] += 1
+        load = {p.id: p.blocks_in_flight for p in self.peers.values() if p.established}
         free = sum(max(0, per_peer - n) for n in load.values())
         in_flight_now = len(self._blocks_in_flight)
         still_wanted = len(self._download_queue) - in_flight_now
@@ -827,7 +873,7 @@ class P2PProtocol:
             peer = min(candidates, key=lambda p: load[p.id])
             load[peer.id] += 1
             free -= 1
-            self._blocks_in_flight[entry.hash] = (peer.id, now)
+            self._block_requested(entry.hash, peer, now)
             requests.setdefault(peer.id, []).append(InvItem(INV_BLOCK, entry.hash))
         for peer_id, items in requests.items():
             self._send(self.peers[peer_id], GetData(tuple(items)))
@@ -844,7 +890,7 @@ class P2PProtocol:
         """`pushed`: a compact block (in flight only while we fetched its transactions), so
         as unrequested as a full block nobody asked for."""
         block_hash = block.hash
-        requested = self._blocks_in_flight.pop(block_hash, None)
+        requested = self._block_landed(block_hash)
         peer.known.add(block_hash)
         peer.pending_compact.pop(block_hash, None)
         if requested is None and self.node.chain.has_block(block_hash):
@@ -863,7 +909,7 @@ class P2PProtocol:
             entry = self.node.chain.get(block_hash)
             if entry is not None:
                 peer.best_header_work = max(peer.best_header_work, entry.chainwork)
-        self._request_blocks(now)
+        self._block_requests_due = True
 
     def _count_unhelpful(self, peer: Peer, now: float) -> None:
         """Unrequested blocks that do not extend our best chain: a flood costs the sender."""
@@ -910,7 +956,7 @@ class P2PProtocol:
                     missing.append(index)
                 else:
                     txs[index] = tx
-        self._blocks_in_flight[block_hash] = (peer.id, now)
+        self._block_requested(block_hash, peer, now)
         if missing:
             peer.pending_compact[block_hash] = PartialBlock(msg.header, txs, missing, now)
             self._send(peer, GetBlockTxn(block_hash, tuple(missing)))
@@ -943,7 +989,7 @@ class P2PProtocol:
         block = Block(header, decoded)
         if block.computed_merkle_root() != header.merkle_root:
             # A short-id collision or a stale guess: fall back to the full block.
-            self._blocks_in_flight[header.hash] = (peer.id, now)
+            self._block_requested(header.hash, peer, now)
             self._send(peer, GetData((InvItem(INV_BLOCK, header.hash),)))
             return
         self._process_block(peer, block, now, pushed=True)
@@ -1020,7 +1066,10 @@ class P2PProtocol:
         for item in msg.items:
             flight = self._txs_in_flight if item.kind == INV_TX else self._blocks_in_flight
             if flight.get(item.hash, (None,))[0] == peer.id:
-                del flight[item.hash]
+                if item.kind == INV_TX:
+                    del flight[item.hash]
+                else:
+                    self._block_landed(item.hash)
                 self._tx_attempts.pop(item.hash, None)
 
     def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:
@@ -1141,7 +1190,7 @@ class P2PProtocol:
         for block_hash, (peer_id, at) in list(self._blocks_in_flight.items()):
             # Disconnecting a staller below already dropped the rest of its requests.
             if now - at > cfg.block_stall_timeout and block_hash in self._blocks_in_flight:
-                del self._blocks_in_flight[block_hash]
+                self._block_landed(block_hash)
                 stalled = self.peers.get(peer_id)
                 if stalled is not None:
                     stalled.stalls += 1
@@ -1246,9 +1295,7 @@ class P2PProtocol:
                 "bytes_recv": p.bytes_recv,
                 "user_agent": p.user_agent,
                 "stream": p.stream_id is not None,
-                "blocks_in_flight": sum(
-                    1 for pid, _ in self._blocks_in_flight.values() if pid == p.id
-                ),
+                "blocks_in_flight": p.blocks_in_flight,
             }
             for p in self.peers.values()
         ]

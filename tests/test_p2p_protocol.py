@@ -494,6 +494,24 @@ def test_fresh_node_syncs_a_600_block_chain_headers_first() -> None:
     assert 0 < peak <= b.p2p.config.max_blocks_in_flight_per_peer
 
 
+def test_a_sync_faster_than_the_message_rate_limit_does_not_penalise_its_source() -> None:
+    # b may take 20 messages a second from a peer (burst 40): the 300 blocks and the headers
+    # it asks for arrive far faster than that in virtual time, and are not a flood.
+    net, (a, b) = network(2, seed=23, configs={1: config(msg_rate=20, msg_burst=40)})
+    for _ in range(300):
+        a.mine(txs=False)
+    b.connect(a)
+    run_until(net, lambda: b.chain.tip.hash == a.chain.tip.hash, 60, "sync")
+    row = info_of(b, a)
+    assert row["misbehavior"] == 0 and row["penalties"] == []
+    assert row["blocks_in_flight"] == 0
+
+    # What it did not ask for is still charged: the same budget stops a ping flood.
+    for nonce in range(45):
+        inject(net, b, envelope(b, _ping(nonce)), a.addr)
+    assert {p["reason"] for p in info_of(b, a)["penalties"]} == {"rate-limit"}
+
+
 def test_lighter_branch_reorganises_onto_the_most_work_chain_when_the_partition_heals() -> None:
     net, (a, b) = network(2, seed=22)
     link(net, a, b)
