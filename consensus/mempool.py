@@ -624,6 +624,8 @@ class Mempool:
         update = MempoolUpdate()
         if not result.connected and not result.disconnected:
             return update
+        if not self._entries and not self._orphans and not result.disconnected:
+            return update  # nothing to confirm, conflict or retry (a sync, a quiet network)
         if result.disconnected:
             self._reorg(result, chain, now, update)
         else:

@@ -36,7 +36,6 @@ UDP_BUFFER = 4 * 1024 * 1024  # bytes of socket receive buffer asked for
 BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
 STREAM_CONNECT_TIMEOUT = 5.0
 WILDCARDS = ("0.0.0.0", "::", "")
-STREAM_READ_CHUNK = 256 * 1024
 MAX_QUEUED_DATAGRAMS = 10_000  # beyond this, outgoing datagrams are dropped (UDP is lossy)
 STREAM_HIGH_WATER = 16 * 1024 * 1024  # bytes buffered for one stream before we await drain
 
@@ -82,8 +81,7 @@ class P2PService:
         self._udp: Any = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._writers: dict[int, asyncio.StreamWriter] = {}
-        self._stream_tasks: dict[int, asyncio.Task[Any]] = {}
+        self._streams: dict[int, asyncio.Transport] = {}
         self._stream_ids = itertools.count(1)
         self._send_queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(
             MAX_QUEUED_DATAGRAMS
@@ -113,7 +111,10 @@ class P2PService:
             if not self.listen:
                 return self.port
             try:
-                self._server = await asyncio.start_server(self._on_inbound, host, self.port)
+                loop = asyncio.get_running_loop()
+                self._server = await loop.create_server(
+                    lambda: _StreamConnection(self, None), host, self.port
+                )
                 return self.port
             except OSError:
                 self._udp.close()
@@ -131,14 +132,15 @@ class P2PService:
         ]
 
     async def close(self) -> None:
-        for task in [*self._tasks, *self._stream_tasks.values()]:
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._stream_tasks.values()]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        streams = list(self._streams.values())
+        self._streams.clear()  # closed by us: no stream_closed callbacks into the protocol
+        for transport in streams:
+            transport.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -243,61 +245,59 @@ class P2PService:
 
     # ----------------------------------------------------------------- streams
 
-    async def _on_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    def _stream_made(self, transport: asyncio.Transport, outbound_to: Address | None) -> int:
+        """A TCP connection is up (dialled by us when `outbound_to` is set): register it and
+        tell the protocol, before any of its bytes can arrive."""
         stream_id = next(self._stream_ids)
-        self._writers[stream_id] = writer
+        self._streams[stream_id] = transport
+        if outbound_to is None:
+            peer = transport.get_extra_info("peername")
+            addr: Address = (peer[0], peer[1])
+        else:
+            addr = outbound_to
         assert self.protocol is not None
-        self.protocol.stream_opened(stream_id, (peer[0], peer[1]), False, self.clock())
+        self.protocol.stream_opened(stream_id, addr, outbound_to is not None, self.clock())
         self.flush()
-        await self._read_stream(stream_id, reader)
+        return stream_id
+
+    def _stream_data(self, stream_id: int, data: bytes) -> None:
+        if stream_id not in self._streams:
+            return  # closed by us; bytes already in flight are ignored
+        assert self.protocol is not None
+        self.protocol.receive_stream_data(stream_id, data, self.clock())
+        self.flush()
+
+    def _stream_lost(self, stream_id: int) -> None:
+        if self._streams.pop(stream_id, None) is None:
+            return  # we closed it: the protocol already knows
+        self._stream_ready_at.pop(stream_id, None)
+        assert self.protocol is not None
+        self.protocol.stream_closed(stream_id, self.clock())
+        self.flush()
 
     async def _open_stream(self, addr: Address) -> None:
         assert self.protocol is not None
+        loop = asyncio.get_running_loop()
         try:
             # Dial from our own address so the peer sees the host it knows us by (several
             # nodes of a local testnet share the machine on different loopback addresses).
             local = (self.bind_addr[0], 0) if self.bind_addr[0] not in WILDCARDS else None
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr[0], addr[1], local_addr=local),
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _StreamConnection(self, addr), addr[0], addr[1], local_addr=local
+                ),
                 STREAM_CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
             log.info("stream_connect_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
             self.protocol.stream_failed(addr, self.clock())
             self.flush()
-            return
-        stream_id = next(self._stream_ids)
-        self._writers[stream_id] = writer
-        self.protocol.stream_opened(stream_id, addr, True, self.clock())
-        self.flush()
-        task = asyncio.create_task(self._read_stream(stream_id, reader))
-        self._stream_tasks[stream_id] = task
-
-    async def _read_stream(self, stream_id: int, reader: asyncio.StreamReader) -> None:
-        assert self.protocol is not None
-        try:
-            while stream_id in self._writers:
-                data = await reader.read(STREAM_READ_CHUNK)
-                if not data:
-                    break
-                self.protocol.receive_stream_data(stream_id, data, self.clock())
-                self.flush()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._stream_tasks.pop(stream_id, None)
-            writer = self._writers.pop(stream_id, None)
-            if writer is not None:
-                writer.close()
-                self.protocol.stream_closed(stream_id, self.clock())
-                self.flush()
 
     def _write_stream(self, stream_id: int, data: bytes) -> None:
-        writer = self._writers.get(stream_id)
-        if writer is None or writer.is_closing():
+        transport = self._streams.get(stream_id)
+        if transport is None or transport.is_closing():
             return
-        peer = writer.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         fault = self.fault if peer is None else self._fault_for((peer[0], peer[1]))
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -318,11 +318,10 @@ class P2PService:
         loop.call_at(at, self._write_now, stream_id, data)
 
     def _write_now(self, stream_id: int, data: bytes) -> None:
-        writer = self._writers.get(stream_id)
-        if writer is None or writer.is_closing():
+        transport = self._streams.get(stream_id)
+        if transport is None or transport.is_closing():
             return
-        writer.write(data)
-        transport = writer.transport
+        transport.write(data)
         if transport.get_write_buffer_size() > STREAM_HIGH_WATER:
             # A peer that does not read is a peer we stop talking to.
             self._close_stream(stream_id)
@@ -331,9 +330,29 @@ class P2PService:
 
     def _close_stream(self, stream_id: int) -> None:
         self._stream_ready_at.pop(stream_id, None)
-        writer = self._writers.pop(stream_id, None)
-        if writer is not None:
-            writer.close()
-        task = self._stream_tasks.pop(stream_id, None)
-        if task is not None:
-            task.cancel()
+        transport = self._streams.pop(stream_id, None)
+        if transport is not None:
+            transport.close()
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP connection, fed straight into the service from the event loop's callbacks:
+    no reader task in between, so a received block is handled in the loop iteration that
+    read it (a hop of block relay is one wakeup, not two)."""
+
+    def __init__(self, service: P2PService, outbound_to: Address | None) -> None:
+        self.service = service
+        self.outbound_to = outbound_to
+        self.stream_id: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.stream_id = self.service._stream_made(transport, self.outbound_to)
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream_id is not None:
+            self.service._stream_data(self.stream_id, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream_id is not None:
+            self.service._stream_lost(self.stream_id)

@@ -25,17 +25,16 @@ async def test_bandwidth_cap_queues_bytes_behind_each_other() -> None:
 
 
 class _FakeTransport:
-    def get_write_buffer_size(self) -> int:
-        return 0
+    """Stands in for a TCP transport: records what is written to it."""
 
-
-class _FakeWriter:
     def __init__(self) -> None:
         self.written: list[bytes] = []
-        self.transport = _FakeTransport()
 
     def get_extra_info(self, name: str) -> object:
         return ("127.0.0.9", 18444) if name == "peername" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def is_closing(self) -> bool:
         return False
@@ -48,8 +47,8 @@ async def test_jitter_never_lets_a_stream_frame_overtake_an_earlier_one() -> Non
     import asyncio
 
     service = P2PService(("127.0.0.1", 0), False, lambda: 0.0, random.Random(3), print)
-    writer = _FakeWriter()
-    service._writers[1] = writer  # type: ignore[assignment]
+    writer = _FakeTransport()
+    service._streams[1] = writer  # type: ignore[assignment]
     service.fault = LinkFault(delay_ms=5, jitter_ms=5)
     frames = [b"%03d" % i for i in range(40)]
     for frame in frames:
