@@ -75,6 +75,7 @@ class NodeConfig:
     rpc_bind: str = "127.0.0.1:18443"
     connect: tuple[str, ...] = ()
     addnode: tuple[str, ...] = ()
+    loadblock: tuple[str, ...] = ()
     no_listen: bool = False
     mine: bool = False
     hashrate: float | None = None
@@ -164,10 +165,10 @@ def _toml_key(key: str) -> str:
 # --------------------------------------------------------------------------- options
 
 _Kind = Literal[
-    "path", "choice", "hostport", "hostport_list", "nodeid_list", "bool", "int",
+    "path", "path_list", "choice", "hostport", "hostport_list", "nodeid_list", "bool", "int",
     "positive_float", "fraction", "seconds", "text",
 ]
-_LIST_KINDS = frozenset({"hostport_list", "nodeid_list"})
+_LIST_KINDS = frozenset({"hostport_list", "nodeid_list", "path_list"})
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,9 @@ _OPTION_LIST: tuple[_Option, ...] = (
             "connect only to this peer HOST:PORT; repeatable (env: comma-separated)"),
     _Option("addnode", "hostport_list",
             "also connect to this peer HOST:PORT; repeatable (env: comma-separated)"),
+    _Option("loadblock", "path_list",
+            "import blocks from FILE at start-up (one hex block per line, as `getblock HASH 0`"
+            " prints); repeatable"),
     _Option("no_listen", "bool", "do not accept inbound P2P connections"),
     _Option("mine", "bool", "run the miner"),
     _Option("hashrate", "positive_float", "cap the miner at this many hashes per second"),
@@ -272,7 +276,7 @@ def _metavar(opt: _Option) -> str:
     if opt.choices:
         return "{" + ",".join(opt.choices) + "}"
     return {
-        "path": "DIR", "hostport": "HOST:PORT", "hostport_list": "HOST:PORT",
+        "path": "DIR", "path_list": "FILE", "hostport": "HOST:PORT", "hostport_list": "HOST:PORT",
         "nodeid_list": "NODE_ID", "int": "N", "positive_float": "H/S", "text": "TEXT",
         "fraction": "Q", "seconds": "SECONDS",
     }.get(opt.kind, "VALUE")
@@ -364,7 +368,7 @@ def _expected(opt: _Option, textual: bool) -> str:
         return "a finite number of seconds >= 0"
     if opt.kind == "choice":
         return "one of " + ", ".join(opt.choices)
-    if opt.kind == "path":
+    if opt.kind in ("path", "path_list"):
         return "a non-empty path"
     if opt.kind in ("hostport", "hostport_list"):
         return "HOST:PORT with a port in 0..65535"
@@ -422,7 +426,7 @@ def _convert_item(opt: _Option, raw: object, source: str, textual: bool) -> Any:
         if not valid:
             raise _bad(source, raw, expected)
         return number
-    if opt.kind == "path" and isinstance(raw, os.PathLike):
+    if opt.kind in ("path", "path_list") and isinstance(raw, os.PathLike):
         raw = os.fspath(raw)
     if not isinstance(raw, str):
         raise _bad(source, raw, expected)
@@ -450,7 +454,7 @@ def _convert_text(opt: _Option, raw: str, source: str, expected: str) -> Any:
     if not text:
         raise _bad(source, raw, expected)
     # Secrets and addresses keep their exact spelling; only emptiness is checked here.
-    return text if opt.kind == "path" else raw
+    return text if opt.kind in ("path", "path_list") else raw
 
 
 def _to_bool(raw: object, source: str, expected: str, textual: bool) -> bool:

@@ -41,6 +41,7 @@ from node.config import NodeConfig, parse_host_port
 from node.datadir import DataDirLock
 from node.events import EventHub
 from node.fsutil import write_atomic
+from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
 from node.miner import Miner
 from node.rpc_server import RPCServer, delete_cookie, write_cookie
@@ -125,6 +126,10 @@ class Node:
             self._lock.release()
             raise
         self._tasks.append(asyncio.create_task(self._save_mempool_periodically()))
+        if self.config.loadblock:
+            self._tasks.append(asyncio.create_task(
+                load_block_files(self, self.config.loadblock, self.params.max_block_size)
+            ))
         log.info(
             "node_started",
             network=self.params.name,

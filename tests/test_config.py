@@ -90,6 +90,8 @@ PRECEDENCE_CASES = {
                 (("f:1",), ("e:1", "e:2"), ("a:1",))),
     "addnode": ('["f:1"]', "e:1", ["--addnode", "a:1", "--addnode", "b:2"],
                 (("f:1",), ("e:1",), ("a:1", "b:2"))),
+    "loadblock": ('["f.hex"]', "e.hex,e2.hex", ["--loadblock", "a.hex", "--loadblock", "b.hex"],
+                  (("f.hex",), ("e.hex", "e2.hex"), ("a.hex", "b.hex"))),
     "no_listen": ("false", "true", ["--no-listen"], (False, True, True)),
     "mine": ("true", "off", ["--mine"], (True, False, True)),
     "hashrate": ("10", "20.5", ["--hashrate", "30"], (10.0, 20.5, 30.0)),
