@@ -650,10 +650,11 @@ class ChainState:
         jobs: list[SignatureJob] = []
         job_owner: list[tuple[Transaction, int]] = []
         for tx in block.txs[1:]:
-            for txin in tx.inputs:
-                if txin.outpoint in spent:
+            outpoints = [txin.outpoint for txin in tx.inputs]
+            for outpoint in outpoints:
+                if outpoint in spent:
                     raise ConsensusError(
-                        "bad-txns-inputs-spent-in-block", f"{txin.outpoint} spent twice"
+                        "bad-txns-inputs-spent-in-block", f"{outpoint} spent twice"
                     )
             fee, coins = check_tx_inputs(tx, view.get, height, params)
             if tx.txid not in cache:
@@ -662,8 +663,7 @@ class ChainState:
                 job_owner.extend((tx, n) for n in range(len(tx_jobs)))
             fees += fee
             undo.extend(coins)
-            for txin in tx.inputs:
-                outpoint = txin.outpoint
+            for outpoint in outpoints:
                 if created.pop(outpoint, None) is None:
                     spent.add(outpoint)
             self._create_outputs(tx, height, created)

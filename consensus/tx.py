@@ -52,7 +52,7 @@ class TxOut(NamedTuple):
 class Transaction:
     """An immutable transaction; encoding and id are computed once."""
 
-    __slots__ = ("_encoded", "_txid", "inputs", "locktime", "outputs", "version")
+    __slots__ = ("_encoded", "_txid", "checked_with", "inputs", "locktime", "outputs", "version")
 
     def __init__(
         self,
@@ -68,6 +68,9 @@ class Transaction:
         self.locktime = locktime
         self._encoded = _encoded
         self._txid: bytes | None = None
+        # The params this transaction passed the context-free checks with: a mempool
+        # transaction reused in a block (compact relay) need not be checked again.
+        self.checked_with: object = None
 
     def _as_lists(self, blank_signatures: bool = False) -> list[Any]:
         return [

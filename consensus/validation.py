@@ -36,6 +36,13 @@ def money_range(amount: int) -> bool:
 
 def check_transaction(tx: Transaction, params: ChainParams) -> None:
     """Rules that need nothing but the transaction itself."""
+    if tx.checked_with is params:
+        return
+    _check_transaction(tx, params)
+    tx.checked_with = params
+
+
+def _check_transaction(tx: Transaction, params: ChainParams) -> None:
     if not tx.inputs:
         raise ConsensusError("bad-txns-vin-empty")
     if not tx.outputs:

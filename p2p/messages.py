@@ -138,7 +138,13 @@ class _List(_Check):
             raise _bad(where, f"expected an array, got {type(value).__name__}")
         if len(value) > self.max_len:
             raise _bad(where, f"{len(value)} entries exceeds {self.max_len}")
-        return tuple(self.item.check(f"{where}[{i}]", v) for i, v in enumerate(value))
+        check = self.item.check
+        try:
+            # Thousands of short ids or headers: no per-item location string unless one fails.
+            return tuple([check(where, v) for v in value])
+        except ProtocolError:
+            pass
+        return tuple(check(f"{where}[{i}]", v) for i, v in enumerate(value))  # raises, located
 
     def dump(self, value: tuple[Any, ...]) -> list[Any]:
         return [self.item.dump(v) for v in value]

@@ -434,6 +434,17 @@ def test_oversized_transaction() -> None:
     assert info.value.reason == "bad-txns-oversize"
 
 
+def test_a_passed_check_is_remembered_only_for_the_same_params() -> None:
+    tx = Transaction([TxIn(nowhere().txid, 0, bytes(32), bytes(64))], [TxOut(1, pkh(0))] * 100)
+    roomy = regtest()
+    check_transaction(tx, roomy)
+    assert tx.checked_with is roomy  # a compact block reusing this object skips the checks
+    with pytest.raises(ConsensusError) as info:
+        check_transaction(tx, regtest(max_block_size=2000))  # other rules: checked again
+    assert info.value.reason == "bad-txns-oversize"
+    assert tx.checked_with is roomy
+
+
 @pytest.mark.parametrize(
     ("tx", "reason"),
     [
