@@ -1,8 +1,9 @@
 """The node: composes chain state, store, mempool, wallet, miner and RPC, and owns the clock.
 
 Every change to the chain goes through `Node.submit_block` (or invalidate/reconsider), which
-asks the pure `ChainState` what to do, commits its update to the store as one transaction,
-then tells the mempool, the wallet watchers, the event stream and the miner.
+asks the pure `ChainState` what to do, relays new blocks to peers, logs and publishes the
+chain change, commits its update to the store as one transaction, then tells the mempool, the
+wallet watchers and the miner.
 """
 
 from __future__ import annotations
@@ -380,7 +381,9 @@ class Node:
             # the commit and bookkeeping here would be added at every hop.
             self.protocol.announce_blocks(result, self.clock())
             self.p2p.flush()
-        self._commit()
+        # Logged and published at connect time, then committed (bitcoind's UpdateTip also
+        # precedes its flush): the in-memory chain that RPC answers from has already moved.
+        # Should the commit fail, the node stops; what it announced is re-fetched from peers.
         for entry, block in result.disconnected:
             self.metrics.blocks_disconnected.inc()
             for tx in block.txs[1:]:
@@ -424,6 +427,7 @@ class Node:
         for block_hash in result.finality_refused:
             log.warning("reorg_refused_beyond_finality", hash=block_hash.hex(),
                         finality_depth=self.finality_depth)
+        self._commit()
         if result.connected or result.disconnected:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:

@@ -52,8 +52,7 @@ def _check_coin(value: object, what: str) -> None:
         raise StorageError(f"{what}.is_coinbase must be a bool, got {value.is_coinbase!r}")
 
 
-def _check_record(key: bytes, value: object) -> None:
-    what = f"index[{key.hex()}]"
+def _check_record(key: bytes, value: object, what: str = "") -> None:
     if not isinstance(value, IndexRecord):
         raise StorageError(f"{what} must be an IndexRecord, got {_describe(value)}")
     if value.hash != key:
@@ -81,26 +80,37 @@ def check_update(update: ChainUpdate) -> None:
     """
     if not isinstance(update, ChainUpdate):
         raise StorageError(f"expected a ChainUpdate, got {_describe(update)}")
+    # Each value is checked with an empty label first: naming a row (hex of its key) costs more
+    # than checking it, and a block's update has thousands of rows. Only a failure is named.
     for key, record in update.index.items():
         _check_hash(key, "an index key")
         if record is not None:
-            _check_record(key, record)
+            try:
+                _check_record(key, record)
+            except StorageError:
+                _check_record(key, record, f"index[{key.hex()}]")
+                raise
     for table in ("blocks", "undo"):
         for key, blob in getattr(update, table).items():
             _check_hash(key, f"a {table} key")
-            if blob is not None:
+            if blob is not None and type(blob) is not bytes:
                 _check_blob(blob, f"{table}[{key.hex()}]")
     for outpoint, coin in update.utxo.items():
         _check_outpoint(outpoint, "a utxo key")
         if coin is not None:
-            _check_coin(coin, f"utxo[{outpoint}]")
+            try:
+                _check_coin(coin, "")
+            except StorageError:
+                _check_coin(coin, f"utxo[{outpoint}]")
+                raise
     for txid, block_hash in update.tx_index.items():
         _check_hash(txid, "a tx_index key")
-        if block_hash is not None:
+        if block_hash is not None and (type(block_hash) is not bytes
+                                       or len(block_hash) != HASH_SIZE):
             _check_hash(block_hash, f"tx_index[{txid.hex()}]")
     for outpoint, spender in update.spends.items():
         _check_outpoint(outpoint, "a spends key")
-        if spender is not None:
+        if spender is not None and (type(spender) is not bytes or len(spender) != HASH_SIZE):
             _check_hash(spender, f"spends[{outpoint}]")
     if update.tip is not None:
         _check_hash(update.tip, "the tip")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -315,6 +316,16 @@ def test_an_update_with_a_bad_value_changes_nothing(store: Store, case: str) -> 
         store.apply(bad)
     assert state(store, touched(first, bad)) == expected
     store.apply(ChainUpdate(tip=first.tip))  # and the store is still usable
+
+
+def test_a_bad_value_is_named_by_its_row(store: Store) -> None:
+    rng = random.Random(7)
+    outpoint = OutPoint(random_hash(rng), 3)
+    block_hash = random_hash(rng)
+    with pytest.raises(StorageError, match=re.escape(f"utxo[{outpoint}].height")):
+        store.apply(ChainUpdate(utxo={outpoint: random_coin(rng)._replace(height=-1)}))
+    with pytest.raises(StorageError, match=re.escape(f"tx_index[{block_hash.hex()}]")):
+        store.apply(ChainUpdate(tx_index={block_hash: b"short"}))
 
 
 def test_meta_entries(store: Store) -> None:
