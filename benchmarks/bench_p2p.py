@@ -516,6 +516,22 @@ class SyncResult:
         return (self.blocks - 1) / self.node_import_s
 
 
+def wait_logged(node: BenchNode, block_hash: str, what: str, timeout: float = 600) -> LogFollower:
+    """Follow `node`'s log until it has connected `block_hash`; fail if the node dies."""
+    assert node.follower is not None
+    follower = node.follower
+    deadline = time.monotonic() + timeout
+    while block_hash not in follower.connected:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise AssertionError(f"{node.datadir.name} exited during the {what}:\n"
+                                 f"{node.log_tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{node.datadir.name}: no {what} in {timeout:.0f} s")
+        time.sleep(0.05)
+        follower.poll()
+    return follower
+
+
 def import_with_loadblock(
     workdir: Path, hexes: Sequence[str], hashes: Sequence[str], host: int
 ) -> float:
@@ -527,16 +543,7 @@ def import_with_loadblock(
         "--p2p-bind", f"127.0.0.{host}:0", "--loadblock", str(export)])
     try:
         node.start(wait=False)
-        assert node.follower is not None
-        follower = node.follower
-        deadline = time.monotonic() + 600
-        while hashes[-1] not in follower.connected:
-            if node.proc is not None and node.proc.poll() is not None:
-                raise AssertionError(f"loadblock node exited:\n{node.log_tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError("loadblock node did not import in 600 s")
-            time.sleep(0.05)
-            follower.poll()
+        follower = wait_logged(node, hashes[-1], "import")
         return follower.connected[hashes[-1]] - follower.connected[hashes[0]]
     finally:
         node.shutdown()
@@ -589,16 +596,7 @@ def bench_sync(
             profile_to=profile_to)
         launched = time.time()
         fresh.start(wait=False)
-        assert fresh.follower is not None
-        follower = fresh.follower
-        deadline = time.monotonic() + 600
-        while hashes[-1] not in follower.connected:
-            if fresh.proc is not None and fresh.proc.poll() is not None:
-                raise AssertionError(f"fresh node exited:\n{fresh.log_tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError("fresh node did not sync in 600 s")
-            time.sleep(0.05)
-            follower.poll()
+        follower = wait_logged(fresh, hashes[-1], "sync")
         reached = follower.connected[hashes[-1]]
         first = follower.connected[hashes[0]]
         peer_at = min(follower.events.get("peer_connected", [first]))
