@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.rpc_server import CookieError, read_cookie, rpc_call_sync
+from node.rpc_server import (
+    CookieError,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+    read_cookie,
+    rpc_call_sync,
+)
 
 DEFAULT_RPC_URL = "http://127.0.0.1:18443/"
 DEFAULT_NETWORK = "regtest"
@@ -82,3 +91,16 @@ def parse_cli_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def run_reporting_failures(command: str, action: Callable[[], int | None]) -> int:
+    """Run a subcommand that drives nodes over RPC: the failures a user can cause or meet
+    (a bad node name or directory, an RPC error, a node that is down, a wrong cookie) become
+    one line on stderr and exit code 1 instead of a traceback."""
+    try:
+        return int(action() or 0)
+    except RPCError as exc:
+        print(f"powlab {command}: RPC error {exc.code}: {exc.message}", file=sys.stderr)
+    except (EndpointError, RPCConnectionError, RPCAuthError, CookieError) as exc:
+        print(f"powlab {command}: {exc}", file=sys.stderr)
+    return 1

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from node import waiting
-from node.client import EndpointError, NodeEndpoint
+from node.client import EndpointError, NodeEndpoint, run_reporting_failures
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError, read_cookie
 
 MANIFEST_NAME = "testnet.json"
@@ -1188,14 +1188,4 @@ def add_testnet_parser(sub: Any) -> None:
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Runs one action: testnet and RPC failures become messages, not tracebacks."""
-    try:
-        return int(func(args) or 0)
-    except TestnetError as exc:
-        print(f"powlab testnet: {exc}", file=sys.stderr)
-        return 1
-    except RPCError as exc:
-        print(f"powlab testnet: RPC error {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except (RPCConnectionError, RPCAuthError, CookieError) as exc:
-        print(f"powlab testnet: {exc}", file=sys.stderr)
-        return 1
+    return run_reporting_failures("testnet", lambda: func(args))

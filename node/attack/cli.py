@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from node.attack.common import (
     DEFAULT_AMOUNT,
-    AttackError,
     Monitor,
     Network,
     Timeline,
@@ -22,7 +20,7 @@ from node.attack.common import (
 )
 from node.attack.context import Context
 from node.attack.report import format_event, plot_attack, print_report
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
+from node.client import run_reporting_failures
 
 SCENARIOS: dict[str, str] = {
     "race": "tx1 to the victim and tx2 to the miners at once; accepted at 0 confirmations",
@@ -69,17 +67,11 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    try:
-        data = execute(args)
-    except AttackError as exc:
-        print(f"powlab attack: {exc}", file=sys.stderr)
-        return 1
-    except RPCError as exc:
-        print(f"powlab attack: RPC error {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except (RPCConnectionError, RPCAuthError, CookieError) as exc:
-        print(f"powlab attack: {exc}", file=sys.stderr)
-        return 1
+    return run_reporting_failures("attack", lambda: _run_attack(args))
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    data = execute(args)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
