@@ -140,11 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Long-running commands that write to TCP sockets: SIGPIPE must stay ignored there.
+DAEMON_COMMANDS = frozenset({"node"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools when piped into `head`: exit quietly on a closed pipe.
+    # Set before parsing so `powlab --help | head` is quiet too.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in DAEMON_COMMANDS:
+        # With SIG_DFL a write to a socket whose peer has gone (an RPC or P2P client) would
+        # kill the daemon without a word; ignored, the write raises BrokenPipeError, which
+        # the server code handles and logs (Python's own default, restored here).
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         return int(args.func(args) or 0)
     except (EndpointError, CookieError) as exc:

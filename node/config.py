@@ -23,6 +23,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from node.rpc_server import (
+    DEFAULT_MAX_RPC_BATCH,
+    DEFAULT_MAX_RPC_CONNECTIONS,
+    DEFAULT_RPC_HEADER_TIMEOUT,
+)
+
 __all__ = [
     "ENV_PREFIX",
     "LOG_FORMATS",
@@ -88,6 +94,10 @@ class NodeConfig:
     rpc_user: str | None = None
     rpc_password: str | None = None
     max_rpc_body_bytes: int = 1_000_000
+    # The RPC server's bounds are defined (and explained) next to the code they bound.
+    max_rpc_batch: int = DEFAULT_MAX_RPC_BATCH
+    rpc_header_timeout: float = DEFAULT_RPC_HEADER_TIMEOUT
+    max_rpc_connections: int = DEFAULT_MAX_RPC_CONNECTIONS
     max_mempool_bytes: int = 50_000_000
     max_orphan_txs: int = 100
     max_inbound: int = 32
@@ -217,6 +227,13 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("rpc_password", "text", "JSON-RPC password (requires --rpc-user)"),
     _Option("max_rpc_body_bytes", "int", "largest accepted JSON-RPC request body", flag=False,
             minimum=1),
+    _Option("max_rpc_batch", "int", "most requests in one JSON-RPC batch", flag=False,
+            minimum=1),
+    _Option("rpc_header_timeout", "positive_float",
+            "seconds an RPC client gets to send complete request headers; also how long an "
+            "idle keep-alive connection stays open", flag=False),
+    _Option("max_rpc_connections", "int",
+            "most simultaneous RPC connections, event streams included", flag=False, minimum=1),
     _Option("max_mempool_bytes", "int", "mempool size limit in bytes", minimum=1),
     _Option("max_orphan_txs", "int", "orphan transaction pool limit", flag=False, minimum=0),
     _Option("max_inbound", "int", "maximum inbound peer connections", minimum=0),

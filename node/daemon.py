@@ -268,6 +268,9 @@ class Node:
             self.events,
             auth,
             max_body_bytes=self.config.max_rpc_body_bytes,
+            max_batch=self.config.max_rpc_batch,
+            header_timeout=self.config.rpc_header_timeout,
+            max_connections=self.config.max_rpc_connections,
             metrics=lambda: self.metrics.render(self),
         )
         host, port = parse_host_port(self.config.rpc_bind)

@@ -15,10 +15,17 @@ Behaviour summary (mirrors bitcoind where not specified otherwise):
     notifications, and a single legacy request that fails gets bitcoind's HTTP status
     (400 invalid request, 404 method not found, 500 anything else).
   - Any other ``jsonrpc`` value is an INVALID_REQUEST.
-  - Batches are executed sequentially, in order, and always answered with HTTP 200.
-  - Malformed JSON → PARSE_ERROR, HTTP 200, id null. Empty batch / non-object request →
-    INVALID_REQUEST, HTTP 200, id null. Body over ``max_body_bytes`` → HTTP 413 with a
-    JSON-RPC error body (code INVALID_REQUEST) naming the limit.
+  - Batches are executed sequentially, in order, and always answered with HTTP 200. The
+    server yields to the event loop between the calls of a batch, so other clients and the
+    P2P loop keep running. A batch of more than ``max_batch`` requests is not run at all: it
+    gets one INVALID_REQUEST error (HTTP 200, id null) naming the limit.
+  - Malformed JSON → PARSE_ERROR, HTTP 200, id null; numbers too large for a double
+    (``1e999999``) and the non-standard ``NaN``/``Infinity`` count as malformed. Empty batch /
+    non-object request → INVALID_REQUEST, HTTP 200, id null. An unusable ``id`` (not a string,
+    a finite number or null; integers outside the signed 64-bit range) → INVALID_REQUEST, id
+    null. Body over ``max_body_bytes`` → HTTP 413 with a JSON-RPC error body (code
+    INVALID_REQUEST) naming the limit. Every reply to ``POST /`` is strict JSON (never
+    ``NaN``/``Infinity``) and a JSON-RPC object, except 204 (notifications only) and 401.
   - A JSON ``null`` passed for an optional parameter that does not itself accept ``None``
     means "use the default" (as bitcoind does), so positional callers can skip arguments.
 
@@ -27,6 +34,11 @@ Behaviour summary (mirrors bitcoind where not specified otherwise):
   given); ``GET /health`` → ``{"ok": true}``. With ``auth`` set, *every* route requires HTTP
   Basic auth; failures get HTTP 401 + ``WWW-Authenticate: Basic realm="jsonrpc"`` after a
   short delay (``auth_failure_delay``, 0.25 s like bitcoind) and no handler runs.
+
+* Connections: a client that has not sent complete request headers ``header_timeout`` seconds
+  after connecting is disconnected (slowloris), and so is a keep-alive connection idle for as
+  long; at most ``max_connections`` connections (event streams included) are open at once,
+  further ones are closed as soon as they are accepted.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import dataclasses
 import hmac
 import inspect
 import json
+import math
 import os
 import secrets
 import time
@@ -57,6 +70,9 @@ from node.events import EventHub, Subscription, SubscriptionClosed
 __all__ = [
     "COOKIE_FILENAME",
     "COOKIE_USER",
+    "DEFAULT_MAX_RPC_BATCH",
+    "DEFAULT_MAX_RPC_CONNECTIONS",
+    "DEFAULT_RPC_HEADER_TIMEOUT",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
@@ -87,6 +103,24 @@ __all__ = [
     "rpc_call_sync",
     "write_cookie",
 ]
+
+# --------------------------------------------------------------------------------------------
+# Bounds (node/config.py uses these as the defaults of the matching options)
+# --------------------------------------------------------------------------------------------
+
+# Option max_rpc_batch: requests in one JSON-RPC batch. 3,000 listunspent calls in one batch
+# built a 71 MB reply; bitcoind has no limit, but nobody needs more than this in one POST.
+DEFAULT_MAX_RPC_BATCH = 1000
+# Option rpc_header_timeout: seconds a client gets to send complete request headers, and the
+# longest a keep-alive connection may sit idle (bitcoind's rpcservertimeout is 30 s).
+DEFAULT_RPC_HEADER_TIMEOUT = 10.0
+# Option max_rpc_connections: simultaneous HTTP connections, /events and /ws streams included.
+# Kept well below the usual 1024 open-file limit, which the P2P side and the database share.
+DEFAULT_MAX_RPC_CONNECTIONS = 256
+
+# JSON-RPC ids are echoed back; integers beyond int64 are not portable (JavaScript, Go, C
+# clients would truncate or reject them), so they are refused rather than mangled.
+_ID_INT_BOUND = 2**63
 
 # --------------------------------------------------------------------------------------------
 # Error codes
@@ -551,6 +585,32 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _parse_finite_float(text: str) -> float:
+    # float() turns 1e999999 into inf, which no strict JSON encoder can write back (the id is
+    # echoed): refuse it while parsing, so nothing non-finite gets past the front door.
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"number out of range: {shown}")
+    return value
+
+
+def _loads(body: bytes) -> Any:
+    return json.loads(body, parse_constant=_reject_constant, parse_float=_parse_finite_float)
+
+
+def _valid_id(req_id: Any) -> bool:
+    if req_id is None or isinstance(req_id, str):
+        return True
+    if isinstance(req_id, bool):
+        return False
+    if isinstance(req_id, int):
+        return -_ID_INT_BOUND <= req_id < _ID_INT_BOUND
+    if isinstance(req_id, float):
+        return math.isfinite(req_id)
+    return False
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
@@ -567,6 +627,80 @@ def _parse_types(request: web.Request) -> frozenset[str] | None:
     return wanted or None
 
 
+class _ConnectionGuard(asyncio.Protocol):
+    """Per-connection protocol in front of aiohttp's: header deadline and connection limit.
+
+    aiohttp has no header-read timeout of its own: ``max_line_size`` / ``max_field_size``
+    bound sizes, not time, and only recent releases start the keep-alive timer when a
+    connection opens (which incidentally drops a client that never completes its first
+    request); older 3.x releases that pyproject allows do not. So this wrapper arms its own
+    timer on ``connection_made`` and the server's first middleware cancels it once aiohttp
+    has parsed a complete request: no aiohttp internals, the same behaviour on every 3.x.
+    Activity does not extend the deadline, so dripping one byte at a time does not help.
+    After the first request, aiohttp's keep-alive timeout (set to the same value) closes a
+    connection that sits idle, or half-way through its next request's headers, that long.
+    Everything else is forwarded to aiohttp's ``RequestHandler`` unchanged; it talks to the
+    transport directly.
+    """
+
+    def __init__(self, server: RPCServer, make_handler: Callable[[], asyncio.Protocol]) -> None:
+        self._server = server
+        self._make_handler = make_handler
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if not self._server._admit(transport, self):
+            transport.close()
+            return
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(
+            self._server._header_timeout, self._header_deadline
+        )
+        self._inner = self._make_handler()
+        self._inner.connection_made(transport)
+
+    def request_started(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _header_deadline(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            self._server._log.info(
+                "rpc_header_timeout",
+                peer=transport.get_extra_info("peername"),
+                timeout=self._server._header_timeout,
+            )
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.request_started()  # cancels the timer
+        if self._transport is not None:
+            self._server._release(self._transport)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+
 class RPCServer:
     """HTTP server exposing a :class:`MethodRegistry` over JSON-RPC plus event streams.
 
@@ -574,6 +708,10 @@ class RPCServer:
     ``auth_failure_delay``: sleep before answering 401 (brute-force damping, like bitcoind).
     ``shutdown_timeout``: how long :meth:`stop` waits for in-flight handlers.
     ``event_queue_size``: per-stream subscriber buffer; slow stream clients are dropped.
+    ``max_batch``: most requests in one batch (option ``max_rpc_batch``).
+    ``header_timeout``: seconds to send complete request headers, and the keep-alive idle
+    timeout (option ``rpc_header_timeout``).
+    ``max_connections``: most simultaneous connections (option ``max_rpc_connections``).
     """
 
     def __init__(
@@ -589,7 +727,12 @@ class RPCServer:
         auth_failure_delay: float = 0.25,
         shutdown_timeout: float = 5.0,
         event_queue_size: int = 1000,
+        max_batch: int = DEFAULT_MAX_RPC_BATCH,
+        header_timeout: float = DEFAULT_RPC_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_RPC_CONNECTIONS,
     ) -> None:
+        if max_batch < 1 or max_connections < 1 or not header_timeout > 0:
+            raise ValueError("max_batch, header_timeout and max_connections must be positive")
         self._registry = registry
         self._events = events
         self._auth: tuple[bytes, bytes] | None = (
@@ -602,6 +745,13 @@ class RPCServer:
         self._auth_failure_delay = auth_failure_delay
         self._shutdown_timeout = shutdown_timeout
         self._event_queue_size = event_queue_size
+        self._max_batch = max_batch
+        self._header_timeout = header_timeout
+        self._max_connections = max_connections
+        self._guards: dict[asyncio.BaseTransport, _ConnectionGuard] = {}
+        self._refusing = False
+        self._refused = 0
+        self._listener: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self._stream_subs: set[Subscription] = set()
@@ -622,44 +772,90 @@ class RPCServer:
         """Number of currently open /events and /ws streams."""
         return len(self._stream_subs)
 
+    @property
+    def connection_count(self) -> int:
+        """Number of currently open (admitted) HTTP connections."""
+        return len(self._guards)
+
+    def _admit(self, transport: asyncio.Transport, guard: _ConnectionGuard) -> bool:
+        if self._stopping:
+            return False
+        if len(self._guards) >= self._max_connections:
+            self._refused += 1
+            if not self._refusing:  # once per episode: a flood must not flood the log too
+                self._refusing = True
+                self._log.warning(
+                    "rpc_connection_limit_reached", limit=self._max_connections,
+                    peer=transport.get_extra_info("peername"),
+                )
+            return False
+        if self._refusing:
+            self._refusing = False
+            self._log.info("rpc_connection_limit_cleared", refused=self._refused)
+            self._refused = 0
+        self._guards[transport] = guard
+        return True
+
+    def _release(self, transport: asyncio.BaseTransport) -> None:
+        self._guards.pop(transport, None)
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start serving; ``port=0`` picks a free port. Returns ``(host, port)``."""
         if self._runner is not None:
             raise RuntimeError("RPCServer already started")
         self._stopping = False
-        app = web.Application(middlewares=[self._make_auth_middleware()])
+        app = web.Application(
+            middlewares=[self._make_request_started_middleware(), self._make_auth_middleware()]
+        )
         app.router.add_post("/", self._handle_rpc)
         app.router.add_get("/events", self._handle_sse)
         app.router.add_get("/ws", self._handle_ws)
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/health", self._handle_health)
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self._shutdown_timeout
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._shutdown_timeout,
+            keepalive_timeout=self._header_timeout,
         )
         await runner.setup()
+        make_handler = runner.server
+        assert make_handler is not None
         try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
+            # Our own listener instead of web.TCPSite, so each connection gets a
+            # _ConnectionGuard in front of aiohttp's protocol (web.Server is the documented
+            # protocol factory for loop.create_server).
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: _ConnectionGuard(self, make_handler), host, port
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        actual_port = int(runner.addresses[0][1])
+        self._runner, self._listener = runner, listener
+        actual_port = int(listener.sockets[0].getsockname()[1])
         self.host, self.port = host, actual_port
         self._log.info(
-            "rpc_server_started", host=host, port=actual_port, auth=self._auth is not None
+            "rpc_server_started", host=host, port=actual_port, auth=self._auth is not None,
+            max_batch=self._max_batch, header_timeout=self._header_timeout,
+            max_connections=self._max_connections,
         )
         return host, actual_port
 
     async def stop(self) -> None:
         """Close all event streams and stop serving. Idempotent."""
         runner, self._runner = self._runner, None
+        listener, self._listener = self._listener, None
         if runner is None:
             return
         self._stopping = True
+        if listener is not None:
+            listener.close()  # stop accepting; runner.cleanup() closes open connections
         for sub in list(self._stream_subs):
             sub.close()
         await runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
         self._log.info("rpc_server_stopped", host=self.host, port=self.port)
 
     # -- auth -------------------------------------------------------------------------------
@@ -679,6 +875,20 @@ class RPCServer:
         user_ok = hmac.compare_digest(user, self._auth[0])
         pass_ok = hmac.compare_digest(password, self._auth[1])
         return user_ok and pass_ok
+
+    def _make_request_started_middleware(self) -> Any:
+        @web.middleware
+        async def request_started_middleware(
+            request: web.Request, handler: Callable[[web.Request], Any]
+        ) -> web.StreamResponse:
+            # aiohttp runs middlewares only once the request line and headers are complete.
+            guard = self._guards.get(request.transport) if request.transport else None
+            if guard is not None:
+                guard.request_started()
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        return request_started_middleware
 
     def _make_auth_middleware(self) -> Any:
         @web.middleware
@@ -715,8 +925,10 @@ class RPCServer:
         return b"".join(chunks)
 
     @staticmethod
-    def _error_response(code: int, message: str, req_id: Any = None, v2: bool = True) -> str:
-        err = {"code": code, "message": message}
+    def _error_response(code: int, message: Any, req_id: Any = None, v2: bool = True) -> str:
+        if not _valid_id(req_id):
+            req_id = None
+        err = {"code": code, "message": message if isinstance(message, str) else str(message)}
         if v2:
             return _dumps({"jsonrpc": "2.0", "error": err, "id": req_id})
         return _dumps({"result": None, "error": err, "id": req_id})
@@ -731,30 +943,51 @@ class RPCServer:
             )
             return web.Response(status=413, text=text, content_type=_JSON)
         try:
-            payload = json.loads(body, parse_constant=_reject_constant)
+            status, text = await self._dispatch(request, body)
+        except Exception:
+            # Last line of defence: without it aiohttp answers a bug with a plain-text 500,
+            # which JSON-RPC clients cannot parse.
+            self._log.exception("rpc_request_failed", peer=request.remote)
+            status, text = 500, self._error_response(INTERNAL_ERROR, "Internal error")
+        if text is None:
+            return web.Response(status=204)
+        return web.Response(status=status, text=text, content_type=_JSON)
+
+    async def _dispatch(self, request: web.Request, body: bytes) -> tuple[int, str | None]:
+        """(HTTP status, response JSON or None for "no content") for one POST body."""
+        try:
+            payload = _loads(body)
         except (ValueError, RecursionError) as exc:  # includes JSONDecodeError, UnicodeError
             self._log.info("rpc_parse_error", peer=request.remote, error=str(exc))
-            text = self._error_response(PARSE_ERROR, f"Parse error: {exc}")
-            return web.Response(status=200, text=text, content_type=_JSON)
+            return 200, self._error_response(PARSE_ERROR, f"Parse error: {exc}")
 
-        if isinstance(payload, list):
-            if not payload:
-                text = self._error_response(INVALID_REQUEST, "Invalid Request: empty batch")
-                return web.Response(status=200, text=text, content_type=_JSON)
-            parts: list[str] = []
-            for item in payload:
-                out = await self._process_one(item)
-                if out is not None:
-                    parts.append(out[0])
-            if not parts:
-                return web.Response(status=204)
-            return web.Response(status=200, text="[" + ",".join(parts) + "]", content_type=_JSON)
-
-        out = await self._process_one(payload)
-        if out is None:
-            return web.Response(status=204)
-        text, status = out
-        return web.Response(status=status, text=text, content_type=_JSON)
+        if not isinstance(payload, list):
+            out = await self._process_one(payload)
+            return (204, None) if out is None else (out[1], out[0])
+        if not payload:
+            return 200, self._error_response(INVALID_REQUEST, "Invalid Request: empty batch")
+        if len(payload) > self._max_batch:
+            self._log.info(
+                "rpc_batch_too_large", peer=request.remote, size=len(payload),
+                limit=self._max_batch,
+            )
+            msg = (
+                f"Batch too large: {len(payload)} requests, limit is {self._max_batch}"
+                " (max_rpc_batch)"
+            )
+            return 200, self._error_response(INVALID_REQUEST, msg)
+        parts: list[str] = []
+        for i, item in enumerate(payload):
+            if i:
+                # Methods are mostly synchronous: without this a whole batch would run in one
+                # go and stall every other client and the P2P loop until it is done.
+                await asyncio.sleep(0)
+            out = await self._process_one(item)
+            if out is not None:
+                parts.append(out[0])
+        if not parts:
+            return 204, None
+        return 200, "[" + ",".join(parts) + "]"
 
     async def _process_one(self, req: Any) -> tuple[str, int] | None:
         """Handle one request object. Returns (response JSON, HTTP status) or None."""
@@ -774,10 +1007,8 @@ class RPCServer:
                 return self._error_response(INVALID_REQUEST, msg), 200
 
         req_id = req.get("id")
-        if req_id is not None and (
-            isinstance(req_id, bool) or not isinstance(req_id, str | int | float)
-        ):
-            msg = "id must be a string, a number or null"
+        if not _valid_id(req_id):
+            msg = "id must be a string, a finite number within the int64 range, or null"
             return self._error_response(INVALID_REQUEST, msg, None, v2), 200
         notification = v2 and "id" not in req
 
@@ -812,7 +1043,7 @@ class RPCServer:
                     text = _dumps({"jsonrpc": "2.0", "result": result, "id": req_id})
                 else:
                     text = _dumps({"result": result, "error": None, "id": req_id})
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 self._log.error("rpc_result_not_serializable", method=method, error=str(exc))
                 error = {
                     "code": INTERNAL_ERROR,
@@ -825,7 +1056,7 @@ class RPCServer:
                     text = _dumps({"jsonrpc": "2.0", "error": error, "id": req_id})
                 else:
                     text = _dumps({"result": None, "error": error, "id": req_id})
-            except (TypeError, ValueError):  # unserializable error data
+            except (TypeError, ValueError, RecursionError):  # unserializable error data
                 error.pop("data", None)
                 text = self._error_response(error["code"], error["message"], req_id, v2)
         if notification:
