@@ -175,10 +175,11 @@ def _toml_key(key: str) -> str:
 # --------------------------------------------------------------------------- options
 
 _Kind = Literal[
-    "path", "path_list", "choice", "hostport", "hostport_list", "nodeid_list", "bool", "int",
+    "path", "path_list", "choice", "hostport", "hostport_list", "peer_list", "nodeid_list",
+    "bool", "int",
     "positive_float", "fraction", "seconds", "text",
 ]
-_LIST_KINDS = frozenset({"hostport_list", "nodeid_list", "path_list"})
+_LIST_KINDS = frozenset({"hostport_list", "peer_list", "nodeid_list", "path_list"})
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,11 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("network", "choice", "network to join", choices=NETWORKS),
     _Option("p2p_bind", "hostport", "P2P listen address HOST:PORT (port 0 = any free port)"),
     _Option("rpc_bind", "hostport", "JSON-RPC listen address HOST:PORT"),
-    _Option("connect", "hostport_list",
-            "connect only to this peer HOST:PORT; repeatable (env: comma-separated)"),
-    _Option("addnode", "hostport_list",
-            "also connect to this peer HOST:PORT; repeatable (env: comma-separated)"),
+    _Option("connect", "peer_list",
+            "connect only to this peer [NODEID@]HOST:PORT (a node id pins the identity the peer "
+            "must prove); repeatable (env: comma-separated)"),
+    _Option("addnode", "peer_list",
+            "also connect to this peer [NODEID@]HOST:PORT; repeatable (env: comma-separated)"),
     _Option("loadblock", "path_list",
             "import blocks from FILE at start-up (one hex block per line, as `getblock HASH 0`"
             " prints); repeatable"),
@@ -294,6 +296,7 @@ def _metavar(opt: _Option) -> str:
         return "{" + ",".join(opt.choices) + "}"
     return {
         "path": "DIR", "path_list": "FILE", "hostport": "HOST:PORT", "hostport_list": "HOST:PORT",
+        "peer_list": "[NODEID@]HOST:PORT",
         "nodeid_list": "NODE_ID", "int": "N", "positive_float": "H/S", "text": "TEXT",
         "fraction": "Q", "seconds": "SECONDS",
     }.get(opt.kind, "VALUE")
@@ -322,6 +325,19 @@ def _show(value: object) -> str:
 
 def _bad(source: str, value: object, expected: str) -> ConfigError:
     return ConfigError(f"{source}: invalid value {_show(value)}; expected {expected}")
+
+
+def parse_peer(text: str) -> tuple[bytes | None, tuple[str, int]]:
+    """Split ``[NODEID@]HOST:PORT``: the pinned node id (32 bytes) if given, and the address.
+
+    Raises ValueError with the reason.
+    """
+    node_hex, sep, address = text.strip().rpartition("@")
+    if not sep:
+        return None, parse_host_port(address)
+    if len(node_hex) != 64 or not _HEX.fullmatch(node_hex):
+        raise ValueError(f"node id {node_hex!r} is not 64 hex digits")
+    return bytes.fromhex(node_hex), parse_host_port(address)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -389,6 +405,8 @@ def _expected(opt: _Option, textual: bool) -> str:
         return "a non-empty path"
     if opt.kind in ("hostport", "hostport_list"):
         return "HOST:PORT with a port in 0..65535"
+    if opt.kind == "peer_list":
+        return "[NODEID@]HOST:PORT: an optional 64-hex-digit node id, a port in 0..65535"
     if opt.kind == "nodeid_list":
         return "a hex node id"
     return "a non-empty string"
@@ -456,14 +474,16 @@ def _convert_text(opt: _Option, raw: str, source: str, expected: str) -> Any:
         if text.lower() not in opt.choices:
             raise _bad(source, raw, expected)
         return text.lower()
-    if opt.kind in ("hostport", "hostport_list"):
+    if opt.kind in ("hostport", "hostport_list", "peer_list"):
         try:
-            host, port = parse_host_port(text)
+            node_id, (host, port) = (
+                parse_peer(text) if opt.kind == "peer_list" else (None, parse_host_port(text))
+            )
         except ValueError as exc:
             raise ConfigError(
                 f"{source}: invalid value {_show(raw)}; expected {expected} ({exc})"
             ) from None
-        return _format_host_port(host, port)
+        return (f"{node_id.hex()}@" if node_id else "") + _format_host_port(host, port)
     if opt.kind == "nodeid_list":
         if not _HEX.fullmatch(text):
             raise _bad(source, raw, expected)

@@ -38,7 +38,7 @@ from consensus.validation import (
     check_transaction,
     check_tx_signatures,
 )
-from node.config import NodeConfig, parse_host_port
+from node.config import NodeConfig, parse_host_port, parse_peer
 from node.datadir import DataDirLock
 from node.events import EventHub
 from node.fsutil import write_atomic
@@ -178,17 +178,18 @@ class Node:
             port = 0  # still a UDP socket to talk from, but nobody is told about it
         service = P2PService((host, port), listen, self.clock, self.rng, self._on_p2p_event)
         bound = await service.bind()
-        connect = [parse_host_port(a) for a in cfg.connect]
-        addnode = [parse_host_port(a) for a in cfg.addnode]
+        connect = [parse_peer(a) for a in cfg.connect]
+        addnode = [parse_peer(a) for a in cfg.addnode]
         # The protocol keys peers by the IP their datagrams come from, so names (docker
         # compose service names, say) are resolved here, retrying until they resolve.
-        named = [(a, bool(connect)) for a in connect + addnode if not _is_ip(a[0])]
+        named = [(a, pin) for pin, a in connect + addnode if not _is_ip(a[0])]
         p2p_config = P2PConfig(
             listen=listen,
             listen_port=bound if listen else 0,
-            connect=tuple(a for a in connect if _is_ip(a[0])),
-            addnode=tuple(a for a in addnode if _is_ip(a[0])),
+            connect=tuple(a for _, a in connect if _is_ip(a[0])),
+            addnode=tuple(a for _, a in addnode if _is_ip(a[0])),
             connect_only=bool(connect),
+            peer_ids=tuple((a, pin) for pin, a in connect + addnode if pin and _is_ip(a[0])),
             max_inbound=cfg.max_inbound,
             max_outbound=cfg.max_outbound,
             allow_peers=frozenset(bytes.fromhex(n) for n in cfg.allow_peer),
@@ -199,6 +200,7 @@ class Node:
         )
         service.attach(protocol)
         self.p2p = service
+        self.metrics.watch_p2p(lambda: self.p2p.protocol if self.p2p else None)
         if named:
             self._tasks.append(asyncio.create_task(self._resolve_peer_names(named)))
         self.p2p_addr = f"{host}:{bound}"
@@ -206,13 +208,15 @@ class Node:
         log.info("p2p_listening" if listen else "p2p_outbound_only", addr=self.p2p_addr,
                  node_id=protocol.node_id.hex())
 
-    async def _resolve_peer_names(self, named: list[tuple[tuple[str, int], bool]]) -> None:
+    async def _resolve_peer_names(
+        self, named: list[tuple[tuple[str, int], bytes | None]]
+    ) -> None:
         """Keep named peers resolved: retry until a name resolves, then re-check it now and
         then, since a restarted container may come back with another address."""
         loop = asyncio.get_running_loop()
         current: dict[tuple[str, int], tuple[str, int]] = {}
         while True:
-            for addr, _ in named:
+            for addr, pin in named:
                 try:
                     infos = await loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
                 except OSError as exc:
@@ -226,7 +230,7 @@ class Node:
                     self.protocol.forget_persistent(previous)
                 log.info("peer_name_resolved", host=addr[0], ip=resolved[0])
                 current[addr] = resolved
-                self.protocol.connect(resolved, self.clock(), persistent=True)
+                self.protocol.connect(resolved, self.clock(), persistent=True, node_id=pin)
                 self.p2p_flush()
             resolved_all = len(current) == len(named)
             await asyncio.sleep(PEER_NAME_RECHECK if resolved_all else PEER_NAME_RETRY)

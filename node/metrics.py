@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 REORG_DEPTH_BUCKETS = (1, 2, 3, 4, 6, 10, 20, 50, 100)
 
@@ -29,6 +31,10 @@ class NodeMetrics:
             buckets=REORG_DEPTH_BUCKETS, registry=r,
         )
 
+    def watch_p2p(self, protocol: Callable[[], Any]) -> None:
+        """Export the P2P layer's own counters (sessions, drops, bans) at every scrape."""
+        self.registry.register(_P2PCollector(protocol))
+
     def render(self, node: Any) -> bytes:
         """Refresh the gauges from the node's current state, then render the text format."""
         self.height.set(node.chain.height)
@@ -37,3 +43,49 @@ class NodeMetrics:
         self.peers.set(node.protocol.established_count())
         self.hashrate.set(node.miner.hashrate_measured())
         return generate_latest(self.registry)
+
+
+class _P2PCollector:
+    """Reads the counters the sans-IO P2P code keeps (it imports no metrics library)."""
+
+    def __init__(self, protocol: Callable[[], Any]) -> None:
+        self.protocol = protocol
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed description: collected fresh at every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        p2p = self.protocol()
+        if p2p is None:
+            return
+        sessions = p2p.sessions
+        simple = (
+            ("powlab_p2p_auth_failures", "Datagrams that failed session authentication",
+             sessions.drops.get("auth-failed", 0)),
+            ("powlab_p2p_cookie_replies", "Handshake inits answered with a cookie (under load)",
+             sessions.cookie_replies),
+            ("powlab_p2p_handshakes", "Session handshakes completed",
+             sessions.handshakes_completed),
+            ("powlab_p2p_bans", "Peers discouraged for misbehaviour or banned by setban",
+             p2p.bans),
+        )
+        for name, doc, value in simple:
+            yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily(
+            "powlab_p2p_datagrams_dropped", "Datagrams dropped before the protocol, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(sessions.drops.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        streams = CounterMetricFamily(
+            "powlab_p2p_streams_dropped", "Streams closed before or for failing authentication",
+            labels=["reason"],
+        )
+        for reason, count in sorted(p2p.stream_drops.items()):
+            streams.add_metric([reason], count)
+        yield streams
+        yield GaugeMetricFamily(
+            "powlab_p2p_half_open_handshakes", "Handshakes awaiting their third message",
+            value=len(sessions.half_open),
+        )

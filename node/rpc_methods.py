@@ -10,7 +10,7 @@ from consensus.keys import encode_address
 from consensus.mempool import MempoolConflict
 from consensus.pow import bits_to_target, difficulty
 from consensus.tx import Transaction, TxIn, TxOut, decode_transaction
-from node.config import parse_host_port
+from node.config import parse_host_port, parse_peer
 from node.miner import MinerError
 from node.rpc_server import (
     RPC_CLIENT_NODE_NOT_ADDED,
@@ -435,18 +435,22 @@ def build_registry(node: Node) -> MethodRegistry:
         return node.protocol.established_count()
 
     def addnode(node_addr: str, command: str) -> None:
-        """add (keep connected), remove, or onetry a peer at HOST:PORT."""
-        addr = peer_address(node_addr)
+        """add (keep connected), remove, or onetry a peer at [NODEID@]HOST:PORT; a node id
+        pins the identity the peer must prove."""
+        try:
+            pin, addr = parse_peer(node_addr)
+        except ValueError as exc:
+            raise RPCError(RPC_INVALID_PARAMETER, f"invalid address {node_addr!r}: {exc}") from None
         now = node.clock()
         if command == "add":
             if addr in node.protocol.persistent_addresses():
                 raise RPCError(RPC_CLIENT_NODE_ALREADY_ADDED, "Node already added")
-            node.protocol.connect(addr, now, persistent=True)
+            node.protocol.connect(addr, now, persistent=True, node_id=pin)
         elif command == "remove":
             if not node.protocol.forget_persistent(addr):
                 raise RPCError(RPC_CLIENT_NODE_NOT_ADDED, "Node has not been added")
         elif command == "onetry":
-            node.protocol.connect(addr, now)
+            node.protocol.connect(addr, now, node_id=pin)
         else:
             raise RPCError(RPC_INVALID_PARAMETER, "command must be add, remove or onetry")
         node.p2p_flush()

@@ -24,15 +24,25 @@ class P2PConfig:
     max_inbound: int = 32
     max_outbound: int = 8
     allow_peers: frozenset[bytes] = field(default_factory=frozenset)  # node ids; empty = all
+    peer_ids: tuple[tuple[Address, bytes], ...] = ()  # --connect NODEID@HOST:PORT pins
     ban_seconds: float = 24 * 60 * 60
     misbehavior_threshold: int = 100
 
     ping_interval: float = 5.0  # also how fast a missed announcement is noticed
     peer_timeout: float = 30.0  # silence after which a peer is dropped
     handshake_timeout: float = 10.0
-    hello_retry_interval: float = 1.0  # datagrams get lost: resend the hello
+    hello_retry_interval: float = 0.5  # datagrams get lost: resend handshake steps and hellos
     reconnect_interval: float = 5.0
-    stream_hello_timeout: float = 10.0
+    stream_hello_timeout: float = 10.0  # an inbound stream must authenticate within this
+
+    # sessions (p2p.session): WireGuard-style limits on what a stranger can make us hold
+    half_open_timeout: float = 5.0  # a responder's handshake state lives this long
+    max_half_open: int = 64  # handshakes awaiting their third message, all sources together
+    max_half_open_per_host: int = 4
+    cookie_threshold: int = 8  # half-open handshakes from which an init must echo a cookie
+    max_unauthenticated_streams: int = 16  # inbound TCP connections not yet authenticated
+    rekey_after_seconds: float = 120.0  # WireGuard's REKEY_AFTER_TIME
+    rekey_after_messages: int = 1 << 20  # datagrams sent under one session before a new one
 
     max_blocks_in_flight_per_peer: int = 32
     block_download_window: int = 1024  # blocks ahead of the tip we fetch at once

@@ -14,9 +14,13 @@ TRUNCATED = "truncated"  # msgpack ran out of bytes mid-object
 MALFORMED = "malformed"  # not msgpack, wrong envelope shape, trailing or non-canonical bytes
 UNKNOWN_TYPE = "unknown-type"  # message type number not in the fixed table
 BAD_FIELD = "bad-field"  # payload decodes but a field has the wrong type, size or range
+AUTH_FAILED = "auth-failed"  # a stream frame that does not verify under the session's keys
 
 REASONS: frozenset[str] = frozenset(
-    {BAD_MAGIC, BAD_CHECKSUM, OVERSIZE, TRUNCATED, MALFORMED, UNKNOWN_TYPE, BAD_FIELD}
+    {
+        BAD_MAGIC, BAD_CHECKSUM, OVERSIZE, TRUNCATED, MALFORMED, UNKNOWN_TYPE, BAD_FIELD,
+        AUTH_FAILED,
+    }
 )
 
 

@@ -223,9 +223,11 @@ class MemoryNetwork:
             return
         self.bytes_sent += len(action.data)
         target_addr, remote = peer_end
-        if not self._reachable(node.addr, target_addr):
-            return
         target = self.nodes[target_addr]
+        if not self._reachable(node.addr, target_addr) or not target.online:
+            # TCP never loses bytes and carries on: a connection that cannot deliver breaks.
+            self._break_stream(node, action.stream_id)
+            return
         # A stream is ordered: never deliver before what was sent on it earlier.
         key = (target_addr, remote)
         at = max(self._stream_ready.get(key, 0.0), self.now + self.link.delay(self.rng))
@@ -233,11 +235,25 @@ class MemoryNetwork:
         data = action.data
 
         def deliver() -> None:
-            if target.online:
-                target.p2p.receive_stream_data(remote, data, self.now)
-                self.flush(target)
+            if not target.online:
+                self._break_stream(node, action.stream_id)
+                return
+            target.p2p.receive_stream_data(remote, data, self.now)
+            self.flush(target)
 
         heapq.heappush(self._queue, _Scheduled(at, next(self._seq), deliver))
+
+    def _break_stream(self, node: MemoryNode, stream_id: int) -> None:
+        """Both ends learn that the connection is gone (a reset, or a timeout)."""
+        if (node.addr, stream_id) not in self._stream_peer:
+            return
+        self._close_stream(node.addr, stream_id)
+
+        def closed() -> None:
+            node.p2p.stream_closed(stream_id, self.now)
+            self.flush(node)
+
+        self._schedule(self.link.latency, closed)
 
     def _close_stream(self, addr: Address, stream_id: int) -> None:
         peer_end = self._stream_peer.pop((addr, stream_id), None)

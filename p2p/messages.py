@@ -24,9 +24,6 @@ U16_MAX = 2**16 - 1
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 
-NONCE_SIZE = 16  # handshake nonce: large enough that a replayed Verack never matches by chance
-SESSION_SIZE = 16
-SIGNATURE_SIZE = 64  # Ed25519
 SHORT_ID_SIZE = 6
 
 INV_TX = 1
@@ -50,7 +47,6 @@ MAX_BLOCK_TXS = 100_000
 MAX_STRING_CHARS = max(MAX_USER_AGENT, MAX_HOST_LEN, MAX_GOODBYE_REASON)
 MAX_LIST_LEN = max(MAX_ADDR, MAX_INV, MAX_LOCATOR, MAX_HEADERS, MAX_BLOCK_TXS)
 
-HANDSHAKE_TAG = b"powlab-handshake"
 
 
 def _bad(where: str, problem: str) -> ProtocolError:
@@ -249,8 +245,6 @@ class Hello(Message):
     _SPEC: ClassVar[tuple[tuple[str, _Check], ...]] = (
         ("version", _U32),
         ("genesis", _HASH),
-        ("node_id", _HASH),
-        ("nonce", _Bytes(NONCE_SIZE)),
         ("listen_port", _UInt(U16_MAX)),
         ("height", _U32),
         ("chainwork", _HASH),
@@ -261,24 +255,12 @@ class Hello(Message):
 
     version: int
     genesis: bytes
-    node_id: bytes  # Ed25519 public key
-    nonce: bytes  # the peer signs this in its Verack
     listen_port: int  # 0 = not accepting connections
     height: int
     chainwork: bytes  # big-endian 256-bit integer
     tip: bytes
     user_agent: str
     timestamp: int  # unix seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Verack(Message):
-    TYPE: ClassVar[int] = 2
-    NAME: ClassVar[str] = "verack"
-    _SPEC: ClassVar[tuple[tuple[str, _Check], ...]] = (("signature", _Bytes(SIGNATURE_SIZE)),)
-
-    # Ed25519 over handshake_digest(genesis, the peer's Hello.nonce, our own node_id).
-    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,19 +429,6 @@ class BlockTxn(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StreamHello(Message):
-    TYPE: ClassVar[int] = 17
-    NAME: ClassVar[str] = "streamhello"
-    _SPEC: ClassVar[tuple[tuple[str, _Check], ...]] = (
-        ("node_id", _HASH),
-        ("session", _Bytes(SESSION_SIZE)),
-    )
-
-    node_id: bytes
-    session: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class DoubleSpendAlert(Message):
     TYPE: ClassVar[int] = 18
     NAME: ClassVar[str] = "dsalert"
@@ -492,22 +461,9 @@ def _build_table(*classes: type[Message]) -> dict[int, type[Message]]:
 
 # The only way from a type number to a class: never look a class up by a name from the network.
 MESSAGE_TYPES: dict[int, type[Message]] = _build_table(
-    Hello, Verack, Ping, Pong, GetAddr, Addr, Inv, GetData, NotFound, TxMsg, BlockMsg,
-    GetHeaders, Headers, CompactBlock, GetBlockTxn, BlockTxn, StreamHello, DoubleSpendAlert,
-    Goodbye,
+    Hello, Ping, Pong, GetAddr, Addr, Inv, GetData, NotFound, TxMsg, BlockMsg,
+    GetHeaders, Headers, CompactBlock, GetBlockTxn, BlockTxn, DoubleSpendAlert, Goodbye,
 )  # fmt: skip
-
-
-def handshake_digest(genesis: bytes, nonce: bytes, signer_id: bytes) -> bytes:
-    """What a Verack signs: binds the signature to the network, the challenge and the signer.
-
-    Including the signer's own id stops a man in the middle from relaying one peer's Verack as
-    its own; the genesis hash stops a signature made on one network from being replayed on
-    another. All parts are fixed-size, so plain concatenation is unambiguous.
-    """
-    if len(genesis) != HASH_SIZE or len(nonce) != NONCE_SIZE or len(signer_id) != HASH_SIZE:
-        raise ValueError("handshake_digest takes a 32-byte genesis, 16-byte nonce, 32-byte id")
-    return hashlib.sha256(HANDSHAKE_TAG + genesis + nonce + signer_id).digest()
 
 
 def short_tx_id(salt: int, txid: bytes) -> bytes:

@@ -57,14 +57,11 @@ class Peer:
     id: int
     addr: Address  # where its datagrams come from and go to (its listening socket)
     inbound: bool
-    our_nonce: bytes
     created: float
     config: P2PConfig
     status: PeerStatus = PeerStatus.HANDSHAKE
-    node_id: bytes | None = None
-    their_nonce: bytes | None = None
-    verack_received: bool = False
-    pending_verack: bytes | None = None  # a Verack that overtook the Hello
+    node_id: bytes | None = None  # the identity its session proved (p2p.session)
+    hello_received: bool = False
     version: int = 0
     user_agent: str = ""
     listen_port: int = 0
@@ -85,7 +82,7 @@ class Peer:
     blocks_in_flight: int = 0  # block requests to it not yet answered
     stream_id: int | None = None
     stream_requested: bool = False
-    pending_stream: list[bytes] = field(default_factory=list)
+    pending_stream: list[bytes] = field(default_factory=list)  # envelopes until the stream is up
     pending_stream_bytes: int = 0
     pending_compact: dict[bytes, PartialBlock] = field(default_factory=dict)
     inv_queue: list[Any] = field(default_factory=list)  # InvItems to announce at the next tick

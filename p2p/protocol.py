@@ -15,8 +15,8 @@ a peer that is ahead is asked for headers at the next ping.
 
 from __future__ import annotations
 
-import os
 import random
+import secrets
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -26,11 +26,11 @@ from consensus.block import Block, decode_block, decode_header
 from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus, ChainState
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
-from consensus.keys import PrivateKey, verify_signature
+from consensus.keys import PrivateKey
 from consensus.params import ChainParams
 from consensus.tx import Transaction, decode_transaction
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
-from p2p.errors import ProtocolError
+from p2p.errors import AUTH_FAILED, ProtocolError
 from p2p.messages import (
     INV_BLOCK,
     INV_TX,
@@ -56,20 +56,30 @@ from p2p.messages import (
     Ping,
     Pong,
     PrefilledTx,
-    StreamHello,
     TxMsg,
-    Verack,
-    handshake_digest,
     short_tx_id,
 )
 from p2p.peer import BoundedSet, PartialBlock, Peer, PeerStatus
 from p2p.peerbook import PeerBook
-from p2p.wire import MAX_DATAGRAM_SIZE, MAX_MESSAGE_SIZE, FrameDecoder, decode_message, frame
+from p2p.secure_stream import (
+    STREAM_NONCE_SIZE,
+    TAG_SIZE,
+    PreambleReader,
+    StreamCipher,
+    preamble,
+)
+from p2p.session import SESSION_OVERHEAD, HandshakeRefused, SessionTable, SessionUp
+from p2p.wire import MAX_DATAGRAM_SIZE, MAX_MESSAGE_SIZE, decode_message
 from p2p.wire import encode_message as encode_envelope
 
 log = structlog.get_logger("powlab.p2p")
 
 MAX_UDP_PAYLOAD = 65_507
+#: The largest envelope sent as a datagram: with the session's header and tag it is one
+#: MAX_DATAGRAM_SIZE datagram.
+MAX_DATAGRAM_ENVELOPE = MAX_DATAGRAM_SIZE - SESSION_OVERHEAD
+MAX_STREAM_FRAME = MAX_MESSAGE_SIZE + TAG_SIZE
+MAX_STREAMS_PER_SESSION = 256  # stream nonces remembered per session (then it must rekey)
 ADDR_PER_DATAGRAM = 10  # keeps an Addr message inside one datagram
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 # Transaction relay runs over lossy datagrams: an Inv the peer never asked about is repeated,
@@ -93,7 +103,7 @@ PENALTY = {
     "invalid-tx": 10,
     "malformed-tx": 20,
     "malformed-block": 50,
-    "bad-handshake": 100,
+    "wrong-network": 100,
     "unrequested-block-flood": 20,
     "unconnecting-headers": 10,
     "stream-overflow": 50,
@@ -205,7 +215,9 @@ class _Stream:
     addr: Address
     outbound: bool
     opened_at: float
-    decoder: FrameDecoder
+    preamble: PreambleReader | None = None  # listener side until the preamble is read
+    cipher: StreamCipher | None = None
+    session_addr: Address | None = None  # whose session the preamble named
     peer: Peer | None = None
 
 
@@ -232,6 +244,10 @@ class P2PProtocol:
         self.streams: dict[int, _Stream] = {}
         self.network_active = True
         self.undecodable_datagrams = 0
+        self.sessions = SessionTable(self.magic, params.genesis_hash, node_key, config, now)
+        self.stream_drops: dict[str, int] = {}  # streams closed before authenticating, by reason
+        self.bans = 0  # discouragements and setbans, for /metrics
+        self._pinned: dict[Address, bytes] = dict(config.peer_ids)  # --connect NODEID@HOST:PORT
         self.connect_only = bool(config.connect) or config.connect_only
         self.link_faults: dict[str, Any] = {}
         self._next_peer_id = 1
@@ -259,6 +275,7 @@ class P2PProtocol:
     # ----------------------------------------------------------------- outputs
 
     def take_actions(self) -> list[Action]:
+        self._drain_sessions()
         actions, self._actions = self._actions, []
         return actions
 
@@ -273,17 +290,17 @@ class P2PProtocol:
 
     def _send(self, peer: Peer, msg: Message, stream: bool = False) -> None:
         data = self._encode(msg)
-        if not stream and len(data) <= MAX_DATAGRAM_SIZE:
-            peer.bytes_sent += len(data)
-            self._actions.append(SendDatagram(peer.addr, data))
+        if not stream and len(data) <= MAX_DATAGRAM_ENVELOPE:
+            sealed = self.sessions.seal(peer.addr, data)
+            if sealed is not None:
+                peer.bytes_sent += len(sealed)
+                self._actions.append(SendDatagram(peer.addr, sealed))
             return
-        framed = frame(data)
-        peer.bytes_sent += len(framed)
         if peer.stream_id is not None:
-            self._actions.append(SendStream(peer.stream_id, framed))
+            self._send_on_stream(peer, self.streams[peer.stream_id], data)
             return
-        peer.pending_stream.append(framed)
-        peer.pending_stream_bytes += len(framed)
+        peer.pending_stream.append(data)
+        peer.pending_stream_bytes += len(data)
         if peer.pending_stream_bytes > self.config.max_pending_stream_bytes:
             self._disconnect(peer, "stream-overflow", peer.last_recv)
             return
@@ -291,20 +308,51 @@ class P2PProtocol:
             peer.stream_requested = True
             self._actions.append(OpenStream(peer.addr))
 
+    def _send_on_stream(self, peer: Peer, stream: _Stream, envelope: bytes) -> None:
+        assert stream.cipher is not None
+        framed = stream.cipher.seal(envelope)
+        peer.bytes_sent += len(framed)
+        self._actions.append(SendStream(stream.id, framed))
+
     def _send_to_addr(self, addr: Address, msg: Message) -> None:
-        self._actions.append(SendDatagram(addr, self._encode(msg)))
+        """A message under the session with `addr` whether or not it is a peer (refusals)."""
+        sealed = self.sessions.seal(addr, self._encode(msg))
+        if sealed is not None:
+            self._actions.append(SendDatagram(addr, sealed))
+
+    def _drain_sessions(self) -> None:
+        for addr, data in self.sessions.take_outbox():
+            self._actions.append(SendDatagram(addr, data))
+
+    def _session_events(self, now: float) -> None:
+        """Carry out what the session layer did: its datagrams first (a finish must leave
+        before the Hello sealed under the session it completes), then its events."""
+        self._drain_sessions()
+        for event in self.sessions.take_events():
+            if isinstance(event, SessionUp):
+                self._on_session_up(event, now)
+            else:
+                self._on_handshake_refused(event, now)
 
     # ----------------------------------------------------------------- control
 
-    def connect(self, addr: Address, now: float, persistent: bool = False) -> None:
+    def connect(
+        self, addr: Address, now: float, persistent: bool = False, node_id: bytes | None = None
+    ) -> None:
+        """Dial `addr`; with `node_id`, only a peer that proves that identity is accepted
+        there (`--connect NODEID@HOST:PORT`)."""
         if persistent:
             self._persistent[addr] = now
+        if node_id is not None:
+            self._pinned[addr] = node_id
         if addr in self.by_addr or addr in self._self_addrs or not self.network_active:
             return
         if self.book.is_banned(addr, now):
             return
         peer = self._new_peer(addr, inbound=False, now=now)
-        self._send_hello(peer, now)
+        peer.last_hello_sent = now
+        self.sessions.initiate(addr, now, self._pinned.get(addr))
+        self._session_events(now)
 
     def forget_persistent(self, addr: Address) -> bool:
         return self._persistent.pop(addr, None) is not None
@@ -330,6 +378,7 @@ class P2PProtocol:
 
     def ban(self, host: str, seconds: float, now: float) -> None:
         self.book.ban(host, seconds, now)
+        self.bans += 1
         for peer in list(self.peers.values()):
             if peer.addr[0] == host:
                 self._disconnect(peer, "banned", now)
@@ -337,7 +386,7 @@ class P2PProtocol:
     # ----------------------------------------------------------------- peers
 
     def _new_peer(self, addr: Address, inbound: bool, now: float) -> Peer:
-        peer = Peer(self._next_peer_id, addr, inbound, os.urandom(16), now, self.config)
+        peer = Peer(self._next_peer_id, addr, inbound, now, self.config)
         self._next_peer_id += 1
         self.peers[peer.id] = peer
         self.by_addr[addr] = peer
@@ -348,8 +397,6 @@ class P2PProtocol:
         return Hello(
             PROTOCOL_VERSION,
             self.params.genesis_hash,
-            self.node_id,
-            peer.our_nonce,
             self.config.listen_port if self.config.listen else 0,
             tip.height,
             tip.chainwork.to_bytes(32, "big"),
@@ -362,7 +409,9 @@ class P2PProtocol:
         peer.last_hello_sent = now
         self._send(peer, self._hello(peer, now))
 
-    def _disconnect(self, peer: Peer, reason: str, now: float) -> None:
+    def _disconnect(
+        self, peer: Peer, reason: str, now: float, close_session: bool = True
+    ) -> None:
         if peer.status is PeerStatus.CLOSED:
             return
         was_established = peer.established
@@ -372,6 +421,8 @@ class P2PProtocol:
             del self.by_addr[peer.addr]
         if reason not in ("goodbye", "network-inactive-silent"):
             self._send_to_addr(peer.addr, Goodbye(reason[:200]))
+        if close_session:
+            self.sessions.close(peer.addr)
         if peer.stream_id is not None:
             self.streams.pop(peer.stream_id, None)
             self._actions.append(CloseStream(peer.stream_id))
@@ -400,6 +451,7 @@ class P2PProtocol:
         )
         self._events.append(PeerPenalised(addr, reason, score, discouraged))
         if discouraged:
+            self.bans += 1
             peer = self.by_addr.get(addr)
             if peer is not None:
                 self._disconnect(peer, f"misbehaving: {reason}", now)
@@ -415,28 +467,20 @@ class P2PProtocol:
     def _receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if not self.network_active or self.book.is_banned(addr, now):
             return
+        plaintext = self.sessions.receive(data, addr, now)
+        self._session_events(now)
+        if plaintext is None:
+            return  # a handshake step, a keepalive, or dropped and counted by the session layer
         peer = self.by_addr.get(addr)
-        try:
-            msg = decode_message(data, self.magic, MAX_UDP_PAYLOAD)
-        except ProtocolError as exc:
-            if exc.reason == "bad-magic" and (peer is None or not peer.established):
-                # Another network, not misbehaviour: even while we are dialling it.
-                self._refuse(addr, "wrong network (magic)")
-                if peer is not None:
-                    self._disconnect(peer, "wrong-network", now)
-                return
-            # A datagram's source address is not authenticated: only an address we hold a
-            # handshake with is charged, so nobody can get a stranger discouraged by spoofing.
-            if peer is not None and peer.established:
-                self._penalise(addr, exc.reason, now)
-            else:
-                self.undecodable_datagrams += 1
-            return
-        if isinstance(msg, Hello):
-            self._on_hello(peer, addr, msg, now)
-            return
         if peer is None:
-            return  # strangers may only say hello
+            return  # a session we refused a peer on: its last datagrams are still arriving
+        try:
+            msg = decode_message(plaintext, self.magic, MAX_UDP_PAYLOAD)
+        except ProtocolError as exc:
+            # Authenticated: the peer itself sent this, so the penalty is deserved.
+            self.undecodable_datagrams += 1
+            self._penalise(addr, exc.reason, now)
+            return
         if not self._within_budget(peer, msg, len(data), now):
             return
         self._handle(peer, msg, now)
@@ -485,17 +529,30 @@ class P2PProtocol:
     # ----------------------------------------------------------------- input: streams
 
     def stream_opened(self, stream_id: int, addr: Address, outbound: bool, now: float) -> None:
-        stream = _Stream(stream_id, addr, outbound, now, FrameDecoder(MAX_MESSAGE_SIZE))
-        self.streams[stream_id] = stream
-        if outbound:
-            peer = self.by_addr.get(addr)
-            if peer is None or not peer.established or peer.their_nonce is None:
+        if not outbound:
+            strangers = sum(1 for st in self.streams.values() if st.peer is None)
+            if strangers >= self.config.max_unauthenticated_streams:
+                self._stream_dropped("capacity")
                 self._actions.append(CloseStream(stream_id))
-                self.streams.pop(stream_id, None)
                 return
-            hello = self._encode(StreamHello(self.node_id, peer.their_nonce))
-            self._actions.append(SendStream(stream_id, frame(hello)))
-            self._bind_stream(stream, peer)
+            self.streams[stream_id] = _Stream(
+                stream_id, addr, outbound, now, preamble=PreambleReader(self.magic)
+            )
+            return
+        peer = self.by_addr.get(addr)
+        session = self.sessions.session(addr)
+        if peer is None or not peer.established or session is None:
+            self._actions.append(CloseStream(stream_id))
+            return
+        nonce = secrets.token_bytes(STREAM_NONCE_SIZE)
+        cipher = StreamCipher.for_dialler(session.stream_secret, nonce, MAX_STREAM_FRAME)
+        stream = _Stream(stream_id, addr, outbound, now, cipher=cipher, session_addr=addr)
+        self.streams[stream_id] = stream
+        # The empty first frame proves the keys at once, so the listener never has to buffer
+        # more than a few bytes from a connection it cannot yet attribute.
+        opening = preamble(self.magic, session.their_index, nonce) + cipher.seal(b"")
+        self._actions.append(SendStream(stream_id, opening))
+        self._bind_stream(stream, peer)
 
     def stream_failed(self, addr: Address, now: float) -> None:
         peer = self.by_addr.get(addr)
@@ -519,9 +576,19 @@ class P2PProtocol:
         if stream is None:
             return
         try:
-            envelopes = stream.decoder.feed(data)
+            if stream.cipher is None:
+                data = self._read_preamble(stream, data)
+                if stream.cipher is None:
+                    return
+            envelopes = stream.cipher.feed(data)
         except ProtocolError as exc:
-            self._stream_protocol_error(stream, exc, now)
+            # Framing and authentication errors are not charged to anyone: before the first
+            # frame verifies the stream is nobody's, and after it an on-path attacker can
+            # corrupt a TCP stream as easily as the peer can. The dialler reopens it.
+            self._stream_dropped(exc.reason if stream.peer is None else f"bound-{exc.reason}")
+            self._close_stream(stream)
+            return
+        if stream.peer is None and not self._attribute_stream(stream):
             return
         for envelope in envelopes:
             try:
@@ -529,38 +596,55 @@ class P2PProtocol:
             except ProtocolError as exc:
                 self._stream_protocol_error(stream, exc, now)
                 return
-            if stream.peer is None:
-                if not self._on_stream_hello(stream, msg, now):
-                    return
-                continue
             peer = stream.peer
-            if peer.status is PeerStatus.CLOSED:
+            if peer is None or peer.status is PeerStatus.CLOSED:
                 return
-            if not self._within_budget(peer, msg, len(envelope) + 4, now):
+            if not self._within_budget(peer, msg, len(envelope) + 4 + TAG_SIZE, now):
                 continue
             self._handle(peer, msg, now)
+
+    def _read_preamble(self, stream: _Stream, data: bytes) -> bytes:
+        """Feed the listener's preamble reader; once complete, set up the stream's keys from
+        the session it names. Returns the bytes after the preamble."""
+        assert stream.preamble is not None
+        got = stream.preamble.feed(data)
+        if got is None:
+            return b""
+        (index, nonce), rest = got
+        session = self.sessions.by_index.get(index)
+        if (
+            session is None
+            or nonce in session.stream_nonces
+            or len(session.stream_nonces) >= MAX_STREAMS_PER_SESSION
+        ):
+            # Unknown session, or a replayed preamble: its keys would repeat nonces.
+            raise ProtocolError(AUTH_FAILED, "stream preamble names no usable session")
+        session.stream_nonces.add(nonce)
+        stream.preamble = None
+        stream.session_addr = session.addr
+        stream.cipher = StreamCipher.for_listener(session.stream_secret, nonce, MAX_STREAM_FRAME)
+        return rest
+
+    def _attribute_stream(self, stream: _Stream) -> bool:
+        """Bind an inbound stream to its peer once a frame has verified under its keys."""
+        assert stream.cipher is not None
+        if not stream.cipher.authenticated:
+            return False
+        peer = self.by_addr.get(stream.session_addr) if stream.session_addr else None
+        if peer is None or not peer.established:
+            self._stream_dropped("no-peer")
+            self._close_stream(stream)
+            return False
+        self._bind_stream(stream, peer)
+        return True
+
+    def _stream_dropped(self, reason: str) -> None:
+        self.stream_drops[reason] = self.stream_drops.get(reason, 0) + 1
 
     def _stream_protocol_error(self, stream: _Stream, exc: ProtocolError, now: float) -> None:
         self._close_stream(stream)
         if stream.peer is not None:
             self._penalise(stream.peer.addr, exc.reason, now)
-
-    def _on_stream_hello(self, stream: _Stream, msg: Message, now: float) -> bool:
-        peer = None
-        if isinstance(msg, StreamHello):
-            peer = next(
-                (
-                    p
-                    for p in self.peers.values()
-                    if p.node_id == msg.node_id and p.established and p.our_nonce == msg.session
-                ),
-                None,
-            )
-        if peer is None:
-            self._close_stream(stream)
-            return False
-        self._bind_stream(stream, peer)
-        return True
 
     def _bind_stream(self, stream: _Stream, peer: Peer) -> None:
         if peer.stream_id is not None and peer.stream_id != stream.id:
@@ -569,17 +653,22 @@ class P2PProtocol:
                 self._actions.append(CloseStream(old.id))
         stream.peer = peer
         peer.stream_id = stream.id
-        for framed in peer.pending_stream:
-            self._actions.append(SendStream(stream.id, framed))
+        for envelope in peer.pending_stream:
+            self._send_on_stream(peer, stream, envelope)
         peer.pending_stream = []
         peer.pending_stream_bytes = 0
 
     def _close_stream(self, stream: _Stream) -> None:
         self.streams.pop(stream.id, None)
         self._actions.append(CloseStream(stream.id))
-        if stream.peer is not None and stream.peer.stream_id == stream.id:
-            stream.peer.stream_id = None
-            stream.peer.stream_requested = False
+        peer = stream.peer
+        if peer is not None and peer.stream_id == stream.id:
+            peer.stream_id = None
+            peer.stream_requested = False
+            if peer.established and not peer.inbound:
+                # We dropped our own stream (it failed to verify): the dialler reopens it.
+                peer.stream_requested = True
+                self._actions.append(OpenStream(peer.addr))
 
     def stream_closed(self, stream_id: int, now: float) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -595,61 +684,80 @@ class P2PProtocol:
 
     # ----------------------------------------------------------------- handshake
 
-    def _on_hello(self, peer: Peer | None, addr: Address, msg: Hello, now: float) -> None:
-        if msg.genesis != self.params.genesis_hash:
-            self._send_to_addr(addr, Goodbye("wrong network: genesis differs"))
-            self._refuse(addr, "wrong network (genesis differs)")
-            if peer is not None:
-                self._disconnect(peer, "wrong-network", now)
-            return
-        if msg.node_id == self.node_id:
+    def _on_session_up(self, event: SessionUp, now: float) -> None:
+        """`event.addr` proved it holds `event.node_id`: admit it as a peer, or refuse it."""
+        addr, node_id = event.addr, event.node_id
+        peer = self.by_addr.get(addr)
+        if node_id == self.node_id:
             self._self_addrs.add(addr)
-            self._refuse(addr, "connection to self")
-            if peer is not None:
-                self._disconnect(peer, "self-connection", now)
+            self._refuse_session(addr, peer, "connection to self", "self-connection", now)
             return
-        if self.config.allow_peers and msg.node_id not in self.config.allow_peers:
+        if self.config.allow_peers and node_id not in self.config.allow_peers:
             self._send_to_addr(addr, Goodbye("not on the allowlist"))
-            self._refuse(addr, "node id not on the allowlist")
-            if peer is not None:
-                self._disconnect(peer, "not-allowed", now)
+            self._refuse_session(addr, peer, "node id not on the allowlist", "not-allowed", now)
             return
+        pinned = self._pinned.get(addr)
+        if pinned is not None and pinned != node_id:
+            self._refuse_session(
+                addr, peer, "node id is not the one pinned with --connect", "wrong-node-id", now
+            )
+            return
+        if peer is not None and peer.node_id is not None:
+            if peer.node_id == node_id:
+                return  # a rekey, or both sides dialled at once: the same peer
+            # Another node now answers at this address (a restart with a new identity).
+            self._disconnect(peer, "replaced by another node", now, close_session=False)
+            peer = None
         if peer is None:
-            reason = self._inbound_refusal(msg, now)
+            reason = self._inbound_refusal(node_id, now)
             if reason:
                 self._send_to_addr(addr, Goodbye(reason))
-                self._refuse(addr, reason)
+                self._refuse_session(addr, None, reason, reason, now)
                 return
-            peer = self._new_peer(addr, inbound=True, now=now)
-        if not self._within_budget(peer, msg, 0, now):
+            peer = self._new_peer(addr, inbound=not event.initiator, now=now)
+        peer.node_id = node_id
+        self._send_hello(peer, now)
+
+    def _refuse_session(
+        self, addr: Address, peer: Peer | None, why: str, reason: str, now: float
+    ) -> None:
+        self._refuse(addr, why)
+        if peer is not None:
+            self._disconnect(peer, reason, now)
+        self.sessions.close(addr)
+
+    def _on_handshake_refused(self, event: HandshakeRefused, now: float) -> None:
+        self._refuse(event.addr, event.reason)
+        peer = self.by_addr.get(event.addr)
+        if peer is not None and not peer.established:
+            self._disconnect(peer, "handshake-refused", now)
+
+    def _on_hello(self, peer: Peer, msg: Hello, now: float) -> None:
+        """The peer's chain and version, over its authenticated session."""
+        if msg.genesis != self.params.genesis_hash:
+            # The session prologue already binds the genesis: only a broken peer gets here.
+            self._penalise(peer.addr, "wrong-network", now)
             return
-        if peer.their_nonce == msg.nonce:
-            # A retransmission: our answer was lost. Answer again.
-            if peer.inbound:
-                self._send_hello(peer, now)
-            self._send_verack(peer)
-            return
-        peer.node_id = msg.node_id
-        peer.their_nonce = msg.nonce
         peer.version = msg.version
         peer.user_agent = msg.user_agent
         peer.listen_port = msg.listen_port
         self._update_peer_tip(peer, msg.height, int.from_bytes(msg.chainwork, "big"), msg.tip)
-        if peer.inbound:
-            self._send_hello(peer, now)
-        self._send_verack(peer)
-        if peer.pending_verack is not None:
-            self._check_verack(peer, peer.pending_verack, now)
+        if peer.established:
+            # It repeats its Hello only while it has not seen ours: ours was lost.
+            if now - peer.last_hello_sent >= self.config.hello_retry_interval / 2:
+                self._send_hello(peer, now)
+            return
+        peer.hello_received = True
         self._maybe_established(peer, now)
 
-    def _inbound_refusal(self, msg: Hello, now: float) -> str:
+    def _inbound_refusal(self, node_id: bytes, now: float) -> str:
         if not self.config.listen:
             return "not accepting inbound connections"
         inbound = sum(1 for p in self.peers.values() if p.inbound)
         if inbound >= self.config.max_inbound:
             return "too many inbound peers"
         for existing in list(self.peers.values()):
-            if existing.node_id != msg.node_id:
+            if existing.node_id != node_id:
                 continue
             if existing.established and now - existing.last_recv < self.config.ping_interval:
                 return "already connected"
@@ -658,32 +766,8 @@ class P2PProtocol:
             self._disconnect(existing, "replaced by a new connection", now)
         return ""
 
-    def _send_verack(self, peer: Peer) -> None:
-        assert peer.their_nonce is not None
-        digest = handshake_digest(self.params.genesis_hash, peer.their_nonce, self.node_id)
-        self._send(peer, Verack(self.key.sign(digest)))
-
-    def _check_verack(self, peer: Peer, signature: bytes, now: float) -> None:
-        assert peer.node_id is not None
-        digest = handshake_digest(self.params.genesis_hash, peer.our_nonce, peer.node_id)
-        if not verify_signature(peer.node_id, signature, digest):
-            self._penalise(peer.addr, "bad-handshake", now)
-            self._disconnect(peer, "bad-handshake", now)
-            return
-        peer.verack_received = True
-        peer.pending_verack = None
-
-    def _on_verack(self, peer: Peer, msg: Verack, now: float) -> None:
-        if peer.established:
-            return
-        if peer.node_id is None:
-            peer.pending_verack = msg.signature
-            return
-        self._check_verack(peer, msg.signature, now)
-        self._maybe_established(peer, now)
-
     def _maybe_established(self, peer: Peer, now: float) -> None:
-        if peer.established or not peer.verack_received or peer.their_nonce is None:
+        if peer.established or not peer.hello_received or peer.node_id is None:
             return
         peer.status = PeerStatus.ESTABLISHED
         peer.connected_at = now
@@ -709,8 +793,8 @@ class P2PProtocol:
     # ----------------------------------------------------------------- dispatch
 
     def _handle(self, peer: Peer, msg: Message, now: float) -> None:
-        if isinstance(msg, Verack):
-            self._on_verack(peer, msg, now)
+        if isinstance(msg, Hello):
+            self._on_hello(peer, msg, now)
             return
         if isinstance(msg, Goodbye):
             log.info("peer_goodbye", peer=peer.label, reason=msg.reason)
@@ -1163,19 +1247,22 @@ class P2PProtocol:
         if not self.network_active:
             return
         cfg = self.config
+        self.sessions.handle_timer(now)
+        self._session_events(now)
         for peer in list(self.peers.values()):
+            has_session = self.sessions.has_session(peer.addr)
             if peer.status is PeerStatus.HANDSHAKE:
                 if now - peer.created > cfg.handshake_timeout:
                     self._disconnect(peer, "handshake-timeout", now)
+                elif not has_session:
+                    if not peer.inbound:  # idempotent while a handshake is under way
+                        self.sessions.initiate(peer.addr, now, self._pinned.get(peer.addr))
                 elif now - peer.last_hello_sent >= cfg.hello_retry_interval:
-                    # Any handshake datagram may be lost. The dialler repeats its Hello; the
-                    # listener repeats its Hello and Verack, else a lost Verack leaves the
-                    # dialler established and us waiting for the handshake timeout. (What a
-                    # spoofed Hello can reflect this way is bounded: max_inbound handshakes,
-                    # each for handshake_timeout.)
+                    # Our Hello (or theirs) may have been lost: repeat ours until theirs comes.
                     self._send_hello(peer, now)
-                    if peer.inbound and peer.their_nonce is not None:
-                        self._send_verack(peer)
+                continue
+            if not has_session:
+                self._disconnect(peer, "session-expired", now)
                 continue
             if now - peer.last_recv > cfg.peer_timeout:
                 self._disconnect(peer, "timeout", now)
@@ -1296,6 +1383,7 @@ class P2PProtocol:
                 "user_agent": p.user_agent,
                 "stream": p.stream_id is not None,
                 "blocks_in_flight": p.blocks_in_flight,
+                "session": self.sessions.info(p.addr),
             }
             for p in self.peers.values()
         ]

@@ -88,6 +88,7 @@ class P2PService:
         )
         self.port = 0
         self.datagrams_dropped = 0
+        self.receive_failures = 0  # exceptions caught on the receive paths (each logged)
         self._link_free_at: dict[str, float] = {}  # link -> when its last queued byte leaves
         self._stream_ready_at: dict[int, float] = {}  # stream -> its last scheduled write
 
@@ -180,7 +181,11 @@ class P2PService:
                 data, addr = await self._udp.recv()
             except asyncio_dgram.TransportClosed:
                 return
-            self.protocol.receive_datagram(data, (addr[0], addr[1]), self.clock())
+            try:
+                self.protocol.receive_datagram(data, (addr[0], addr[1]), self.clock())
+            except Exception:  # one bad datagram must not stop all reception
+                self.receive_failures += 1
+                log.exception("datagram_handler_failed", peer=f"{addr[0]}:{addr[1]}")
             self.flush()
 
     async def _timer_loop(self) -> None:
@@ -264,7 +269,13 @@ class P2PService:
         if stream_id not in self._streams:
             return  # closed by us; bytes already in flight are ignored
         assert self.protocol is not None
-        self.protocol.receive_stream_data(stream_id, data, self.clock())
+        try:
+            self.protocol.receive_stream_data(stream_id, data, self.clock())
+        except Exception:  # costs this stream, never the event loop's callback
+            self.receive_failures += 1
+            log.exception("stream_handler_failed", stream=stream_id)
+            self._close_stream(stream_id)
+            self.protocol.stream_closed(stream_id, self.clock())
         self.flush()
 
     def _stream_lost(self, stream_id: int) -> None:

@@ -20,11 +20,11 @@ Envelope
     every message has exactly one encoding and its hash identifies it.
 
 Transports
-    Datagram: one envelope per datagram, at most `MAX_DATAGRAM_SIZE` bytes so it never needs IP
-    fragmentation; bigger messages must go on the stream.
-    Stream (TCP): a sequence of frames, each a 4-byte big-endian unsigned length followed by that
-    many bytes of envelope, at most `MAX_MESSAGE_SIZE`. The first frame on a stream is a
-    StreamHello binding it to a peer.
+    Every envelope travels encrypted under the peer's session (`p2p.session`,
+    `p2p.secure_stream`). Datagram: one envelope per data datagram, which with the session's
+    header and tag is at most `MAX_DATAGRAM_SIZE` bytes so it never needs IP fragmentation;
+    bigger messages must go on the stream. Stream (TCP): a preamble naming the session, then
+    frames of a 4-byte length and the sealed envelope, at most `MAX_MESSAGE_SIZE` plus the tag.
 
 Errors
     Decoding failures raise `p2p.errors.ProtocolError` and nothing else. Checks run in this
@@ -37,7 +37,6 @@ Errors
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import msgpack
@@ -64,7 +63,6 @@ MAGIC_SIZE = 4
 CHECKSUM_SIZE = 4
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024 + 1024  # a maximum block plus envelope overhead
 MAX_DATAGRAM_SIZE = 1400  # fits one Ethernet-MTU datagram with IPv6 and UDP headers
-FRAME_HEADER = struct.Struct(">I")
 
 # UTF-8 needs at most 4 bytes per character; msgpack limits str length in bytes.
 _MAX_STR_BYTES = 4 * MAX_STRING_CHARS
@@ -171,51 +169,3 @@ def decode_message(data: bytes, magic: bytes, max_size: int) -> Message:
     if _pack(msg.to_payload()) != payload:
         raise ProtocolError(MALFORMED, f"non-canonical {cls.NAME} payload encoding")
     return msg
-
-
-def frame(envelope: bytes) -> bytes:
-    """Prefix an envelope with its length for the stream transport."""
-    return FRAME_HEADER.pack(len(envelope)) + envelope
-
-
-class FrameDecoder:
-    """Splits a byte stream into envelopes; feed it whatever the socket returned.
-
-    After it raises, the stream has lost framing and cannot be resynchronised: the caller must
-    close the connection, and further feeds raise the same error.
-    """
-
-    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
-        self.max_size = max_size
-        self._buf = bytearray()
-        self._error: ProtocolError | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as a complete envelope."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._error is not None:
-            raise self._error
-        self._buf += data
-        out: list[bytes] = []
-        pos = 0
-        header = FRAME_HEADER.size
-        while len(self._buf) - pos >= header:
-            (length,) = FRAME_HEADER.unpack_from(self._buf, pos)
-            if length > self.max_size:
-                # Raise on the prefix alone so a peer cannot make us buffer a huge body first.
-                self._error = ProtocolError(
-                    OVERSIZE, f"frame of {length} bytes exceeds {self.max_size}"
-                )
-                del self._buf[:]
-                raise self._error
-            end = pos + header + length
-            if end > len(self._buf):
-                break
-            out.append(bytes(self._buf[pos + header : end]))
-            pos = end
-        # One deletion per feed rather than per frame keeps many small frames linear-time.
-        del self._buf[:pos]
-        return out

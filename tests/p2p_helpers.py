@@ -24,12 +24,11 @@ from consensus.chainstate import BlockIndex
 from consensus.params import REGTEST, ChainParams
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from p2p.config import Address, P2PConfig
-from p2p.errors import ProtocolError
 from p2p.memory import LinkModel, MemoryNetwork, MemoryNode
 from p2p.messages import Message
 from p2p.peer import Peer
-from p2p.protocol import Action, SendDatagram, SendStream
-from p2p.wire import MAX_MESSAGE_SIZE, decode_message, encode_message
+from p2p.protocol import MAX_DATAGRAM_ENVELOPE
+from p2p.wire import encode_message
 
 #: Coinbases mature after two blocks: wallets get funded in a handful of blocks.
 QUICK = REGTEST.with_overrides({"coinbase_maturity": 2})
@@ -104,9 +103,18 @@ def key_of(node: MemoryNode) -> str:
 
 
 def inject(net: MemoryNetwork, node: MemoryNode, data: bytes, source: Address) -> None:
-    """Deliver a datagram to `node` as if it came from `source`, now."""
+    """Deliver a raw datagram to `node` as if it came from `source`, now (a spoofer's view:
+    no session keys)."""
     node.p2p.receive_datagram(data, source, net.now)
     net.flush(node)
+
+
+def send_as(net: MemoryNetwork, sender: MemoryNode, node: MemoryNode, data: bytes) -> None:
+    """Deliver `data` to `node` sealed under `sender`'s session with it, now: what a peer
+    that misbehaves on purpose can send."""
+    sealed = sender.p2p.sessions.seal(node.addr, data)
+    assert sealed is not None, f"{sender.name} has no session with {node.name}"
+    inject(net, node, sealed, sender.addr)
 
 
 def envelope(node: MemoryNode, msg: Message) -> bytes:
@@ -190,10 +198,8 @@ class Sent:
 
 @dataclass
 class Traffic:
-    """Wraps every node's `take_actions` to decode and record what it sends, by message type.
-
-    Records what a protocol *asked* to send, whether or not the network then lost it.
-    """
+    """Wraps every node's protocol to record each message it sends, by type, before
+    encryption (what a protocol *asked* to send, whether or not the network then lost it)."""
 
     net: MemoryNetwork
     sent: list[Sent] = field(default_factory=list)
@@ -203,28 +209,24 @@ class Traffic:
             self.watch(node)
 
     def watch(self, node: MemoryNode) -> None:
-        original = node.p2p.take_actions
+        p2p = node.p2p
+        send, send_to_addr = p2p._send, p2p._send_to_addr
 
-        def take_actions() -> list[Action]:
-            actions = original()
-            for action in actions:
-                self._record(node, action)
-            return actions
+        def recorded_send(peer: Peer, msg: Message, stream: bool = False) -> None:
+            self._record(node, peer.addr, msg, stream)
+            send(peer, msg, stream)
 
-        node.p2p.take_actions = take_actions  # type: ignore[method-assign]
+        def recorded_send_to_addr(addr: Address, msg: Message) -> None:
+            self._record(node, addr, msg, False)
+            send_to_addr(addr, msg)
 
-    def _record(self, node: MemoryNode, action: Action) -> None:
-        if isinstance(action, SendDatagram):
-            data, addr, stream = action.data, action.addr, False
-        elif isinstance(action, SendStream):
-            data, addr, stream = action.data[4:], None, True
-        else:
-            return
-        try:
-            msg = decode_message(data, node.params.magic, MAX_MESSAGE_SIZE)
-        except ProtocolError:
-            return
-        self.sent.append(Sent(node.name, addr, stream, msg, len(data)))
+        p2p._send = recorded_send  # type: ignore[method-assign]
+        p2p._send_to_addr = recorded_send_to_addr  # type: ignore[method-assign]
+
+    def _record(self, node: MemoryNode, addr: Address, msg: Message, stream: bool) -> None:
+        size = len(encode_message(node.params.magic, msg))
+        on_stream = stream or size > MAX_DATAGRAM_ENVELOPE
+        self.sent.append(Sent(node.name, None if on_stream else addr, on_stream, msg, size))
 
     def mark(self) -> int:
         """A position to count from later (`since=`)."""

@@ -17,6 +17,7 @@ from node.config import (
     load_config,
     load_config_from_sources,
     parse_host_port,
+    parse_peer,
 )
 
 HOME = {"HOME": "/home/alice"}
@@ -560,3 +561,18 @@ def test_written_config_loads_from_disk(tmp_path: Path) -> None:
 def test_assumed_attacker_share_must_be_a_fraction(value: str) -> None:
     with pytest.raises(ConfigError, match="POWLAB_ASSUMED_ATTACKER_SHARE"):
         load_config(parse_flags(), {**HOME, "POWLAB_ASSUMED_ATTACKER_SHARE": value})
+
+
+def test_connect_and_addnode_take_a_pinned_node_id() -> None:
+    node_id = "AB" * 32
+    cfg = load_config(
+        {"connect": (f"{node_id}@127.0.0.2:18444",), "addnode": ("127.0.0.3:18444",)}, HOME
+    )
+    assert cfg.connect == (f"{node_id.lower()}@127.0.0.2:18444",)
+    assert parse_peer(cfg.connect[0]) == (bytes.fromhex(node_id), ("127.0.0.2", 18444))
+    assert parse_peer(cfg.addnode[0]) == (None, ("127.0.0.3", 18444))
+    env = {**HOME, "POWLAB_ADDNODE": f"{node_id}@[::1]:1,127.0.0.4:2"}
+    assert load_config({}, env).addnode == (f"{node_id.lower()}@[::1]:1", "127.0.0.4:2")
+    for bad, why in (("abcd@127.0.0.2:1", "64 hex digits"), (f"{'zz' * 32}@h:1", "64 hex")):
+        with pytest.raises(ConfigError, match=why):
+            load_config({"connect": (bad,)}, HOME)

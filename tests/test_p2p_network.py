@@ -493,3 +493,27 @@ def test_allowlist_refuses_others(tmp_path: Path) -> None:
             "the stranger refused",
         )
         assert guarded.rpc("getconnectioncount") == 1
+
+
+def test_connect_pins_the_identity_the_peer_must_prove(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        target, target_addr = net.make("target", host_of(0))
+        net.start(target)
+        target_id = target.rpc("getnetworkinfo")["node_id"]
+        wrong_id = "ab" * 32
+        pinned, _ = net.make("pinned", host_of(1), "--connect", f"{target_id}@{target_addr}")
+        impostor_check, _ = net.make(
+            "mispinned", host_of(2), "--connect", f"{wrong_id}@{target_addr}"
+        )
+        net.start(pinned, impostor_check)
+
+        wait_for(lambda: peer_addrs(pinned) == {target_addr}, 30, "the pinned peer to connect")
+        (row,) = peers(pinned)
+        assert row["node_id"] == target_id
+        session = row["session"]
+        assert session["cipher"] == "Noise_XX_25519_ChaChaPoly_SHA256"
+        assert session["state"] == "established" and session["auth_failures"] == 0
+        # The same address under another pinned id: the handshake proves target's identity,
+        # which is not the one asked for, so nothing is established, however often it redials.
+        stays(lambda: peers(impostor_check) == [], 4, "no link to a peer with another identity")
+        assert len(peers(target)) == 1

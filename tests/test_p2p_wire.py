@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 from typing import Any
 
 import msgpack
@@ -48,20 +47,15 @@ from p2p.messages import (
     Ping,
     Pong,
     PrefilledTx,
-    StreamHello,
     TxMsg,
-    Verack,
-    handshake_digest,
     short_tx_id,
 )
+from p2p.protocol import MAX_DATAGRAM_ENVELOPE
 from p2p.wire import (
-    FRAME_HEADER,
     MAX_DATAGRAM_SIZE,
     MAX_MESSAGE_SIZE,
-    FrameDecoder,
     decode_message,
     encode_message,
-    frame,
 )
 
 MAGIC = b"PLRT"
@@ -112,8 +106,6 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         Hello,
         u32,
         hashes,
-        hashes,
-        blob(16),
         st.integers(0, 65535),
         u32,
         hashes,
@@ -121,7 +113,6 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         st.text(max_size=MAX_USER_AGENT),
         u64,
     ),
-    Verack: st.builds(Verack, blob(64)),
     Ping: st.builds(Ping, u64, u32, hashes, hashes),
     Pong: st.builds(Pong, u64, u32, hashes, hashes),
     GetAddr: st.just(GetAddr()),
@@ -150,7 +141,6 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     ),
     GetBlockTxn: st.builds(GetBlockTxn, hashes, increasing),
     BlockTxn: st.builds(BlockTxn, hashes, st.lists(tx_bytes, max_size=5)),
-    StreamHello: st.builds(StreamHello, hashes, blob(16)),
     DoubleSpendAlert: st.builds(DoubleSpendAlert, tx_bytes, tx_bytes),
     Goodbye: st.builds(Goodbye, st.text(max_size=200)),
 }
@@ -161,8 +151,6 @@ def sample_hello(**changes: Any) -> Hello:
     fields: dict[str, Any] = dict(
         version=1,
         genesis=b"\x11" * 32,
-        node_id=b"\x22" * 32,
-        nonce=b"\x33" * 16,
         listen_port=8333,
         height=1234,
         chainwork=(10**20).to_bytes(32, "big"),
@@ -178,7 +166,9 @@ def sample_hello(**changes: Any) -> Hello:
 
 
 def test_message_table_is_fixed_and_complete() -> None:
-    assert sorted(MESSAGE_TYPES) == list(range(1, 20))
+    # 2 (verack) and 17 (streamhello) were retired with the clear-text handshake: the
+    # session layer authenticates peers and streams now.
+    assert sorted(MESSAGE_TYPES) == [n for n in range(1, 20) if n not in (2, 17)]
     for type_num, cls in MESSAGE_TYPES.items():
         assert type_num == cls.TYPE
     assert set(STRATEGIES) == set(MESSAGE_TYPES.values())
@@ -211,10 +201,10 @@ def test_constructors_normalise_lists_to_tuples() -> None:
 def test_small_messages_fit_a_datagram() -> None:
     # Worst case: a user agent of 64 four-byte UTF-8 characters and maximal integers.
     hello = sample_hello(user_agent="\U0001f600" * MAX_USER_AGENT, timestamp=U64_MAX)
-    assert len(encode_message(MAGIC, hello)) <= MAX_DATAGRAM_SIZE
+    # (under the session's header and tag, which is what a datagram carries)
+    assert len(encode_message(MAGIC, hello)) <= MAX_DATAGRAM_ENVELOPE < MAX_DATAGRAM_SIZE
     ping = Ping(U64_MAX, U32_MAX, b"\xff" * 32, b"\xff" * 32)
-    assert len(encode_message(MAGIC, ping)) <= MAX_DATAGRAM_SIZE
-    assert len(encode_message(MAGIC, Verack(b"\xff" * 64))) <= MAX_DATAGRAM_SIZE
+    assert len(encode_message(MAGIC, ping)) <= MAX_DATAGRAM_ENVELOPE
 
 
 def test_largest_messages_fit_the_stream_limit() -> None:
@@ -361,14 +351,11 @@ BAD_FIELDS: list[tuple[type[Message], Any, str]] = [
     (Hello, with_field(HELLO_FIELDS, 0, U32_MAX + 1), "hello.version"),
     (Hello, with_field(HELLO_FIELDS, 0, True), "hello.version"),
     (Hello, with_field(HELLO_FIELDS, 1, b"\x00" * 31), "hello.genesis"),
-    (Hello, with_field(HELLO_FIELDS, 2, "x" * 32), "hello.node_id"),
-    (Hello, with_field(HELLO_FIELDS, 3, b"\x00" * 17), "hello.nonce"),
-    (Hello, with_field(HELLO_FIELDS, 4, 65536), "hello.listen_port"),
-    (Hello, with_field(HELLO_FIELDS, 6, None), "hello.chainwork"),
-    (Hello, with_field(HELLO_FIELDS, 8, "x" * (MAX_USER_AGENT + 1)), "hello.user_agent"),
-    (Hello, with_field(HELLO_FIELDS, 8, b"ua"), "hello.user_agent"),
-    (Hello, with_field(HELLO_FIELDS, 9, 1.5), "hello.timestamp"),
-    (Verack, [b"\x00" * 63], "verack.signature"),
+    (Hello, with_field(HELLO_FIELDS, 2, 65536), "hello.listen_port"),
+    (Hello, with_field(HELLO_FIELDS, 4, None), "hello.chainwork"),
+    (Hello, with_field(HELLO_FIELDS, 6, "x" * (MAX_USER_AGENT + 1)), "hello.user_agent"),
+    (Hello, with_field(HELLO_FIELDS, 6, b"ua"), "hello.user_agent"),
+    (Hello, with_field(HELLO_FIELDS, 7, 1.5), "hello.timestamp"),
     (Ping, [-1, 0, H, H], "ping.nonce"),
     (Pong, [0, 0, H, H[:-1]], "pong.tip"),
     (Addr, [[["h", 1, H, 0]] * (MAX_ADDR + 1)], "addr.addrs"),
@@ -394,7 +381,6 @@ BAD_FIELDS: list[tuple[type[Message], Any, str]] = [
     (GetBlockTxn, [H, [1, 1]], "getblocktxn.indexes"),
     (GetBlockTxn, [H, [-1]], "getblocktxn.indexes[0]"),
     (BlockTxn, [H, [b"", 5]], "blocktxn.txs[1]"),
-    (StreamHello, [H, b"\x00" * 15], "streamhello.session"),
     (DoubleSpendAlert, [b"", None], "dsalert.tx_b"),
     (Goodbye, ["x" * 201], "goodbye.reason"),
     (Goodbye, [7], "goodbye.reason"),
@@ -430,17 +416,7 @@ def test_unknown_reason_code_is_a_bug() -> None:
         ProtocolError("made-up")
 
 
-# --- handshake and short ids ------------------------------------------------------------------
-
-
-def test_handshake_digest_binds_every_part() -> None:
-    base = handshake_digest(H, b"\x01" * 16, b"\x02" * 32)
-    assert len(base) == 32
-    assert base != handshake_digest(b"\x09" * 32, b"\x01" * 16, b"\x02" * 32)
-    assert base != handshake_digest(H, b"\x09" * 16, b"\x02" * 32)
-    assert base != handshake_digest(H, b"\x01" * 16, b"\x09" * 32)
-    with pytest.raises(ValueError):
-        handshake_digest(H, b"\x01" * 15, b"\x02" * 32)
+# --- short ids ------------------------------------------------------------------
 
 
 def test_short_tx_id() -> None:
@@ -450,61 +426,6 @@ def test_short_tx_id() -> None:
     assert sid == short_tx_id(7, txid)
     assert sid != short_tx_id(8, txid)
     assert sid == hashlib.sha256((7).to_bytes(8, "big") + txid).digest()[:6]
-
-
-# --- framing ----------------------------------------------------------------------------------
-
-
-@FAST
-@given(
-    envelopes=st.lists(st.binary(max_size=300), max_size=8),
-    cuts=st.lists(st.integers(0, 3000), max_size=20),
-)
-def test_frame_decoder_any_chunking(envelopes: list[bytes], cuts: list[int]) -> None:
-    stream = b"".join(frame(e) for e in envelopes)
-    points = sorted({c for c in cuts if c <= len(stream)} | {0, len(stream)})
-    decoder = FrameDecoder(1000)
-    got: list[bytes] = []
-    for start, end in itertools.pairwise(points):
-        got.extend(decoder.feed(stream[start:end]))
-    assert got == envelopes
-    assert decoder.buffered == 0
-
-
-def test_frame_decoder_buffers_partial_frames() -> None:
-    decoder = FrameDecoder(100)
-    data = frame(b"hello") + frame(b"world")
-    assert decoder.feed(data[:3]) == []
-    assert decoder.buffered == 3
-    assert decoder.feed(data[3:12]) == [b"hello"]
-    assert decoder.buffered == 3
-    assert decoder.feed(data[12:]) == [b"world"]
-    assert decoder.buffered == 0
-    assert decoder.feed(b"") == []
-    assert decoder.feed(frame(b"")) == [b""]
-
-
-def test_frame_decoder_rejects_oversize_prefix_without_the_body() -> None:
-    decoder = FrameDecoder(100)
-    assert decoder.feed(frame(b"x" * 100)) == [b"x" * 100]
-    with pytest.raises(ProtocolError) as info:
-        decoder.feed(FRAME_HEADER.pack(101))
-    assert info.value.reason == "oversize"
-    assert decoder.buffered == 0
-    # The stream has lost framing: it stays failed.
-    with pytest.raises(ProtocolError):
-        decoder.feed(frame(b"ok"))
-
-
-def test_frame_decoder_default_limit_and_real_messages() -> None:
-    decoder = FrameDecoder()
-    assert decoder.max_size == MAX_MESSAGE_SIZE
-    msgs = [sample_hello(), GetAddr(), Goodbye("bye")]
-    stream = b"".join(frame(encode_message(MAGIC, m)) for m in msgs)
-    got = [decode(e) for byte in range(len(stream)) for e in decoder.feed(stream[byte : byte + 1])]
-    assert got == msgs
-    with pytest.raises(ProtocolError, match="oversize"):
-        FrameDecoder().feed(FRAME_HEADER.pack(MAX_MESSAGE_SIZE + 1))
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
@@ -557,13 +478,4 @@ def test_fuzz_payload_fields(type_num: int, fields: list[Any]) -> None:
     decodes_or_protocol_error(envelope(type_num, fields))
 
 
-@FUZZ
-@given(st.lists(st.binary(max_size=50), max_size=10))
-def test_fuzz_frame_decoder(chunks: list[bytes]) -> None:
-    decoder = FrameDecoder(200)
-    try:
-        for chunk in chunks:
-            for env in decoder.feed(chunk):
-                assert len(env) <= 200
-    except ProtocolError as exc:
-        assert exc.reason == "oversize"
+
