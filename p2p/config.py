@@ -51,3 +51,9 @@ class P2PConfig:
     max_seen: int = 100_000  # hashes we fetched or rejected recently
     max_pending_stream_bytes: int = 64_000_000  # queued for a peer before its stream is up
     user_agent: str = USER_AGENT
+
+    # resource bounds (issue 10)
+    max_penalty_records: int = 10_000  # hosts with a misbehaviour score remembered
+    max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
+    # A host's score and penalties are dropped this long after its last penalty.
+    penalty_expiry_seconds: float = 24 * 60 * 60

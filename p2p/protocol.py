@@ -226,7 +226,14 @@ class P2PProtocol:
         self.node = node
         self.rng = rng
         self.magic = params.magic
-        self.book = PeerBook(config.max_addr_book, config.misbehavior_threshold, config.ban_seconds)
+        self.book = PeerBook(
+            config.max_addr_book,
+            config.misbehavior_threshold,
+            config.ban_seconds,
+            max_records=config.max_penalty_records,
+            max_discouraged=config.max_discouraged,
+            penalty_expiry=config.penalty_expiry_seconds,
+        )
         self.peers: dict[int, Peer] = {}
         self.by_addr: dict[Address, Peer] = {}
         self.streams: dict[int, _Stream] = {}
@@ -400,8 +407,8 @@ class P2PProtocol:
         )
         self._events.append(PeerPenalised(addr, reason, score, discouraged))
         if discouraged:
-            peer = self.by_addr.get(addr)
-            if peer is not None:
+            # Discouragement is per host (as in Bitcoin Core): every peer there goes.
+            for peer in [p for p in self.peers.values() if p.addr[0] == addr[0]]:
                 self._disconnect(peer, f"misbehaving: {reason}", now)
 
     # ----------------------------------------------------------------- input: datagrams

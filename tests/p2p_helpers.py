@@ -99,8 +99,8 @@ def info_of(node: MemoryNode, other: MemoryNode) -> dict[str, Any]:
 
 
 def key_of(node: MemoryNode) -> str:
-    """The host:port key bans and discouragement are recorded under."""
-    return f"{node.addr[0]}:{node.addr[1]}"
+    """The key bans, discouragement and scores are recorded under: the host (IP), any port."""
+    return node.addr[0]
 
 
 def inject(net: MemoryNetwork, node: MemoryNode, data: bytes, source: Address) -> None:

@@ -184,12 +184,17 @@ def reasons(node: NodeProcess, peer: HostilePeer) -> list[str]:
 
 
 def banned(node: NodeProcess) -> set[str]:
+    """Banned and discouraged hosts (IPs: both are per host, whatever the port)."""
     return {b["address"] for b in node.rpc("listbanned")}
+
+
+def host(peer: HostilePeer) -> str:
+    return peer.addr.rsplit(":", 1)[0]
 
 
 def assert_cut_off(s: Setup, peer: HostilePeer, reason: str) -> None:
     """Discouraged, disconnected with a Goodbye naming the offence, and ignored afterwards."""
-    wait_for(lambda: peer.addr in banned(s.node), 20, f"{peer.addr} to be discouraged")
+    wait_for(lambda: host(peer) in banned(s.node), 20, f"{host(peer)} to be discouraged")
     assert peer_entry(s.node, peer.addr) is None
     # The node said why (a Goodbye datagram), then ignores everything from that address.
     wait_for(
