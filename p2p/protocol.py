@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -1130,7 +1131,9 @@ class P2PProtocol:
             if not peer.established or block_hash in peer.known:
                 continue
             if msg is None:
-                salt = self.rng.getrandbits(64)
+                # From the OS CSPRNG: a peer that could predict the salt could craft short-id
+                # collisions (self.rng is a seeded Mersenne Twister, for non-security choices).
+                salt = secrets.randbits(64)
                 msg = CompactBlock(
                     block.header.encode(),
                     salt,
@@ -1189,7 +1192,7 @@ class P2PProtocol:
                 continue
             if now - peer.last_ping_sent >= cfg.ping_interval:
                 peer.last_ping_sent = now
-                peer.ping_nonce = self.rng.getrandbits(64)
+                peer.ping_nonce = secrets.randbits(64)  # unpredictable: no forged pongs
                 self._send(peer, Ping(peer.ping_nonce, *self._tip_fields()))
             for block_hash, partial in list(peer.pending_compact.items()):
                 if now - partial.requested_at > cfg.block_stall_timeout:

@@ -14,12 +14,14 @@ from p2p.memory import MemoryNetwork, MemoryNode
 from p2p.protocol import PeerDisconnected, PeerPenalised
 from tests.p2p_helpers import (
     PORT,
+    Traffic,
     config,
     established,
     inject,
     key_of,
     link,
     network,
+    peer_of,
 )
 
 
@@ -97,3 +99,25 @@ def test_scores_are_dropped_some_time_after_the_last_penalty() -> None:
     assert not [e for e in a.events if isinstance(e, PeerDisconnected) and e.addr == b.addr]
     assert all(e.addr != b.addr or not e.discouraged for e in a.events
                if isinstance(e, PeerPenalised))
+
+
+# ====================================================================== randomness
+
+
+def test_compact_block_salts_and_ping_nonces_do_not_come_from_the_seeded_rng() -> None:
+    net, (a, b) = network(2, seed=103)
+    # Whoever knows (or recovers) a's Mersenne Twister state could predict its next outputs.
+    predictor = random.Random()
+    predictor.setstate(a.p2p.rng.getstate())
+    predictable = {predictor.getrandbits(64) for _ in range(10_000)}
+    traffic = Traffic(net)
+    link(net, a, b)
+    a.mine()
+    net.run(a.p2p.config.ping_interval * 3)
+
+    salts = [s.msg.salt for s in traffic.messages("cmpctblock") if s.sender == "a"]
+    nonces = [s.msg.nonce for s in traffic.messages("ping") if s.sender == "a"]
+    assert salts and len(nonces) >= 2
+    assert not predictable & {*salts, *nonces}
+    assert b.chain.tip.hash == a.chain.tip.hash  # and they still work
+    assert peer_of(b, a).latency_ms is not None and peer_of(a, b).latency_ms is not None
