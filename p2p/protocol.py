@@ -240,6 +240,7 @@ class P2PProtocol:
         self.streams: dict[int, _Stream] = {}
         self.network_active = True
         self.undecodable_datagrams = 0
+        self.handler_failures = 0  # exceptions raised by message handlers (peer dropped)
         self.connect_only = bool(config.connect) or config.connect_only
         self.link_faults: dict[str, Any] = {}
         self._next_peer_id = 1
@@ -727,8 +728,22 @@ class P2PProtocol:
         if not peer.established:
             return
         handler = self._handlers.get(type(msg))
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(self, peer, msg, now)
+        except Exception as exc:
+            # A bug (or a case nobody foresaw) in one handler costs that peer its connection,
+            # never the node: not a penalty, since the fault may well be ours.
+            self.handler_failures += 1
+            log.error(
+                "peer_handler_failed",
+                peer=peer.label,
+                message=msg.NAME,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            self._disconnect(peer, "internal-error", now)
 
     # ----------------------------------------------------------------- liveness
 

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+import p2p.protocol as protocol
 from p2p.config import Address
 from p2p.memory import MemoryNetwork, MemoryNode
+from p2p.messages import Ping
+from p2p.peer import Peer
 from p2p.protocol import PeerDisconnected, PeerPenalised
 from tests.p2p_helpers import (
     PORT,
+    LogRecorder,
     Traffic,
     config,
+    envelope,
     established,
     inject,
     key_of,
     link,
     network,
     peer_of,
+    run_until,
 )
 
 
@@ -121,3 +129,39 @@ def test_compact_block_salts_and_ping_nonces_do_not_come_from_the_seeded_rng() -
     assert not predictable & {*salts, *nonces}
     assert b.chain.tip.hash == a.chain.tip.hash  # and they still work
     assert peer_of(b, a).latency_ms is not None and peer_of(a, b).latency_ms is not None
+
+
+# ====================================================================== guarded handlers
+
+
+def test_a_failing_handler_costs_only_that_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    logs = LogRecorder()
+    monkeypatch.setattr(protocol, "log", logs)
+    net, (a, b, c) = network(3, seed=104)
+    link(net, a, b)
+    link(net, a, c)
+    original = a.p2p._handlers[Ping]
+
+    def on_ping(self: protocol.P2PProtocol, peer: Peer, msg: Ping, now: float) -> None:
+        if peer.addr == b.addr:
+            raise KeyError("a bug")
+        original(self, peer, msg, now)
+
+    a.p2p._handlers = {**a.p2p._handlers, Ping: on_ping}
+    inject(net, a, envelope(a, Ping(7, 0, bytes(32), bytes(32))), b.addr)  # must not raise
+
+    assert a.p2p.handler_failures == 1
+    [failure] = logs.events("peer_handler_failed")
+    assert failure["peer"] == f"{b.addr[0]}:{PORT}" and failure["message"] == "ping"
+    assert failure["error"] == "KeyError: 'a bug'"
+    assert b.addr not in a.p2p.by_addr
+    assert [e.reason for e in a.events if isinstance(e, PeerDisconnected)] == ["internal-error"]
+    assert a.p2p.book.score(b.addr) == 0 and not a.p2p.book.list_banned(net.now)
+
+    # The loop goes on: c is served, and b (not penalised) is back at its next redial.
+    block = a.mine()
+    run_until(net, lambda: c.chain.tip.hash == block.hash, 2, "relay to c")
+    a.p2p._handlers = {**a.p2p._handlers, Ping: original}
+    run_until(net, lambda: established(a, b), 10, "b reconnected")
+    run_until(net, lambda: b.chain.tip.hash == block.hash, 10, "b synced")
+    assert a.p2p.handler_failures == 1
