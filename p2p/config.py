@@ -53,6 +53,9 @@ class P2PConfig:
     user_agent: str = USER_AGENT
 
     # resource bounds (issue 10)
+    max_peer_tx_announcements: int = 5_000  # tx ids one peer announced that we track (as Core)
+    max_peer_txs_in_flight: int = 100  # tx getdata items outstanding per peer (as Core)
+    max_txs_in_flight: int = 5_000  # tx getdata items outstanding in all
     max_penalty_records: int = 10_000  # hosts with a misbehaviour score remembered
     max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
     # A host's score and penalties are dropped this long after its last penalty.

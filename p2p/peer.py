@@ -93,6 +93,10 @@ class Peer:
     known: BoundedSet = field(init=False)
     msg_bucket: TokenBucket = field(init=False)
     byte_bucket: TokenBucket = field(init=False)
+    # Resource bounds (issue 10): what this peer makes us track, each with a limit in P2PConfig.
+    tx_announced: dict[bytes, None] = field(default_factory=dict)  # tx ids it announced, in order
+    txs_in_flight: set[bytes] = field(default_factory=set)  # tx ids we asked it for
+    inv_overflow: int = 0  # tx ids announced past max_peer_tx_announcements, not yet charged
 
     def __post_init__(self) -> None:
         self.known = BoundedSet(self.config.max_known_inventory)

@@ -98,6 +98,7 @@ PENALTY = {
     "unrequested-block-flood": 20,
     "unconnecting-headers": 10,
     "stream-overflow": 50,
+    "inv-flood": 20,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
 # transit, or the block is only early.
@@ -251,10 +252,15 @@ class P2PProtocol:
         for addr in (*config.connect, *config.addnode):
             self._persistent[addr] = now
         self._blocks_in_flight: dict[bytes, tuple[int, float]] = {}
-        self._txs_in_flight: dict[bytes, tuple[int, float]] = {}
-        self._tx_announcers: dict[bytes, list[int]] = {}
-        self._tx_attempts: dict[bytes, int] = {}  # GetData sent so far for a tx in flight
+        # Transactions peers announced to us. Bounded: each peer's announcements we track
+        # (Peer.tx_announced, max_peer_tx_announcements) and requests to it
+        # (Peer.txs_in_flight, max_peer_txs_in_flight), and max_txs_in_flight in all; a peer's
+        # share goes when it disconnects.
+        self._txs_in_flight: dict[bytes, tuple[int, float]] = {}  # txid -> (peer id, asked at)
+        self._tx_announcers: dict[bytes, list[int]] = {}  # txid -> peers that announced it
+        self._tx_attempts: dict[bytes, int] = {}  # GetData sent so far for an announced tx
         # (peer id, txid) -> (when announced, re-announcements): Invs the peer has not asked for
+        # (at most max_seen).
         self._tx_unrequested: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
         self._download_queue: list[BlockIndex] = []
@@ -387,9 +393,7 @@ class P2PProtocol:
         for block_hash, (peer_id, _) in list(self._blocks_in_flight.items()):
             if peer_id == peer.id:
                 self._block_landed(block_hash)
-        for txid, (peer_id, _) in list(self._txs_in_flight.items()):
-            if peer_id == peer.id:
-                del self._txs_in_flight[txid]
+        self._forget_peer_txs(peer)
         if peer.addr in self._persistent:
             self._persistent[peer.addr] = now + self.config.reconnect_interval
         if was_established:
@@ -1042,27 +1046,123 @@ class P2PProtocol:
     # ----------------------------------------------------------------- inventory and transactions
 
     def _on_inv(self, peer: Peer, msg: Inv, now: float) -> None:
-        wanted = []
+        cap = self.config.max_peer_tx_announcements
+        announced = peer.tx_announced
+        if len(announced) < cap // 2:
+            peer.inv_overflow = 0  # we caught up with it: a past burst is forgiven
+        overflow = 0
+        unknown_block = False
         for item in msg.items:
             peer.known.add(item.hash)
             if item.kind == INV_TX:
                 txid = item.hash
                 self._tx_unrequested.pop((peer.id, txid), None)
-                if txid in self.node.mempool or txid in self._seen_txs:
+                if txid in announced or txid in self.node.mempool or txid in self._seen_txs:
                     continue
-                self._tx_announcers.setdefault(txid, [])
-                if peer.id not in self._tx_announcers[txid]:
-                    self._tx_announcers[txid].append(peer.id)
-                if txid in self._txs_in_flight:
+                if len(announced) >= cap:
+                    overflow += 1  # not tracked: an honest peer announces it again later
                     continue
-                self._txs_in_flight[txid] = (peer.id, now)
-                wanted.append(item)
+                announced[txid] = None
+                self._tx_announcers.setdefault(txid, []).append(peer.id)
             elif not self.node.chain.has_block(item.hash):
-                self._maybe_request_headers(peer, now) if peer.headers_requested_at else (
-                    self._send_getheaders(peer, self.node.chain.best_header, now)
-                )
-        for i in range(0, len(wanted), 30):
-            self._send(peer, GetData(tuple(wanted[i : i + 30])))
+                unknown_block = True
+        if unknown_block:
+            # One getheaders for the whole message, however many blocks it names.
+            if peer.headers_requested_at:
+                self._maybe_request_headers(peer, now)
+            else:
+                self._send_getheaders(peer, self.node.chain.best_header, now)
+        if overflow:
+            # Ids past the cap are dropped (an honest peer announces them again later). A burst
+            # of up to another cap's worth is free; each further cap's worth, before we catch
+            # up, costs the sender: a flood of unknown ids never lets us catch up.
+            peer.inv_overflow += overflow
+            while peer.inv_overflow >= 2 * cap and peer.status is not PeerStatus.CLOSED:
+                peer.inv_overflow -= cap
+                self._penalise(peer.addr, "inv-flood", now)
+        self._request_txs(peer, now)
+
+    def _tx_slots(self, peer: Peer) -> int:
+        """How many more transactions we may ask `peer` for now."""
+        cfg = self.config
+        return min(
+            cfg.max_peer_txs_in_flight - len(peer.txs_in_flight),
+            cfg.max_txs_in_flight - len(self._txs_in_flight),
+        )
+
+    def _request_txs(self, peer: Peer, now: float) -> None:
+        """Ask `peer` for what it announced that nobody is fetching, oldest first, within the
+        in-flight limits; the rest waits for a free slot (an answer, a notfound, a timeout)."""
+        if not peer.established or len(peer.tx_announced) <= len(peer.txs_in_flight):
+            return
+        free = self._tx_slots(peer)
+        if free <= 0:
+            return
+        in_flight, mempool, seen = self._txs_in_flight, self.node.mempool, self._seen_txs
+        items, stale = [], []
+        for txid in peer.tx_announced:
+            if txid in in_flight:
+                continue
+            if txid in mempool or txid in seen:
+                stale.append(txid)  # arrived some other way meanwhile
+                continue
+            items.append(InvItem(INV_TX, txid))
+            if len(items) >= free:
+                break
+        for txid in stale:
+            self._forget_tx(txid)
+        self._send_tx_requests(peer, items, now)
+
+    def _send_tx_requests(self, peer: Peer, items: list[InvItem], now: float) -> None:
+        for item in items:
+            self._txs_in_flight[item.hash] = (peer.id, now)
+            peer.txs_in_flight.add(item.hash)
+            self._tx_attempts[item.hash] = self._tx_attempts.get(item.hash, 0) + 1
+        for i in range(0, len(items), 30):
+            self._send(peer, GetData(tuple(items[i : i + 30])))
+
+    def _tx_landed(self, txid: bytes) -> Peer | None:
+        """Forget the request for `txid`; returns the peer it was asked of, if still here."""
+        request = self._txs_in_flight.pop(txid, None)
+        if request is None:
+            return None
+        peer = self.peers.get(request[0])
+        if peer is not None:
+            peer.txs_in_flight.discard(txid)
+        return peer
+
+    def _forget_tx(self, txid: bytes) -> Peer | None:
+        """Stop tracking `txid` (received, or given up on); returns whom we had asked for it."""
+        asked = self._tx_landed(txid)
+        for peer_id in self._tx_announcers.pop(txid, ()):
+            announcer = self.peers.get(peer_id)
+            if announcer is not None:
+                announcer.tx_announced.pop(txid, None)
+        self._tx_attempts.pop(txid, None)
+        return asked
+
+    def _drop_announcement(self, peer: Peer, txid: bytes) -> None:
+        """`peer` does not have `txid` after all; forget the tx if nobody else announced it."""
+        if txid not in peer.tx_announced:
+            return
+        del peer.tx_announced[txid]
+        announcers = self._tx_announcers.get(txid)
+        if announcers is not None and peer.id in announcers:
+            announcers.remove(peer.id)
+            if not announcers:
+                self._forget_tx(txid)
+
+    def _forget_peer_txs(self, peer: Peer) -> None:
+        """A peer is gone: drop its announcements, requests and pending re-announcements."""
+        for txid in peer.txs_in_flight:
+            if self._txs_in_flight.get(txid, (None,))[0] == peer.id:
+                del self._txs_in_flight[txid]
+        peer.txs_in_flight.clear()
+        for txid in list(peer.tx_announced):
+            self._drop_announcement(peer, txid)
+        peer.tx_announced.clear()
+        for key in [k for k in self._tx_unrequested if k[0] == peer.id]:
+            del self._tx_unrequested[key]
 
     def _on_getdata(self, peer: Peer, msg: GetData, now: float) -> None:
         missing = []
@@ -1087,13 +1187,13 @@ class P2PProtocol:
 
     def _on_notfound(self, peer: Peer, msg: NotFound, now: float) -> None:
         for item in msg.items:
-            flight = self._txs_in_flight if item.kind == INV_TX else self._blocks_in_flight
-            if flight.get(item.hash, (None,))[0] == peer.id:
-                if item.kind == INV_TX:
-                    del flight[item.hash]
-                else:
-                    self._block_landed(item.hash)
-                self._tx_attempts.pop(item.hash, None)
+            if item.kind == INV_TX:
+                if self._txs_in_flight.get(item.hash, (None,))[0] == peer.id:
+                    self._tx_landed(item.hash)
+                    self._drop_announcement(peer, item.hash)  # others may still have it
+            elif self._blocks_in_flight.get(item.hash, (None,))[0] == peer.id:
+                self._block_landed(item.hash)
+        self._request_txs(peer, now)
 
     def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:
         try:
@@ -1102,11 +1202,11 @@ class P2PProtocol:
             self._penalise(peer.addr, "malformed-tx", now)
             return
         txid = tx.txid
-        self._txs_in_flight.pop(txid, None)
-        self._tx_announcers.pop(txid, None)
-        self._tx_attempts.pop(txid, None)
+        asked = self._forget_tx(txid)
         self._tx_unrequested.pop((peer.id, txid), None)
         peer.known.add(txid)
+        if asked is not None:
+            self._request_txs(asked, now)  # a slot is free: the next announced one
         if txid in self.node.mempool or txid in self._seen_txs:
             return
         self._seen_txs.add(txid)
@@ -1117,15 +1217,21 @@ class P2PProtocol:
                 self._penalise(peer.addr, "invalid-tx", now)
             return
         if getattr(outcome, "orphan", False):
-            # Ask the sender for the parents; the orphan pool retries when they arrive.
+            # Ask the sender for the parents (as if it had announced them: the same limits),
+            # ahead of its other announcements; the orphan pool retries when they arrive.
             self._seen_txs.discard(txid)
-            items = [
-                InvItem(INV_TX, p) for p in outcome.missing_parents if p not in self._txs_in_flight
-            ]
-            for item in items:
-                self._txs_in_flight[item.hash] = (peer.id, now)
-            if items:
-                self._send(peer, GetData(tuple(items[:30])))
+            items = []
+            for parent in outcome.missing_parents:
+                if parent in self._txs_in_flight:
+                    continue
+                if parent not in peer.tx_announced:
+                    if len(peer.tx_announced) >= self.config.max_peer_tx_announcements:
+                        break
+                    peer.tx_announced[parent] = None
+                    self._tx_announcers.setdefault(parent, []).append(peer.id)
+                if len(items) < self._tx_slots(peer):
+                    items.append(InvItem(INV_TX, parent))
+            self._send_tx_requests(peer, items, now)
 
     def _on_dsalert(self, peer: Peer, msg: DoubleSpendAlert, now: float) -> None:
         try:
@@ -1229,21 +1335,29 @@ class P2PProtocol:
         self._request_blocks(now)
 
     def _retry_txs(self, now: float) -> None:
+        retries: dict[int, list[InvItem]] = {}
         for txid, (peer_id, at) in list(self._txs_in_flight.items()):
             if now - at <= self.config.tx_request_timeout:
                 continue
-            del self._txs_in_flight[txid]
+            self._tx_landed(txid)
             announcers = [p for p in self._tx_announcers.get(txid, []) if p in self.peers]
+            if not announcers or self._tx_attempts.get(txid, 0) >= (
+                TX_REQUEST_ATTEMPTS + len(announcers)
+            ):
+                self._forget_tx(txid)
+                continue
             # Another announcer if there is one; else the same again: a datagram got lost.
             others = [p for p in announcers if p != peer_id] or announcers
-            attempts = self._tx_attempts.get(txid, 1)
-            if others and attempts < TX_REQUEST_ATTEMPTS + len(announcers):
-                self._tx_attempts[txid] = attempts + 1
-                self._txs_in_flight[txid] = (others[0], now)
-                self._send(self.peers[others[0]], GetData((InvItem(INV_TX, txid),)))
-            else:
-                self._tx_announcers.pop(txid, None)
-                self._tx_attempts.pop(txid, None)
+            for candidate in others:
+                peer = self.peers[candidate]
+                if self._tx_slots(peer) > len(retries.get(candidate, ())):
+                    retries.setdefault(candidate, []).append(InvItem(INV_TX, txid))
+                    break
+            # else it stays announced, and is asked for when one of them has a free slot
+        for peer_id, items in retries.items():
+            self._send_tx_requests(self.peers[peer_id], items, now)
+        for peer in list(self.peers.values()):
+            self._request_txs(peer, now)
         self._reannounce_txs(now)
         self.flush_announcements()
 

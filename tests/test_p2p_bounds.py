@@ -12,22 +12,26 @@ import random
 import pytest
 
 import p2p.protocol as protocol
+from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from p2p.config import Address
 from p2p.memory import MemoryNetwork, MemoryNode
-from p2p.messages import Ping
+from p2p.messages import INV_TX, Inv, InvItem, Ping
 from p2p.peer import Peer
 from p2p.protocol import PeerDisconnected, PeerPenalised
 from tests.p2p_helpers import (
+    FEE,
     PORT,
     LogRecorder,
     Traffic,
     config,
     envelope,
     established,
+    fund,
     inject,
     key_of,
     link,
     network,
+    pay,
     peer_of,
     run_until,
 )
@@ -107,6 +111,107 @@ def test_scores_are_dropped_some_time_after_the_last_penalty() -> None:
     assert not [e for e in a.events if isinstance(e, PeerDisconnected) and e.addr == b.addr]
     assert all(e.addr != b.addr or not e.discouraged for e in a.events
                if isinstance(e, PeerPenalised))
+
+
+# ====================================================================== transaction announcements
+
+
+def fan_out(node: MemoryNode, count: int) -> list[Transaction]:
+    """`count` independent, confirmed-parent spends paying `node`'s wallet (a chain of that
+    many unconfirmed transactions would hit the mempool's descendant limit)."""
+    [block] = fund(node, 1)
+    parent = pay(node, block, node.payout_pkh, outputs=count)
+    assert parent.txid in node.submit_transaction(parent).accepted
+    node.mine()
+    value = parent.outputs[0].amount - FEE
+    return [
+        sign_transaction(
+            Transaction([TxIn(parent.txid, i, b"", b"")], [TxOut(value, node.payout_pkh)]),
+            [node.wallet_key],
+            node.params.genesis_hash,
+        )
+        for i in range(count)
+    ]
+
+
+def unknown_txids(count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(32) for _ in range(count)]
+
+
+def getdata_items(traffic: Traffic, sender: MemoryNode, to: MemoryNode, since: int = 0) -> int:
+    return sum(
+        len(s.msg.items)
+        for s in traffic.messages("getdata", since)
+        if s.sender == sender.name and s.addr == to.addr
+    )
+
+
+def test_an_inv_flood_of_unknown_txids_is_bounded_and_penalised() -> None:
+    net, (a, m, c) = network(3, seed=111)
+    link(net, a, m)
+    link(net, a, c)
+    txs = fan_out(c, 3)
+    run_until(net, lambda: a.chain.tip.hash == c.chain.tip.hash, 5, "a has c's coins")
+    cfg = a.p2p.config
+    traffic = Traffic(net)
+    ids = unknown_txids(900 * 1000, seed=1)
+    p2p = a.p2p
+    tracked = in_flight = 0
+    for n in range(900):  # 900 datagrams of 1000 ids: ~33 MB, inside the rate limit
+        items = tuple(InvItem(INV_TX, t) for t in ids[n * 1000 : (n + 1) * 1000])
+        inject(net, a, envelope(a, Inv(items)), m.addr)
+        tracked = max(tracked, len(p2p._tx_announcers), len(p2p._tx_attempts))
+        in_flight = max(in_flight, len(p2p._txs_in_flight))
+    assert tracked == cfg.max_peer_tx_announcements  # 5000, not 900,000
+    assert in_flight == cfg.max_peer_txs_in_flight  # 100
+    assert getdata_items(traffic, a, m) == cfg.max_peer_txs_in_flight  # not 413,000
+
+    # Past its cap (and a burst allowance as large) the flooder paid, 20 points per 5000 ids,
+    # and is discouraged and gone...
+    penalties = p2p.book.recent_penalties(m.addr)
+    assert [p.reason for p in penalties] == ["inv-flood"] * 5
+    assert m.addr not in p2p.by_addr and key_of(m) in p2p.book.list_banned(net.now)
+    # ...and everything it made us track went with it.
+    assert p2p._tx_announcers == {} and p2p._txs_in_flight == {} and p2p._tx_attempts == {}
+
+    # An honest peer's transactions still relay.
+    for tx in txs:
+        assert tx.txid in c.submit_transaction(tx).accepted
+    net.flush(c)
+    run_until(net, lambda: all(tx.txid in a.mempool for tx in txs), 5, "honest relay")
+    assert established(a, c) and p2p.book.score(c.addr) == 0
+
+
+def test_honest_relay_past_the_in_flight_limits_completes() -> None:
+    cfg = config(max_peer_txs_in_flight=10, max_peer_tx_announcements=50)
+    net, (a, c) = network(2, seed=112, configs={0: cfg})
+    link(net, a, c)
+    txs = fan_out(c, 120)
+    run_until(net, lambda: a.chain.tip.hash == c.chain.tip.hash, 5, "a has c's coins")
+    traffic = Traffic(net)
+    for tx in txs:  # announced far faster than a may fetch them
+        c.submit_transaction(tx)
+    net.flush(c)
+    peer = peer_of(a, c)
+    most = [0, 0]
+
+    def done() -> bool:
+        most[0] = max(most[0], len(peer.txs_in_flight), len(a.p2p._txs_in_flight))
+        most[1] = max(most[1], len(peer.tx_announced))
+        return all(tx.txid in a.mempool for tx in txs)
+
+    # Announcements past a's cap are dropped, then announced again by c (TX_ANNOUNCE_RETRIES):
+    # a burst of up to twice the cap costs nothing.
+    run_until(net, done, 60, "every transaction relayed")
+    assert most == [10, 50]
+    assert a.p2p.book.score(c.addr) == 0 and established(a, c)
+    asked = [
+        i.hash for s in traffic.messages("getdata") if s.sender == a.name for i in s.msg.items
+    ]
+    assert sorted(t for t in asked if t in a.mempool) == sorted(tx.txid for tx in txs)  # once
+    assert a.p2p._tx_announcers == {} and a.p2p._txs_in_flight == {}
+    assert a.p2p._tx_attempts == {}
 
 
 # ====================================================================== randomness
