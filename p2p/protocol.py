@@ -65,6 +65,7 @@ from p2p.messages import (
 )
 from p2p.peer import BoundedSet, PartialBlock, Peer, PeerStatus
 from p2p.peerbook import PeerBook
+from p2p.ratelimit import TokenBucket
 from p2p.wire import MAX_DATAGRAM_SIZE, MAX_MESSAGE_SIZE, FrameDecoder, decode_message, frame
 from p2p.wire import encode_message as encode_envelope
 
@@ -78,6 +79,7 @@ MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 TX_ANNOUNCE_RETRIES = 3
 INV_PER_DATAGRAM = 35  # 36-byte items: an Inv of 35 stays inside one datagram
 TX_REQUEST_ATTEMPTS = 8
+REPLY_OVERHEAD = 64  # envelope and frame around a block or transaction, at most
 
 # Penalty scores: the threshold (default 100) disconnects and discourages the peer.
 PENALTY = {
@@ -99,6 +101,7 @@ PENALTY = {
     "unconnecting-headers": 10,
     "stream-overflow": 50,
     "inv-flood": 20,
+    "getdata-flood": 20,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
 # transit, or the block is only early.
@@ -1165,25 +1168,51 @@ class P2PProtocol:
             del self._tx_unrequested[key]
 
     def _on_getdata(self, peer: Peer, msg: GetData, now: float) -> None:
+        cfg = self.config
+        items = list(dict.fromkeys(msg.items))  # each thing served once per request
+        if sum(1 for item in items if item.kind != INV_TX) > cfg.max_getdata_blocks:
+            # We never ask a peer for more than max_blocks_in_flight_per_peer at once.
+            self._penalise(peer.addr, "getdata-flood", now)
+            return
         missing = []
-        for item in msg.items:
+        for item in items:
             if item.kind == INV_TX:
                 self._tx_unrequested.pop((peer.id, item.hash), None)
                 entry = self.node.mempool.get(item.hash)
-                if entry is None:
-                    missing.append(item)
-                else:
-                    peer.known.add(item.hash)
-                    self._send(peer, TxMsg(entry.tx.encode()))
+                raw = None if entry is None else entry.tx.encode()
             else:
                 raw = self.node.chain.get_block_bytes(item.hash)
-                if raw is None:
-                    missing.append(item)
-                else:
-                    peer.known.add(item.hash)
-                    self._send(peer, BlockMsg(raw), stream=True)
-        if missing:
-            self._send(peer, NotFound(tuple(missing)))
+            if raw is None:
+                missing.append(item)
+                continue
+            if not self._reply_fits(peer, len(raw), item.kind != INV_TX):
+                # Its stream is not up and the queue is full: refuse rather than hold more.
+                self._penalise(peer.addr, "stream-overflow", now)
+                return
+            peer.known.add(item.hash)
+            if item.kind == INV_TX:
+                self._send(peer, TxMsg(raw))
+            else:
+                self._send(peer, BlockMsg(raw), stream=True)
+        if not missing:
+            return
+        if peer.getdata_misses is None:
+            allowance = cfg.max_getdata_misses_per_minute
+            peer.getdata_misses = TokenBucket(allowance / 60, allowance, now)
+        if not peer.getdata_misses.take(len(missing), now):
+            # An honest peer asks for what we announced: a few misses (mined or evicted since).
+            self._penalise(peer.addr, "getdata-flood", now)
+            return
+        for i in range(0, len(missing), INV_PER_DATAGRAM):
+            self._send(peer, NotFound(tuple(missing[i : i + INV_PER_DATAGRAM])))
+
+    def _reply_fits(self, peer: Peer, size: int, stream: bool) -> bool:
+        """Can a reply of `size` bytes go out, or be queued within max_pending_stream_bytes
+        while the peer's stream is not up?"""
+        size += REPLY_OVERHEAD
+        if peer.stream_id is not None or (not stream and size <= MAX_DATAGRAM_SIZE):
+            return True
+        return peer.pending_stream_bytes + size <= self.config.max_pending_stream_bytes
 
     def _on_notfound(self, peer: Peer, msg: NotFound, now: float) -> None:
         for item in msg.items:
@@ -1248,7 +1277,8 @@ class P2PProtocol:
         """Push a compact form of a newly connected block to every peer that lacks it."""
         block_hash = block.hash
         msg: CompactBlock | None = None
-        for peer in self.peers.values():
+        # A copy: a send may drop a peer (its stream queue overflowing).
+        for peer in list(self.peers.values()):
             if not peer.established or block_hash in peer.known:
                 continue
             if msg is None:
@@ -1284,7 +1314,7 @@ class P2PProtocol:
 
     def broadcast_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> None:
         msg = DoubleSpendAlert(tx_a.encode(), tx_b.encode())
-        for peer in self.peers.values():
+        for peer in list(self.peers.values()):
             if peer.established:
                 self._send(peer, msg)
 

@@ -12,12 +12,13 @@ import random
 import pytest
 
 import p2p.protocol as protocol
+from consensus.keys import PrivateKey
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from p2p.config import Address
 from p2p.memory import MemoryNetwork, MemoryNode
-from p2p.messages import INV_TX, Inv, InvItem, Ping
+from p2p.messages import INV_BLOCK, INV_TX, GetData, Inv, InvItem, Ping
 from p2p.peer import Peer
-from p2p.protocol import PeerDisconnected, PeerPenalised
+from p2p.protocol import PeerConnected, PeerDisconnected, PeerPenalised
 from tests.p2p_helpers import (
     FEE,
     PORT,
@@ -35,6 +36,7 @@ from tests.p2p_helpers import (
     peer_of,
     run_until,
 )
+from tests.test_p2p_protocol import _handshake_by_hand
 
 
 def node_at(net: MemoryNetwork, name: str, addr: Address) -> MemoryNode:
@@ -213,6 +215,97 @@ def test_honest_relay_past_the_in_flight_limits_completes() -> None:
     assert a.p2p._tx_announcers == {} and a.p2p._txs_in_flight == {}
     assert a.p2p._tx_attempts == {}
 
+
+# ====================================================================== getdata
+
+
+def stranger(net: MemoryNetwork, target: MemoryNode, host: str) -> Address:
+    """An established peer of `target` at `host` with nobody behind it: it never opens a
+    stream, and what `target` sends it is lost."""
+    addr: Address = (host, PORT)
+    key = PrivateKey(random.Random(host).randbytes(32))
+    events = _handshake_by_hand(net, target, addr, key.public_key, key)
+    assert any(isinstance(e, PeerConnected) for e in events)
+    return addr
+
+
+def test_a_getdata_flood_from_a_peer_without_a_stream_is_bounded_and_penalised() -> None:
+    net, (a, c) = network(2, seed=121)
+    link(net, a, c)
+    cfg = a.p2p.config
+    blocks = [a.mine(txs=False) for _ in range(2 * cfg.max_getdata_blocks)]
+    run_until(net, lambda: c.chain.tip.hash == a.chain.tip.hash, 5, "c synced")
+
+    # The reported attack: 100 getdata of 1000 blocks (31 MB queued before). Each asks for far
+    # more blocks than we ever request at once: refused, and the sender pays.
+    m = stranger(net, a, "127.0.9.1")
+    peer = a.p2p.by_addr[m]
+    request = envelope(
+        a, GetData(tuple(InvItem(INV_BLOCK, blocks[k % len(blocks)].hash) for k in range(1000)))
+    )
+    for _ in range(100):
+        inject(net, a, request, m)
+        assert peer.pending_stream_bytes == 0
+    assert [p.reason for p in a.p2p.book.recent_penalties(m)] == ["getdata-flood"] * 5
+    assert m not in a.p2p.by_addr and "127.0.9.1" in a.p2p.book.list_banned(net.now)
+
+    # Within the per-request limit, but never reading: the queue stops at its bound.
+    small = {0: config(max_pending_stream_bytes=20_000)}
+    net, (a, c) = network(2, seed=122, configs=small)
+    link(net, a, c)
+    run_until(net, lambda: peer_of(a, c).stream_id is not None, 2, "c's stream")
+    blocks = [a.mine(txs=False) for _ in range(cfg.max_getdata_blocks)]
+    run_until(net, lambda: c.chain.tip.hash == a.chain.tip.hash, 5, "c synced")
+    m = stranger(net, a, "127.0.9.2")
+    peer = a.p2p.by_addr[m]
+    request = envelope(a, GetData(tuple(InvItem(INV_BLOCK, b.hash) for b in blocks)))
+    queued = []
+    for _ in range(100):
+        inject(net, a, request, m)
+        queued.append(peer.pending_stream_bytes)
+    assert 0 < max(queued) <= 20_000
+    assert [p.reason for p in a.p2p.book.recent_penalties(m)] == ["stream-overflow"] * 2
+    assert m not in a.p2p.by_addr
+
+    # Honest peers are still served.
+    block = a.mine()
+    run_until(net, lambda: c.chain.tip.hash == block.hash, 2, "relay to c")
+    assert established(a, c) and a.p2p.book.score(c.addr) == 0
+
+
+def test_getdata_for_things_we_lack_costs_past_an_allowance() -> None:
+    net, (a, c) = network(2, seed=123)
+    link(net, a, c)
+    cfg = a.p2p.config
+    m = stranger(net, a, "127.0.9.3")
+    traffic = Traffic(net)
+    ids = unknown_txids(cfg.max_getdata_misses_per_minute + 1000, seed=3)
+    allowance = ids[: cfg.max_getdata_misses_per_minute]
+    for n in range(0, len(allowance), 1000):
+        request = GetData(tuple(InvItem(INV_TX, t) for t in ids[n : n + 1000]))
+        inject(net, a, envelope(a, request), m)
+    assert a.p2p.book.recent_penalties(m) == []
+    notfound = [s for s in traffic.messages("notfound") if s.addr == m]
+    assert sum(len(s.msg.items) for s in notfound) == len(allowance)
+    assert all(not s.stream and s.size <= 1400 for s in notfound)  # datagrams, nothing queued
+
+    extra = ids[len(allowance) :]
+    inject(net, a, envelope(a, GetData(tuple(InvItem(INV_TX, t) for t in extra))), m)
+    assert [p.reason for p in a.p2p.book.recent_penalties(m)] == ["getdata-flood"]
+    assert len(traffic.messages("notfound")) == len(notfound)  # no answer to that one
+    assert established(a, c) and a.p2p.book.score(c.addr) == 0
+
+
+def test_a_peer_dropped_while_blocks_are_announced_does_not_break_the_announcement() -> None:
+    net, (a, c) = network(2, seed=124, configs={0: config(max_pending_stream_bytes=2_000)})
+    link(net, a, c)
+    run_until(net, lambda: peer_of(a, c).stream_id is not None, 2, "c's stream")
+    m = stranger(net, a, "127.0.9.4")  # never opens its stream: compact blocks queue up
+    for _ in range(10):
+        block = a.mine(txs=False)  # raised "dictionary changed size during iteration"
+    assert m not in a.p2p.by_addr
+    assert [e.reason for e in a.events if isinstance(e, PeerDisconnected)] == ["stream-overflow"]
+    run_until(net, lambda: c.chain.tip.hash == block.hash, 2, "relay to c")
 
 # ====================================================================== randomness
 
