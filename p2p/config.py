@@ -59,7 +59,7 @@ class P2PConfig:
     max_peer_txs_in_flight: int = 100  # tx getdata items outstanding per peer (as Core)
     max_txs_in_flight: int = 5_000  # tx getdata items outstanding in all
     max_getdata_blocks: int = 128  # blocks one getdata may ask for (we ask for up to 32)
-    max_getdata_misses_per_minute: int = 1_000  # getdata items we lack, per peer
+    max_getdata_misses_per_minute: int = 2_000  # getdata items we lack, per peer
     max_penalty_records: int = 10_000  # hosts with a misbehaviour score remembered
     max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
     # A host's score and penalties are dropped this long after its last penalty.

@@ -98,6 +98,7 @@ class Peer:
     txs_in_flight: set[bytes] = field(default_factory=set)  # tx ids we asked it for
     inv_overflow: int = 0  # tx ids announced past max_peer_tx_announcements, not yet charged
     getdata_misses: TokenBucket | None = None  # max_getdata_misses_per_minute (made when needed)
+    blocks_lacking: BoundedSet | None = None  # blocks it answered notfound (made when needed)
 
     def __post_init__(self) -> None:
         self.known = BoundedSet(self.config.max_known_inventory)

@@ -840,6 +840,8 @@ class P2PProtocol:
                 self._penalise(peer.addr, "invalid-header", now)
                 return
             peer.known.add(last.hash)
+            if peer.blocks_lacking:
+                peer.blocks_lacking.discard(last.hash)  # it has it now
         if last is not None:
             peer.best_header_work = max(peer.best_header_work, last.chainwork)
             if len(msg.headers) == MAX_HEADERS:
@@ -897,6 +899,7 @@ class P2PProtocol:
                 for p in peers
                 if max(p.chainwork, p.best_header_work) >= entry.chainwork
                 and load[p.id] < self.config.max_blocks_in_flight_per_peer
+                and not (p.blocks_lacking and entry.hash in p.blocks_lacking)
             ]
             if not candidates:
                 continue
@@ -1222,6 +1225,11 @@ class P2PProtocol:
                     self._drop_announcement(peer, item.hash)  # others may still have it
             elif self._blocks_in_flight.get(item.hash, (None,))[0] == peer.id:
                 self._block_landed(item.hash)
+                # Enough work is no proof it has this branch: do not ask it again (it was
+                # asked every tick, and now a peer charges misses past an allowance).
+                if peer.blocks_lacking is None:
+                    peer.blocks_lacking = BoundedSet(self.config.block_download_window)
+                peer.blocks_lacking.add(item.hash)
         self._request_txs(peer, now)
 
     def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:

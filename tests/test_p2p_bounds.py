@@ -8,6 +8,7 @@ served.
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -294,6 +295,31 @@ def test_getdata_for_things_we_lack_costs_past_an_allowance() -> None:
     assert [p.reason for p in a.p2p.book.recent_penalties(m)] == ["getdata-flood"]
     assert len(traffic.messages("notfound")) == len(notfound)  # no answer to that one
     assert established(a, c) and a.p2p.book.score(c.addr) == 0
+
+
+def test_a_block_a_peer_lacks_is_not_asked_of_it_again() -> None:
+    net, (a, x, y) = network(3, seed=125)
+    for _ in range(5):
+        x.mine(txs=False)
+    y_blocks = [y.mine(txs=False) for _ in range(6)]  # more work, another branch
+    y.p2p._handlers = {**y.p2p._handlers, GetData: lambda *args: None}  # y never serves
+    link(net, a, x)
+    run_until(net, lambda: a.chain.tip.hash == x.chain.tip.hash, 5, "a on x's branch")
+    traffic = Traffic(net)
+    link(net, a, y)
+    net.run(a.p2p.config.block_stall_timeout - 1)
+
+    # x has enough work to be asked for y's blocks, says it lacks them: asked once, not every
+    # tick (which its getdata-miss allowance would now charge).
+    asked = Counter(
+        item.hash
+        for s in traffic.messages("getdata")
+        if s.sender == a.name and s.addr == x.addr
+        for item in s.msg.items
+    )
+    assert asked and set(asked) <= {b.hash for b in y_blocks}
+    assert set(asked.values()) == {1}
+    assert x.p2p.book.score(a.addr) == 0
 
 
 def test_a_peer_dropped_while_blocks_are_announced_does_not_break_the_announcement() -> None:
