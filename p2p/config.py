@@ -60,6 +60,9 @@ class P2PConfig:
     max_txs_in_flight: int = 5_000  # tx getdata items outstanding in all
     max_getdata_blocks: int = 128  # blocks one getdata may ask for (we ask for up to 32)
     max_getdata_misses_per_minute: int = 2_000  # getdata items we lack, per peer
+    antidos_work_blocks: int = 144  # new headers must reach tip work minus this many blocks' work
+    min_chain_work: int = 0  # ... and at least this much work (Core's nMinimumChainWork)
+    max_peer_headers_only: int = 10_000  # headers a peer gave us we have no block for (>= 2000)
     max_penalty_records: int = 10_000  # hosts with a misbehaviour score remembered
     max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
     # A host's score and penalties are dropped this long after its last penalty.

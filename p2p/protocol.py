@@ -29,7 +29,9 @@ from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
 from consensus.keys import PrivateKey, verify_signature
 from consensus.params import ChainParams
+from consensus.pow import bits_to_target, work_from_target
 from consensus.tx import Transaction, decode_transaction
+from consensus.validation import check_header_pow
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.errors import ProtocolError
 from p2p.messages import (
@@ -37,6 +39,7 @@ from p2p.messages import (
     INV_TX,
     MAX_ADDR,
     MAX_HEADERS,
+    MAX_LOCATOR,
     Addr,
     AddrEntry,
     BlockMsg,
@@ -102,6 +105,8 @@ PENALTY = {
     "stream-overflow": 50,
     "inv-flood": 20,
     "getdata-flood": 20,
+    "headers-flood": 20,
+    "low-work-headers": 20,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
 # transit, or the block is only early.
@@ -805,6 +810,12 @@ class P2PProtocol:
         self._send_getheaders(peer, best, now)
 
     def _send_getheaders(self, peer: Peer, start: BlockIndex, now: float) -> None:
+        if self._headers_room(peer) < MAX_HEADERS:
+            # Its headers we have no block for are at max_peer_headers_only: the timer asks
+            # again once downloads make room for a full batch.
+            peer.headers_waiting = True
+            return
+        peer.headers_waiting = False
         peer.headers_requested_at = now
         self._send(peer, GetHeaders(tuple(self.node.chain.locator(start)[:64]), ZERO_HASH))
 
@@ -824,29 +835,125 @@ class P2PProtocol:
         self._send(peer, Headers(tuple(headers)))
 
     def _on_headers(self, peer: Peer, msg: Headers, now: float) -> None:
+        """Headers are stored only if they lead to at least the anti-DoS work threshold
+        (Bitcoin Core's headers pre-sync, simplified: a full batch below it is held, not stored,
+        while we ask for the rest of that chain), and only within the peer's budget of headers
+        we have no block for (max_peer_headers_only)."""
+        requested = peer.headers_requested_at is not None
         peer.headers_requested_at = None
+        chain = self.node.chain
+        raws = list(msg.headers)
+        headers = [decode_header(raw) for raw in raws]
+        if not headers:
+            self._request_blocks(now)
+            return
+        parent = chain.index.get(headers[0].prev_hash)
+        held, base = [], 0
+        if parent is not None:
+            base = parent.chainwork
+        elif peer.presync and headers[0].prev_hash == peer.presync_tail:
+            held, base = peer.presync, peer.presync_work  # the rest of a low-work run
+        else:
+            self._clear_presync(peer)
+            self._penalise(peer.addr, "unconnecting-headers", now)
+            self._send_getheaders(peer, chain.best_header, now)
+            return
+        self._clear_presync(peer)
+        full = len(raws) == MAX_HEADERS
+        # The work the run claims (each header is checked for real when it is accepted).
+        work, prev_hash, new = base, headers[0].prev_hash, len(held)
+        for n, header in enumerate(headers):
+            if header.prev_hash != prev_hash:
+                del headers[n:], raws[n:]  # not a chain: the rest is dropped (as before)
+                full = False
+                break
+            prev_hash = header.hash
+            work += self._header_work(header.bits)
+            new += prev_hash not in chain.index
+        room = self._headers_room(peer)
+        if new and work < self._antidos_work():
+            if not full:
+                return  # a chain that ends with too little work: nothing to store (as Core)
+            # Maybe the start of a long fork: hold the run, unstored, and ask for the rest.
+            if new + MAX_HEADERS > room:
+                self._penalise(peer.addr, "low-work-headers", now)
+                return
+            if chain.check_pow:
+                try:
+                    for header in headers:
+                        check_header_pow(header, self.params)
+                except ConsensusError:
+                    self._penalise(peer.addr, "invalid-header", now)
+                    return
+            peer.presync, peer.presync_tail, peer.presync_work = held + raws, prev_hash, work
+            peer.headers_requested_at = now
+            locator = (prev_hash, *chain.locator(chain.best_header)[: MAX_LOCATOR - 1])
+            self._send(peer, GetHeaders(locator, ZERO_HASH))
+            return
+        if new > room:
+            if requested:
+                peer.headers_waiting = True  # asked again once downloads make room
+            else:
+                self._penalise(peer.addr, "headers-flood", now)
+            return
         last: BlockIndex | None = None
-        for n, raw in enumerate(msg.headers):
+        for n, raw in enumerate([*held, *raws]):
             header = decode_header(raw)
+            header_hash = header.hash
+            known = header_hash in chain.index
             try:
                 last = self.node.accept_header(header)
             except ConsensusError as exc:
                 if exc.reason == "prev-blk-not-found" and n == 0:
                     self._penalise(peer.addr, "unconnecting-headers", now)
-                    self._send_getheaders(peer, self.node.chain.best_header, now)
+                    self._send_getheaders(peer, chain.best_header, now)
                     return
                 if exc.reason in HARMLESS_BLOCK_REASONS:
                     break
                 self._penalise(peer.addr, "invalid-header", now)
                 return
-            peer.known.add(last.hash)
+            peer.known.add(header_hash)
             if peer.blocks_lacking:
-                peer.blocks_lacking.discard(last.hash)  # it has it now
+                peer.blocks_lacking.discard(header_hash)  # it has it now
+            if not known and not last.status & BlockStatus.HAVE_DATA:
+                peer.headers_only.add(header_hash)
         if last is not None:
             peer.best_header_work = max(peer.best_header_work, last.chainwork)
-            if len(msg.headers) == MAX_HEADERS:
+            if full:
                 self._send_getheaders(peer, last, now)
         self._request_blocks(now)
+
+    def _clear_presync(self, peer: Peer) -> None:
+        peer.presync, peer.presync_tail, peer.presync_work = [], b"", 0
+
+    def _header_work(self, bits: int) -> int:
+        """The work a header claims by its `bits` (0 if they are out of range)."""
+        try:
+            target = bits_to_target(bits)
+        except ConsensusError:
+            return 0
+        if target <= 0 or target > self.params.pow_limit:
+            return 0
+        return work_from_target(target)
+
+    def _antidos_work(self) -> int:
+        """Bitcoin Core's GetAntiDoSWorkThreshold: new headers must lead to at least our tip's
+        work minus antidos_work_blocks blocks' worth (and min_chain_work): a fork off our chain
+        deeper than that costs its sender about as much work as it makes us store."""
+        tip = self.node.chain.tip
+        behind = self.config.antidos_work_blocks * self._header_work(tip.header.bits)
+        return max(self.config.min_chain_work, tip.chainwork - behind)
+
+    def _headers_room(self, peer: Peer) -> int:
+        """How many more headers we have no block for `peer` may give us (held ones count)."""
+        index = self.node.chain.index
+        done = [
+            h
+            for h in peer.headers_only
+            if (entry := index.get(h)) is None or entry.status & BlockStatus.HAVE_DATA
+        ]
+        peer.headers_only.difference_update(done)
+        return self.config.max_peer_headers_only - len(peer.headers_only) - len(peer.presync)
 
     def _refresh_download_queue(self) -> None:
         chain = self.node.chain
@@ -962,15 +1069,26 @@ class P2PProtocol:
         chain = self.node.chain
         if chain.has_block(block_hash):
             return
-        if header.prev_hash not in chain.index:
+        parent = chain.index.get(header.prev_hash)
+        if parent is None:
             self._send_getheaders(peer, chain.best_header, now)
             return
+        new = block_hash not in chain.index
+        if new:
+            # The same limits as for headers: enough work, and within the peer's budget.
+            if parent.chainwork + self._header_work(header.bits) < self._antidos_work():
+                self._count_unhelpful(peer, now)
+                return
+            if self._headers_room(peer) <= 0:
+                return
         try:
             entry = self.node.accept_header(header)
         except ConsensusError as exc:
             if exc.reason not in HARMLESS_BLOCK_REASONS:
                 self._penalise(peer.addr, "invalid-header", now)
             return
+        if new:
+            peer.headers_only.add(block_hash)  # until the block is complete
         peer.best_header_work = max(peer.best_header_work, entry.chainwork)
         count = len(msg.short_ids) + len(msg.prefilled)
         txs: list[Transaction | bytes | None] = [None] * count
@@ -1356,6 +1474,9 @@ class P2PProtocol:
             for block_hash, partial in list(peer.pending_compact.items()):
                 if now - partial.requested_at > cfg.block_stall_timeout:
                     del peer.pending_compact[block_hash]
+            if peer.headers_waiting and self._headers_room(peer) >= MAX_HEADERS:
+                peer.headers_waiting = False
+                self._maybe_request_headers(peer, now)
         for block_hash, (peer_id, at) in list(self._blocks_in_flight.items()):
             # Disconnecting a staller below already dropped the rest of its requests.
             if now - at > cfg.block_stall_timeout and block_hash in self._blocks_in_flight:

@@ -7,17 +7,23 @@ served.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import random
 from collections import Counter
 
 import pytest
 
 import p2p.protocol as protocol
+from consensus.block import BlockHeader
+from consensus.blockbuild import BLOCK_VERSION
+from consensus.chainstate import BlockIndex
 from consensus.keys import PrivateKey
+from consensus.pow import bits_to_target, hash_meets_target
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from p2p.config import Address
 from p2p.memory import MemoryNetwork, MemoryNode
-from p2p.messages import INV_BLOCK, INV_TX, GetData, Inv, InvItem, Ping
+from p2p.messages import INV_BLOCK, INV_TX, GetData, Headers, Inv, InvItem, Ping
 from p2p.peer import Peer
 from p2p.protocol import PeerConnected, PeerDisconnected, PeerPenalised
 from tests.p2p_helpers import (
@@ -36,6 +42,7 @@ from tests.p2p_helpers import (
     pay,
     peer_of,
     run_until,
+    tips,
 )
 from tests.test_p2p_protocol import _handshake_by_hand
 
@@ -332,6 +339,124 @@ def test_a_peer_dropped_while_blocks_are_announced_does_not_break_the_announceme
     assert m not in a.p2p.by_addr
     assert [e.reason for e in a.events if isinstance(e, PeerDisconnected)] == ["stream-overflow"]
     run_until(net, lambda: c.chain.tip.hash == block.hash, 2, "relay to c")
+
+# ====================================================================== headers
+
+
+def header_run(node: MemoryNode, start: BlockIndex, count: int, salt: int) -> list[BlockHeader]:
+    """`count` headers with valid proof of work on `start` (regtest: about two hashes each),
+    timestamps as low as the median-time-past rule allows; no blocks behind them."""
+    params = node.params
+    target = bits_to_target(params.pow_limit_bits)
+    times: list[int] = []
+    cursor: BlockIndex | None = start
+    while cursor is not None and len(times) < params.median_time_span:
+        times.insert(0, cursor.header.timestamp)
+        cursor = cursor.prev
+    prev, run = start.hash, []
+    for i in range(count):
+        root = hashlib.sha256(f"{salt}/{i}".encode()).digest()
+        last = sorted(times[-params.median_time_span :])
+        timestamp = last[len(last) // 2] + 1
+        for nonce in itertools.count():
+            header = BlockHeader(BLOCK_VERSION, prev, root, timestamp, params.pow_limit_bits, nonce)
+            if hash_meets_target(header.hash, target):
+                break
+        run.append(header)
+        times.append(timestamp)
+        prev = header.hash
+    return run
+
+
+def push_headers(net: MemoryNetwork, sender: MemoryNode, to: MemoryNode,
+                 run: list[BlockHeader]) -> None:
+    """`sender` pushes `run` to `to` on its stream, in batches of MAX_HEADERS, unasked."""
+    peer = peer_of(sender, to)
+    for n in range(0, len(run), protocol.MAX_HEADERS):
+        batch = Headers(tuple(h.encode() for h in run[n : n + protocol.MAX_HEADERS]))
+        sender.p2p._send(peer, batch, stream=True)
+    net.flush(sender)
+    net.run(1)
+
+
+def test_cheap_side_chain_headers_from_genesis_are_bounded() -> None:
+    net, (a, c, m) = network(3, seed=131)
+    for _ in range(400):
+        a.mine(txs=False)
+    link(net, a, c)
+    link(net, a, m)
+    run_until(net, lambda: tips([a, c, m]) == {a.chain.tip.hash}, 10, "c and m synced")
+    cfg = a.p2p.config
+    genesis = a.chain.at_height(0)
+    assert genesis is not None
+    stored = len(a.chain.index)
+
+    # 100 forks of 200 headers each off genesis (20,000 headers): each ends far below our
+    # tip's work minus 144 blocks', so none is stored, whoever sends them and however often.
+    for k in range(100):
+        push_headers(net, m, a, header_run(m, genesis, 200, salt=k))
+    assert len(a.chain.index) == stored
+    assert a.p2p.book.recent_penalties(m.addr) == [] and established(a, m)
+
+    # One chain of 20,000 off genesis, with more work than ours (regtest work is cheap), pushed
+    # in 10 batches: stored up to the peer's headers-only budget, then refused and charged.
+    run = header_run(m, genesis, 20_000, salt=1000)
+    push_headers(net, m, a, run)
+    cap = cfg.max_peer_headers_only
+    assert len(a.chain.index) - stored == cap
+    reasons = [p.reason for p in a.p2p.book.recent_penalties(m.addr)]
+    # The first batch past the budget is refused, and the next ones no longer connect.
+    assert reasons == ["headers-flood"] + ["unconnecting-headers"] * 4
+    # Pushing the refused batch again and again gets m discouraged.
+    while m.addr in a.p2p.by_addr:
+        push_headers(net, m, a, run[cap : cap + protocol.MAX_HEADERS])
+    reasons = [p.reason for p in a.p2p.book.recent_penalties(m.addr)]
+    assert reasons[5:] == ["headers-flood"] * 2 and key_of(m) in a.p2p.book.list_banned(net.now)
+    assert len(a.chain.index) - stored == cap
+
+    # Honest blocks still connect.
+    block = c.mine()
+    run_until(net, lambda: a.chain.tip.hash == block.hash, 5, "relay from c")
+    assert established(a, c) and a.p2p.book.score(c.addr) == 0
+
+
+def test_a_deep_fork_with_more_work_is_still_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork deeper than a headers batch below the anti-DoS threshold: the batches are held
+    (not stored) until the chain reaches it, then stored, downloaded and reorganised to."""
+    monkeypatch.setattr(protocol, "MAX_HEADERS", 50)  # short batches: a deep fork, quickly
+    cfg = config(antidos_work_blocks=20, max_peer_headers_only=300)
+    net, (a, b) = network(2, seed=132, configs={0: cfg, 1: cfg})
+    for _ in range(200):
+        a.mine(txs=False)
+    for _ in range(230):
+        b.mine(txs=False)
+    traffic = Traffic(net)
+    link(net, a, b)
+    run_until(net, lambda: a.chain.tip.hash == b.chain.tip.hash, 30, "a reorganised to b")
+    assert a.chain.height == 230
+    assert len(traffic.messages("getheaders")) >= 200 // 50  # held batches asked for the rest
+    assert a.p2p.book.score(b.addr) == 0 and b.p2p.book.score(a.addr) == 0
+
+
+def test_sync_past_the_headers_only_budget_pauses_and_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(protocol, "MAX_HEADERS", 50)
+    cfg = config(max_peer_headers_only=120, block_download_window=40)
+    net, (a, b) = network(2, seed=133, configs={0: cfg})
+    for _ in range(400):
+        b.mine(txs=False)
+    link(net, a, b)
+    peer = peer_of(a, b)
+    most = [0]
+
+    def done() -> bool:
+        most[0] = max(most[0], len(peer.headers_only) + len(peer.presync))
+        return a.chain.tip.hash == b.chain.tip.hash
+
+    run_until(net, done, 60, "a synced")
+    assert most[0] <= 120
+    assert a.p2p.book.score(b.addr) == 0
 
 # ====================================================================== randomness
 
