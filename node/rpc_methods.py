@@ -489,7 +489,7 @@ def build_registry(node: Node) -> MethodRegistry:
         node.p2p_flush()
 
     def listbanned() -> list[dict[str, Any]]:
-        """Banned hosts and discouraged (misbehaving) addresses, and until when."""
+        """Banned and discouraged (misbehaving) hosts, and until when."""
         return [
             {"address": key, "banned_until": int(until)}
             for key, until in sorted(node.protocol.book.list_banned(node.clock()).items())
@@ -497,8 +497,7 @@ def build_registry(node: Node) -> MethodRegistry:
 
     def clearbanned() -> None:
         """Lift every ban and discouragement."""
-        node.protocol.book.banned.clear()
-        node.protocol.book.scores.clear()
+        node.protocol.book.clear()
 
     def setnetworkactive(state: bool) -> bool:
         """Switch all P2P activity on or off; returns the new state."""

@@ -59,5 +59,21 @@ class P2PConfig:
     max_addr_book: int = 1_000
     max_known_inventory: int = 50_000  # per peer: what it has or we sent it
     max_seen: int = 100_000  # hashes we fetched or rejected recently
-    max_pending_stream_bytes: int = 64_000_000  # queued for a peer before its stream is up
+    # Replies queued for a peer before its stream is up: max_blocks_in_flight_per_peer blocks of
+    # a typical size fit (32 x 250 kB); a getdata that would go past it is not served.
+    max_pending_stream_bytes: int = 8_000_000
     user_agent: str = USER_AGENT
+
+    # resource bounds (issue 10)
+    max_peer_tx_announcements: int = 5_000  # tx ids one peer announced that we track (as Core)
+    max_peer_txs_in_flight: int = 100  # tx getdata items outstanding per peer (as Core)
+    max_txs_in_flight: int = 5_000  # tx getdata items outstanding in all
+    max_getdata_blocks: int = 128  # blocks one getdata may ask for (we ask for up to 32)
+    max_getdata_misses_per_minute: int = 2_000  # getdata items we lack, per peer
+    antidos_work_blocks: int = 144  # new headers must reach tip work minus this many blocks' work
+    min_chain_work: int = 0  # ... and at least this much work (Core's nMinimumChainWork)
+    max_peer_headers_only: int = 10_000  # headers a peer gave us we have no block for (>= 2000)
+    max_penalty_records: int = 10_000  # hosts with a misbehaviour score remembered
+    max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
+    # A host's score and penalties are dropped this long after its last penalty.
+    penalty_expiry_seconds: float = 24 * 60 * 60

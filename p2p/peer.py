@@ -90,6 +90,17 @@ class Peer:
     known: BoundedSet = field(init=False)
     msg_bucket: TokenBucket = field(init=False)
     byte_bucket: TokenBucket = field(init=False)
+    # Resource bounds (issue 10): what this peer makes us track, each with a limit in P2PConfig.
+    tx_announced: dict[bytes, None] = field(default_factory=dict)  # tx ids it announced, in order
+    txs_in_flight: set[bytes] = field(default_factory=set)  # tx ids we asked it for
+    inv_overflow: int = 0  # tx ids announced past max_peer_tx_announcements, not yet charged
+    getdata_misses: TokenBucket | None = None  # max_getdata_misses_per_minute (made when needed)
+    blocks_lacking: BoundedSet | None = None  # blocks it answered notfound (made when needed)
+    headers_only: set[bytes] = field(default_factory=set)  # its headers we have no block for
+    headers_waiting: bool = False  # a getheaders held back until downloads make room
+    presync: list[bytes] = field(default_factory=list)  # low-work headers held, not yet stored
+    presync_tail: bytes = b""  # the last of them
+    presync_work: int = 0  # the chainwork they claim to reach
 
     def __post_init__(self) -> None:
         self.known = BoundedSet(self.config.max_known_inventory)

@@ -26,14 +26,34 @@ class Penalty:
 
 
 class PeerBook:
-    def __init__(self, max_addresses: int, threshold: int, ban_seconds: float) -> None:
+    """Addresses (bounded), and per host (IP, as in Bitcoin Core): bans, discouragement and
+    misbehaviour scores. Every table is bounded: scores and penalties of at most `max_records`
+    hosts (the least recently penalised go first), discouragement of at most `max_discouraged`
+    hosts (the soonest to expire go first); expired entries are dropped as we go, and a score is
+    dropped with its host's discouragement or `penalty_expiry` seconds after its last penalty.
+    Bans set by the operator (`setban`) are kept until they expire."""
+
+    def __init__(
+        self,
+        max_addresses: int,
+        threshold: int,
+        ban_seconds: float,
+        *,
+        max_records: int = 10_000,
+        max_discouraged: int = 10_000,
+        penalty_expiry: float = 24 * 60 * 60,
+    ) -> None:
         self.max_addresses = max_addresses
         self.threshold = threshold
         self.ban_seconds = ban_seconds
+        self.max_records = max_records
+        self.max_discouraged = max_discouraged
+        self.penalty_expiry = penalty_expiry
         self.addresses: OrderedDict[Address, KnownAddress] = OrderedDict()
-        self.banned: dict[str, float] = {}  # host -> until
-        self.scores: dict[str, int] = {}  # host -> misbehaviour score
-        self.penalties: dict[str, list[Penalty]] = {}
+        self.banned: dict[str, float] = {}  # host -> until: setban
+        self.discouraged: OrderedDict[str, float] = OrderedDict()  # host -> until, soonest first
+        self.scores: OrderedDict[str, int] = OrderedDict()  # host -> score, least recent first
+        self.penalties: dict[str, list[Penalty]] = {}  # host -> its recent penalties
 
     # ----------------------------------------------------------------- addresses
 
@@ -67,46 +87,94 @@ class PeerBook:
         self.banned[host] = now + seconds
 
     def unban(self, host: str) -> bool:
-        return self.banned.pop(host, None) is not None
+        """Lift a host's ban and discouragement (and forget its score)."""
+        found = self.banned.pop(host, None) is not None
+        found = self.discouraged.pop(host, None) is not None or found
+        self._forget(host)
+        return found
+
+    def clear(self) -> None:
+        """Lift every ban and discouragement and forget every score."""
+        self.banned.clear()
+        self.discouraged.clear()
+        self.scores.clear()
+        self.penalties.clear()
 
     def is_banned(self, addr: Address, now: float) -> bool:
-        """Banned by host (setban, as in bitcoind) or discouraged by address (misbehaviour:
-        several nodes of a local testnet often share one host)."""
-        return any(self._active_ban(key, now) for key in (addr[0], address_key(addr)))
+        """Banned (setban) or discouraged (misbehaviour): both by host, whatever the port."""
+        host = host_key(addr)
+        return self._active(self.banned, host, now) or self._active(self.discouraged, host, now)
 
-    def _active_ban(self, key: str, now: float) -> bool:
-        until = self.banned.get(key)
+    def _active(self, table: dict[str, float], host: str, now: float) -> bool:
+        until = table.get(host)
         if until is None:
             return False
         if until <= now:
-            del self.banned[key]
-            self.scores.pop(key, None)
+            del table[host]
+            self._forget(host)
             return False
         return True
 
     def list_banned(self, now: float) -> dict[str, float]:
+        self._purge(now)
         for host in [h for h, until in self.banned.items() if until <= now]:
             del self.banned[host]
-        return dict(self.banned)
+        merged = dict(self.discouraged)
+        for host, until in self.banned.items():
+            merged[host] = max(until, merged.get(host, until))
+        return merged
 
     def penalise(self, addr: Address, reason: str, score: int, now: float) -> bool:
-        """Record misbehaviour; True when the address crossed the threshold and is now
-        discouraged (refused) for `ban_seconds`."""
-        key = address_key(addr)
-        self.penalties.setdefault(key, []).append(Penalty(reason, score, now))
-        del self.penalties[key][:-20]  # the recent ones are what a user wants to see
-        self.scores[key] = self.scores.get(key, 0) + score
-        if self.scores[key] >= self.threshold:
-            self.ban(key, self.ban_seconds, now)
+        """Record misbehaviour against the address's host; True when the host crossed the
+        threshold and is now discouraged (refused, every port of it) for `ban_seconds`."""
+        self._purge(now)
+        host = host_key(addr)
+        recent = self.penalties.setdefault(host, [])
+        recent.append(Penalty(reason, score, now))
+        del recent[:-20]  # the recent ones are what a user wants to see
+        self.scores[host] = self.scores.get(host, 0) + score
+        self.scores.move_to_end(host)
+        while len(self.scores) > self.max_records:
+            oldest, _ = self.scores.popitem(last=False)
+            self.penalties.pop(oldest, None)
+        if self.scores[host] >= self.threshold:
+            self.discouraged[host] = now + self.ban_seconds
+            self.discouraged.move_to_end(host)
+            while len(self.discouraged) > self.max_discouraged:
+                self.discouraged.popitem(last=False)
             return True
         return False
 
     def score(self, addr: Address) -> int:
-        return self.scores.get(address_key(addr), 0)
+        return self.scores.get(host_key(addr), 0)
 
     def recent_penalties(self, addr: Address) -> list[Penalty]:
-        return list(self.penalties.get(address_key(addr), ()))
+        return list(self.penalties.get(host_key(addr), ()))
+
+    def _forget(self, host: str) -> None:
+        self.scores.pop(host, None)
+        self.penalties.pop(host, None)
+
+    def _purge(self, now: float) -> None:
+        """Drop expired discouragements and stale scores (both tables are kept in time order:
+        discouragement lasts `ban_seconds` for everyone, scores move to the end when charged)."""
+        discouraged = self.discouraged
+        while discouraged:
+            host, until = next(iter(discouraged.items()))
+            if until > now:
+                break
+            del discouraged[host]
+            self._forget(host)
+        scores = self.scores
+        while scores:
+            host = next(iter(scores))
+            recent = self.penalties.get(host)
+            if recent and now - recent[-1].at < self.penalty_expiry:
+                break
+            self._forget(host)
 
 
-def address_key(addr: Address) -> str:
-    return f"{addr[0]}:{addr[1]}"
+def host_key(addr: Address) -> str:
+    """Bans, discouragement and scores are per host (IP), whatever the port: a peer cannot
+    shed them by coming back from another source port."""
+    return addr[0]

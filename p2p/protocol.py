@@ -28,7 +28,9 @@ from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
 from consensus.keys import PrivateKey
 from consensus.params import ChainParams
+from consensus.pow import bits_to_target, work_from_target
 from consensus.tx import Transaction, decode_transaction
+from consensus.validation import check_header_pow
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.errors import AUTH_FAILED, ProtocolError
 from p2p.messages import (
@@ -36,6 +38,7 @@ from p2p.messages import (
     INV_TX,
     MAX_ADDR,
     MAX_HEADERS,
+    MAX_LOCATOR,
     Addr,
     AddrEntry,
     BlockMsg,
@@ -61,6 +64,7 @@ from p2p.messages import (
 )
 from p2p.peer import BoundedSet, PartialBlock, Peer, PeerStatus
 from p2p.peerbook import PeerBook
+from p2p.ratelimit import TokenBucket
 from p2p.secure_stream import (
     STREAM_NONCE_SIZE,
     TAG_SIZE,
@@ -87,6 +91,7 @@ MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 TX_ANNOUNCE_RETRIES = 3
 INV_PER_DATAGRAM = 35  # 36-byte items: an Inv of 35 stays inside one datagram
 TX_REQUEST_ATTEMPTS = 8
+REPLY_OVERHEAD = 64  # envelope and frame around a block or transaction, at most
 
 # Penalty scores: the threshold (default 100) disconnects and discourages the peer.
 PENALTY = {
@@ -107,6 +112,10 @@ PENALTY = {
     "unrequested-block-flood": 20,
     "unconnecting-headers": 10,
     "stream-overflow": 50,
+    "inv-flood": 20,
+    "getdata-flood": 20,
+    "headers-flood": 20,
+    "low-work-headers": 20,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
 # transit, or the block is only early.
@@ -238,7 +247,14 @@ class P2PProtocol:
         self.node = node
         self.rng = rng
         self.magic = params.magic
-        self.book = PeerBook(config.max_addr_book, config.misbehavior_threshold, config.ban_seconds)
+        self.book = PeerBook(
+            config.max_addr_book,
+            config.misbehavior_threshold,
+            config.ban_seconds,
+            max_records=config.max_penalty_records,
+            max_discouraged=config.max_discouraged,
+            penalty_expiry=config.penalty_expiry_seconds,
+        )
         self.peers: dict[int, Peer] = {}
         self.by_addr: dict[Address, Peer] = {}
         self.streams: dict[int, _Stream] = {}
@@ -248,6 +264,7 @@ class P2PProtocol:
         self.stream_drops: dict[str, int] = {}  # streams closed before authenticating, by reason
         self.bans = 0  # discouragements and setbans, for /metrics
         self._pinned: dict[Address, bytes] = dict(config.peer_ids)  # --connect NODEID@HOST:PORT
+        self.handler_failures = 0  # exceptions raised by message handlers (peer dropped)
         self.connect_only = bool(config.connect) or config.connect_only
         self.link_faults: dict[str, Any] = {}
         self._next_peer_id = 1
@@ -258,10 +275,15 @@ class P2PProtocol:
         for addr in (*config.connect, *config.addnode):
             self._persistent[addr] = now
         self._blocks_in_flight: dict[bytes, tuple[int, float]] = {}
-        self._txs_in_flight: dict[bytes, tuple[int, float]] = {}
-        self._tx_announcers: dict[bytes, list[int]] = {}
-        self._tx_attempts: dict[bytes, int] = {}  # GetData sent so far for a tx in flight
+        # Transactions peers announced to us. Bounded: each peer's announcements we track
+        # (Peer.tx_announced, max_peer_tx_announcements) and requests to it
+        # (Peer.txs_in_flight, max_peer_txs_in_flight), and max_txs_in_flight in all; a peer's
+        # share goes when it disconnects.
+        self._txs_in_flight: dict[bytes, tuple[int, float]] = {}  # txid -> (peer id, asked at)
+        self._tx_announcers: dict[bytes, list[int]] = {}  # txid -> peers that announced it
+        self._tx_attempts: dict[bytes, int] = {}  # GetData sent so far for an announced tx
         # (peer id, txid) -> (when announced, re-announcements): Invs the peer has not asked for
+        # (at most max_seen).
         self._tx_unrequested: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
         self._download_queue: list[BlockIndex] = []
@@ -429,9 +451,7 @@ class P2PProtocol:
         for block_hash, (peer_id, _) in list(self._blocks_in_flight.items()):
             if peer_id == peer.id:
                 self._block_landed(block_hash)
-        for txid, (peer_id, _) in list(self._txs_in_flight.items()):
-            if peer_id == peer.id:
-                del self._txs_in_flight[txid]
+        self._forget_peer_txs(peer)
         if peer.addr in self._persistent:
             self._persistent[peer.addr] = now + self.config.reconnect_interval
         if was_established:
@@ -452,8 +472,8 @@ class P2PProtocol:
         self._events.append(PeerPenalised(addr, reason, score, discouraged))
         if discouraged:
             self.bans += 1
-            peer = self.by_addr.get(addr)
-            if peer is not None:
+            # Discouragement is per host (as in Bitcoin Core): every peer there goes.
+            for peer in [p for p in self.peers.values() if p.addr[0] == addr[0]]:
                 self._disconnect(peer, f"misbehaving: {reason}", now)
 
     # ----------------------------------------------------------------- input: datagrams
@@ -635,6 +655,16 @@ class P2PProtocol:
             self._stream_dropped("no-peer")
             self._close_stream(stream)
             return False
+        ours = self.streams.get(peer.stream_id) if peer.stream_id is not None else None
+        if ours is not None and ours.outbound:
+            # Both sides dialled each other, so both opened a stream. Both keep the one
+            # dialled by the smaller node id, and the other side stops dialling for good.
+            assert peer.node_id is not None
+            if self.node_id < peer.node_id:
+                self._stream_dropped("duplicate")
+                self._close_stream(stream)
+                return False
+            peer.inbound = True
         self._bind_stream(stream, peer)
         return True
 
@@ -704,6 +734,8 @@ class P2PProtocol:
             return
         if peer is not None and peer.node_id is not None:
             if peer.node_id == node_id:
+                if not peer.established:
+                    self._settle_direction(peer)
                 return  # a rekey, or both sides dialled at once: the same peer
             # Another node now answers at this address (a restart with a new identity).
             self._disconnect(peer, "replaced by another node", now, close_session=False)
@@ -715,8 +747,17 @@ class P2PProtocol:
                 self._refuse_session(addr, None, reason, reason, now)
                 return
             peer = self._new_peer(addr, inbound=not event.initiator, now=now)
+        else:
+            self._settle_direction(peer)
         peer.node_id = node_id
         self._send_hello(peer, now)
+
+    def _settle_direction(self, peer: Peer) -> None:
+        """If both sides dialled at once, whoever initiated the session both now use is the
+        dialler: the one that opens the stream."""
+        current = self.sessions.session(peer.addr)
+        if current is not None:
+            peer.inbound = not current.initiator
 
     def _refuse_session(
         self, addr: Address, peer: Peer | None, why: str, reason: str, now: float
@@ -803,8 +844,22 @@ class P2PProtocol:
         if not peer.established:
             return
         handler = self._handlers.get(type(msg))
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(self, peer, msg, now)
+        except Exception as exc:
+            # A bug (or a case nobody foresaw) in one handler costs that peer its connection,
+            # never the node: not a penalty, since the fault may well be ours.
+            self.handler_failures += 1
+            log.error(
+                "peer_handler_failed",
+                peer=peer.label,
+                message=msg.NAME,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            self._disconnect(peer, "internal-error", now)
 
     # ----------------------------------------------------------------- liveness
 
@@ -859,6 +914,12 @@ class P2PProtocol:
         self._send_getheaders(peer, best, now)
 
     def _send_getheaders(self, peer: Peer, start: BlockIndex, now: float) -> None:
+        if self._headers_room(peer) < MAX_HEADERS:
+            # Its headers we have no block for are at max_peer_headers_only: the timer asks
+            # again once downloads make room for a full batch.
+            peer.headers_waiting = True
+            return
+        peer.headers_waiting = False
         peer.headers_requested_at = now
         self._send(peer, GetHeaders(tuple(self.node.chain.locator(start)[:64]), ZERO_HASH))
 
@@ -878,27 +939,125 @@ class P2PProtocol:
         self._send(peer, Headers(tuple(headers)))
 
     def _on_headers(self, peer: Peer, msg: Headers, now: float) -> None:
+        """Headers are stored only if they lead to at least the anti-DoS work threshold
+        (Bitcoin Core's headers pre-sync, simplified: a full batch below it is held, not stored,
+        while we ask for the rest of that chain), and only within the peer's budget of headers
+        we have no block for (max_peer_headers_only)."""
+        requested = peer.headers_requested_at is not None
         peer.headers_requested_at = None
+        chain = self.node.chain
+        raws = list(msg.headers)
+        headers = [decode_header(raw) for raw in raws]
+        if not headers:
+            self._request_blocks(now)
+            return
+        parent = chain.index.get(headers[0].prev_hash)
+        held, base = [], 0
+        if parent is not None:
+            base = parent.chainwork
+        elif peer.presync and headers[0].prev_hash == peer.presync_tail:
+            held, base = peer.presync, peer.presync_work  # the rest of a low-work run
+        else:
+            self._clear_presync(peer)
+            self._penalise(peer.addr, "unconnecting-headers", now)
+            self._send_getheaders(peer, chain.best_header, now)
+            return
+        self._clear_presync(peer)
+        full = len(raws) == MAX_HEADERS
+        # The work the run claims (each header is checked for real when it is accepted).
+        work, prev_hash, new = base, headers[0].prev_hash, len(held)
+        for n, header in enumerate(headers):
+            if header.prev_hash != prev_hash:
+                del headers[n:], raws[n:]  # not a chain: the rest is dropped (as before)
+                full = False
+                break
+            prev_hash = header.hash
+            work += self._header_work(header.bits)
+            new += prev_hash not in chain.index
+        room = self._headers_room(peer)
+        if new and work < self._antidos_work():
+            if not full:
+                return  # a chain that ends with too little work: nothing to store (as Core)
+            # Maybe the start of a long fork: hold the run, unstored, and ask for the rest.
+            if new + MAX_HEADERS > room:
+                self._penalise(peer.addr, "low-work-headers", now)
+                return
+            if chain.check_pow:
+                try:
+                    for header in headers:
+                        check_header_pow(header, self.params)
+                except ConsensusError:
+                    self._penalise(peer.addr, "invalid-header", now)
+                    return
+            peer.presync, peer.presync_tail, peer.presync_work = held + raws, prev_hash, work
+            peer.headers_requested_at = now
+            locator = (prev_hash, *chain.locator(chain.best_header)[: MAX_LOCATOR - 1])
+            self._send(peer, GetHeaders(locator, ZERO_HASH))
+            return
+        if new > room:
+            if requested:
+                peer.headers_waiting = True  # asked again once downloads make room
+            else:
+                self._penalise(peer.addr, "headers-flood", now)
+            return
         last: BlockIndex | None = None
-        for n, raw in enumerate(msg.headers):
+        for n, raw in enumerate([*held, *raws]):
             header = decode_header(raw)
+            header_hash = header.hash
+            known = header_hash in chain.index
             try:
                 last = self.node.accept_header(header)
             except ConsensusError as exc:
                 if exc.reason == "prev-blk-not-found" and n == 0:
                     self._penalise(peer.addr, "unconnecting-headers", now)
-                    self._send_getheaders(peer, self.node.chain.best_header, now)
+                    self._send_getheaders(peer, chain.best_header, now)
                     return
                 if exc.reason in HARMLESS_BLOCK_REASONS:
                     break
                 self._penalise(peer.addr, "invalid-header", now)
                 return
-            peer.known.add(last.hash)
+            peer.known.add(header_hash)
+            if peer.blocks_lacking:
+                peer.blocks_lacking.discard(header_hash)  # it has it now
+            if not known and not last.status & BlockStatus.HAVE_DATA:
+                peer.headers_only.add(header_hash)
         if last is not None:
             peer.best_header_work = max(peer.best_header_work, last.chainwork)
-            if len(msg.headers) == MAX_HEADERS:
+            if full:
                 self._send_getheaders(peer, last, now)
         self._request_blocks(now)
+
+    def _clear_presync(self, peer: Peer) -> None:
+        peer.presync, peer.presync_tail, peer.presync_work = [], b"", 0
+
+    def _header_work(self, bits: int) -> int:
+        """The work a header claims by its `bits` (0 if they are out of range)."""
+        try:
+            target = bits_to_target(bits)
+        except ConsensusError:
+            return 0
+        if target <= 0 or target > self.params.pow_limit:
+            return 0
+        return work_from_target(target)
+
+    def _antidos_work(self) -> int:
+        """Bitcoin Core's GetAntiDoSWorkThreshold: new headers must lead to at least our tip's
+        work minus antidos_work_blocks blocks' worth (and min_chain_work): a fork off our chain
+        deeper than that costs its sender about as much work as it makes us store."""
+        tip = self.node.chain.tip
+        behind = self.config.antidos_work_blocks * self._header_work(tip.header.bits)
+        return max(self.config.min_chain_work, tip.chainwork - behind)
+
+    def _headers_room(self, peer: Peer) -> int:
+        """How many more headers we have no block for `peer` may give us (held ones count)."""
+        index = self.node.chain.index
+        done = [
+            h
+            for h in peer.headers_only
+            if (entry := index.get(h)) is None or entry.status & BlockStatus.HAVE_DATA
+        ]
+        peer.headers_only.difference_update(done)
+        return self.config.max_peer_headers_only - len(peer.headers_only) - len(peer.presync)
 
     def _refresh_download_queue(self) -> None:
         chain = self.node.chain
@@ -951,6 +1110,7 @@ class P2PProtocol:
                 for p in peers
                 if max(p.chainwork, p.best_header_work) >= entry.chainwork
                 and load[p.id] < self.config.max_blocks_in_flight_per_peer
+                and not (p.blocks_lacking and entry.hash in p.blocks_lacking)
             ]
             if not candidates:
                 continue
@@ -1013,15 +1173,26 @@ class P2PProtocol:
         chain = self.node.chain
         if chain.has_block(block_hash):
             return
-        if header.prev_hash not in chain.index:
+        parent = chain.index.get(header.prev_hash)
+        if parent is None:
             self._send_getheaders(peer, chain.best_header, now)
             return
+        new = block_hash not in chain.index
+        if new:
+            # The same limits as for headers: enough work, and within the peer's budget.
+            if parent.chainwork + self._header_work(header.bits) < self._antidos_work():
+                self._count_unhelpful(peer, now)
+                return
+            if self._headers_room(peer) <= 0:
+                return
         try:
             entry = self.node.accept_header(header)
         except ConsensusError as exc:
             if exc.reason not in HARMLESS_BLOCK_REASONS:
                 self._penalise(peer.addr, "invalid-header", now)
             return
+        if new:
+            peer.headers_only.add(block_hash)  # until the block is complete
         peer.best_header_work = max(peer.best_header_work, entry.chainwork)
         count = len(msg.short_ids) + len(msg.prefilled)
         txs: list[Transaction | bytes | None] = [None] * count
@@ -1103,58 +1274,185 @@ class P2PProtocol:
     # ----------------------------------------------------------------- inventory and transactions
 
     def _on_inv(self, peer: Peer, msg: Inv, now: float) -> None:
-        wanted = []
+        cap = self.config.max_peer_tx_announcements
+        announced = peer.tx_announced
+        if len(announced) < cap // 2:
+            peer.inv_overflow = 0  # we caught up with it: a past burst is forgiven
+        overflow = 0
+        unknown_block = False
         for item in msg.items:
             peer.known.add(item.hash)
             if item.kind == INV_TX:
                 txid = item.hash
                 self._tx_unrequested.pop((peer.id, txid), None)
-                if txid in self.node.mempool or txid in self._seen_txs:
+                if txid in announced or txid in self.node.mempool or txid in self._seen_txs:
                     continue
-                self._tx_announcers.setdefault(txid, [])
-                if peer.id not in self._tx_announcers[txid]:
-                    self._tx_announcers[txid].append(peer.id)
-                if txid in self._txs_in_flight:
+                if len(announced) >= cap:
+                    overflow += 1  # not tracked: an honest peer announces it again later
                     continue
-                self._txs_in_flight[txid] = (peer.id, now)
-                wanted.append(item)
+                announced[txid] = None
+                self._tx_announcers.setdefault(txid, []).append(peer.id)
             elif not self.node.chain.has_block(item.hash):
-                self._maybe_request_headers(peer, now) if peer.headers_requested_at else (
-                    self._send_getheaders(peer, self.node.chain.best_header, now)
-                )
-        for i in range(0, len(wanted), 30):
-            self._send(peer, GetData(tuple(wanted[i : i + 30])))
+                unknown_block = True
+        if unknown_block:
+            # One getheaders for the whole message, however many blocks it names.
+            if peer.headers_requested_at:
+                self._maybe_request_headers(peer, now)
+            else:
+                self._send_getheaders(peer, self.node.chain.best_header, now)
+        if overflow:
+            # Ids past the cap are dropped (an honest peer announces them again later). A burst
+            # of up to another cap's worth is free; each further cap's worth, before we catch
+            # up, costs the sender: a flood of unknown ids never lets us catch up.
+            peer.inv_overflow += overflow
+            while peer.inv_overflow >= 2 * cap and peer.status is not PeerStatus.CLOSED:
+                peer.inv_overflow -= cap
+                self._penalise(peer.addr, "inv-flood", now)
+        self._request_txs(peer, now)
+
+    def _tx_slots(self, peer: Peer) -> int:
+        """How many more transactions we may ask `peer` for now."""
+        cfg = self.config
+        return min(
+            cfg.max_peer_txs_in_flight - len(peer.txs_in_flight),
+            cfg.max_txs_in_flight - len(self._txs_in_flight),
+        )
+
+    def _request_txs(self, peer: Peer, now: float) -> None:
+        """Ask `peer` for what it announced that nobody is fetching, oldest first, within the
+        in-flight limits; the rest waits for a free slot (an answer, a notfound, a timeout)."""
+        if not peer.established or len(peer.tx_announced) <= len(peer.txs_in_flight):
+            return
+        free = self._tx_slots(peer)
+        if free <= 0:
+            return
+        in_flight, mempool, seen = self._txs_in_flight, self.node.mempool, self._seen_txs
+        items, stale = [], []
+        for txid in peer.tx_announced:
+            if txid in in_flight:
+                continue
+            if txid in mempool or txid in seen:
+                stale.append(txid)  # arrived some other way meanwhile
+                continue
+            items.append(InvItem(INV_TX, txid))
+            if len(items) >= free:
+                break
+        for txid in stale:
+            self._forget_tx(txid)
+        self._send_tx_requests(peer, items, now)
+
+    def _send_tx_requests(self, peer: Peer, items: list[InvItem], now: float) -> None:
+        for item in items:
+            self._txs_in_flight[item.hash] = (peer.id, now)
+            peer.txs_in_flight.add(item.hash)
+            self._tx_attempts[item.hash] = self._tx_attempts.get(item.hash, 0) + 1
+        for i in range(0, len(items), 30):
+            self._send(peer, GetData(tuple(items[i : i + 30])))
+
+    def _tx_landed(self, txid: bytes) -> Peer | None:
+        """Forget the request for `txid`; returns the peer it was asked of, if still here."""
+        request = self._txs_in_flight.pop(txid, None)
+        if request is None:
+            return None
+        peer = self.peers.get(request[0])
+        if peer is not None:
+            peer.txs_in_flight.discard(txid)
+        return peer
+
+    def _forget_tx(self, txid: bytes) -> Peer | None:
+        """Stop tracking `txid` (received, or given up on); returns whom we had asked for it."""
+        asked = self._tx_landed(txid)
+        for peer_id in self._tx_announcers.pop(txid, ()):
+            announcer = self.peers.get(peer_id)
+            if announcer is not None:
+                announcer.tx_announced.pop(txid, None)
+        self._tx_attempts.pop(txid, None)
+        return asked
+
+    def _drop_announcement(self, peer: Peer, txid: bytes) -> None:
+        """`peer` does not have `txid` after all; forget the tx if nobody else announced it."""
+        if txid not in peer.tx_announced:
+            return
+        del peer.tx_announced[txid]
+        announcers = self._tx_announcers.get(txid)
+        if announcers is not None and peer.id in announcers:
+            announcers.remove(peer.id)
+            if not announcers:
+                self._forget_tx(txid)
+
+    def _forget_peer_txs(self, peer: Peer) -> None:
+        """A peer is gone: drop its announcements, requests and pending re-announcements."""
+        for txid in peer.txs_in_flight:
+            if self._txs_in_flight.get(txid, (None,))[0] == peer.id:
+                del self._txs_in_flight[txid]
+        peer.txs_in_flight.clear()
+        for txid in list(peer.tx_announced):
+            self._drop_announcement(peer, txid)
+        peer.tx_announced.clear()
+        for key in [k for k in self._tx_unrequested if k[0] == peer.id]:
+            del self._tx_unrequested[key]
 
     def _on_getdata(self, peer: Peer, msg: GetData, now: float) -> None:
+        cfg = self.config
+        items = list(dict.fromkeys(msg.items))  # each thing served once per request
+        if sum(1 for item in items if item.kind != INV_TX) > cfg.max_getdata_blocks:
+            # We never ask a peer for more than max_blocks_in_flight_per_peer at once.
+            self._penalise(peer.addr, "getdata-flood", now)
+            return
         missing = []
-        for item in msg.items:
+        for item in items:
             if item.kind == INV_TX:
                 self._tx_unrequested.pop((peer.id, item.hash), None)
                 entry = self.node.mempool.get(item.hash)
-                if entry is None:
-                    missing.append(item)
-                else:
-                    peer.known.add(item.hash)
-                    self._send(peer, TxMsg(entry.tx.encode()))
+                raw = None if entry is None else entry.tx.encode()
             else:
                 raw = self.node.chain.get_block_bytes(item.hash)
-                if raw is None:
-                    missing.append(item)
-                else:
-                    peer.known.add(item.hash)
-                    self._send(peer, BlockMsg(raw), stream=True)
-        if missing:
-            self._send(peer, NotFound(tuple(missing)))
+            if raw is None:
+                missing.append(item)
+                continue
+            if not self._reply_fits(peer, len(raw), item.kind != INV_TX):
+                # Its stream is not up and the queue is full: refuse rather than hold more.
+                self._penalise(peer.addr, "stream-overflow", now)
+                return
+            peer.known.add(item.hash)
+            if item.kind == INV_TX:
+                self._send(peer, TxMsg(raw))
+            else:
+                self._send(peer, BlockMsg(raw), stream=True)
+        if not missing:
+            return
+        if peer.getdata_misses is None:
+            allowance = cfg.max_getdata_misses_per_minute
+            peer.getdata_misses = TokenBucket(allowance / 60, allowance, now)
+        if not peer.getdata_misses.take(len(missing), now):
+            # An honest peer asks for what we announced: a few misses (mined or evicted since).
+            self._penalise(peer.addr, "getdata-flood", now)
+            return
+        for i in range(0, len(missing), INV_PER_DATAGRAM):
+            self._send(peer, NotFound(tuple(missing[i : i + INV_PER_DATAGRAM])))
+
+    def _reply_fits(self, peer: Peer, size: int, stream: bool) -> bool:
+        """Can a reply of `size` bytes go out, or be queued within max_pending_stream_bytes
+        while the peer's stream is not up?"""
+        size += REPLY_OVERHEAD
+        if peer.stream_id is not None or (not stream and size <= MAX_DATAGRAM_SIZE):
+            return True
+        return peer.pending_stream_bytes + size <= self.config.max_pending_stream_bytes
 
     def _on_notfound(self, peer: Peer, msg: NotFound, now: float) -> None:
         for item in msg.items:
-            flight = self._txs_in_flight if item.kind == INV_TX else self._blocks_in_flight
-            if flight.get(item.hash, (None,))[0] == peer.id:
-                if item.kind == INV_TX:
-                    del flight[item.hash]
-                else:
-                    self._block_landed(item.hash)
-                self._tx_attempts.pop(item.hash, None)
+            if item.kind == INV_TX:
+                if self._txs_in_flight.get(item.hash, (None,))[0] == peer.id:
+                    self._tx_landed(item.hash)
+                    self._drop_announcement(peer, item.hash)  # others may still have it
+            elif self._blocks_in_flight.get(item.hash, (None,))[0] == peer.id:
+                self._block_landed(item.hash)
+                # Enough work is no proof it has this branch: do not ask it again (it was
+                # asked every tick, and now a peer charges misses past an allowance).
+                if peer.blocks_lacking is None:
+                    peer.blocks_lacking = BoundedSet(self.config.block_download_window)
+                peer.blocks_lacking.add(item.hash)
+        self._request_txs(peer, now)
 
     def _on_tx(self, peer: Peer, msg: TxMsg, now: float) -> None:
         try:
@@ -1163,11 +1461,11 @@ class P2PProtocol:
             self._penalise(peer.addr, "malformed-tx", now)
             return
         txid = tx.txid
-        self._txs_in_flight.pop(txid, None)
-        self._tx_announcers.pop(txid, None)
-        self._tx_attempts.pop(txid, None)
+        asked = self._forget_tx(txid)
         self._tx_unrequested.pop((peer.id, txid), None)
         peer.known.add(txid)
+        if asked is not None:
+            self._request_txs(asked, now)  # a slot is free: the next announced one
         if txid in self.node.mempool or txid in self._seen_txs:
             return
         self._seen_txs.add(txid)
@@ -1178,15 +1476,21 @@ class P2PProtocol:
                 self._penalise(peer.addr, "invalid-tx", now)
             return
         if getattr(outcome, "orphan", False):
-            # Ask the sender for the parents; the orphan pool retries when they arrive.
+            # Ask the sender for the parents (as if it had announced them: the same limits),
+            # ahead of its other announcements; the orphan pool retries when they arrive.
             self._seen_txs.discard(txid)
-            items = [
-                InvItem(INV_TX, p) for p in outcome.missing_parents if p not in self._txs_in_flight
-            ]
-            for item in items:
-                self._txs_in_flight[item.hash] = (peer.id, now)
-            if items:
-                self._send(peer, GetData(tuple(items[:30])))
+            items = []
+            for parent in outcome.missing_parents:
+                if parent in self._txs_in_flight:
+                    continue
+                if parent not in peer.tx_announced:
+                    if len(peer.tx_announced) >= self.config.max_peer_tx_announcements:
+                        break
+                    peer.tx_announced[parent] = None
+                    self._tx_announcers.setdefault(parent, []).append(peer.id)
+                if len(items) < self._tx_slots(peer):
+                    items.append(InvItem(INV_TX, parent))
+            self._send_tx_requests(peer, items, now)
 
     def _on_dsalert(self, peer: Peer, msg: DoubleSpendAlert, now: float) -> None:
         try:
@@ -1203,11 +1507,14 @@ class P2PProtocol:
         """Push a compact form of a newly connected block to every peer that lacks it."""
         block_hash = block.hash
         msg: CompactBlock | None = None
-        for peer in self.peers.values():
+        # A copy: a send may drop a peer (its stream queue overflowing).
+        for peer in list(self.peers.values()):
             if not peer.established or block_hash in peer.known:
                 continue
             if msg is None:
-                salt = self.rng.getrandbits(64)
+                # From the OS CSPRNG: a peer that could predict the salt could craft short-id
+                # collisions (self.rng is a seeded Mersenne Twister, for non-security choices).
+                salt = secrets.randbits(64)
                 msg = CompactBlock(
                     block.header.encode(),
                     salt,
@@ -1237,7 +1544,7 @@ class P2PProtocol:
 
     def broadcast_double_spend(self, tx_a: Transaction, tx_b: Transaction) -> None:
         msg = DoubleSpendAlert(tx_a.encode(), tx_b.encode())
-        for peer in self.peers.values():
+        for peer in list(self.peers.values()):
             if peer.established:
                 self._send(peer, msg)
 
@@ -1269,11 +1576,14 @@ class P2PProtocol:
                 continue
             if now - peer.last_ping_sent >= cfg.ping_interval:
                 peer.last_ping_sent = now
-                peer.ping_nonce = self.rng.getrandbits(64)
+                peer.ping_nonce = secrets.randbits(64)  # unpredictable: no forged pongs
                 self._send(peer, Ping(peer.ping_nonce, *self._tip_fields()))
             for block_hash, partial in list(peer.pending_compact.items()):
                 if now - partial.requested_at > cfg.block_stall_timeout:
                     del peer.pending_compact[block_hash]
+            if peer.headers_waiting and self._headers_room(peer) >= MAX_HEADERS:
+                peer.headers_waiting = False
+                self._maybe_request_headers(peer, now)
         for block_hash, (peer_id, at) in list(self._blocks_in_flight.items()):
             # Disconnecting a staller below already dropped the rest of its requests.
             if now - at > cfg.block_stall_timeout and block_hash in self._blocks_in_flight:
@@ -1291,21 +1601,29 @@ class P2PProtocol:
         self._request_blocks(now)
 
     def _retry_txs(self, now: float) -> None:
+        retries: dict[int, list[InvItem]] = {}
         for txid, (peer_id, at) in list(self._txs_in_flight.items()):
             if now - at <= self.config.tx_request_timeout:
                 continue
-            del self._txs_in_flight[txid]
+            self._tx_landed(txid)
             announcers = [p for p in self._tx_announcers.get(txid, []) if p in self.peers]
+            if not announcers or self._tx_attempts.get(txid, 0) >= (
+                TX_REQUEST_ATTEMPTS + len(announcers)
+            ):
+                self._forget_tx(txid)
+                continue
             # Another announcer if there is one; else the same again: a datagram got lost.
             others = [p for p in announcers if p != peer_id] or announcers
-            attempts = self._tx_attempts.get(txid, 1)
-            if others and attempts < TX_REQUEST_ATTEMPTS + len(announcers):
-                self._tx_attempts[txid] = attempts + 1
-                self._txs_in_flight[txid] = (others[0], now)
-                self._send(self.peers[others[0]], GetData((InvItem(INV_TX, txid),)))
-            else:
-                self._tx_announcers.pop(txid, None)
-                self._tx_attempts.pop(txid, None)
+            for candidate in others:
+                peer = self.peers[candidate]
+                if self._tx_slots(peer) > len(retries.get(candidate, ())):
+                    retries.setdefault(candidate, []).append(InvItem(INV_TX, txid))
+                    break
+            # else it stays announced, and is asked for when one of them has a free slot
+        for peer_id, items in retries.items():
+            self._send_tx_requests(self.peers[peer_id], items, now)
+        for peer in list(self.peers.values()):
+            self._request_txs(peer, now)
         self._reannounce_txs(now)
         self.flush_announcements()
 

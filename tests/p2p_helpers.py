@@ -21,13 +21,15 @@ from typing import Any
 from consensus.block import Block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.chainstate import BlockIndex
+from consensus.keys import PrivateKey
 from consensus.params import REGTEST, ChainParams
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
-from p2p.config import Address, P2PConfig
+from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.memory import LinkModel, MemoryNetwork, MemoryNode
-from p2p.messages import Message
+from p2p.messages import Hello, Message
 from p2p.peer import Peer
-from p2p.protocol import MAX_DATAGRAM_ENVELOPE
+from p2p.protocol import MAX_DATAGRAM_ENVELOPE, SendDatagram
+from p2p.session import SessionTable
 from p2p.wire import encode_message
 
 #: Coinbases mature after two blocks: wallets get funded in a handful of blocks.
@@ -98,8 +100,8 @@ def info_of(node: MemoryNode, other: MemoryNode) -> dict[str, Any]:
 
 
 def key_of(node: MemoryNode) -> str:
-    """The host:port key bans and discouragement are recorded under."""
-    return f"{node.addr[0]}:{node.addr[1]}"
+    """The key bans, discouragement and scores are recorded under: the host (IP), any port."""
+    return node.addr[0]
 
 
 def inject(net: MemoryNetwork, node: MemoryNode, data: bytes, source: Address) -> None:
@@ -119,6 +121,42 @@ def send_as(net: MemoryNetwork, sender: MemoryNode, node: MemoryNode, data: byte
 
 def envelope(node: MemoryNode, msg: Message) -> bytes:
     return encode_message(node.params.magic, msg)
+
+
+@dataclass
+class FakePeer:
+    """An established peer of `target` with nobody behind it: a session of its own, no
+    protocol, no stream; what `target` sends it is lost. It says what a test makes it say."""
+
+    net: MemoryNetwork
+    target: MemoryNode
+    addr: Address
+    sessions: SessionTable
+
+    def send(self, data: bytes) -> None:
+        """`data` (an envelope, or anything) sealed under its session, delivered now."""
+        sealed = self.sessions.seal(self.target.addr, data)
+        assert sealed is not None
+        inject(self.net, self.target, sealed, self.addr)
+
+
+def fake_peer(net: MemoryNetwork, target: MemoryNode, addr: Address, key: PrivateKey) -> FakePeer:
+    """A session handshake and a hello from `addr` with `key`'s identity: `target` takes it
+    for an established peer. Returns the events `target` had meanwhile in its `events`."""
+    params = target.params
+    table = SessionTable(params.magic, params.genesis_hash, key, P2PConfig(), net.now)
+    table.initiate(target.addr, net.now)
+    for _ in range(3):  # init -> response -> finish -> confirmation
+        for _, data in table.take_outbox():
+            target.p2p.receive_datagram(data, addr, net.now)
+        for action in target.p2p.take_actions():
+            if isinstance(action, SendDatagram) and action.addr == addr:
+                table.receive(action.data, target.addr, net.now)
+    peer = FakePeer(net, target, addr, table)
+    genesis = params.genesis_hash
+    hello = Hello(PROTOCOL_VERSION, genesis, PORT, 0, bytes(32), genesis, "/fake/", int(net.now))
+    peer.send(envelope(target, hello))
+    return peer
 
 
 # ------------------------------------------------------------------------------------ chain
