@@ -43,6 +43,9 @@ class P2PConfig:
     max_unauthenticated_streams: int = 16  # inbound TCP connections not yet authenticated
     rekey_after_seconds: float = 120.0  # WireGuard's REKEY_AFTER_TIME
     rekey_after_messages: int = 1 << 20  # datagrams sent under one session before a new one
+    reject_after_seconds: float = 180.0  # WireGuard's REJECT_AFTER_TIME: no session lives longer
+    handshake_rate_per_host: float = 4.0  # handshakes a host may start per second...
+    handshake_burst_per_host: float = 16.0  # ...after a burst of this many
 
     max_blocks_in_flight_per_peer: int = 32
     block_download_window: int = 1024  # blocks ahead of the tip we fetch at once

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from consensus.keys import PrivateKey, verify_signature
 from p2p.config import Address, P2PConfig
 from p2p.noise import PROTOCOL_NAME, CipherState, HandshakeState, NoiseError
+from p2p.ratelimit import TokenBucket
 from p2p.replay import ReplayWindow
 
 KIND_INIT = 1
@@ -82,8 +83,14 @@ COOKIE_SECRET_LIFETIME = 120.0  # seconds a cookie secret is current (then one m
 REKEY_GRACE = 10.0  # the responder of a session rekeys only this much after the initiator would
 CONFIRM_INTERVAL = 1.0  # at most one confirmation per second for a repeated finish
 MAX_INDEX_TRIES = 16
-REFUSAL_LOG_INTERVAL = 60.0  # one refusal event per address per minute, however many inits
-MAX_REFUSAL_RECORDS = 1_000
+REFUSAL_LOG_INTERVAL = 60.0  # one refusal event per host per minute, however many inits
+REFUSAL_EVENTS_PER_SECOND = 5.0  # all hosts together: spoofed sources cannot flood the log
+MAX_REFUSAL_RECORDS = 1_000  # hosts remembered by each per-host table (least recent go first)
+MAX_RETIRED_PER_ADDRESS = 2  # superseded sessions still decrypting what was in flight
+# Ed25519 points of small order: a signature "verifies" under them for any message, so such a
+# key proves nothing (libsodium refuses them the same way). Found by multiplying by 8.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
 
 if INIT_HEADER.size + MSG1_SIZE > INIT_SIZE or max(RESPONSE_SIZE, FINISH_SIZE) > INIT_SIZE:
     raise AssertionError("the init must be the largest handshake datagram (amplification ≤ 1)")
@@ -185,6 +192,7 @@ class _HalfOpen:
     handshake: HandshakeState
     response: bytes
     created: float
+    proven: bool  # its init echoed a valid cookie: it receives at the address it claims
 
 
 class SessionTable:
@@ -223,9 +231,14 @@ class SessionTable:
         self._cookie_secret = secrets.token_bytes(KEY_SIZE)
         self._previous_cookie_secret = self._cookie_secret
         self._cookie_rotated = now
-        self._refused_at: OrderedDict[Address, float] = OrderedDict()
+        self._refused_at: OrderedDict[str, float] = OrderedDict()  # by host
+        self._refusal_budget = TokenBucket(
+            REFUSAL_EVENTS_PER_SECOND, REFUSAL_EVENTS_PER_SECOND, now
+        )
+        self._init_budgets: OrderedDict[str, TokenBucket] = OrderedDict()  # by host
         self.drops: Counter[str] = Counter()  # datagrams dropped, by reason
-        self.auth_failures: Counter[str] = Counter()  # by host: datagrams that failed the AEAD
+        # by host, least recently failed first: datagrams that failed the AEAD
+        self.auth_failures: OrderedDict[str, int] = OrderedDict()
         self.cookie_replies = 0
         self.rekeys: Counter[Address] = Counter()
         self.handshakes_completed = 0
@@ -270,6 +283,7 @@ class SessionTable:
         """Forget every session and handshake with `addr`."""
         self.current.pop(addr, None)
         self._pending.pop(addr, None)
+        self.rekeys.pop(addr, None)
         for index in [i for i, s in self.by_index.items() if s.addr == addr]:
             del self.by_index[index]
         pending = self.initiating.pop(addr, None)
@@ -342,9 +356,10 @@ class SessionTable:
         if pending is None or pending.addr != addr:
             self.drops["unknown-index"] += 1
             return
+        # Kept for the next retransmission rather than answered at once: a stream of forged
+        # cookie replies (whoever saw our init knows its index) gets one init per retry
+        # interval, not one init per reply.
         pending.cookie = cookie
-        pending.last_sent = now
-        self.outbox.append((addr, pending.datagram(self.magic, self.genesis_hash)))
 
     def _on_refusal(self, data: bytes, addr: Address, now: float) -> None:
         if len(data) != REFUSAL.size:
@@ -418,15 +433,7 @@ class SessionTable:
             # A copy of the init of the session we already have, arriving late: no new state.
             self.drops["duplicate"] += 1
             return
-        cfg = self.config
-        if len(self.half_open) >= cfg.cookie_threshold and not self._cookie_valid(cookie, addr):
-            self.cookie_replies += 1
-            self.outbox.append((addr, COOKIE_REPLY.pack(KIND_COOKIE, their_index,
-                                                        self._cookie(addr, self._cookie_secret))))
-            return
-        per_host = sum(1 for h in self.half_open.values() if h.addr[0] == addr[0])
-        if len(self.half_open) >= cfg.max_half_open or per_host >= cfg.max_half_open_per_host:
-            self.drops["handshake-capacity"] += 1
+        if not self._admit_init(cookie, addr, their_index, now):
             return
         handshake = HandshakeState(False, self.prologue, self.static_private)
         start = INIT_HEADER.size
@@ -438,10 +445,52 @@ class SessionTable:
             return
         index = self._new_index()
         response = RESPONSE_HEADER.pack(KIND_RESPONSE, index, their_index) + message2
-        half = _HalfOpen(addr, index, their_index, handshake, response, now)
+        half = _HalfOpen(addr, index, their_index, handshake, response, now,
+                         self._cookie_valid(cookie, addr))
         self.half_open[index] = half
         self._half_open_by_key[(addr, their_index)] = half
         self.outbox.append((addr, response))
+
+    def _admit_init(self, cookie: bytes, addr: Address, their_index: int, now: float) -> bool:
+        """Whether a (new) init may have a half-open handshake, making room if it proved
+        its address with a cookie. Under load, or once its host holds its share of half-open
+        handshakes, an init must echo a cookie: a spoofer forging a victim's address never
+        gets one, so it can neither fill the table nor lock that victim out."""
+        cfg = self.config
+        host = addr[0]
+        mine = [h for h in self.half_open.values() if h.addr[0] == host]
+        host_full = len(mine) >= cfg.max_half_open_per_host
+        proven = self._cookie_valid(cookie, addr)
+        if (host_full or len(self.half_open) >= cfg.cookie_threshold) and not proven:
+            self.cookie_replies += 1
+            cookie_now = self._cookie(addr, self._cookie_secret)
+            self.outbox.append((addr, COOKIE_REPLY.pack(KIND_COOKIE, their_index, cookie_now)))
+            return False
+        if not self._init_budget(host, now).take(1, now):
+            self.drops["handshake-rate"] += 1
+            return False
+        if host_full:
+            self._drop_half_open(min(mine, key=lambda h: (h.proven, h.created)))
+        if len(self.half_open) >= cfg.max_half_open:
+            # Full of handshakes that proved their addresses: a random one makes room, so
+            # whoever holds the table cannot keep a newcomer out.
+            unproven = [h for h in self.half_open.values() if not h.proven]
+            self._drop_half_open(secrets.choice(unproven or list(self.half_open.values())))
+            self.drops["handshake-evicted"] += 1
+        return True
+
+    def _init_budget(self, host: str, now: float) -> TokenBucket:
+        """How many handshakes a host may start: each costs us two X25519 operations."""
+        budgets = self._init_budgets
+        bucket = budgets.get(host)
+        if bucket is None:
+            cfg = self.config
+            bucket = TokenBucket(cfg.handshake_rate_per_host, cfg.handshake_burst_per_host, now)
+            budgets[host] = bucket
+            while len(budgets) > MAX_REFUSAL_RECORDS:
+                budgets.popitem(last=False)
+        budgets.move_to_end(host)
+        return bucket
 
     def _on_finish(self, data: bytes, addr: Address, now: float) -> None:
         if len(data) != FINISH_SIZE:
@@ -531,8 +580,10 @@ class SessionTable:
                 self.by_index.pop(session.our_index, None)
             return
         idle_since = max(session.last_recv, session.created)
-        if now - idle_since > 2 * cfg.peer_timeout or (
-            not session.confirmed and now - session.created > cfg.handshake_timeout
+        if (
+            now - idle_since > 2 * cfg.peer_timeout
+            or (not session.confirmed and now - session.created > cfg.handshake_timeout)
+            or now - session.created > cfg.reject_after_seconds  # WireGuard's REJECT_AFTER_TIME
         ):
             self._retire(session, now)
             self.by_index.pop(session.our_index, None)
@@ -634,12 +685,20 @@ class SessionTable:
             session.retired_at = now
         if self.current.get(session.addr) is session:
             del self.current[session.addr]
+        retired = sorted(
+            (s for s in self.by_index.values() if s.addr == session.addr and s.retired_at),
+            key=lambda s: s.retired_at or 0.0,
+        )
+        for old in retired[:-MAX_RETIRED_PER_ADDRESS]:
+            del self.by_index[old.our_index]
 
     def _verify_proof(self, handshake: HandshakeState, payload: bytes) -> bytes | None:
         remote_static = handshake.remote_static
         if len(payload) != IDENTITY_PROOF_SIZE or remote_static is None:
             return None
         node_id, signature = payload[:32], payload[32:]
+        if _small_order(node_id):
+            return None
         if not verify_signature(node_id, signature, STATIC_KEY_CONTEXT + remote_static):
             return None
         return node_id
@@ -677,16 +736,23 @@ class SessionTable:
 
     def _auth_failed(self, addr: Address) -> None:
         self.drops["auth-failed"] += 1
+        failures = self.auth_failures
         host = addr[0]
-        if host in self.auth_failures or len(self.auth_failures) < MAX_REFUSAL_RECORDS:
-            self.auth_failures[host] += 1
+        failures[host] = failures.get(host, 0) + 1
+        failures.move_to_end(host)
+        while len(failures) > MAX_REFUSAL_RECORDS:
+            failures.popitem(last=False)
 
     def _refuse(self, addr: Address, reason: str, now: float) -> None:
-        last = self._refused_at.get(addr)
+        host = addr[0]
+        last = self._refused_at.get(host)
         if last is not None and now - last < REFUSAL_LOG_INTERVAL:
             return
-        self._refused_at[addr] = now
-        self._refused_at.move_to_end(addr)
+        if not self._refusal_budget.take(1, now):
+            self.drops["refusal-unlogged"] += 1
+            return
+        self._refused_at[host] = now
+        self._refused_at.move_to_end(host)
         while len(self._refused_at) > MAX_REFUSAL_RECORDS:
             self._refused_at.popitem(last=False)
         self.events.append(HandshakeRefused(addr, reason))
@@ -698,3 +764,24 @@ class SessionTable:
         if addr in self.initiating:
             return "initiating"
         return "none"
+
+
+def _small_order(public_key: bytes) -> bool:
+    """Whether an Ed25519 public key encodes a point of small order (or no point at all)."""
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        return True  # not canonical
+    x_squared = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x = pow(x_squared, (_P + 3) // 8, _P)
+    if (x * x - x_squared) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if (x * x - x_squared) % _P:
+        return True  # not on the curve
+    if x & 1 != public_key[31] >> 7:
+        x = _P - x
+    for _ in range(3):  # [8]P by doubling
+        xx, yy = x * x % _P, y * y % _P
+        dxy = _D * xx * yy % _P
+        x, y = (2 * x * y * pow(1 + dxy, _P - 2, _P) % _P,
+                (yy + xx) * pow(1 - dxy, _P - 2, _P) % _P)
+    return x == 0 and y == 1
