@@ -18,12 +18,12 @@ from __future__ import annotations
 import random
 import secrets
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import structlog
 
 from consensus.block import Block, decode_block, decode_header
-from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus, ChainState
+from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
 from consensus.keys import PrivateKey
@@ -31,6 +31,20 @@ from consensus.params import ChainParams
 from consensus.pow import bits_to_target, work_from_target
 from consensus.tx import Transaction, decode_transaction
 from consensus.validation import check_header_pow
+from p2p.actions import (
+    Action,
+    CloseStream,
+    DoubleSpendSeen,
+    Event,
+    NodeInterface,
+    OpenStream,
+    PeerConnected,
+    PeerDisconnected,
+    PeerPenalised,
+    PeerRefused,
+    SendDatagram,
+    SendStream,
+)
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.errors import AUTH_FAILED, ProtocolError
 from p2p.messages import (
@@ -136,86 +150,6 @@ HARMLESS_TX_REASONS = frozenset(
         "too-long-mempool-chain",
     }
 )
-
-
-class NodeInterface(Protocol):
-    """What the protocol needs from the node: read access plus validated, committed writes."""
-
-    chain: ChainState
-    mempool: Any
-
-    def submit_block(self, block: Block) -> AcceptResult: ...
-
-    def submit_transaction(self, tx: Transaction) -> Any: ...
-
-    def accept_header(self, header: Any) -> BlockIndex: ...
-
-
-# ----------------------------------------------------------------- actions and events
-
-
-@dataclass(frozen=True)
-class SendDatagram:
-    addr: Address
-    data: bytes
-
-
-@dataclass(frozen=True)
-class SendStream:
-    stream_id: int
-    data: bytes  # already framed
-
-
-@dataclass(frozen=True)
-class OpenStream:
-    addr: Address
-
-
-@dataclass(frozen=True)
-class CloseStream:
-    stream_id: int
-
-
-Action = SendDatagram | SendStream | OpenStream | CloseStream
-
-
-@dataclass(frozen=True)
-class PeerConnected:
-    peer_id: int
-    addr: Address
-    inbound: bool
-    node_id: bytes
-
-
-@dataclass(frozen=True)
-class PeerDisconnected:
-    peer_id: int
-    addr: Address
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerRefused:
-    addr: Address
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerPenalised:
-    addr: Address
-    reason: str
-    score: int
-    discouraged: bool
-
-
-@dataclass(frozen=True)
-class DoubleSpendSeen:
-    tx_a: Transaction
-    tx_b: Transaction
-    peer_id: int | None
-
-
-Event = PeerConnected | PeerDisconnected | PeerRefused | PeerPenalised | DoubleSpendSeen
 
 
 @dataclass
