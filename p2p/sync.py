@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.block import Block, decode_block, decode_header
+from consensus.block import Block, BlockHeader, decode_block, decode_header
 from consensus.chainstate import BlockIndex, BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
@@ -82,54 +82,22 @@ class HeaderSync(ProtocolCore):
         we have no block for (max_peer_headers_only)."""
         requested = peer.headers_requested_at is not None
         peer.headers_requested_at = None
-        chain = self.node.chain
         raws = list(msg.headers)
         headers = [decode_header(raw) for raw in raws]
         if not headers:
             self._request_blocks(now)
             return
-        parent = chain.index.get(headers[0].prev_hash)
-        held, base = [], 0
-        if parent is not None:
-            base = parent.chainwork
-        elif peer.presync and headers[0].prev_hash == peer.presync_tail:
-            held, base = peer.presync, peer.presync_work  # the rest of a low-work run
-        else:
-            self._clear_presync(peer)
-            self._penalise(peer.addr, "unconnecting-headers", now)
-            self._send_getheaders(peer, chain.best_header, now)
+        start = self._headers_start(peer, headers[0].prev_hash, now)
+        if start is None:
             return
-        self._clear_presync(peer)
+        held, base = start
         full = len(raws) == MAX_HEADERS
-        # The work the run claims (each header is checked for real when it is accepted).
-        work, prev_hash, new = base, headers[0].prev_hash, len(held)
-        for n, header in enumerate(headers):
-            if header.prev_hash != prev_hash:
-                del headers[n:], raws[n:]  # not a chain: the rest is dropped (as before)
-                full = False
-                break
-            prev_hash = header.hash
-            work += self._header_work(header.bits)
-            new += prev_hash not in chain.index
+        work, new, whole = self._claimed_work(headers, raws, base, len(held))
+        full = full and whole
         room = self._headers_room(peer)
         if new and work < self._antidos_work():
-            if not full:
-                return  # a chain that ends with too little work: nothing to store (as Core)
-            # Maybe the start of a long fork: hold the run, unstored, and ask for the rest.
-            if new + MAX_HEADERS > room:
-                self._penalise(peer.addr, "low-work-headers", now)
-                return
-            if chain.check_pow:
-                try:
-                    for header in headers:
-                        check_header_pow(header, self.params)
-                except ConsensusError:
-                    self._penalise(peer.addr, "invalid-header", now)
-                    return
-            peer.presync, peer.presync_tail, peer.presync_work = held + raws, prev_hash, work
-            peer.headers_requested_at = now
-            locator = (prev_hash, *chain.locator(chain.best_header)[: MAX_LOCATOR - 1])
-            self._send(peer, GetHeaders(locator, ZERO_HASH))
+            if full:  # else a chain that ends with too little work: nothing to store (as Core)
+                self._hold_headers(peer, held, headers, raws, work, new, room, now)
             return
         if new > room:
             if requested:
@@ -137,8 +105,82 @@ class HeaderSync(ProtocolCore):
             else:
                 self._penalise(peer.addr, "headers-flood", now)
             return
+        self._store_headers(peer, [*held, *raws], full, now)
+
+    def _headers_start(
+        self, peer: Peer, prev_hash: bytes, now: float
+    ) -> tuple[list[bytes], int] | None:
+        """Where a batch of headers starting on `prev_hash` connects: the headers held before
+        it (the rest of a low-work run) and the work up to it. None (and the peer charged) if
+        it connects nowhere."""
+        chain = self.node.chain
+        parent = chain.index.get(prev_hash)
+        held: list[bytes] = []
+        base = 0
+        if parent is not None:
+            base = parent.chainwork
+        elif peer.presync and prev_hash == peer.presync_tail:
+            held, base = peer.presync, peer.presync_work  # the rest of a low-work run
+        else:
+            self._clear_presync(peer)
+            self._penalise(peer.addr, "unconnecting-headers", now)
+            self._send_getheaders(peer, chain.best_header, now)
+            return None
+        self._clear_presync(peer)
+        return held, base
+
+    def _claimed_work(
+        self, headers: list[BlockHeader], raws: list[bytes], work: int, new: int
+    ) -> tuple[int, int, bool]:
+        """The work the run claims on top of `work` (each header is checked for real when it is
+        accepted), and how many headers are new on top of `new`. A run that is not a chain is
+        cut (in place) at the first header that does not follow; the flag says it was whole."""
+        index = self.node.chain.index
+        prev_hash = headers[0].prev_hash
+        for n, header in enumerate(headers):
+            if header.prev_hash != prev_hash:
+                del headers[n:], raws[n:]  # not a chain: the rest is dropped (as before)
+                return work, new, False
+            prev_hash = header.hash
+            work += self._header_work(header.bits)
+            new += prev_hash not in index
+        return work, new, True
+
+    def _hold_headers(
+        self,
+        peer: Peer,
+        held: list[bytes],
+        headers: list[BlockHeader],
+        raws: list[bytes],
+        work: int,
+        new: int,
+        room: int,
+        now: float,
+    ) -> None:
+        """A full batch below the anti-DoS threshold, maybe the start of a long fork: hold the
+        run, unstored, and ask for the rest."""
+        chain = self.node.chain
+        if new + MAX_HEADERS > room:
+            self._penalise(peer.addr, "low-work-headers", now)
+            return
+        if chain.check_pow:
+            try:
+                for header in headers:
+                    check_header_pow(header, self.params)
+            except ConsensusError:
+                self._penalise(peer.addr, "invalid-header", now)
+                return
+        tail = headers[-1].hash
+        peer.presync, peer.presync_tail, peer.presync_work = held + raws, tail, work
+        peer.headers_requested_at = now
+        locator = (tail, *chain.locator(chain.best_header)[: MAX_LOCATOR - 1])
+        self._send(peer, GetHeaders(locator, ZERO_HASH))
+
+    def _store_headers(self, peer: Peer, raws: list[bytes], full: bool, now: float) -> None:
+        """Accept a run of headers (the held ones first) and ask for what follows."""
+        chain = self.node.chain
         last: BlockIndex | None = None
-        for n, raw in enumerate([*held, *raws]):
+        for n, raw in enumerate(raws):
             header = decode_header(raw)
             header_hash = header.hash
             known = header_hash in chain.index
