@@ -680,13 +680,20 @@ class ChainState:
                 "bad-cb-amount", f"coinbase pays {coinbase.total_out()} > limit {limit}"
             )
         self._create_outputs(coinbase, height, created)
+        self._apply_connected(entry, block, view, undo)
 
+    def _apply_connected(
+        self, entry: BlockIndex, block: Block, view: _BlockView, undo: list[Coin]
+    ) -> None:
+        """Make a block that `_connect_block` has checked the new tip: its coins, indexes and
+        undo data, in memory and in the journal of the pending store update."""
         utxo, journal = self.utxo, self._update
-        for outpoint in spent:
+        for outpoint in view.spent:
             del utxo[outpoint]
             journal.utxo[outpoint] = None
-        utxo.update(created)
-        journal.utxo.update(created)
+        utxo.update(view.created)
+        journal.utxo.update(view.created)
+        coinbase = block.txs[0]
         for tx in block.txs:
             txid = tx.txid
             self.tx_index[txid] = entry.hash

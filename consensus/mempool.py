@@ -282,6 +282,48 @@ class Mempool:
             raise ConsensusError("txn-already-known", "already confirmed in the active chain")
 
         spend_height = chain.height + 1
+        found, parents, conflicts, missing = self._find_inputs(tx, chain, spend_height)
+        if conflicts:
+            raise MempoolConflict(conflicts)
+        if missing and orphan_time is not None:
+            # An orphan only if no parent is known: a confirmed parent means the output is
+            # spent (or never existed), which no later arrival can fix.
+            unknown = [
+                op.txid for op in missing
+                if op.txid not in entries and chain.tx_block(op.txid) is None
+            ]
+            if len(unknown) == len(missing):
+                return self._add_orphan(tx, orphan_time, list(dict.fromkeys(unknown)))
+
+        fee, coins = check_tx_inputs(tx, found.get, spend_height, params)
+        size = tx.size
+        if not bypass_limits:
+            self._check_fee_rate(fee, size)
+
+        ancestors = self._ancestors(parents)
+        plan: set[bytes] = set()
+        plan_score = 0.0
+        if not bypass_limits:
+            self._check_chain_limits(ancestors)
+            if self._bytes + size > self.max_bytes:
+                plan, plan_score = self._plan_eviction(fee, size, ancestors)
+
+        # Last, as the most expensive check: cheap policy refusals must not cost a verification.
+        check_tx_signatures(tx, coins, params.genesis_hash, self.signature_cache)
+
+        self._insert(tx, txid, fee, size, entry_time, parents, ancestors)
+        if plan:
+            evicted.extend(self._remove_set(plan))
+            self._raise_floor(plan_score)
+        return []
+
+    def _find_inputs(
+        self, tx: Transaction, chain: ChainView, spend_height: int
+    ) -> tuple[dict[OutPoint, Coin], set[bytes], list[bytes], list[OutPoint]]:
+        """Look up what `tx` spends, in the pool first, then in the chain: the coins found, the
+        pool transactions it spends from, the pool transactions already spending one of its
+        inputs (conflicts) and the outpoints found nowhere."""
+        entries = self._entries
         spenders = self._spenders
         found: dict[OutPoint, Coin] = {}
         parents: set[bytes] = set()
@@ -306,58 +348,36 @@ class Mempool:
                 missing.append(outpoint)
             else:
                 found[outpoint] = coin
-        if conflicts:
-            raise MempoolConflict(conflicts)
-        if missing and orphan_time is not None:
-            # An orphan only if no parent is known: a confirmed parent means the output is
-            # spent (or never existed), which no later arrival can fix.
-            unknown = [
-                op.txid for op in missing
-                if op.txid not in entries and chain.tx_block(op.txid) is None
-            ]
-            if len(unknown) == len(missing):
-                return self._add_orphan(tx, orphan_time, list(dict.fromkeys(unknown)))
+        return found, parents, conflicts, missing
 
-        fee, coins = check_tx_inputs(tx, found.get, spend_height, params)
-        size = tx.size
-        if not bypass_limits:
-            if fee < self.min_relay_fee_rate * size:
-                raise ConsensusError(
-                    "min-relay-fee-not-met",
-                    f"fee rate {fee / size:.3f} < minimum {self.min_relay_fee_rate} units/byte",
-                )
-            if fee < self._floor * size:
-                raise ConsensusError(
-                    "mempool-full",
-                    f"fee rate {fee / size:.3f} < current mempool minimum {self._floor:.3f}",
-                )
+    def _check_fee_rate(self, fee: int, size: int) -> None:
+        """The relay minimum and, while the pool is full, its current floor."""
+        if fee < self.min_relay_fee_rate * size:
+            raise ConsensusError(
+                "min-relay-fee-not-met",
+                f"fee rate {fee / size:.3f} < minimum {self.min_relay_fee_rate} units/byte",
+            )
+        if fee < self._floor * size:
+            raise ConsensusError(
+                "mempool-full",
+                f"fee rate {fee / size:.3f} < current mempool minimum {self._floor:.3f}",
+            )
 
-        ancestors = self._ancestors(parents)
-        plan: set[bytes] = set()
-        plan_score = 0.0
-        if not bypass_limits:
-            if len(ancestors) + 1 > self.max_ancestors:
+    def _check_chain_limits(self, ancestors: set[bytes]) -> None:
+        """A new entry with these ancestors stays within max_ancestors and leaves each of them
+        within max_descendants."""
+        entries = self._entries
+        if len(ancestors) + 1 > self.max_ancestors:
+            raise ConsensusError(
+                "too-long-mempool-chain",
+                f"{len(ancestors) + 1} ancestors > limit {self.max_ancestors}",
+            )
+        for a in ancestors:
+            if entries[a].descendant_count + 1 > self.max_descendants:
                 raise ConsensusError(
                     "too-long-mempool-chain",
-                    f"{len(ancestors) + 1} ancestors > limit {self.max_ancestors}",
+                    f"{a.hex()} would exceed {self.max_descendants} descendants",
                 )
-            for a in ancestors:
-                if entries[a].descendant_count + 1 > self.max_descendants:
-                    raise ConsensusError(
-                        "too-long-mempool-chain",
-                        f"{a.hex()} would exceed {self.max_descendants} descendants",
-                    )
-            if self._bytes + size > self.max_bytes:
-                plan, plan_score = self._plan_eviction(fee, size, ancestors)
-
-        # Last, as the most expensive check: cheap policy refusals must not cost a verification.
-        check_tx_signatures(tx, coins, params.genesis_hash, self.signature_cache)
-
-        self._insert(tx, txid, fee, size, entry_time, parents, ancestors)
-        if plan:
-            evicted.extend(self._remove_set(plan))
-            self._raise_floor(plan_score)
-        return []
 
     def _insert(
         self,

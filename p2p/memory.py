@@ -22,15 +22,9 @@ from consensus.keys import PrivateKey, pubkey_hash
 from consensus.mempool import Mempool
 from consensus.params import ChainParams
 from consensus.tx import Transaction
+from p2p.actions import CloseStream, Event, OpenStream, SendDatagram, SendStream
 from p2p.config import Address, P2PConfig
-from p2p.protocol import (
-    CloseStream,
-    Event,
-    OpenStream,
-    P2PProtocol,
-    SendDatagram,
-    SendStream,
-)
+from p2p.protocol import P2PProtocol
 from storage import MemoryStore
 
 TIMER_INTERVAL = 0.25  # virtual seconds between handle_timer calls

@@ -18,15 +18,9 @@ from typing import Any
 import asyncio_dgram
 import structlog
 
+from p2p.actions import CloseStream, Event, OpenStream, SendDatagram, SendStream
 from p2p.config import Address
-from p2p.protocol import (
-    CloseStream,
-    Event,
-    OpenStream,
-    P2PProtocol,
-    SendDatagram,
-    SendStream,
-)
+from p2p.protocol import P2PProtocol
 
 log = structlog.get_logger("powlab.p2p")
 

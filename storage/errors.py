@@ -7,6 +7,8 @@ never leaves either half-written.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate, IndexRecord
@@ -82,27 +84,13 @@ def check_update(update: ChainUpdate) -> None:
         raise StorageError(f"expected a ChainUpdate, got {_describe(update)}")
     # Each value is checked with an empty label first: naming a row (hex of its key) costs more
     # than checking it, and a block's update has thousands of rows. Only a failure is named.
-    for key, record in update.index.items():
-        _check_hash(key, "an index key")
-        if record is not None:
-            try:
-                _check_record(key, record)
-            except StorageError:
-                _check_record(key, record, f"index[{key.hex()}]")
-                raise
+    _check_index_rows(update.index)
     for table in ("blocks", "undo"):
         for key, blob in getattr(update, table).items():
             _check_hash(key, f"a {table} key")
             if blob is not None and type(blob) is not bytes:
                 _check_blob(blob, f"{table}[{key.hex()}]")
-    for outpoint, coin in update.utxo.items():
-        _check_outpoint(outpoint, "a utxo key")
-        if coin is not None:
-            try:
-                _check_coin(coin, "")
-            except StorageError:
-                _check_coin(coin, f"utxo[{outpoint}]")
-                raise
+    _check_utxo_rows(update.utxo)
     for txid, block_hash in update.tx_index.items():
         _check_hash(txid, "a tx_index key")
         if block_hash is not None and (type(block_hash) is not bytes
@@ -114,6 +102,28 @@ def check_update(update: ChainUpdate) -> None:
             _check_hash(spender, f"spends[{outpoint}]")
     if update.tip is not None:
         _check_hash(update.tip, "the tip")
+
+
+def _check_index_rows(index: Mapping[bytes, IndexRecord | None]) -> None:
+    for key, record in index.items():
+        _check_hash(key, "an index key")
+        if record is not None:
+            try:
+                _check_record(key, record)
+            except StorageError:
+                _check_record(key, record, f"index[{key.hex()}]")
+                raise
+
+
+def _check_utxo_rows(utxo: Mapping[OutPoint, Coin | None]) -> None:
+    for outpoint, coin in utxo.items():
+        _check_outpoint(outpoint, "a utxo key")
+        if coin is not None:
+            try:
+                _check_coin(coin, "")
+            except StorageError:
+                _check_coin(coin, f"utxo[{outpoint}]")
+                raise
 
 
 # The chain keys; the node keeps its own entries (peers, settings) beside them.

@@ -1,4 +1,4 @@
-"""Shared builders for consensus tests: keys, a dict-backed store and a `ChainBuilder`.
+"""Shared builders for consensus tests: keys, params and a `ChainBuilder`.
 
 Typical use::
 
@@ -16,7 +16,6 @@ median time past are computed here independently of `ChainState`, from `consensu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from consensus.pow import (
     work_from_target,
 )
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, make_coinbase, sign_transaction
-from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
+from storage import MemoryStore
 
 # ------------------------------------------------------------------------------------ keys
 
@@ -89,62 +88,6 @@ def retargeting(window: int = 4, **overrides: Any) -> ChainParams:
 
 
 # ------------------------------------------------------------------------------------ store
-
-
-class DictStore:
-    """A `ChainStore` in plain dicts, fed from `ChainState.take_update()`.
-
-    It applies updates exactly as a real store does (None deletes a key) and can hand back a
-    `ChainSnapshot` to restart a `ChainState` from.
-    """
-
-    def __init__(self) -> None:
-        self.index: dict[bytes, IndexRecord] = {}
-        self.blocks: dict[bytes, bytes] = {}
-        self.undo: dict[bytes, bytes] = {}
-        self.utxo: dict[OutPoint, Coin] = {}
-        self.tx_index: dict[bytes, bytes] = {}
-        self.spends: dict[OutPoint, bytes] = {}
-        self.tip: bytes | None = None
-
-    @staticmethod
-    def _merge(target: dict[Any, Any], changes: dict[Any, Any]) -> None:
-        for k, v in changes.items():
-            if v is None:
-                target.pop(k, None)
-            else:
-                target[k] = v
-
-    def apply(self, update: ChainUpdate) -> None:
-        self._merge(
-            self.index,
-            {h: None if r is None else dataclasses.replace(r) for h, r in update.index.items()},
-        )
-        self._merge(self.blocks, update.blocks)
-        self._merge(self.undo, update.undo)
-        self._merge(self.utxo, update.utxo)
-        self._merge(self.tx_index, update.tx_index)
-        self._merge(self.spends, update.spends)
-        if update.tip is not None:
-            self.tip = update.tip
-
-    def load(self) -> ChainSnapshot:
-        return ChainSnapshot(
-            index=[dataclasses.replace(r) for r in self.index.values()],
-            tip=self.tip,
-            utxo=dict(self.utxo),
-            tx_index=dict(self.tx_index),
-            spends=dict(self.spends),
-        )
-
-    def get_block_bytes(self, block_hash: bytes) -> bytes | None:
-        return self.blocks.get(block_hash)
-
-    def get_undo_bytes(self, block_hash: bytes) -> bytes | None:
-        return self.undo.get(block_hash)
-
-    def close(self) -> None:
-        pass
 
 
 class NullReader:
@@ -206,7 +149,7 @@ ParentRef = bytes | Block | BlockIndex | HeaderInfo | None
 
 
 class ChainBuilder:
-    """Builds blocks on any parent and feeds them to a `ChainState` backed by a `DictStore`.
+    """Builds blocks on any parent and feeds them to a `ChainState` backed by a `MemoryStore`.
 
     ``builder.chain`` is the chain state under test, ``builder.store`` its store (kept in sync by
     `accept` and `sync`). ``builder.now`` is the clock passed to `accept_block` by default.
@@ -223,7 +166,7 @@ class ChainBuilder:
         **chain_kwargs: Any,
     ) -> None:
         self.params = params or regtest()
-        self.store = store if store is not None else DictStore()
+        self.store = store if store is not None else MemoryStore()
         self.chain = ChainState(self.params, self.store, **chain_kwargs)
         self.sync()
         self.now = now if now is not None else self.params.genesis_timestamp + CLOCK_OFFSET
@@ -453,7 +396,7 @@ class ChainBuilder:
 
 def replay(params: ChainParams, blocks: Sequence[Block], now: int) -> ChainState:
     """A fresh chain state fed `blocks` in order (each must connect): the reference UTXO set."""
-    store = DictStore()
+    store = MemoryStore()
     chain = ChainState(params, store)
     for blk in blocks:
         result = chain.accept_block(blk, now)

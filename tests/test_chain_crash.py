@@ -15,25 +15,20 @@ moment, several times on the same data directory, and after each kill checks tha
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from consensus.chainstate import ChainState
 from storage import MemoryStore, open_store
+from tests import crash_harness
 from tests.chain_crash_child import NOW, PARAMS, build_script
 from tests.helpers import chain_view
 
-ROOT = Path(__file__).resolve().parent.parent
-PROGRESS_TIMEOUT = 60.0  # seconds for the child to report the wanted progress
 KILLS = 5
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+pytestmark = crash_harness.needs_sigkill
 
 Tip = tuple[int, bytes]
 
@@ -47,52 +42,31 @@ def _parse(line: str) -> tuple[str, Tip | None]:
     return kind, (int(height), bytes.fromhex(tip_hash))
 
 
+def _after_commits(count: int) -> Callable[[str], bool]:
+    """True from the `count`-th ``committed`` line on."""
+    seen = 0
+
+    def due(line: str) -> bool:
+        nonlocal seen
+        seen += line.startswith("committed")
+        return seen >= count
+
+    return due
+
+
 def run_child(datadir: Path, kill_after: int | None, delay: float) -> tuple[list[str], bool]:
     """Run the child; once it reported `kill_after` commits, wait `delay` s and SIGKILL it.
 
     Returns every line it printed and whether it was killed (False: it finished the script).
     """
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.chain_crash_child", str(datadir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    run = crash_harness.run_child(
+        "tests.chain_crash_child",
+        [str(datadir)],
+        kill_after=None if kill_after is None else _after_commits(kill_after),
+        delay=delay,
     )
-    watchdog = threading.Timer(PROGRESS_TIMEOUT, child.kill)
-    watchdog.start()
-    lines: list[str] = []
-    try:
-        assert child.stdout is not None and child.stderr is not None
-        commits = 0
-        while kill_after is None or commits < kill_after:
-            line = child.stdout.readline()
-            if not line:
-                break
-            lines.append(line.strip())
-            if lines[-1] == "done":
-                break
-            commits += lines[-1].startswith("committed")
-        else:
-            time.sleep(delay)
-            child.send_signal(signal.SIGKILL)
-        # Everything the child printed before it died is still in the pipe.
-        lines.extend(child.stdout.read().split("\n"))
-        lines = [line for line in lines if line]
-        child.wait()
-        if child.returncode not in (0, -signal.SIGKILL):
-            pytest.fail(f"the child failed (exit {child.returncode}): {child.stderr.read()}")
-    finally:
-        watchdog.cancel()
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-    killed = child.returncode == -signal.SIGKILL
-    assert killed or lines[-1] == "done", "the watchdog fired: the child made no progress"
-    return lines, killed
+    assert run.killed or run.lines[-1] == "done", "the child ended before the script did"
+    return run.lines, run.killed
 
 
 def allowed_tips(lines: list[str], previous: Tip) -> set[Tip]:

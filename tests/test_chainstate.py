@@ -3,7 +3,6 @@ manual invalidation, chain tips, retargeting, finality and restarting from a sna
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from consensus.tx import OutPoint
 from storage import MemoryStore
 from tests.helpers import (
     ChainBuilder,
-    DictStore,
     chain_view,
     coinbase_outpoint,
     regtest,
@@ -457,12 +455,8 @@ def test_restart_with_finality_off_takes_the_parked_branch() -> None:
 # ------------------------------------------------------------------ restart
 
 
-StoreFactory = Callable[[], Any]
-
-
-@pytest.mark.parametrize("make_store", [DictStore, MemoryStore], ids=["dict", "memory"])
-def test_restart_from_snapshot_resumes_the_same_chain(make_store: StoreFactory) -> None:
-    b = ChainBuilder(regtest(coinbase_maturity=1), store=make_store())
+def test_restart_from_snapshot_resumes_the_same_chain() -> None:
+    b = ChainBuilder(regtest(coinbase_maturity=1), store=MemoryStore())
     base = b.mine(3)
     b.mine(1, txs=[b.spend([coinbase_outpoint(base[0])], fee=10)])
     side = b.branch(2, parent=base[1])

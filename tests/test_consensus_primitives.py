@@ -482,14 +482,19 @@ def test_coinbase_decoding_limits() -> None:
 # ------------------------------------------------------------------ malleability
 
 
+def _mutated(data: st.DataObject, raw: bytes) -> bytes:
+    """`raw` with the byte at a drawn position changed to a drawn other value."""
+    pos = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="position")
+    value = data.draw(st.integers(min_value=0, max_value=255).filter(lambda v: v != raw[pos]))
+    return raw[:pos] + bytes([value]) + raw[pos + 1 :]
+
+
 @DETERMINISTIC
 @given(st.data())
 def test_single_byte_mutation_of_signed_transaction(data: st.DataObject) -> None:
     tx = _signed_tx()
     raw = tx.encode()
-    pos = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="position")
-    value = data.draw(st.integers(min_value=0, max_value=255).filter(lambda v: v != raw[pos]))
-    mutated = raw[:pos] + bytes([value]) + raw[pos + 1 :]
+    mutated = _mutated(data, raw)
     try:
         back = decode_transaction(mutated, MAX)
     except DecodeError:
@@ -523,9 +528,7 @@ def test_every_single_byte_mutation_of_signed_transaction() -> None:
 def test_single_byte_mutation_of_block(data: st.DataObject) -> None:
     block = _block()
     raw = block.encode()
-    pos = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="position")
-    value = data.draw(st.integers(min_value=0, max_value=255).filter(lambda v: v != raw[pos]))
-    mutated = raw[:pos] + bytes([value]) + raw[pos + 1 :]
+    mutated = _mutated(data, raw)
     try:
         back = decode_block(mutated, MAX)
     except DecodeError:

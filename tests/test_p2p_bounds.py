@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 import p2p.protocol as protocol
+import p2p.sync as sync
 from consensus.block import BlockHeader
 from consensus.blockbuild import BLOCK_VERSION
 from consensus.chainstate import BlockIndex
@@ -372,8 +373,8 @@ def push_headers(net: MemoryNetwork, sender: MemoryNode, to: MemoryNode,
                  run: list[BlockHeader]) -> None:
     """`sender` pushes `run` to `to` on its stream, in batches of MAX_HEADERS, unasked."""
     peer = peer_of(sender, to)
-    for n in range(0, len(run), protocol.MAX_HEADERS):
-        batch = Headers(tuple(h.encode() for h in run[n : n + protocol.MAX_HEADERS]))
+    for n in range(0, len(run), sync.MAX_HEADERS):
+        batch = Headers(tuple(h.encode() for h in run[n : n + sync.MAX_HEADERS]))
         sender.p2p._send(peer, batch, stream=True)
     net.flush(sender)
     net.run(1)
@@ -409,7 +410,7 @@ def test_cheap_side_chain_headers_from_genesis_are_bounded() -> None:
     assert reasons == ["headers-flood"] + ["unconnecting-headers"] * 4
     # Pushing the refused batch again and again gets m discouraged.
     while m.addr in a.p2p.by_addr:
-        push_headers(net, m, a, run[cap : cap + protocol.MAX_HEADERS])
+        push_headers(net, m, a, run[cap : cap + sync.MAX_HEADERS])
     reasons = [p.reason for p in a.p2p.book.recent_penalties(m.addr)]
     assert reasons[5:] == ["headers-flood"] * 2 and key_of(m) in a.p2p.book.list_banned(net.now)
     assert len(a.chain.index) - stored == cap
@@ -423,7 +424,7 @@ def test_cheap_side_chain_headers_from_genesis_are_bounded() -> None:
 def test_a_deep_fork_with_more_work_is_still_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork deeper than a headers batch below the anti-DoS threshold: the batches are held
     (not stored) until the chain reaches it, then stored, downloaded and reorganised to."""
-    monkeypatch.setattr(protocol, "MAX_HEADERS", 50)  # short batches: a deep fork, quickly
+    monkeypatch.setattr(sync, "MAX_HEADERS", 50)  # short batches: a deep fork, quickly
     cfg = config(antidos_work_blocks=20, max_peer_headers_only=300)
     net, (a, b) = network(2, seed=132, configs={0: cfg, 1: cfg})
     for _ in range(200):
@@ -441,7 +442,7 @@ def test_a_deep_fork_with_more_work_is_still_accepted(monkeypatch: pytest.Monkey
 def test_sync_past_the_headers_only_budget_pauses_and_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(protocol, "MAX_HEADERS", 50)
+    monkeypatch.setattr(sync, "MAX_HEADERS", 50)
     cfg = config(max_peer_headers_only=120, block_download_window=40)
     net, (a, b) = network(2, seed=133, configs={0: cfg})
     for _ in range(400):

@@ -12,6 +12,8 @@ from typing import Any
 import msgpack
 import pytest
 
+import p2p.admission as admission
+import p2p.compact as compact
 import p2p.protocol as protocol
 from consensus.params import REGTEST, TESTNET
 from consensus.tx import Transaction, TxIn, TxOut, decode_transaction, sign_transaction
@@ -134,7 +136,7 @@ def test_node_of_another_genesis_is_refused_with_a_logged_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     logs = LogRecorder()
-    monkeypatch.setattr(protocol, "log", logs)
+    monkeypatch.setattr(admission, "log", logs)
     net, (a,) = network(1)
     # Same magic, one consensus field different: another genesis block, so another network.
     other_params = REGTEST.with_overrides({"coinbase_maturity": 7})
@@ -383,7 +385,7 @@ def test_compact_block_falls_back_to_the_full_block_on_a_short_id_collision(
     # Each has a transaction of its own; every short id collides with every other.
     a.mempool.accept(pay(a, coins[0], a.payout_pkh), a.chain, int(net.now))
     b.mempool.accept(pay(a, coins[1], b.payout_pkh), b.chain, int(net.now))
-    monkeypatch.setattr(protocol, "short_tx_id", lambda salt, txid: b"\x00" * 6)
+    monkeypatch.setattr(compact, "short_tx_id", lambda salt, txid: b"\x00" * 6)
     traffic = Traffic(net)
 
     a.mine()

@@ -235,18 +235,31 @@ def paired(x: SessionTable, x_addr: Address, y: SessionTable, y_addr: Address) -
 
 
 def two(
-    seed: int = 1, config: P2PConfig = CONFIG, **wire: float
+    seed: int = 1, config: P2PConfig = CONFIG, keys: tuple[int, int] = (1, 2), **wire: float
 ) -> tuple[Wire, SessionTable, SessionTable]:
     w = Wire(seed, **wire)
-    return w, w.add(A, key(1), config), w.add(B, key(2), config)
+    return w, w.add(A, key(keys[0]), config), w.add(B, key(keys[1]), config)
+
+
+def paired_up(
+    seed: int = 1,
+    config: P2PConfig = CONFIG,
+    keys: tuple[int, int] = (1, 2),
+    within: float = 5.0,
+    **wire: float,
+) -> tuple[Wire, SessionTable, SessionTable]:
+    """`two`, once A's handshake with B made one session on both sides; whatever is still on
+    the wire stays there."""
+    w, a, b = two(seed, config, keys, **wire)
+    a.initiate(B, w.now)
+    assert w.run(within, until=lambda: paired(a, A, b, B))
+    return w, a, b
 
 
 def established(
     seed: int = 1, config: P2PConfig = CONFIG
 ) -> tuple[Wire, SessionTable, SessionTable]:
-    w, a, b = two(seed, config)
-    a.initiate(B, w.now)
-    assert w.run(5.0, until=lambda: paired(a, A, b, B))
+    w, a, b = paired_up(seed, config)
     w.drain()
     return w, a, b
 
@@ -538,11 +551,7 @@ def check_delivery(w: Wire, sent: dict[tuple[Address, Address], dict[bytes, int]
 @pytest.mark.parametrize("a_key,b_key", [(1, 2), (2, 1)])
 def test_rekey_under_load_by_messages(seed: int, a_key: int, b_key: int) -> None:
     cfg = replace(CONFIG, rekey_after_messages=50)
-    w = Wire(seed, latency=0.01, jitter=0.03)
-    a = w.add(A, key(a_key), cfg)
-    b = w.add(B, key(b_key), cfg)
-    a.initiate(B, w.now)
-    assert w.run(2.0, until=lambda: paired(a, A, b, B))
+    w, a, b = paired_up(seed, cfg, (a_key, b_key), within=2.0, latency=0.01, jitter=0.03)
     w.loss, w.dup = 0.03, 0.03
     sent = stream_both_ways(w, 8.0)
     w.loss = w.dup = 0.0
@@ -566,11 +575,7 @@ def test_rekey_by_messages_one_way(seed: int, a_key: int, b_key: int) -> None:
     node id it waits until the session is handshake_timeout old (else its peer would take the
     rekey for a simultaneous open and keep the old session): a few rekeys, no wasted ones."""
     cfg = replace(CONFIG, rekey_after_messages=50, handshake_timeout=1.5)
-    w = Wire(seed, latency=0.01, jitter=0.03)
-    a = w.add(A, key(a_key), cfg)
-    b = w.add(B, key(b_key), cfg)
-    a.initiate(B, w.now)
-    assert w.run(2.0, until=lambda: paired(a, A, b, B))
+    w, a, b = paired_up(seed, cfg, (a_key, b_key), within=2.0, latency=0.01, jitter=0.03)
     w.loss = 0.03
     sent: dict[tuple[Address, Address], dict[bytes, int]] = {(B, A): {}, (A, B): {}}
     for i in range(600):
@@ -595,11 +600,7 @@ def test_concurrent_rekeys_agree(seed: int, a_key: int, b_key: int) -> None:
     """Steady traffic both ways: both ends reach rekey_after_messages together, long after
     the session was made, and both start a rekey. They must end on the same session."""
     cfg = replace(CONFIG, rekey_after_messages=50, handshake_timeout=1.0)
-    w = Wire(seed, latency=0.01, jitter=0.03)
-    a = w.add(A, key(a_key), cfg)
-    b = w.add(B, key(b_key), cfg)
-    a.initiate(B, w.now)
-    assert w.run(2.0, until=lambda: paired(a, A, b, B))
+    w, a, b = paired_up(seed, cfg, (a_key, b_key), within=2.0, latency=0.01, jitter=0.03)
     sent = stream_both_ways(w, 10.0, per_tick=1, gap=0.04)
     w.drain()
     check_delivery(w, sent)
@@ -611,11 +612,7 @@ def test_concurrent_rekeys_agree(seed: int, a_key: int, b_key: int) -> None:
 
 def test_rekey_by_time() -> None:
     cfg = replace(CONFIG, rekey_after_seconds=3.0, handshake_timeout=2.0)
-    w = Wire(3, latency=0.01, jitter=0.02)
-    a = w.add(A, key(1), cfg)
-    b = w.add(B, key(2), cfg)
-    a.initiate(B, w.now)
-    assert w.run(2.0, until=lambda: paired(a, A, b, B))
+    w, a, b = paired_up(3, cfg, within=2.0, latency=0.01, jitter=0.02)
     sent = stream_both_ways(w, 20.0, per_tick=1, gap=0.1)
     w.drain()
     check_delivery(w, sent)

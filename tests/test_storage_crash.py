@@ -9,64 +9,29 @@ update committed just before the kill landed between commit and print).
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from storage import MemoryStore, SQLiteStore
+from tests import crash_harness
 from tests.storage_crash_child import GENESIS, NETWORK, make_update
 
-ROOT = Path(__file__).resolve().parent.parent
-PROGRESS_TIMEOUT = 60.0  # seconds for the child to report the wanted progress
-
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+pytestmark = crash_harness.needs_sigkill
 
 
 def run_and_kill(datadir: Path, rng: random.Random) -> int:
     """Start the child, SIGKILL it at a pseudo-random moment, return the last count it printed."""
     wanted = rng.randrange(3, 60)
     delay = rng.uniform(0.0, 0.03)  # lands the kill anywhere in the next update or two
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.storage_crash_child", str(datadir), "1000000"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    run = crash_harness.run_child(
+        "tests.storage_crash_child",
+        [str(datadir), "1000000"],
+        kill_after=lambda line: int(line) >= wanted,
+        delay=delay,
     )
-    watchdog = threading.Timer(PROGRESS_TIMEOUT, child.kill)
-    watchdog.start()
-    try:
-        assert child.stdout is not None and child.stderr is not None
-        reported = 0
-        while reported < wanted:
-            line = child.stdout.readline()
-            if not line:
-                child.wait()
-                pytest.fail(
-                    f"the child stopped after {reported} updates (exit {child.returncode}):"
-                    f" {child.stderr.read()}"
-                )
-            reported = int(line)
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        # Everything the child printed before it died is still in the pipe.
-        lines = child.stdout.read().split()
-        child.wait()
-    finally:
-        watchdog.cancel()
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-    assert child.returncode == -signal.SIGKILL, "the watchdog fired: the child made no progress"
-    return int(lines[-1]) if lines else reported
+    assert run.killed, f"the child ended by itself after {len(run.lines)} updates"
+    return int(run.lines[-1])
 
 
 @pytest.mark.parametrize("run", range(5))
