@@ -33,7 +33,7 @@ class P2PConfig:
     handshake_timeout: float = 10.0
     hello_retry_interval: float = 0.5  # datagrams get lost: resend handshake steps and hellos
     reconnect_interval: float = 5.0
-    stream_hello_timeout: float = 10.0  # an inbound stream must authenticate within this
+    stream_hello_timeout: float = 3.0  # an inbound stream must authenticate within this
 
     # sessions (p2p.session): WireGuard-style limits on what a stranger can make us hold
     half_open_timeout: float = 5.0  # a responder's handshake state lives this long
@@ -41,6 +41,7 @@ class P2PConfig:
     max_half_open_per_host: int = 4
     cookie_threshold: int = 8  # half-open handshakes from which an init must echo a cookie
     max_unauthenticated_streams: int = 16  # inbound TCP connections not yet authenticated
+    max_unauthenticated_streams_per_host: int = 2
     rekey_after_seconds: float = 120.0  # WireGuard's REKEY_AFTER_TIME
     rekey_after_messages: int = 1 << 20  # datagrams sent under one session before a new one
     reject_after_seconds: float = 180.0  # WireGuard's REJECT_AFTER_TIME: no session lives longer

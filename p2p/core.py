@@ -178,7 +178,8 @@ class ProtocolCore:
         self.peers.pop(peer.id, None)
         if self.by_addr.get(peer.addr) is peer:
             del self.by_addr[peer.addr]
-        if reason not in ("goodbye", "network-inactive-silent"):
+        if close_session and reason not in ("goodbye", "network-inactive-silent"):
+            # (Without close_session the session at that address is someone else's now.)
             self._send_to_addr(peer.addr, Goodbye(reason[:200]))
         if close_session:
             self.sessions.close(peer.addr)

@@ -82,6 +82,7 @@ class Peer:
     blocks_in_flight: int = 0  # block requests to it not yet answered
     stream_id: int | None = None
     stream_requested: bool = False
+    stream_reopen_at: float | None = None  # a lost stream is redialled then (see p2p.streams)
     pending_stream: list[bytes] = field(default_factory=list)  # envelopes until the stream is up
     pending_stream_bytes: int = 0
     pending_compact: dict[bytes, PartialBlock] = field(default_factory=dict)

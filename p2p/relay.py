@@ -35,7 +35,7 @@ from p2p.wire import MAX_DATAGRAM_SIZE
 # and a GetData that went unanswered is retried (with the same announcer if it is the only one).
 TX_ANNOUNCE_RETRIES = 3
 INV_PER_DATAGRAM = 35  # 36-byte items: an Inv of 35 stays inside one datagram
-TX_REQUEST_ATTEMPTS = 8
+TX_REQUEST_ATTEMPTS = 16  # at tx_request_timeout each: ~80 s before a lossy link gives up
 REPLY_OVERHEAD = 64  # envelope and frame around a block or transaction, at most
 
 

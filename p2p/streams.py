@@ -24,10 +24,12 @@ from p2p.secure_stream import (
     StreamCipher,
     preamble,
 )
+from p2p.session import Session
 from p2p.wire import MAX_MESSAGE_SIZE, decode_message
 
 MAX_STREAM_FRAME = MAX_MESSAGE_SIZE + TAG_SIZE
 MAX_STREAMS_PER_SESSION = 256  # stream nonces remembered per session (then it must rekey)
+STREAM_REOPEN_INTERVAL = 1.0  # a dialler opens at most one stream a second to a peer
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Stream:
     opened_at: float
     preamble: PreambleReader | None = None  # listener side until the preamble is read
     cipher: StreamCipher | None = None
+    session: Session | None = None  # the session the preamble named (listener side)
+    nonce: bytes = b""  # the preamble's stream nonce (listener side)
     session_addr: Address | None = None  # whose session the preamble named
     peer: Peer | None = None
 
@@ -50,14 +54,7 @@ class Streams(ProtocolCore):
 
     def stream_opened(self, stream_id: int, addr: Address, outbound: bool, now: float) -> None:
         if not outbound:
-            strangers = sum(1 for st in self.streams.values() if st.peer is None)
-            if strangers >= self.config.max_unauthenticated_streams:
-                self._stream_dropped("capacity")
-                self._actions.append(CloseStream(stream_id))
-                return
-            self.streams[stream_id] = Stream(
-                stream_id, addr, outbound, now, preamble=PreambleReader(self.magic)
-            )
+            self._admit_stranger(stream_id, addr, now)
             return
         peer = self.by_addr.get(addr)
         session = self.sessions.session(addr)
@@ -74,6 +71,31 @@ class Streams(ProtocolCore):
         self._actions.append(SendStream(stream_id, opening))
         self._bind_stream(stream, peer)
 
+    def _admit_stranger(self, stream_id: int, addr: Address, now: float) -> None:
+        """Hold an inbound connection until its first frame verifies. Holding is bounded in
+        all and per host; when full, the oldest stranger makes room rather than the newcomer
+        being refused, since an honest dialler proves its keys in its very first bytes and
+        whoever fills the table with silent connections must not keep it out."""
+        if self.book.is_banned(addr, now):
+            self._stream_dropped("banned")
+            self._actions.append(CloseStream(stream_id))
+            return
+        cfg = self.config
+        strangers = sorted(
+            (st for st in self.streams.values() if st.peer is None and not st.outbound),
+            key=lambda st: st.opened_at,
+        )
+        same_host = [st for st in strangers if st.addr[0] == addr[0]]
+        if len(same_host) >= cfg.max_unauthenticated_streams_per_host:
+            self._stream_dropped("host-capacity")
+            self._close_stream(same_host[0])
+        elif len(strangers) >= cfg.max_unauthenticated_streams:
+            self._stream_dropped("capacity")
+            self._close_stream(strangers[0])
+        self.streams[stream_id] = Stream(
+            stream_id, addr, False, now, preamble=PreambleReader(self.magic)
+        )
+
     def stream_failed(self, addr: Address, now: float) -> None:
         peer = self.by_addr.get(addr)
         if peer is not None:
@@ -87,10 +109,7 @@ class Streams(ProtocolCore):
         peer = stream.peer
         if peer.stream_id == stream_id:
             peer.stream_id = None
-            peer.stream_requested = False
-            if peer.established and not peer.inbound:
-                peer.stream_requested = True
-                self._actions.append(OpenStream(peer.addr))
+            self._reopen_later(peer, stream)
 
     def _receive_stream_data(self, stream_id: int, data: bytes, now: float) -> None:
         stream = self.streams.get(stream_id)
@@ -133,15 +152,12 @@ class Streams(ProtocolCore):
             return b""
         (index, nonce), rest = got
         session = self.sessions.by_index.get(index)
-        if (
-            session is None
-            or nonce in session.stream_nonces
-            or len(session.stream_nonces) >= MAX_STREAMS_PER_SESSION
-        ):
+        if session is None or not self._fresh_stream_nonce(session, nonce):
             # Unknown session, or a replayed preamble: its keys would repeat nonces.
             raise ProtocolError(AUTH_FAILED, "stream preamble names no usable session")
-        session.stream_nonces.add(nonce)
         stream.preamble = None
+        stream.session = session
+        stream.nonce = nonce
         stream.session_addr = session.addr
         stream.cipher = StreamCipher.for_listener(session.stream_secret, nonce, MAX_STREAM_FRAME)
         return rest
@@ -151,6 +167,15 @@ class Streams(ProtocolCore):
         assert stream.cipher is not None
         if not stream.cipher.authenticated:
             return False
+        session = stream.session
+        assert session is not None
+        # The nonce counts as used only now that a frame verified under it (the listener has
+        # sent nothing before): a preamble alone, replayed or not, uses up nothing.
+        if not self._fresh_stream_nonce(session, stream.nonce):
+            self._stream_dropped("replayed")
+            self._close_stream(stream)
+            return False
+        session.stream_nonces.add(stream.nonce)
         peer = self.by_addr.get(stream.session_addr) if stream.session_addr else None
         if peer is None or not peer.established:
             self._stream_dropped("no-peer")
@@ -168,6 +193,13 @@ class Streams(ProtocolCore):
             peer.inbound = True
         self._bind_stream(stream, peer)
         return True
+
+    @staticmethod
+    def _fresh_stream_nonce(session: Session, nonce: bytes) -> bool:
+        return (
+            nonce not in session.stream_nonces
+            and len(session.stream_nonces) < MAX_STREAMS_PER_SESSION
+        )
 
     def _bind_stream(self, stream: Stream, peer: Peer) -> None:
         if peer.stream_id is not None and peer.stream_id != stream.id:
@@ -193,11 +225,23 @@ class Streams(ProtocolCore):
         peer = stream.peer
         if peer is not None and peer.stream_id == stream.id:
             peer.stream_id = None
-            peer.stream_requested = False
-            if peer.established and not peer.inbound:
-                # We dropped our own stream (it failed to verify): the dialler reopens it.
-                peer.stream_requested = True
-                self._actions.append(OpenStream(peer.addr))
+            self._reopen_later(peer, stream)
+
+    def _reopen_later(self, peer: Peer, lost: Stream) -> None:
+        """The dialler redials a lost stream, at most once per STREAM_REOPEN_INTERVAL (so a
+        stream that keeps failing is not redialled in a tight loop); the timer does it."""
+        peer.stream_requested = False
+        if peer.established and not peer.inbound:
+            peer.stream_requested = True
+            peer.stream_reopen_at = lost.opened_at + STREAM_REOPEN_INTERVAL
+
+    def _reopen_streams(self, now: float) -> None:
+        for peer in self.peers.values():
+            due = peer.stream_reopen_at
+            if due is not None and due <= now:
+                peer.stream_reopen_at = None
+                if peer.established and not peer.inbound and peer.stream_id is None:
+                    self._actions.append(OpenStream(peer.addr))
 
     def _stream_dropped(self, reason: str) -> None:
         self.stream_drops[reason] = self.stream_drops.get(reason, 0) + 1
@@ -208,7 +252,9 @@ class Streams(ProtocolCore):
             self._penalise(stream.peer.addr, exc.reason, now)
 
     def _expire_streams(self, now: float) -> None:
-        """Close the streams nobody has been attributed to within stream_hello_timeout."""
+        """Close the streams nobody has been attributed to within stream_hello_timeout, and
+        redial the lost streams that are due."""
+        self._reopen_streams(now)
         for stream in list(self.streams.values()):
             if stream.peer is None and now - stream.opened_at > self.config.stream_hello_timeout:
                 self._close_stream(stream)

@@ -7,6 +7,7 @@ headers-first sync and reorganisation under loss and reordering, and peer penalt
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
 import msgpack
@@ -35,6 +36,7 @@ from p2p.protocol import (
     PeerPenalised,
     PeerRefused,
 )
+from p2p.secure_stream import preamble
 from p2p.wire import encode_message
 from tests.p2p_helpers import (
     PORT,
@@ -693,3 +695,65 @@ def test_message_rate_limit_penalises_a_chatty_peer() -> None:
         send_as(net, b, a, envelope(a, _ping(1000 + nonce)))
     assert b.addr not in a.p2p.by_addr
     assert key_of(b) in a.p2p.book.list_banned(net.now)
+
+
+# ================================================================================= streams
+
+
+def test_silent_connections_cannot_keep_a_peers_stream_out() -> None:
+    net, (a, b) = network(2, seed=71)
+    link(net, a, b)  # b dials a: a is the listener
+    run_until(net, lambda: info_of(a, b)["stream"], 2, "b's stream")
+    cap = a.p2p.config.max_unauthenticated_streams
+    for n in range(3 * cap):  # silent connections from many hosts, and 5 from one host
+        host = f"127.0.9.{n % (cap + 5)}" if n < 2 * cap else "127.0.9.200"
+        a.p2p.stream_opened(10_000 + n, (host, 50_000 + n), False, net.now)
+    net.flush(a)
+    strangers = [st for st in a.p2p.streams.values() if st.peer is None]
+    assert len(strangers) <= cap
+    assert sum(st.addr[0] == "127.0.9.200" for st in strangers) <= 2
+    # b's stream breaks; its fresh one still gets in, evicting the oldest stranger.
+    stream_id = peer_of(b, a).stream_id
+    assert stream_id is not None
+    net._break_stream(b, stream_id)
+    run_until(net, lambda: not info_of(a, b)["stream"], 1, "the old stream gone")
+    run_until(net, lambda: info_of(a, b)["stream"], 3, "b's new stream bound")
+    assert a.p2p.stream_drops["capacity"] >= 1
+
+
+def test_preambles_without_frames_use_up_no_stream_nonces() -> None:
+    net, (a, b) = network(2, seed=72)
+    link(net, a, b)
+    run_until(net, lambda: info_of(a, b)["stream"], 2, "b's stream")
+    session = a.p2p.sessions.session(b.addr)
+    assert session is not None
+    used = len(session.stream_nonces)
+    # An on-path attacker who saw the index sends 300 preambles and nothing after them.
+    for n in range(300):
+        sid = 20_000 + n
+        a.p2p.stream_opened(sid, ("127.0.9.9", 51_000 + n), False, net.now)
+        opening = preamble(a.params.magic, session.our_index, bytes(16))
+        a.p2p.receive_stream_data(sid, opening, net.now)
+    net.flush(a)
+    assert len(session.stream_nonces) == used
+    stream_id = peer_of(b, a).stream_id
+    assert stream_id is not None
+    net._break_stream(b, stream_id)
+    run_until(net, lambda: not info_of(a, b)["stream"], 1, "the old stream gone")
+    run_until(net, lambda: info_of(a, b)["stream"], 3, "b's new stream bound")
+
+
+def test_a_node_restarted_with_a_new_identity_is_not_told_goodbye() -> None:
+    net, (a, b) = network(2, seed=73)
+    link(net, a, b)
+    old_id = b.p2p.node_id
+    # b restarts at the same address with a new key (its data directory was wiped, say).
+    reborn = MemoryNode("b2", b.addr, b.params, net, config(), random.Random(99))
+    b.online = False
+    net.nodes[b.addr] = reborn
+    traffic = Traffic(net)
+    reborn.connect(a)
+    run_until(net, lambda: established(a, reborn), 5, "the new node at b's address")
+    assert peer_of(a, reborn).node_id == reborn.p2p.node_id != old_id
+    assert not [s for s in traffic.messages("goodbye") if s.addr == reborn.addr]
+    assert established(a, reborn)
