@@ -45,7 +45,8 @@ from node.fsutil import write_atomic
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
 from node.miner import Miner
-from node.rpc_server import RPCServer, delete_cookie, write_cookie
+from node.rpc.cookie import delete_cookie, write_cookie
+from node.rpc.server import RPCServer
 from node.verify import ParallelVerifier
 from node.wallet import Wallet
 from p2p.config import P2PConfig

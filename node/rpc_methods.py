@@ -12,7 +12,7 @@ from consensus.pow import bits_to_target, difficulty
 from consensus.tx import Transaction, TxIn, TxOut, decode_transaction
 from node.config import parse_host_port, parse_peer
 from node.miner import MinerError
-from node.rpc_server import (
+from node.rpc.errors import (
     RPC_CLIENT_NODE_NOT_ADDED,
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -22,9 +22,9 @@ from node.rpc_server import (
     RPC_VERIFY_ERROR,
     RPC_VERIFY_REJECTED,
     RPC_WALLET_INSUFFICIENT_FUNDS,
-    MethodRegistry,
     RPCError,
 )
+from node.rpc.registry import MethodRegistry
 from node.wallet import InsufficientFunds, WalletError
 from p2p.transport import LinkFault
 
