@@ -82,49 +82,84 @@ def _coerce(value: Any, tp: Any) -> Any:
             return None
         raise _Mismatch
     if _is_union(tp):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
+        return _coerce_union(value, tp)
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is not None:
+        return scalar(value)
     origin = typing.get_origin(tp)
     if tp is list or origin is list:
-        if not isinstance(value, list):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        if args:
-            return [_coerce(v, args[0]) for v in value]
-        return value
+        return _coerce_list(value, tp)
     if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        if len(args) == 2:
-            return {k: _coerce(v, args[1]) for k, v in value.items()}
-        return value
+        return _coerce_dict(value, tp)
     if origin is Literal:
-        for allowed in typing.get_args(tp):
-            if type(allowed) is type(value) and allowed == value:
-                return value
-        raise _Mismatch
+        return _coerce_literal(value, tp)
     return value  # unknown / complex annotation: not enforced
+
+
+def _coerce_union(value: Any, tp: Any) -> Any:
+    for arg in typing.get_args(tp):
+        try:
+            return _coerce(value, arg)
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def _coerce_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Mismatch
+
+
+def _coerce_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _Mismatch
+
+
+def _coerce_float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _Mismatch
+
+
+def _coerce_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+_SCALARS: dict[type, Callable[[Any], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
+
+
+def _coerce_list(value: Any, tp: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Mismatch
+    args = typing.get_args(tp)
+    if args:
+        return [_coerce(v, args[0]) for v in value]
+    return value
+
+
+def _coerce_dict(value: Any, tp: Any) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise _Mismatch
+    args = typing.get_args(tp)
+    if len(args) == 2:
+        return {k: _coerce(v, args[1]) for k, v in value.items()}
+    return value
+
+
+def _coerce_literal(value: Any, tp: Any) -> Any:
+    for allowed in typing.get_args(tp):
+        if type(allowed) is type(value) and allowed == value:
+            return value
+    raise _Mismatch
 
 
 def _accepts_none(tp: Any) -> bool:
@@ -303,42 +338,12 @@ class MethodRegistry:
     def _bind(
         self, m: _Method, params: Sequence[Any] | Mapping[str, Any]
     ) -> tuple[list[Any], dict[str, Any]]:
-        provided: dict[str, Any] = {}
         extra_args: list[Any] = []
         extra_kwargs: dict[str, Any] = {}
         if isinstance(params, Mapping):
-            known = {p.name: p for p in m.all_params}
-            for key, value in params.items():
-                if key in known:
-                    provided[key] = value
-                elif m.var_keyword is not None:
-                    extra_kwargs[key] = self._check(m, m.var_keyword, value, label=key)
-                else:
-                    raise RPCError(INVALID_PARAMS, f"{m.name}: unknown named parameter '{key}'")
-            for p in m.all_params:
-                if p.required and p.name not in provided:
-                    raise RPCError(
-                        INVALID_PARAMS,
-                        f"{m.name} missing required parameter '{p.name}' ({m.arity_text()})",
-                    )
+            provided, extra_kwargs = self._named(m, params)
         elif isinstance(params, Sequence) and not isinstance(params, str | bytes):
-            given = len(params)
-            n_required = sum(1 for p in m.positional if p.required)
-            if (given > len(m.positional) and m.var_positional is None) or given < n_required:
-                raise RPCError(INVALID_PARAMS, f"{m.name} {m.arity_text()}, {given} given")
-            for p, value in zip(m.positional, params, strict=False):
-                provided[p.name] = value
-            if m.var_positional is not None:
-                extra_args = [
-                    self._check(m, m.var_positional, v, label=f"{m.var_positional.name}[{i}]")
-                    for i, v in enumerate(params[len(m.positional) :])
-                ]
-            for p in m.keyword_only:
-                if p.required:
-                    raise RPCError(
-                        INVALID_PARAMS,
-                        f"{m.name} missing required parameter '{p.name}' (pass params by name)",
-                    )
+            provided, extra_args = self._positional(m, params)
         else:
             raise RPCError(INVALID_PARAMS, "params must be an array or an object")
 
@@ -358,6 +363,51 @@ class MethodRegistry:
                 kwargs[p.name] = self._check(m, p, provided[p.name])
         kwargs.update(extra_kwargs)
         return args, kwargs
+
+    def _named(
+        self, m: _Method, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Params given by name → (values of known parameters, checked extra **kwargs)."""
+        provided: dict[str, Any] = {}
+        extra_kwargs: dict[str, Any] = {}
+        known = {p.name: p for p in m.all_params}
+        for key, value in params.items():
+            if key in known:
+                provided[key] = value
+            elif m.var_keyword is not None:
+                extra_kwargs[key] = self._check(m, m.var_keyword, value, label=key)
+            else:
+                raise RPCError(INVALID_PARAMS, f"{m.name}: unknown named parameter '{key}'")
+        for p in m.all_params:
+            if p.required and p.name not in provided:
+                raise RPCError(
+                    INVALID_PARAMS,
+                    f"{m.name} missing required parameter '{p.name}' ({m.arity_text()})",
+                )
+        return provided, extra_kwargs
+
+    def _positional(
+        self, m: _Method, params: Sequence[Any]
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Params given by position → (values of named parameters, checked extra *args)."""
+        given = len(params)
+        n_required = sum(1 for p in m.positional if p.required)
+        if (given > len(m.positional) and m.var_positional is None) or given < n_required:
+            raise RPCError(INVALID_PARAMS, f"{m.name} {m.arity_text()}, {given} given")
+        provided = {p.name: value for p, value in zip(m.positional, params, strict=False)}
+        extra_args: list[Any] = []
+        if m.var_positional is not None:
+            extra_args = [
+                self._check(m, m.var_positional, v, label=f"{m.var_positional.name}[{i}]")
+                for i, v in enumerate(params[len(m.positional) :])
+            ]
+        for p in m.keyword_only:
+            if p.required:
+                raise RPCError(
+                    INVALID_PARAMS,
+                    f"{m.name} missing required parameter '{p.name}' (pass params by name)",
+                )
+        return provided, extra_args
 
     @staticmethod
     def _check(m: _Method, p: _Param, value: Any, label: str | None = None) -> Any:

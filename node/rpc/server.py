@@ -47,6 +47,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
 import json
 import math
@@ -126,6 +127,17 @@ def _parse_types(request: web.Request) -> frozenset[str] | None:
         return None
     wanted = frozenset(t.strip() for t in raw.split(",") if t.strip())
     return wanted or None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Envelope:
+    """A request object's checked fields."""
+
+    v2: bool
+    req_id: Any
+    notification: bool
+    method: str
+    params: list[Any] | dict[str, Any]
 
 
 class _ConnectionGuard(asyncio.Protocol):
@@ -492,6 +504,20 @@ class RPCServer:
 
     async def _process_one(self, req: Any) -> tuple[str, int] | None:
         """Handle one request object. Returns (response JSON, HTTP status) or None."""
+        envelope = self._envelope(req)
+        if not isinstance(envelope, _Envelope):
+            return envelope  # an invalid request: its error reply
+        result, error = await self._run(envelope.method, envelope.params)
+        text, error = self._reply(envelope, result, error)
+        if envelope.notification:
+            return None
+        status = 200
+        if error is not None and not envelope.v2:
+            status = _LEGACY_HTTP_STATUS.get(error["code"], 500)
+        return text, status
+
+    def _envelope(self, req: Any) -> _Envelope | tuple[str, int]:
+        """The checked fields of a request object, or the error reply to an invalid one."""
         if not isinstance(req, dict):
             return self._error_response(INVALID_REQUEST, "Invalid Request object"), 200
 
@@ -523,7 +549,12 @@ class RPCServer:
         if not isinstance(params, list | dict):
             msg = "Params must be an array or object"
             return self._error_response(INVALID_REQUEST, msg, req_id, v2), (200 if v2 else 400)
+        return _Envelope(v2, req_id, notification, method, params)
 
+    async def _run(
+        self, method: str, params: list[Any] | dict[str, Any]
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """Call the method: (result, None) or (None, JSON-RPC error object)."""
         error: dict[str, Any] | None = None
         result: Any = None
         t0 = time.perf_counter()
@@ -536,7 +567,14 @@ class RPCServer:
             error = {"code": INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"}
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._log.debug("rpc_call", method=method, ms=ms, ok=error is None)
+        return result, error
 
+    def _reply(
+        self, env: _Envelope, result: Any, error: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The response JSON, and the error it carries (a result that cannot be serialized
+        becomes an INTERNAL_ERROR)."""
+        method, req_id, v2 = env.method, env.req_id, env.v2
         text: str | None = None
         if error is None:
             try:
@@ -560,13 +598,8 @@ class RPCServer:
             except (TypeError, ValueError, RecursionError):  # unserializable error data
                 error.pop("data", None)
                 text = self._error_response(error["code"], error["message"], req_id, v2)
-        if notification:
-            return None
         assert text is not None
-        status = 200
-        if error is not None and not v2:
-            status = _LEGACY_HTTP_STATUS.get(error["code"], 500)
-        return text, status
+        return text, error
 
     # -- event streams -----------------------------------------------------------------------
     def _open_subscription(self, request: web.Request) -> Subscription | None:
