@@ -44,7 +44,7 @@ from node.events import EventHub
 from node.fsutil import write_atomic
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
-from node.miner import Miner
+from node.miner.miner import Miner
 from node.rpc.cookie import delete_cookie, write_cookie
 from node.rpc.server import RPCServer
 from node.verify import ParallelVerifier

@@ -11,7 +11,7 @@ from consensus.mempool import MempoolConflict
 from consensus.pow import bits_to_target, difficulty
 from consensus.tx import Transaction, TxIn, TxOut, decode_transaction
 from node.config import parse_host_port, parse_peer
-from node.miner import MinerError
+from node.miner.miner import MinerError
 from node.rpc.errors import (
     RPC_CLIENT_NODE_NOT_ADDED,
     RPC_DESERIALIZATION_ERROR,

@@ -1,4 +1,4 @@
-"""Tests for the proof-of-work hashing engine (node.hashing) and the miner process pool."""
+"""Tests for the proof-of-work hashing engine (node.miner.hashing) and the miner process pool."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node.hashing import (
+from node.miner.hashing import (
     MAX_NONCE,
     NONCE_SPACE,
     baseline_midstate_loop,
@@ -25,7 +25,7 @@ from node.hashing import (
     header_with_nonce,
     scan_nonces,
 )
-from node.miner_pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
+from node.miner.pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER76 = bytes(range(76))
@@ -64,7 +64,7 @@ def make_pool() -> Iterator[Callable[..., MinerPool]]:
         pool.close()
 
 
-# ----------------------------------------------------------------------------- node.hashing
+# ----------------------------------------------------------------------------- node.miner.hashing
 
 
 def test_scan_nonces_finds_nonce_below_target() -> None:
@@ -282,7 +282,7 @@ def test_context_manager_and_bad_arguments() -> None:
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
-from node.miner_pool import MinerPool
+from node.miner.pool import MinerPool
 if __name__ == "__main__":
     pool = MinerPool(processes=2)
     pool.start()

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from consensus.block import Block
+from consensus.block import NONCE_OFFSET, Block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
-from node.miner_pool import Exhausted, Found, MinerPool
+from node.miner.pool import Exhausted, Found, MinerPool
 
 if TYPE_CHECKING:
     from node.daemon import Node
@@ -124,9 +124,8 @@ class Miner:
                 template = self.template(extra_nonce=self._extra_nonce)
                 self._job_id += 1
                 job_id = self._job_id
-                pool.submit_job(
-                    job_id, template.header.encode()[:76], bits_to_target(template.header.bits)
-                )
+                header76 = template.header.encode()[:NONCE_OFFSET]
+                pool.submit_job(job_id, header76, bits_to_target(template.header.bits))
                 refresh_task = asyncio.ensure_future(self._refresh.wait())
                 if result_task is None:
                     result_task = asyncio.ensure_future(pool.next_result())
