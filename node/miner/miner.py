@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -20,10 +20,8 @@ from consensus.blockbuild import assemble_block, solve_block
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
+from node.interface import MiningHost
 from node.miner.pool import Exhausted, Found, MinerPool
-
-if TYPE_CHECKING:
-    from node.daemon import Node
 
 log = structlog.get_logger("powlab.miner")
 
@@ -38,7 +36,7 @@ class MinerError(Exception):
 
 
 class Miner:
-    def __init__(self, node: Node, payout_pkh: bytes, processes: int | None) -> None:
+    def __init__(self, node: MiningHost, payout_pkh: bytes, processes: int | None) -> None:
         self.node = node
         self.payout_pkh = payout_pkh
         self.processes = processes

@@ -203,6 +203,7 @@ class _Method:
     keyword_only: list[_Param]
     var_positional: _Param | None
     var_keyword: _Param | None
+    bound: tuple[Any, ...] = ()  # leading arguments supplied by the registry (the node)
 
     @property
     def all_params(self) -> list[_Param]:
@@ -236,6 +237,23 @@ class _Method:
         return f"takes {desc} ({names})" if names else f"takes {desc}"
 
 
+_CATEGORY_ATTR = "__rpc_category__"
+_F = typing.TypeVar("_F", bound=Callable[..., Any])
+
+
+def rpc_method(func: _F) -> _F:
+    """Mark ``func`` as an RPC method, for :meth:`MethodRegistry.register_module`.
+
+    The method is named after the function, listed by ``help`` in the category named after
+    its module (``node.rpc.methods.wallet`` → ``== Wallet ==``), and its docstring is its help
+    text. The first parameter receives the object bound at registration (the node); the
+    others are the RPC parameters, checked and converted according to their annotations (see
+    :class:`MethodRegistry`). ``func`` may be ``async``. Returns ``func`` unchanged otherwise.
+    """
+    setattr(func, _CATEGORY_ATTR, func.__module__.rpartition(".")[2])
+    return func
+
+
 class MethodRegistry:
     """Named RPC methods with signature-based arity and type checking.
 
@@ -263,8 +281,13 @@ class MethodRegistry:
         *,
         category: str = "misc",
         replace: bool = False,
+        bound: Sequence[Any] = (),
     ) -> None:
-        """Register ``func`` as RPC method ``name``. ``help`` defaults to the docstring."""
+        """Register ``func`` as RPC method ``name``. ``help`` defaults to the docstring.
+
+        ``bound`` values are passed as ``func``'s first positional arguments on every call;
+        those parameters are not RPC parameters (not counted, checked or shown in ``help``).
+        """
         if not isinstance(name, str) or not name:
             raise ValueError("method name must be a non-empty string")
         if name in self._methods and not replace:
@@ -291,10 +314,29 @@ class MethodRegistry:
                 var_positional = param
             else:
                 var_keyword = param
+        if len(bound) > len(positional):
+            raise ValueError(f"{name}: more bound arguments than positional parameters")
+        positional = positional[len(bound) :]
         text = help if help is not None else (inspect.getdoc(func) or "")
         self._methods[name] = _Method(
-            name, func, text, category, positional, keyword_only, var_positional, var_keyword
+            name, func, text, category, positional, keyword_only, var_positional, var_keyword,
+            tuple(bound),
         )
+
+    def register_module(self, module: types.ModuleType, *bound: Any) -> None:
+        """Register every :func:`rpc_method` function defined in ``module``, under its own
+        name and category, with ``bound`` as its first arguments (see :meth:`register`)."""
+        for func in vars(module).values():
+            category = getattr(func, _CATEGORY_ATTR, None)
+            if category is None or getattr(func, "__module__", None) != module.__name__:
+                continue
+            try:
+                typing.get_type_hints(func)
+            except Exception as exc:  # register() would silently leave the parameters unchecked
+                raise TypeError(
+                    f"RPC method {func.__name__}: annotations do not resolve: {exc}"
+                ) from exc
+            self.register(func.__name__, func, category=category, bound=bound)
 
     def method(
         self, name: str | None = None, help: str | None = None, *, category: str = "misc"
@@ -330,7 +372,7 @@ class MethodRegistry:
         if m is None:
             raise RPCError(METHOD_NOT_FOUND, f"Method not found: {name}")
         args, kwargs = self._bind(m, params if params is not None else [])
-        result = m.func(*args, **kwargs)
+        result = m.func(*m.bound, *args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result
