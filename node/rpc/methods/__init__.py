@@ -1,5 +1,5 @@
-"""The node's JSON-RPC methods, named and shaped as in bitcoind, one module per ``help``
-category.
+"""The node's JSON-RPC methods, named and shaped as in bitcoind (see ../shared/CONTRACT.md),
+one module per ``help`` category.
 
 Adding a method is one decorated function in its category module; the function's name is
 the method's name and its docstring the ``help`` text; its parameters after ``node`` are the
