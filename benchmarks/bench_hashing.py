@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
-from node.hashing import baseline_midstate_loop, scan_nonces
-from node.miner_pool import MinerPool
+from node.miner.hashing import baseline_midstate_loop, scan_nonces
+from node.miner.pool import MinerPool
 
 HEADER76 = bytes(range(76))
 IMPOSSIBLE = 0  # never met, so workers hash continuously

@@ -7,7 +7,7 @@ Measures, all in this run on this machine:
       regtest's minimum difficulty (a block every few hashes, so the daemon is busy connecting
       blocks as fast as it can) and a `[params] pow_limit_bits` override that makes blocks rare
       (so the load is the hashing itself);
-  (b) job-switch latency of `node.miner_pool.MinerPool`, driven in-process: the time from a new
+  (b) job-switch latency of `node.miner.pool.MinerPool`, driven in-process: the time from a new
       job (a new tip) being submitted until every worker is hashing it, p50/p99;
   (c) the hashing figures of `benchmarks/bench_hashing.py` (shortened; run that script for
       the full measurement).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import structlog  # noqa: E402
 
-from node.miner_pool import MinerPool, default_processes  # noqa: E402
+from node.miner.pool import MinerPool, default_processes  # noqa: E402
 from tests.daemon_harness import NodeProcess, wait_for  # noqa: E402
 
 HEADER76 = bytes(range(76))
@@ -179,7 +179,7 @@ def hashing_figures(seconds: float) -> list[str] | None:
     try:
         import bench_hashing
 
-        from node.hashing import baseline_midstate_loop
+        from node.miner.hashing import baseline_midstate_loop
     except ImportError:
         return None
     count = 500_000

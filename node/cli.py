@@ -17,7 +17,9 @@ from node.client import (
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
+from node.rpc.client import RPCAuthError, RPCConnectionError
+from node.rpc.cookie import CookieError
+from node.rpc.errors import RPCError
 
 EXIT_USAGE = 2
 

@@ -11,14 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.rpc_server import (
-    CookieError,
-    RPCAuthError,
-    RPCConnectionError,
-    RPCError,
-    read_cookie,
-    rpc_call_sync,
-)
+from node.rpc.client import RPCAuthError, RPCConnectionError, rpc_call_sync
+from node.rpc.cookie import CookieError, read_cookie
+from node.rpc.errors import RPCError
 
 DEFAULT_RPC_URL = "http://127.0.0.1:18443/"
 DEFAULT_NETWORK = "regtest"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from node.rpc_server import (
+from node.rpc.limits import (
     DEFAULT_MAX_RPC_BATCH,
     DEFAULT_MAX_RPC_CONNECTIONS,
     DEFAULT_RPC_HEADER_TIMEOUT,

@@ -1,5 +1,7 @@
 """The node: composes chain state, store, mempool, wallet, miner and RPC, and owns the clock.
 
+`Node` implements `node.interface.NodeAPI`, through which the RPC methods and the miner see it.
+
 Every change to the chain goes through `Node.submit_block` (or invalidate/reconsider), which
 asks the pure `ChainState` what to do, relays new blocks to peers, logs and publishes the
 chain change, commits its update to the store as one transaction, then tells the mempool, the
@@ -44,8 +46,10 @@ from node.events import EventHub
 from node.fsutil import write_atomic
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
-from node.miner import Miner
-from node.rpc_server import RPCServer, delete_cookie, write_cookie
+from node.miner.miner import Miner
+from node.rpc.cookie import delete_cookie, write_cookie
+from node.rpc.methods import build_registry
+from node.rpc.server import RPCServer
 from node.verify import ParallelVerifier
 from node.wallet import Wallet
 from p2p.config import P2PConfig
@@ -261,8 +265,6 @@ class Node:
         return self.chain.accept_header(header, self.now())
 
     async def _start_rpc(self) -> None:
-        from node.rpc_methods import build_registry
-
         if self.config.rpc_user:
             auth = (self.config.rpc_user, self.config.rpc_password or "")
         else:

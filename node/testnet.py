@@ -33,7 +33,9 @@ from typing import Any
 
 from node import waiting
 from node.client import EndpointError, NodeEndpoint, run_reporting_failures
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError, read_cookie
+from node.rpc.client import RPCAuthError, RPCConnectionError
+from node.rpc.cookie import CookieError, read_cookie
+from node.rpc.errors import RPCError
 
 MANIFEST_NAME = "testnet.json"
 MANIFEST_VERSION = 1

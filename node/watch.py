@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from node.client import NodeEndpoint
-from node.rpc_server import RPCConnectionError, RPCError
+from node.rpc.client import RPCConnectionError
+from node.rpc.errors import RPCError
 
 EXIT_FINAL = 0
 EXIT_CONFLICTED = 2

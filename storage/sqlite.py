@@ -6,8 +6,10 @@ being killed at any moment (SIGKILL, OOM killer, a crash in the interpreter): SQ
 discards the log on the next open and every reader sees exactly the last committed update. What
 NORMAL gives up is the fsync of the log at every commit, so a power loss or kernel panic may lose
 the last few commits (never corrupt the file, never tear an update). The chain state recovers
-from that by downloading those blocks again from its peers; ``synchronous="FULL"`` is available
-for operators who would rather pay an fsync per block (see docs/storage.md for measured costs).
+from that by downloading those blocks again from its peers. ``synchronous="FULL"`` (an argument
+of `SQLiteStore.open` and `storage.open_store`) pays an fsync per commit instead and survives
+power loss too (see docs/storage.md for measured costs); the node has no option for it and
+always opens its store with NORMAL.
 
 Every refusal to open leaves the file as it was: an existing database is first checked through a
 read-only connection, and only a database that passes every check is opened for writing.

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.rpc_server import RPCConnectionError, RPCError, read_cookie, rpc_call_sync
+from node.rpc.client import RPCConnectionError, rpc_call_sync
+from node.rpc.cookie import read_cookie
+from node.rpc.errors import RPCError
 
 START_TIMEOUT = 60.0
 REPO = Path(__file__).resolve().parent.parent

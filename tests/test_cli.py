@@ -24,7 +24,8 @@ from node.client import (
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc_server import CookieError, RPCError, write_cookie
+from node.rpc.cookie import CookieError, write_cookie
+from node.rpc.errors import RPCError
 from tests.daemon_harness import REPO
 
 # Options each help text must mention: what users look for first in each subcommand.

@@ -1,4 +1,4 @@
-"""Tests for the proof-of-work hashing engine (node.hashing) and the miner process pool."""
+"""Tests for the proof-of-work hashing engine (node.miner.hashing) and the miner process pool."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node.hashing import (
+from node.miner.hashing import (
     MAX_NONCE,
     NONCE_SPACE,
     baseline_midstate_loop,
@@ -25,7 +25,7 @@ from node.hashing import (
     header_with_nonce,
     scan_nonces,
 )
-from node.miner_pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
+from node.miner.pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER76 = bytes(range(76))
@@ -64,7 +64,7 @@ def make_pool() -> Iterator[Callable[..., MinerPool]]:
         pool.close()
 
 
-# ----------------------------------------------------------------------------- node.hashing
+# ----------------------------------------------------------------------------- node.miner.hashing
 
 
 def test_scan_nonces_finds_nonce_below_target() -> None:
@@ -207,47 +207,109 @@ async def test_clear_job_idles_workers(make_pool: Callable[..., MinerPool]) -> N
     assert pool.result_nowait() is None
 
 
+# Timing on a shared machine (2 cores, other test processes running): load can only slow the
+# workers and the event loop down, never speed them up. So the properties a broken pool would
+# violate are checked in the direction load cannot fake, and the "fast enough" side is
+# compared with a baseline measured in the same run or bounded loosely, with the reason
+# written next to it.
+
+CAP_SLACK = 1.3  # a window may exceed the cap by the token bucket's burst (~2%) and no more
+CAP_FLOOR = 0.6  # the best window must reach this share of the cap
+CAP_WINDOW_S = 2.0
+CAP_MAX_WINDOWS = 3
+
+
+async def check_cap(pool: MinerPool, cap: float) -> None:
+    """Every window stays under the cap; at least one of a few windows gets close to it.
+
+    A throttled worker sleeps until its tokens are due; when it wakes late (the machine is
+    busy) its small bucket drops what it overslept, so a window under load can fall short of
+    the cap. It can never exceed it. A missing or wrong cap fails the upper bound (no cap:
+    ~1000x); a pacer that starves the workers, or splits the cap twice, fails every window's
+    lower bound. `hashrate_measured` is compared with the same window's count (a ratio, so
+    load does not matter): it is wrong if off by, say, the number of processes.
+    """
+    rates = []
+    for _ in range(CAP_MAX_WINDOWS):
+        t0, c0 = time.monotonic(), pool.total_hashes()
+        await asyncio.sleep(CAP_WINDOW_S)  # a measurement interval, not synchronisation
+        rate = (pool.total_hashes() - c0) / (time.monotonic() - t0)
+        reported = pool.hashrate_measured(window=CAP_WINDOW_S)
+        assert rate <= CAP_SLACK * cap, (rate, cap)
+        assert reported <= CAP_SLACK * cap, (reported, cap)
+        assert 0.75 * rate <= reported <= 1.35 * rate, (reported, rate)
+        rates.append(rate)
+        if rate >= CAP_FLOOR * cap:
+            return
+    raise AssertionError(f"hash rate never reached {CAP_FLOOR} x the cap of {cap}: {rates}")
+
+
 async def test_hashrate_cap(make_pool: Callable[..., MinerPool]) -> None:
     pool = make_pool(processes=2, hashrate=2000)
     pool.submit_job(1, HEADER76, IMPOSSIBLE)
     await wait_until(lambda: len(pool.job_switch_latencies()) == 1)
-
-    async def measure(seconds: float) -> float:
-        t0, c0 = time.monotonic(), pool.total_hashes()
-        await asyncio.sleep(seconds)  # a measurement interval, not synchronisation
-        return (pool.total_hashes() - c0) / (time.monotonic() - t0)
-
-    rate = await measure(2.0)
-    assert 0.5 * 2000 <= rate <= 1.3 * 2000
-    assert 0.5 * 2000 <= pool.hashrate_measured(window=2.0) <= 1.3 * 2000
+    await check_cap(pool, 2000)
 
     pool.set_hashrate(500)
     await asyncio.sleep(0.2)  # let the old bucket drain out of the measurement
-    rate = await measure(2.0)
-    assert 0.5 * 500 <= rate <= 1.3 * 500
+    await check_cap(pool, 500)
 
 
 async def test_low_hashrate_still_switches_jobs_fast(make_pool: Callable[..., MinerPool]) -> None:
-    # At 2 H/s each worker sleeps ~1 s between single hashes; a new job must not wait for that.
-    pool = make_pool(processes=2, hashrate=2)
+    # At 0.2 H/s each worker sleeps ~10 s between single hashes; a new job must not wait for
+    # that. Under load the switch takes longer than its usual few ms, hence 1 s, still ten
+    # times less than a worker that finished its sleep before looking at its pipe would take.
+    pool = make_pool(processes=2, hashrate=0.2)
     pool.submit_job(1, HEADER76, IMPOSSIBLE)
     await wait_until(lambda: len(pool.job_switch_latencies()) == 1)
-    pool.submit_job(2, HEADER76, IMPOSSIBLE)
-    await wait_until(lambda: len(pool.job_switch_latencies()) == 2)
-    assert pool.job_switch_latencies()[-1] < 0.5
+    for job in (2, 3, 4):
+        await asyncio.sleep(0.1)  # the workers are asleep in their token wait by now
+        pool.submit_job(job, HEADER76, IMPOSSIBLE)
+        await wait_until(lambda job=job: len(pool.job_switch_latencies()) == job, timeout=20)
+    assert max(pool.job_switch_latencies()[1:]) < 1.0
+
+
+async def loop_delays(samples: int, interval: float = 0.01) -> list[float]:
+    """How late `asyncio.sleep(interval)` returns, `samples` times."""
+    delays = []
+    for _ in range(samples):
+        t0 = time.monotonic()
+        await asyncio.sleep(interval)
+        delays.append(time.monotonic() - t0 - interval)
+    return delays
 
 
 async def test_event_loop_stays_responsive(make_pool: Callable[..., MinerPool]) -> None:
+    # The event loop's lateness while two workers mine flat out, compared with its lateness
+    # while two plain busy processes load the CPUs the same way, in alternating rounds of the
+    # same run: whatever else the machine is doing affects both alike. What is left is the
+    # pool's own doing (a blocking call on the loop, a reader thread hogging the GIL), which
+    # shows as tens of milliseconds or more on top of the baseline.
     pool = make_pool(processes=2)
-    pool.submit_job(1, HEADER76, IMPOSSIBLE)
-    await wait_until(lambda: pool.total_hashes() > 100_000)
-    delays = []
-    for _ in range(50):
-        t0 = time.monotonic()
-        await asyncio.sleep(0.01)
-        delays.append(time.monotonic() - t0 - 0.01)
-    assert statistics.median(delays) < 0.05
-    assert max(delays) < 0.25
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)
+    ]
+    try:
+        for proc in busy:
+            proc.send_signal(signal.SIGSTOP)
+        baseline: list[float] = []
+        mining: list[float] = []
+        for round_ in range(5):
+            pool.submit_job(round_ + 1, HEADER76, IMPOSSIBLE)
+            await wait_until(lambda r=round_: len(pool.job_switch_latencies()) == r + 1)
+            mining += await loop_delays(10)
+            pool.clear_job()
+            for proc in busy:
+                proc.send_signal(signal.SIGCONT)
+            baseline += await loop_delays(10)
+            for proc in busy:
+                proc.send_signal(signal.SIGSTOP)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert statistics.median(mining) <= 2 * statistics.median(baseline) + 0.02
+    assert max(mining) <= 2 * max(baseline) + 0.25
     assert pool.hashrate_measured() > 0
 
 
@@ -282,7 +344,7 @@ def test_context_manager_and_bad_arguments() -> None:
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
-from node.miner_pool import MinerPool
+from node.miner.pool import MinerPool
 if __name__ == "__main__":
     pool = MinerPool(processes=2)
     pool.start()

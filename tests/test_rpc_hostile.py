@@ -22,16 +22,14 @@ from hypothesis import strategies as st
 
 from node.config import ConfigError, load_config
 from node.events import EventHub
-from node.rpc_server import (
+from node.rpc.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+from node.rpc.limits import (
     DEFAULT_MAX_RPC_BATCH,
     DEFAULT_MAX_RPC_CONNECTIONS,
     DEFAULT_RPC_HEADER_TIMEOUT,
-    INTERNAL_ERROR,
-    INVALID_REQUEST,
-    PARSE_ERROR,
-    MethodRegistry,
-    RPCServer,
 )
+from node.rpc.registry import MethodRegistry
+from node.rpc.server import RPCServer
 from tests.daemon_harness import REPO, NodeProcess
 
 TIMEOUT = 5.0

@@ -1,4 +1,5 @@
-"""Tests for node.rpc_server (JSON-RPC + event streams) and node.events (EventHub)."""
+"""Tests for node.rpc (registry, server, cookie, client: JSON-RPC + event streams) and
+node.events (EventHub)."""
 
 from __future__ import annotations
 
@@ -15,26 +16,25 @@ import aiohttp
 import pytest
 
 from node.events import EventHub, SubscriptionClosed
-from node.rpc_server import (
+from node.rpc.client import (
+    RPCAuthError,
+    RPCConnectionError,
+    basic_auth_header,
+    rpc_call,
+    rpc_call_sync,
+)
+from node.rpc.cookie import CookieError, delete_cookie, read_cookie, write_cookie
+from node.rpc.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RPC_INVALID_PARAMETER,
-    CookieError,
-    MethodRegistry,
-    RPCAuthError,
-    RPCConnectionError,
     RPCError,
-    RPCServer,
-    basic_auth_header,
-    delete_cookie,
-    read_cookie,
-    rpc_call,
-    rpc_call_sync,
-    write_cookie,
 )
+from node.rpc.registry import MethodRegistry
+from node.rpc.server import RPCServer
 
 TIMEOUT = 5.0
 

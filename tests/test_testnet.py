@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from node.rpc_server import RPCError
+from node.rpc.errors import RPCError
 from node.testnet import (
     Manifest,
     call,

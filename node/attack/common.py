@@ -20,7 +20,9 @@ from typing import Any
 
 from node import waiting
 from node.client import EndpointError, NodeEndpoint
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
+from node.rpc.client import RPCAuthError, RPCConnectionError
+from node.rpc.cookie import CookieError
+from node.rpc.errors import RPCError
 
 DEFAULT_AMOUNT = 10 * 100_000_000
 PAYMENT_FEE = 10_000

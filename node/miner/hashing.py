@@ -3,9 +3,10 @@
 Pure functions with no process or I/O machinery, so the miner workers, the benchmark and the
 tests all exercise exactly the same code.
 
-Header layout (`HEADER_STRUCT`): version u32, prev_hash 32 bytes, merkle_root 32 bytes,
-timestamp u32, bits u32, nonce u32, all big-endian. The nonce is the last 4 bytes, so the first
-64-byte SHA-256 block is identical for every nonce and is hashed once per job ("midstate").
+Header layout (`consensus.block.HEADER_STRUCT`): version u32, prev_hash 32 bytes, merkle_root
+32 bytes, timestamp u32, bits u32, nonce u32, all big-endian. The nonce is the last 4 bytes, so
+the first 64-byte SHA-256 block is identical for every nonce and is hashed once per job
+("midstate").
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from itertools import repeat
 
-HEADER_STRUCT = struct.Struct(">I32s32sIII")
-HEADER_SIZE = HEADER_STRUCT.size  # 80
-PREFIX_SIZE = HEADER_SIZE - 4  # 76: everything but the nonce
+from consensus.block import NONCE_OFFSET
+
+PREFIX_SIZE = NONCE_OFFSET  # 76: everything but the nonce
 NONCE_SPACE = 1 << 32
 MAX_NONCE = NONCE_SPACE - 1
 _MAX_HASH = (1 << 256) - 1
@@ -33,7 +34,8 @@ _HASH = type(_sha256())
 _copy = _HASH.copy
 _update = _HASH.update
 _digest = _HASH.digest
-_pack_tail = struct.Struct(">12sI").pack  # 12 remaining header bytes + the nonce
+# The header bytes after the first 64-byte block (12) + the nonce, as HEADER_STRUCT packs them.
+_pack_tail = struct.Struct(f">{NONCE_OFFSET - 64}sI").pack
 # Exhausts an iterator in C, discarding the items (the `update` calls return None).
 _consume = deque(maxlen=0).extend
 

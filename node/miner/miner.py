@@ -11,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from consensus.block import Block
+from consensus.block import NONCE_OFFSET, Block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
-from node.miner_pool import Exhausted, Found, MinerPool
-
-if TYPE_CHECKING:
-    from node.daemon import Node
+from node.interface import MiningHost
+from node.miner.pool import Exhausted, Found, MinerPool
 
 log = structlog.get_logger("powlab.miner")
 
@@ -38,7 +36,7 @@ class MinerError(Exception):
 
 
 class Miner:
-    def __init__(self, node: Node, payout_pkh: bytes, processes: int | None) -> None:
+    def __init__(self, node: MiningHost, payout_pkh: bytes, processes: int | None) -> None:
         self.node = node
         self.payout_pkh = payout_pkh
         self.processes = processes
@@ -124,9 +122,8 @@ class Miner:
                 template = self.template(extra_nonce=self._extra_nonce)
                 self._job_id += 1
                 job_id = self._job_id
-                pool.submit_job(
-                    job_id, template.header.encode()[:76], bits_to_target(template.header.bits)
-                )
+                header76 = template.header.encode()[:NONCE_OFFSET]
+                pool.submit_job(job_id, header76, bits_to_target(template.header.bits))
                 refresh_task = asyncio.ensure_future(self._refresh.wait())
                 if result_task is None:
                     result_task = asyncio.ensure_future(pool.next_result())

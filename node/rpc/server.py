@@ -1,7 +1,7 @@
-"""Generic JSON-RPC 2.0 + event-stream HTTP server (aiohttp), plus a small client.
+"""JSON-RPC 2.0 + event-stream HTTP server (aiohttp).
 
-This module knows nothing about blockchains: the daemon creates a :class:`MethodRegistry`,
-registers its methods, and hands it to :class:`RPCServer`.
+This module knows nothing about blockchains: it serves a
+:class:`~node.rpc.registry.MethodRegistry` (see :func:`node.rpc.methods.build_registry`).
 
 Behaviour summary (mirrors bitcoind where not specified otherwise):
 
@@ -49,532 +49,34 @@ import binascii
 import contextlib
 import dataclasses
 import hmac
-import inspect
 import json
 import math
-import os
-import secrets
 import time
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from node.events import EventHub, Subscription, SubscriptionClosed
-
-__all__ = [
-    "COOKIE_FILENAME",
-    "COOKIE_USER",
-    "DEFAULT_MAX_RPC_BATCH",
-    "DEFAULT_MAX_RPC_CONNECTIONS",
-    "DEFAULT_RPC_HEADER_TIMEOUT",
-    "INTERNAL_ERROR",
-    "INVALID_PARAMS",
-    "INVALID_REQUEST",
-    "METHOD_NOT_FOUND",
-    "PARSE_ERROR",
-    "RPC_CLIENT_NODE_NOT_ADDED",
-    "RPC_DESERIALIZATION_ERROR",
-    "RPC_INVALID_ADDRESS_OR_KEY",
-    "RPC_INVALID_PARAMETER",
-    "RPC_IN_WARMUP",
-    "RPC_MISC_ERROR",
-    "RPC_TYPE_ERROR",
-    "RPC_VERIFY_ALREADY_IN_CHAIN",
-    "RPC_VERIFY_ERROR",
-    "RPC_VERIFY_REJECTED",
-    "RPC_WALLET_INSUFFICIENT_FUNDS",
-    "CookieError",
-    "MethodRegistry",
-    "RPCAuthError",
-    "RPCConnectionError",
-    "RPCError",
-    "RPCServer",
-    "RPCTimeoutError",
-    "basic_auth_header",
-    "delete_cookie",
-    "read_cookie",
-    "rpc_call",
-    "rpc_call_sync",
-    "write_cookie",
-]
-
-# --------------------------------------------------------------------------------------------
-# Bounds (node/config.py uses these as the defaults of the matching options)
-# --------------------------------------------------------------------------------------------
-
-# Option max_rpc_batch: requests in one JSON-RPC batch. 3,000 listunspent calls in one batch
-# built a 71 MB reply; bitcoind has no limit, but nobody needs more than this in one POST.
-DEFAULT_MAX_RPC_BATCH = 1000
-# Option rpc_header_timeout: seconds a client gets to send complete request headers, and the
-# longest a keep-alive connection may sit idle (bitcoind's rpcservertimeout is 30 s).
-DEFAULT_RPC_HEADER_TIMEOUT = 10.0
-# Option max_rpc_connections: simultaneous HTTP connections, /events and /ws streams included.
-# Kept well below the usual 1024 open-file limit, which the P2P side and the database share.
-DEFAULT_MAX_RPC_CONNECTIONS = 256
+from node.rpc.errors import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RPCError,
+)
+from node.rpc.limits import (
+    DEFAULT_MAX_RPC_BATCH,
+    DEFAULT_MAX_RPC_CONNECTIONS,
+    DEFAULT_RPC_HEADER_TIMEOUT,
+)
+from node.rpc.registry import MethodRegistry
 
 # JSON-RPC ids are echoed back; integers beyond int64 are not portable (JavaScript, Go, C
 # clients would truncate or reject them), so they are refused rather than mangled.
 _ID_INT_BOUND = 2**63
-
-# --------------------------------------------------------------------------------------------
-# Error codes
-# --------------------------------------------------------------------------------------------
-
-# Standard JSON-RPC 2.0 codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-
-# bitcoind-like application codes.
-RPC_MISC_ERROR = -1
-RPC_TYPE_ERROR = -3
-RPC_INVALID_ADDRESS_OR_KEY = -5
-RPC_WALLET_INSUFFICIENT_FUNDS = -6
-RPC_INVALID_PARAMETER = -8
-RPC_DESERIALIZATION_ERROR = -22
-RPC_CLIENT_NODE_NOT_ADDED = -24
-RPC_VERIFY_ERROR = -25
-RPC_VERIFY_REJECTED = -26
-RPC_VERIFY_ALREADY_IN_CHAIN = -27
-RPC_IN_WARMUP = -28
-
-
-class RPCError(Exception):
-    """An error reported to the RPC client as a JSON-RPC error object.
-
-    Methods raise it to return a specific error; :func:`rpc_call` raises it when the server
-    answers with an error.
-    """
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_dict(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
-    def __repr__(self) -> str:
-        return f"RPCError({self.code}, {self.message!r})"
-
-    def __str__(self) -> str:
-        return f"{self.message} (code {self.code})"
-
-
-class RPCConnectionError(ConnectionError):
-    """The node could not be reached (refused, reset, DNS failure, timeout...)."""
-
-
-class RPCTimeoutError(RPCConnectionError, TimeoutError):
-    """The node did not answer within the timeout."""
-
-
-class RPCAuthError(Exception):
-    """The node rejected our credentials (HTTP 401)."""
-
-
-class CookieError(Exception):
-    """The RPC cookie file is missing, unreadable or malformed."""
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter type checking
-# --------------------------------------------------------------------------------------------
-
-_EMPTY = inspect.Parameter.empty
-_NONE_TYPE = type(None)
-_POSITIONAL_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _type_name(tp: Any) -> str:
-    """Human-readable name of an annotation, e.g. ``int | None``, ``list[str]``."""
-    if tp is _EMPTY or tp is Any:
-        return "any"
-    if tp is None or tp is _NONE_TYPE:
-        return "None"
-    if _is_union(tp):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(json.dumps(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = typing.get_args(tp)
-        base = getattr(origin, "__name__", str(origin))
-        return f"{base}[{', '.join(_type_name(a) for a in args)}]" if args else base
-    return getattr(tp, "__name__", str(tp))
-
-
-def _json_type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return type(value).__name__
-
-
-def _describe_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{_json_type_name(value)} ({text})"
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return ``value`` (possibly converted, e.g. int → float) or raise ``_Mismatch``.
-
-    Only simple JSON-ish annotations are enforced; anything else is accepted as-is.
-    """
-    if tp is _EMPTY or tp is Any or tp is object:
-        return value
-    if tp is None or tp is _NONE_TYPE:
-        if value is None:
-            return None
-        raise _Mismatch
-    if _is_union(tp):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    origin = typing.get_origin(tp)
-    if tp is list or origin is list:
-        if not isinstance(value, list):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        if args:
-            return [_coerce(v, args[0]) for v in value]
-        return value
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        if len(args) == 2:
-            return {k: _coerce(v, args[1]) for k, v in value.items()}
-        return value
-    if origin is Literal:
-        for allowed in typing.get_args(tp):
-            if type(allowed) is type(value) and allowed == value:
-                return value
-        raise _Mismatch
-    return value  # unknown / complex annotation: not enforced
-
-
-def _accepts_none(tp: Any) -> bool:
-    try:
-        _coerce(None, tp)
-    except _Mismatch:
-        return False
-    return True
-
-
-@dataclasses.dataclass(frozen=True)
-class _Param:
-    name: str
-    kind: inspect._ParameterKind
-    annotation: Any
-    default: Any
-
-    @property
-    def required(self) -> bool:
-        return self.default is _EMPTY
-
-    def describe(self) -> str:
-        req = "required" if self.required else f"optional, default={_json_default(self.default)}"
-        return f"{self.name} ({_type_name(self.annotation)}, {req})"
-
-
-def _json_default(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-@dataclasses.dataclass
-class _Method:
-    name: str
-    func: Callable[..., Any]
-    help: str
-    category: str
-    positional: list[_Param]
-    keyword_only: list[_Param]
-    var_positional: _Param | None
-    var_keyword: _Param | None
-
-    @property
-    def all_params(self) -> list[_Param]:
-        return self.positional + self.keyword_only
-
-    def signature_line(self) -> str:
-        parts = [self.name]
-        required = [p.name for p in self.all_params if p.required]
-        optional = [
-            f"{p.name}={_json_default(p.default)}" for p in self.all_params if not p.required
-        ]
-        parts.extend(required)
-        if self.var_positional is not None:
-            optional.append(f"{self.var_positional.name}...")
-        if optional:
-            parts.append("( " + " ".join(optional) + " )")
-        return " ".join(parts)
-
-    def arity_text(self) -> str:
-        n_req = sum(1 for p in self.positional if p.required)
-        n_all = len(self.positional)
-        if self.var_positional is not None:
-            desc = f"at least {n_req} argument{'' if n_req == 1 else 's'}"
-        elif n_all == 0:
-            return "takes no arguments"
-        elif n_req == n_all:
-            desc = f"{n_req} argument{'' if n_req == 1 else 's'}"
-        else:
-            desc = f"{n_req} to {n_all} arguments"
-        names = ", ".join(p.name for p in self.positional)
-        return f"takes {desc} ({names})" if names else f"takes {desc}"
-
-
-class MethodRegistry:
-    """Named RPC methods with signature-based arity and type checking.
-
-    ``func`` may be a plain function or a coroutine function (or any callable returning an
-    awaitable). Sync functions run directly on the event loop, so they must be quick.
-    Parameter annotations of ``int``, ``float``, ``str``, ``bool``, ``list``/``list[X]``,
-    ``dict``/``dict[str, X]``, ``Literal[...]``, unions and ``X | None`` are enforced (``bool`` is
-    not accepted as ``int``; ``int`` is accepted and converted where ``float`` is expected);
-    other annotations are not checked.
-
-    A built-in ``help [command]`` method is registered unless ``builtin_help=False``.
-    """
-
-    def __init__(self, builtin_help: bool = True) -> None:
-        self._methods: dict[str, _Method] = {}
-        if builtin_help:
-            self.register("help", self._help, category="control")
-
-    # -- registration ---------------------------------------------------------------------
-    def register(
-        self,
-        name: str,
-        func: Callable[..., Any],
-        help: str | None = None,
-        *,
-        category: str = "misc",
-        replace: bool = False,
-    ) -> None:
-        """Register ``func`` as RPC method ``name``. ``help`` defaults to the docstring."""
-        if not isinstance(name, str) or not name:
-            raise ValueError("method name must be a non-empty string")
-        if name in self._methods and not replace:
-            raise ValueError(f"RPC method already registered: {name}")
-        sig = inspect.signature(func)
-        try:
-            hints = typing.get_type_hints(func)
-        except Exception:  # unresolvable forward refs: fall back to raw annotations
-            hints = {}
-        positional: list[_Param] = []
-        keyword_only: list[_Param] = []
-        var_positional: _Param | None = None
-        var_keyword: _Param | None = None
-        for p in sig.parameters.values():
-            ann = hints.get(p.name, p.annotation)
-            if isinstance(ann, str):
-                ann = _EMPTY  # unresolved string annotation: don't enforce
-            param = _Param(p.name, p.kind, ann, p.default)
-            if p.kind in _POSITIONAL_KINDS:
-                positional.append(param)
-            elif p.kind is inspect.Parameter.KEYWORD_ONLY:
-                keyword_only.append(param)
-            elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-                var_positional = param
-            else:
-                var_keyword = param
-        text = help if help is not None else (inspect.getdoc(func) or "")
-        self._methods[name] = _Method(
-            name, func, text, category, positional, keyword_only, var_positional, var_keyword
-        )
-
-    def method(
-        self, name: str | None = None, help: str | None = None, *, category: str = "misc"
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator form of :meth:`register` (name defaults to the function name)."""
-
-        def deco(func: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(name or func.__name__, func, help, category=category)
-            return func
-
-        return deco
-
-    def unregister(self, name: str) -> None:
-        self._methods.pop(name, None)
-
-    def names(self) -> list[str]:
-        return sorted(self._methods)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._methods
-
-    def __len__(self) -> int:
-        return len(self._methods)
-
-    # -- calling ----------------------------------------------------------------------------
-    async def call(self, name: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
-        """Check ``params`` against method ``name`` and call it.
-
-        Raises :class:`RPCError` (METHOD_NOT_FOUND / INVALID_PARAMS, or whatever the method
-        raises). Other exceptions from the method propagate unchanged.
-        """
-        m = self._methods.get(name)
-        if m is None:
-            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {name}")
-        args, kwargs = self._bind(m, params if params is not None else [])
-        result = m.func(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    def _bind(
-        self, m: _Method, params: Sequence[Any] | Mapping[str, Any]
-    ) -> tuple[list[Any], dict[str, Any]]:
-        provided: dict[str, Any] = {}
-        extra_args: list[Any] = []
-        extra_kwargs: dict[str, Any] = {}
-        if isinstance(params, Mapping):
-            known = {p.name: p for p in m.all_params}
-            for key, value in params.items():
-                if key in known:
-                    provided[key] = value
-                elif m.var_keyword is not None:
-                    extra_kwargs[key] = self._check(m, m.var_keyword, value, label=key)
-                else:
-                    raise RPCError(INVALID_PARAMS, f"{m.name}: unknown named parameter '{key}'")
-            for p in m.all_params:
-                if p.required and p.name not in provided:
-                    raise RPCError(
-                        INVALID_PARAMS,
-                        f"{m.name} missing required parameter '{p.name}' ({m.arity_text()})",
-                    )
-        elif isinstance(params, Sequence) and not isinstance(params, str | bytes):
-            given = len(params)
-            n_required = sum(1 for p in m.positional if p.required)
-            if (given > len(m.positional) and m.var_positional is None) or given < n_required:
-                raise RPCError(INVALID_PARAMS, f"{m.name} {m.arity_text()}, {given} given")
-            for p, value in zip(m.positional, params, strict=False):
-                provided[p.name] = value
-            if m.var_positional is not None:
-                extra_args = [
-                    self._check(m, m.var_positional, v, label=f"{m.var_positional.name}[{i}]")
-                    for i, v in enumerate(params[len(m.positional) :])
-                ]
-            for p in m.keyword_only:
-                if p.required:
-                    raise RPCError(
-                        INVALID_PARAMS,
-                        f"{m.name} missing required parameter '{p.name}' (pass params by name)",
-                    )
-        else:
-            raise RPCError(INVALID_PARAMS, "params must be an array or an object")
-
-        # Positional slots are filled up to the last one provided (gaps get their default),
-        # so named calls work for positional-only parameters too.
-        last = max((i for i, p in enumerate(m.positional) if p.name in provided), default=-1)
-        args: list[Any] = []
-        for p in m.positional[: last + 1]:
-            if p.name in provided:
-                args.append(self._check(m, p, provided[p.name]))
-            else:
-                args.append(p.default)
-        args.extend(extra_args)
-        kwargs: dict[str, Any] = {}
-        for p in m.keyword_only:
-            if p.name in provided:
-                kwargs[p.name] = self._check(m, p, provided[p.name])
-        kwargs.update(extra_kwargs)
-        return args, kwargs
-
-    @staticmethod
-    def _check(m: _Method, p: _Param, value: Any, label: str | None = None) -> Any:
-        if value is None and not p.required and not _accepts_none(p.annotation):
-            return p.default  # bitcoind: null for an optional argument means "use default"
-        try:
-            return _coerce(value, p.annotation)
-        except _Mismatch:
-            raise RPCError(
-                INVALID_PARAMS,
-                f"{m.name}: parameter '{label or p.name}' must be {_type_name(p.annotation)},"
-                f" got {_describe_value(value)}",
-            ) from None
-
-    # -- help -------------------------------------------------------------------------------
-    def help_text(self, command: str | None = None) -> str:
-        if command is None:
-            by_cat: dict[str, list[_Method]] = {}
-            for m in self._methods.values():
-                by_cat.setdefault(m.category, []).append(m)
-            blocks = []
-            for cat in sorted(by_cat):
-                lines = [f"== {cat.capitalize()} =="]
-                lines.extend(m.signature_line() for m in sorted(by_cat[cat], key=lambda x: x.name))
-                blocks.append("\n".join(lines))
-            return "\n\n".join(blocks)
-        m = self._methods.get(command)
-        if m is None:
-            return f"help: unknown command: {command}"
-        out = [m.signature_line()]
-        if m.help:
-            out += ["", m.help]
-        if m.all_params:
-            out += ["", "Arguments:"]
-            out += [f"{i}. {p.describe()}" for i, p in enumerate(m.all_params, 1)]
-        return "\n".join(out)
-
-    def _help(self, command: str | None = None) -> str:
-        """List all commands, or get help for a specified command."""
-        return self.help_text(command)
-
-
-# --------------------------------------------------------------------------------------------
-# Server
-# --------------------------------------------------------------------------------------------
 
 _LEGACY_HTTP_STATUS = {INVALID_REQUEST: 400, METHOD_NOT_FOUND: 404}
 _JSON = "application/json"
@@ -625,6 +127,17 @@ def _parse_types(request: web.Request) -> frozenset[str] | None:
         return None
     wanted = frozenset(t.strip() for t in raw.split(",") if t.strip())
     return wanted or None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Envelope:
+    """A request object's checked fields."""
+
+    v2: bool
+    req_id: Any
+    notification: bool
+    method: str
+    params: list[Any] | dict[str, Any]
 
 
 class _ConnectionGuard(asyncio.Protocol):
@@ -991,6 +504,20 @@ class RPCServer:
 
     async def _process_one(self, req: Any) -> tuple[str, int] | None:
         """Handle one request object. Returns (response JSON, HTTP status) or None."""
+        envelope = self._envelope(req)
+        if not isinstance(envelope, _Envelope):
+            return envelope  # an invalid request: its error reply
+        result, error = await self._run(envelope.method, envelope.params)
+        text, error = self._reply(envelope, result, error)
+        if envelope.notification:
+            return None
+        status = 200
+        if error is not None and not envelope.v2:
+            status = _LEGACY_HTTP_STATUS.get(error["code"], 500)
+        return text, status
+
+    def _envelope(self, req: Any) -> _Envelope | tuple[str, int]:
+        """The checked fields of a request object, or the error reply to an invalid one."""
         if not isinstance(req, dict):
             return self._error_response(INVALID_REQUEST, "Invalid Request object"), 200
 
@@ -1022,7 +549,12 @@ class RPCServer:
         if not isinstance(params, list | dict):
             msg = "Params must be an array or object"
             return self._error_response(INVALID_REQUEST, msg, req_id, v2), (200 if v2 else 400)
+        return _Envelope(v2, req_id, notification, method, params)
 
+    async def _run(
+        self, method: str, params: list[Any] | dict[str, Any]
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """Call the method: (result, None) or (None, JSON-RPC error object)."""
         error: dict[str, Any] | None = None
         result: Any = None
         t0 = time.perf_counter()
@@ -1035,7 +567,14 @@ class RPCServer:
             error = {"code": INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"}
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._log.debug("rpc_call", method=method, ms=ms, ok=error is None)
+        return result, error
 
+    def _reply(
+        self, env: _Envelope, result: Any, error: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The response JSON, and the error it carries (a result that cannot be serialized
+        becomes an INTERNAL_ERROR)."""
+        method, req_id, v2 = env.method, env.req_id, env.v2
         text: str | None = None
         if error is None:
             try:
@@ -1059,13 +598,8 @@ class RPCServer:
             except (TypeError, ValueError, RecursionError):  # unserializable error data
                 error.pop("data", None)
                 text = self._error_response(error["code"], error["message"], req_id, v2)
-        if notification:
-            return None
         assert text is not None
-        status = 200
-        if error is not None and not v2:
-            status = _LEGACY_HTTP_STATUS.get(error["code"], 500)
-        return text, status
+        return text, error
 
     # -- event streams -----------------------------------------------------------------------
     def _open_subscription(self, request: web.Request) -> Subscription | None:
@@ -1182,148 +716,3 @@ class RPCServer:
 
     async def _handle_health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"ok": True})
-
-
-# --------------------------------------------------------------------------------------------
-# Cookie authentication
-# --------------------------------------------------------------------------------------------
-
-COOKIE_USER = "__cookie__"
-COOKIE_FILENAME = ".cookie"
-
-
-def write_cookie(datadir: Path) -> tuple[str, str]:
-    """Create ``DATADIR/.cookie`` (mode 0600, atomically) with a fresh random password.
-
-    Content is ``__cookie__:<64 hex chars>`` (no trailing newline, like bitcoind).
-    Returns ``(user, password)``.
-    """
-    datadir = Path(datadir)
-    datadir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_hex(32)
-    final = datadir / COOKIE_FILENAME
-    tmp = datadir / f"{COOKIE_FILENAME}.tmp.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # independent of umask
-            os.write(fd, f"{COOKIE_USER}:{password}".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return COOKIE_USER, password
-
-
-def read_cookie(path: Path | str) -> tuple[str, str]:
-    """Read a cookie file (or ``DIR/.cookie`` if ``path`` is a directory) → ``(user, pw)``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / COOKIE_FILENAME
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise CookieError(
-            f"RPC cookie file not found: {p} (is the node running with this datadir?)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CookieError(f"cannot read RPC cookie file {p}: {exc}") from exc
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password or "\n" in text:
-        raise CookieError(f"malformed RPC cookie file {p}: expected 'user:password'")
-    return user, password
-
-
-def delete_cookie(datadir: Path) -> None:
-    """Remove ``DATADIR/.cookie`` if present."""
-    with contextlib.suppress(FileNotFoundError):
-        (Path(datadir) / COOKIE_FILENAME).unlink()
-
-
-# --------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------
-
-
-def basic_auth_header(user: str, password: str) -> str:
-    """Value for an HTTP ``Authorization`` header with Basic credentials."""
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
-
-
-async def rpc_call(
-    url: str,
-    method: str,
-    params: Sequence[Any] | Mapping[str, Any] | None = None,
-    auth: tuple[str, str] | None = None,
-    timeout: float = 30,
-) -> Any:
-    """Call ``method`` on the JSON-RPC server at ``url`` (e.g. ``http://127.0.0.1:8332/``).
-
-    Returns the ``result``. Raises :class:`RPCError` for error responses,
-    :class:`RPCAuthError` on HTTP 401, :class:`RPCConnectionError` (or its subclass
-    :class:`RPCTimeoutError`) if the node can't be reached or doesn't answer in time.
-    """
-    wire_params: list[Any] | dict[str, Any]
-    if params is None:
-        wire_params = []
-    elif isinstance(params, Mapping):
-        wire_params = dict(params)
-    else:
-        wire_params = list(params)
-    payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": wire_params}
-    headers = {"Authorization": basic_auth_header(*auth)} if auth is not None else {}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.post(url, json=payload, headers=headers) as resp,
-        ):
-            status = resp.status
-            body = await resp.read()
-    except TimeoutError as exc:
-        raise RPCTimeoutError(f"timed out after {timeout}s waiting for node at {url}") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise RPCConnectionError(f"could not connect to node at {url}: {exc}") from exc
-
-    if status == 401:
-        raise RPCAuthError(f"authorization failed for {url}: incorrect RPC user/password or cookie")
-    if status == 204:
-        return None
-    try:
-        reply = json.loads(body)
-    except ValueError:
-        snippet = body[:200].decode("utf-8", "replace")
-        raise RPCError(
-            INTERNAL_ERROR, f"invalid response from node (HTTP {status}): {snippet!r}"
-        ) from None
-    if not isinstance(reply, dict):
-        raise RPCError(INTERNAL_ERROR, f"unexpected response from node (HTTP {status})")
-    error = reply.get("error")
-    if error is not None:
-        if isinstance(error, dict):
-            raise RPCError(
-                int(error.get("code", RPC_MISC_ERROR)),
-                str(error.get("message", "")),
-                error.get("data"),
-            )
-        raise RPCError(RPC_MISC_ERROR, str(error))
-    if "result" not in reply:
-        raise RPCError(INTERNAL_ERROR, f"response has neither result nor error (HTTP {status})")
-    return reply["result"]
-
-
-def rpc_call_sync(
-    url: str,
-    method: str,
-    params: Sequence[Any] | Mapping[str, Any] | None = None,
-    auth: tuple[str, str] | None = None,
-    timeout: float = 30,
-) -> Any:
-    """Blocking :func:`rpc_call` (uses ``asyncio.run``; not for use inside a running loop)."""
-    return asyncio.run(rpc_call(url, method, params, auth, timeout))

@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from node.hashing import NONCE_SPACE, PREFIX_SIZE, Scanner, make_scanner
+from node.miner.hashing import NONCE_SPACE, PREFIX_SIZE, Scanner, make_scanner
 
 log = structlog.get_logger(__name__)
 

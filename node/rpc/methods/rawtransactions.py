@@ -1,0 +1,144 @@
+"""``== Rawtransactions ==``: the mempool and raw transactions.
+
+bitcoind lists the mempool methods (``getrawmempool``, ``getmempoolentry``,
+``getmempoolinfo``) under Blockchain and ``signrawtransactionwithwallet`` under Wallet;
+powlab keeps them here (its grouping, kept as it was).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.errors import ConsensusError
+from consensus.mempool import MempoolConflict
+from consensus.tx import Transaction, TxIn, TxOut
+from node.interface import NodeAPI
+from node.rpc.errors import (
+    RPC_INVALID_ADDRESS_OR_KEY,
+    RPC_INVALID_PARAMETER,
+    RPC_VERIFY_ALREADY_IN_CHAIN,
+    RPC_VERIFY_ERROR,
+    RPC_VERIFY_REJECTED,
+    RPCError,
+)
+from node.rpc.methods.common import address_encoder, address_pkh, decode_tx, hash_param
+from node.rpc.registry import rpc_method
+
+
+def _mempool_entry(node: NodeAPI, txid: bytes) -> dict[str, Any]:
+    entry = node.mempool.get(txid)
+    if entry is None:
+        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Transaction not in mempool")
+    return {
+        "fee": entry.fee,
+        "size": entry.size,
+        "feerate": entry.fee_rate,
+        "time": entry.time,
+        "depends": [p.hex() for p in entry.parents],
+        "spentby": [c.hex() for c in entry.children],
+    }
+
+
+@rpc_method
+def getrawmempool(node: NodeAPI, verbose: bool = False) -> Any:
+    """Txids in the mempool (or entries with fee, size and time when verbose)."""
+    if not verbose:
+        return [t.hex() for t in node.mempool.txids()]
+    return {t.hex(): _mempool_entry(node, t) for t in node.mempool.txids()}
+
+
+@rpc_method
+def getmempoolentry(node: NodeAPI, txid: str) -> dict[str, Any]:
+    """One mempool entry."""
+    return _mempool_entry(node, hash_param(txid, "txid"))
+
+
+@rpc_method
+def getmempoolinfo(node: NodeAPI) -> dict[str, Any]:
+    """Mempool size, bytes, memory usage, limit and current minimum fee rate."""
+    mp = node.mempool
+    return {
+        "size": len(mp),
+        "bytes": mp.bytes,
+        "usage": mp.usage,
+        "maxmempool": node.config.max_mempool_bytes,
+        "minfee": mp.min_fee_rate,
+        "orphans": mp.orphan_count(),
+    }
+
+
+@rpc_method
+def sendrawtransaction(node: NodeAPI, hexstring: str) -> str:
+    """Validate a signed transaction and add it to the mempool; error says why not."""
+    tx = decode_tx(node, hexstring)
+    try:
+        outcome = node.submit_transaction(tx)
+    except MempoolConflict as exc:
+        raise RPCError(RPC_VERIFY_REJECTED, str(exc)) from None
+    except ConsensusError as exc:
+        code = RPC_VERIFY_ALREADY_IN_CHAIN if exc.reason == "txn-already-known" else (
+            RPC_VERIFY_REJECTED
+        )
+        raise RPCError(code, str(exc)) from None
+    node.watch(tx.txid)
+    if outcome.orphan:
+        missing = ", ".join(p.hex() for p in outcome.missing_parents)
+        raise RPCError(RPC_VERIFY_ERROR, f"bad-txns-inputs-missingorspent: orphan, "
+                       f"waiting for {missing}")
+    return tx.txid.hex()
+
+
+@rpc_method
+def getrawtransaction(node: NodeAPI, txid: str, verbose: bool = False) -> Any:
+    """A transaction the node knows (mempool, active chain, wallet, recently seen)."""
+    raw_txid = hash_param(txid, "txid")
+    tx = node.find_transaction(raw_txid)
+    if tx is None:
+        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "No such mempool or blockchain transaction")
+    if not verbose:
+        return tx.encode().hex()
+    info = tx.to_json(address_encoder(node))
+    info["hex"] = tx.encode().hex()
+    status = node.tx_status(raw_txid)
+    info.update(
+        confirmations=status.confirmations,
+        blockhash=status.blockhash.hex() if status.blockhash else None,
+    )
+    return info
+
+
+@rpc_method
+def decoderawtransaction(node: NodeAPI, hexstring: str) -> dict[str, Any]:
+    """A raw transaction as JSON."""
+    return decode_tx(node, hexstring).to_json(address_encoder(node))
+
+
+@rpc_method
+def createrawtransaction(
+    node: NodeAPI, inputs: list[dict[str, Any]], outputs: dict[str, Any]
+) -> str:
+    """An unsigned transaction spending `inputs` [{txid, vout}] to {address: amount}."""
+    txins = []
+    for item in inputs:
+        if not isinstance(item, dict) or "txid" not in item or "vout" not in item:
+            raise RPCError(RPC_INVALID_PARAMETER, "each input is {\"txid\": …, \"vout\": n}")
+        vout = item["vout"]
+        if type(vout) is not int or vout < 0:
+            raise RPCError(RPC_INVALID_PARAMETER, "vout must be a non-negative integer")
+        txins.append(TxIn(hash_param(item["txid"], "txid"), vout, b"", b""))
+    txouts = []
+    for address, amount in outputs.items():
+        if type(amount) is not int or amount <= 0:
+            raise RPCError(
+                RPC_INVALID_PARAMETER,
+                f"amount for {address} must be a positive integer (smallest units)",
+            )
+        txouts.append(TxOut(amount, address_pkh(node, address)))
+    return Transaction(txins, txouts).encode().hex()
+
+
+@rpc_method
+def signrawtransactionwithwallet(node: NodeAPI, hexstring: str) -> dict[str, Any]:
+    """Sign the inputs the wallet holds keys for."""
+    tx, complete = node.wallet.sign(decode_tx(node, hexstring), node.chain, node.mempool)
+    return {"hex": tx.encode().hex(), "complete": complete}

@@ -1,0 +1,269 @@
+"""The structure of the node package: no import cycles, the NodeAPI/MinerAPI protocols match
+what Node and Miner provide, and the RPC methods' registration (decorator, categories, help)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.params import REGTEST
+from node.config import NodeConfig
+from node.daemon import Node
+from node.interface import MinerAPI, NodeAPI
+from node.rpc.errors import INVALID_PARAMS, RPCError
+from node.rpc.methods import CATEGORY_MODULES, build_registry, control
+from node.rpc.registry import MethodRegistry, rpc_method
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Lab tools on their way out of node/ (to lab/); they are not the daemon and not checked here.
+LAB_BOUND = ("node.attack", "node.simulate", "node.testnet", "node.testnet_docker", "node.cli",
+             "node.client", "node.watch", "node.waiting")
+
+
+# ----------------------------------------------------------------------------- import cycles
+
+
+def _node_modules() -> dict[str, Path]:
+    mods = {}
+    for path in (REPO / "node").rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        name = ".".join(parts)
+        if not any(name == lab or name.startswith(lab + ".") for lab in LAB_BOUND):
+            mods[name] = path
+    return mods
+
+
+def _import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module → node modules it imports anywhere: top level, in functions, under
+    TYPE_CHECKING. `from node.x import y` counts as importing node.x.y if that is a module,
+    else node.x."""
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str | None] = set()
+        for stmt in ast.walk(ast.parse(path.read_text())):
+            if isinstance(stmt, ast.Import):
+                deps.update(resolve(a.name) for a in stmt.names)
+            elif isinstance(stmt, ast.ImportFrom):
+                base = stmt.module or ""
+                if stmt.level:
+                    up = package.split(".")[: len(package.split(".")) - stmt.level + 1]
+                    base = ".".join([*up, *([stmt.module] if stmt.module else [])])
+                for alias in stmt.names:
+                    full = f"{base}.{alias.name}"
+                    deps.add(full if full in mods else resolve(base))
+        graph[name] = {d for d in deps if d is not None and d != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_in_node() -> None:
+    graph = _import_graph(_node_modules())
+    assert "node.daemon" in graph and "node.rpc.methods.blockchain" in graph
+    assert _cycles(graph) == []
+
+
+def test_cycle_detection_sees_lazy_and_type_checking_imports() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    mods = _node_modules()
+    graph = _import_graph(mods)
+    # The RPC methods and the miner see the node only through node.interface.
+    for name, deps in graph.items():
+        if name.startswith(("node.rpc", "node.miner", "node.interface")):
+            assert "node.daemon" not in deps, name
+
+
+def test_nothing_defines_its_own_protocol_version() -> None:
+    for path in _node_modules().values():
+        tree = ast.parse(path.read_text())
+        assigned = {
+            t.id for stmt in ast.walk(tree) if isinstance(stmt, ast.Assign)
+            for t in stmt.targets if isinstance(t, ast.Name)
+        }
+        assert not assigned & {"PROTOCOL_VERSION", "USER_AGENT", "HEADER_STRUCT"}, path
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def _protocol_members(proto: type) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for klass in reversed(proto.__mro__):
+        if klass is object or klass.__module__ == "typing":
+            continue
+        for key, value in vars(klass).items():
+            if not key.startswith("_"):
+                members[key] = value
+    return members
+
+
+def _assert_implements(obj: object, proto: type) -> None:
+    for name, member in _protocol_members(proto).items():
+        assert hasattr(obj, name), f"{type(obj).__name__} lacks {proto.__name__}.{name}"
+        if inspect.isfunction(member):
+            attr = getattr(obj, name)
+            assert callable(attr), name
+            assert inspect.iscoroutinefunction(attr) == inspect.iscoroutinefunction(member), name
+            wanted = list(inspect.signature(member).parameters)[1:]
+            assert list(inspect.signature(attr).parameters) == wanted, name
+
+
+async def test_node_and_miner_implement_the_protocols(tmp_path: Path) -> None:
+    node = Node(
+        NodeConfig(datadir=tmp_path / "n", p2p_bind="127.0.0.1:0", rpc_bind="127.0.0.1:0"),
+        REGTEST,
+    )
+    await node.start()
+    try:
+        assert set(_protocol_members(NodeAPI)) >= {"chain", "mempool", "miner", "protocol"}
+        _assert_implements(node, NodeAPI)
+        _assert_implements(node.miner, MinerAPI)
+    finally:
+        await node.stop()
+
+
+# ----------------------------------------------------------------------------- RPC methods
+
+# The `help` groups as they were when the methods lived in one closure: unchanged.
+EXPECTED_GROUPS = {
+    "blockchain": {
+        "getblockchaininfo", "getblockcount", "getbestblockhash", "getblockhash", "getblock",
+        "getblockheader", "getchaintips", "invalidateblock", "reconsiderblock", "submitblock",
+    },
+    "control": {"help", "uptime", "stop"},
+    "mining": {"generatetoaddress", "generateblock", "getmininginfo", "setmining"},
+    "network": {
+        "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "disconnectnode",
+        "setban", "listbanned", "clearbanned", "setnetworkactive", "setlinkfault",
+        "getnetworkinfo",
+    },
+    "rawtransactions": {
+        "getrawmempool", "getmempoolentry", "getmempoolinfo", "sendrawtransaction",
+        "getrawtransaction", "decoderawtransaction", "createrawtransaction",
+        "signrawtransactionwithwallet",
+    },
+    "wallet": {
+        "getnewaddress", "getbalance", "listunspent", "sendtoaddress", "gettransaction",
+        "validateaddress",
+    },
+}
+
+
+def _registry() -> MethodRegistry:
+    return build_registry(types.SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_methods_are_grouped_by_category_module() -> None:
+    registry = _registry()
+    listing = asyncio.run(registry.call("help", []))
+    groups: dict[str, set[str]] = {}
+    for block in listing.split("\n\n"):
+        title, *lines = block.splitlines()
+        groups[title.strip("= ").lower()] = {line.split()[0] for line in lines}
+    assert groups == EXPECTED_GROUPS
+    assert {m.__name__.rpartition(".")[2] for m in CATEGORY_MODULES} == set(EXPECTED_GROUPS)
+
+
+def test_every_method_parameter_is_checked() -> None:
+    registry = _registry()
+    for name in registry.names():
+        method = registry._methods[name]
+        assert method.help, f"{name} has no help text"
+        for param in method.all_params:
+            assert param.annotation is not inspect.Parameter.empty, (name, param.name)
+            assert not isinstance(param.annotation, str), (name, param.name)
+
+
+async def test_rpc_method_binds_the_node_and_documents_from_the_docstring() -> None:
+    fake = types.SimpleNamespace(clock=lambda: 100.0, started_at=58.5)
+    registry = MethodRegistry()
+    registry.register_module(control, fake)
+    assert await registry.call("uptime", []) == 41
+    assert await registry.call("help", ["uptime"]) == "uptime\n\nSeconds since the node started."
+    with pytest.raises(RPCError) as err:
+        await registry.call("uptime", [1])
+    assert err.value.code == INVALID_PARAMS
+    assert err.value.message == "uptime takes no arguments, 1 given"
+
+
+async def test_rpc_method_parameters_are_coerced_and_checked() -> None:
+    module = types.ModuleType("tests.fake_category")
+
+    def double(node: object, x: float, times: int = 2) -> float:
+        """Twice x."""
+        return x * times
+
+    double.__module__ = module.__name__
+    module.double = rpc_method(double)  # type: ignore[attr-defined]
+    registry = MethodRegistry()
+    registry.register_module(module, object())
+    assert await registry.call("double", [3]) == 6.0
+    assert await registry.call("double", {"x": 1.5, "times": 3}) == 4.5
+    with pytest.raises(RPCError) as err:
+        await registry.call("double", [1, True])
+    assert err.value.code == INVALID_PARAMS
+    assert "fake_category" in registry.help_text().lower()
+    assert "double x ( times=2 )" in registry.help_text()
+
+
+def test_unresolvable_annotations_are_refused() -> None:
+    module = types.ModuleType("tests.fake_category")
+
+    def broken(node: object, x: int) -> int:
+        return x
+
+    broken.__annotations__["x"] = "NoSuchType"
+    broken.__module__ = module.__name__
+    module.broken = rpc_method(broken)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="annotations do not resolve"):
+        MethodRegistry().register_module(module, object())
