@@ -11,7 +11,8 @@ through `self`, so a method keeps its name wherever it lives.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -31,18 +32,33 @@ from p2p.config import Address, P2PConfig
 from p2p.messages import Goodbye, Message
 from p2p.peer import BoundedSet, Peer, PeerStatus
 from p2p.peerbook import PeerBook
-from p2p.session import SESSION_OVERHEAD, SessionTable
+from p2p.secure_stream import PreambleReader, StreamCipher
+from p2p.session import SESSION_OVERHEAD, Session, SessionTable
 from p2p.wire import MAX_DATAGRAM_SIZE
 from p2p.wire import encode_message as encode_envelope
-
-if TYPE_CHECKING:
-    from p2p.streams import Stream
 
 log = structlog.get_logger("powlab.p2p")
 
 #: The largest envelope sent as a datagram: with the session's header and tag it is one
 #: MAX_DATAGRAM_SIZE datagram.
 MAX_DATAGRAM_ENVELOPE = MAX_DATAGRAM_SIZE - SESSION_OVERHEAD
+
+
+@dataclass
+class Stream:
+    """One TCP connection: a stranger until its preamble names a session and a frame verifies
+    under that session's keys, then bound to the session's peer."""
+
+    id: int
+    addr: Address
+    outbound: bool
+    opened_at: float
+    preamble: PreambleReader | None = None  # listener side until the preamble is read
+    cipher: StreamCipher | None = None
+    session: Session | None = None  # the session the preamble named (listener side)
+    nonce: bytes = b""  # the preamble's stream nonce (listener side)
+    session_addr: Address | None = None  # whose session the preamble named
+    peer: Peer | None = None
 
 
 class ProtocolCore:

@@ -10,11 +10,10 @@ close the stream without charging anyone; the dialler reopens it.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 from p2p.actions import CloseStream, OpenStream, SendStream
 from p2p.config import Address
-from p2p.core import ProtocolCore
+from p2p.core import ProtocolCore, Stream
 from p2p.errors import AUTH_FAILED, ProtocolError
 from p2p.peer import Peer, PeerStatus
 from p2p.secure_stream import (
@@ -30,23 +29,6 @@ from p2p.wire import MAX_MESSAGE_SIZE, decode_message
 MAX_STREAM_FRAME = MAX_MESSAGE_SIZE + TAG_SIZE
 MAX_STREAMS_PER_SESSION = 256  # stream nonces remembered per session (then it must rekey)
 STREAM_REOPEN_INTERVAL = 1.0  # a dialler opens at most one stream a second to a peer
-
-
-@dataclass
-class Stream:
-    """One TCP connection: a stranger until its preamble names a session and a frame verifies
-    under that session's keys, then bound to the session's peer."""
-
-    id: int
-    addr: Address
-    outbound: bool
-    opened_at: float
-    preamble: PreambleReader | None = None  # listener side until the preamble is read
-    cipher: StreamCipher | None = None
-    session: Session | None = None  # the session the preamble named (listener side)
-    nonce: bytes = b""  # the preamble's stream nonce (listener side)
-    session_addr: Address | None = None  # whose session the preamble named
-    peer: Peer | None = None
 
 
 class Streams(ProtocolCore):
