@@ -13,15 +13,15 @@ FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# .dockerignore lets only the packaging files and the four packages in. Dependencies (and
+# .dockerignore lets only the packaging files and the five packages in. Dependencies (and
 # hatchling, for the build) come from PyPI: build with host networking where the default
 # bridge has no way out (docker build --network host / compose `build.network: host`).
 # Dependencies first, from pyproject.toml alone (with empty package stubs), so editing the
 # code does not re-download them.
 COPY pyproject.toml README.md /src/
-RUN for pkg in consensus storage p2p node; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done \
+RUN for pkg in consensus storage p2p node lab; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done \
  && /opt/venv/bin/pip install /src \
- && rm -rf /src/consensus /src/storage /src/p2p /src/node
+ && rm -rf /src/consensus /src/storage /src/p2p /src/node /src/lab
 COPY . /src
 RUN /opt/venv/bin/pip install --no-deps --force-reinstall /src \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib
@@ -52,7 +52,7 @@ EXPOSE 18443/tcp 18444/tcp 18444/udp
 # Healthy = the JSON-RPC answers getblockcount, with POWLAB_RPC_USER/POWLAB_RPC_PASSWORD or,
 # without them, the cookie the node wrote to the data directory.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "node.testnet_docker", "healthcheck"]
+    CMD ["python", "-m", "lab.testnet_docker", "healthcheck"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["powlab", "node"]

@@ -218,7 +218,7 @@ class BenchNode(NodeProcess):
         if self.profile_to is not None:
             launcher[1:1] = ["-m", "cProfile", "-o", str(self.profile_to)]
         cmd = [
-            *launcher, "node",
+            *launcher,
             "--datadir", str(self.datadir),
             "--rpc-bind", "127.0.0.1:0",
             "--log-format", "json",
@@ -678,7 +678,7 @@ def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> No
 
 def run_shimmed_node(mode: str, argv: list[str]) -> int:
     """The real daemon with compact-block announcements replaced (`mode` "full" or "push")."""
-    from node.cli import main as node_main
+    from node.main import main as node_main
     from p2p.messages import BlockMsg, Headers
     from p2p.protocol import P2PProtocol
 

@@ -51,7 +51,7 @@ class NodeProcess:
         with contextlib.suppress(FileNotFoundError):
             (self.datadir / "rpc.url").unlink()
         cmd = [
-            sys.executable, "-m", "node", "node",
+            sys.executable, "-m", "node",
             "--datadir", str(self.datadir),
             "--rpc-bind", "127.0.0.1:0",
             "--p2p-bind", "127.0.0.1:0",
@@ -129,7 +129,7 @@ class NodeProcess:
 
 def run_powlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The `powlab` command line in a subprocess, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 
@@ -137,7 +137,7 @@ def tear_down_testnet(directory: Path, timeout: float = 120) -> None:
     """`powlab testnet down`, then SIGKILL anything it left: never leave processes behind."""
     import json
 
-    from node.testnet import process_alive
+    from lab.testnet import process_alive
 
     run_powlab("testnet", "down", "--dir", str(directory), timeout=timeout)
     try:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from node.attack.common import NetNode, resolve_roles
-from node.client import NodeEndpoint
-from node.testnet import (
+from lab.attack.common import NetNode, resolve_roles
+from lab.client import NodeEndpoint
+from lab.testnet import (
     load_manifest,
     spawn_node,
     stop_node,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from node.testnet_docker import (
+from lab.testnet_docker import (
     DockerError,
     DockerRPCError,
     DockerTestnet,

@@ -667,7 +667,7 @@ def test_client_commands_keep_sigpipe_default() -> None:
     # Run `powlab rpc` in a child with the command replaced by a probe of its own signal
     # mask: no node needed, and the real main() does the signal set-up.
     probe = (
-        "import sys, node.cli as cli\n"
+        "import sys, lab.cli as cli\n"
         "cli._cmd_rpc = lambda args: print(open('/proc/self/status').read()) or 0\n"
         "sys.exit(cli.main(['rpc', 'getblockcount']))\n"
     )

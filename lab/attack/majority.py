@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node.attack.common import (
+from lab.attack.common import (
     AttackError,
     NetNode,
     Outcome,
@@ -24,8 +24,8 @@ from node.attack.common import (
     wait_converged,
     wait_until,
 )
-from node.attack.context import Context
-from node.attack.race import tx_state
+from lab.attack.context import Context
+from lab.attack.race import tx_state
 
 
 def honest_rates(honest: list[NetNode], total: float) -> dict[str, float]:

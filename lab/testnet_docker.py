@@ -13,7 +13,7 @@ get a private bridge of their own). While a node is cut off, its published RPC p
 unreachable, so RPC calls fall back to ``docker exec`` inside the container.
 
 This module imports only the standard library at top level: the image's HEALTHCHECK runs
-``python -m node.testnet_docker healthcheck`` every few seconds.
+``python -m lab.testnet_docker healthcheck`` every few seconds.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ class DockerTestnet:
                 pass
         if not c.running:
             raise RPCUnreachable(f"node {c.node}: container {c.container} is not running")
-        argv = ["docker", "exec", c.id, "python", "-m", "node.testnet_docker", "call-batch",
+        argv = ["docker", "exec", c.id, "python", "-m", "lab.testnet_docker", "call-batch",
                 json.dumps([[m, p] for m, p in calls])]
         out = _run(argv, timeout=timeout + 30, check=False)
         if out.returncode != 0:
@@ -755,7 +755,7 @@ class DockerTestnet:
 
 
 # --------------------------------------------------------------------------------------------
-# python -m node.testnet_docker …
+# python -m lab.testnet_docker …
 # --------------------------------------------------------------------------------------------
 
 
@@ -774,7 +774,7 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.testnet_docker",
+    parser = argparse.ArgumentParser(prog="python -m lab.testnet_docker",
                                      description="drive the docker-compose powlab testnet")
     parser.add_argument("--project-dir", type=Path, default=Path.cwd())
     parser.add_argument("--file", "-f", type=Path, default=Path("docker-compose.yml"))

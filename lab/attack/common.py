@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node import waiting
-from node.client import EndpointError, NodeEndpoint
+from lab import waiting
+from lab.client import EndpointError, NodeEndpoint
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
 
 DEFAULT_AMOUNT = 10 * 100_000_000
@@ -60,7 +60,7 @@ class NetNode:
 
 def load_nodes(directory: str | None) -> list[NetNode]:
     """The testnet's nodes with roles and endpoints, from its manifest (process or docker)."""
-    from node.testnet import (
+    from lab.testnet import (
         _docker_do,
         _docker_manifest,
         load_manifest,

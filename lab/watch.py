@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from node.client import NodeEndpoint
+from lab.client import NodeEndpoint
 from node.rpc_server import RPCConnectionError, RPCError
 
 EXIT_FINAL = 0

@@ -58,7 +58,7 @@ def resolve_endpoint(args: argparse.Namespace) -> NodeEndpoint:
     node_name = getattr(args, "node", None)
     if node_name and not (args.rpc or args.rpc_cookie or args.rpc_user or args.datadir):
         # Imported here: the testnet module is only needed when a node is named.
-        from node.testnet import testnet_endpoint
+        from lab.testnet import testnet_endpoint
 
         return testnet_endpoint(getattr(args, "dir", None), node_name)
     datadir = Path(

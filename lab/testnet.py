@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node import waiting
-from node.client import EndpointError, NodeEndpoint, run_reporting_failures
+from lab import waiting
+from lab.client import EndpointError, NodeEndpoint, run_reporting_failures
 from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError, read_cookie
 
 MANIFEST_NAME = "testnet.json"
@@ -408,7 +408,7 @@ def spawn_node(manifest: Manifest, entry: NodeEntry) -> int:
     env["PYTHONUNBUFFERED"] = "1"
     with open(entry.log, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "node", "--config", entry.config],
+            [sys.executable, "-m", "node", "--config", entry.config],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -1022,7 +1022,7 @@ def _compose_location(args: argparse.Namespace | None, directory: Path) -> tuple
 
 def _docker(directory: Path, args: argparse.Namespace | None = None) -> Any:
     try:
-        from node.testnet_docker import DockerTestnet
+        from lab.testnet_docker import DockerTestnet
     except ImportError as exc:
         raise TestnetError(f"Docker mode is unavailable in this installation ({exc})") from None
     project_dir, compose = _compose_location(args, directory)
@@ -1033,7 +1033,7 @@ def _docker_do(directory: Path, args: argparse.Namespace | None,
                action: Callable[[Any], Any]) -> Any:
     """Runs `action(DockerTestnet)`, turning the docker module's errors into TestnetError."""
     net = _docker(directory, args)
-    from node import testnet_docker as td
+    from lab import testnet_docker as td
 
     try:
         return action(net)
