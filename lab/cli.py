@@ -13,12 +13,16 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from lab.client import (
+    CookieError,
     EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
     add_endpoint_arguments,
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
 
 
 def _exec_node(argv: Sequence[str]) -> NoReturn:
@@ -40,8 +44,20 @@ def _node_help(argv: Sequence[str]) -> int:
     return done.returncode
 
 
+def _endpoint(args: argparse.Namespace) -> NodeEndpoint:
+    """The node the connection flags name; `--node NAME` is looked up in the testnet."""
+    return resolve_endpoint(args, _testnet_node)
+
+
+def _testnet_node(directory: str | None, name: str) -> NodeEndpoint:
+    # Imported here: the testnet code is only needed when a node is named.
+    from lab.testnet import testnet_endpoint
+
+    return testnet_endpoint(directory, name)
+
+
 def _cmd_rpc(args: argparse.Namespace) -> int:
-    endpoint = resolve_endpoint(args)
+    endpoint = _endpoint(args)
     params = [parse_cli_value(a) for a in args.args]
     return _print_call(lambda: endpoint.call(args.method, *params))
 
@@ -63,7 +79,7 @@ def _print_call(call: Any) -> int:
 
 
 def _cmd_wallet(args: argparse.Namespace) -> int:
-    endpoint = resolve_endpoint(args)
+    endpoint = _endpoint(args)
     if args.wallet_command == "new-address":
         return _print_call(lambda: endpoint.call("getnewaddress"))
     if args.wallet_command == "balance":
@@ -75,7 +91,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from lab.watch import watch_transaction
 
     return watch_transaction(
-        resolve_endpoint(args), args.txid, args.depth, args.interval, args.timeout
+        _endpoint(args), args.txid, args.depth, args.interval, args.timeout
     )
 
 

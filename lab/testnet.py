@@ -32,8 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from lab import waiting
-from lab.client import EndpointError, NodeEndpoint, run_reporting_failures
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError, read_cookie
+from lab.client import (
+    CookieError,
+    EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+    datadir_endpoint,
+    run_reporting_failures,
+)
 
 MANIFEST_NAME = "testnet.json"
 MANIFEST_VERSION = 1
@@ -473,15 +481,7 @@ def log_tail(entry: NodeEntry, lines: int = 20) -> str:
 
 def endpoint(entry: NodeEntry) -> NodeEndpoint:
     """The node's URL (as it wrote it, else from the manifest) and its current cookie."""
-    datadir = Path(entry.datadir)
-    url = entry.url
-    with contextlib.suppress(OSError):
-        url = (datadir / "rpc.url").read_text().strip() or url
-    try:
-        auth = read_cookie(datadir / ".cookie")
-    except CookieError:
-        auth = None
-    return NodeEndpoint(url, auth)
+    return datadir_endpoint(entry.datadir, entry.url)
 
 
 def call(entry: NodeEntry, method: str, *params: Any, timeout: float = 60) -> Any:
@@ -1037,8 +1037,8 @@ def _docker_do(directory: Path, args: argparse.Namespace | None,
 
     try:
         return action(net)
-    except (td.DockerError, td.RPCUnreachable, td.DockerRPCError, ValueError) as exc:
-        raise TestnetError(f"docker: {exc}") from None
+    except (td.DockerError, *td.RPC_FAILURES, ValueError) as exc:
+        raise TestnetError(f"docker: {td.describe(exc)}") from None
 
 
 def _docker_up(args: argparse.Namespace, directory: Path) -> int:

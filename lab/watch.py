@@ -8,8 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from lab.client import NodeEndpoint
-from node.rpc_server import RPCConnectionError, RPCError
+from lab.client import NodeEndpoint, RPCConnectionError, RPCError
 
 EXIT_FINAL = 0
 EXIT_CONFLICTED = 2

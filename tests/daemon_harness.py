@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.rpc_server import RPCConnectionError, RPCError, read_cookie, rpc_call_sync
+from lab.client import RPCConnectionError, RPCError, read_cookie, rpc_call_sync
 
 START_TIMEOUT = 60.0
 REPO = Path(__file__).resolve().parent.parent

@@ -19,12 +19,14 @@ import pytest
 from lab import cli
 from lab.client import (
     DEFAULT_RPC_URL,
+    CookieError,
     NodeEndpoint,
+    RPCError,
     add_endpoint_arguments,
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc_server import CookieError, RPCError, write_cookie
+from node.rpc_server import write_cookie
 from tests.daemon_harness import REPO
 
 # Options each help text must mention: what users look for first in each subcommand.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from node.rpc_server import RPCAuthError, rpc_call_sync
+from lab.client import RPCAuthError, rpc_call_sync
 from tests.daemon_harness import REPO, NodeProcess, wait_for
 
 pytestmark = pytest.mark.slow

@@ -23,16 +23,15 @@ from typing import Any
 
 import pytest
 
+from lab.client import RPCError, rpc_call_sync
 from lab.testnet_docker import (
     DockerError,
-    DockerRPCError,
     DockerTestnet,
     NodeContainer,
     _parse_container,
     check_engine,
     find_compose_command,
     healthcheck,
-    rpc_http,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +286,7 @@ def _end_to_end(net: DockerTestnet) -> None:
     attacker_tip = net.rpc("attacker", "getbestblockhash")
     honest_tip = net.wait_converged(60, nodes=["miner1", "miner2", "merchant", "observer"])
     assert attacker_tip != honest_tip
-    with pytest.raises(DockerRPCError):  # the rest never heard of the attacker's blocks
+    with pytest.raises(RPCError):  # the rest never heard of the attacker's blocks
         net.rpc("observer", "getblock", attacker_blocks[-1])
     step("partitioned: the attacker and the rest mine apart")
 
@@ -301,7 +300,8 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert net.rpc("attacker", "getblock", honest_blocks[-1])["confirmations"] >= 1
     assert net.rpc("merchant", "gettransaction", txid)["status"] == "final"
     url, auth = net.endpoint("attacker")  # its published port answers again
-    assert rpc_http(url, auth, "getbestblockhash") == net.rpc("observer", "getbestblockhash")
+    assert rpc_call_sync(url, "getbestblockhash", [], auth) == net.rpc("observer",
+                                                                        "getbestblockhash")
 
     # --- down -v removes everything
     net.down(purge=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.rpc_server import RPCError
+from lab.client import RPCError
 from tests.daemon_harness import NodeProcess, wait_for
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from node.rpc_server import RPCError
+from lab.client import RPCError
 from tests.daemon_harness import NodeProcess, wait_for
 
 pytestmark = pytest.mark.slow

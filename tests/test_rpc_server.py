@@ -14,6 +14,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lab.client import (
+    CookieError,
+    RPCAuthError,
+    RPCConnectionError,
+    basic_auth_header,
+    read_cookie,
+    rpc_call,
+    rpc_call_sync,
+)
+from lab.client import RPCError as ClientRPCError
 from node.events import EventHub, SubscriptionClosed
 from node.rpc_server import (
     INTERNAL_ERROR,
@@ -22,17 +32,10 @@ from node.rpc_server import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RPC_INVALID_PARAMETER,
-    CookieError,
     MethodRegistry,
-    RPCAuthError,
-    RPCConnectionError,
     RPCError,
     RPCServer,
-    basic_auth_header,
     delete_cookie,
-    read_cookie,
-    rpc_call,
-    rpc_call_sync,
     write_cookie,
 )
 
@@ -500,7 +503,7 @@ async def test_cookie_auth_with_client(tmp_path: Path) -> None:
 async def test_rpc_call_client(env: Env) -> None:
     assert await rpc_call(env.url, "getblockhash", [4]) == "hash4"
     assert await rpc_call(env.url, "getblock", {"blockhash": "x"}) == {"hash": "x", "verbosity": 1}
-    with pytest.raises(RPCError) as ei:
+    with pytest.raises(ClientRPCError) as ei:
         await rpc_call(env.url, "fail_rpc", [])
     assert ei.value.code == RPC_INVALID_PARAMETER and ei.value.data == {"hint": 1}
     result = await asyncio.to_thread(rpc_call_sync, env.url, "getblockcount", [])

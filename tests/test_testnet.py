@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lab.client import RPCError
 from lab.testnet import (
     Manifest,
     call,
@@ -31,7 +32,6 @@ from lab.testnet import (
     topology_links,
     try_call,
 )
-from node.rpc_server import RPCError
 from tests.daemon_harness import REPO, wait_for
 
 BLOCK_TIME = 2.0

@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from lab import waiting
-from lab.client import EndpointError, NodeEndpoint
-from node.rpc_server import CookieError, RPCAuthError, RPCConnectionError, RPCError
+from lab.client import (
+    CookieError,
+    EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+)
 
 DEFAULT_AMOUNT = 10 * 100_000_000
 PAYMENT_FEE = 10_000
