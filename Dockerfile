@@ -52,7 +52,7 @@ EXPOSE 18443/tcp 18444/tcp 18444/udp
 # Healthy = the JSON-RPC answers getblockcount, with POWLAB_RPC_USER/POWLAB_RPC_PASSWORD or,
 # without them, the cookie the node wrote to the data directory.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "lab.testnet_docker", "healthcheck"]
+    CMD ["python", "-m", "lab.testnet.docker", "healthcheck"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["powlab", "node"]

@@ -51,7 +51,7 @@ def _endpoint(args: argparse.Namespace) -> NodeEndpoint:
 
 def _testnet_node(directory: str | None, name: str) -> NodeEndpoint:
     # Imported here: the testnet code is only needed when a node is named.
-    from lab.testnet import testnet_endpoint
+    from lab.testnet.cli import testnet_endpoint
 
     return testnet_endpoint(directory, name)
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_attack_parser(sub)
 
-    from lab.testnet import add_testnet_parser
+    from lab.testnet.cli import add_testnet_parser
 
     add_testnet_parser(sub)
     return parser

@@ -137,7 +137,7 @@ def tear_down_testnet(directory: Path, timeout: float = 120) -> None:
     """`powlab testnet down`, then SIGKILL anything it left: never leave processes behind."""
     import json
 
-    from lab.testnet import process_alive
+    from lab.testnet.processes import process_alive
 
     run_powlab("testnet", "down", "--dir", str(directory), timeout=timeout)
     try:

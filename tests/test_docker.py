@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from lab.client import RPCError, rpc_call_sync
-from lab.testnet_docker import (
+from lab.testnet.docker import (
     DockerError,
     DockerTestnet,
     NodeContainer,

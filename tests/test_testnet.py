@@ -20,18 +20,16 @@ from typing import Any
 import pytest
 
 from lab.client import RPCError
-from lab.testnet import (
+from lab.testnet.control import call, try_call
+from lab.testnet.manifest import (
     Manifest,
-    call,
     load_manifest,
     new_manifest,
     parse_groups,
     parse_shares,
-    process_alive,
-    process_group,
     topology_links,
-    try_call,
 )
+from lab.testnet.processes import process_alive, process_group
 from tests.daemon_harness import REPO, wait_for
 
 BLOCK_TIME = 2.0
@@ -285,7 +283,8 @@ def test_down_leaves_no_process_behind(testnet: Path) -> None:
 def test_node_options_are_validated_with_the_node_rules() -> None:
     import argparse
 
-    from lab.testnet import TestnetError, collect_node_options, parse_node_options
+    from lab.testnet.manifest import TestnetError
+    from lab.testnet.nodeconfig import collect_node_options, parse_node_options
 
     args = argparse.Namespace(node_option=["listening_period=5", "assumed-attacker-share=0.2"],
                               double_spend_alerts=True, enforce_finality=False)

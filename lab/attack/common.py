@@ -66,17 +66,12 @@ class NetNode:
 
 def load_nodes(directory: str | None) -> list[NetNode]:
     """The testnet's nodes with roles and endpoints, from its manifest (process or docker)."""
-    from lab.testnet import (
-        _docker_do,
-        _docker_manifest,
-        load_manifest,
-        resolve_dir,
-        testnet_endpoint,
-    )
+    from lab.testnet.cli import docker_do, is_docker, testnet_endpoint
+    from lab.testnet.manifest import load_manifest, resolve_dir
 
     path = resolve_dir(directory)
-    if _docker_manifest(path):
-        containers = _docker_do(path, None, lambda net: net.containers())
+    if is_docker(path):
+        containers = docker_do(path, None, lambda net: net.containers())
         return [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
                 for c in containers]
     manifest = load_manifest(path)

@@ -14,7 +14,7 @@ unreachable, so RPC calls fall back to ``docker exec`` inside the container.
 
 At top level this module imports only the standard library and the lab's RPC client (itself
 standard library until its first call): the image's HEALTHCHECK runs
-``python -m lab.testnet_docker healthcheck`` every few seconds.
+``python -m lab.testnet.docker healthcheck`` every few seconds.
 """
 
 from __future__ import annotations
@@ -424,7 +424,7 @@ class DockerTestnet:
                 pass
         if not c.running:
             raise RPCConnectionError(f"node {c.node}: container {c.container} is not running")
-        argv = ["docker", "exec", c.id, "python", "-m", "lab.testnet_docker", "call-batch",
+        argv = ["docker", "exec", c.id, "python", "-m", "lab.testnet.docker", "call-batch",
                 json.dumps([[m, p] for m, p in calls])]
         out = _run(argv, timeout=timeout + 30, check=False)
         if out.returncode != 0:
@@ -720,7 +720,7 @@ class DockerTestnet:
 
 
 # --------------------------------------------------------------------------------------------
-# python -m lab.testnet_docker …
+# python -m lab.testnet.docker …
 # --------------------------------------------------------------------------------------------
 
 
@@ -739,7 +739,7 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.testnet_docker",
+    parser = argparse.ArgumentParser(prog="python -m lab.testnet.docker",
                                      description="drive the docker-compose powlab testnet")
     parser.add_argument("--project-dir", type=Path, default=Path.cwd())
     parser.add_argument("--file", "-f", type=Path, default=Path("docker-compose.yml"))
