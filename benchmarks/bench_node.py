@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import structlog  # noqa: E402
 
+from lab.testnet.processes import NodeProcess  # noqa: E402
 from node.miner_pool import MinerPool, default_processes  # noqa: E402
-from tests.daemon_harness import NodeProcess, wait_for  # noqa: E402
+from tests.daemon_harness import wait_for  # noqa: E402
 
 HEADER76 = bytes(range(76))
 IMPOSSIBLE = 0  # a target no hash meets, so workers hash until the next job

@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,8 @@ from consensus.keys import PrivateKey, encode_address, pubkey_hash  # noqa: E402
 from consensus.params import REGTEST  # noqa: E402
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction  # noqa: E402
 from consensus.validation import SignatureCache  # noqa: E402
-from tests.daemon_harness import NodeProcess, wait_for  # noqa: E402
+from lab.testnet.processes import NodeProcess  # noqa: E402
+from tests.daemon_harness import wait_for  # noqa: E402
 
 PARAMS = REGTEST
 KEY = PrivateKey(bytes(range(1, 33)))
@@ -207,9 +207,6 @@ class BenchNode(NodeProcess):
     p2p_addr: str = ""
 
     def start(self, wait: bool = True) -> BenchNode:
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            (self.datadir / "rpc.url").unlink()
         launcher = (
             [sys.executable, str(Path(__file__).resolve()), FULL_RELAY_FLAG, self.relay]
             if self.relay != "compact"
@@ -217,24 +214,13 @@ class BenchNode(NodeProcess):
         )
         if self.profile_to is not None:
             launcher[1:1] = ["-m", "cProfile", "-o", str(self.profile_to)]
-        cmd = [
-            *launcher,
-            "--datadir", str(self.datadir),
-            "--rpc-bind", "127.0.0.1:0",
-            "--log-format", "json",
-            *self.args,
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO, env=env)
-        log.close()
+        self.launcher = launcher
         self.follower = LogFollower(self.log_path)
-        if wait:
-            self.wait_ready()
+        super().start(wait)
         return self
 
-    def wait_ready(self) -> None:
-        super().wait_ready()
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        super().wait_ready(timeout)
         self.client = KeepAliveRPC(self.url, self.auth)
         self.p2p_addr = (self.datadir / "p2p.addr").read_text().strip()
 
@@ -249,12 +235,7 @@ class BenchNode(NodeProcess):
     def shutdown(self) -> None:
         if self.client is not None:
             self.client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.shut_down(20)
 
 
 def wait_connected(

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from lab.client import RPCAuthError, rpc_call_sync
-from tests.daemon_harness import REPO, NodeProcess, wait_for
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 

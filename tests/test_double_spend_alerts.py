@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lab.client import RPCError
-from tests.daemon_harness import NodeProcess, wait_for
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from lab.client import RPCError
-from tests.daemon_harness import NodeProcess, wait_for
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lab.testnet.processes import NodeProcess
 from node.config import ConfigError, load_config
 from node.events import EventHub
 from node.rpc_server import (
@@ -32,7 +33,7 @@ from node.rpc_server import (
     MethodRegistry,
     RPCServer,
 )
-from tests.daemon_harness import REPO, NodeProcess
+from tests.daemon_harness import REPO
 
 TIMEOUT = 5.0
 SIGPIPE_BIT = 1 << (13 - 1)  # /proc/PID/status masks: bit n-1 is signal n (SIGPIPE = 13)

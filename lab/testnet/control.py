@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from lab import waiting
@@ -19,7 +18,7 @@ from lab.client import (
 )
 from lab.testnet.manifest import Manifest, NodeEntry, TestnetError, group_index, neighbours
 from lab.testnet.nodeconfig import write_node_config
-from lab.testnet.processes import log_tail, node_alive
+from lab.testnet.processes import NodeProcessError, node_alive, node_process
 from lab.testnet.tables import console
 
 FUND_BLOCKS_PER_NODE = 2
@@ -51,19 +50,13 @@ def wait_until(
 
 
 def wait_ready(entries: Iterable[NodeEntry], timeout: float) -> None:
-    pending = list(entries)
+    pending = [node_process(entry) for entry in entries]
 
     def ready() -> bool:
-        for entry in list(pending):
-            if not node_alive(entry):
-                raise TestnetError(
-                    f"{entry.name} exited during start-up; last lines of {entry.log}:\n"
-                    f"{log_tail(entry)}"
-                )
-            if not (Path(entry.datadir) / "rpc.url").exists():
-                continue
-            if try_call(entry, "getblockcount", timeout=5) is not None:
-                pending.remove(entry)
+        try:
+            pending[:] = [node for node in pending if not node.ready()]
+        except NodeProcessError as exc:
+            raise TestnetError(str(exc)) from None
         return not pending
 
     wait_until(ready, timeout, "the nodes' RPC servers")
