@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import structlog  # noqa: E402
 
 from lab.testnet.processes import NodeProcess  # noqa: E402
+from lab.waiting import wait_until  # noqa: E402
 from node.miner_pool import MinerPool, default_processes  # noqa: E402
-from tests.daemon_harness import wait_for  # noqa: E402
 
 HEADER76 = bytes(range(76))
 IMPOSSIBLE = 0  # a target no hash meets, so workers hash until the next job
@@ -139,7 +139,8 @@ def bench_rpc(
             idle = time_calls(client, "getblockchaininfo", calls, interval)
             client.call("setmining", True)
             # Let the workers spawn and reach full speed before measuring.
-            wait_for(lambda: client.call("getmininginfo")["hashrate"] > 0, 30, "hashing")
+            wait_until(lambda: client.call("getmininginfo")["hashrate"] > 0, 30, "hashing",
+                       first=0.02)
             time.sleep(1.0)
             height0 = client.call("getblockcount")
             t0 = time.monotonic()

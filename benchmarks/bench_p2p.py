@@ -66,7 +66,7 @@ from consensus.params import REGTEST  # noqa: E402
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction  # noqa: E402
 from consensus.validation import SignatureCache  # noqa: E402
 from lab.testnet.processes import NodeProcess  # noqa: E402
-from tests.daemon_harness import wait_for  # noqa: E402
+from lab.waiting import wait_until  # noqa: E402
 
 PARAMS = REGTEST
 KEY = PrivateKey(bytes(range(1, 33)))
@@ -242,8 +242,8 @@ def wait_connected(
     nodes: Sequence[BenchNode], degree: Callable[[int], int], timeout: float
 ) -> None:
     for i, node in enumerate(nodes):
-        wait_for(lambda n=node, i=i: n.call("getconnectioncount") >= degree(i), timeout,
-                 f"node {i} connections")
+        wait_until(lambda n=node, i=i: n.call("getconnectioncount") >= degree(i), timeout,
+                   f"node {i} connections", first=0.02)
 
 
 @contextlib.contextmanager
@@ -301,7 +301,8 @@ def wait_block_everywhere(nodes: Sequence[BenchNode], block_hash: str, timeout: 
 
 def wait_height(nodes: Sequence[BenchNode], height: int, timeout: float) -> None:
     for node in nodes:
-        wait_for(lambda n=node: n.call("getblockcount") >= height, timeout, f"height {height}")
+        wait_until(lambda n=node: n.call("getblockcount") >= height, timeout, f"height {height}",
+                   first=0.02)
 
 
 def wait_mempools(nodes: Sequence[BenchNode], ntxs: int, timeout: float) -> int:
@@ -627,7 +628,7 @@ def print_profile(path: Path, title: str, top: int = 18) -> None:
     """The daemon's own functions by cumulative time, then everything by own time."""
     import pstats
 
-    wait_for(path.exists, 30, "profile output")
+    wait_until(path.exists, 30, "profile output", first=0.02)
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     ours, flat = [], []

@@ -6,30 +6,21 @@ harness of the testnet, the tests and the benchmarks.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from lab.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail loudly after `timeout`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+# The tests' flavour of lab.waiting.wait_until: wait_for(predicate, timeout=30, what=…) polls
+# from 20 ms up to 250 ms, and a timeout fails the test as an AssertionError.
+wait_for = functools.partial(wait_until, first=0.02, error=AssertionError)
 
 
 def run_powlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from node.rpc_server import (
     MethodRegistry,
     RPCServer,
 )
+from tests.async_wait import wait_until_async as wait_until
 from tests.daemon_harness import REPO
 
 TIMEOUT = 5.0
@@ -94,12 +95,6 @@ def make_registry(order: list[str] | None = None) -> MethodRegistry:
                      ("nan", nan), ("boom", boom), ("tick", tick)]:
         reg.register(name, fn)
     return reg
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
 
 
 class Env:

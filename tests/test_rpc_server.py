@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,9 @@ from node.rpc_server import (
     delete_cookie,
     write_cookie,
 )
+from tests.async_wait import wait_until_async as wait_until
 
 TIMEOUT = 5.0
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``pred`` until true; fail the test if it stays false for ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
 
 
 @dataclass

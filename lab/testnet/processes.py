@@ -136,7 +136,7 @@ class NodeProcess:
         return True
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        waiting.wait_until(self.ready, timeout, f"node {self.datadir.name}'s RPC")
+        waiting.wait_until(self.ready, timeout, f"node {self.datadir.name}'s RPC", first=0.02)
 
     # ------------------------------------------------------------------ RPC
 
