@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
+from lab.stats import percentile
 from lab.waiting import wait_until
 from node.hashing import baseline_midstate_loop, scan_nonces
 from node.miner_pool import MinerPool
@@ -61,11 +62,6 @@ def switch_latencies(processes: int, jobs: int, hashrate: float | None) -> list[
             # Let the workers settle into hashing (or pacing sleeps) before the next switch.
             time.sleep(0.01)
         return pool.job_switch_latencies()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -47,11 +47,11 @@ from bench_p2p import (
     bench_sync,
     ms_summary,
     parse_iso,
-    percentile,
     print_sync,
     settle,
 )
 
+from lab.stats import percentile
 from lab.waiting import wait_until
 
 LITECOIND = "litecoind"

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import structlog  # noqa: E402
 
+from lab.stats import percentile  # noqa: E402
 from lab.testnet.processes import NodeProcess  # noqa: E402
 from lab.waiting import wait_until  # noqa: E402
 from node.miner_pool import MinerPool, default_processes  # noqa: E402
@@ -48,11 +49,6 @@ IMPOSSIBLE = 0  # a target no hash meets, so workers hash until the next job
 # this override is pure hashing load with (almost) no blocks to connect.
 RARE_BLOCKS_BITS = 0x1D00FFFF
 RPC_GOAL_P99_MS = 50.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary_ms(seconds: list[float]) -> str:
