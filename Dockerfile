@@ -4,9 +4,11 @@
 #   docker run --rm -p 127.0.0.1:18443:18443 -e POWLAB_RPC_USER=powlab \
 #       -e POWLAB_RPC_PASSWORD=powlab -e POWLAB_MINE=1 -e POWLAB_HASHRATE=0.2 powlab:latest
 #
-# The container runs `powlab node` configured entirely through POWLAB_* environment
-# variables (see `powlab node --help`); extra arguments to `docker run` are passed on as
-# flags. Everything the node persists lives in the /data volume. See docs/docker.md.
+# The container runs the daemon, `python -m node` (what `powlab node` runs), configured
+# entirely through POWLAB_* environment variables (see `powlab node --help`); extra
+# arguments to `docker run` are passed on as flags. Everything the node persists lives in
+# the /data volume. The image has the `powlab` command too, without the optional plots
+# extra (matplotlib). See docs/docker.md.
 
 # ---------------------------------------------------------------- build: the virtualenv
 FROM python:3.11-slim AS build
@@ -55,4 +57,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "lab.testnet.docker", "healthcheck"]
 
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["powlab", "node"]
+ENTRYPOINT ["python", "-m", "node"]

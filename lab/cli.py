@@ -23,6 +23,9 @@ from lab.client import (
     parse_cli_value,
     resolve_endpoint,
 )
+from lab.plotting import PlotsUnavailable, require_plots
+
+EXIT_USAGE = 2
 
 
 def _exec_node(argv: Sequence[str]) -> NoReturn:
@@ -159,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(_node_help(words[1:]))
         _exec_node(words[1:])
     args = build_parser().parse_args(words)
+    if getattr(args, "plot", None):
+        # Before the experiment runs, not after: it may take minutes.
+        try:
+            require_plots()
+        except PlotsUnavailable as exc:
+            print(f"powlab {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except (EndpointError, CookieError) as exc:
