@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import random
 import threading
 import time
@@ -323,9 +322,11 @@ class Monitor:
 # --------------------------------------------------------------------------- helpers
 
 
-# lab.waiting's one helper, polling every 0.1 s and failing as an AttackError (a scenario's
-# steps are short; the failure is reported as one line, not a traceback).
-wait_until = functools.partial(waiting.wait_until, interval=0.1, error=AttackError)
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.1) -> Any:
+    """lab.waiting's one helper, failing as an AttackError (reported as one line, not a
+    traceback); a scenario's steps are short, so it polls every 0.1 s by default."""
+    return waiting.wait_until(predicate, timeout, what, interval, AttackError)
 
 
 def parallel(calls: Iterable[Callable[[], Any]]) -> list[Any]:

@@ -3,8 +3,7 @@ convergence, funding the wallets, starting the miners, partition bans, status ro
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,8 +43,11 @@ def try_call(entry: NodeEntry, method: str, *params: Any, timeout: float = 10) -
         return None
 
 
-# lab.waiting's one helper, failing as a TestnetError (reported as one line, not a traceback).
-wait_until = functools.partial(waiting.wait_until, error=TestnetError)
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.25) -> Any:
+    """lab.waiting's one helper, failing as a TestnetError (reported as one line, not a
+    traceback)."""
+    return waiting.wait_until(predicate, timeout, what, interval, TestnetError)
 
 
 def wait_ready(entries: Iterable[NodeEntry], timeout: float) -> None:
