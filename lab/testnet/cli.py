@@ -41,7 +41,6 @@ from lab.testnet.control import (
     wait_connected,
     wait_ready,
 )
-from lab.testnet.docker import RPC_FAILURES, DockerError, DockerTestnet, describe
 from lab.testnet.manifest import (
     DEFAULT_DIR,
     DEFAULT_P2P_PORT,
@@ -329,14 +328,18 @@ def _compose_location(args: argparse.Namespace | None, directory: Path) -> tuple
 
 
 def docker_do(directory: Path, args: argparse.Namespace | None,
-              action: Callable[[DockerTestnet], Any]) -> Any:
+              action: Callable[[Any], Any]) -> Any:
     """Runs `action(DockerTestnet)`, turning the docker module's errors into TestnetError."""
+    try:
+        from lab.testnet import docker
+    except ImportError as exc:
+        raise TestnetError(f"Docker mode is unavailable in this installation ({exc})") from None
     project_dir, compose = _compose_location(args, directory)
-    net = DockerTestnet(project_dir, compose, log=lambda m: print(m, file=sys.stderr))
+    net = docker.DockerTestnet(project_dir, compose, log=lambda m: print(m, file=sys.stderr))
     try:
         return action(net)
-    except (DockerError, *RPC_FAILURES, ValueError) as exc:
-        raise TestnetError(f"docker: {describe(exc)}") from None
+    except (docker.DockerError, *docker.RPC_FAILURES, ValueError) as exc:
+        raise TestnetError(f"docker: {docker.describe(exc)}") from None
 
 
 def _docker_up(args: argparse.Namespace, directory: Path) -> int:
