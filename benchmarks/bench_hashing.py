@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
+from lab.stats import percentile
+from lab.waiting import wait_until
 from node.miner.hashing import baseline_midstate_loop, scan_nonces
 from node.miner.pool import MinerPool
 
@@ -40,18 +42,11 @@ def best_rate(fn: Callable[[int], object], count: int, repeats: int) -> float:
     return best
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark condition not reached")
-        time.sleep(0.005)
-
-
 def pool_rate(processes: int, seconds: float) -> float:
     with MinerPool(processes=processes) as pool:
         pool.submit_job(1, HEADER76, IMPOSSIBLE)
-        wait_for(lambda: len(pool.job_switch_latencies()) == 1)
+        wait_until(lambda: len(pool.job_switch_latencies()) == 1, 30, "the first job",
+                   interval=0.005)
         time.sleep(0.5)  # warm-up: let every worker reach full speed
         t0, c0 = time.monotonic(), pool.total_hashes()
         time.sleep(seconds)
@@ -62,15 +57,11 @@ def switch_latencies(processes: int, jobs: int, hashrate: float | None) -> list[
     with MinerPool(processes=processes, hashrate=hashrate) as pool:
         for job_id in range(jobs):
             pool.submit_job(job_id, HEADER76, IMPOSSIBLE)
-            wait_for(lambda n=job_id + 1: len(pool.job_switch_latencies()) >= n)
+            wait_until(lambda n=job_id + 1: len(pool.job_switch_latencies()) >= n, 30,
+                       f"job switch {job_id + 1}", interval=0.005)
             # Let the workers settle into hashing (or pacing sleeps) before the next switch.
             time.sleep(0.01)
         return pool.job_switch_latencies()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

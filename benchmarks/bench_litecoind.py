@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,12 @@ from bench_p2p import (
     bench_sync,
     ms_summary,
     parse_iso,
-    percentile,
     print_sync,
     settle,
 )
+
+from lab.stats import percentile
+from lab.waiting import wait_until
 
 LITECOIND = "litecoind"
 RPC_USER, RPC_PASSWORD = "bench", "bench"
@@ -113,9 +115,9 @@ class LitecoinNode:
         return self
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.rpc_port}/"
-        while True:
+
+        def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
@@ -123,13 +125,13 @@ class LitecoinNode:
             client = KeepAliveRPC(url, (RPC_USER, RPC_PASSWORD))
             try:
                 client.call("getblockcount")
-                self.client = client
-                return
             except (OSError, RuntimeError, ValueError):
                 client.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError("litecoind RPC did not come up")
-            time.sleep(0.1)
+                return False
+            self.client = client
+            return True
+
+        wait_until(ready, timeout, "litecoind's RPC", interval=0.1, error=RuntimeError)
 
     def call(self, method: str, *params: object) -> Any:
         assert self.client is not None
@@ -178,19 +180,11 @@ def litecoin_line(workdir: Path, count: int) -> Iterator[list[LitecoinNode]]:
         for i, node in enumerate(nodes):
             want = 1 if i in (0, count - 1) else 2
             wait_until(lambda n=node, w=want: n.call("getconnectioncount") >= w, 60,
-                       f"litecoind {i} connections")
+                       f"litecoind {i} connections", interval=0.02, error=RuntimeError)
         yield nodes
     finally:
         for node in nodes:
             node.stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def ltc_wait_block(nodes: Sequence[LitecoinNode], block_hash: str, timeout: float) -> None:
@@ -199,7 +193,8 @@ def ltc_wait_block(nodes: Sequence[LitecoinNode], block_hash: str, timeout: floa
             node.poll_log()
         return all(block_hash in n.connected for n in nodes)
 
-    wait_until(everywhere, timeout, f"block {block_hash[:16]} everywhere")
+    wait_until(everywhere, timeout, f"block {block_hash[:16]} everywhere", interval=0.02,
+               error=RuntimeError)
 
 
 def ltc_propagation(workdir: Path, count: int, rounds: int, warmup: int = 3) -> list[float]:

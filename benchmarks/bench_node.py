@@ -38,8 +38,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import structlog  # noqa: E402
 
+from lab.stats import percentile  # noqa: E402
+from lab.testnet.processes import NodeProcess  # noqa: E402
+from lab.waiting import wait_until  # noqa: E402
 from node.miner.pool import MinerPool, default_processes  # noqa: E402
-from tests.daemon_harness import NodeProcess, wait_for  # noqa: E402
 
 HEADER76 = bytes(range(76))
 IMPOSSIBLE = 0  # a target no hash meets, so workers hash until the next job
@@ -47,11 +49,6 @@ IMPOSSIBLE = 0  # a target no hash meets, so workers hash until the next job
 # this override is pure hashing load with (almost) no blocks to connect.
 RARE_BLOCKS_BITS = 0x1D00FFFF
 RPC_GOAL_P99_MS = 50.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary_ms(seconds: list[float]) -> str:
@@ -138,7 +135,8 @@ def bench_rpc(
             idle = time_calls(client, "getblockchaininfo", calls, interval)
             client.call("setmining", True)
             # Let the workers spawn and reach full speed before measuring.
-            wait_for(lambda: client.call("getmininginfo")["hashrate"] > 0, 30, "hashing")
+            wait_until(lambda: client.call("getmininginfo")["hashrate"] > 0, 30, "hashing",
+                       first=0.02)
             time.sleep(1.0)
             height0 = client.call("getblockcount")
             t0 = time.monotonic()

@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,9 @@ from consensus.keys import PrivateKey, encode_address, pubkey_hash  # noqa: E402
 from consensus.params import REGTEST  # noqa: E402
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction  # noqa: E402
 from consensus.validation import SignatureCache  # noqa: E402
-from tests.daemon_harness import NodeProcess, wait_for  # noqa: E402
+from lab.stats import percentile  # noqa: E402
+from lab.testnet.processes import NodeProcess  # noqa: E402
+from lab.waiting import wait_until  # noqa: E402
 
 PARAMS = REGTEST
 KEY = PrivateKey(bytes(range(1, 33)))
@@ -80,11 +81,6 @@ SYNC_GOAL_RATIO = 0.7
 
 
 # ----------------------------------------------------------------- small helpers
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ms_summary(seconds: Sequence[float]) -> str:
@@ -207,9 +203,6 @@ class BenchNode(NodeProcess):
     p2p_addr: str = ""
 
     def start(self, wait: bool = True) -> BenchNode:
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            (self.datadir / "rpc.url").unlink()
         launcher = (
             [sys.executable, str(Path(__file__).resolve()), FULL_RELAY_FLAG, self.relay]
             if self.relay != "compact"
@@ -217,24 +210,13 @@ class BenchNode(NodeProcess):
         )
         if self.profile_to is not None:
             launcher[1:1] = ["-m", "cProfile", "-o", str(self.profile_to)]
-        cmd = [
-            *launcher, "node",
-            "--datadir", str(self.datadir),
-            "--rpc-bind", "127.0.0.1:0",
-            "--log-format", "json",
-            *self.args,
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO, env=env)
-        log.close()
+        self.launcher = launcher
         self.follower = LogFollower(self.log_path)
-        if wait:
-            self.wait_ready()
+        super().start(wait)
         return self
 
-    def wait_ready(self) -> None:
-        super().wait_ready()
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        super().wait_ready(timeout)
         self.client = KeepAliveRPC(self.url, self.auth)
         self.p2p_addr = (self.datadir / "p2p.addr").read_text().strip()
 
@@ -249,20 +231,15 @@ class BenchNode(NodeProcess):
     def shutdown(self) -> None:
         if self.client is not None:
             self.client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.shut_down(20)
 
 
 def wait_connected(
     nodes: Sequence[BenchNode], degree: Callable[[int], int], timeout: float
 ) -> None:
     for i, node in enumerate(nodes):
-        wait_for(lambda n=node, i=i: n.call("getconnectioncount") >= degree(i), timeout,
-                 f"node {i} connections")
+        wait_until(lambda n=node, i=i: n.call("getconnectioncount") >= degree(i), timeout,
+                   f"node {i} connections", first=0.02)
 
 
 @contextlib.contextmanager
@@ -320,7 +297,8 @@ def wait_block_everywhere(nodes: Sequence[BenchNode], block_hash: str, timeout: 
 
 def wait_height(nodes: Sequence[BenchNode], height: int, timeout: float) -> None:
     for node in nodes:
-        wait_for(lambda n=node: n.call("getblockcount") >= height, timeout, f"height {height}")
+        wait_until(lambda n=node: n.call("getblockcount") >= height, timeout, f"height {height}",
+                   first=0.02)
 
 
 def wait_mempools(nodes: Sequence[BenchNode], ntxs: int, timeout: float) -> int:
@@ -646,7 +624,7 @@ def print_profile(path: Path, title: str, top: int = 18) -> None:
     """The daemon's own functions by cumulative time, then everything by own time."""
     import pstats
 
-    wait_for(path.exists, 30, "profile output")
+    wait_until(path.exists, 30, "profile output", first=0.02)
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     ours, flat = [], []
@@ -678,7 +656,7 @@ def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> No
 
 def run_shimmed_node(mode: str, argv: list[str]) -> int:
     """The real daemon with compact-block announcements replaced (`mode` "full" or "push")."""
-    from node.cli import main as node_main
+    from node.main import main as node_main
     from p2p.messages import BlockMsg, Headers
     from p2p.protocol import P2PProtocol
 
@@ -755,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
             for topology in args.topologies.split(","):
                 c, f = results.get((topology, "compact")), results.get((topology, "full"))
                 if c and f and c.large and f.large:
-                    ratio = statistics.median(c.large) / statistics.median(f.large)
+                    # The same p50 as the rows above print (lab.stats: nearest rank).
+                    ratio = percentile(c.large, 0.5) / percentile(f.large, 0.5)
                     byte_ratio = statistics.median(c.large_bytes) / statistics.median(
                         f.large_bytes)
                     verdict = "OK" if ratio <= LATENCY_GOAL_RATIO else "MISSED"

@@ -15,7 +15,7 @@ import time
 from consensus.blockbuild import assemble_block
 from consensus.chainstate import ChainState
 from consensus.params import REGTEST
-from node.simulate.network import NetworkConfig, _SharedBlocks, simulate_network
+from lab.simulate.network import NetworkConfig, _SharedBlocks, simulate_network
 
 
 def baseline_accepts(count: int) -> float:

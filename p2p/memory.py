@@ -3,7 +3,10 @@
 Each `MemoryNode` runs the real consensus code (ChainState, Mempool over a MemoryStore) and the
 real `P2PProtocol`; `MemoryNetwork` moves their datagrams and stream frames with a latency, loss
 and reordering model of your choosing. No sockets, no clock: the same seed gives the same run.
-Tests use it to exercise handshakes, relay and sync; the simulator builds on it.
+The P2P tests use it (tests/p2p_helpers.py, test_p2p_protocol.py, test_p2p_bounds.py) to
+exercise handshakes, relay, sync and resource bounds. `powlab simulate` does not: its network
+model (lab/simulate/network.py) runs ChainState alone and models relay as shortest-path
+delays, without protocol messages.
 """
 
 from __future__ import annotations

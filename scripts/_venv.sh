@@ -5,7 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON_BIN="${PYTHON:-python3}"
 
-ensure_venv() {  # $1: pip extras spec: "" or "[dev]"
+ensure_venv() {  # $1: pip extras spec: "", "[plots]" or "[dev]"
     local extras="$1" stamp="$VENV/.powlab-installed" hash installed
     hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
     installed="$(cat "$stamp" 2>/dev/null || true)"
@@ -14,7 +14,7 @@ ensure_venv() {  # $1: pip extras spec: "" or "[dev]"
         "$PYTHON_BIN" -m venv "$VENV"
         installed=""
     fi
-    # A dev install also serves a plain one.
+    # A dev install also serves a plain one or one with plots (dev includes matplotlib).
     if [ "$installed" != "$hash[dev]" ] && [ "$installed" != "$hash$extras" ]; then
         echo "installing powlab$extras into $VENV" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2

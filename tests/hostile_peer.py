@@ -16,7 +16,6 @@ on-path attacker, who can see genuine datagrams and forge their source.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import struct
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 
 from consensus.keys import PrivateKey
 from consensus.params import REGTEST, ChainParams
+from lab.stats import percentile
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.errors import ProtocolError
 from p2p.messages import Hello, Message, Ping, Pong
@@ -392,14 +392,6 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least p % of values at or below."""
-    assert values, "no samples"
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 class Monitor:
     """Watches a node while something hostile happens, from two threads until stopped: RPC
     latency (`call`, timed, back to back with a short pause) and the process's resident
@@ -464,12 +456,12 @@ class Monitor:
         return self.peak_rss - self.baseline_rss
 
     def p99(self) -> float:
-        return percentile(self.latencies, 99)
+        return percentile(self.latencies, 0.99)
 
     def summary(self) -> str:
         return (
             f"RSS {self.baseline_rss / 2**20:.1f} MB -> peak {self.peak_rss / 2**20:.1f} MB "
             f"(+{self.growth / 2**20:.1f} MB); RPC getblockcount p50 "
-            f"{percentile(self.latencies, 50) * 1000:.1f} ms, p99 {self.p99() * 1000:.1f} ms, "
+            f"{percentile(self.latencies, 0.5) * 1000:.1f} ms, p99 {self.p99() * 1000:.1f} ms, "
             f"max {max(self.latencies) * 1000:.1f} ms over {len(self.latencies)} calls"
         )

@@ -20,15 +20,11 @@ from typing import Any
 
 import pytest
 
-from node.attack.common import NetNode, resolve_roles
-from node.client import NodeEndpoint
-from node.testnet import (
-    load_manifest,
-    spawn_node,
-    stop_node,
-    wait_connected,
-    wait_ready,
-)
+from lab.attack.common import NetNode, resolve_roles
+from lab.client import NodeEndpoint
+from lab.testnet.control import wait_connected, wait_ready
+from lab.testnet.manifest import load_manifest
+from lab.testnet.processes import spawn_node, stop_node
 from tests.daemon_harness import run_powlab, tear_down_testnet
 
 FINALITY = 4

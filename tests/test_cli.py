@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 
-from node import cli
-from node.client import (
+from lab import cli
+from lab.client import (
     DEFAULT_RPC_URL,
+    CookieError,
     NodeEndpoint,
+    RPCError,
     add_endpoint_arguments,
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc.cookie import CookieError, write_cookie
-from node.rpc.errors import RPCError
+from node.rpc.cookie import write_cookie
 from tests.daemon_harness import REPO
 
 # Options each help text must mention: what users look for first in each subcommand.
@@ -46,11 +47,11 @@ HELP_OPTIONS: dict[tuple[str, ...], tuple[str, ...]] = {
 
 
 def run_powlab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script when there is one (that is what users run)."""
-    script = Path(sys.executable).parent / "powlab"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "node"]
+    """`powlab` in a subprocess: `python -m lab`, what the console script runs (a console
+    script on PATH may belong to another checkout's installation)."""
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "lab", *args], capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
     )
 
 

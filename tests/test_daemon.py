@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from node.rpc.client import RPCAuthError, rpc_call_sync
-from tests.daemon_harness import REPO, NodeProcess, wait_for
+from lab.client import RPCAuthError, rpc_call_sync
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def fund(n: NodeProcess, blocks: int = MATURITY + 20) -> str:
 
 def powlab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "lab", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
     )
 
@@ -193,7 +194,7 @@ def test_watch_final_and_conflicted(node: NodeProcess) -> None:
 
     txid = node.rpc("sendtoaddress", payee, 7_000)
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "node", "watch", txid, *endpoint, "--interval", "0.1",
+        [sys.executable, "-m", "lab", "watch", txid, *endpoint, "--interval", "0.1",
          "--timeout", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )
@@ -217,7 +218,7 @@ def test_watch_final_and_conflicted(node: NodeProcess) -> None:
     assert node.rpc("gettransaction", pay_txid)["confirmations"] == 1
 
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "node", "watch", pay_txid, *endpoint, "--interval", "0.1",
+        [sys.executable, "-m", "lab", "watch", pay_txid, *endpoint, "--interval", "0.1",
          "--timeout", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )

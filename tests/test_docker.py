@@ -12,28 +12,29 @@ tests at the top need no Docker and run in the fast suite.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node.testnet_docker import (
+from lab.client import RPCError, rpc_call_sync
+from lab.testnet.docker import (
     DockerError,
-    DockerRPCError,
     DockerTestnet,
     NodeContainer,
     _parse_container,
     check_engine,
     find_compose_command,
     healthcheck,
-    rpc_http,
 )
+from lab.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "powlabpytest"
@@ -41,6 +42,11 @@ NODES = ("miner1", "miner2", "merchant", "attacker", "observer")
 ROLES = {"miner1": "miner", "miner2": "miner", "merchant": "merchant",
          "attacker": "attacker", "observer": "observer"}
 SETUP_TIMEOUT = 900  # the first run installs packages and builds a base image
+
+
+# A node restarting or cut off raises instead of answering: keep polling, once a second.
+wait_for = functools.partial(wait_until, interval=1.0, error=AssertionError,
+                             ignore=(Exception,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,22 +180,6 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # a node restarting or cut off: keep polling
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: "
-                                 f"{last!r}")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def testnet() -> Iterator[DockerTestnet]:
     _ensure_docker()
@@ -243,8 +233,8 @@ def _end_to_end(net: DockerTestnet) -> None:
         assert c.role == ROLES[name]
         url, auth = net.endpoint(name)
         assert url.startswith("http://127.0.0.1:") and auth == ("powlab", "powlab")
-    wait_for("every container healthy",
-             lambda: all(c.health == "healthy" for c in net.containers()), 120)
+    wait_for(lambda: all(c.health == "healthy" for c in net.containers()), 120,
+             "every container healthy")
     step("all five healthy")
     # The three miners mine on their own (POWLAB_MINE) at ~0.25 H/s together.
     net.wait_converged(180, min_height=2)
@@ -260,14 +250,13 @@ def _end_to_end(net: DockerTestnet) -> None:
     merchant_address = net.rpc("merchant", "getnewaddress")
     amount = 7 * 100_000_000
     txid = net.rpc("miner1", "sendtoaddress", merchant_address, amount)
-    wait_for("the payment in miner2's mempool",
-             lambda: txid in net.rpc("miner2", "getrawmempool"), 60, 0.5)
+    wait_for(lambda: txid in net.rpc("miner2", "getrawmempool"), 60,
+             "the payment in miner2's mempool", 0.5)
     depth = net.rpc("merchant", "getblockchaininfo")["finality_depth"]
     net.rpc("miner2", "generatetoaddress", depth, net.rpc("miner2", "getnewaddress"))
     final = wait_for(
-        "the payment final at the merchant",
         lambda: (tx := net.rpc("merchant", "gettransaction", txid))["status"] == "final" and tx,
-        60, 0.5,
+        60, "the payment final at the merchant", 0.5,
     )
     assert final["confirmations"] >= depth
     assert net.rpc("merchant", "getbalance") >= amount
@@ -276,8 +265,8 @@ def _end_to_end(net: DockerTestnet) -> None:
 
     # --- cut the attacker off, mine on both sides
     net.partition([["miner1", "miner2", "merchant", "observer"], ["attacker"]])
-    wait_for("the attacker isolated",
-             lambda: {r["node"]: r for r in net.status()}["attacker"]["peers"] == 0, 30)
+    wait_for(lambda: {r["node"]: r for r in net.status()}["attacker"]["peers"] == 0, 30,
+             "the attacker isolated")
     cut_off = net.container("attacker")
     assert not cut_off.networks, cut_off.networks
     attacker_blocks = net.rpc("attacker", "generatetoaddress", 2,
@@ -287,7 +276,7 @@ def _end_to_end(net: DockerTestnet) -> None:
     attacker_tip = net.rpc("attacker", "getbestblockhash")
     honest_tip = net.wait_converged(60, nodes=["miner1", "miner2", "merchant", "observer"])
     assert attacker_tip != honest_tip
-    with pytest.raises(DockerRPCError):  # the rest never heard of the attacker's blocks
+    with pytest.raises(RPCError):  # the rest never heard of the attacker's blocks
         net.rpc("observer", "getblock", attacker_blocks[-1])
     step("partitioned: the attacker and the rest mine apart")
 
@@ -301,7 +290,8 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert net.rpc("attacker", "getblock", honest_blocks[-1])["confirmations"] >= 1
     assert net.rpc("merchant", "gettransaction", txid)["status"] == "final"
     url, auth = net.endpoint("attacker")  # its published port answers again
-    assert rpc_http(url, auth, "getbestblockhash") == net.rpc("observer", "getbestblockhash")
+    assert rpc_call_sync(url, "getbestblockhash", [], auth) == net.rpc("observer",
+                                                                        "getbestblockhash")
 
     # --- down -v removes everything
     net.down(purge=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from node.rpc.errors import RPCError
-from tests.daemon_harness import NodeProcess, wait_for
+from lab.client import RPCError
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.slow
 

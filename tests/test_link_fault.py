@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.testnet.processes import NodeProcess
 from p2p.transport import LinkFault, P2PService
-from tests.daemon_harness import NodeProcess, wait_for
+from tests.daemon_harness import wait_for
 
 
 async def test_bandwidth_cap_queues_bytes_behind_each_other() -> None:

@@ -11,9 +11,10 @@ from consensus.block import Block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.chainstate import AcceptResult, ChainState
 from consensus.params import REGTEST
+from lab.testnet.processes import NodeProcess
 from node.loadblock import load_block_file
 from storage.memory import MemoryStore
-from tests.daemon_harness import NodeProcess, wait_for
+from tests.daemon_harness import wait_for
 
 NOW = 1_800_000_000
 

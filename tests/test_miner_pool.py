@@ -26,6 +26,7 @@ from node.miner.hashing import (
     scan_nonces,
 )
 from node.miner.pool import Exhausted, Found, MinerPool, MinerPoolError, nonce_ranges
+from tests.async_wait import wait_until_async as wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER76 = bytes(range(76))
@@ -39,14 +40,6 @@ def reference_first_hit(header76: bytes, target: int, start: int, count: int) ->
         if hash_meets_target(block_hash(header_with_nonce(header76, nonce)), target):
             return nonce
     return None
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

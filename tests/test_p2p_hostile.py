@@ -46,6 +46,7 @@ from consensus.keys import decode_address
 from consensus.params import REGTEST
 from consensus.pow import bits_to_target, hash_meets_target
 from consensus.tx import Transaction, TxOut, decode_transaction, make_coinbase
+from lab.testnet.processes import NodeProcess
 from node.config import NodeConfig
 from node.daemon import Node
 from p2p.config import P2PConfig
@@ -77,7 +78,7 @@ from p2p.session import (
     RESPONSE_SIZE,
 )
 from p2p.wire import checksum, decode_message, encode_message
-from tests.daemon_harness import NodeProcess, wait_for
+from tests.daemon_harness import wait_for
 from tests.hostile_peer import (
     Captured,
     HostilePeer,

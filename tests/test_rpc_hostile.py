@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lab.testnet.processes import NodeProcess
 from node.config import ConfigError, load_config
 from node.events import EventHub
 from node.rpc.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
@@ -30,7 +31,8 @@ from node.rpc.limits import (
 )
 from node.rpc.registry import MethodRegistry
 from node.rpc.server import RPCServer
-from tests.daemon_harness import REPO, NodeProcess
+from tests.async_wait import wait_until_async as wait_until
+from tests.daemon_harness import REPO
 
 TIMEOUT = 5.0
 SIGPIPE_BIT = 1 << (13 - 1)  # /proc/PID/status masks: bit n-1 is signal n (SIGPIPE = 13)
@@ -91,12 +93,6 @@ def make_registry(order: list[str] | None = None) -> MethodRegistry:
                      ("nan", nan), ("boom", boom), ("tick", tick)]:
         reg.register(name, fn)
     return reg
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
 
 
 class Env:
@@ -665,7 +661,7 @@ def test_client_commands_keep_sigpipe_default() -> None:
     # Run `powlab rpc` in a child with the command replaced by a probe of its own signal
     # mask: no node needed, and the real main() does the signal set-up.
     probe = (
-        "import sys, node.cli as cli\n"
+        "import sys, lab.cli as cli\n"
         "cli._cmd_rpc = lambda args: print(open('/proc/self/status').read()) or 0\n"
         "sys.exit(cli.main(['rpc', 'getblockcount']))\n"
     )

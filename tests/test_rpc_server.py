@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.events import EventHub, SubscriptionClosed
-from node.rpc.client import (
+from lab.client import (
+    CookieError,
     RPCAuthError,
     RPCConnectionError,
     basic_auth_header,
+    read_cookie,
     rpc_call,
     rpc_call_sync,
 )
-from node.rpc.cookie import CookieError, delete_cookie, read_cookie, write_cookie
+from lab.client import RPCError as ClientRPCError
+from node.events import EventHub, SubscriptionClosed
+from node.rpc.cookie import delete_cookie, write_cookie
 from node.rpc.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -35,15 +38,9 @@ from node.rpc.errors import (
 )
 from node.rpc.registry import MethodRegistry
 from node.rpc.server import RPCServer
+from tests.async_wait import wait_until_async as wait_until
 
 TIMEOUT = 5.0
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``pred`` until true; fail the test if it stays false for ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -500,7 +497,7 @@ async def test_cookie_auth_with_client(tmp_path: Path) -> None:
 async def test_rpc_call_client(env: Env) -> None:
     assert await rpc_call(env.url, "getblockhash", [4]) == "hash4"
     assert await rpc_call(env.url, "getblock", {"blockhash": "x"}) == {"hash": "x", "verbosity": 1}
-    with pytest.raises(RPCError) as ei:
+    with pytest.raises(ClientRPCError) as ei:
         await rpc_call(env.url, "fail_rpc", [])
     assert ei.value.code == RPC_INVALID_PARAMETER and ei.value.data == {"hint": 1}
     result = await asyncio.to_thread(rpc_call_sync, env.url, "getblockcount", [])

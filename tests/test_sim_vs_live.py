@@ -1,6 +1,6 @@
 """Live `powlab attack majority` runs against the simulator's prediction for the same race.
 
-How the live attack maps onto the theory (node/attack/majority.py):
+How the live attack maps onto the theory (lab/attack/majority.py):
 - It forks at the converged tip F and at once mines its first private block (holding tx2) with
   `generateblock`, before any miner is switched on: a free block at the fork, which the
   theory's ``overtake`` attacker does not get.
@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from consensus.attack_theory import exact_probability
-from node.simulate.doublespend import simulate_doublespend
+from lab.simulate.doublespend import simulate_doublespend
 from tests.daemon_harness import run_powlab, tear_down_testnet
 
 # Chosen so the live success probability is 0.50: with 8 trials the 99% interval is then
@@ -78,7 +78,7 @@ def binomial_interval(trials: int, p: float, level: float = LEVEL) -> tuple[int,
 
 
 def live_rule_race(q: float, z: int, give_up: int, rng: random.Random) -> bool:
-    """The majority attack's loop, block by block, written as in node/attack/majority.py."""
+    """The majority attack's loop, block by block, written as in lab/attack/majority.py."""
     honest, attacker = 0, 1  # heights above the fork; the attacker's first block is free
     while True:
         if rng.random() < q:

@@ -18,9 +18,9 @@ from consensus.attack_theory import (
     reversal_risk,
     wilson_interval,
 )
-from node.simulate.doublespend import simulate_doublespend
-from node.simulate.network import NetworkConfig, simulate_network
-from node.simulate.selfish import simulate_selfish, simulate_selfish_grid
+from lab.simulate.doublespend import simulate_doublespend
+from lab.simulate.network import NetworkConfig, simulate_network
+from lab.simulate.selfish import simulate_selfish, simulate_selfish_grid
 from tests.daemon_harness import REPO
 
 
@@ -141,7 +141,7 @@ def test_enforced_finality_never_reorgs_deeper_than_the_depth() -> None:
 
 def test_cli_json_outputs() -> None:
     def run(*args: str) -> dict:  # type: ignore[type-arg]
-        out = subprocess.run([sys.executable, "-m", "node", "simulate", *args, "--json"],
+        out = subprocess.run([sys.executable, "-m", "lab", "simulate", *args, "--json"],
                              capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
         return json.loads(out.stdout)
 
@@ -223,7 +223,7 @@ def test_give_up_validation_and_cli() -> None:
         simulate_doublespend([0.3], [2], 10, seed=1, give_up=0)
     # Without a give-up the rows carry no extra key and the old numbers stay put.
     assert "exact_never_gives_up" not in simulate_doublespend([0.3], [2], 10, seed=1)["rows"][0]
-    out = subprocess.run([sys.executable, "-m", "node", "simulate", "doublespend", "--q", "0.3",
+    out = subprocess.run([sys.executable, "-m", "lab", "simulate", "doublespend", "--q", "0.3",
                           "--z", "1..2", "--trials", "500", "--model", "overtake",
                           "--give-up", "3", "--json"],
                          capture_output=True, text=True, cwd=REPO, timeout=120, check=True)

@@ -19,19 +19,17 @@ from typing import Any
 
 import pytest
 
-from node.rpc.errors import RPCError
-from node.testnet import (
+from lab.client import RPCError
+from lab.testnet.control import call, try_call
+from lab.testnet.manifest import (
     Manifest,
-    call,
     load_manifest,
     new_manifest,
     parse_groups,
     parse_shares,
-    process_alive,
-    process_group,
     topology_links,
-    try_call,
 )
+from lab.testnet.processes import process_alive, process_group
 from tests.daemon_harness import REPO, wait_for
 
 BLOCK_TIME = 2.0
@@ -42,7 +40,7 @@ STATUS_KEYS = {"node", "role", "rpc", "height", "bestblockhash", "peers", "mempo
 
 def powlab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "lab", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
     )
 
@@ -167,7 +165,7 @@ def test_payment_is_final_on_every_node_and_watch_follows_it(testnet: Path) -> N
     assert len(txid) == 64
     # `watch` starts while the transaction is still in the mempool.
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "node", "watch", txid, "--node", "n3", "--dir", str(testnet),
+        [sys.executable, "-m", "lab", "watch", txid, "--node", "n3", "--dir", str(testnet),
          "--timeout", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )
@@ -285,7 +283,8 @@ def test_down_leaves_no_process_behind(testnet: Path) -> None:
 def test_node_options_are_validated_with_the_node_rules() -> None:
     import argparse
 
-    from node.testnet import TestnetError, collect_node_options, parse_node_options
+    from lab.testnet.manifest import TestnetError
+    from lab.testnet.nodeconfig import collect_node_options, parse_node_options
 
     args = argparse.Namespace(node_option=["listening_period=5", "assumed-attacker-share=0.2"],
                               double_spend_alerts=True, enforce_finality=False)

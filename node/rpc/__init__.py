@@ -9,7 +9,6 @@
 * :mod:`node.rpc.server`: the HTTP server (JSON-RPC, ``/events``, ``/ws``, ``/metrics``,
   ``/health``), Basic auth and the connection guard.
 * :mod:`node.rpc.methods`: the node's methods, one module per ``help`` category.
-* :mod:`node.rpc.client`: the RPC client functions (being moved to ``lab.client``).
 
 Nothing is re-exported here, so importing one module does not import the others.
 """

@@ -1,5 +1,6 @@
 """The RPC cookie file: ``DATADIR/.cookie`` holds ``__cookie__:<random password>`` while the
-node runs without ``rpc_user`` (as bitcoind's does)."""
+node runs without ``rpc_user`` (as bitcoind's does). Clients read it with
+:func:`lab.client.read_cookie`: the format is the interface, not this module."""
 
 from __future__ import annotations
 
@@ -10,11 +11,6 @@ from pathlib import Path
 
 COOKIE_USER = "__cookie__"
 COOKIE_FILENAME = ".cookie"
-
-
-class CookieError(Exception):
-    """The RPC cookie file is missing, unreadable or malformed."""
-
 
 
 def write_cookie(datadir: Path) -> tuple[str, str]:
@@ -44,25 +40,6 @@ def write_cookie(datadir: Path) -> tuple[str, str]:
             tmp.unlink()
         raise
     return COOKIE_USER, password
-
-
-def read_cookie(path: Path | str) -> tuple[str, str]:
-    """Read a cookie file (or ``DIR/.cookie`` if ``path`` is a directory) → ``(user, pw)``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / COOKIE_FILENAME
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise CookieError(
-            f"RPC cookie file not found: {p} (is the node running with this datadir?)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CookieError(f"cannot read RPC cookie file {p}: {exc}") from exc
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password or "\n" in text:
-        raise CookieError(f"malformed RPC cookie file {p}: expected 'user:password'")
-    return user, password
 
 
 def delete_cookie(datadir: Path) -> None:

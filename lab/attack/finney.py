@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from node.attack.common import (
+from lab.attack.common import (
     AttackError,
     Outcome,
     make_double_spend,
@@ -21,8 +21,8 @@ from node.attack.common import (
     wait_until,
     withhold_block,
 )
-from node.attack.context import Context
-from node.attack.race import detected_in, tx_state
+from lab.attack.context import Context
+from lab.attack.race import detected_in, tx_state
 
 
 def run(ctx: Context) -> Outcome:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from node.attack.common import (
+from lab.attack.common import (
     DEFAULT_AMOUNT,
     Monitor,
     Network,
@@ -18,9 +18,9 @@ from node.attack.common import (
     plot_path,
     resolve_roles,
 )
-from node.attack.context import Context
-from node.attack.report import format_event, plot_attack, print_report
-from node.client import run_reporting_failures
+from lab.attack.context import Context
+from lab.attack.report import format_event, plot_attack, print_report
+from lab.client import run_reporting_failures
 
 SCENARIOS: dict[str, str] = {
     "race": "tx1 to the victim and tx2 to the miners at once; accepted at 0 confirmations",
@@ -35,7 +35,7 @@ def scenario(name: str) -> Callable[[Context], Any]:
     # One module per scenario, imported only when it runs.
     from importlib import import_module
 
-    return import_module(f"node.attack.{name}").run
+    return import_module(f"lab.attack.{name}").run
 
 
 def execute(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from node.attack.common import (
+from lab.attack.common import (
     AttackError,
     Outcome,
     make_double_spend,
@@ -22,8 +22,8 @@ from node.attack.common import (
     wait_until,
     withhold_block,
 )
-from node.attack.context import Context
-from node.attack.race import tx_state
+from lab.attack.context import Context
+from lab.attack.race import tx_state
 
 
 def run(ctx: Context) -> Outcome:

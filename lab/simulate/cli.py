@@ -102,7 +102,7 @@ def _emit(args: argparse.Namespace, data: Any, table: Table) -> None:
 
 
 def _network_config(args: argparse.Namespace) -> Any:
-    from node.simulate.network import NetworkConfig, parse_bandwidth, parse_bytes
+    from lab.simulate.network import NetworkConfig, parse_bandwidth, parse_bytes
 
     return NetworkConfig(
         nodes=args.nodes,
@@ -127,7 +127,7 @@ def _network_config(args: argparse.Namespace) -> Any:
 def _cmd_network(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from node.simulate.network import simulate_network
+    from lab.simulate.network import simulate_network
 
     try:
         cfg = _network_config(args)
@@ -158,7 +158,7 @@ def _cmd_network(args: argparse.Namespace) -> int:
     data: Any = runs[0] if len(runs) == 1 else {"sweep": "block_interval", "runs": runs}
     _emit(args, data, table)
     if args.plot:
-        from node.simulate.plots import plot_stale_rate
+        from lab.simulate.plots import plot_stale_rate
 
         plot_stale_rate(runs, args.plot)
     return 0
@@ -168,7 +168,7 @@ def _cmd_network(args: argparse.Namespace) -> int:
 
 
 def _cmd_doublespend(args: argparse.Namespace) -> int:
-    from node.simulate.doublespend import simulate_doublespend
+    from lab.simulate.doublespend import simulate_doublespend
 
     try:
         data = simulate_doublespend(args.q, args.z, args.trials, args.seed, args.model,
@@ -195,7 +195,7 @@ def _cmd_doublespend(args: argparse.Namespace) -> int:
         table.add_row(*cells)
     _emit(args, data, table)
     if args.plot:
-        from node.simulate.plots import plot_doublespend
+        from lab.simulate.plots import plot_doublespend
 
         plot_doublespend(data, args.plot)
     return 0
@@ -205,7 +205,7 @@ def _cmd_doublespend(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfish(args: argparse.Namespace) -> int:
-    from node.simulate.selfish import simulate_selfish_grid
+    from lab.simulate.selfish import simulate_selfish_grid
 
     try:
         data = simulate_selfish_grid(args.alpha, args.gamma, args.blocks, args.seed)
@@ -222,7 +222,7 @@ def _cmd_selfish(args: argparse.Namespace) -> int:
                       "yes" if row["profitable"] else "no")
     _emit(args, data, table)
     if args.plot:
-        from node.simulate.plots import plot_selfish
+        from lab.simulate.plots import plot_selfish
 
         plot_selfish(data, args.plot)
     return 0

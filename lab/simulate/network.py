@@ -29,6 +29,7 @@ from consensus.blockbuild import assemble_block
 from consensus.chainstate import ChainState
 from consensus.coins import encode_undo
 from consensus.params import REGTEST, ChainParams
+from lab.stats import percentile
 
 DEFAULT_DEGREE = 8
 DEFAULT_FINALITY_TARGET = 1e-6  # "blocks needed" is the z with reversal risk below this
@@ -186,11 +187,9 @@ def shortest_delays(adjacency: list[dict[int, float]], source: int, per_hop: flo
     return dist
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
+def _percentile(values: list[float], q: float) -> float:
+    """lab.stats.percentile (nearest rank), 0 when nothing was measured."""
+    return percentile(values, q) if values else 0.0
 
 
 def simulate_network(cfg: NetworkConfig, params: ChainParams = REGTEST) -> dict[str, Any]:
@@ -289,13 +288,13 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
         "stale_rate": (cfg.blocks - main_chain) / cfg.blocks,
         "converged": len(tips) == 1,
         "propagation_ms": {
-            "p50": round(percentile(propagation, 0.5) * 1000, 3),
-            "p90": round(percentile(propagation, 0.9) * 1000, 3),
+            "p50": round(_percentile(propagation, 0.5) * 1000, 3),
+            "p90": round(_percentile(propagation, 0.9) * 1000, 3),
             "max": round((propagation[-1] if propagation else 0.0) * 1000, 3),
         },
         "time_to_all_nodes_ms": {
-            "p50": round(percentile(time_to_all, 0.5) * 1000, 3),
-            "p90": round(percentile(time_to_all, 0.9) * 1000, 3),
+            "p50": round(_percentile(time_to_all, 0.5) * 1000, 3),
+            "p90": round(_percentile(time_to_all, 0.9) * 1000, 3),
         },
         "reorg_depths": {str(depth): count for depth, count in sorted(reorgs.items())},
         "deepest_reorg": deepest,

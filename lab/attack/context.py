@@ -6,7 +6,7 @@ import argparse
 import random
 from dataclasses import dataclass
 
-from node.attack.common import Monitor, Network, Roles, Timeline
+from lab.attack.common import Monitor, Network, Roles, Timeline
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab.plotting import pyplot
+
 SKIP_KEYS = ("t", "node", "event")
 
 
@@ -41,11 +43,7 @@ def print_report(data: dict[str, Any], timeline_printed: bool) -> None:
 def plot_attack(data: dict[str, Any], path: Path) -> None:
     """Both branches' heights (the attacker's node and the victim's node) and the victim's
     confirmations of its payment, over time, with the scenario's key moments marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: servers and CI have no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     samples = data.get("samples") or []
     roles = data.get("roles") or {}
     fig, ax = plt.subplots(figsize=(8, 4.8))

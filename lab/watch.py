@@ -8,9 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from node.client import NodeEndpoint
-from node.rpc.client import RPCConnectionError
-from node.rpc.errors import RPCError
+from lab.client import NodeEndpoint, RPCConnectionError, RPCError
 
 EXIT_FINAL = 0
 EXIT_CONFLICTED = 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node.attack.common import (
+from lab.attack.common import (
     AttackError,
     Outcome,
     make_double_spend,
@@ -18,7 +18,7 @@ from node.attack.common import (
     wait_converged,
     wait_tip,
 )
-from node.attack.context import Context
+from lab.attack.context import Context
 
 
 def tx_state(node: Any, txid: str) -> dict[str, Any]:

@@ -3,52 +3,64 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from node.client import (
+from lab.client import (
+    CookieError,
     EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
     add_endpoint_arguments,
     parse_cli_value,
     resolve_endpoint,
 )
-from node.rpc.client import RPCAuthError, RPCConnectionError
-from node.rpc.cookie import CookieError
-from node.rpc.errors import RPCError
+from lab.plotting import PlotsUnavailable, require_plots
 
 EXIT_USAGE = 2
 
 
-def _cmd_node(args: argparse.Namespace) -> int:
-    from consensus.params import ParamsError, network_params
-    from node.config import ConfigError, load_config_from_sources
-    from node.daemon import run_node
-    from node.datadir import DataDirLocked
-    from node.logs import configure_logging
-    from node.wallet import WalletError
-    from storage import StorageError
+def _exec_node(argv: Sequence[str]) -> NoReturn:
+    """`powlab node ARGS`: this process becomes the daemon (`python -m node ARGS`), so its
+    pid, signals, exit code and log output are the daemon's own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "node", *argv])
 
-    try:
-        config = load_config_from_sources(args, os.environ)
-        params = network_params(config.network, config.params)
-    except (ConfigError, ParamsError) as exc:
-        print(f"powlab node: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(config.log_format, config.log_level)
-    try:
-        return asyncio.run(run_node(config, params))
-    except (DataDirLocked, StorageError, WalletError, OSError) as exc:
-        print(f"powlab node: {exc}", file=sys.stderr)
-        return 1
+
+def _node_help(argv: Sequence[str]) -> int:
+    """`powlab node --help`: the daemon's own help, printed by this process (which may be a
+    test calling `main` in-process: it must not be replaced)."""
+    env = {**os.environ, "COLUMNS": str(shutil.get_terminal_size().columns)}
+    done = subprocess.run([sys.executable, "-m", "node", *argv], capture_output=True,
+                          text=True, env=env, check=False)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
+def _endpoint(args: argparse.Namespace) -> NodeEndpoint:
+    """The node the connection flags name; `--node NAME` is looked up in the testnet."""
+    return resolve_endpoint(args, _testnet_node)
+
+
+def _testnet_node(directory: str | None, name: str) -> NodeEndpoint:
+    # Imported here: the testnet code is only needed when a node is named.
+    from lab.testnet.cli import testnet_endpoint
+
+    return testnet_endpoint(directory, name)
 
 
 def _cmd_rpc(args: argparse.Namespace) -> int:
-    endpoint = resolve_endpoint(args)
+    endpoint = _endpoint(args)
     params = [parse_cli_value(a) for a in args.args]
     return _print_call(lambda: endpoint.call(args.method, *params))
 
@@ -70,7 +82,7 @@ def _print_call(call: Any) -> int:
 
 
 def _cmd_wallet(args: argparse.Namespace) -> int:
-    endpoint = resolve_endpoint(args)
+    endpoint = _endpoint(args)
     if args.wallet_command == "new-address":
         return _print_call(lambda: endpoint.call("getnewaddress"))
     if args.wallet_command == "balance":
@@ -79,25 +91,22 @@ def _cmd_wallet(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from node.watch import watch_transaction
+    from lab.watch import watch_transaction
 
     return watch_transaction(
-        resolve_endpoint(args), args.txid, args.depth, args.interval, args.timeout
+        _endpoint(args), args.txid, args.depth, args.interval, args.timeout
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from node.config import add_node_arguments
-
     parser = argparse.ArgumentParser(
         prog="powlab",
         description="A peer-to-peer proof-of-work blockchain node for local experiments.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    node = sub.add_parser("node", help="run the node daemon in the foreground")
-    add_node_arguments(node)
-    node.set_defaults(func=_cmd_node)
+    # Listed for `powlab --help`; `main` hands `powlab node …` to the daemon before parsing.
+    sub.add_parser("node", help="run the node daemon in the foreground", add_help=False)
 
     rpc = sub.add_parser("rpc", help="call one JSON-RPC method, like bitcoin-cli")
     add_endpoint_arguments(rpc)
@@ -128,35 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, help="give up after this many seconds")
     watch.set_defaults(func=_cmd_watch)
 
-    from node.simulate.cli import add_simulate_parser
+    from lab.simulate.cli import add_simulate_parser
 
     add_simulate_parser(sub)
 
-    from node.attack import add_attack_parser
+    from lab.attack import add_attack_parser
 
     add_attack_parser(sub)
 
-    from node.testnet import add_testnet_parser
+    from lab.testnet.cli import add_testnet_parser
 
     add_testnet_parser(sub)
     return parser
-
-
-# Long-running commands that write to TCP sockets: SIGPIPE must stay ignored there.
-DAEMON_COMMANDS = frozenset({"node"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools when piped into `head`: exit quietly on a closed pipe.
     # Set before parsing so `powlab --help | head` is quiet too.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in DAEMON_COMMANDS:
-        # With SIG_DFL a write to a socket whose peer has gone (an RPC or P2P client) would
-        # kill the daemon without a word; ignored, the write raises BrokenPipeError, which
-        # the server code handles and logs (Python's own default, restored here).
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["node"]:
+        # The daemon parses its own options (and sets its own SIGPIPE handling).
+        if "-h" in words[1:] or "--help" in words[1:]:
+            raise SystemExit(_node_help(words[1:]))
+        _exec_node(words[1:])
+    args = build_parser().parse_args(words)
+    if getattr(args, "plot", None):
+        # Before the experiment runs, not after: it may take minutes.
+        try:
+            require_plots()
+        except PlotsUnavailable as exc:
+            print(f"powlab {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except (EndpointError, CookieError) as exc:

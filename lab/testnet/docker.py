@@ -12,14 +12,14 @@ taken off the compose network (a lone node is left with no network at all, sever
 get a private bridge of their own). While a node is cut off, its published RPC port is
 unreachable, so RPC calls fall back to ``docker exec`` inside the container.
 
-This module imports only the standard library at top level: the image's HEALTHCHECK runs
-``python -m node.testnet_docker healthcheck`` every few seconds.
+At top level this module imports only the standard library and the lab's RPC client (itself
+standard library until its first call): the image's HEALTHCHECK runs
+``python -m lab.testnet.docker healthcheck`` every few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -27,19 +27,26 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.client import (
+    CookieError,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+    read_cookie,
+    rpc_call_sync,
+)
+
 __all__ = [
+    "RPC_FAILURES",
     "DockerError",
-    "DockerRPCError",
     "DockerTestnet",
     "NodeContainer",
-    "RPCUnreachable",
+    "describe",
     "find_compose_command",
     "healthcheck",
 ]
@@ -58,6 +65,7 @@ SETUP_HINT = (
     "engine; on a machine without a container registry, shared/tools/docker-offline.sh "
     "beside the repository (see docs/docker.md) sets both up"
 )
+INVALID_REQUEST = -32600  # JSON-RPC code `call-batch` reports rejected credentials with
 DOCKER_TIMEOUT = 120.0  # seconds for one ordinary docker command
 BUILD_TIMEOUT = 1800.0  # seconds for `compose build` / `up`
 
@@ -66,62 +74,20 @@ class DockerError(RuntimeError):
     """Docker or Compose is missing, not running, or a docker command failed."""
 
 
-class RPCUnreachable(ConnectionError):
-    """Nothing answered at the node's RPC endpoint."""
+# What a call to a node can fail with, short of Docker itself failing.
+RPC_FAILURES = (RPCConnectionError, RPCAuthError, RPCError)
 
 
-class DockerRPCError(RuntimeError):
-    """The node answered with a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"RPC error {code}: {message}")
-        self.code = code
-        self.message = message
+def describe(exc: BaseException) -> str:
+    """One line for an error of this module's calls (an RPC error names its code)."""
+    if isinstance(exc, RPCError):
+        return f"RPC error {exc.code}: {exc.message}"
+    return str(exc)
 
 
 # --------------------------------------------------------------------------------------------
-# JSON-RPC over plain urllib (no aiohttp: this runs in the healthcheck, too)
+# The node inside this container (HEALTHCHECK and `call-batch` run here)
 # --------------------------------------------------------------------------------------------
-
-
-def rpc_http(
-    url: str,
-    auth: tuple[str, str] | None,
-    method: str,
-    params: Sequence[Any] = (),
-    timeout: float = 30.0,
-) -> Any:
-    """One JSON-RPC 2.0 call; raises :class:`RPCUnreachable` or :class:`DockerRPCError`."""
-    body = json.dumps(
-        {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-    ).encode()
-    headers = {"Content-Type": "application/json"}
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload = json.load(response)
-    except urllib.error.HTTPError as exc:
-        # JSON-RPC errors may come with a non-2xx status (as bitcoind does); keep the message.
-        try:
-            payload = json.load(exc)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict) or not payload.get("error"):
-            if exc.code in (401, 403):
-                raise DockerRPCError(-32600, f"HTTP {exc.code}: wrong RPC credentials") from None
-            raise DockerRPCError(-32603, f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RPCUnreachable(f"{url}: {reason}") from None
-    error = payload.get("error")
-    if error:
-        if isinstance(error, dict):
-            raise DockerRPCError(int(error.get("code", -1)), str(error.get("message", error)))
-        raise DockerRPCError(-1, str(error))
-    return payload.get("result")
 
 
 def _local_endpoint(environ: Mapping[str, str]) -> tuple[str, tuple[str, str] | None]:
@@ -132,22 +98,19 @@ def _local_endpoint(environ: Mapping[str, str]) -> tuple[str, tuple[str, str] | 
     user, password = environ.get("POWLAB_RPC_USER"), environ.get("POWLAB_RPC_PASSWORD")
     if user and password is not None:
         return url, (user, password)
-    cookie = Path(environ.get("POWLAB_DATADIR", "/data")) / ".cookie"
     try:
-        text = cookie.read_text().strip()
-    except OSError:
+        return url, read_cookie(Path(environ.get("POWLAB_DATADIR", "/data")))
+    except CookieError:
         return url, None
-    name, _, secret = text.partition(":")
-    return url, (name, secret)
 
 
 def healthcheck(environ: Mapping[str, str] | None = None, timeout: float = 4.0) -> int:
     """Exit status for Docker's HEALTHCHECK: 0 when the node's RPC answers getblockcount."""
     url, auth = _local_endpoint(os.environ if environ is None else environ)
     try:
-        height = rpc_http(url, auth, "getblockcount", (), timeout)
-    except (RPCUnreachable, DockerRPCError) as exc:
-        print(f"unhealthy: {exc}")
+        height = rpc_call_sync(url, "getblockcount", [], auth, timeout)
+    except RPC_FAILURES as exc:
+        print(f"unhealthy: {describe(exc)}")
         return 1
     print(f"ok: height {height}")
     return 0
@@ -159,10 +122,12 @@ def _exec_calls(calls: Sequence[Sequence[Any]], environ: Mapping[str, str]) -> l
     out: list[Any] = []
     for method, params in calls:
         try:
-            out.append({"result": rpc_http(url, auth, method, params)})
-        except DockerRPCError as exc:
+            out.append({"result": rpc_call_sync(url, method, params, auth)})
+        except RPCError as exc:
             out.append({"error": {"code": exc.code, "message": exc.message}})
-        except RPCUnreachable as exc:
+        except RPCAuthError as exc:
+            out.append({"error": {"code": INVALID_REQUEST, "message": str(exc)}})
+        except RPCConnectionError as exc:
             out.append({"unreachable": str(exc)})
     return out
 
@@ -442,34 +407,34 @@ class DockerTestnet:
         errors: str = "raise",
     ) -> list[Any]:
         """Results of ``calls`` in order; with ``errors="return"`` an RPC error comes back
-        as its :class:`DockerRPCError` instead of being raised."""
+        as its :class:`RPCError` instead of being raised."""
         if c.rpc_url is not None and self._main_network_name() in c.networks:
             try:
                 auth = c.auth or self._cookie(c)
                 results: list[Any] = []
                 for method, params in calls:
                     try:
-                        results.append(rpc_http(c.rpc_url, auth, method, params, timeout))
-                    except DockerRPCError as exc:
+                        results.append(rpc_call_sync(c.rpc_url, method, params, auth, timeout))
+                    except RPCError as exc:
                         if errors == "raise":
                             raise
                         results.append(exc)
                 return results
-            except RPCUnreachable:
+            except RPCConnectionError:
                 pass
         if not c.running:
-            raise RPCUnreachable(f"node {c.node}: container {c.container} is not running")
-        argv = ["docker", "exec", c.id, "python", "-m", "node.testnet_docker", "call-batch",
+            raise RPCConnectionError(f"node {c.node}: container {c.container} is not running")
+        argv = ["docker", "exec", c.id, "python", "-m", "lab.testnet.docker", "call-batch",
                 json.dumps([[m, p] for m, p in calls])]
         out = _run(argv, timeout=timeout + 30, check=False)
         if out.returncode != 0:
-            raise RPCUnreachable(f"node {c.node}: docker exec failed: {out.stderr.strip()}")
+            raise RPCConnectionError(f"node {c.node}: docker exec failed: {out.stderr.strip()}")
         results = []
         for item in json.loads(out.stdout):
             if "unreachable" in item:
-                raise RPCUnreachable(f"node {c.node}: {item['unreachable']}")
+                raise RPCConnectionError(f"node {c.node}: {item['unreachable']}")
             if "error" in item:
-                exc = DockerRPCError(item["error"]["code"], item["error"]["message"])
+                exc = RPCError(item["error"]["code"], item["error"]["message"])
                 if errors == "raise":
                     raise exc
                 results.append(exc)
@@ -491,7 +456,7 @@ class DockerTestnet:
             for c in found:
                 try:
                     self._calls(c, [("getblockcount", [])], timeout=10)
-                except (RPCUnreachable, DockerRPCError, DockerError):
+                except (*RPC_FAILURES, DockerError):
                     pending.append(c.node)
             if not pending:
                 return
@@ -515,7 +480,7 @@ class DockerTestnet:
                 try:
                     info = self._calls(c, [("getblockchaininfo", [])], timeout=10)[0]
                     tips[c.node] = (info["blocks"], info["bestblockhash"])
-                except (RPCUnreachable, DockerRPCError, DockerError):
+                except (*RPC_FAILURES, DockerError):
                     tips[c.node] = None
             hashes = {t[1] for t in tips.values() if t is not None}
             heights = [t[0] for t in tips.values() if t is not None]
@@ -577,7 +542,7 @@ class DockerTestnet:
                         ("getblockchaininfo", []), ("getpeerinfo", []), ("getmempoolinfo", []),
                         ("getmininginfo", []),
                     ], timeout=10)
-                except (RPCUnreachable, DockerRPCError, DockerError):
+                except (*RPC_FAILURES, DockerError):
                     pass
                 else:
                     row.update(
@@ -715,7 +680,7 @@ class DockerTestnet:
                 continue
             try:
                 peers = self._calls(c, [("getpeerinfo", [])], timeout=10)[0]
-            except (RPCUnreachable, DockerRPCError, DockerError):
+            except (*RPC_FAILURES, DockerError):
                 continue
             stale = [
                 p["id"] for p in peers
@@ -742,7 +707,7 @@ class DockerTestnet:
             if calls:
                 try:
                     self._calls(c, calls, timeout=10, errors="return")
-                except (RPCUnreachable, DockerError) as exc:
+                except (RPCConnectionError, RPCAuthError, DockerError) as exc:
                     self.log(f"{c.node}: could not redial peers: {exc}")
 
     def _remove_partition_networks(self, force: bool = False) -> None:
@@ -755,7 +720,7 @@ class DockerTestnet:
 
 
 # --------------------------------------------------------------------------------------------
-# python -m node.testnet_docker …
+# python -m lab.testnet.docker …
 # --------------------------------------------------------------------------------------------
 
 
@@ -774,7 +739,7 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.testnet_docker",
+    parser = argparse.ArgumentParser(prog="python -m lab.testnet.docker",
                                      description="drive the docker-compose powlab testnet")
     parser.add_argument("--project-dir", type=Path, default=Path.cwd())
     parser.add_argument("--file", "-f", type=Path, default=Path("docker-compose.yml"))
@@ -818,8 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             net.heal()
         elif args.command == "down":
             net.down(purge=args.purge)
-    except (DockerError, ValueError, RPCUnreachable, DockerRPCError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DockerError, ValueError, *RPC_FAILURES) as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from consensus.attack_theory import eyal_sirer_share, wilson_interval
-from node.attack.common import (
+from lab.attack.common import (
     AttackError,
     NetNode,
     Outcome,
@@ -25,8 +25,8 @@ from node.attack.common import (
     wait_converged,
     wait_until,
 )
-from node.attack.context import Context
-from node.attack.majority import honest_rates
+from lab.attack.context import Context
+from lab.attack.majority import honest_rates
 
 
 class SelfishRun:

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node import waiting
-from node.client import EndpointError, NodeEndpoint
-from node.rpc.client import RPCAuthError, RPCConnectionError
-from node.rpc.cookie import CookieError
-from node.rpc.errors import RPCError
+from lab import waiting
+from lab.client import (
+    CookieError,
+    EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+)
 
 DEFAULT_AMOUNT = 10 * 100_000_000
 PAYMENT_FEE = 10_000
@@ -62,17 +66,12 @@ class NetNode:
 
 def load_nodes(directory: str | None) -> list[NetNode]:
     """The testnet's nodes with roles and endpoints, from its manifest (process or docker)."""
-    from node.testnet import (
-        _docker_do,
-        _docker_manifest,
-        load_manifest,
-        resolve_dir,
-        testnet_endpoint,
-    )
+    from lab.testnet.cli import docker_do, is_docker, testnet_endpoint
+    from lab.testnet.manifest import load_manifest, resolve_dir
 
     path = resolve_dir(directory)
-    if _docker_manifest(path):
-        containers = _docker_do(path, None, lambda net: net.containers())
+    if is_docker(path):
+        containers = docker_do(path, None, lambda net: net.containers())
         return [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
                 for c in containers]
     manifest = load_manifest(path)
@@ -325,6 +324,8 @@ class Monitor:
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.1) -> Any:
+    """lab.waiting's one helper, failing as an AttackError (reported as one line, not a
+    traceback); a scenario's steps are short, so it polls every 0.1 s by default."""
     return waiting.wait_until(predicate, timeout, what, interval, AttackError)
 
 

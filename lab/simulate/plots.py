@@ -1,18 +1,15 @@
-"""PNG plots of simulation results (matplotlib, headless)."""
+"""PNG plots of simulation results (matplotlib, headless: lab.plotting)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and in CI
-
-import matplotlib.pyplot as plt
+from lab.plotting import pyplot
 
 
 def plot_stale_rate(runs: list[dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [r["block_interval"] for r in runs]
     ax.plot(xs, [r["stale_rate"] for r in runs], "o-", label="stale rate")
@@ -30,6 +27,7 @@ def plot_stale_rate(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_doublespend(data: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for q in sorted({r["q"] for r in data["rows"]}):
         rows = [r for r in data["rows"] if r["q"] == q]
@@ -54,6 +52,7 @@ def plot_doublespend(data: dict[str, Any], path: Path) -> None:
 
 
 def plot_selfish(data: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for gamma in sorted({r["gamma"] for r in data["rows"]}):
         rows = [r for r in data["rows"] if r["gamma"] == gamma]

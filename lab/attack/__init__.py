@@ -9,7 +9,7 @@ from typing import Any
 
 
 def add_attack_parser(sub: Any) -> None:
-    from node.attack.cli import add_attack_parser as add
+    from lab.attack.cli import add_attack_parser as add
 
     add(sub)
 

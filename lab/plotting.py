@@ -1,0 +1,34 @@
+"""matplotlib for the `--plot` options, and only for them: it is the optional extra `plots`
+(``pip install 'powlab[plots]'``), so the daemon's image and a plain install go without it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INSTALL_HINT = "pip install 'powlab[plots]'"
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def require_plots() -> None:
+    """Raise :class:`PlotsUnavailable`, naming the install command, unless matplotlib is
+    importable (checked before an experiment runs, not after it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotsUnavailable(
+            f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"
+        ) from None
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (servers and CI have no display)."""
+    require_plots()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,196 @@
+"""Driving a process testnet over RPC: calls by node, waiting for readiness, connections and
+convergence, funding the wallets, starting the miners, partition bans, status rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lab import waiting
+from lab.client import (
+    CookieError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+    datadir_endpoint,
+)
+from lab.testnet.manifest import Manifest, NodeEntry, TestnetError, group_index, neighbours
+from lab.testnet.nodeconfig import write_node_config
+from lab.testnet.processes import NodeProcessError, node_alive, node_process
+from lab.testnet.tables import console
+
+FUND_BLOCKS_PER_NODE = 2
+# A partition must outlast any experiment; `heal` lifts it explicitly.
+PARTITION_BAN_SECONDS = 10 * 365 * 24 * 3600
+
+
+def endpoint(entry: NodeEntry) -> NodeEndpoint:
+    """The node's URL (as it wrote it, else from the manifest) and its current cookie."""
+    return datadir_endpoint(entry.datadir, entry.url)
+
+
+def call(entry: NodeEntry, method: str, *params: Any, timeout: float = 60) -> Any:
+    return endpoint(entry).call(method, *params, timeout=timeout)
+
+
+def try_call(entry: NodeEntry, method: str, *params: Any, timeout: float = 10) -> Any:
+    """Like `call`, but None when the node cannot be reached (it may be restarting)."""
+    try:
+        return call(entry, method, *params, timeout=timeout)
+    except (RPCConnectionError, RPCAuthError, CookieError, OSError):
+        return None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.25) -> Any:
+    """lab.waiting's one helper, failing as a TestnetError (reported as one line, not a
+    traceback)."""
+    return waiting.wait_until(predicate, timeout, what, interval, TestnetError)
+
+
+def wait_ready(entries: Iterable[NodeEntry], timeout: float) -> None:
+    pending = [node_process(entry) for entry in entries]
+
+    def ready() -> bool:
+        try:
+            pending[:] = [node for node in pending if not node.ready()]
+        except NodeProcessError as exc:
+            raise TestnetError(str(exc)) from None
+        return not pending
+
+    wait_until(ready, timeout, "the nodes' RPC servers")
+
+
+def wait_connected(manifest: Manifest, timeout: float) -> None:
+    """Every live node has at least as many established peers as it has live neighbours in
+    the topology (partitioned neighbours excluded)."""
+    adj = neighbours(manifest)
+    group_of = group_index(manifest)
+    live = {e.name for e in manifest.nodes if node_alive(e)}
+
+    def expected(name: str) -> int:
+        return sum(1 for other in adj[name]
+                   if other in live and group_of.get(other) == group_of.get(name))
+
+    def connected() -> bool:
+        for entry in manifest.nodes:
+            if entry.name not in live:
+                continue
+            count = try_call(entry, "getconnectioncount")
+            if count is None or count < expected(entry.name):
+                return False
+        return True
+
+    wait_until(connected, timeout, "the nodes to connect to their neighbours")
+
+
+def wait_converged(entries: Sequence[NodeEntry], timeout: float) -> str:
+    """Until every node reports the same best block; returns its hash."""
+
+    def same_tip() -> str | None:
+        tips = {try_call(e, "getbestblockhash") for e in entries}
+        if len(tips) == 1:
+            tip = tips.pop()
+            return tip if tip else None
+        return None
+
+    return wait_until(same_tip, timeout, f"{', '.join(e.name for e in entries)} to converge")
+
+
+def hashes_per_block(entry: NodeEntry) -> float:
+    """Expected hashes to find a block at the tip's difficulty: 2**256 / (target + 1)."""
+    from consensus.pow import bits_to_target
+
+    header = call(entry, "getblockheader", call(entry, "getbestblockhash"))
+    target = bits_to_target(int(header["bits"], 16))
+    return 2**256 / (target + 1)
+
+
+def set_mining_rates(manifest: Manifest, funder: NodeEntry) -> None:
+    per_block = hashes_per_block(funder)
+    total = per_block / manifest.block_time
+    for entry in manifest.nodes:
+        entry.mining_rate = entry.hashrate_share * total if entry.is_miner else None
+
+
+def fund(manifest: Manifest, timeout: float) -> None:
+    """A few blocks to each node's own wallet, then enough more that they mature."""
+    from consensus.params import network_params
+
+    funder = manifest.nodes[0]
+    maturity = network_params(manifest.network).coinbase_maturity
+    addresses = {e.name: call(e, "getnewaddress") for e in manifest.nodes}
+    console().print(f"funding: {FUND_BLOCKS_PER_NODE} blocks to each node's wallet, then "
+                    f"{maturity} more so they mature (mined on {funder.name})")
+    for entry in manifest.nodes:
+        call(funder, "generatetoaddress", FUND_BLOCKS_PER_NODE, addresses[entry.name],
+             timeout=600)
+    # The maturing blocks are spread too, so every wallet keeps gaining spendable coins as
+    # the chain grows.
+    base, extra = divmod(maturity, len(manifest.nodes))
+    for k, entry in enumerate(manifest.nodes):
+        count = base + (1 if k < extra else 0)
+        if count:
+            call(funder, "generatetoaddress", count, addresses[entry.name], timeout=600)
+    tip = wait_converged(manifest.nodes, timeout)
+    console().print(f"all {len(manifest.nodes)} nodes at {tip[:16]}… "
+                    f"(height {call(funder, 'getblockcount')})")
+
+
+def start_miners(manifest: Manifest, entries: Iterable[NodeEntry]) -> None:
+    for entry in entries:
+        if entry.mining_rate is None:
+            continue
+        call(entry, "setmining", True, entry.mining_rate)
+        write_node_config(manifest, entry)
+
+
+def apply_partition(manifest: Manifest, entries: Iterable[NodeEntry]) -> None:
+    group_of = group_index(manifest)
+    for entry in entries:
+        if not node_alive(entry):
+            console().print(f"[yellow]{entry.name} is down; it gets its bans when `up` "
+                            "restarts it")
+            continue
+        for other in manifest.nodes:
+            if group_of.get(other.name) != group_of.get(entry.name):
+                call(entry, "setban", other.host, "add", PARTITION_BAN_SECONDS)
+
+
+def clear_bans(manifest: Manifest) -> None:
+    for entry in manifest.nodes:
+        if node_alive(entry):
+            call(entry, "clearbanned")
+
+
+def node_status(manifest: Manifest, entry: NodeEntry) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "node": entry.name, "role": entry.role, "rpc": entry.url, "height": None,
+        "bestblockhash": None, "peers": None, "mempool": None, "hashrate": None,
+        "up": False, "pid": entry.pid, "p2p": entry.p2p, "datadir": entry.datadir,
+        "log": entry.log, "mining": None, "hashrate_limit": None,
+        "group": group_index(manifest).get(entry.name),
+    }
+    if not node_alive(entry):
+        return row
+    row["up"] = True
+    try:
+        info = call(entry, "getblockchaininfo", timeout=10)
+        row["height"] = info["blocks"]
+        row["bestblockhash"] = info["bestblockhash"]
+        row["peers"] = call(entry, "getconnectioncount", timeout=10)
+        row["mempool"] = call(entry, "getmempoolinfo", timeout=10)["size"]
+        mining = call(entry, "getmininginfo", timeout=10)
+        row["hashrate"] = mining.get("hashrate")
+        row["hashrate_limit"] = mining.get("hashrate_limit")
+        row["mining"] = mining.get("mining")
+    except (RPCConnectionError, RPCAuthError, RPCError, CookieError, OSError) as exc:
+        row["error"] = str(exc)
+    return row
+
+
+def collect_status(manifest: Manifest) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(max_workers=min(8, len(manifest.nodes))) as pool:
+        return list(pool.map(lambda e: node_status(manifest, e), manifest.nodes))
