@@ -1,10 +1,9 @@
-"""The lab's boundaries and shared helpers: node/ never imports lab/, lab/ talks to nodes
-only over RPC (no node/ imports), `powlab` is lab.cli:main, `powlab node` reaches the daemon,
-the one percentile, and `--plot` without matplotlib."""
+"""The lab's entry points and shared helpers: `powlab` is lab.cli:main, `powlab node` reaches
+the daemon, the one percentile, and `--plot` without matplotlib. (That node/ never imports
+lab/ and lab/ reaches nodes only over RPC: tests/test_architecture.py.)"""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import tomllib
@@ -14,31 +13,6 @@ import pytest
 
 from lab.stats import percentile
 from tests.daemon_harness import REPO
-
-
-def imported_packages(package: str) -> dict[str, set[str]]:
-    """Module path -> the top-level packages it imports (anywhere in it, lazily too)."""
-    found: dict[str, set[str]] = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        tops: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                tops.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                tops.add(node.module.split(".")[0])
-        found[str(path.relative_to(REPO))] = tops
-    return found
-
-
-@pytest.mark.parametrize("package", ["node", "consensus", "storage", "p2p"])
-def test_the_daemon_never_imports_the_lab(package: str) -> None:
-    offenders = [path for path, tops in imported_packages(package).items() if "lab" in tops]
-    assert not offenders, f"{package}/ must not import lab: {offenders}"
-
-
-def test_the_lab_does_not_import_the_daemon() -> None:
-    offenders = [path for path, tops in imported_packages("lab").items() if "node" in tops]
-    assert not offenders, f"lab/ talks to nodes over RPC only, yet imports node: {offenders}"
 
 
 def test_powlab_is_the_lab_command_line() -> None:

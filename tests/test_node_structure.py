@@ -1,5 +1,5 @@
-"""The structure of the node package: no import cycles, the NodeAPI/MinerAPI protocols match
-what Node and Miner provide, and the RPC methods' registration (decorator, categories, help)."""
+"""The structure of the node package: the NodeAPI/MinerAPI protocols match what Node and Miner
+provide, and the RPC methods' registration (decorator, categories, help)."""
 
 from __future__ import annotations
 
@@ -19,112 +19,24 @@ from node.interface import MinerAPI, NodeAPI
 from node.rpc.errors import INVALID_PARAMS, RPCError
 from node.rpc.methods import CATEGORY_MODULES, build_registry, control
 from node.rpc.registry import MethodRegistry, rpc_method
+from tests.test_architecture import GRAPH, MODULES
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Lab tools on their way out of node/ (to lab/); they are not the daemon and not checked here.
-LAB_BOUND = ("node.attack", "node.simulate", "node.testnet", "node.testnet_docker", "node.cli",
-             "node.client", "node.watch", "node.waiting")
+# ----------------------------------------------------------------------------- imports
+# (no cycles and the layer rules, for every package: tests/test_architecture.py)
 
 
-# ----------------------------------------------------------------------------- import cycles
-
-
-def _node_modules() -> dict[str, Path]:
-    mods = {}
-    for path in (REPO / "node").rglob("*.py"):
-        parts = list(path.relative_to(REPO).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        name = ".".join(parts)
-        if not any(name == lab or name.startswith(lab + ".") for lab in LAB_BOUND):
-            mods[name] = path
-    return mods
-
-
-def _import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """module → node modules it imports anywhere: top level, in functions, under
-    TYPE_CHECKING. `from node.x import y` counts as importing node.x.y if that is a module,
-    else node.x."""
-
-    def resolve(name: str) -> str | None:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {}
-    for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps: set[str | None] = set()
-        for stmt in ast.walk(ast.parse(path.read_text())):
-            if isinstance(stmt, ast.Import):
-                deps.update(resolve(a.name) for a in stmt.names)
-            elif isinstance(stmt, ast.ImportFrom):
-                base = stmt.module or ""
-                if stmt.level:
-                    up = package.split(".")[: len(package.split(".")) - stmt.level + 1]
-                    base = ".".join([*up, *([stmt.module] if stmt.module else [])])
-                for alias in stmt.names:
-                    full = f"{base}.{alias.name}"
-                    deps.add(full if full in mods else resolve(base))
-        graph[name] = {d for d in deps if d is not None and d != name}
-    return graph
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
-
-
-def test_no_import_cycles_in_node() -> None:
-    graph = _import_graph(_node_modules())
-    assert "node.daemon" in graph and "node.rpc.methods.blockchain" in graph
-    assert _cycles(graph) == []
-
-
-def test_cycle_detection_sees_lazy_and_type_checking_imports() -> None:
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert _cycles(graph) == [["a", "b", "c"]]
-    mods = _node_modules()
-    graph = _import_graph(mods)
-    # The RPC methods and the miner see the node only through node.interface.
-    for name, deps in graph.items():
+def test_rpc_methods_and_miner_see_the_node_only_through_its_interface() -> None:
+    for name, deps in GRAPH.items():
         if name.startswith(("node.rpc", "node.miner", "node.interface")):
             assert "node.daemon" not in deps, name
 
 
 def test_nothing_defines_its_own_protocol_version() -> None:
-    for path in _node_modules().values():
+    for name, path in MODULES.items():
+        if not name.startswith(("node", "lab")):
+            continue
         tree = ast.parse(path.read_text())
         assigned = {
             t.id for stmt in ast.walk(tree) if isinstance(stmt, ast.Assign)
