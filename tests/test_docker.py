@@ -12,13 +12,12 @@ tests at the top need no Docker and run in the fast suite.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,9 @@ SETUP_TIMEOUT = 900  # the first run installs packages and builds a base image
 
 
 # A node restarting or cut off raises instead of answering: keep polling, once a second.
-wait_for = functools.partial(wait_until, interval=1.0, error=AssertionError,
-                             ignore=(Exception,))
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 1.0) -> Any:
+    return wait_until(predicate, timeout, what, interval, AssertionError, ignore=(Exception,))
 
 
 # --------------------------------------------------------------------------------------------
