@@ -334,8 +334,9 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
 def effective_attacker_share(q: float, stale_rate: float) -> float:
     """The attacker's share of the blocks that count, when a fraction `stale_rate` of the
     honest blocks is wasted on stale branches and the attacker (mining privately on its own
-    branch) wastes none: q / (q + (1 - q)(1 - stale_rate)). This is how Gervais et al. 2016
-    (§4) carry the stale rate into their security model; at stale rate 0 it is q."""
+    branch) wastes none: q / (q + (1 - q)(1 - stale_rate)). A simplification of how Gervais et
+    al. 2016 (CCS, "On the Security and Performance of Proof of Work Blockchains") let the
+    stale rate weaken the honest chain in their security model; at stale rate 0 it is q."""
     honest = (1.0 - q) * (1.0 - stale_rate)
     return q / (q + honest) if q + honest > 0 else 1.0
 
