@@ -32,9 +32,10 @@ validation delay, store and forward, as `lab.simulate.network` models relay):
 Scaled for speed, deliberately: 50 nodes rather than Gervais et al.'s ~6000 (every node holds a
 real `ChainState`, and the stale rate depends only on the delays between miners; fewer nodes
 means fewer hops, which the per-hop bandwidth absorbs), and the number of blocks per interval
-is chosen so that about 150 stale blocks are expected (a relative standard error near 8%, well
-inside the ±30% the test allows), capped at 6000 blocks so that every reference point runs in a
-few seconds on one core. Same seed, same output.
+is chosen so that about 150 stale blocks are expected, capped at 6000 blocks so that every
+reference point runs in a few seconds on one core (5-10 s). At 10 minutes the cap binds: about
+90 stale blocks, a relative standard error near 11%, so ±30% is almost three standard errors;
+at 1 minute about 130, near 9%. Same seed, same output.
 
 The reference stale rates live in `REFERENCE_STALE_RATES` (one table, used by the CLI, the JSON,
 the plot via `reference_stale_rates()` and the tests).
