@@ -36,56 +36,114 @@ def parse_ints(text: str) -> list[int]:
     return values
 
 
-def add_simulate_parser(sub: Any) -> None:
-    sim = sub.add_parser("simulate", help="deterministic experiments in virtual time")
-    ssub = sim.add_subparsers(dest="simulation", required=True, metavar="EXPERIMENT")
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" on every option that has a default (not on None or off flags)."""
 
-    net = ssub.add_parser("network", help="many nodes, latency, stale rate and reorgs")
-    net.add_argument("--nodes", type=int, default=200)
-    net.add_argument("--blocks", type=int, default=1000)
-    net.add_argument("--block-interval", type=float, default=10.0, help="seconds (mean)")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_simulate_parser(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="deterministic experiments in virtual time",
+                         description="Deterministic experiments in virtual time (same --seed, "
+                                     "same output).")
+    ssub = sim.add_subparsers(dest="simulation", required=True, metavar="EXPERIMENT")
+    _add_network(ssub)
+    _add_doublespend(ssub)
+    _add_selfish(ssub)
+
+
+def _add_network(ssub: Any) -> None:
+    net = ssub.add_parser(
+        "network", help="many nodes, latency, stale rate and reorgs",
+        formatter_class=_DefaultsFormatter,
+        description="Many nodes in virtual time, each running the daemon's chain selection: "
+                    "stale rate, propagation, reorganisations. --preset bitcoin replaces the "
+                    "network options with a Bitcoin network calibrated to Gervais et al. 2016 "
+                    "(see lab/simulate/presets.py).")
+    net.add_argument("--preset", choices=["bitcoin"],
+                     help="a calibrated network: block size, bandwidth, latency, validation "
+                          "delay, nodes, miners and blocks come from the preset (only "
+                          "--block-interval, --sweep, --blocks and --seed still apply); without "
+                          "--block-interval or --sweep it runs every reference interval")
+    net.add_argument("--nodes", type=int, default=200, help="number of nodes")
+    net.add_argument("--blocks", type=int, default=None,
+                     help="blocks mined per run (default: 1000; with --preset, enough for "
+                          "about 150 stale blocks, at most 6000)")
+    net.add_argument("--block-interval", type=float, default=None,
+                     help="mean seconds between blocks (default: 10; with --preset, 600)")
     net.add_argument("--latency", default="100ms",
-                     help="per link: 100ms, uniform:50ms,150ms, exp:100ms, normal:100ms,20ms")
+                     help="one-way delay per link: 100ms, uniform:50ms,150ms, exp:100ms, "
+                          "normal:100ms,20ms")
     net.add_argument("--degree", type=int, default=8, help="peers per node (random graph)")
-    net.add_argument("--miners", type=int, default=10)
-    net.add_argument("--hashrates", type=parse_floats, help="shares per miner, e.g. 0.5,0.3,0.2")
-    net.add_argument("--bandwidth", help="per link, e.g. 10Mbps (default: unlimited)")
-    net.add_argument("--block-size", default="1MB", help="bytes per block for bandwidth")
-    net.add_argument("--validation-ms", type=float, default=0.0, help="delay per hop")
+    net.add_argument("--miners", type=int, default=10, help="nodes that mine")
+    net.add_argument("--hashrates", type=parse_floats,
+                     help="hash-rate share per miner, e.g. 0.5,0.3,0.2 (default: equal)")
+    net.add_argument("--bandwidth",
+                     help="per link, e.g. 10Mbps; a block takes size ÷ bandwidth per hop "
+                          "(default: unlimited)")
+    net.add_argument("--block-size", default="1MB",
+                     help="bytes per block, for the bandwidth (e.g. 500KB)")
+    net.add_argument("--validation-ms", type=float, default=0.0,
+                     help="validation delay per hop, milliseconds")
     net.add_argument("--topology-file", type=Path,
                      help='JSON {"edges": [[a, b, "120ms"], ...]} instead of a random graph')
-    net.add_argument("--finality-depth", type=int, default=6)
-    net.add_argument("--enforce-finality", action="store_true")
+    net.add_argument("--finality-depth", type=int, default=6,
+                     help="depth for --enforce-finality")
+    net.add_argument("--enforce-finality", action="store_true",
+                     help="nodes refuse reorganisations of --finality-depth blocks or more")
     net.add_argument("--finality-target", type=float, default=1e-6,
-                     help="reversal probability for 'blocks needed'")
-    net.add_argument("--assumed-attacker-share", type=float, default=0.1)
+                     help="reversal probability for the 'z needed' column")
+    net.add_argument("--assumed-attacker-share", type=float, default=0.1,
+                     help="attacker hash-rate share for 'z needed'; the stale rate measured "
+                          "raises it to its effective share")
     net.add_argument("--sweep", help="block-interval=1,2,5,10,30: one run per value, a table")
     _common(net)
     net.set_defaults(func=_cmd_network)
 
-    ds = ssub.add_parser("doublespend", help="Monte Carlo double spends vs Nakamoto/Rosenfeld")
-    ds.add_argument("--q", type=parse_floats, default=[0.1, 0.2, 0.3],
-                    help="attacker shares, e.g. 0.1,0.2,0.3")
-    ds.add_argument("--z", type=parse_ints, default=list(range(1, 11)),
-                    help="confirmations, e.g. 1..10")
-    ds.add_argument("--trials", type=int, default=10_000)
-    ds.add_argument("--model", choices=MODELS, default="catch-up")
+
+def _add_doublespend(ssub: Any) -> None:
+    ds = ssub.add_parser(
+        "doublespend", help="Monte Carlo double spends vs Nakamoto/Rosenfeld",
+        formatter_class=_DefaultsFormatter,
+        description="Monte Carlo double-spend races next to Nakamoto's and the exact formula.")
+    ds.add_argument("--q", type=parse_floats, default="0.1,0.2,0.3",
+                    help="attacker hash-rate shares, e.g. 0.1,0.2,0.3")
+    ds.add_argument("--z", type=parse_ints, default="1..10",
+                    help="confirmations the merchant waits for, e.g. 1..10 or 1,2,6")
+    ds.add_argument("--trials", type=int, default=10_000, help="races per (q, z) cell")
+    ds.add_argument("--model", choices=MODELS, default="catch-up",
+                    help="catch-up: the attacker wins on a tie in length; overtake: it needs "
+                         "more work (what a powlab node requires); premined: it starts one "
+                         "block ahead")
     ds.add_argument("--give-up", type=int, default=None, metavar="N",
-                    help="the attacker abandons once N blocks behind, as `powlab attack "
-                         "majority --give-up N` does (default: never)")
+                    help="the attacker abandons once its branch is N blocks shorter than the "
+                         "honest one since the fork (default: never). The live `powlab attack "
+                         "majority --give-up N` is `--model catch-up --give-up N+1` here (its "
+                         "branch starts with the double spend mined for free; see "
+                         "lab/attack/majority.py theory() and docs/attacks.md)")
     _common(ds)
     ds.set_defaults(func=_cmd_doublespend)
 
-    sf = ssub.add_parser("selfish", help="selfish mining revenue vs Eyal & Sirer")
-    sf.add_argument("--alpha", type=parse_floats, default=[0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45])
-    sf.add_argument("--gamma", type=parse_floats, default=[0.0, 0.5, 1.0])
-    sf.add_argument("--blocks", type=int, default=200_000)
+
+def _add_selfish(ssub: Any) -> None:
+    sf = ssub.add_parser(
+        "selfish", help="selfish mining revenue vs Eyal & Sirer",
+        formatter_class=_DefaultsFormatter,
+        description="Selfish mining (Eyal & Sirer 2014) simulated next to their closed form.")
+    sf.add_argument("--alpha", type=parse_floats, default="0.1,0.2,0.25,0.3,0.35,0.4,0.45",
+                    help="selfish miner's hash-rate shares")
+    sf.add_argument("--gamma", type=parse_floats, default="0,0.5,1",
+                    help="share of honest miners that mine on the selfish block in a tie")
+    sf.add_argument("--blocks", type=int, default=200_000, help="blocks per (alpha, gamma) run")
     _common(sf)
     sf.set_defaults(func=_cmd_selfish)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="random seed (same seed, same output)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG plot")
 
@@ -95,7 +153,8 @@ def _emit(args: argparse.Namespace, data: Any, table: Table) -> None:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        Console().print(table)
+        # Piped, rich would cut the table at 80 columns: give it room instead.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 # ----------------------------------------------------------------- network
@@ -106,8 +165,8 @@ def _network_config(args: argparse.Namespace) -> Any:
 
     return NetworkConfig(
         nodes=args.nodes,
-        blocks=args.blocks,
-        block_interval=args.block_interval,
+        blocks=args.blocks if args.blocks is not None else 1000,
+        block_interval=args.block_interval if args.block_interval is not None else 10.0,
         latency=args.latency,
         degree=args.degree,
         miners=args.miners,
@@ -124,37 +183,56 @@ def _network_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _cmd_network(args: argparse.Namespace) -> int:
+def _intervals(args: argparse.Namespace) -> list[float] | None:
+    """The swept block intervals, or None for a single run."""
+    if not args.sweep:
+        return None
+    key, _, values = args.sweep.partition("=")
+    if key.replace("_", "-") != "block-interval":
+        raise ValueError("only block-interval can be swept, e.g. block-interval=1,2,5,10")
+    return parse_floats(values)
+
+
+def _network_runs(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
     from dataclasses import replace
 
+    from lab.simulate import presets
     from lab.simulate.network import simulate_network
 
-    try:
+    intervals = _intervals(args)
+    if args.preset is None:
         cfg = _network_config(args)
-        if args.sweep:
-            key, _, values = args.sweep.partition("=")
-            if key.replace("_", "-") != "block-interval":
-                raise ValueError("only block-interval can be swept, e.g. block-interval=1,2,5,10")
-            runs = [simulate_network(replace(cfg, block_interval=v)) for v in parse_floats(values)]
-        else:
-            runs = [simulate_network(cfg)]
+        return cfg, [simulate_network(replace(cfg, block_interval=v))
+                     for v in (intervals or [cfg.block_interval])]
+    if intervals is None:
+        intervals = ([args.block_interval] if args.block_interval is not None else
+                     [r.block_interval for r in presets.REFERENCE_STALE_RATES])
+    configs = [presets.bitcoin_config(v, args.seed, args.blocks) for v in intervals]
+    return configs[0], [presets.annotate(simulate_network(c), args.preset) for c in configs]
+
+
+def _cmd_network(args: argparse.Namespace) -> int:
+    try:
+        cfg, runs = _network_runs(args)
     except ValueError as exc:
         print(f"powlab simulate network: {exc}", file=sys.stderr)
         return 2
-    table = Table(title=f"network: {cfg.nodes} nodes, {cfg.blocks} blocks, latency "
-                        f"{cfg.latency}, seed {cfg.seed}")
-    for column in ("interval s", "stale rate", "prop p50 ms", "prop p90 ms", "prop max ms",
-                   "reorgs (depth: count)", "safe depth", f"z for {cfg.finality_target:g}"):
+    title = (f"network: {cfg.nodes} nodes, latency {cfg.latency}, seed {cfg.seed}"
+             + (f", preset {args.preset} (Gervais et al. 2016 reference)" if args.preset else
+                f", {cfg.blocks} blocks"))
+    caption = _NETWORK_CAPTION.format(target=cfg.finality_target, q=cfg.assumed_attacker_share)
+    if args.preset:
+        caption += (" size: bytes per block (1 MB per 10 min). ref.: Gervais et al. 2016; ratio: "
+                    "simulated / reference, marked 'out' beyond ±30%.")
+    table = Table(title=title, caption=caption)
+    columns = ["interval s", "blocks", "stale rate", "p50 ms", "p90 ms", "reorgs", "safe",
+               "z"]
+    if args.preset:
+        columns[3:5] = ["size B", "ref.", "ratio", "p50 ms"]
+    for column in columns:
         table.add_column(column, justify="right")
     for run in runs:
-        table.add_row(
-            f"{run['block_interval']:g}", f"{run['stale_rate']:.4f}",
-            str(run["propagation_ms"]["p50"]), str(run["propagation_ms"]["p90"]),
-            str(run["propagation_ms"]["max"]),
-            ", ".join(f"{d}: {c}" for d, c in run["reorg_depths"].items()) or "none",
-            str(run["finality"]["observed_safe_depth"]),
-            str(run["finality"]["blocks_for_target"]),
-        )
+        table.add_row(*_network_row(run, args.preset is not None))
     data: Any = runs[0] if len(runs) == 1 else {"sweep": "block_interval", "runs": runs}
     _emit(args, data, table)
     if args.plot:
@@ -162,6 +240,31 @@ def _cmd_network(args: argparse.Namespace) -> int:
 
         plot_stale_rate(runs, args.plot)
     return 0
+
+
+_NETWORK_CAPTION = (
+    "p50/p90: propagation delay to a node. reorgs: distinct reorganisations of the network "
+    "(one per abandoned branch, however many nodes left it), depth: count. safe: deepest + 1. "
+    "z: confirmations for a reversal risk below {target:g} against an attacker with {q:g} of "
+    "the hash rate, raised to its effective share by the stale rate.")
+
+
+def _network_row(run: dict[str, Any], preset: bool) -> list[str]:
+    cells = [
+        f"{run['block_interval']:g}", str(run["blocks"]), f"{run['stale_rate']:.4f}",
+        f"{run['propagation_ms']['p50']:.0f}", f"{run['propagation_ms']['p90']:.0f}",
+        ", ".join(f"{d}: {c}" for d, c in run["reorg_depths"].items()) or "none",
+        str(run["finality"]["observed_safe_depth"]),
+        str(run["finality"]["blocks_for_target"]),
+    ]
+    if preset:
+        ref = run.get("reference")
+        cells[3:5] = [f"{run['block_size']:,}",
+                      f"{ref['stale_rate']:.4f}" if ref else "—",
+                      (f"{ref['ratio']:.2f}" + ("" if ref["within_tolerance"] else " out"))
+                      if ref else "—",
+                      f"{run['propagation_ms']['p50']:.0f}"]
+    return cells
 
 
 # ----------------------------------------------------------------- doublespend

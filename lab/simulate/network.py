@@ -128,7 +128,7 @@ class NetworkConfig:
 @dataclass
 class _SimNode:
     chain: ChainState
-    reorgs: Counter[int] = field(default_factory=Counter)
+    reorgs: Counter[int] = field(default_factory=Counter)  # this node's reorgs by depth
 
 
 class _SharedBlocks:
@@ -232,6 +232,10 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
     propagation: list[float] = []  # per (block, node) delay
     time_to_all: list[float] = []
     events = 0
+    # A network reorganisation is one abandoned branch: every node that leaves it takes part
+    # in the same event, however much of the branch it had, so the event is keyed by the
+    # branch's first block and its depth is the most any node disconnected.
+    network_reorgs: dict[bytes, int] = {}
 
     def deliver(node_index: int, block: Block, at: float) -> None:
         node = nodes[node_index]
@@ -239,6 +243,9 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
         node.chain.discard_update()
         if result.disconnected:
             node.reorgs[len(result.disconnected)] += 1
+            depth = len(result.disconnected)
+            root = result.disconnected[-1][0].hash  # listed from the old tip down
+            network_reorgs[root] = max(depth, network_reorgs.get(root, 0))
 
     next_mine = now + rng.expovariate(1.0 / cfg.block_interval)
     mined = 0
@@ -270,22 +277,28 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
     reference = nodes[0].chain
     main_chain = reference.height
     tips = {n.chain.tip.hash for n in nodes}
-    reorgs: Counter[int] = Counter()
+    node_reorgs: Counter[int] = Counter()
     for node in nodes:
-        reorgs.update(node.reorgs)
+        node_reorgs.update(node.reorgs)
+    reorgs = Counter(network_reorgs.values())
     propagation.sort()
     time_to_all.sort()
     deepest = max(reorgs) if reorgs else 0
+    stale_rate = (cfg.blocks - main_chain) / cfg.blocks
+    effective_share = effective_attacker_share(cfg.assumed_attacker_share, stale_rate)
     return {
         "nodes": cfg.nodes,
         "blocks": cfg.blocks,
         "seed": cfg.seed,
         "block_interval": cfg.block_interval,
         "latency": cfg.latency,
+        "block_size": cfg.block_size,
+        "bandwidth_bps": cfg.bandwidth_bps,
+        "validation_delay": cfg.validation_delay,
         "miners": cfg.miners,
         "main_chain_blocks": main_chain,
         "stale_blocks": cfg.blocks - main_chain,
-        "stale_rate": (cfg.blocks - main_chain) / cfg.blocks,
+        "stale_rate": stale_rate,
         "converged": len(tips) == 1,
         "propagation_ms": {
             "p50": round(_percentile(propagation, 0.5) * 1000, 3),
@@ -296,14 +309,18 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
             "p50": round(_percentile(time_to_all, 0.5) * 1000, 3),
             "p90": round(_percentile(time_to_all, 0.9) * 1000, 3),
         },
+        # Distinct reorganisations of the network (one per abandoned branch, however many
+        # nodes left it), by depth; node_reorg_depths counts every node's own reorgs.
         "reorg_depths": {str(depth): count for depth, count in sorted(reorgs.items())},
+        "reorg_events": sum(reorgs.values()),
+        "node_reorg_depths": {str(d): c for d, c in sorted(node_reorgs.items())},
         "deepest_reorg": deepest,
         "finality": {
             "observed_safe_depth": deepest + 1,
             "target": cfg.finality_target,
             "assumed_attacker_share": cfg.assumed_attacker_share,
-            "blocks_for_target": blocks_for_target(cfg.assumed_attacker_share,
-                                                   cfg.finality_target),
+            "effective_attacker_share": effective_share,
+            "blocks_for_target": blocks_for_target(effective_share, cfg.finality_target),
         },
         "events": events,
         "virtual_seconds": round(now - start, 3),
@@ -312,6 +329,16 @@ def _simulate(cfg: NetworkConfig, params: ChainParams) -> dict[str, Any]:
             d for row in adjacency for d in row.values()) * 1000, 3),
         "note": "mining is a Poisson process and proof of work is not checked",
     }
+
+
+def effective_attacker_share(q: float, stale_rate: float) -> float:
+    """The attacker's share of the blocks that count, when a fraction `stale_rate` of the
+    honest blocks is wasted on stale branches and the attacker (mining privately on its own
+    branch) wastes none: q / (q + (1 - q)(1 - stale_rate)). A simplification of how Gervais et
+    al. 2016 (CCS, "On the Security and Performance of Proof of Work Blockchains") let the
+    stale rate weaken the honest chain in their security model; at stale rate 0 it is q."""
+    honest = (1.0 - q) * (1.0 - stale_rate)
+    return q / (q + honest) if q + honest > 0 else 1.0
 
 
 def blocks_for_target(q: float, target: float, limit: int = 1000) -> int | None:
