@@ -129,7 +129,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         start_miners(manifest, started)
     manifest.save()
-    print_nodes(manifest, states)
+    print_nodes(manifest, states, args.hints)
+    if not args.hints:
+        return 0
     first = manifest.nodes[-1].name if len(manifest.nodes) > 1 else manifest.nodes[0].name
     flag = dir_flag(manifest)
     console().print(
@@ -454,6 +456,8 @@ def add_testnet_parser(sub: Any) -> None:
                     help="every node refuses reorganisations deeper than the finality depth")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds to wait for start-up, connections and funding")
+    up.add_argument("--no-hints", dest="hints", action="store_false",
+                    help="end without the list of next commands (scripts/run prints its own)")
 
     status = action("status", "one row per node: height, tip, peers, mempool, hash rate",
                     cmd_status, docker=True)
