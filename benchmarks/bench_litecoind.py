@@ -6,7 +6,8 @@ Usage: python benchmarks/bench_litecoind.py [--quick] [--nodes 8] [--rounds 9]
 Install the reference with `apt-get install -y litecoind`; without it the script says so, runs
 our half only and exits 0.
 
-Measures, for both implementations, on loopback addresses 127.0.0.2, 127.0.0.3, ...:
+Measures, for both implementations, on loopback addresses 127.0.0.2, 127.0.0.3, ...
+(POWLAB_BENCH_SUBNET=127.B.C moves them):
   (a) block propagation along a LINE of N nodes (node i connects to node i-1 only) of a
       1-transaction block (coinbase only, `generatetoaddress 1` on the end node with an empty
       mempool): the time from the miner's block connection to the LAST node's, p50/p90 over
@@ -42,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_p2p import (
+    SUBNET,
     KeepAliveRPC,
     bench_propagation,
     bench_sync,
@@ -175,7 +177,7 @@ def litecoin_line(workdir: Path, count: int) -> Iterator[list[LitecoinNode]]:
         for i in range(count):
             connect = [nodes[i - 1].p2p_addr] if i else []
             nodes.append(
-                LitecoinNode(workdir / f"ltc-line-{i}", f"127.0.0.{2 + i}", connect).start()
+                LitecoinNode(workdir / f"ltc-line-{i}", f"{SUBNET}.{2 + i}", connect).start()
             )
         for i, node in enumerate(nodes):
             want = 1 if i in (0, count - 1) else 2
@@ -215,7 +217,7 @@ def ltc_propagation(workdir: Path, count: int, rounds: int, warmup: int = 3) -> 
 
 def ltc_sync(workdir: Path, nblocks: int) -> tuple[float, float, float]:
     """(generate seconds, first->last block connection seconds, launch->last seconds)."""
-    source = LitecoinNode(workdir / "ltc-sync-source", "127.0.0.2", wallet=True).start()
+    source = LitecoinNode(workdir / "ltc-sync-source", f"{SUBNET}.2", wallet=True).start()
     fresh: LitecoinNode | None = None
     try:
         t0 = time.perf_counter()
@@ -233,7 +235,7 @@ def ltc_sync(workdir: Path, nblocks: int) -> tuple[float, float, float]:
             made += step
         generate_s = time.perf_counter() - t0
         launched = time.time()
-        fresh = LitecoinNode(workdir / "ltc-sync-fresh", "127.0.0.3", [source.p2p_addr])
+        fresh = LitecoinNode(workdir / "ltc-sync-fresh", f"{SUBNET}.3", [source.p2p_addr])
         fresh.start()
         deadline = time.monotonic() + 900
         while nblocks not in fresh.heights:
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run([LITECOIND, "-version"], capture_output=True, text=True).stdout
         version = out.splitlines()[0] if out else "?"
     workdir = Path(tempfile.mkdtemp(prefix="bench_ltc_"))
-    print(f"bench_litecoind: {args.nodes} nodes in a line on 127.0.0.2.., {os.cpu_count()} cores,"
+    print(f"bench_litecoind: {args.nodes} nodes in a line on {SUBNET}.2.., {os.cpu_count()} cores,"
           f" {time.strftime('%Y-%m-%d %H:%M')}, work {workdir}")
     if have_ltc:
         print(f"reference: {version}")

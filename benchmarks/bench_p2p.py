@@ -1,4 +1,5 @@
-"""P2P benchmarks on real `powlab node` processes over loopback (127.0.0.2, 127.0.0.3, ...).
+"""P2P benchmarks on real `powlab node` processes over loopback (127.0.0.2, 127.0.0.3, ...;
+POWLAB_BENCH_SUBNET=127.B.C moves them).
 
 Usage: python benchmarks/bench_p2p.py [--quick] [--nodes 8] [--rounds 7] [--txs 1000]
                                       [--sync-blocks 5000] [--only propagation|sync]
@@ -66,8 +67,13 @@ from consensus.params import REGTEST  # noqa: E402
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction  # noqa: E402
 from consensus.validation import SignatureCache  # noqa: E402
 from lab.stats import percentile  # noqa: E402
+from lab.testnet.manifest import check_subnet  # noqa: E402
 from lab.testnet.processes import NodeProcess  # noqa: E402
 from lab.waiting import wait_until  # noqa: E402
+
+# Nodes bind SUBNET.2, SUBNET.3, …; POWLAB_BENCH_SUBNET=127.B.C moves them (loopback only),
+# e.g. to run next to a testnet or the test suite.
+SUBNET = check_subnet(os.environ.get("POWLAB_BENCH_SUBNET") or "127.0.0")
 
 PARAMS = REGTEST
 KEY = PrivateKey(bytes(range(1, 33)))
@@ -247,12 +253,12 @@ def network(
     workdir: Path, count: int, topology: str, relay: str = "compact", first_host: int = 2,
     profile: dict[int, Path] | None = None,
 ) -> Iterator[list[BenchNode]]:
-    """`count` nodes on 127.0.0.<first_host + i>, linked as a line or a full mesh."""
+    """`count` nodes on SUBNET.<first_host + i>, linked as a line or a full mesh."""
     nodes: list[BenchNode] = []
     tag = f"{topology}-{relay}"
     try:
         for i in range(count):
-            host = f"127.0.0.{first_host + i}"
+            host = f"{SUBNET}.{first_host + i}"
             if topology == "line":
                 targets = [nodes[i - 1].p2p_addr] if i else []
             else:
@@ -522,7 +528,7 @@ def import_with_loadblock(
     export = workdir / "blocks.hex"
     export.write_text("".join(h + "\n" for h in hexes))
     node = BenchNode(workdir / "loadblock", args=[
-        "--p2p-bind", f"127.0.0.{host}:0", "--loadblock", str(export)])
+        "--p2p-bind", f"{SUBNET}.{host}:0", "--loadblock", str(export)])
     try:
         node.start(wait=False)
         follower = wait_logged(node, hashes[-1], "import")
@@ -559,7 +565,7 @@ def import_locally(raw_blocks: Sequence[bytes], workdir: Path) -> float:
 def bench_sync(
     workdir: Path, nblocks: int, host_a: int = 2, profile_to: Path | None = None
 ) -> SyncResult:
-    source = BenchNode(workdir / "sync-source", args=["--p2p-bind", f"127.0.0.{host_a}:0"])
+    source = BenchNode(workdir / "sync-source", args=["--p2p-bind", f"{SUBNET}.{host_a}:0"])
     fresh: BenchNode | None = None
     try:
         source.start()
@@ -574,7 +580,7 @@ def bench_sync(
         node_import_s = import_with_loadblock(workdir, hexes, hashes, host_a + 2)
 
         fresh = BenchNode(workdir / "sync-fresh", args=[
-            "--p2p-bind", f"127.0.0.{host_a + 1}:0", "--connect", source.p2p_addr],
+            "--p2p-bind", f"{SUBNET}.{host_a + 1}:0", "--connect", source.p2p_addr],
             profile_to=profile_to)
         launched = time.time()
         fresh.start(wait=False)
@@ -708,10 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.txs, args.sync_blocks = 3, 200, 1000
     if args.nodes > 200:
-        parser.error("--nodes: at most 200 (127.0.0.2 ...)")
+        parser.error(f"--nodes: at most 200 ({SUBNET}.2 ...)")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_p2p_"))
-    print(f"bench_p2p: {args.nodes} nodes on 127.0.0.2.., {os.cpu_count()} cores, "
+    print(f"bench_p2p: {args.nodes} nodes on {SUBNET}.2.., {os.cpu_count()} cores, "
           f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, work {workdir}")
     try:
         if args.only == "profile":

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from lab.client import NodeEndpoint, RPCConnectionError, RPCError
+from lab.text import confirmations as confirmations_text
 
 EXIT_FINAL = 0
 EXIT_CONFLICTED = 2
@@ -68,7 +69,8 @@ def watch_transaction(
                 best_seen = max(best_seen, confirmations)
                 if state == "final":
                     progress.stop()
-                    console.print(f"[bold green]final[/] {txid} at {confirmations} confirmations"
+                    console.print(f"[bold green]final[/] {txid} at "
+                                  f"{confirmations_text(confirmations)}"
                                   f" ({status.get('risk_summary', '')})")
                     return EXIT_FINAL
                 if state == "conflicted":

@@ -3,14 +3,14 @@ attacker by default, n5 the victim).
 
 One testnet serves every scenario (starting and funding it is the slow part); the tests run in
 file order. The last two restart the nodes with countermeasures switched on: double-spend
-alerts, then finality enforcement. Node addresses use a random 127.X.Y subnet so a run never
-collides with a developer's ./testnet or another test's nodes.
+alerts, then finality enforcement. Node addresses use a free 127.A.B range of this run
+(tests/subnets.py), so a run never collides with a developer's ./testnet or another test's
+nodes.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import time
@@ -25,6 +25,7 @@ from lab.client import NodeEndpoint
 from lab.testnet.control import wait_connected, wait_ready
 from lab.testnet.manifest import load_manifest
 from lab.testnet.processes import spawn_node, stop_node
+from tests import subnets
 from tests.daemon_harness import run_powlab, tear_down_testnet
 
 FINALITY = 4
@@ -49,7 +50,7 @@ def attack(directory: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("attacks") / "net"
-    subnet = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    subnet = subnets.subnet(subnets.ATTACK_TESTS)
     try:
         result = powlab("testnet", "up", "--dir", str(directory), "--nodes", "5", "--miners",
                         "3", "--topology", "mesh", "--block-time", "5", "--finality-depth",

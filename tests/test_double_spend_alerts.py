@@ -9,6 +9,7 @@ import pytest
 
 from lab.client import RPCError
 from lab.testnet.processes import NodeProcess
+from tests import subnets
 from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,15 @@ def conflicting_pair(node: NodeProcess, payee: str, thief: str) -> tuple[str, st
 
 @pytest.mark.parametrize("alerts", [True, False])
 def test_alert_flags_the_victims_payment_before_any_block(tmp_path: Path, alerts: bool) -> None:
-    port = free_port("127.0.0.2")
+    host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
+    port = free_port(host_a)
     extra = ["--double-spend-alerts"] if alerts else []
     victim = NodeProcess(tmp_path / "victim",
-                         args=["--p2p-bind", f"127.0.0.2:{port}", "--listening-period", "3600",
+                         args=["--p2p-bind", f"{host_a}:{port}", "--listening-period", "3600",
                                *extra])
     other = NodeProcess(tmp_path / "other",
-                        args=["--p2p-bind", f"127.0.0.3:{port}", "--connect",
-                              f"127.0.0.2:{port}", *extra])
+                        args=["--p2p-bind", f"{host_b}:{port}", "--connect",
+                              f"{host_a}:{port}", *extra])
     try:
         victim.start()
         other.start()

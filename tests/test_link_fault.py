@@ -10,6 +10,7 @@ import pytest
 
 from lab.testnet.processes import NodeProcess
 from p2p.transport import LinkFault, P2PService
+from tests import subnets
 from tests.daemon_harness import wait_for
 
 
@@ -75,10 +76,11 @@ def _free_port(host: str) -> int:
 
 @pytest.mark.slow
 def test_jitter_and_bandwidth_never_reorder_a_stream(tmp_path: Path) -> None:
-    port = _free_port("127.0.0.2")
-    source = NodeProcess(tmp_path / "source", args=["--p2p-bind", f"127.0.0.2:{port}"])
+    host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
+    port = _free_port(host_a)
+    source = NodeProcess(tmp_path / "source", args=["--p2p-bind", f"{host_a}:{port}"])
     sink = NodeProcess(tmp_path / "sink",
-                       args=["--p2p-bind", f"127.0.0.3:{port}", "--connect", f"127.0.0.2:{port}"])
+                       args=["--p2p-bind", f"{host_b}:{port}", "--connect", f"{host_a}:{port}"])
     try:
         source.start()
         sink.start()

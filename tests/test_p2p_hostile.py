@@ -359,7 +359,7 @@ def side_chain_headers(count: int) -> list[bytes]:
 
 def test_malformed_traffic_then_invalid_block(setup: Setup) -> None:
     s = setup
-    peer = connect_hostile(s, "127.0.0.9")
+    peer = connect_hostile(s, host_of(7))
     try:
         good_ping = encode_message(MAGIC, ping())
         offences: list[tuple[str, bytes]] = [
@@ -411,7 +411,7 @@ def test_malformed_traffic_then_invalid_block(setup: Setup) -> None:
 
 def test_stream_abuse_and_unrequested_block_flood(setup: Setup) -> None:
     s = setup
-    peer = connect_hostile(s, "127.0.0.10")
+    peer = connect_hostile(s, host_of(8))
     try:
         open_bound_stream(s, peer)
         before = stream_drops(s.node)
@@ -566,7 +566,7 @@ def test_replayed_datagrams_are_dropped(small: Setup) -> None:
     handshake and its sealed pings): no second pong, nothing charged, every data datagram
     counted as a replay."""
     s = small
-    peer = connect_hostile(s, "127.0.0.11")
+    peer = connect_hostile(s, host_of(9))
     try:
         nonce, sealed_ping = peer.ping()
         peer.expect(lambda m: isinstance(m, Pong) and m.nonce == nonce, 10, "the first pong")
@@ -869,7 +869,7 @@ def peer_fate(node: NodeProcess, addr: str) -> str:
 def test_flood_keeps_memory_and_rpc_latency_bounded(small: Setup, kind: str) -> None:
     s = small
     assert s.node.proc is not None
-    peer = connect_hostile(s, "127.0.0.12")
+    peer = connect_hostile(s, host_of(10))
     try:
         with Monitor(s.node.proc.pid, lambda: s.node.rpc("getblockcount", timeout=30)) as mon:
             pacer = Pacer(s, peer, mon)
@@ -895,7 +895,7 @@ def test_unauthenticated_streams_announcing_huge_frames(small: Setup) -> None:
     there is where the node reads its first bytes: nothing is buffered for them."""
     s = small
     assert s.node.proc is not None
-    peer = connect_hostile(s, "127.0.0.13")
+    peer = connect_hostile(s, host_of(11))
     session = peer.session
     assert session is not None
     huge = LENGTH.pack(2**32 - 1)
@@ -914,7 +914,7 @@ def test_unauthenticated_streams_announcing_huge_frames(small: Setup) -> None:
     conns = []
     try:
         for i in range(200):
-            sock = socket.create_connection(s.target, timeout=5, source_address=("127.0.0.14", 0))
+            sock = socket.create_connection(s.target, timeout=5, source_address=(host_of(12), 0))
             conns.append(sock)
             with contextlib.suppress(OSError):  # the node may already have closed it
                 sock.sendall(opening(i) + os.urandom(60_000))
@@ -958,7 +958,7 @@ def test_peer_closing_its_stream_mid_reply(small: Setup) -> None:
     survived = 0
     started = time.monotonic()
     for trial in range(100):
-        with HostilePeer("127.0.0.15", s.target) as peer:
+        with HostilePeer(host_of(13), s.target) as peer:
             peer.handshake()
             peer.open_stream()
             peer.stream_send(GetData(blocks))
@@ -984,7 +984,7 @@ async def test_handler_exception_does_not_stop_reception(
     that raises costs only that peer (dropped as `internal-error`, not penalised); an
     exception on the receive path itself (datagram or stream) costs that datagram or that
     stream. Either way the node keeps receiving."""
-    host = "127.0.0.16"
+    host = host_of(14)
     port = free_port(host)
     node = Node(NodeConfig(datadir=tmp_path / "inproc", p2p_bind=f"{host}:{port}",
                            rpc_bind="127.0.0.1:0"), PARAMS)
@@ -1025,7 +1025,7 @@ async def test_handler_exception_does_not_stop_reception(
         monkeypatch.setattr(protocol, "receive_stream_data", stream_path)
 
         def script() -> None:
-            with HostilePeer("127.0.0.17", (host, port)) as peer:
+            with HostilePeer(host_of(15), (host, port)) as peer:
                 peer.handshake()
                 # A handler bug: that peer is dropped, unpenalised; the node goes on.
                 armed.add(Ping)
@@ -1033,7 +1033,7 @@ async def test_handler_exception_does_not_stop_reception(
                 wait_for(lambda: protocol.handler_failures == 1, 10, "the handler failure")
                 wait_for(lambda: not protocol.peers, 10, "the peer dropped")
                 assert protocol.book.score((peer.addr.rpartition(":")[0], 1)) == 0
-            with HostilePeer("127.0.0.17", (host, port)) as peer:
+            with HostilePeer(host_of(15), (host, port)) as peer:
                 peer.handshake()  # the same host is welcome again at once
                 # The datagram path itself raises: that datagram is lost, nothing else.
                 layer_faults.add("datagram")

@@ -1,6 +1,7 @@
 """The P2P network end to end: real `powlab node` processes on distinct loopback addresses.
 
-Every node binds its own address (127.0.0.2, 127.0.0.3, ...) and a port picked per test, so
+Every node binds its own address (A.B.C.2, A.B.C.3, ... in this run's loopback range,
+tests/subnets.py) and a port picked per test, so
 bans and peer tables that work by host see distinct hosts, as on a real network.
 """
 
@@ -19,6 +20,7 @@ import pytest
 
 from lab.client import RPCError
 from lab.testnet.processes import NodeProcess
+from tests import subnets
 from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.slow
@@ -48,7 +50,7 @@ def free_port(host: str) -> int:
 
 
 def host_of(index: int) -> str:
-    return f"127.0.0.{index + 2}"
+    return subnets.host(index, subnets.P2P_TESTS)
 
 
 class Net:

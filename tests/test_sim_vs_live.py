@@ -34,6 +34,7 @@ import pytest
 
 from consensus.attack_theory import exact_probability
 from lab.simulate.doublespend import simulate_doublespend
+from tests import subnets
 from tests.daemon_harness import run_powlab, tear_down_testnet
 
 # Chosen so the live success probability is 0.50: with 8 trials the 99% interval is then
@@ -115,8 +116,8 @@ def test_binomial_interval() -> None:
 @pytest.fixture(scope="module")
 def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("simlive") / "net"
-    # A random 127.X.Y subnet so the run never collides with another test's nodes.
-    subnet = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    # This run's own loopback range, so the run never collides with another test's nodes.
+    subnet = subnets.subnet(subnets.SIM_VS_LIVE)
     try:
         result = powlab("testnet", "up", "--dir", str(directory), "--nodes", "4", "--miners",
                         "3", "--topology", "mesh", "--block-time", BACKGROUND_BLOCK_TIME,

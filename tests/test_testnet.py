@@ -2,14 +2,14 @@
 with a double spend on each side, heal, and a clean `down`.
 
 The scenario tests share one testnet (starting it is the slow part) and run in file order;
-the fixture always tears it down. Node addresses use a random 127.X.Y subnet so a run never
-collides with a developer's ./testnet or another test's nodes.
+the fixture always tears it down. Node addresses use a free 127.A.B range of this run
+(tests/subnets.py), so a run never collides with a developer's ./testnet or another test's
+nodes.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import time
@@ -30,6 +30,7 @@ from lab.testnet.manifest import (
     topology_links,
 )
 from lab.testnet.processes import process_alive, process_group
+from tests import subnets
 from tests.daemon_harness import REPO, wait_for
 
 BLOCK_TIME = 2.0
@@ -81,7 +82,7 @@ def test_manifest_layout_and_groups(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("testnet") / "net"
-    subnet = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    subnet = subnets.subnet(subnets.TESTNET_TESTS)
     try:
         started = time.monotonic()
         out = ok(powlab(

@@ -23,6 +23,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import detected_in, tx_state
+from lab.text import confirmations
 
 
 def run(ctx: Context) -> Outcome:
@@ -91,5 +92,5 @@ def run(ctx: Context) -> Outcome:
     else:
         why = "an honest block came first" if honest_first else "the withheld block lost"
         out.verdict = (f"finney: FAILED — {why}; the victim's payment is "
-                       f"{after.get('status')} with {after.get('confirmations')} confirmations.")
+                       f"{after.get('status')} with {confirmations(after.get('confirmations'))}.")
     return out

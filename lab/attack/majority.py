@@ -29,6 +29,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import tx_state
+from lab.text import confirmations
 
 
 def honest_rates(honest: list[NetNode], total: float) -> dict[str, float]:
@@ -156,7 +157,7 @@ def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _
         a_height, h_height = attacker.call("getblockcount"), victim.call("getblockcount")
         if race.reached_z_at is None and conf >= z:
             race.reached_z_at = tl.now()
-            tl.add(victim.name, f"payment has {conf} confirmations (Z = {z})",
+            tl.add(victim.name, f"payment has {confirmations(conf)} (Z = {z})",
                    status=view.get("status"))
         if h_height - a_height >= args.give_up:
             race.kind = "gave up"
@@ -214,7 +215,7 @@ def _verdict(out: Outcome, after: dict[str, Any], kind: str, give_up: int, victi
         return (f"majority: SUCCESS — with q = {q:g} the private branch "
                 f"({branch} blocks) outworked the honest one; the victim "
                 f"reorganised {out.reorg_depth} blocks and its payment went {history} "
-                f"(it had {out.victim_confirmations_seen} confirmations, finality depth "
+                f"(it had {confirmations(out.victim_confirmations_seen)}, finality depth "
                 f"{depth}).")
     if d["chain_split"]:
         return (f"majority: CHAIN SPLIT, no reversal — the victim enforces finality and "
@@ -227,9 +228,9 @@ def _verdict(out: Outcome, after: dict[str, Any], kind: str, give_up: int, victi
         return (f"majority: FAILED — with q = {q:g} the attacker fell "
                 f"{d['honest_height'] - d['attacker_height']} blocks behind and gave up "
                 f"(--give-up {give_up}); the payment is {after.get('status')} with "
-                f"{after.get('confirmations')} confirmations.")
+                f"{confirmations(after.get('confirmations'))}.")
     return (f"majority: FAILED ({kind}) — the payment is "
-            f"{after.get('status')} with {after.get('confirmations')} confirmations.")
+            f"{after.get('status')} with {confirmations(after.get('confirmations'))}.")
 
 
 def theory(q: float, z: int, give_up: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import tx_state
+from lab.text import confirmations
 
 
 def run(ctx: Context) -> Outcome:
@@ -85,11 +86,11 @@ def run(ctx: Context) -> Outcome:
     }
     if out.success:
         out.verdict = (f"vector76: SUCCESS — the victim saw its payment with "
-                       f"{out.victim_confirmations_seen} confirmation in the withheld block "
+                       f"{confirmations(out.victim_confirmations_seen)} in the withheld block "
                        f"{block.hash[:16]}; on reconnecting it reorganised {out.reorg_depth} "
                        f"block(s) to the honest branch, where tx2 is confirmed: tx1 is "
                        f"{after.get('status')}.")
     else:
         out.verdict = (f"vector76: FAILED — the victim's payment is {after.get('status')} "
-                       f"({after.get('confirmations')} confirmations).")
+                       f"({confirmations(after.get('confirmations'))}).")
     return out

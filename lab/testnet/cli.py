@@ -54,6 +54,7 @@ from lab.testnet.manifest import (
     Manifest,
     NodeEntry,
     TestnetError,
+    check_subnet,
     load_manifest,
     new_manifest,
     parse_groups,
@@ -85,11 +86,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         shares = parse_shares(args.hashrates, len(miner_names) if miner_names else miners)
         if args.block_time <= 0:
             raise TestnetError("--block-time must be positive")
+        subnet = check_subnet(args.subnet or DEFAULT_SUBNET)  # before anything is created
         directory.mkdir(parents=True, exist_ok=True)
         manifest = new_manifest(
             directory, args.nodes, miners, shares, args.topology or "line",
             args.network or "regtest",
-            args.block_time, args.finality_depth, args.subnet, args.p2p_port, args.rpc_port,
+            args.block_time, args.finality_depth, subnet, args.p2p_port, args.rpc_port,
             miner_names,
         )
         manifest.node_options = collect_node_options(args)
@@ -127,7 +129,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         start_miners(manifest, started)
     manifest.save()
-    print_nodes(manifest, states)
+    print_nodes(manifest, states, args.hints)
+    if not args.hints:
+        return 0
     first = manifest.nodes[-1].name if len(manifest.nodes) > 1 else manifest.nodes[0].name
     flag = dir_flag(manifest)
     console().print(
@@ -145,6 +149,7 @@ def _warn_if_layout_differs(args: argparse.Namespace, manifest: Manifest) -> Non
         "--nodes": (args.nodes, len(manifest.nodes)),
         "--topology": (args.topology, manifest.topology),
         "--network": (args.network, manifest.network),
+        "--subnet": (args.subnet and check_subnet(args.subnet), manifest.subnet),
     }
     differing = [flag for flag, (want, have) in given.items()
                  if want is not None and want != have]
@@ -350,7 +355,7 @@ def _docker_up(args: argparse.Namespace, directory: Path) -> int:
     ignored = [flag for flag, value in (
         ("--nodes", args.nodes), ("--miners", args.miners), ("--hashrates", args.hashrates),
         ("--topology", args.topology), ("--miner-nodes", args.miner_nodes),
-        ("--finality-depth", args.finality_depth),
+        ("--finality-depth", args.finality_depth), ("--subnet", args.subnet),
     ) if value is not None]
     if ignored:
         console().print(f"[yellow]--docker: the compose file defines the nodes; ignoring "
@@ -437,8 +442,9 @@ def add_testnet_parser(sub: Any) -> None:
                     help="target seconds between blocks; sets the miners' total hash rate")
     up.add_argument("--finality-depth", type=int, metavar="D",
                     help="confirmations after which a block counts as final (node default)")
-    up.add_argument("--subnet", default=DEFAULT_SUBNET, metavar="A.B.C",
-                    help="node K listens on A.B.C.(K+1) (default 127.0.0)")
+    up.add_argument("--subnet", metavar="A.B.C",
+                    help=f"node K listens on A.B.C.(K+1); loopback only, 127.B.C "
+                         f"(default {DEFAULT_SUBNET})")
     up.add_argument("--p2p-port", type=int, default=DEFAULT_P2P_PORT)
     up.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT)
     up.add_argument("--node-option", action="append", default=[], metavar="KEY=VALUE",
@@ -450,6 +456,8 @@ def add_testnet_parser(sub: Any) -> None:
                     help="every node refuses reorganisations deeper than the finality depth")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds to wait for start-up, connections and funding")
+    up.add_argument("--no-hints", dest="hints", action="store_false",
+                    help="end without the list of next commands (scripts/run prints its own)")
 
     status = action("status", "one row per node: height, tip, peers, mempool, hash rate",
                     cmd_status, docker=True)

@@ -32,6 +32,27 @@ class TestnetError(EndpointError):
     """The testnet directory, a node name or a node is not in the state a command needs."""
 
 
+def check_subnet(text: str) -> str:
+    """`127.B.C` -> itself; anything else is refused: nodes only ever bind loopback."""
+    parts = text.strip().split(".")
+    if len(parts) == 4 and parts[3] in ("0", "0/24"):
+        parts = parts[:3]  # accept 127.5.6.0 and 127.5.6.0/24 too
+    if (len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts)
+            or any(len(p) > 1 and p.startswith("0") for p in parts)):
+        raise TestnetError(f"subnet {text!r}: expected three numbers A.B.C, e.g. 127.0.5")
+    if parts[0] != "127":
+        raise TestnetError(
+            f"subnet {text!r} is not loopback: the testnet only binds 127.B.C addresses "
+            "(127.0.0.0/8), so it never sends traffic off this machine"
+        )
+    return ".".join(parts)
+
+
+def subnet_of(host: str) -> str:
+    """`127.0.5.3` -> `127.0.5`."""
+    return host.rsplit(".", 1)[0]
+
+
 @dataclass
 class NodeEntry:
     name: str
@@ -71,6 +92,8 @@ class Manifest:
     # `powlab node` options for every node, as KEY=VALUE text (checked by the node itself:
     # lab/testnet/nodeconfig.py).
     node_options: dict[str, str] = field(default_factory=dict)
+    # Node K binds SUBNET.(K+1); manifests older than this field take it from n1's host.
+    subnet: str = DEFAULT_SUBNET
 
     @property
     def path(self) -> Path:
@@ -95,6 +118,7 @@ class Manifest:
             "partition": self.partition,
             "created": self.created,
             "node_options": self.node_options,
+            "subnet": self.subnet,
             "nodes": [asdict(e) for e in self.nodes],
         }
 
@@ -128,18 +152,20 @@ def load_manifest(directory: str | os.PathLike[str] | None) -> Manifest:
             f"no testnet in {path} (start one with `powlab testnet up --dir {path}`)"
         )
     try:
+        nodes = [NodeEntry(**n) for n in data["nodes"]]
         return Manifest(
             directory=path,
             network=data["network"],
             block_time=float(data["block_time"]),
             topology=data["topology"],
             finality_depth=data.get("finality_depth"),
-            nodes=[NodeEntry(**n) for n in data["nodes"]],
+            nodes=nodes,
             funded=bool(data.get("funded")),
             partition=data.get("partition"),
             created=float(data.get("created", 0)),
             mode=data.get("mode", "process"),
             node_options=dict(data.get("node_options") or {}),
+            subnet=data.get("subnet") or (subnet_of(nodes[0].host) if nodes else DEFAULT_SUBNET),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TestnetError(f"{path / MANIFEST_NAME} is malformed: {exc!r}") from None
@@ -179,7 +205,7 @@ def neighbours(manifest: Manifest) -> dict[str, set[str]]:
 
 def parse_shares(text: str | None, miners: int) -> list[float]:
     if not text:
-        return [1.0 / miners] * miners
+        return [1.0 / miners] * miners if miners else []
     try:
         shares = [float(piece) for piece in text.split(",") if piece.strip()]
     except ValueError:
@@ -209,6 +235,7 @@ def new_manifest(
 ) -> Manifest:
     if not 1 <= nodes <= 250:
         raise TestnetError("--nodes must be between 1 and 250 (one loopback address each)")
+    subnet = check_subnet(subnet)
     names = [f"n{k}" for k in range(1, nodes + 1)]
     if miner_names:
         unknown = [m for m in miner_names if m not in names]
@@ -240,7 +267,8 @@ def new_manifest(
         ))
     for k, entry in enumerate(entries):
         entry.connect = [entries[j].p2p for j in links[k]]
-    return Manifest(directory, network, block_time, topology, finality_depth, entries)
+    return Manifest(directory, network, block_time, topology, finality_depth, entries,
+                    subnet=subnet)
 
 
 def parse_groups(manifest: Manifest, groups: Sequence[str]) -> list[list[str]]:

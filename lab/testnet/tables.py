@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from lab.testnet.manifest import MANIFEST_NAME, Manifest, resolve_dir
 
 # Rich is slow to import; only commands that draw tables pay for it.
 _console: Any = None
+# Piped or redirected, rich would assume 80 columns and cut the status table; a table only
+# takes the width it needs, so this just means "never cut". $COLUMNS still wins.
+PIPED_WIDTH = 1000
 
 
 def console() -> Any:
@@ -15,7 +20,8 @@ def console() -> Any:
     if _console is None:
         from rich.console import Console
 
-        _console = Console()
+        piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+        _console = Console(width=PIPED_WIDTH if piped else None)
     return _console
 
 
@@ -24,7 +30,8 @@ def dir_flag(manifest: Manifest) -> str:
     return "" if manifest.directory == resolve_dir(None) else f" --dir {manifest.directory}"
 
 
-def print_nodes(manifest: Manifest, states: dict[str, str] | None = None) -> None:
+def print_nodes(manifest: Manifest, states: dict[str, str] | None = None,
+                hints: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title=f"powlab testnet ({manifest.network}, {manifest.topology}, "
@@ -37,6 +44,8 @@ def print_nodes(manifest: Manifest, states: dict[str, str] | None = None) -> Non
         table.add_row(entry.name, entry.role, (states or {}).get(entry.name, ""), entry.url,
                       entry.p2p, rate)
     console().print(table)
+    if not hints:
+        return
     console().print(
         f"Call a node by name (URL and cookie come from {MANIFEST_NAME}):\n"
         f"  powlab rpc --node {manifest.nodes[-1].name}{dir_flag(manifest)} getblockchaininfo",
