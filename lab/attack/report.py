@@ -2,12 +2,71 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lab.plotting import pyplot
 
 SKIP_KEYS = ("t", "node", "event")
+
+
+# --------------------------------------------------------------------------- from the timeline
+
+
+def deepest_reorg(events: Iterable[dict[str, Any]], nodes: Iterable[str]) -> int:
+    """The deepest reorganisation any of `nodes` performed, from the timeline's reorg events
+    (the monitor writes one per tip change that disconnected blocks)."""
+    names = set(nodes)
+    return max((int(e.get("depth") or 0) for e in events
+                if e.get("event") == "reorg" and e.get("node") in names), default=0)
+
+
+def shows_conflict(event: dict[str, Any]) -> bool:
+    """An event in which a node reports a transaction as double-spent: an alert, recorded
+    conflicts, or the conflicted status."""
+    return bool(event.get("double_spend_alert") or event.get("conflicts")
+                or event.get("status") == "conflicted")
+
+
+def first_conflict_seen(events: Iterable[dict[str, Any]], node: str, label: str = "tx1",
+                        before: float | None = None) -> dict[str, Any] | None:
+    """The first event in which `node` reported `label` (tx1: the victim's payment) as
+    double-spent, at or before time `before` if given, or None."""
+    return next((e for e in events if e.get("node") == node and e.get("event") == label
+                 and shows_conflict(e) and (before is None or e["t"] <= before)), None)
+
+
+def warned_before_loss(events: list[dict[str, Any]], node: str) -> bool:
+    """`node` reported the victim's payment as double-spent before it first reorganised (in
+    timeline order: a conflict it reports with or after the reorg is the loss itself, not a
+    warning)."""
+    for e in events:
+        if e.get("node") != node:
+            continue
+        if e.get("event") == "reorg":
+            return False
+        if e.get("event") == "tx1" and shows_conflict(e):
+            return True
+    return False
+
+
+def line_echo(stream: TextIO | None = None) -> Callable[[dict[str, Any]], None]:
+    """A timeline echo for a terminal or a pipe: one event per line, written whole under a
+    lock (the monitor's thread and the scenario's thread add events at the same time, and
+    print()'s separate text and newline writes could interleave into merged lines and a
+    blank line)."""
+    lock = threading.Lock()
+
+    def echo(event: dict[str, Any]) -> None:
+        out = stream if stream is not None else sys.stdout
+        with lock:
+            out.write(format_event(event) + "\n")
+            out.flush()
+
+    return echo
 
 
 def format_event(event: dict[str, Any]) -> str:
