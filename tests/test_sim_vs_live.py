@@ -134,6 +134,11 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                         "3", "--topology", "mesh", "--block-time", BACKGROUND_BLOCK_TIME,
                         "--subnet", subnet, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
+        # Every trial spends one of the attacker's (n3) coins, and a lost race earns it none:
+        # give it a mature coin for each of the 2 × 8 trials (coinbases mature after 100).
+        for node, blocks in (("n3", str(len(RACES) * TRIALS + 4)), ("n1", "101")):
+            result = powlab("testnet", "mine", "--dir", str(directory), node, blocks)
+            assert result.returncode == 0, result.stdout + result.stderr
         yield directory
     finally:
         tear_down_testnet(directory)
