@@ -33,23 +33,23 @@ from typing import Any
 import pytest
 
 from consensus.attack_theory import exact_probability
+from lab.attack.majority import race_step
 from lab.simulate.doublespend import simulate_doublespend
 from tests import subnets
 from tests.daemon_harness import run_powlab, tear_down_testnet
 
-# Chosen so the live success probability is 0.50: with 8 trials the 99% interval is then
-# [1, 7], two-sided. With 6 (or 7) trials near 0.5 it is every count from 0 to 6, a test that
-# cannot fail; 8 trials of ~10 s each still keep the run under two minutes.
-Q = 0.36
-Z = 2
-GIVE_UP = 2
+# Two races whose predictions lie far apart, eight trials each, so the 99% interval for
+# each excludes a good part of the counts (a single race near p = 0.5 with eight trials
+# passes everything from 1 to 7, a test that can hardly fail):
+# - q = 0.2, Z = 2, give-up 2: p = 0.195 (the naive overtake reading says 0.058); 99% interval
+#   [0, 5]: an attack that nearly always succeeds fails it;
+# - q = 0.45, Z = 1, give-up 4: p = 0.842; 99% interval [4, 8]: one that rarely succeeds
+#   fails it, and so does one at half the predicted rate more often than not.
+RACES = ((0.2, 2, 2), (0.45, 1, 4))
 TRIALS = 8
 # Long enough against the attack's ~0.25 s polling that two blocks rarely land in one poll.
 BLOCK_INTERVAL = 2.0
-# The testnet's own mining between trials. Fast on purpose: a paused miner keeps the hash
-# credit accrued since its last wake-up (up to three hashes), and the slower the background
-# rate the longer that gap, so races would more often start with instant hashes (honest
-# miners tying each other, either side gaining a free block).
+# The testnet's own mining between trials.
 BACKGROUND_BLOCK_TIME = "1"
 LEVEL = 0.99
 
@@ -79,17 +79,29 @@ def binomial_interval(trials: int, p: float, level: float = LEVEL) -> tuple[int,
 
 
 def live_rule_race(q: float, z: int, give_up: int, rng: random.Random) -> bool:
-    """The majority attack's loop, block by block, written as in lab/attack/majority.py."""
-    honest, attacker = 0, 1  # heights above the fork; the attacker's first block is free
+    """Drives lab/attack/majority.py's own rule (race_step), one block at a time: heights
+    above the fork, the attacker's first block free, the payment in the first honest block
+    (so its confirmations are the honest height), and regtest work equal to length."""
+    honest, attacker = 0, 1
     while True:
         if rng.random() < q:
             attacker += 1
         else:
             honest += 1
-        if honest - attacker >= give_up:
+        step = race_step(attacker, honest, honest, z, give_up,
+                         lambda a=attacker, h=honest: (a, h))
+        if step == "gave up":
             return False
-        if honest >= z and attacker > honest:
+        if step == "publish":
             return True
+
+
+def test_race_step_is_the_rule_described_above() -> None:
+    never = lambda: pytest.fail("work compared before Z confirmations")  # noqa: E731
+    assert race_step(1, 3, 3, 2, 2, never) == "gave up"
+    assert race_step(1, 1, 1, 2, 2, never) is None
+    assert race_step(3, 2, 2, 2, 2, lambda: (3, 2)) == "publish"
+    assert race_step(2, 2, 2, 2, 2, lambda: (2, 2)) is None  # equal work: keep mining
 
 
 @pytest.mark.parametrize(("q", "z", "give_up"), [(0.35, 2, 2), (0.2, 3, 1), (0.45, 1, 4)])
@@ -123,35 +135,51 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                         "3", "--topology", "mesh", "--block-time", BACKGROUND_BLOCK_TIME,
                         "--subnet", subnet, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
+        # Every trial spends one of the attacker's (n3) coins, and a lost race earns it none:
+        # give it a mature coin for each of the 2 × 8 trials (coinbases mature after 100).
+        for node, blocks in (("n3", str(len(RACES) * TRIALS + 4)), ("n1", "101")):
+            result = powlab("testnet", "mine", "--dir", str(directory), node, blocks)
+            assert result.returncode == 0, result.stdout + result.stderr
         yield directory
     finally:
         tear_down_testnet(directory)
 
 
-def majority(directory: Path, seed: int) -> dict[str, Any]:
+def majority(directory: Path, seed: int, q: float, z: int, give_up: int) -> dict[str, Any]:
     result = powlab("attack", "majority", "--dir", str(directory), "--json",
-                    "--hashrate-share", str(Q), "--confirmations", str(Z),
-                    "--give-up", str(GIVE_UP), "--block-interval", str(BLOCK_INTERVAL),
+                    "--hashrate-share", str(q), "--confirmations", str(z),
+                    "--give-up", str(give_up), "--block-interval", str(BLOCK_INTERVAL),
                     "--seed", str(seed), "--timeout", "60")
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout)
 
 
+def test_the_live_bounds_can_fail() -> None:
+    low, high = (binomial_interval(TRIALS, live_prediction(*race)) for race in RACES)
+    assert low == (0, 5) and high == (4, 8)
+    # A mapping error that halves the success rate (plain overtake) is caught at the low
+    # race only rarely, but an attack that always or never succeeds cannot pass both.
+    assert low[1] < TRIALS and high[0] > 0
+
+
 @pytest.mark.slow
-def test_live_majority_successes_lie_in_the_simulators_interval(testnet: Path) -> None:
-    predicted = live_prediction(Q, Z, GIVE_UP)
-    naive = exact_probability(Q, Z, "overtake", GIVE_UP)
+@pytest.mark.parametrize(("q", "z", "give_up"), RACES)
+def test_live_majority_successes_lie_in_the_simulators_interval(
+    testnet: Path, q: float, z: int, give_up: int
+) -> None:
+    predicted = live_prediction(q, z, give_up)
+    naive = exact_probability(q, z, "overtake", give_up)
     # The simulator's Monte Carlo for the mapped race must carry the same number.
-    sim = simulate_doublespend([Q], [Z], 20_000, seed=5, model="catch-up",
-                               give_up=GIVE_UP + 1)["rows"][0]
+    sim = simulate_doublespend([q], [z], 20_000, seed=5, model="catch-up",
+                               give_up=give_up + 1)["rows"][0]
     assert sim["ci95"][0] <= predicted <= sim["ci95"][1], sim
-    assert 0.3 <= predicted <= 0.7
-    assert binomial_interval(TRIALS, predicted) == (1, TRIALS - 1)
+    lo, hi = binomial_interval(TRIALS, predicted)
+    assert (lo, hi) != (0, TRIALS), "a bound that cannot fail"
 
     runs = []
     for trial in range(TRIALS):
         started = time.monotonic()
-        data = majority(testnet, seed=100 + trial)
+        data = majority(testnet, 100 + trial, q, z, give_up)
         elapsed = time.monotonic() - started
         runs.append(data)
         print(f"trial {trial}: success={data['success']} outcome={data['outcome']} "
@@ -161,16 +189,12 @@ def test_live_majority_successes_lie_in_the_simulators_interval(testnet: Path) -
         # A timeout would be a broken run, not a lost race: the mapping has no third outcome.
         assert data["outcome"] in ("published", "gave up"), data["verdict"]
         if data["success"]:
-            assert data["outcome"] == "published" and data["reorg_depth"] >= Z
+            assert data["outcome"] == "published" and data["reorg_depth"] >= z
         else:
             assert data["victim_final_status"] in ("confirmed", "final")
 
     successes = sum(bool(r["success"]) for r in runs)
-    lo, hi = binomial_interval(TRIALS, predicted)
-    print(f"live: {successes}/{TRIALS} successes; predicted p = {predicted:.4f} (catch-up, "
-          f"give-up {GIVE_UP + 1}; Monte Carlo {sim['empirical']:.4f}), naive overtake with "
-          f"give-up {GIVE_UP}: {naive:.4f}; {LEVEL:.0%} interval [{lo}, {hi}]")
-    # A weak agreement test by design: with eight trials the 99% interval excludes only the
-    # extreme counts, so it catches a live attack that is badly off (always or never
-    # succeeding), not small biases; the exact mapping is checked by the fast tests above.
+    print(f"live q={q}: {successes}/{TRIALS} successes; predicted p = {predicted:.4f} "
+          f"(catch-up, give-up {give_up + 1}; Monte Carlo {sim['empirical']:.4f}), naive "
+          f"overtake with give-up {give_up}: {naive:.4f}; {LEVEL:.0%} interval [{lo}, {hi}]")
     assert lo <= successes <= hi

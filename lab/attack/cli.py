@@ -19,7 +19,7 @@ from lab.attack.common import (
     resolve_roles,
 )
 from lab.attack.context import Context
-from lab.attack.report import format_event, plot_attack, print_report
+from lab.attack.report import line_echo, plot_attack, print_report
 from lab.client import run_reporting_failures
 
 SCENARIOS: dict[str, str] = {
@@ -43,7 +43,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     nodes = load_nodes(args.dir)
     roles = resolve_roles(nodes, args.attacker, args.victim, args.honest)
     live = not args.json and not args.quiet
-    timeline = Timeline(echo=(lambda e: print(format_event(e), flush=True)) if live else None)
+    timeline = Timeline(echo=line_echo() if live else None)
     if live:
         print(f"powlab attack {args.attack_command}: attacker {roles.attacker.name}, victim "
               f"{roles.victim.name}, honest miners "

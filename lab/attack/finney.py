@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 from lab.attack.common import (
     AttackError,
@@ -23,6 +24,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import detected_in, tx_state
+from lab.attack.report import deepest_reorg, first_conflict_seen
 from lab.text import confirmations
 
 
@@ -58,6 +60,7 @@ def run(ctx: Context) -> Outcome:
                            args.timeout, "the honest block to reach the victim")
         target = roles.attacker if args.release_to == "attacker" and not block.via_isolation \
             else roles.victim
+        released_t = tl.now()
         submit_block(target, block.hex, block.hash, tl)
         if block.via_isolation:
             ctx.net.reconnect(roles.attacker)
@@ -71,11 +74,13 @@ def run(ctx: Context) -> Outcome:
         on_chain = (roles.victim.try_call("getblockheader", block.hash) or {}).get(
             "confirmations", -1) >= 1
 
-    out.success = on_chain and after.get("status") == "conflicted"
-    out.detected = detected_in(before)
+    won_on_chain = on_chain and after.get("status") == "conflicted"
+    # The attack succeeds only against a merchant that accepted the payment before the release.
+    out.success = won_on_chain and accepted
+    out.detected = detected_in(before) or first_conflict_seen(
+        [e for e in tl.events if e["t"] <= released_t], roles.victim.name) is not None
     out.victim_confirmations_seen = ctx.monitor.max_victim_conf
-    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
-                           if r["node"] == roles.victim.name), default=0)
+    out.reorg_depth = deepest_reorg(tl.events, [roles.victim.name])
     out.details = {
         "withheld_block": block.hash,
         "withheld_via": "isolation" if block.via_isolation else "generateblock submit=false",
@@ -85,12 +90,30 @@ def run(ctx: Context) -> Outcome:
         "victim_final_status": after.get("status"),
         "txid1": ds.txid1, "txid2": ds.txid2,
     }
-    if out.success:
-        out.verdict = (f"finney: SUCCESS — the withheld block {block.hash[:16]} (with tx2) was "
-                       f"released to {target.name} and became the tip; the victim's payment, "
-                       f"accepted at 0 confirmations, is now conflicted.")
-    else:
-        why = "an honest block came first" if honest_first else "the withheld block lost"
-        out.verdict = (f"finney: FAILED — {why}; the victim's payment is "
-                       f"{after.get('status')} with {confirmations(after.get('confirmations'))}.")
+    out.verdict = finney_verdict(won_on_chain, accepted, out.detected, block.hash, target.name,
+                                 honest_first is not None, after)
     return out
+
+
+def finney_verdict(won_on_chain: bool, accepted: bool, detected: bool, block_hash: str,
+                   released_to: str, honest_first: bool, after: dict[str, Any]) -> str:
+    """The verdict says whether the victim accepted the payment before the release: a
+    payment it never accepted (a listening period, a seen conflict) cost it nothing."""
+    if accepted:
+        before = "which it had accepted at 0 confirmations"
+    elif detected:
+        before = "which it had flagged as double-spent and not accepted"
+    else:
+        before = "which it had not accepted at 0 confirmations"
+    status = after.get("status")
+    if won_on_chain and accepted:
+        return (f"finney: SUCCESS — the withheld block {block_hash[:16]} (with tx2) was "
+                f"released to {released_to} and became the tip; the victim's payment, "
+                f"{before}, is now {status}.")
+    if won_on_chain:
+        return (f"finney: FAILED — the withheld block {block_hash[:16]} won on chain and the "
+                f"victim's payment, {before}, is now {status}; the merchant handed nothing "
+                f"over for it.")
+    why = "an honest block came first" if honest_first else "the withheld block lost"
+    return (f"finney: FAILED — {why}; the victim's payment, {before}, is {status} with "
+            f"{confirmations(after.get('confirmations'))}.")

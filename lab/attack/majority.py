@@ -29,6 +29,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import tx_state
+from lab.attack.report import deepest_reorg, warned_before_loss
 from lab.text import confirmations
 
 
@@ -84,9 +85,8 @@ def run(ctx: Context) -> Outcome:
     out = Outcome("majority")
     out.success = after.get("status") == "conflicted"
     out.victim_confirmations_seen = ctx.monitor.max_victim_conf
-    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
-                           if r["node"] == victim.name), default=0)
-    out.detected = split
+    out.reorg_depth = deepest_reorg(ctx.timeline.events, [victim.name])
+    out.detected = split or warned_before_loss(ctx.timeline.events, victim.name)
     out.details = {
         "hashrate_share": q, "z": z, "finality_depth": depth, "enforce_finality": enforcing,
         "outcome": race.kind, "chain_split": split,
@@ -142,6 +142,22 @@ def _mining_switch(ctx: Context, attacker_rate: float,
     return mining
 
 
+def race_step(a_height: int, h_height: int, confirmations: int, z: int, give_up: int,
+              work: Callable[[], tuple[int, int]]) -> str | None:
+    """The race's rule at one look at both chains: "gave up" once the attacker's branch is
+    `give_up` blocks behind (its height counts the free block at the fork), "publish" once
+    the payment has Z confirmations and the private branch has strictly more work (`work()`
+    gives the attacker's and the honest chainwork), else None (keep mining).
+    tests/test_sim_vs_live.py maps exactly this onto the theory's catch-up race."""
+    if h_height - a_height >= give_up:
+        return "gave up"
+    if confirmations >= z:
+        attacker_work, honest_work = work()
+        if attacker_work > honest_work:
+            return "publish"
+    return None
+
+
 def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _Race:
     """Both sides mine until the private branch, the payment having Z confirmations, has
     more work (published), falls --give-up blocks behind (gave up) or time runs out."""
@@ -159,7 +175,10 @@ def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _
             race.reached_z_at = tl.now()
             tl.add(victim.name, f"payment has {confirmations(conf)} (Z = {z})",
                    status=view.get("status"))
-        if h_height - a_height >= args.give_up:
+        seen = max(conf, z) if race.reached_z_at is not None else conf
+        step = race_step(a_height, h_height, seen, z, args.give_up, lambda: (
+            chainwork(attacker), chainwork(victim)))
+        if step == "gave up":
             race.kind = "gave up"
             tl.add(attacker.name, "gives up", behind=h_height - a_height,
                    attacker_height=a_height, honest_height=h_height)
@@ -168,7 +187,7 @@ def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _
             tl.add(attacker.name, "gives up (timeout)", attacker_height=a_height,
                    honest_height=h_height)
             return race
-        if race.reached_z_at is not None and chainwork(attacker) > chainwork(victim):
+        if step == "publish":
             # Freeze both sides so the comparison cannot go stale while publishing.
             mining(False)
             time.sleep(0.5)

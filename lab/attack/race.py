@@ -19,6 +19,7 @@ from lab.attack.common import (
     wait_tip,
 )
 from lab.attack.context import Context
+from lab.attack.report import deepest_reorg, first_conflict_seen
 
 
 def tx_state(node: Any, txid: str) -> dict[str, Any]:
@@ -80,9 +81,8 @@ def run(ctx: Context) -> Outcome:
         accepted = tl.first(lambda e: e["node"] == roles.victim.name and e["event"] == "tx1"
                             and e.get("status") == "mempool"
                             and e.get("accepted_zero_conf", True) is not False) is not None
-        out.detected = detected_in(before)
         tl.add(roles.victim.name, "victim's view before any block", status=before.get("status"),
-               confirmations=before.get("confirmations"), alert=out.detected,
+               confirmations=before.get("confirmations"), alert=detected_in(before),
                accepted_zero_conf=before.get("accepted_zero_conf"))
         miner_view = {h.name: sorted(lbl for lbl, txid in (("tx1", ds.txid1), ("tx2", ds.txid2))
                                      if tx_state(h, txid).get("status") == "mempool")
@@ -103,11 +103,13 @@ def run(ctx: Context) -> Outcome:
 
     out.success = mined2 and not mined1
     out.victim_confirmations_seen = ctx.monitor.max_victim_conf
-    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
-                           if r["node"] == roles.victim.name), default=0)
-    alert = tl.first(lambda e: e["node"] == roles.victim.name and e["event"] == "tx1"
-                     and (e.get("double_spend_alert") or e.get("conflicts")))
+    out.reorg_depth = deepest_reorg(tl.events, [roles.victim.name])
     block = tl.first(lambda e: e["event"] == "block mined")
+    # Whenever the victim's node reported the conflict before the block settled it (after
+    # the block a lost payment shows as conflicted anyway): the timeline says so.
+    alert = first_conflict_seen(tl.events, roles.victim.name,
+                                before=block["t"] if block else None)
+    out.detected = detected_in(before) or alert is not None
     out.details = {
         "mined": "tx2" if mined2 else "tx1" if mined1 else "neither",
         "victim_accepted_zero_conf": accepted,
@@ -117,19 +119,38 @@ def run(ctx: Context) -> Outcome:
         "miners_mempools": miner_view,
         "txid1": ds.txid1, "txid2": ds.txid2,
     }
+    out.verdict = race_verdict(out.success, mined1, mined2, accepted, after.get("status"),
+                               alert, block, detected_in(before))
+    return out
+
+
+def race_verdict(success: bool, mined1: bool, mined2: bool, accepted: bool,
+                 status: str | None, alert: dict[str, Any] | None,
+                 block: dict[str, Any] | None, detected_now: bool = False) -> str:
+    """The race's verdict from what the timeline shows: `alert` is the victim's first event
+    reporting tx1 as double-spent (None: never), `block` the first block mined."""
     winner = "tx2 (the attacker's refund)" if mined2 else "tx1 (the victim's payment)" if (
         mined1) else "neither"
-    lines = [f"the miners mined {winner}; the victim's payment is now {after.get('status')}."]
+    lines = [f"the miners mined {winner}; the victim's payment is now {status}."]
     if accepted:
         lines.append("The victim's node showed the payment at 0 confirmations before any block.")
-    if out.detected and alert:
-        when = f"{alert['t']:.2f}s" + (f", {block['t'] - alert['t']:.2f}s before the first block"
-                                       if block else "")
+    in_time = False
+    if alert is not None:
+        when = f"{alert['t']:.2f}s"
+        if block is not None:
+            gap = block["t"] - alert["t"]
+            in_time = gap >= 0
+            when += (f", {gap:.2f}s before the first block" if in_time
+                     else f", {-gap:.2f}s after the first block")
+        else:
+            in_time = True
         lines.append(f"DETECTED: the victim's node flagged tx1 as double-spent at {when}.")
+    elif detected_now:
+        in_time = True
+        lines.append("DETECTED: the victim's node flagged tx1 as double-spent before the block.")
     else:
-        lines.append("The victim's node saw no conflict before the block (no alert).")
-    verdict = "SUCCESS" if out.success else "FAILED"
-    if out.success and out.detected:
+        lines.append("The victim's node never reported a conflict for tx1 (no alert).")
+    verdict = "SUCCESS" if success else "FAILED"
+    if success and in_time:
         verdict += " on chain, but the merchant was warned in time"
-    out.verdict = f"race: {verdict} — " + " ".join(lines)
-    return out
+    return f"race: {verdict} — " + " ".join(lines)

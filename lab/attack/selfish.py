@@ -13,9 +13,11 @@ that node for the one block it mines, then `reconsiderblock`)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from consensus.attack_theory import eyal_sirer_share, wilson_interval
+from consensus.attack_theory import eyal_sirer_share
 from lab.attack.common import (
     AttackError,
     NetNode,
@@ -27,6 +29,36 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.majority import honest_rates
+from lab.attack.report import deepest_reorg
+
+BATCHES = 10
+# Student's t, 97.5th percentile, by degrees of freedom (a two-sided 95 % interval).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+        16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093}
+
+
+def batch_means_interval(owners: Sequence[bool], batches: int = BATCHES
+                         ) -> tuple[float, float, list[float]]:
+    """95 % interval for the attacker's share of main-chain blocks from batch means.
+
+    `owners` is the main chain in height order (True: the attacker's block). Consecutive
+    blocks are correlated under selfish mining (an override hands the attacker a run of
+    blocks, a lost tie a run of honest ones), so a binomial interval is too narrow; the
+    shares of `batches` consecutive stretches are close to independent, and Student's t on
+    their mean gives the interval (as lab/simulate/selfish.py does). Returns (lo, hi, the
+    batch shares); with fewer than two batches the interval is [0, 1]."""
+    n = len(owners)
+    k = min(batches, n // 2)
+    if k < 2:
+        return 0.0, 1.0, []
+    size = n // k
+    shares = [sum(owners[i * size:(i + 1) * size]) / size for i in range(k)]
+    mean = sum(shares) / k
+    var = sum((x - mean) ** 2 for x in shares) / (k - 1)
+    half = T975.get(k - 1, 1.96) * math.sqrt(var / k)
+    centre = sum(owners) / n
+    return max(0.0, centre - half), min(1.0, centre + half), shares
 
 
 class SelfishRun:
@@ -170,9 +202,10 @@ def run(ctx: Context) -> Outcome:
         tip_height = judge.call("getblockcount")
         main = [judge.call("getblockhash", h) for h in range(start_height + 1, tip_height + 1)]
         ctx.monitor.poll()
-    ours = sum(1 for h in main if h in sm.attacker_blocks)
+    owners = [h in sm.attacker_blocks for h in main]
+    ours = sum(owners)
     share = ours / len(main) if main else 0.0
-    lo, hi = wilson_interval(ours, len(main))
+    lo, hi, batch_shares = batch_means_interval(owners)
     es = eyal_sirer_share(min(alpha, 0.5), gamma) if alpha <= 0.5 else None
     found_by_attacker = sm.rounds.count("A")
     realised = found_by_attacker / max(1, len(sm.rounds))
@@ -180,6 +213,8 @@ def run(ctx: Context) -> Outcome:
     # the share the attacker actually drew as well.
     es_realised = eyal_sirer_share(realised, gamma) if realised <= 0.5 else None
     out.success = share > alpha
+    # The honest nodes are the victims: the deepest reorganisation any of them performed.
+    out.reorg_depth = deepest_reorg(ctx.timeline.events, [n.name for n in sm.public])
     out.details = {
         "alpha": alpha, "gamma": gamma, "blocks": args.blocks, "driver": "seeded lottery",
         "start": start, "start_height": start_height, "main_chain_blocks": len(main),
@@ -187,6 +222,8 @@ def run(ctx: Context) -> Outcome:
         "attacker_share": share, "ci95": [lo, hi], "eyal_sirer": es,
         "significant": lo > alpha, "stale_honest_blocks": sm.stale_honest,
         "attacker_lottery_share": realised, "eyal_sirer_at_lottery_share": es_realised,
+        "interval": f"batch means, {len(batch_shares)} batches", "batch_shares": batch_shares,
+        "main_chain_owners": "".join("A" if o else "H" for o in owners),
     }
     es_text = f"{es:.3f}" if es is not None else "n/a"
     compare = ("above α, and the 95 % interval excludes α" if lo > alpha else
@@ -194,9 +231,11 @@ def run(ctx: Context) -> Outcome:
                "not above α")
     out.verdict = (f"selfish: {'SUCCESS' if out.success else 'FAILED'} — the attacker "
                    f"(α = {alpha:g}, γ = {gamma:g}) holds {ours} of {len(main)} main-chain blocks "
-                   f"= {share:.3f} [95 % CI {lo:.3f}–{hi:.3f}], {compare}; Eyal–Sirer predicts "
+                   f"= {share:.3f} [95 % CI {lo:.3f}–{hi:.3f}, batch means], {compare}; "
+                   f"Eyal–Sirer predicts "
                    f"{es_text}. It found {found_by_attacker} of {len(sm.rounds)} blocks "
                    f"({realised:.3f}; Eyal–Sirer there: "
                    f"{'n/a' if es_realised is None else f'{es_realised:.3f}'}); "
-                   f"{sm.stale_honest} honest blocks were orphaned.")
+                   f"{sm.stale_honest} honest blocks were orphaned; the deepest reorganisation "
+                   f"of an honest node was {out.reorg_depth} blocks.")
     return out

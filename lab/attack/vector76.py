@@ -24,6 +24,7 @@ from lab.attack.common import (
 )
 from lab.attack.context import Context
 from lab.attack.race import tx_state
+from lab.attack.report import deepest_reorg, warned_before_loss
 from lab.text import confirmations
 
 
@@ -75,10 +76,9 @@ def run(ctx: Context) -> Outcome:
         after = tx_state(roles.victim, ds.txid1)
 
     out.victim_confirmations_seen = ctx.monitor.max_victim_conf
-    out.reorg_depth = max((r["depth"] for r in ctx.monitor.reorgs
-                           if r["node"] == roles.victim.name), default=0)
+    out.reorg_depth = deepest_reorg(ctx.timeline.events, [roles.victim.name])
     out.success = out.victim_confirmations_seen >= 1 and after.get("status") == "conflicted"
-    out.detected = False
+    out.detected = warned_before_loss(ctx.timeline.events, roles.victim.name)
     out.details = {
         "withheld_block": block.hash, "honest_blocks": [h1, h2],
         "victim_final_status": after.get("status"), "relayed_by_hand": relayed_by_hand,

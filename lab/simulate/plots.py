@@ -7,65 +7,172 @@ from typing import Any
 
 from lab.plotting import pyplot
 
+GERVAIS_2016 = ("Gervais et al. 2016, On the Security and Performance of Proof of Work "
+                "Blockchains, ACM CCS")
+# Reference stale rates drawn when the runs carry none of their own: Bitcoin as simulated by
+# Gervais et al. 2016 (1 MB blocks; about 1.5 % at 10 min and 2.2 % at 1 min, the values the
+# issue tracker quotes and the simulator's bitcoin preset is checked against), and Bitcoin as
+# measured in their Table I (0.41 %, average blocks of 534.8 kB).
+DEFAULT_REFERENCES: tuple[dict[str, Any], ...] = (
+    {"block_interval": 600.0, "stale_rate": 0.015, "kind": "simulated",
+     "source": GERVAIS_2016 + ", Bitcoin, 10 min, 1 MB (simulated)",
+     "label": "Gervais et al. 2016, Bitcoin 1 MB, simulated"},
+    {"block_interval": 60.0, "stale_rate": 0.022, "kind": "simulated",
+     "source": GERVAIS_2016 + ", Bitcoin-like, 1 min (simulated)",
+     "label": "Gervais et al. 2016, 1 min blocks, simulated"},
+    {"block_interval": 600.0, "stale_rate": 0.0041, "kind": "measured",
+     "source": GERVAIS_2016 + ", Table I, Bitcoin (measured)",
+     "label": "Gervais et al. 2016, Table I, Bitcoin measured"},
+)
 
-def plot_stale_rate(runs: list[dict[str, Any]], path: Path) -> None:
+
+def stale_interval(run: dict[str, Any]) -> tuple[float, float]:
+    """95 % interval of a run's stale rate: the run's own if it carries one, else Wilson's
+    on stale blocks out of all blocks mined."""
+    if run.get("stale_ci95"):
+        lo, hi = run["stale_ci95"]
+        return float(lo), float(hi)
+    from consensus.attack_theory import wilson_interval
+
+    return wilson_interval(int(run["stale_blocks"]), int(run["blocks"]))
+
+
+def build_stale_rate_figure(runs: list[dict[str, Any]],
+                            references: list[dict[str, Any]] | None = None) -> Any:
+    from matplotlib.ticker import FuncFormatter
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    runs = sorted(runs, key=lambda r: r["block_interval"])
     xs = [r["block_interval"] for r in runs]
-    ax.plot(xs, [r["stale_rate"] for r in runs], "o-", label="stale rate")
+    ys = [r["stale_rate"] for r in runs]
+    cis = [stale_interval(r) for r in runs]
+    zero = [(x, hi) for x, y, (_, hi) in zip(xs, ys, cis, strict=True) if y <= 0]
+    if zero:
+        # No stale block at all: on a log axis only the interval's upper end can be shown.
+        ax.plot([z[0] for z in zero], [z[1] for z in zero], "v", color="#1f77b4",
+                markersize=8, linestyle="none", label="no stale block: 95 % upper bound")
+    ax.errorbar(xs, ys, yerr=[[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis, strict=True)],
+                              [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis, strict=True)]],
+                fmt="o-", color="#1f77b4", capsize=4, linewidth=2, markersize=6, zorder=3,
+                label="simulated stale rate, 95 % CI")
+    if references is None:
+        references = next((r["references"] for r in runs if r.get("references")), None)
+    for ref in references if references is not None else DEFAULT_REFERENCES:
+        measured = ref.get("kind") == "measured"
+        ax.plot([ref["block_interval"]], [ref["stale_rate"]], linestyle="none",
+                marker="D" if measured else "*", markersize=9 if measured else 14,
+                markerfacecolor="none" if measured else "#ff7f0e",
+                markeredgecolor="#ff7f0e", markeredgewidth=1.8, zorder=4,
+                label=f"{ref['stale_rate']:.2%} at {ref['block_interval']:g} s: "
+                      f"{ref.get('label') or ref['source']}")
+    # Stale rates span orders of magnitude: log-log, with the intervals' own numbers on the
+    # x axis and percentages on the y axis.
     ax.set_xscale("log")
-    ax.set_xlabel("mean block interval (s)")
-    ax.set_ylabel("stale (orphan) rate")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(set(xs)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:g} %"))
+    ax.set_xlabel("mean block interval (s, log scale)")
+    ax.set_ylabel("stale (orphan) rate (log scale)")
     p50 = runs[0]["propagation_ms"]["p50"] / 1000
-    ax.axvline(p50, color="grey", linestyle="--", label=f"median propagation {p50:.2f} s")
-    ax.set_title(f"{runs[0]['nodes']} nodes, latency {runs[0]['latency']}")
-    ax.legend()
+    ax.axvline(p50, color="grey", linestyle="--",
+               label=f"median block propagation {p50:.2f} s (first run)")
+    preset = runs[0].get("preset")
+    ax.set_title(f"powlab simulate network: stale rate vs block interval\n{runs[0]['nodes']} "
+                 f"nodes, latency {runs[0]['latency']}" + (f", preset {preset}" if preset
+                                                            else ""))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    ax.grid(True, alpha=0.3, which="major")
+    fig.tight_layout()
+    return fig
+
+
+def plot_stale_rate(runs: list[dict[str, Any]], path: Path,
+                    references: list[dict[str, Any]] | None = None) -> None:
+    plt = pyplot()
+    fig = build_stale_rate_figure(runs, references)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def build_doublespend_figure(data: dict[str, Any]) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    for q in sorted({r["q"] for r in data["rows"]}):
+        rows = [r for r in data["rows"] if r["q"] == q]
+        zs = [r["z"] for r in rows]
+        line = ax.plot(zs, [r["exact"] for r in rows], "-", linewidth=2,
+                       label=f"q={q:g} exact")[0]
+        ax.plot(zs, [r["nakamoto"] for r in rows], ":", color=line.get_color(), linewidth=2,
+                label=f"q={q:g} Nakamoto")
+        hit = [r for r in rows if r["empirical"] > 0]
+        emp = [r["empirical"] for r in hit]
+        err_lo = [max(0.0, e - max(r["ci95"][0], e * 1e-3))
+                  for e, r in zip(emp, hit, strict=True)]
+        err_hi = [max(0.0, r["ci95"][1] - e) for e, r in zip(emp, hit, strict=True)]
+        ax.errorbar([r["z"] for r in hit], emp, yerr=[err_lo, err_hi], fmt="o",
+                    color=line.get_color(), markersize=5, capsize=3,
+                    label=f"q={q:g} simulated, 95 % CI")
+        # No success in any trial: a log axis can only show the interval's upper end.
+        none = [r for r in rows if r["empirical"] <= 0]
+        if none:
+            ax.plot([r["z"] for r in none], [r["ci95"][1] for r in none], "v",
+                    color=line.get_color(), markersize=7, linestyle="none",
+                    label=f"q={q:g} no success: 95 % upper bound")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("confirmations z")
+    ax.set_ylabel("P(double spend succeeds)")
+    trials = data.get("trials") or (data["rows"][0].get("trials") if data["rows"] else None)
+    ax.set_title(f"powlab simulate doublespend: model {data['model']}"
+                 + (f", {trials:,} trials per point" if trials else ""))
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              borderaxespad=0)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def plot_doublespend(data: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for q in sorted({r["q"] for r in data["rows"]}):
-        rows = [r for r in data["rows"] if r["q"] == q]
-        zs = [r["z"] for r in rows]
-        line = ax.plot(zs, [r["exact"] for r in rows], "-", label=f"q={q:g} exact")[0]
-        ax.plot(zs, [r["nakamoto"] for r in rows], ":", color=line.get_color(),
-                label=f"q={q:g} Nakamoto")
-        emp = [max(r["empirical"], 1e-9) for r in rows]
-        err_lo = [e - max(r["ci95"][0], 1e-9) for e, r in zip(emp, rows, strict=True)]
-        err_hi = [r["ci95"][1] - e for e, r in zip(emp, rows, strict=True)]
-        ax.errorbar(zs, emp, yerr=[err_lo, err_hi], fmt="o", color=line.get_color(),
-                    markersize=3, capsize=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("confirmations z")
-    ax.set_ylabel("P(double spend succeeds)")
-    ax.set_title(f"model: {data['model']}")
-    ax.legend(fontsize=7)
+    fig = build_doublespend_figure(data)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def build_selfish_figure(data: dict[str, Any]) -> Any:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    for gamma in sorted({r["gamma"] for r in data["rows"]}):
+        rows = [r for r in data["rows"] if r["gamma"] == gamma]
+        alphas = [r["alpha"] for r in rows]
+        line = ax.plot(alphas, [r["eyal_sirer"] for r in rows], "-", linewidth=2,
+                       label=f"γ={gamma:g} Eyal–Sirer")[0]
+        shares = [r["attacker_share"] for r in rows]
+        cis = [r.get("ci95") or [s, s] for s, r in zip(shares, rows, strict=True)]
+        ax.errorbar(alphas, shares, yerr=[[max(0.0, s - c[0]) for s, c in zip(shares, cis,
+                                                                                strict=True)],
+                                          [max(0.0, c[1] - s) for s, c in zip(shares, cis,
+                                                                                strict=True)]],
+                    fmt="o", color=line.get_color(), markersize=5, capsize=3,
+                    label=f"γ={gamma:g} simulated, 95 % CI (batch means)")
+    ax.plot([0, 0.5], [0, 0.5], "k--", linewidth=1, label="honest mining: share = α")
+    ax.set_xlabel("attacker hash-rate share α")
+    ax.set_ylabel("attacker share of main-chain blocks")
+    ax.set_title("powlab simulate selfish: revenue share vs hash-rate share")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              borderaxespad=0)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def plot_selfish(data: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for gamma in sorted({r["gamma"] for r in data["rows"]}):
-        rows = [r for r in data["rows"] if r["gamma"] == gamma]
-        alphas = [r["alpha"] for r in rows]
-        line = ax.plot(alphas, [r["eyal_sirer"] for r in rows], "-",
-                       label=f"γ={gamma:g} Eyal-Sirer")[0]
-        ax.plot(alphas, [r["attacker_share"] for r in rows], "o", color=line.get_color(),
-                label=f"γ={gamma:g} simulated")
-    ax.plot([0, 0.5], [0, 0.5], "k--", linewidth=0.8, label="honest share = α")
-    ax.set_xlabel("attacker hash-rate share α")
-    ax.set_ylabel("attacker share of main-chain blocks")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig = build_selfish_figure(data)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
