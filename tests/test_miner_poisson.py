@@ -231,3 +231,30 @@ async def test_found_for_a_replaced_job_or_old_tip_is_discarded() -> None:
     assert miner._submit_found(template, 1, job) is False  # the tip moved on
     assert submitted == []
     await miner.set_mining(False)
+
+
+# ----------------------------------------------------------------------------- the real pool
+
+
+async def test_real_pool_hashes_nothing_banked_after_off_and_on() -> None:
+    """At 2 H/s (one worker) the first hash after switching on is due 0.5 s later. The old
+    bucket kept three hashes through a pause and spent them at once. Load can only delay a
+    hash, never bring it forward, so "no hash in the first 0.2 s" holds on a busy machine."""
+    from node.miner.pool import MinerPool
+
+    pool = MinerPool(processes=1, hashrate=2.0)
+    await asyncio.to_thread(pool.start)
+    try:
+        header = bytes(range(76))
+        pool.submit_job(1, header, 0)  # impossible target: hashes, never finds
+        await asyncio.sleep(1.2)
+        assert pool.total_hashes() >= 1
+        for job in (2, 3):
+            pool.clear_job()  # mining off ...
+            await asyncio.sleep(1.5)  # ... long enough for the old bucket to fill up
+            before = pool.total_hashes()
+            pool.submit_job(job, header, 0)  # ... and on again
+            await asyncio.sleep(0.2)
+            assert pool.total_hashes() == before
+    finally:
+        await asyncio.to_thread(pool.close)
