@@ -77,6 +77,7 @@ def test_refused_reorg_is_visible_and_heal_resolve_converges(net: Path) -> None:
 
     txid = call(n1, "sendtoaddress", call(n1, "getnewaddress"), 100_000)
     call(n1, "generatetoaddress", 3, call(n1, "getnewaddress"))
+    other = call(n3, "sendtoaddress", call(n3, "getnewaddress"), 100_000)
     call(n3, "generatetoaddress", 5, call(n3, "getnewaddress"))
     heavier = call(n3, "getbestblockhash")
     assert call(n1, "gettransaction", txid)["status"] == "final"
@@ -103,6 +104,10 @@ def test_refused_reorg_is_visible_and_heal_resolve_converges(net: Path) -> None:
     tx = call(n1, "gettransaction", txid)
     assert tx["status"] == "final"  # n1's own view, but it is told:
     assert tx["finality_conflict"]["hash"] == heavier and heavier in tx["warnings"]
+    assert tx["finality_conflict"]["branch"] == "active"
+    on_refused = call(n1, "gettransaction", other)  # only in the branch n1 refused
+    assert on_refused["finality_conflict"]["branch"] == "refused"
+    assert heavier in on_refused["warnings"]
 
     rows = json.loads(ok(powlab("testnet", "status", "--dir", str(net), "--json")))
     by_name = {r["node"]: r for r in rows}

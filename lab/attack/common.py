@@ -72,11 +72,12 @@ def load_nodes(directory: str | None) -> list[NetNode]:
     path = resolve_dir(directory)
     if is_docker(path):
         containers = docker_do(path, None, lambda net: net.containers())
-        return [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
-                for c in containers]
-    manifest = load_manifest(path)
-    nodes = [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
-             for e in manifest.nodes]
+        nodes = [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
+                 for c in containers]
+    else:
+        manifest = load_manifest(path)
+        nodes = [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
+                 for e in manifest.nodes]
     refuse_finality_split(nodes)
     return nodes
 

@@ -268,6 +268,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def cmd_heal(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or is_docker(directory):
+        if args.resolve:
+            raise TestnetError("heal --resolve works on local testnets only; on the compose "
+                               "network run invalidateblock/reconsiderblock by hand "
+                               "(docs/testnet.md)")
         docker_do(directory, args, lambda net: net.heal())
         return 0
     manifest = load_manifest(directory)
