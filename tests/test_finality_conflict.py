@@ -123,3 +123,18 @@ def test_refused_reorg_is_visible_and_heal_resolve_converges(net: Path) -> None:
     assert call(n1, "getblockchaininfo")["warnings"] == ""
     assert call(n1, "gettransaction", txid)["finality_conflict"] is None
     load_nodes(str(net))  # clean again
+
+
+def test_status_table_marks_a_node_with_a_refused_branch() -> None:
+    from rich.console import Console
+
+    from lab.testnet.tables import status_table
+
+    row = {"node": "n1", "role": "miner", "up": True, "height": 5, "bestblockhash": "ab" * 32,
+           "peers": 1, "mempool": 0, "hashrate": None, "rpc": "http://x/",
+           "warnings": "Refused reorganisation beyond finality: ..."}
+    clean = {**row, "node": "n2", "bestblockhash": "cd" * 32, "warnings": ""}
+    console = Console(width=200, record=True)
+    console.print(status_table("t", None, [row, clean]))
+    text = console.export_text()
+    assert "abababababab !" in text and "cdcdcdcdcdcd !" not in text
