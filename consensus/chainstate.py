@@ -115,6 +115,35 @@ class AcceptResult:
         return len(self.disconnected)
 
 
+@dataclass(frozen=True, slots=True)
+class FinalityConflict:
+    """A heavier branch this node refuses (`--enforce-finality`): following it would disconnect
+    `depth` >= finality-depth blocks of the active chain, i.e. revert a final block."""
+
+    tip: BlockIndex
+    fork: BlockIndex
+    depth: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "hash": self.tip.hash.hex(),
+            "height": self.tip.height,
+            "chainwork": f"{self.tip.chainwork:064x}",
+            "fork_hash": self.fork.hash.hex(),
+            "fork_height": self.fork.height,
+            "depth": self.depth,
+        }
+
+    def warning(self) -> str:
+        return (
+            f"Refused reorganisation beyond finality: a heavier branch (tip {self.tip.hash.hex()}"
+            f", height {self.tip.height}, chainwork {self.tip.chainwork:x}) forks at height "
+            f"{self.fork.height} and would disconnect {self.depth} final blocks; this node stays "
+            "on its own branch (chain split). Resolve with `powlab testnet heal --resolve` or "
+            "invalidateblock/reconsiderblock."
+        )
+
+
 class _BlockView:
     """The UTXO set as seen part-way through a block: earlier transactions' effects applied."""
 
@@ -476,6 +505,30 @@ class ChainState:
         self._rebuild_candidates()
         self._activate_best_chain(result)
         return result
+
+    def finality_conflicts(self) -> list[FinalityConflict]:
+        """Branches refused beyond finality that have more work than the active tip, the
+        heaviest per fork point (empty when all is well)."""
+        tip = self.tip
+        best: dict[bytes, tuple[BlockIndex, BlockIndex]] = {}
+        for e in self._finality_refused:
+            if e.failed or e.chainwork <= tip.chainwork:
+                continue
+            fork = self.find_fork(tip, e)
+            cur = best.get(fork.hash)
+            if cur is None or self._better(e, cur[0]):
+                best[fork.hash] = (e, fork)
+        return [FinalityConflict(e, fork, tip.height - fork.height)
+                for e, fork in sorted(best.values(), key=lambda x: x[1].height)]
+
+    def branch_has_tx(self, conflict: FinalityConflict, txid: bytes) -> bool:
+        """Whether a block of the refused branch (above its fork point) holds `txid`."""
+        cursor: BlockIndex | None = conflict.tip
+        while cursor is not None and cursor is not conflict.fork:
+            if any(tx.txid == txid for tx in self._load_block(cursor.hash).txs):
+                return True
+            cursor = cursor.prev
+        return False
 
     # ----------------------------------------------------------------- internals
 

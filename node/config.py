@@ -221,7 +221,9 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("mining_address", "text", "address that receives mining rewards"),
     _Option("finality_depth", "int", "blocks after which a block is final (default: network's)",
             minimum=1),
-    _Option("enforce_finality", "bool", "refuse reorganisations deeper than the finality depth"),
+    _Option("enforce_finality", "bool",
+            "refuse reorganisations that would disconnect finality-depth or more blocks "
+            "(revert a final transaction)"),
     _Option("log_format", "choice",
             "log format (default: console on a terminal, json otherwise)", choices=LOG_FORMATS),
     _Option("log_level", "choice", "minimum log level", choices=LOG_LEVELS),

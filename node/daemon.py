@@ -433,9 +433,8 @@ class Node:
                     "txs": len(block.txs),
                 }
             )
-        for block_hash in result.finality_refused:
-            log.warning("reorg_refused_beyond_finality", hash=block_hash.hex(),
-                        finality_depth=self.finality_depth)
+        if result.finality_refused:
+            self._report_refused_reorgs(result.finality_refused)
         self._commit()
         if result.connected or result.disconnected:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
@@ -596,6 +595,30 @@ class Node:
         if raw is not None:
             return decode_transaction(raw, self.params.max_block_size)
         return None
+
+    def _report_refused_reorgs(self, refused: list[bytes]) -> None:
+        """A heavier branch refused beyond finality: log, `reorg_refused` event, metric."""
+        conflicts = {c.tip.hash: c for c in self.chain.finality_conflicts()}
+        for block_hash in refused:
+            self.metrics.reorgs_refused.inc()
+            conflict = conflicts.get(block_hash)
+            details = conflict.to_json() if conflict is not None else {"hash": block_hash.hex()}
+            log.warning("reorg_refused_beyond_finality", finality_depth=self.finality_depth,
+                        **details)
+            self.events.publish({"type": "reorg_refused", "finality_depth": self.finality_depth,
+                                 **details})
+
+    def finality_conflicts_of(self, txid: bytes, status: TxStatus) -> list[dict[str, Any]]:
+        """The refused heavier branches that concern `txid`: it is in one of their blocks, or
+        in our own blocks above their fork point (which they would revert)."""
+        found = []
+        for conflict in self.chain.finality_conflicts():
+            ours = status.blockheight is not None and status.blockheight > conflict.fork.height
+            if ours or self.chain.branch_has_tx(conflict, txid):
+                found.append({**conflict.to_json(),
+                              "branch": "active" if ours else "refused",
+                              "warning": conflict.warning()})
+        return found
 
     def tx_status(self, txid: bytes) -> TxStatus:
         tx = None if self.chain.tx_block(txid) else self.find_transaction(txid)

@@ -12,7 +12,7 @@ node.miner.pool), none of which import it back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from consensus.block import Block
 from consensus.chainstate import AcceptResult, ChainState
@@ -123,6 +123,8 @@ class NodeAPI(MiningHost, Protocol):
     def watch(self, txid: bytes) -> None: ...
 
     def double_spends_of(self, txid: bytes) -> set[bytes]: ...
+
+    def finality_conflicts_of(self, txid: bytes, status: TxStatus) -> list[dict[str, Any]]: ...
 
     def accepted_zero_conf(self, status: TxStatus) -> bool: ...
 

@@ -26,6 +26,15 @@ class NodeMetrics:
         self.blocks_disconnected = Counter(
             "powlab_blocks_disconnected", "Blocks disconnected by reorganisations", registry=r
         )
+        self.reorgs_refused = Counter(
+            "powlab_reorgs_refused",
+            "Heavier branches refused because the reorganisation would revert a final block "
+            "(--enforce-finality)", registry=r,
+        )
+        self.finality_conflicts = Gauge(
+            "powlab_finality_conflicts",
+            "Heavier branches currently refused beyond finality (a chain split)", registry=r,
+        )
         self.reorg_depth = Histogram(
             "powlab_reorg_depth", "Blocks disconnected per reorganisation",
             buckets=REORG_DEPTH_BUCKETS, registry=r,
@@ -42,6 +51,7 @@ class NodeMetrics:
         self.mempool_bytes.set(node.mempool.bytes)
         self.peers.set(node.protocol.established_count())
         self.hashrate.set(node.miner.hashrate_measured())
+        self.finality_conflicts.set(len(node.chain.finality_conflicts()))
         return generate_latest(self.registry)
 
 

@@ -508,3 +508,34 @@ def test_deep_reorg_reads_blocks_and_undo_from_the_store() -> None:
     assert result.status == "connected" and result.reorg_depth == 266
     assert coinbase_outpoint(base[0]) in b.chain.utxo
     assert_matches_replay(b)
+
+
+def test_finality_conflict_names_the_heavier_branch_and_its_transactions() -> None:
+    # Boundary: finality depth 3 means a transaction with 3 confirmations is final, so a reorg
+    # disconnecting 3 blocks (reverting it) is refused, while one disconnecting 2 is allowed
+    # (test_finality_refuses_a_deep_reorg).
+    b, main, deep, _ = _finality_story(enforce=True)
+    [conflict] = b.chain.finality_conflicts()
+    assert conflict.tip.hash == deep[-1].hash and conflict.depth == 3
+    assert conflict.fork.hash == main[1].hash and conflict.fork.height == 2
+    assert b.chain.confirmations(b.entry(main[2])) == 3  # the final block it would revert
+    data = conflict.to_json()
+    assert data["hash"] == deep[-1].hash.hex() and data["fork_height"] == 2
+    assert deep[-1].hash.hex() in conflict.warning() and "height 6" in conflict.warning()
+    coinbase = deep[0].txs[0].txid
+    assert b.chain.branch_has_tx(conflict, coinbase)
+    assert not b.chain.branch_has_tx(conflict, main[2].txs[0].txid)
+    # Once our own branch has more work again, the warning goes away.
+    b.mine(2)
+    assert b.chain.finality_conflicts() == []
+
+
+def test_finality_conflict_resolved_by_invalidate_and_reconsider() -> None:
+    b, _main, deep, _ = _finality_story(enforce=True)
+    [conflict] = b.chain.finality_conflicts()
+    # What `powlab testnet heal --resolve` does: invalidate our first block after the fork,
+    # then reconsider the refused tip (which un-parks it); the reorg is then 0 blocks deep.
+    b.chain.invalidate_block(b.chain.active[conflict.fork.height + 1].hash)
+    b.chain.reconsider_block(conflict.tip.hash)
+    assert b.chain.tip.hash == deep[-1].hash
+    assert b.chain.finality_conflicts() == []

@@ -72,11 +72,28 @@ def load_nodes(directory: str | None) -> list[NetNode]:
     path = resolve_dir(directory)
     if is_docker(path):
         containers = docker_do(path, None, lambda net: net.containers())
-        return [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
-                for c in containers]
-    manifest = load_manifest(path)
-    return [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
-            for e in manifest.nodes]
+        nodes = [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
+                 for c in containers]
+    else:
+        manifest = load_manifest(path)
+        nodes = [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
+                 for e in manifest.nodes]
+    refuse_finality_split(nodes)
+    return nodes
+
+
+def refuse_finality_split(nodes: Sequence[NetNode]) -> None:
+    """Attacks start from one chain: refuse, saying why, while a node stays on a branch after
+    refusing a heavier one beyond finality (the split a previous attack may have left)."""
+    for node in nodes:
+        info = node.try_call("getblockchaininfo")
+        conflicts = (info or {}).get("finality_conflicts") or []
+        if conflicts:
+            c = conflicts[0]
+            raise AttackError(
+                f"{node.name} is on a branch refused beyond finality (a heavier branch, tip "
+                f"{c['hash'][:16]}… at height {c['height']}, forks at height "
+                f"{c['fork_height']}): run `powlab testnet heal --resolve`")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from lab.testnet.control import (
     collect_status,
     endpoint,
     fund,
+    resolve_finality_splits,
     set_mining_rates,
     start_miners,
     wait_connected,
@@ -272,6 +273,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def cmd_heal(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or is_docker(directory):
+        if args.resolve:
+            raise TestnetError("heal --resolve works on local testnets only; on the compose "
+                               "network run invalidateblock/reconsiderblock by hand "
+                               "(docs/testnet.md)")
         docker_do(directory, args, lambda net: net.heal())
         return 0
     manifest = load_manifest(directory)
@@ -282,6 +287,12 @@ def cmd_heal(args: argparse.Namespace) -> int:
     if args.wait:
         wait_connected(manifest, args.timeout)
         console().print("all nodes reconnected to their neighbours")
+    if args.resolve:
+        actions = resolve_finality_splits(manifest)
+        for line in actions:
+            console().print("resolved: " + line)
+        if not actions:
+            console().print("no chain split left by a refused reorganisation")
     return 0
 
 
@@ -484,6 +495,10 @@ def add_testnet_parser(sub: Any) -> None:
     heal.add_argument("--no-wait", dest="wait", action="store_false",
                       help="return without waiting for the nodes to reconnect")
     heal.add_argument("--timeout", type=float, default=60.0)
+    heal.add_argument("--resolve", action="store_true",
+                      help="also end chain splits left by reorganisations refused beyond "
+                           "finality: on each node not on the most-work tip, invalidateblock "
+                           "its own first block after the fork, reconsiderblock the heavier tip")
 
     mine = action("mine", "mine N blocks on NODE now (generatetoaddress)", cmd_mine)
     mine.add_argument("node", metavar="NODE")

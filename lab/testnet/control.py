@@ -171,7 +171,8 @@ def node_status(manifest: Manifest, entry: NodeEntry) -> dict[str, Any]:
         "bestblockhash": None, "peers": None, "mempool": None, "hashrate": None,
         "up": False, "pid": entry.pid, "p2p": entry.p2p, "datadir": entry.datadir,
         "log": entry.log, "mining": None, "hashrate_limit": None,
-        "group": group_index(manifest).get(entry.name),
+        "group": group_index(manifest).get(entry.name), "warnings": "",
+        "finality_conflicts": [],
     }
     if not node_alive(entry):
         return row
@@ -180,6 +181,8 @@ def node_status(manifest: Manifest, entry: NodeEntry) -> dict[str, Any]:
         info = call(entry, "getblockchaininfo", timeout=10)
         row["height"] = info["blocks"]
         row["bestblockhash"] = info["bestblockhash"]
+        row["warnings"] = info.get("warnings", "")
+        row["finality_conflicts"] = info.get("finality_conflicts", [])
         row["peers"] = call(entry, "getconnectioncount", timeout=10)
         row["mempool"] = call(entry, "getmempoolinfo", timeout=10)["size"]
         mining = call(entry, "getmininginfo", timeout=10)
@@ -194,3 +197,43 @@ def node_status(manifest: Manifest, entry: NodeEntry) -> dict[str, Any]:
 def collect_status(manifest: Manifest) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=min(8, len(manifest.nodes))) as pool:
         return list(pool.map(lambda e: node_status(manifest, e), manifest.nodes))
+
+
+def resolve_finality_splits(manifest: Manifest) -> list[str]:
+    """End chain splits left by reorganisations refused beyond finality (`heal --resolve`).
+
+    The target is the most-work valid tip among the running nodes. Each node whose tip is not
+    it and that knows a heavier branch it refused (`getblockchaininfo.finality_conflicts`):
+    `invalidateblock` on its own first block after that branch's fork point (so its tip goes
+    back to the fork), then `reconsiderblock` on the heavier tip (which un-parks the refused
+    branch and clears any failure on its ancestors); the node then follows the heavier branch
+    with a reorganisation of zero blocks. Returns one line per action, for the user.
+    """
+    infos = {e.name: call(e, "getblockchaininfo") for e in manifest.nodes if node_alive(e)}
+    if not infos:
+        return []
+    best = max(infos.values(), key=lambda i: int(i["chainwork"], 16))
+    actions = []
+    for entry in manifest.nodes:
+        info = infos.get(entry.name)
+        if info is None or info["bestblockhash"] == best["bestblockhash"]:
+            continue
+        for conflict in info.get("finality_conflicts", []):
+            own = call(entry, "getblockhash", conflict["fork_height"] + 1)
+            call(entry, "invalidateblock", own)
+            call(entry, "reconsiderblock", conflict["hash"])
+            actions.append(f"{entry.name}: invalidateblock {own} (own branch above height "
+                           f"{conflict['fork_height']}), reconsiderblock {conflict['hash']}")
+    return actions
+
+
+def finality_split_reason(manifest: Manifest) -> str | None:
+    """Why an attack cannot start from a clean state, or None: a node on a refused branch."""
+    for entry in manifest.nodes:
+        if not node_alive(entry):
+            continue
+        info = try_call(entry, "getblockchaininfo")
+        if info and info.get("finality_conflicts"):
+            return (f"{entry.name} is on a branch refused beyond finality (a heavier branch "
+                    "exists that it will not follow): run `powlab testnet heal --resolve`")
+    return None

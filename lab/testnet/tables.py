@@ -79,6 +79,9 @@ def status_table(title: str, partition: list[list[str]] | None,
             rate = "off"
         up = "[green]up" if r["up"] and "error" not in r else (
             "[yellow]no rpc" if r["up"] else "[red]down")
+        if r.get("warnings"):
+            # A heavier branch refused beyond finality: a split `heal --resolve` ends.
+            best_text = f"[red]{best[:12]} !"
         table.add_row(
             r["node"], r["role"], up, _cell(r["height"]), best_text, _cell(r["peers"]),
             _cell(r["mempool"]), rate, _cell(r["rpc"]),

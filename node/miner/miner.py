@@ -68,7 +68,9 @@ class Miner:
             self._task = asyncio.create_task(self._run())
             log.info("mining_started", processes=self.pool.processes, hashrate=self.hashrate)
         elif not enabled and self.enabled:
+            # First, so that a result arriving while the task is cancelled is discarded.
             self.enabled = False
+            self._job_id += 1  # every job handed out so far is stale
             await self._cancel_task()
             if self.pool is not None:
                 self.pool.clear_job()
@@ -141,12 +143,20 @@ class Miner:
                     self._extra_nonce += 1
                 elif isinstance(result, Found) and result.job_id == job_id:
                     self._extra_nonce = 0
-                    self._submit_found(template, result.nonce)
+                    self._submit_found(template, result.nonce, job_id)
         finally:
             if result_task is not None:
                 result_task.cancel()
 
-    def _submit_found(self, template: Block, nonce: int) -> None:
+    def _submit_found(self, template: Block, nonce: int, job_id: int) -> bool:
+        """Connect a found block, unless its job is stale: mining was switched off since
+        (no block may appear after `setmining false` returned), a newer job replaced it, or
+        the tip moved (the block would only be a stale side branch)."""
+        stale = (not self.enabled or job_id != self._job_id
+                 or template.header.prev_hash != self.node.chain.tip.hash)
+        if stale:
+            log.info("miner_stale_result_discarded", job_id=job_id, enabled=self.enabled)
+            return False
         block = Block(template.header.with_nonce(nonce), template.txs)
         result = self.node.submit_block(block)
         if result.status == "connected":
@@ -154,6 +164,7 @@ class Miner:
             log.info("block_mined", hash=block.hash.hex(), height=self.node.chain.height)
         else:
             log.warning("mined_block_not_connected", status=result.status, reason=result.reason)
+        return result.status == "connected"
 
     # ----------------------------------------------------------------- generate now
 

@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -101,6 +101,61 @@ def default_processes() -> int:
 # --------------------------------------------------------------------------- worker side
 
 
+class HashBudget:
+    """The hash-rate cap of one worker: a token bucket that only fills while hashing.
+
+    Mining must be a Poisson process from the moment it is switched on, so credit never
+    accumulates while the worker is idle (no job), paused (rate 0) or waiting for the next
+    template after a find: `restart()` (called when a job starts after idleness) and every
+    rate change empty the bucket and restart its clock. While hashing, the bucket holds at
+    most two quanta, enough that scheduler oversleep does not pull the achieved rate below
+    the cap. `clock` is injectable so the tests can run it in virtual time.
+    """
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.tokens = 0.0
+        self.refilled_at = clock()
+
+    def restart(self) -> None:
+        self.tokens = 0.0
+        self.refilled_at = self.clock()
+
+    def set_rate(self, rate: float | None) -> None:
+        self.rate = rate
+        self.restart()
+
+    def capacity(self) -> float:
+        assert self.rate is not None
+        return 2.0 * self.quantum() + 1.0
+
+    def quantum(self) -> float:
+        assert self.rate is not None
+        return max(1.0, self.rate * PACE_QUANTUM_S)
+
+    def grant(self) -> tuple[int, float]:
+        """(hashes allowed now, 0.0) or (0, seconds to wait for a whole quantum)."""
+        rate = self.rate
+        if rate is None:
+            return UNLIMITED_BATCH, 0.0
+        if rate <= 0:
+            return 0, PACE_QUANTUM_S
+        now = self.clock()
+        tokens = min(self.tokens + (now - self.refilled_at) * rate, self.capacity())
+        self.tokens = tokens
+        self.refilled_at = now
+        if tokens >= 1.0 - 1e-6:  # a wait of exactly one quantum may refill to 0.9999...
+            return min(max(1, int(tokens + 1e-6)), UNLIMITED_BATCH), 0.0
+        # Wait for a whole quantum (not just one hash) to keep wakeups rare.
+        return 0, (self.quantum() - tokens) / rate
+
+    def spend(self, hashes: int) -> None:
+        if self.rate is not None:
+            self.tokens -= hashes
+
+
+
 class _Worker:
     """State of one worker process; only ever instantiated inside the child."""
 
@@ -129,31 +184,19 @@ class _Worker:
         self.next_nonce = 0
         self.end = 0
         self.ack_pending = False
-        # Token bucket.
-        self.rate: float | None = None
-        self.tokens = 0.0
-        self.refilled_at = time.monotonic()
-        self.set_rate(rate)
+        self.bucket = HashBudget(rate)
 
-    def set_rate(self, rate: float | None) -> None:
-        if rate is not None and self.rate is None:
-            # Coming from unthrottled: start with an empty bucket rather than a burst.
-            self.tokens = 0.0
-            self.refilled_at = time.monotonic()
-        self.rate = rate
-        if rate is not None:
-            self.tokens = min(self.tokens, self._bucket_cap(rate))
-
-    @staticmethod
-    def _bucket_cap(rate: float) -> float:
-        # Room for two quanta so scheduler oversleep never discards tokens (which would pull
-        # the achieved rate below the cap), but an idle worker cannot bank a large burst.
-        return 2.0 * max(1.0, rate * PACE_QUANTUM_S) + 1.0
+    @property
+    def rate(self) -> float | None:
+        return self.bucket.rate
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "job":
             _, gen, job_id, header76, target, lo, hi = msg
+            if self.scan is None:
+                # Switching on (from idle or after a found block): no credit carried over.
+                self.bucket.restart()
             self.job_gen = gen
             self.job_id = job_id
             self.scan = make_scanner(header76, target)
@@ -165,7 +208,7 @@ class _Worker:
             self.scan = None
             self.ack_pending = False
         elif kind == "rate":
-            self.set_rate(msg[1])
+            self.bucket.set_rate(msg[1])
         elif kind == "stop":
             self.running = False
 
@@ -184,20 +227,11 @@ class _Worker:
 
     def paced_batch(self) -> int:
         """How many hashes to do now; 0 means slept (or was woken) and the caller re-checks."""
-        rate = self.rate
-        if rate is None:
-            return UNLIMITED_BATCH
-        now = time.monotonic()
-        tokens = min(self.tokens + (now - self.refilled_at) * rate, self._bucket_cap(rate))
-        self.tokens = tokens
-        self.refilled_at = now
-        if tokens >= 1.0:
-            return min(int(tokens), UNLIMITED_BATCH)
-        # Sleep until a whole quantum is available (not just one hash) to keep wakeups rare;
-        # poll() doubles as the sleep so a new job or shutdown interrupts it.
-        quantum = max(1.0, rate * PACE_QUANTUM_S)
-        self.job_conn.poll((quantum - tokens) / rate)
-        return 0
+        n, wait = self.bucket.grant()
+        if n == 0:
+            # poll() doubles as the sleep so a new job or shutdown interrupts it.
+            self.job_conn.poll(wait)
+        return n
 
     def run(self) -> None:
         job_conn = self.job_conn
@@ -229,8 +263,7 @@ class _Worker:
             nonce, done = scan(self.next_nonce, min(n, remaining))
             self.total += done
             counts[wid] = self.total
-            if self.rate is not None:
-                self.tokens -= done
+            self.bucket.spend(done)
             if nonce is None:
                 self.next_nonce += done
             else:

@@ -48,7 +48,8 @@ def _header_json(node: NodeAPI, entry: BlockIndex) -> dict[str, Any]:
 
 @rpc_method
 def getblockchaininfo(node: NodeAPI) -> dict[str, Any]:
-    """Chain, height, best block, work, difficulty, median time and finality depth."""
+    """Chain, height, best block, work, difficulty, median time and finality depth;
+    `warnings` names any heavier branch refused beyond finality (a chain split)."""
     params = node.params
     chain = node.chain
     tip = chain.tip
@@ -65,6 +66,9 @@ def getblockchaininfo(node: NodeAPI) -> dict[str, Any]:
         "enforce_finality": chain.enforce_finality,
         "genesis": params.genesis_hash.hex(),
         "orphan_blocks": chain.orphan_count(),
+        # bitcoind's field: a string, empty when all is well.
+        "warnings": " ".join(c.warning() for c in chain.finality_conflicts()),
+        "finality_conflicts": [c.to_json() for c in chain.finality_conflicts()],
     }
 
 

@@ -75,12 +75,14 @@ def sendtoaddress(node: NodeAPI, address: str, amount: int) -> str:
 @rpc_method
 def gettransaction(node: NodeAPI, txid: str) -> dict[str, Any]:
     """Status (mempool, confirmed, final, conflicted, unknown), confirmations (negative
-    when conflicted), block, conflicting txids and the finality depth."""
+    when conflicted), block, conflicting txids and the finality depth; `finality_conflict`
+    names a heavier branch this node refused beyond finality that holds or would revert it."""
     raw_txid = hash_param(txid, "txid")
     node.watch(raw_txid)
     status = node.tx_status(raw_txid)
     q = node.config.assumed_attacker_share
     seen = node.double_spends_of(raw_txid)
+    conflicts = node.finality_conflicts_of(raw_txid, status)
     return {
         **status.to_json(),
         "reversal_risk": status.reversal_risk(q),
@@ -90,6 +92,10 @@ def gettransaction(node: NodeAPI, txid: str) -> dict[str, Any]:
         "seen_double_spends": sorted(t.hex() for t in seen),
         "accepted_zero_conf": node.accepted_zero_conf(status),
         "listening_period": node.config.listening_period,
+        # A heavier branch refused beyond finality that would revert this payment, or that
+        # holds it: "final" here is only this node's view of a split network.
+        "finality_conflict": conflicts[0] if conflicts else None,
+        "warnings": " ".join(c["warning"] for c in conflicts),
     }
 
 
