@@ -20,10 +20,10 @@ from lab.attack.report import (
 )
 from lab.plotting import pyplot
 from lab.simulate.plots import (
-    DEFAULT_REFERENCES,
     build_doublespend_figure,
     build_stale_rate_figure,
 )
+from lab.simulate.presets import reference_stale_rates
 
 
 def split_run() -> dict[str, Any]:
@@ -146,7 +146,7 @@ def test_stale_rate_plot_has_intervals_and_the_references(close_figures: Any) ->
     assert ax.containers, "no error bars"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("95 % CI" in label for label in labels)
-    for ref in DEFAULT_REFERENCES:
+    for ref in reference_stale_rates():
         assert any(f"{ref['stale_rate']:.2%} at {ref['block_interval']:g} s" in label
                    for label in labels)
     assert any("no stale block" in label for label in labels)
@@ -154,7 +154,7 @@ def test_stale_rate_plot_has_intervals_and_the_references(close_figures: Any) ->
     fig = build_stale_rate_figure(network_runs(), own)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any("somebody" in label for label in labels)
-    assert not any("Table I" in label for label in labels)
+    assert not any("Gervais" in label for label in labels)
 
 
 def test_doublespend_plot_integer_confirmations(close_figures: Any) -> None:

@@ -6,24 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from lab.plotting import pyplot
+from lab.simulate.presets import reference_stale_rates
 
-GERVAIS_2016 = ("Gervais et al. 2016, On the Security and Performance of Proof of Work "
-                "Blockchains, ACM CCS")
-# Reference stale rates drawn when the runs carry none of their own: Bitcoin as simulated by
-# Gervais et al. 2016 (1 MB blocks; about 1.5 % at 10 min and 2.2 % at 1 min, the values the
-# issue tracker quotes and the simulator's bitcoin preset is checked against), and Bitcoin as
-# measured in their Table I (0.41 %, average blocks of 534.8 kB).
-DEFAULT_REFERENCES: tuple[dict[str, Any], ...] = (
-    {"block_interval": 600.0, "stale_rate": 0.015, "kind": "simulated",
-     "source": GERVAIS_2016 + ", Bitcoin, 10 min, 1 MB (simulated)",
-     "label": "Gervais et al. 2016, Bitcoin 1 MB, simulated"},
-    {"block_interval": 60.0, "stale_rate": 0.022, "kind": "simulated",
-     "source": GERVAIS_2016 + ", Bitcoin-like, 1 min (simulated)",
-     "label": "Gervais et al. 2016, 1 min blocks, simulated"},
-    {"block_interval": 600.0, "stale_rate": 0.0041, "kind": "measured",
-     "source": GERVAIS_2016 + ", Table I, Bitcoin (measured)",
-     "label": "Gervais et al. 2016, Table I, Bitcoin measured"},
-)
+# The reference stale rates come from the one table the simulator's preset is checked against.
 
 
 def stale_interval(run: dict[str, Any]) -> tuple[float, float]:
@@ -39,7 +24,7 @@ def stale_interval(run: dict[str, Any]) -> tuple[float, float]:
 
 def build_stale_rate_figure(runs: list[dict[str, Any]],
                             references: list[dict[str, Any]] | None = None) -> Any:
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.6))
@@ -58,7 +43,7 @@ def build_stale_rate_figure(runs: list[dict[str, Any]],
                 label="simulated stale rate, 95 % CI")
     if references is None:
         references = next((r["references"] for r in runs if r.get("references")), None)
-    for ref in references if references is not None else DEFAULT_REFERENCES:
+    for ref in references if references is not None else reference_stale_rates():
         measured = ref.get("kind") == "measured"
         ax.plot([ref["block_interval"]], [ref["stale_rate"]], linestyle="none",
                 marker="D" if measured else "*", markersize=9 if measured else 14,
@@ -74,6 +59,9 @@ def build_stale_rate_figure(runs: list[dict[str, Any]],
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:g} %"))
+    # Between the decades only 2 and 5 are labelled: more would crowd the axis.
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v * 100:g} %"))
     ax.set_xlabel("mean block interval (s, log scale)")
     ax.set_ylabel("stale (orphan) rate (log scale)")
     p50 = runs[0]["propagation_ms"]["p50"] / 1000

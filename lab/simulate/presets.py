@@ -90,7 +90,8 @@ def reference_stale_rates(preset: str = "bitcoin") -> list[dict[str, Any]]:
     if preset != "bitcoin":
         raise ValueError(f"unknown preset {preset!r}")
     return [{"block_interval": r.block_interval, "stale_rate": r.stale_rate,
-             "source": r.source} for r in REFERENCE_STALE_RATES]
+             "source": r.source, "label": "Gervais et al. 2016, Bitcoin, simulated"}
+            for r in REFERENCE_STALE_RATES]
 
 
 def reference_for(block_interval: float) -> Reference | None:
