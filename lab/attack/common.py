@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import random
 import threading
 import time
@@ -381,6 +382,133 @@ class MiningState:
     limit: float | None
 
 
+# A ban that outlasts any scenario; the scenario lifts it itself when it reconnects the node.
+ISOLATION_BAN_SECONDS = 24 * 3600
+
+
+@dataclass
+class Cut:
+    """How one node was cut off: the bans on its links (both ends) and the links added
+    between the other nodes so that they stay one network."""
+
+    node: NetNode
+    neighbours: list[NetNode]
+    ids: dict[str, str]  # node name -> P2P node id (hex)
+    dial: dict[str, str]  # node name -> NODEID@HOST:PORT
+    bans: list[tuple[NetNode, str]] = field(default_factory=list)  # (who bans, host)
+    added: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # (who dials, whom)
+
+    def describe(self) -> str:
+        me = self.node.name
+        text = ("banned " + ", ".join(f"{me}<->{b.name}" for b in self.neighbours)
+                if self.neighbours else "no links to ban")
+        if self.added:
+            text += "; added " + ", ".join(f"{a.name}<->{b.name}" for a, b in self.added)
+        return text
+
+    def links_up(self) -> bool:
+        for a, b in self.added:
+            peers = a.try_call("getpeerinfo") or []
+            if not any(p.get("node_id") == self.ids[b.name] and p.get("status") == "established"
+                       for p in peers):
+                return False
+        return True
+
+    def lift(self) -> None:
+        for who, host in self.bans:
+            with contextlib.suppress(RPCError):  # not banned (any more)
+                who.call("setban", host, "remove")
+        # Redial at once rather than at the next reconnect interval.
+        for b in self.neighbours:
+            with contextlib.suppress(RPCError):
+                self.node.call("addnode", self.dial[b.name], "onetry")
+
+    def remove_added(self) -> None:
+        for a, b in self.added:
+            with contextlib.suppress(RPCError):
+                a.call("addnode", self.dial[b.name], "remove")
+            for peer in a.try_call("getpeerinfo") or []:
+                if peer.get("node_id") == self.ids[b.name]:
+                    with contextlib.suppress(RPCError):
+                        a.call("disconnectnode", "", peer["id"])
+
+
+def _host(addr: str) -> str:
+    return addr.rsplit(":", 1)[0].strip("[]")
+
+
+def _components(names: list[str], adj: dict[str, set[str]]) -> list[list[str]]:
+    seen: set[str] = set()
+    parts: list[list[str]] = []
+    for start in names:
+        if start in seen:
+            continue
+        part, todo = [], [start]
+        seen.add(start)
+        while todo:
+            cur = todo.pop()
+            part.append(cur)
+            for nxt in adj.get(cur, ()):
+                if nxt in names and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        parts.append(sorted(part, key=names.index))
+    return parts
+
+
+def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
+    """Plans cutting `isolated` off by links (see Network.isolate), from every node's
+    getnetworkinfo and getpeerinfo. None when links cannot be cut surgically: the node does
+    not report its P2P node id, or nodes share a host address (a host ban would hit several
+    nodes)."""
+    def look(n: NetNode) -> tuple[Any, Any]:
+        return n.try_call("getnetworkinfo"), n.try_call("getpeerinfo")
+
+    ids: dict[str, str] = {}
+    p2p: dict[str, str] = {}
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for n, (info, peer_list) in zip(nodes, parallel([lambda n=n: look(n) for n in nodes]),
+                                    strict=True):
+        if not info or not info.get("node_id") or peer_list is None:
+            if n is isolated:
+                return None
+            continue  # unreachable: it can neither be cut nor relay
+        ids[n.name], p2p[n.name] = info["node_id"], str(info.get("p2p") or "")
+        peers[n.name] = [p for p in peer_list if p.get("status") == "established"]
+    by_id = {v: k for k, v in ids.items()}
+    by_name = {n.name: n for n in nodes}
+    host_of: dict[str, str] = {}
+    adj: dict[str, set[str]] = {name: set() for name in ids}
+    for name, plist in peers.items():
+        for p in plist:
+            other = by_id.get(p.get("node_id", ""))
+            if other is None:
+                continue
+            host_of.setdefault(other, _host(p["addr"]))
+            adj[name].add(other)
+            adj[other].add(name)
+    if len(set(host_of.values())) < len(host_of):
+        return None
+    dial: dict[str, str] = {}
+    for name in ids:
+        host, _, port = p2p[name].rpartition(":")
+        if host.strip("[]") in ("", "0.0.0.0", "::") and name in host_of:
+            host = host_of[name]
+        dial[name] = f"{ids[name]}@{host}:{port}"
+    order = [n.name for n in nodes if n.name in ids]
+    me = isolated.name
+    neighbours = [by_name[x] for x in order if x in adj[me]]
+    cut = Cut(isolated, neighbours, ids, dial)
+    for b in neighbours:
+        cut.bans += [(isolated, host_of[b.name]), (b, host_of[me])]
+    rest = [x for x in order if x != me]
+    parts = _components(rest, {k: v - {me} for k, v in adj.items()})
+    # Join the parts the cut leaves, each at a former neighbour of the isolated node.
+    anchors = [next((x for x in part if x in adj[me]), part[0]) for part in parts]
+    cut.added = [(by_name[a], by_name[b]) for a, b in itertools.pairwise(anchors)]
+    return cut
+
+
 class Network:
     """Mining and P2P switches, remembered so the testnet is left as it was found."""
 
@@ -389,6 +517,8 @@ class Network:
         self.timeline = timeline
         self.saved: dict[str, MiningState] = {}
         self.isolated: set[str] = set()
+        self.cuts: dict[str, Cut] = {}
+        self.lifted: list[Cut] = []
         self.before_restore: Callable[[], None] | None = None
 
     def save(self) -> None:
@@ -415,14 +545,40 @@ class Network:
         self.timeline.add("*", "mining paused", note="every node stops mining for the setup")
 
     def isolate(self, node: NetNode) -> None:
-        node.call("setnetworkactive", False)
-        self.isolated.add(node.name)
-        self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+        """Cuts `node` off by its links only: it and each of its peers ban each other, and
+        where that would split the other nodes, `addnode` links the cut-off parts together
+        (between nodes that were the isolated node's neighbours). The rest of the network
+        keeps gossiping; the timeline says which links were cut and added."""
+        cut = cut_links(self.roles.nodes, node)
+        if cut is None:
+            # A node without getnetworkinfo's node_id: the whole node goes off the network.
+            node.call("setnetworkactive", False)
+            self.isolated.add(node.name)
+            self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+            return
+        for who, host in cut.bans:
+            who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
+        for a, b in cut.added:
+            with contextlib.suppress(RPCError):  # already added: the link is there
+                a.call("addnode", cut.dial[b.name], "add")
+        self.cuts[node.name] = cut
+        self.timeline.add(node.name, "isolated", note=cut.describe())
+        if cut.added:
+            wait_until(lambda: cut.links_up(), 30,
+                       "the links added around " + node.name)
 
     def reconnect(self, node: NetNode) -> None:
-        node.call("setnetworkactive", True)
-        self.isolated.discard(node.name)
-        self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
+        cut = self.cuts.pop(node.name, None)
+        if cut is None:
+            node.call("setnetworkactive", True)
+            self.isolated.discard(node.name)
+            self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
+            return
+        cut.lift()
+        self.lifted.append(cut)
+        self.timeline.add(node.name, "reconnected",
+                          note="unbanned " + ", ".join(f"{node.name}<->{b.name}"
+                                                       for b in cut.neighbours))
 
     def restore(self) -> None:
         if self.before_restore is not None:
@@ -431,6 +587,16 @@ class Network:
             if node.name in self.isolated:
                 node.try_call("setnetworkactive", True)
         self.isolated.clear()
+        for cut in list(self.cuts.values()):
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                cut.lift()
+            self.lifted.append(cut)
+        self.cuts.clear()
+        # Links the scenario added go again, so the testnet keeps the topology it had.
+        for cut in self.lifted:
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                cut.remove_added()
+        self.lifted.clear()
         for node in self.roles.nodes:
             state = self.saved.get(node.name)
             if state is None:
