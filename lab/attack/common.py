@@ -388,23 +388,30 @@ ISOLATION_BAN_SECONDS = 24 * 3600
 
 @dataclass
 class Cut:
-    """How one node was cut off: the bans on its links (both ends) and the links added
-    between the other nodes so that they stay one network."""
+    """Links cut by bans (both ends ban each other's host) and links added between nodes
+    that must stay in touch; lifting it redials the cut links at once."""
 
-    node: NetNode
-    neighbours: list[NetNode]
     ids: dict[str, str]  # node name -> P2P node id (hex)
     dial: dict[str, str]  # node name -> NODEID@HOST:PORT
     bans: list[tuple[NetNode, str]] = field(default_factory=list)  # (who bans, host)
+    cut: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # peers cut apart
     added: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # (who dials, whom)
 
     def describe(self) -> str:
-        me = self.node.name
-        text = ("banned " + ", ".join(f"{me}<->{b.name}" for b in self.neighbours)
-                if self.neighbours else "no links to ban")
+        text = ("banned " + ", ".join(f"{a.name}<->{b.name}" for a, b in self.cut)
+                if self.cut else "no links to ban")
         if self.added:
             text += "; added " + ", ".join(f"{a.name}<->{b.name}" for a, b in self.added)
         return text
+
+    def apply(self) -> None:
+        for who, host in self.bans:
+            who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
+        for a, b in self.added:
+            with contextlib.suppress(RPCError):  # already added: the link is there
+                a.call("addnode", self.dial[b.name], "add")
+        if self.added:
+            wait_until(self.links_up, 30, "the added links (" + self.describe() + ")")
 
     def links_up(self) -> bool:
         for a, b in self.added:
@@ -419,9 +426,9 @@ class Cut:
             with contextlib.suppress(RPCError):  # not banned (any more)
                 who.call("setban", host, "remove")
         # Redial at once rather than at the next reconnect interval.
-        for b in self.neighbours:
+        for a, b in self.cut:
             with contextlib.suppress(RPCError):
-                self.node.call("addnode", self.dial[b.name], "onetry")
+                a.call("addnode", self.dial[b.name], "onetry")
 
     def remove_added(self) -> None:
         for a, b in self.added:
@@ -456,11 +463,22 @@ def _components(names: list[str], adj: dict[str, set[str]]) -> list[list[str]]:
     return parts
 
 
-def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
-    """Plans cutting `isolated` off by links (see Network.isolate), from every node's
-    getnetworkinfo and getpeerinfo. None when links cannot be cut surgically: the node does
-    not report its P2P node id, or nodes share a host address (a host ban would hit several
-    nodes)."""
+@dataclass
+class Survey:
+    """The P2P graph as the nodes report it: node ids, dialable addresses, hosts, peers."""
+
+    order: list[str]  # reachable nodes, in manifest order
+    by_name: dict[str, NetNode]
+    ids: dict[str, str]  # node name -> P2P node id (hex)
+    dial: dict[str, str]  # node name -> NODEID@HOST:PORT
+    host_of: dict[str, str]  # node name -> host address its peers see
+    adj: dict[str, set[str]]
+
+
+def survey(nodes: Sequence[NetNode]) -> Survey | None:
+    """From every node's getnetworkinfo and getpeerinfo. None when links cannot be cut one by
+    one: a node does not report its P2P node id, or nodes share a host address (a host ban
+    would hit several nodes)."""
     def look(n: NetNode) -> tuple[Any, Any]:
         return n.try_call("getnetworkinfo"), n.try_call("getpeerinfo")
 
@@ -469,14 +487,13 @@ def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
     peers: dict[str, list[dict[str, Any]]] = {}
     for n, (info, peer_list) in zip(nodes, parallel([lambda n=n: look(n) for n in nodes]),
                                     strict=True):
-        if not info or not info.get("node_id") or peer_list is None:
-            if n is isolated:
-                return None
+        if info and not info.get("node_id"):
+            return None
+        if not info or peer_list is None:
             continue  # unreachable: it can neither be cut nor relay
         ids[n.name], p2p[n.name] = info["node_id"], str(info.get("p2p") or "")
         peers[n.name] = [p for p in peer_list if p.get("status") == "established"]
     by_id = {v: k for k, v in ids.items()}
-    by_name = {n.name: n for n in nodes}
     host_of: dict[str, str] = {}
     adj: dict[str, set[str]] = {name: set() for name in ids}
     for name, plist in peers.items():
@@ -495,17 +512,33 @@ def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
         if host.strip("[]") in ("", "0.0.0.0", "::") and name in host_of:
             host = host_of[name]
         dial[name] = f"{ids[name]}@{host}:{port}"
-    order = [n.name for n in nodes if n.name in ids]
+    return Survey([n.name for n in nodes if n.name in ids], {n.name: n for n in nodes},
+                  ids, dial, host_of, adj)
+
+
+def join_links(sv: Survey, names: list[str], prefer: set[str]) -> list[tuple[NetNode, NetNode]]:
+    """Links (dialler, dialled) that join the parts `names` fall into, ignoring every other
+    node; each part is joined at a node of `prefer` where it has one."""
+    inside = set(names)
+    parts = _components(names, {k: v & inside for k, v in sv.adj.items()})
+    anchors = [next((x for x in part if x in prefer), part[0]) for part in parts]
+    return [(sv.by_name[a], sv.by_name[b]) for a, b in itertools.pairwise(anchors)]
+
+
+def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
+    """Plans cutting `isolated` off by links (see Network.isolate); None: see `survey`."""
+    sv = survey(nodes)
     me = isolated.name
-    neighbours = [by_name[x] for x in order if x in adj[me]]
-    cut = Cut(isolated, neighbours, ids, dial)
-    for b in neighbours:
-        cut.bans += [(isolated, host_of[b.name]), (b, host_of[me])]
-    rest = [x for x in order if x != me]
-    parts = _components(rest, {k: v - {me} for k, v in adj.items()})
+    if sv is None or me not in sv.ids:
+        return None
+    cut = Cut(sv.ids, sv.dial)
+    for x in sv.order:
+        if x in sv.adj[me]:
+            b = sv.by_name[x]
+            cut.cut.append((isolated, b))
+            cut.bans += [(isolated, sv.host_of[x]), (b, sv.host_of[me])]
     # Join the parts the cut leaves, each at a former neighbour of the isolated node.
-    anchors = [next((x for x in part if x in adj[me]), part[0]) for part in parts]
-    cut.added = [(by_name[a], by_name[b]) for a, b in itertools.pairwise(anchors)]
+    cut.added = join_links(sv, [x for x in sv.order if x != me], sv.adj[me])
     return cut
 
 
@@ -551,34 +584,32 @@ class Network:
         keeps gossiping; the timeline says which links were cut and added."""
         cut = cut_links(self.roles.nodes, node)
         if cut is None:
-            # A node without getnetworkinfo's node_id: the whole node goes off the network.
+            # No node ids, or shared host addresses: the whole node goes off the network.
             node.call("setnetworkactive", False)
             self.isolated.add(node.name)
             self.timeline.add(node.name, "isolated", note="setnetworkactive false")
             return
-        for who, host in cut.bans:
-            who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
-        for a, b in cut.added:
-            with contextlib.suppress(RPCError):  # already added: the link is there
-                a.call("addnode", cut.dial[b.name], "add")
-        self.cuts[node.name] = cut
-        self.timeline.add(node.name, "isolated", note=cut.describe())
-        if cut.added:
-            wait_until(lambda: cut.links_up(), 30,
-                       "the links added around " + node.name)
+        self.apply_cut(node.name, cut, "isolated")
 
-    def reconnect(self, node: NetNode) -> None:
-        cut = self.cuts.pop(node.name, None)
-        if cut is None:
-            node.call("setnetworkactive", True)
-            self.isolated.discard(node.name)
-            self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
-            return
+    def apply_cut(self, key: str, cut: Cut, event: str) -> None:
+        cut.apply()
+        self.cuts[key] = cut
+        self.timeline.add(key, event, note=cut.describe())
+
+    def lift_cut(self, key: str, event: str) -> None:
+        cut = self.cuts.pop(key)
         cut.lift()
         self.lifted.append(cut)
-        self.timeline.add(node.name, "reconnected",
-                          note="unbanned " + ", ".join(f"{node.name}<->{b.name}"
-                                                       for b in cut.neighbours))
+        self.timeline.add(key, event,
+                          note="unbanned " + ", ".join(f"{a.name}<->{b.name}" for a, b in cut.cut))
+
+    def reconnect(self, node: NetNode) -> None:
+        if node.name in self.cuts:
+            self.lift_cut(node.name, "reconnected")
+            return
+        node.call("setnetworkactive", True)
+        self.isolated.discard(node.name)
+        self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
 
     def restore(self) -> None:
         if self.before_restore is not None:
