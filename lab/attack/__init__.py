@@ -1,6 +1,6 @@
 """`powlab attack`: double-spend and mining attacks staged on a running network via RPC.
 
-One module per scenario (race, finney, vector76, majority, selfish); `common` holds the
+One module per scenario (race, finney, vector76, majority, selfish, split); `common` holds the
 network, roles, timeline, monitor and transaction helpers, `report` the output and plot."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`powlab attack race|finney|vector76|majority|selfish`: argument parsing and the runner."""
+"""`powlab attack race|finney|vector76|majority|selfish|split`: argument parsing and the runner."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ SCENARIOS: dict[str, str] = {
     "vector76": "show a withheld block paying the victim to the victim alone; reorg it away",
     "majority": "mine a private branch with tx2 at share Q until it outworks Z confirmations",
     "selfish": "Eyal–Sirer selfish mining at share α over K blocks (seeded lottery)",
+    "split": "partition into two mining halves, pay the coin differently on each, heal: "
+             "which payment survives",
 }
 
 
@@ -154,3 +156,12 @@ def add_attack_parser(sub: Any) -> None:
                               "tie (default 0)")
     selfish.add_argument("--blocks", type=int, default=100, metavar="K",
                          help="lottery rounds: blocks found in total (default 100)")
+
+    split = add("split", "confirmations each half mines on its own payment before the heal "
+                         "(default 2)")
+    split.add_argument("--halves", nargs=2, metavar="NODES",
+                       help="the two halves, e.g. n1,n2 n3,n4 (default: the victim and its "
+                            "nearest nodes, half of the network, against the rest)")
+    split.add_argument("--block-interval", type=float, default=1.0, metavar="S",
+                       help="mean seconds per block at the total hash rate (default 1)")
+    split.set_defaults(timeout=120.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import random
 import threading
 import time
@@ -398,6 +399,166 @@ class MiningState:
     limit: float | None
 
 
+# A ban that outlasts any scenario; the scenario lifts it itself when it reconnects the node.
+ISOLATION_BAN_SECONDS = 24 * 3600
+
+
+@dataclass
+class Cut:
+    """Links cut by bans (both ends ban each other's host) and links added between nodes
+    that must stay in touch; lifting it redials the cut links at once."""
+
+    ids: dict[str, str]  # node name -> P2P node id (hex)
+    dial: dict[str, str]  # node name -> NODEID@HOST:PORT
+    bans: list[tuple[NetNode, str]] = field(default_factory=list)  # (who bans, host)
+    cut: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # peers cut apart
+    added: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # (who dials, whom)
+
+    def describe(self) -> str:
+        text = ("banned " + ", ".join(f"{a.name}<->{b.name}" for a, b in self.cut)
+                if self.cut else "no links to ban")
+        if self.added:
+            text += "; added " + ", ".join(f"{a.name}<->{b.name}" for a, b in self.added)
+        return text
+
+    def apply(self) -> None:
+        for who, host in self.bans:
+            who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
+        for a, b in self.added:
+            with contextlib.suppress(RPCError):  # already added: the link is there
+                a.call("addnode", self.dial[b.name], "add")
+        if self.added:
+            wait_until(self.links_up, 30, "the added links (" + self.describe() + ")")
+
+    def links_up(self) -> bool:
+        for a, b in self.added:
+            peers = a.try_call("getpeerinfo") or []
+            if not any(p.get("node_id") == self.ids[b.name] and p.get("status") == "established"
+                       for p in peers):
+                return False
+        return True
+
+    def lift(self) -> None:
+        for who, host in self.bans:
+            with contextlib.suppress(RPCError):  # not banned (any more)
+                who.call("setban", host, "remove")
+        # Redial at once rather than at the next reconnect interval.
+        for a, b in self.cut:
+            with contextlib.suppress(RPCError):
+                a.call("addnode", self.dial[b.name], "onetry")
+
+    def remove_added(self) -> None:
+        for a, b in self.added:
+            with contextlib.suppress(RPCError):
+                a.call("addnode", self.dial[b.name], "remove")
+            for peer in a.try_call("getpeerinfo") or []:
+                if peer.get("node_id") == self.ids[b.name]:
+                    with contextlib.suppress(RPCError):
+                        a.call("disconnectnode", "", peer["id"])
+
+
+def _host(addr: str) -> str:
+    return addr.rsplit(":", 1)[0].strip("[]")
+
+
+def _components(names: list[str], adj: dict[str, set[str]]) -> list[list[str]]:
+    seen: set[str] = set()
+    parts: list[list[str]] = []
+    for start in names:
+        if start in seen:
+            continue
+        part, todo = [], [start]
+        seen.add(start)
+        while todo:
+            cur = todo.pop()
+            part.append(cur)
+            for nxt in adj.get(cur, ()):
+                if nxt in names and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        parts.append(sorted(part, key=names.index))
+    return parts
+
+
+@dataclass
+class Survey:
+    """The P2P graph as the nodes report it: node ids, dialable addresses, hosts, peers."""
+
+    order: list[str]  # reachable nodes, in manifest order
+    by_name: dict[str, NetNode]
+    ids: dict[str, str]  # node name -> P2P node id (hex)
+    dial: dict[str, str]  # node name -> NODEID@HOST:PORT
+    host_of: dict[str, str]  # node name -> host address its peers see
+    adj: dict[str, set[str]]
+
+
+def survey(nodes: Sequence[NetNode]) -> Survey | None:
+    """From every node's getnetworkinfo and getpeerinfo. None when links cannot be cut one by
+    one: a node does not report its P2P node id, or nodes share a host address (a host ban
+    would hit several nodes)."""
+    def look(n: NetNode) -> tuple[Any, Any]:
+        return n.try_call("getnetworkinfo"), n.try_call("getpeerinfo")
+
+    ids: dict[str, str] = {}
+    p2p: dict[str, str] = {}
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for n, (info, peer_list) in zip(nodes, parallel([lambda n=n: look(n) for n in nodes]),
+                                    strict=True):
+        if info and not info.get("node_id"):
+            return None
+        if not info or peer_list is None:
+            continue  # unreachable: it can neither be cut nor relay
+        ids[n.name], p2p[n.name] = info["node_id"], str(info.get("p2p") or "")
+        peers[n.name] = [p for p in peer_list if p.get("status") == "established"]
+    by_id = {v: k for k, v in ids.items()}
+    host_of: dict[str, str] = {}
+    adj: dict[str, set[str]] = {name: set() for name in ids}
+    for name, plist in peers.items():
+        for p in plist:
+            other = by_id.get(p.get("node_id", ""))
+            if other is None:
+                continue
+            host_of.setdefault(other, _host(p["addr"]))
+            adj[name].add(other)
+            adj[other].add(name)
+    if len(set(host_of.values())) < len(host_of):
+        return None
+    dial: dict[str, str] = {}
+    for name in ids:
+        host, _, port = p2p[name].rpartition(":")
+        if host.strip("[]") in ("", "0.0.0.0", "::") and name in host_of:
+            host = host_of[name]
+        dial[name] = f"{ids[name]}@{host}:{port}"
+    return Survey([n.name for n in nodes if n.name in ids], {n.name: n for n in nodes},
+                  ids, dial, host_of, adj)
+
+
+def join_links(sv: Survey, names: list[str], prefer: set[str]) -> list[tuple[NetNode, NetNode]]:
+    """Links (dialler, dialled) that join the parts `names` fall into, ignoring every other
+    node; each part is joined at a node of `prefer` where it has one."""
+    inside = set(names)
+    parts = _components(names, {k: v & inside for k, v in sv.adj.items()})
+    anchors = [next((x for x in part if x in prefer), part[0]) for part in parts]
+    return [(sv.by_name[a], sv.by_name[b]) for a, b in itertools.pairwise(anchors)]
+
+
+def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
+    """Plans cutting `isolated` off by links (see Network.isolate); None: see `survey`."""
+    sv = survey(nodes)
+    me = isolated.name
+    if sv is None or me not in sv.ids:
+        return None
+    cut = Cut(sv.ids, sv.dial)
+    for x in sv.order:
+        if x in sv.adj[me]:
+            b = sv.by_name[x]
+            cut.cut.append((isolated, b))
+            cut.bans += [(isolated, sv.host_of[x]), (b, sv.host_of[me])]
+    # Join the parts the cut leaves, each at a former neighbour of the isolated node.
+    cut.added = join_links(sv, [x for x in sv.order if x != me], sv.adj[me])
+    return cut
+
+
 class Network:
     """Mining and P2P switches, remembered so the testnet is left as it was found."""
 
@@ -406,6 +567,8 @@ class Network:
         self.timeline = timeline
         self.saved: dict[str, MiningState] = {}
         self.isolated: set[str] = set()
+        self.cuts: dict[str, Cut] = {}
+        self.lifted: list[Cut] = []
         self.before_restore: Callable[[], None] | None = None
 
     def save(self) -> None:
@@ -432,11 +595,35 @@ class Network:
         self.timeline.add("*", "mining paused", note="every node stops mining for the setup")
 
     def isolate(self, node: NetNode) -> None:
-        node.call("setnetworkactive", False)
-        self.isolated.add(node.name)
-        self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+        """Cuts `node` off by its links only: it and each of its peers ban each other, and
+        where that would split the other nodes, `addnode` links the cut-off parts together
+        (between nodes that were the isolated node's neighbours). The rest of the network
+        keeps gossiping; the timeline says which links were cut and added."""
+        cut = cut_links(self.roles.nodes, node)
+        if cut is None:
+            # No node ids, or shared host addresses: the whole node goes off the network.
+            node.call("setnetworkactive", False)
+            self.isolated.add(node.name)
+            self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+            return
+        self.apply_cut(node.name, cut, "isolated")
+
+    def apply_cut(self, key: str, cut: Cut, event: str) -> None:
+        cut.apply()
+        self.cuts[key] = cut
+        self.timeline.add(key, event, note=cut.describe())
+
+    def lift_cut(self, key: str, event: str) -> None:
+        cut = self.cuts.pop(key)
+        cut.lift()
+        self.lifted.append(cut)
+        self.timeline.add(key, event,
+                          note="unbanned " + ", ".join(f"{a.name}<->{b.name}" for a, b in cut.cut))
 
     def reconnect(self, node: NetNode) -> None:
+        if node.name in self.cuts:
+            self.lift_cut(node.name, "reconnected")
+            return
         node.call("setnetworkactive", True)
         self.isolated.discard(node.name)
         self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
@@ -448,6 +635,16 @@ class Network:
             if node.name in self.isolated:
                 node.try_call("setnetworkactive", True)
         self.isolated.clear()
+        for cut in list(self.cuts.values()):
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                cut.lift()
+            self.lifted.append(cut)
+        self.cuts.clear()
+        # Links the scenario added go again, so the testnet keeps the topology it had.
+        for cut in self.lifted:
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                cut.remove_added()
+        self.lifted.clear()
         for node in self.roles.nodes:
             state = self.saved.get(node.name)
             if state is None:
