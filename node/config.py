@@ -60,7 +60,6 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ConfigError(Exception):
@@ -117,59 +116,6 @@ class NodeConfig:
             return self.log_format
         return "console" if stderr_is_tty else "json"
 
-    def to_toml(self) -> str:
-        """Render as a TOML config file that :func:`load_config` reads back unchanged.
-
-        Options that are ``None`` are omitted because TOML has no null.
-        """
-        lines = ["# powlab node configuration"]
-        for f in fields(self):
-            if f.name == "params":
-                continue
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            lines.append(f"{f.name} = {_toml_value(value)}")
-        if self.params:
-            lines.append("")
-            lines.append("[params]")
-            for key, value in self.params.items():
-                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    # bool must be tested before int because bool is a subclass of int.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        # repr gives the shortest round-tripping form; inf/nan are valid TOML too.
-        return repr(value)
-    if isinstance(value, str | Path):
-        return _toml_string(str(value))
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"cannot render {type(value).__name__} as TOML")
-
-
-def _toml_string(text: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-               "\r": "\\r"}
-    out = []
-    for ch in text:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_TOML_KEY.fullmatch(key) else _toml_string(key)
 
 
 # --------------------------------------------------------------------------- options

@@ -43,7 +43,6 @@ from consensus.validation import (
 from node.config import NodeConfig, parse_host_port, parse_peer
 from node.datadir import DataDirLock
 from node.events import EventHub
-from node.fsutil import write_atomic
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
 from node.miner.miner import Miner
@@ -56,6 +55,7 @@ from p2p.config import P2PConfig
 from p2p.protocol import DoubleSpendSeen, Event, P2PProtocol, PeerConnected, PeerDisconnected
 from p2p.transport import P2PService
 from storage import open_store
+from storage.files import write_atomic
 
 log = structlog.get_logger("powlab.node")
 

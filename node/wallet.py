@@ -19,7 +19,7 @@ from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
 from consensus.params import ADDRESS_PREFIXES, ChainParams
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
-from node.fsutil import write_atomic
+from storage.files import write_atomic
 
 WALLET_FILE = "wallet.dat"
 WALLET_VERSION = 1

@@ -6,7 +6,6 @@ commands can be run from different shells and `up` can be repeated safely.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.client import EndpointError
+from storage.files import write_atomic
 
 MANIFEST_NAME = "testnet.json"
 MANIFEST_VERSION = 1
@@ -302,23 +302,3 @@ def split_names(text: str) -> list[str]:
     return [piece.strip() for piece in text.split(",") if piece.strip()]
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` so that a crash leaves either the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

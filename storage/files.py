@@ -1,4 +1,5 @@
-"""Small durable-file helpers: atomic replace with fsync, private file modes."""
+"""Small durable-file helpers: atomic replace with fsync, private file modes. The node writes its
+wallet, mempool and address files with them, the lab its testnet manifest."""
 
 from __future__ import annotations
 
