@@ -138,7 +138,8 @@ class FinalityConflict:
         return (
             f"Refused reorganisation beyond finality: a heavier branch (tip {self.tip.hash.hex()}"
             f", height {self.tip.height}, chainwork {self.tip.chainwork:x}) forks at height "
-            f"{self.fork.height} and would disconnect {self.depth} final blocks; this node stays "
+            f"{self.fork.height} and would disconnect {self.depth} blocks, more than finality "
+            "allows; this node stays "
             "on its own branch (chain split). Resolve with `powlab testnet heal --resolve` or "
             "invalidateblock/reconsiderblock."
         )

@@ -96,7 +96,8 @@ def _common(p: argparse.ArgumentParser, confirmations_help: str) -> None:
     p.add_argument("--confirmations", type=int, default=None, metavar="Z",
                    help=confirmations_help)
     p.add_argument("--hashrate-share", type=float, default=None, metavar="Q",
-                   help="the attacker's share of the total hash rate")
+                   help="the attacker's share of the total hash rate (split: the share of the "
+                        "half without the victim)")
     p.add_argument("--seed", type=int, default=1, help="seeds every random choice (default 1)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for any one step (blocks reaching nodes, …)")

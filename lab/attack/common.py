@@ -94,7 +94,9 @@ def refuse_finality_split(nodes: Sequence[NetNode]) -> None:
             raise AttackError(
                 f"{node.name} is on a branch refused beyond finality (a heavier branch, tip "
                 f"{c['hash'][:16]}… at height {c['height']}, forks at height "
-                f"{c['fork_height']}): run `powlab testnet heal --resolve`")
+                f"{c['fork_height']}): run `powlab testnet heal --resolve` (on a Docker "
+                "testnet: invalidateblock on its own block above the fork, then "
+                "reconsiderblock on the heavier tip)")
 
 
 @dataclass
@@ -424,9 +426,14 @@ class Cut:
     def apply(self) -> None:
         for who, host in self.bans:
             who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
-        for a, b in self.added:
-            with contextlib.suppress(RPCError):  # already added: the link is there
+        # From here `added` holds only the links this cut made, whatever fails next.
+        wanted, self.added = self.added, []
+        for a, b in wanted:
+            try:
                 a.call("addnode", self.dial[b.name], "add")
+            except RPCError:
+                continue  # already added: the link is someone else's, the restore leaves it
+            self.added.append((a, b))
         if self.added:
             wait_until(self.links_up, 30, "the added links (" + self.describe() + ")")
 
@@ -439,21 +446,22 @@ class Cut:
         return True
 
     def lift(self) -> None:
+        # Each call on its own: a node that is down must not keep the others banned.
         for who, host in self.bans:
-            with contextlib.suppress(RPCError):  # not banned (any more)
+            with contextlib.suppress(RPCError, *UNREACHABLE):  # not banned (any more)
                 who.call("setban", host, "remove")
         # Redial at once rather than at the next reconnect interval.
         for a, b in self.cut:
-            with contextlib.suppress(RPCError):
+            with contextlib.suppress(RPCError, *UNREACHABLE):
                 a.call("addnode", self.dial[b.name], "onetry")
 
     def remove_added(self) -> None:
         for a, b in self.added:
-            with contextlib.suppress(RPCError):
+            with contextlib.suppress(RPCError, *UNREACHABLE):
                 a.call("addnode", self.dial[b.name], "remove")
             for peer in a.try_call("getpeerinfo") or []:
                 if peer.get("node_id") == self.ids[b.name]:
-                    with contextlib.suppress(RPCError):
+                    with contextlib.suppress(RPCError, *UNREACHABLE):
                         a.call("disconnectnode", "", peer["id"])
 
 
@@ -609,8 +617,9 @@ class Network:
         self.apply_cut(node.name, cut, "isolated")
 
     def apply_cut(self, key: str, cut: Cut, event: str) -> None:
-        cut.apply()
+        # Recorded first: if applying fails half-way, the restore still lifts what was done.
         self.cuts[key] = cut
+        cut.apply()
         self.timeline.add(key, event, note=cut.describe())
 
     def lift_cut(self, key: str, event: str) -> None:
@@ -659,8 +668,8 @@ class Network:
 def staged(network: Network) -> Iterator[Network]:
     """Pause mining for the setup; whatever happens, give the nodes back as they were."""
     network.save()
-    network.stop_all_mining()
     try:
+        network.stop_all_mining()
         yield network
     finally:
         network.restore()

@@ -42,6 +42,12 @@ def halves(sv: Survey, victim: NetNode, given: list[str] | None) -> tuple[list[s
         a, b = (groups[0], groups[1]) if victim.name in groups[0] else (groups[1], groups[0])
         if victim.name not in a:
             raise AttackError(f"the victim {victim.name} must be in one of the --halves")
+        if set(a) & set(b):
+            raise AttackError("--halves overlap: " + ", ".join(sorted(set(a) & set(b))))
+        left_out = [n for n in sv.order if n not in a and n not in b]
+        if left_out:
+            # A node in neither half would bridge them: no partition at all.
+            raise AttackError(f"--halves must name every node; missing: {', '.join(left_out)}")
         return a, b
     size = len(sv.order) // 2
     side, todo = [victim.name], [victim.name]

@@ -229,7 +229,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    manifest = load_manifest(_dir_arg(args))
+    manifest = _local_manifest(args, "logs")
     entry = manifest.node(args.node)
     path = Path(entry.log)
     if not path.exists():
@@ -297,7 +297,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    manifest = load_manifest(_dir_arg(args))
+    manifest = _local_manifest(args, "mine")
     entry = manifest.node(args.node)
     address = call(entry, "getnewaddress")
     hashes = call(entry, "generatetoaddress", args.blocks, address, timeout=600)
@@ -307,7 +307,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    manifest = load_manifest(_dir_arg(args))
+    manifest = _local_manifest(args, "send")
     payer, payee = manifest.node(args.sender), manifest.node(args.recipient)
     address = call(payee, "getnewaddress")
     print(call(payer, "sendtoaddress", address, args.amount))
@@ -407,6 +407,16 @@ def testnet_endpoint(directory: str | None, name: str) -> NodeEndpoint:
 
 def _dir_arg(args: argparse.Namespace) -> str | None:
     return getattr(args, "dir", None)
+
+
+def _local_manifest(args: argparse.Namespace, command: str) -> Manifest:
+    """The manifest of a local (process) testnet; a Docker one gets a clear refusal."""
+    if is_docker(resolve_dir(_dir_arg(args))):
+        tool = "docker compose logs" if command == "logs" else "powlab rpc --rpc URL …"
+        raise TestnetError(
+            f"`testnet {command}` works on local testnets; on the Docker one use `{tool}`"
+        )
+    return load_manifest(_dir_arg(args))
 
 
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:

@@ -218,7 +218,10 @@ def resolve_finality_splits(manifest: Manifest) -> list[str]:
         info = infos.get(entry.name)
         if info is None or info["bestblockhash"] == best["bestblockhash"]:
             continue
-        for conflict in info.get("finality_conflicts", []):
+        conflicts = info.get("finality_conflicts", [])
+        # Only the heaviest refused branch: after one invalidate/reconsider the active chain
+        # has changed, and acting on another fork point from the old view could undo it.
+        for conflict in sorted(conflicts, key=lambda c: int(c["chainwork"], 16))[-1:]:
             own = call(entry, "getblockhash", conflict["fork_height"] + 1)
             call(entry, "invalidateblock", own)
             call(entry, "reconsiderblock", conflict["hash"])
@@ -226,14 +229,3 @@ def resolve_finality_splits(manifest: Manifest) -> list[str]:
                            f"{conflict['fork_height']}), reconsiderblock {conflict['hash']}")
     return actions
 
-
-def finality_split_reason(manifest: Manifest) -> str | None:
-    """Why an attack cannot start from a clean state, or None: a node on a refused branch."""
-    for entry in manifest.nodes:
-        if not node_alive(entry):
-            continue
-        info = try_call(entry, "getblockchaininfo")
-        if info and info.get("finality_conflicts"):
-            return (f"{entry.name} is on a branch refused beyond finality (a heavier branch "
-                    "exists that it will not follow): run `powlab testnet heal --resolve`")
-    return None

@@ -37,7 +37,7 @@ def check_subnet(text: str) -> str:
     parts = text.strip().split(".")
     if len(parts) == 4 and parts[3] in ("0", "0/24"):
         parts = parts[:3]  # accept 127.5.6.0 and 127.5.6.0/24 too
-    if (len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts)
+    if (len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) <= 255 for p in parts)
             or any(len(p) > 1 and p.startswith("0") for p in parts)):
         raise TestnetError(f"subnet {text!r}: expected three numbers A.B.C, e.g. 127.0.5")
     if parts[0] != "127":

@@ -30,7 +30,11 @@ from typing import Any
 from lab.testnet.manifest import Manifest, NodeEntry, TestnetError
 
 # The testnet lays these out itself; a --node-option may not move them.
-RESERVED_OPTIONS = frozenset({"datadir", "network", "p2p_bind", "rpc_bind", "connect"})
+# The testnet decides these: where a node lives and whom it talks to (an `addnode` could send
+# traffic off this machine, which a testnet never does).
+RESERVED_OPTIONS = frozenset(
+    {"datadir", "network", "p2p_bind", "rpc_bind", "connect", "addnode"}
+)
 CONFIG_ERROR_PREFIX = "powlab node: configuration error: "
 ASK_TIMEOUT = 120.0
 _BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
