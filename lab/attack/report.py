@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from lab.plotting import pyplot
+from lab.plotting import pyplot, save_figure
 
 SKIP_KEYS = ("t", "node", "event")
 
@@ -313,8 +313,4 @@ def plot_attack(data: dict[str, Any], path: Path) -> None:
     """Both branches' heights (the attacker's node and the victim's node) and the victim's
     confirmations of its payment over time, with the scenario's key moments marked; for
     selfish mining the private lead over time and the revenue share along the chain."""
-    plt = pyplot()
-    fig = build_attack_figure(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(build_attack_figure(data), path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lab.plotting import pyplot
+from lab.plotting import pyplot, save_figure
 from lab.simulate.presets import reference_stale_rates
 
 # The reference stale rates come from the one table the simulator's preset is checked against.
@@ -79,10 +79,7 @@ def build_stale_rate_figure(runs: list[dict[str, Any]],
 
 def plot_stale_rate(runs: list[dict[str, Any]], path: Path,
                     references: list[dict[str, Any]] | None = None) -> None:
-    plt = pyplot()
-    fig = build_stale_rate_figure(runs, references)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(build_stale_rate_figure(runs, references), path)
 
 
 def build_doublespend_figure(data: dict[str, Any]) -> Any:
@@ -126,10 +123,7 @@ def build_doublespend_figure(data: dict[str, Any]) -> Any:
 
 
 def plot_doublespend(data: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    fig = build_doublespend_figure(data)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(build_doublespend_figure(data), path)
 
 
 def build_selfish_figure(data: dict[str, Any]) -> Any:
@@ -160,7 +154,4 @@ def build_selfish_figure(data: dict[str, Any]) -> Any:
 
 
 def plot_selfish(data: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    fig = build_selfish_figure(data)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(build_selfish_figure(data), path)
