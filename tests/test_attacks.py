@@ -157,7 +157,9 @@ def test_majority_with_a_small_share_gives_up(testnet: Path) -> None:
                   "--give-up", "6")
     assert not data["success"]
     assert data["outcome"] == "gave up"
-    assert data["reorg_depth"] == 0
+    # reorg_depth is the deepest reorganisation the victim performed, natural one-block forks
+    # between the honest miners included: none may reach back to the payment.
+    assert data["reorg_depth"] < data["victim_confirmations_seen"]
     assert data["victim_final_status"] in ("confirmed", "final")
 
 
@@ -193,4 +195,6 @@ def test_majority_against_finality_enforcement_splits_the_chain(testnet: Path) -
     assert data["chain_split"] and data["enforce_finality"]
     assert data["attacker_tip_status_at_victim"] not in (None, "active")
     assert data["victim_final_status"] == "final"
-    assert data["reorg_depth"] == 0
+    # The attacker's reorganisation was refused; a natural one-block fork between the honest
+    # miners may still show, but nothing reached back to the payment.
+    assert data["reorg_depth"] < data["victim_confirmations_seen"]
