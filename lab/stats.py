@@ -1,9 +1,16 @@
-"""The one percentile of the lab, the benchmarks and the tests."""
+"""The one percentile of the lab, the benchmarks and the tests, and the lab's name for the one
+Wilson score interval (implemented next to the attack theory in consensus/attack_theory.py, which
+the simulators already used: re-exported here so that lab code and scenarios need not reach into
+consensus for a statistic)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+
+from consensus.attack_theory import wilson_interval
+
+__all__ = ["percentile", "wilson_interval"]
 
 
 def percentile(values: Iterable[float], q: float) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.stats import percentile
+from lab.stats import percentile, wilson_interval
 from tests.daemon_harness import REPO
 
 
@@ -80,3 +80,19 @@ def test_plot_without_matplotlib_names_the_extra(words: tuple[str, ...], tmp_pat
     assert f"powlab {words[0]}: --plot needs matplotlib" in done.stderr
     assert "pip install 'powlab[plots]'" in done.stderr
     assert "Traceback" not in done.stderr and not plot.exists()
+
+
+# --------------------------------------------------------------------------- wilson
+
+
+def test_wilson_interval_is_the_one_of_the_attack_theory() -> None:
+    import consensus.attack_theory
+
+    assert wilson_interval is consensus.attack_theory.wilson_interval
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson_interval(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    wide, narrow = wilson_interval(5, 10, z=2.576), wilson_interval(5, 10, z=1.0)
+    assert wide[0] < lo < narrow[0] and narrow[1] < hi < wide[1]
