@@ -1,4 +1,4 @@
-"""`powlab simulate network|doublespend|selfish`: argument parsing, tables, JSON and plots."""
+"""`powlab simulate network|doublespend|selfish|balance`: arguments, tables, JSON and plots."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def add_simulate_parser(sub: Any) -> None:
     _add_network(ssub)
     _add_doublespend(ssub)
     _add_selfish(ssub)
+    _add_balance(ssub)
 
 
 def _add_network(ssub: Any) -> None:
@@ -140,6 +141,34 @@ def _add_selfish(ssub: Any) -> None:
     sf.add_argument("--blocks", type=int, default=200_000, help="blocks per (alpha, gamma) run")
     _common(sf)
     sf.set_defaults(func=_cmd_selfish)
+
+
+def _add_balance(ssub: Any) -> None:
+    from lab.simulate import balance
+
+    bal = ssub.add_parser(
+        "balance", help="balance attack: delay between two halves vs success",
+        formatter_class=_DefaultsFormatter,
+        description="The balance attack (Natoli & Gramoli 2017): the attacker delays the links "
+                    "between two halves of equal honest hash power, pays the merchant in one "
+                    "half and mines with the other; success is the payment, confirmed z deep "
+                    "for the merchant, gone once the delay is lifted. See "
+                    "lab/simulate/balance.py for the model.")
+    bal.add_argument("--delay", type=parse_floats,
+                     default=",".join(f"{d:g}" for d in balance.DEFAULT_DELAYS),
+                     help="one-way delay on the links between the halves, seconds, e.g. 0,1,2")
+    bal.add_argument("--q", type=parse_floats,
+                     default=",".join(f"{q:g}" for q in balance.DEFAULT_QS),
+                     help="attacker hash-rate shares, e.g. 0,0.2,0.4")
+    bal.add_argument("--z", "--confirmations", dest="z", type=int,
+                     default=balance.DEFAULT_CONFIRMATIONS,
+                     help="confirmations the merchant waits for before the delay is lifted")
+    bal.add_argument("--block-interval", type=float, default=balance.DEFAULT_BLOCK_INTERVAL,
+                     help="mean seconds between blocks (only delay ÷ interval matters)")
+    bal.add_argument("--trials", type=int, default=balance.DEFAULT_TRIALS,
+                     help="attacks per (delay, q) cell")
+    _common(bal)
+    bal.set_defaults(func=_cmd_balance)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -329,3 +358,41 @@ def _cmd_selfish(args: argparse.Namespace) -> int:
 
         plot_selfish(data, args.plot)
     return 0
+
+
+# ----------------------------------------------------------------- balance
+
+
+def _cmd_balance(args: argparse.Namespace) -> int:
+    from lab.simulate.balance import simulate_balance
+
+    try:
+        data = simulate_balance(args.delay, args.q, args.z, args.trials, args.seed,
+                                args.block_interval)
+    except ValueError as exc:
+        print(f"powlab simulate balance: {exc}", file=sys.stderr)
+        return 2
+    table = Table(title=f"balance attack, z = {args.z}, block interval {args.block_interval:g} s, "
+                        f"{args.trials} trials per cell, seed {args.seed}",
+                  caption=_BALANCE_CAPTION)
+    for column in ("q", "delay s", "delay ÷ interval", "successes", "success", "95% CI",
+                   "not confirmed", "partition limit"):
+        table.add_column(column, justify="right")
+    for row in data["rows"]:
+        lo, hi = row["ci95"]
+        table.add_row(f"{row['q']:g}", f"{row['delay']:g}", f"{row['delay_in_blocks']:g}",
+                      str(row["successes"]), f"{row['success_rate']:.3f}",
+                      f"[{lo:.3f}, {hi:.3f}]", str(row["outcomes"]["not_confirmed"]),
+                      f"{row['partition_limit']:.3f}")
+    _emit(args, data, table)
+    if args.plot:
+        from lab.simulate.plots import plot_balance
+
+        plot_balance(data, args.plot)
+    return 0
+
+
+_BALANCE_CAPTION = (
+    "success: the payment had z confirmations in the merchant's half and is not in the final "
+    "chain. not confirmed: the other half's branch won before the merchant saw z "
+    "confirmations. partition limit: success as the delay grows without bound.")

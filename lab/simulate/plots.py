@@ -155,3 +155,64 @@ def build_selfish_figure(data: dict[str, Any]) -> Any:
 
 def plot_selfish(data: dict[str, Any], path: Path) -> None:
     save_figure(build_selfish_figure(data), path)
+
+
+def build_balance_figure(data: dict[str, Any]) -> Any:
+    """Success vs delay, one series per attacker share, each with its partition limit."""
+    from matplotlib.ticker import PercentFormatter
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    colours = plt.get_cmap("tab10")
+    qs = sorted({r["q"] for r in data["rows"]})
+    markers = "osD^vP*X"
+    top = max(r["delay"] for r in data["rows"])
+    for i, q in enumerate(qs):
+        rows = sorted((r for r in data["rows"] if r["q"] == q), key=lambda r: r["delay"])
+        colour = colours(i % 10)
+        xs = [r["delay"] for r in rows]
+        ys = [r["success_rate"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[[max(0.0, y - r["ci95"][0]) for y, r in zip(ys, rows,
+                                                                               strict=True)],
+                                  [max(0.0, r["ci95"][1] - y) for y, r in zip(ys, rows,
+                                                                               strict=True)]],
+                    fmt=markers[i % len(markers)] + "-", color=colour, capsize=4, linewidth=2,
+                    markersize=7, label=f"q = {q:g}: simulated, 95 % CI")
+        ax.axhline(rows[0]["partition_limit"], color=colour, linestyle=":", linewidth=1.8,
+                   xmax=1.0, label=f"q = {q:g}: partition limit {rows[0]['partition_limit']:.2f}")
+    ax.set_xlim(left=-0.02 * top, right=top * 1.03 if top > 0 else 1.0)
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.tick_params(labelsize=11)
+    interval = data["block_interval"]
+    ax.set_xlabel(f"one-way delay between the halves (s; mean block interval {interval:g} s)",
+                  fontsize=12)
+    ax.set_ylabel("P(payment confirmed, then reversed)", fontsize=12)
+    ax.set_title(f"powlab simulate balance: {_balance_headline(data)}\n"
+                 f"z = {data['confirmations']}, {data['trials']:,} trials per point; dotted: "
+                 "the limit of an endless delay (a partition)", fontsize=12)
+    # Each share's simulated series, then its limit, in the order of the shares.
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: (float(labels[k].split()[2].rstrip(":")),
+                                                      "limit" in labels[k]))
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=10,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _balance_headline(data: dict[str, Any]) -> str:
+    """What the figure shows, said only when the data show it."""
+    grows = True
+    for q in {r["q"] for r in data["rows"]}:
+        rows = sorted((r for r in data["rows"] if r["q"] == q), key=lambda r: r["delay"])
+        if len(rows) < 2 or rows[-1]["ci95"][0] <= rows[0]["ci95"][1]:
+            grows = False
+    if grows:
+        return "the longer the delay between the halves, the more double spends succeed"
+    return "double-spend success vs delay between the halves"
+
+
+def plot_balance(data: dict[str, Any], path: Path) -> None:
+    save_figure(build_balance_figure(data), path)
