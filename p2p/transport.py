@@ -302,8 +302,7 @@ class P2PService:
         transport = self._streams.get(stream_id)
         if transport is None or transport.is_closing():
             return
-        peer = transport.get_extra_info("peername")
-        fault = self.fault if peer is None else self._fault_for((peer[0], peer[1]))
+        fault = self._stream_fault(stream_id, transport)
         loop = asyncio.get_running_loop()
         now = loop.time()
         ready = self._stream_ready_at.get(stream_id)
@@ -321,6 +320,18 @@ class P2PService:
         at = max(now + delay, self._stream_ready_at.get(stream_id, 0.0) + ORDERING_EPSILON)
         self._stream_ready_at[stream_id] = at
         loop.call_at(at, self._write_now, stream_id, data)
+
+    def _stream_fault(self, stream_id: int, transport: asyncio.Transport) -> LinkFault:
+        """The fault on a stream's link. A fault is set for the peer's address, the one it
+        listens on (what getpeerinfo shows); a stream the peer dialled comes from an ephemeral
+        port, so it is found through the peer the stream is bound to, and only a stream not
+        yet bound falls back to the socket's remote address."""
+        stream = self.protocol.streams.get(stream_id) if self.protocol is not None else None
+        peer = stream.peer if stream is not None else None
+        if peer is not None:
+            return self._fault_for(peer.addr)
+        name = transport.get_extra_info("peername")
+        return self.fault if name is None else self._fault_for((name[0], name[1]))
 
     def _write_now(self, stream_id: int, data: bytes) -> None:
         transport = self._streams.get(stream_id)

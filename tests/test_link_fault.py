@@ -62,6 +62,28 @@ async def test_jitter_never_lets_a_stream_frame_overtake_an_earlier_one() -> Non
     assert writer.written == frames
 
 
+def test_a_peer_fault_reaches_the_stream_the_peer_dialled() -> None:
+    """A fault is set for the peer's listening address (getpeerinfo's addr); a stream the
+    peer dialled comes from an ephemeral port, and must be delayed all the same (else a link
+    fault delays one direction of a link only)."""
+    from types import SimpleNamespace
+
+    service = P2PService(("127.0.0.1", 0), False, lambda: 0.0, random.Random(1), print)
+    fault = LinkFault(delay_ms=2000)
+    service.peer_faults["127.0.0.9:18444"] = fault
+
+    class _Accepted(_FakeTransport):
+        def get_extra_info(self, name: str) -> object:
+            return ("127.0.0.9", 53211) if name == "peername" else None
+
+    bound = SimpleNamespace(peer=SimpleNamespace(addr=("127.0.0.9", 18444)))
+    service.protocol = SimpleNamespace(streams={1: bound, 2: SimpleNamespace(peer=None)})  # type: ignore[assignment]
+    assert service._stream_fault(1, _Accepted()) is fault  # type: ignore[arg-type]
+    # Not yet bound to a peer: only the socket's own address can say.
+    assert service._stream_fault(2, _Accepted()) is service.fault  # type: ignore[arg-type]
+    assert service._stream_fault(3, _FakeTransport()) is fault  # type: ignore[arg-type]
+
+
 def test_link_fault_validation() -> None:
     for bad in (LinkFault(delay_ms=-1), LinkFault(loss=1.5), LinkFault(bandwidth_kbps=-2)):
         with pytest.raises(ValueError):
