@@ -39,12 +39,26 @@ def test_no_share_and_a_short_delay_rarely_succeeds() -> None:
     assert cell.successes / cell.trials < 0.01
 
 
-@pytest.mark.parametrize("q", [0.0, 0.2, 0.4])
-def test_success_grows_with_the_delay(q: float) -> None:
-    rows = simulate_balance([0.0, 1.0, 3.0, 10.0], [q], z=2, trials=1500, seed=2)["rows"]
+@pytest.mark.parametrize(("q", "trips", "delays"), [
+    (0.0, 1, [0.0, 1.0, 3.0, 10.0]), (0.2, 1, [0.0, 1.0, 3.0, 10.0]),
+    (0.4, 1, [0.0, 1.0, 3.0, 10.0]), (0.0, 3, [0.0, 0.5, 1.0, 2.0]),
+    (0.4, 3, [0.0, 0.5, 1.0, 2.0, 5.0]),
+])
+def test_success_grows_with_the_delay(q: float, trips: int, delays: list[float]) -> None:
+    rows = simulate_balance(delays, [q], z=2, trials=1500, seed=2, payment_trips=trips)["rows"]
     for shorter, longer in itertools.pairwise(rows):
         # Each step up in delay is significantly better: the intervals do not even overlap.
         assert longer["ci95"][0] > shorter["ci95"][1], (shorter, longer)
+
+
+def test_the_payment_blocks_round_trip_helps_the_attacker() -> None:
+    # Fetching the payment the other half rejected costs two more trips: the branches stay
+    # apart longer, as if the delay were longer.
+    plain = simulate_cell(1.0, 0.2, 2, 3000, seed=4, payment_trips=1)
+    powlab = simulate_cell(1.0, 0.2, 2, 3000, seed=4, payment_trips=3)
+    assert wilson_interval(powlab.successes, powlab.trials)[0] > \
+        wilson_interval(plain.successes, plain.trials)[1]
+    assert powlab.to_json()["payment_trips"] == 3
 
 
 def test_a_long_delay_tends_to_the_partition_limit() -> None:
@@ -91,9 +105,9 @@ def test_only_the_delay_relative_to_the_interval_matters() -> None:
 
 def test_validation() -> None:
     for bad in ({"delays": [-1.0]}, {"qs": [1.0]}, {"z": 0}, {"trials": 0},
-                {"block_interval": 0.0}):
+                {"block_interval": 0.0}, {"payment_trips": 0}):
         kwargs: dict[str, Any] = {"delays": [1.0], "qs": [0.1], "z": 2, "trials": 10,
-                                  "seed": 1, "block_interval": 1.0} | bad
+                                  "seed": 1, "block_interval": 1.0, "payment_trips": 3} | bad
         with pytest.raises(ValueError):
             simulate_balance(**kwargs)
 
@@ -129,12 +143,17 @@ def test_plot_says_what_the_data_show() -> None:
     data = simulate_balance([0.0, 2.0, 10.0], [0.0, 0.4], z=2, trials=400, seed=1)
     try:
         ax = build_balance_figure(data).axes[0]
-        assert "the more double spends succeed" in ax.get_title()
+        assert "success grows with the delay between the halves, up to the partition limit" \
+            in ax.get_title()  # by 10 s both shares are at their limits
+        assert "crosses in 3 delays" in ax.get_xlabel()
+        short = simulate_balance([0.0, 1.0], [0.4], z=2, trials=400, seed=1)
+        assert "the more double spends succeed" in build_balance_figure(short).axes[0].get_title()
         assert len(ax.containers) == 2  # one series with error bars per share
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert labels[:2] == ["q = 0: simulated, 95 % CI",
                               f"q = 0: partition limit {partition_limit(0.0, 2):.2f}"]
         flat = simulate_balance([0.0, 0.01], [0.1], z=2, trials=100, seed=1)
+        assert "grows" not in build_balance_figure(flat).axes[0].get_title()
         assert "the more" not in build_balance_figure(flat).axes[0].get_title()
     finally:
         pyplot().close("all")

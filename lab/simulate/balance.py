@@ -14,8 +14,11 @@ Model (one trial):
   honest miners and the attacker mine on the same tip: the attacker's power only tips the
   balance);
 - inside a half messages are instantaneous; a block crosses to the other half `delay` seconds
-  after it is mined; a half adopts a received block when it has strictly more work (equal
-  heights keep the block seen first, as a powlab node does);
+  after it is mined, except the block carrying a half's payment, which the other half rejected
+  as a double spend: a powlab node fetches that transaction after the compact block, so that
+  block takes `payment_trips` (default 3) delays, and its descendants wait for it; a half adopts
+  a received block when it has strictly more work (equal heights keep the block seen first, as
+  a powlab node does);
 - the first block a half mines on the fork base carries its own payment, later blocks inherit
   the payment of their chain;
 - when the merchant's view (the transaction half's tip) has tx1 z blocks deep, the delay is
@@ -38,9 +41,9 @@ a testnet), and the attacker holds nothing back once the merchant is satisfied.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +56,10 @@ DEFAULT_QS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
 DEFAULT_CONFIRMATIONS = 2
 DEFAULT_BLOCK_INTERVAL = 1.0  # seconds; the testnet scenario mines at this interval
 DEFAULT_TRIALS = 2000
+# One-way delays a block carrying a payment takes to cross to the other half, which rejected
+# that payment as a double spend: a powlab node sends the compact block, the receiver asks for
+# the transaction it lacks, and it comes back (measured on a testnet: 3.0 × the link delay).
+DEFAULT_PAYMENT_TRIPS = 3
 
 SUCCESS = "success"  # tx1 had z confirmations for the merchant and is not in the final chain
 SURVIVED = "survived"  # tx1 is in the final chain
@@ -79,6 +86,7 @@ class BalanceCell:
     block_interval: float
     trials: int
     outcomes: dict[str, int]
+    payment_trips: int = DEFAULT_PAYMENT_TRIPS
 
     @property
     def successes(self) -> int:
@@ -92,6 +100,7 @@ class BalanceCell:
             "confirmations": self.confirmations,
             "block_interval": self.block_interval,
             "delay_in_blocks": self.delay / self.block_interval,
+            "payment_trips": self.payment_trips,
             "trials": self.trials,
             "successes": self.successes,
             "success_rate": self.successes / self.trials if self.trials else 0.0,
@@ -123,7 +132,8 @@ def partition_limit(q: float, z: int) -> float:
 
 
 def balance_trial(q: float, delay: float, z: int, rng: random.Random,
-                  block_interval: float = DEFAULT_BLOCK_INTERVAL) -> str:
+                  block_interval: float = DEFAULT_BLOCK_INTERVAL,
+                  payment_trips: int = DEFAULT_PAYMENT_TRIPS) -> str:
     """One attack in virtual time; returns one of OUTCOMES."""
     share_tx, _ = half_shares(q)
     # The block tree since the fork: per block its height, payment, the height that payment
@@ -133,8 +143,9 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
     pay_height = [0]
     half = [-1]
     mined = [0.0]
+    arrival: list[list[float]] = [[0.0], [0.0]]  # when half i has block b
     tips = [0, 0]
-    in_flight: list[deque[int]] = [deque(), deque()]  # blocks on their way to half i
+    in_flight: list[list[tuple[float, int]]] = [[], []]  # (arrival, block) on its way to half i
     now = 0.0
     next_block = rng.expovariate(1.0 / block_interval)
 
@@ -144,16 +155,16 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
 
     while True:
         # The next event: a delivery (first, at equal times) or a block found.
-        arrivals = [mined[f[0]] + delay if f else math.inf for f in in_flight]
+        arrivals = [f[0][0] if f else math.inf for f in in_flight]
         target = 0 if arrivals[0] <= arrivals[1] else 1
         if arrivals[target] <= next_block:
-            now = arrivals[target]
-            block = in_flight[target].popleft()
+            now, block = heapq.heappop(in_flight[target])
             if height[block] > height[tips[target]]:
                 tips[target] = block
         else:
             now = next_block
             finder = _TX if rng.random() < share_tx else _BLOCK
+            other = 1 - finder
             parent = tips[finder]
             height.append(height[parent] + 1)
             if pay[parent]:
@@ -166,19 +177,25 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
             mined.append(now)
             block = len(height) - 1
             tips[finder] = block
-            in_flight[1 - finder].append(block)
+            # A block carrying its half's payment holds a transaction the other half
+            # rejected as a double spend: it takes `payment_trips` one-way delays across
+            # (compact block, request for the missing transaction, the transaction). A block
+            # is connected only once its parent is, so it never arrives before its parent.
+            trips = payment_trips if pay_height[block] == height[block] else 1
+            arrival[finder].append(now)
+            arrival[other].append(max(now + trips * delay, arrival[other][parent]))
+            heapq.heappush(in_flight[other], (arrival[other][block], block))
             next_block = now + rng.expovariate(1.0 / block_interval)
         if merchant_satisfied():
-            return _lift(tips, height, pay, half, mined, now, delay, share_tx, rng)
+            return _lift(tips, height, pay, arrival, now, share_tx, rng)
         common = pay[tips[0]]
         if common and common == pay[tips[1]] and not any(
-                pay[b] != common for flight in in_flight for b in flight):
+                pay[b] != common for flight in in_flight for _, b in flight):
             return SURVIVED if common == _TX1 else NOT_CONFIRMED
 
 
-def _lift(tips: list[int], height: list[int], pay: list[int], half: list[int],
-          mined: list[float], now: float, delay: float, share_tx: float,
-          rng: random.Random) -> str:
+def _lift(tips: list[int], height: list[int], pay: list[int], arrival: list[list[float]],
+          now: float, share_tx: float, rng: random.Random) -> str:
     """The delay is lifted at `now`: every block reaches every half; who wins?"""
     top = max(height)
     final = []
@@ -186,18 +203,16 @@ def _lift(tips: list[int], height: list[int], pay: list[int], half: list[int],
         if height[tips[side]] == top:
             final.append(tips[side])
             continue
-        # The highest block this half received first (its own at once, the other half's
-        # after the delay or at the lift, whichever is sooner).
+        # The highest block this half received first (what was still in flight arrives now).
         candidates = [b for b in range(len(height)) if height[b] == top]
-        final.append(min(candidates, key=lambda b, s=side: (
-            mined[b] if half[b] == s else min(mined[b] + delay, now), b)))
+        final.append(min(candidates, key=lambda b, s=side: (min(arrival[s][b], now), b)))
     winner = pay[final[_TX]] if pay[final[_TX]] == pay[final[_BLOCK]] else (
         pay[final[_TX]] if rng.random() < share_tx else pay[final[_BLOCK]])
     return SURVIVED if winner == _TX1 else SUCCESS
 
 
 def validate(delays: list[float], qs: list[float], z: int, trials: int,
-             block_interval: float) -> None:
+             block_interval: float, payment_trips: int = DEFAULT_PAYMENT_TRIPS) -> None:
     if any(d < 0 for d in delays):
         raise ValueError("delays must be 0 or more seconds")
     if any(not 0.0 <= q < 1.0 for q in qs):
@@ -208,33 +223,38 @@ def validate(delays: list[float], qs: list[float], z: int, trials: int,
         raise ValueError("trials must be at least 1")
     if block_interval <= 0:
         raise ValueError("the block interval must be positive")
+    if payment_trips < 1:
+        raise ValueError("a block takes at least one trip across")
 
 
 def simulate_cell(delay: float, q: float, z: int, trials: int, seed: int,
-                  block_interval: float = DEFAULT_BLOCK_INTERVAL) -> BalanceCell:
+                  block_interval: float = DEFAULT_BLOCK_INTERVAL,
+                  payment_trips: int = DEFAULT_PAYMENT_TRIPS) -> BalanceCell:
     """`trials` attacks for one (delay, q); one generator per cell, derived from the seed, so
     adding a cell never changes the others."""
-    validate([delay], [q], z, trials, block_interval)
-    rng = random.Random(f"balance:{seed}:{delay}:{q}:{z}:{block_interval}")
+    validate([delay], [q], z, trials, block_interval, payment_trips)
+    rng = random.Random(f"balance:{seed}:{delay}:{q}:{z}:{block_interval}:{payment_trips}")
     outcomes = dict.fromkeys(OUTCOMES, 0)
     for _ in range(trials):
-        outcomes[balance_trial(q, delay, z, rng, block_interval)] += 1
-    return BalanceCell(delay, q, z, block_interval, trials, outcomes)
+        outcomes[balance_trial(q, delay, z, rng, block_interval, payment_trips)] += 1
+    return BalanceCell(delay, q, z, block_interval, trials, outcomes, payment_trips)
 
 
 def simulate_balance(delays: list[float], qs: list[float],
                      z: int = DEFAULT_CONFIRMATIONS, trials: int = DEFAULT_TRIALS,
                      seed: int = 1,
-                     block_interval: float = DEFAULT_BLOCK_INTERVAL) -> dict[str, Any]:
+                     block_interval: float = DEFAULT_BLOCK_INTERVAL,
+                     payment_trips: int = DEFAULT_PAYMENT_TRIPS) -> dict[str, Any]:
     """The delay × q grid, as `powlab simulate balance --json` prints it."""
-    validate(delays, qs, z, trials, block_interval)
-    rows = [simulate_cell(d, q, z, trials, seed, block_interval).to_json()
+    validate(delays, qs, z, trials, block_interval, payment_trips)
+    rows = [simulate_cell(d, q, z, trials, seed, block_interval, payment_trips).to_json()
             for q in qs for d in delays]
     return {
         "experiment": "balance",
         "seed": seed,
         "confirmations": z,
         "block_interval": block_interval,
+        "payment_trips": payment_trips,
         "trials": trials,
         "paper": PAPER_CLAIM,
         "rows": rows,

@@ -167,6 +167,10 @@ def _add_balance(ssub: Any) -> None:
                      help="mean seconds between blocks (only delay ÷ interval matters)")
     bal.add_argument("--trials", type=int, default=balance.DEFAULT_TRIALS,
                      help="attacks per (delay, q) cell")
+    bal.add_argument("--payment-trips", type=int, default=balance.DEFAULT_PAYMENT_TRIPS,
+                     help="one-way delays the block carrying a half's payment takes across: "
+                          "3 on powlab nodes (compact block, request for the transaction the "
+                          "other half rejected, the transaction), 1 for plain latency")
     _common(bal)
     bal.set_defaults(func=_cmd_balance)
 
@@ -368,11 +372,12 @@ def _cmd_balance(args: argparse.Namespace) -> int:
 
     try:
         data = simulate_balance(args.delay, args.q, args.z, args.trials, args.seed,
-                                args.block_interval)
+                                args.block_interval, args.payment_trips)
     except ValueError as exc:
         print(f"powlab simulate balance: {exc}", file=sys.stderr)
         return 2
     table = Table(title=f"balance attack, z = {args.z}, block interval {args.block_interval:g} s, "
+                        f"payment blocks {args.payment_trips}× the delay, "
                         f"{args.trials} trials per cell, seed {args.seed}",
                   caption=_BALANCE_CAPTION)
     for column in ("q", "delay s", "delay ÷ interval", "successes", "success", "95% CI",

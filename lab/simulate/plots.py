@@ -185,7 +185,9 @@ def build_balance_figure(data: dict[str, Any]) -> Any:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.tick_params(labelsize=11)
     interval = data["block_interval"]
-    ax.set_xlabel(f"one-way delay between the halves (s; mean block interval {interval:g} s)",
+    trips = data.get("payment_trips", 1)
+    ax.set_xlabel(f"one-way delay between the halves (s; mean block interval {interval:g} s"
+                  + (f"; a payment's block crosses in {trips} delays)" if trips != 1 else ")"),
                   fontsize=12)
     ax.set_ylabel("P(payment confirmed, then reversed)", fontsize=12)
     ax.set_title(f"powlab simulate balance: {_balance_headline(data)}\n"
@@ -204,11 +206,15 @@ def build_balance_figure(data: dict[str, Any]) -> Any:
 
 def _balance_headline(data: dict[str, Any]) -> str:
     """What the figure shows, said only when the data show it."""
-    grows = True
+    grows = reaches = True
     for q in {r["q"] for r in data["rows"]}:
         rows = sorted((r for r in data["rows"] if r["q"] == q), key=lambda r: r["delay"])
         if len(rows) < 2 or rows[-1]["ci95"][0] <= rows[0]["ci95"][1]:
             grows = False
+        lo, hi = rows[-1]["ci95"]
+        reaches = reaches and lo <= rows[-1]["partition_limit"] <= hi
+    if grows and reaches:
+        return "success grows with the delay between the halves, up to the partition limit"
     if grows:
         return "the longer the delay between the halves, the more double spends succeed"
     return "double-spend success vs delay between the halves"
