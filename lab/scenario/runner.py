@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lab.plotting import save_figure
 from lab.scenario.engine import ScenarioError, Timeline, load_nodes
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
@@ -138,7 +139,12 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
         error = ScenarioError(f"{scenario.origin}: run(net) returned without net.report(...)")
     data = document(scenario, net, args, command, error)
     if args.plot:
-        plot_attack(data, Path(args.plot))
+        own = getattr(scenario.module, "build_figure", None)
+        if own is not None and error is None:
+            # A scenario of many trials draws its own figure (rates with their intervals).
+            save_figure(own(data), Path(args.plot))
+        else:
+            plot_attack(data, Path(args.plot))
         data["plot"] = args.plot
     return data
 
