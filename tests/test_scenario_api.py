@@ -145,7 +145,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario,
+def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, plot_to: str | None = None,
                    **args: Any) -> tuple[dict[str, Any], dict[str, FakeNode]]:
     nodes: dict[str, FakeNode] = {}
 
@@ -157,7 +157,7 @@ def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario,
     monkeypatch.setattr(runner_module, "load_nodes", fake_load)
     namespace = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None,
                                    victim=None, honest=None, seed=3, json=True, quiet=True,
-                                   plot=None, **args)
+                                   plot=plot_to, **args)
     return execute(scenario, namespace), nodes
 
 
@@ -326,3 +326,21 @@ def test_the_api_reference_matches_the_docstrings() -> None:
         "docs/scenarios.md's API reference is stale: run "
         "`python -m lab.scenario.apidoc --write`")
     assert "(undocumented)" not in apidoc.reference()
+
+
+def test_a_file_may_draw_its_own_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    path = write(tmp_path, "drawn.py", '''"""Draws its own figure."""
+def run(net):
+    net.report(verdict="drawn: SUCCESS", success=True, rates=[0.2, 0.6])
+
+def build_figure(data):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.bar(["a", "b"], data["rates"])
+    ax.set_title("OWN-FIGURE")
+    return fig
+''')
+    png = tmp_path / "drawn.png"
+    data, _ = run_with_fakes(monkeypatch, load_file(path), plot_to=str(png))
+    assert data["plot"] == str(png) and png.stat().st_size > 1000
