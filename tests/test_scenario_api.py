@@ -344,3 +344,28 @@ def build_figure(data):
     png = tmp_path / "drawn.png"
     data, _ = run_with_fakes(monkeypatch, load_file(path), plot_to=str(png))
     assert data["plot"] == str(png) and png.stat().st_size > 1000
+
+
+def test_repeat_reports_a_rate_with_its_interval(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "coin.py", '''"""A seeded coin flip."""
+def run(net):
+    heads = net.rng.random() < 0.5
+    net.report(verdict=f"coin: {'SUCCESS' if heads else 'FAILED'}", success=heads)
+''')
+    monkeypatch.setattr(runner_module, "load_nodes",
+                        lambda *_: list(fake_network()[1].values()))
+    args = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None, victim=None,
+                              honest=None, seed=10, json=True, quiet=False, plot=None,
+                              repeat=8)
+    assert runner_module.run_and_report(load_file(path), args, "scenario") == 0
+    data = json.loads(capsys.readouterr().out)
+    seeds = [r["seed"] for r in data["runs"]]
+    assert seeds == list(range(10, 18)) and data["trials"] == 8
+    assert data["successes"] == sum(r["success"] for r in data["runs"])
+    lo, hi = data["ci95"]
+    assert lo <= data["rate"] <= hi and "timeline" not in data["runs"][0]
+    with pytest.raises(ScenarioError, match="--plot draws one run"):
+        runner_module.run_and_report(load_file(path), argparse.Namespace(
+            **{**vars(args), "plot": "x.png"}), "scenario")
