@@ -145,7 +145,8 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, plot_to: str | None = None,
+def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario,
+                   plot_to: str | None = None, record_dir: Path | None = None,
                    **args: Any) -> tuple[dict[str, Any], dict[str, FakeNode]]:
     nodes: dict[str, FakeNode] = {}
 
@@ -155,7 +156,9 @@ def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, plot_to:
         return list(made.values())
 
     monkeypatch.setattr(runner_module, "load_nodes", fake_load)
-    namespace = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None,
+    # A directory of the test's own: the runner records the run there (runs/*.jsonl).
+    namespace = argparse.Namespace(dir=str(record_dir or Path("/nonexistent/powlab-test")),
+                                   docker=False, rpc=None, attacker=None,
                                    victim=None, honest=None, seed=3, json=True, quiet=True,
                                    plot=plot_to, **args)
     return execute(scenario, namespace), nodes
@@ -356,8 +359,8 @@ def run(net):
 ''')
     monkeypatch.setattr(runner_module, "load_nodes",
                         lambda *_: list(fake_network()[1].values()))
-    args = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None, victim=None,
-                              honest=None, seed=10, json=True, quiet=False, plot=None,
+    args = argparse.Namespace(dir=str(tmp_path), docker=False, rpc=None, attacker=None,
+                              victim=None, honest=None, seed=10, json=True, quiet=False, plot=None,
                               repeat=8)
     assert runner_module.run_and_report(load_file(path), args, "scenario") == 0
     data = json.loads(capsys.readouterr().out)
@@ -369,3 +372,25 @@ def run(net):
     with pytest.raises(ScenarioError, match="--plot draws one run"):
         runner_module.run_and_report(load_file(path), argparse.Namespace(
             **{**vars(args), "plot": "x.png"}), "scenario")
+
+
+def test_each_run_is_recorded_live_for_the_dashboard(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.scenario.runlog import KEEP_RUNS, run_files
+
+    path = write(tmp_path, "rec.py", '''"""Recorded."""
+def run(net):
+    net.timeline.mark("n1", "halfway", note="x")
+    net.report(verdict="rec: SUCCESS", success=True)
+''')
+    data, _ = run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    [record] = run_files(tmp_path)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert lines[0]["type"] == "start" and lines[0]["scenario"] == "rec"
+    assert lines[0]["roles"] == {"attacker": "n3", "victim": "n4", "honest": ["n1"]}
+    events = [x for x in lines if x["type"] == "event"]
+    assert [e["event"] for e in events] == [e["event"] for e in data["timeline"]]
+    assert lines[-1] == {"type": "end", "verdict": "rec: SUCCESS", "success": True}
+    for _ in range(KEEP_RUNS + 3):
+        run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    assert len(run_files(tmp_path)) == KEEP_RUNS  # bounded

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from lab.plotting import save_figure
 from lab.scenario.engine import ScenarioError, Timeline, load_nodes
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
+from lab.scenario.runlog import RunLog
 
 BUILTIN_PACKAGE = "lab.attack"
 BUILTINS = ("race", "finney", "vector76", "majority", "selfish", "split")
@@ -121,8 +123,22 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     is still handed back as found."""
     nodes = [as_node(n) for n in load_nodes(args.dir, args.docker, args.rpc or ())]
     live = not args.json and not args.quiet
-    timeline = Timeline(echo=line_echo() if live else None)
+    record = run_log(args, scenario.name)
+    printer = line_echo() if live else None
+
+    def echo(event: dict[str, Any]) -> None:
+        if printer is not None:
+            printer(event)
+        if record is not None:
+            record.event(event)
+
+    timeline = Timeline(echo=echo)
     net = Network(nodes, args, args.seed, timeline)
+    if record is not None:
+        record.write({"type": "start", "scenario": scenario.name, "command": command,
+                      "seed": args.seed, "origin": scenario.origin,
+                      "roles": net.roles.names() if describe_roles(net) else None,
+                      "nodes": list(net.nodes), "started": time.time()})
     if live:
         out(f"powlab {command} {scenario.name}: seed {args.seed}, nodes "
             f"{', '.join(net.nodes)}" + (f"; {describe_roles(net)}" if describe_roles(net)
@@ -142,6 +158,10 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     if error is None and net.outcome is None:
         error = ScenarioError(f"{scenario.origin}: run(net) returned without net.report(...)")
     data = document(scenario, net, args, command, error)
+    if record is not None:
+        record.write({"type": "end", "verdict": data["verdict"], "success": data["success"],
+                      **({"error": data["error"]} if "error" in data else {})})
+        record.close()
     if args.plot:
         own = getattr(scenario.module, "build_figure", None)
         if own is not None and error is None:
@@ -151,6 +171,16 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
             plot_attack(data, Path(args.plot))
         data["plot"] = args.plot
     return data
+
+
+def run_log(args: argparse.Namespace, name: str) -> RunLog | None:
+    """The live record for the dashboard, in the testnet's directory (none for --rpc)."""
+    if args.rpc:
+        return None
+    from lab.testnet.manifest import resolve_dir
+
+    directory = resolve_dir(args.dir)
+    return RunLog(directory, name) if directory.is_dir() else None
 
 
 def describe_roles(net: Network) -> str:
