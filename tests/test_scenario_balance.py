@@ -17,8 +17,6 @@ from tests import subnets
 from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
 
 # About 15–20 s in all (the testnet's start and funding, four short trials): not marked slow.
-# This module's own loopback range (tests/subnets.py gives each module that starts nodes one).
-BALANCE_SCENARIO = 9
 SCENARIO = str(Path(REPO) / "examples" / "scenarios" / "balance.py")
 
 
@@ -28,24 +26,28 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         up = run_powlab("testnet", "up", "--dir", str(directory), "--nodes", "4",
                         "--miner-nodes", "n1,n3", "--topology", "line", "--block-time", "3",
-                        "--subnet", subnets.subnet(BALANCE_SCENARIO), timeout=400)
+                        "--subnet", subnets.subnet(subnets.BALANCE), timeout=400)
         assert up.returncode == 0, up.stdout + up.stderr
         yield directory
     finally:
         tear_down_testnet(directory)
 
 
-def scenario(directory: Path, *args: str) -> dict[str, Any]:
-    result = run_powlab("scenario", "run", SCENARIO, "--dir", str(directory), "--json", "--",
-                        *args, timeout=600)
+def scenario(directory: Path, *args: str, plot: Path | None = None) -> dict[str, Any]:
+    result = run_powlab("scenario", "run", SCENARIO, "--dir", str(directory), "--json",
+                        *(["--plot", str(plot)] if plot else []), "--", *args, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
-def test_one_trial_per_cell_reports_consistent_figures(testnet: Path) -> None:
+def test_one_trial_per_cell_reports_consistent_figures(testnet: Path, tmp_path: Path) -> None:
+    png = tmp_path / "balance.png"
     data = scenario(testnet, "--delay", "0,3", "--q", "0.4", "--trials", "1",
-                    "--confirmations", "1", "--sim-trials", "300")
+                    "--confirmations", "1", "--sim-trials", "300",
+                    plot=png if _have_matplotlib() else None)
     assert "error" not in data, data.get("error")
+    if _have_matplotlib():
+        assert data["plot"] == str(png) and png.read_bytes()[:4] == b"\x89PNG"
     assert data["scenario"] == "balance" and data["confirmations"] == 1
     # The halves of the line, the merchant (n4) in the transaction half, and the attacker
     # (the manifest's last miner, n3, is in the merchant's half) moved to the block half.
@@ -78,6 +80,12 @@ def test_one_trial_per_cell_reports_consistent_figures(testnet: Path) -> None:
     delayed = [e for e in data["timeline"] if e["event"] == "link fault"]
     assert delayed and all(e.get("delay_ms") == 3000 for e in delayed)
     assert any(e["event"] == "link faults cleared" for e in data["timeline"])
+
+
+def _have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def test_bad_arguments_are_errors_not_crashes(testnet: Path) -> None:

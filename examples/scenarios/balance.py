@@ -180,11 +180,22 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
             net.link_fault(a, b, delay=delay)
     net.send(victim, ds.tx1, "tx1")
     net.send(plan.attacker, ds.tx2, "tx2")
-    miners = plan.tx_miners + plan.block_miners + [plan.attacker]
-    net.wait_for(lambda: all(net.tx_status(m, ds.txid1).get("status") == "mempool"
-                             or net.tx_status(m, ds.txid2).get("status") == "mempool"
-                             for m in miners),
-                 timeout=args.trial_timeout, what="each miner to hold one of the payments")
+    def holds(nodes: list[str], txid: str) -> bool:
+        return all(net.tx_status(m, txid).get("status") == "mempool" for m in nodes)
+
+    if delay > 0:
+        # The model's start: each half's miners hold their own half's payment (the other
+        # one, a double spend, comes three delays later and is refused).
+        net.wait_for(lambda: holds(plan.tx_miners, ds.txid1)
+                     and holds([*plan.block_miners, plan.attacker], ds.txid2),
+                     timeout=args.trial_timeout,
+                     what="each half's miners to hold their half's payment")
+    else:
+        # No delay: a race inside one network, each miner holds whichever came first.
+        miners = [*plan.tx_miners, *plan.block_miners, plan.attacker]
+        net.wait_for(lambda: all(holds([m], ds.txid1) or holds([m], ds.txid2)
+                                 for m in miners),
+                     timeout=args.trial_timeout, what="each miner to hold one of the payments")
     net.set_hashrates(plan.shares(q), block_interval=args.block_interval)
 
     def state() -> str | None:
@@ -295,6 +306,52 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{_ci(r['ci95']):>12}  {s['success_rate']:>9.3f}  {_ci(s['ci95']):>12}  "
             f"{r['outcomes'][NOT_CONFIRMED]:>13}  {r['timed_out']:>9}")
     return "\n".join(lines)
+
+
+def build_figure(data: dict[str, Any]) -> Any:
+    """`--plot`: the testnet's success rate per delay with its Wilson 95% interval, one
+    series per attacker share, next to the simulator's for the same cells."""
+    from lab.plotting import pyplot  # the runner only calls this with matplotlib installed
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    colours = plt.get_cmap("tab10")
+    rows = data["rows"]
+    for i, q in enumerate(sorted({r["q"] for r in rows})):
+        cells = sorted((r for r in rows if r["q"] == q), key=lambda r: r["delay"])
+        xs = [r["delay"] for r in cells]
+        colour = colours(i % 10)
+        for key, label, style, shift in (
+                ("testnet", "testnet", "o-", -0.03), ("simulator", "simulator", "s--", 0.03)):
+            points = [r if key == "testnet" else r["simulator"] for r in cells]
+            ys = [p["success_rate"] for p in points]
+            err = [[max(0.0, y - p["ci95"][0]) for y, p in zip(ys, points, strict=True)],
+                   [max(0.0, p["ci95"][1] - y) for y, p in zip(ys, points, strict=True)]]
+            n = points[0]["trials"] if points else 0
+            # A small horizontal shift keeps the two intervals of one cell apart.
+            ax.errorbar([x + shift * max(xs or [1]) for x in xs], ys, yerr=err, fmt=style,
+                        color=colour, capsize=4, linewidth=2 if key == "testnet" else 1.5,
+                        markersize=7 if key == "testnet" else 5,
+                        alpha=1.0 if key == "testnet" else 0.7,
+                        label=f"q = {q:g}, {label}: {n:,} trials per point, 95 % CI")
+    ax.set_ylim(0, 1)
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xticks(sorted({r["delay"] for r in rows}))
+    ax.tick_params(labelsize=11)
+    ax.set_xlabel(f"one-way delay on the links between the halves (s; mean block interval "
+                  f"{data.get('block_interval', 1):g} s)", fontsize=12)
+    ax.set_ylabel("P(payment confirmed, then reversed)", fontsize=12)
+    done, wins = data.get("trials", 0), data.get("successes", 0)
+    ax.set_title(f"balance attack on the testnet: {wins} of {done} payments confirmed "
+                 f"{data.get('confirmations')} deep were reversed\n(the simulator's figure for "
+                 "the same cells dashed)", fontsize=12)
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              frameon=False)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def _ci(ci: list[float]) -> str:
