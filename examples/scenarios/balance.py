@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from typing import Any
 
-from lab.scenario import Network, ScenarioError, survey, wilson_interval
+from lab.scenario import Network, ScenarioError, parallel, survey, wilson_interval
 
 # Not part of lab.scenario (yet): the simulator's model and its defaults, for the figure next
 # to each measured one. See the report of the balance branch.
@@ -118,6 +119,9 @@ class Plan:
         if not self.tx_half or not self.block_half:
             raise ScenarioError("both halves need at least one node")
 
+    def miners(self) -> list[str]:
+        return list(dict.fromkeys([*self.tx_miners, *self.block_miners, self.attacker]))
+
     def shares(self, q: float) -> dict[str, float]:
         honest_half, _ = half_shares(q)
         out: dict[str, float] = {}
@@ -163,10 +167,19 @@ def _settled(net: Network) -> list[str] | None:
     return best if all(set(best) <= k for k in known) else None
 
 
+def _halt(net: Network, plan: Plan) -> float:
+    """Stops every miner of the experiment at once; the seconds it took. (net.stop_mining()
+    stops only the nodes that mined when the run started, and then waits a second: the
+    attacker, which mines only for the experiment, would go on mining after the lift.)"""
+    started = time.monotonic()
+    parallel([lambda n=n: net.set_mining(n, False) for n in plan.miners()])
+    return time.monotonic() - started
+
+
 def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[str, Any]:
     args = net.args
     victim = net.victim
-    net.stop_mining()
+    _halt(net, plan)
     net.clear_link_faults()
     net.sync_blocks(timeout=args.trial_timeout)
     links = _cross_links(net, plan)
@@ -198,9 +211,17 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
                      timeout=args.trial_timeout, what="each miner to hold one of the payments")
     net.set_hashrates(plan.shares(q), block_interval=args.block_interval)
 
+    polls = 0
+
     def state() -> str | None:
+        # The merchant's node every poll (the lift must follow its z-th confirmation
+        # closely); whether one payment is already everywhere only every tenth.
+        nonlocal polls
+        polls += 1
         if _confirmations(net.tx_status(victim, ds.txid1)) >= args.z:
             return "lift"
+        if polls % 10:
+            return None
         everywhere = [(net.tx_status(n, ds.txid1), net.tx_status(n, ds.txid2))
                       for n in net.nodes.values()]
         if all(_confirmations(t2) >= 1 for _, t2 in everywhere):
@@ -210,18 +231,19 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
         return None
 
     try:
-        seen = net.wait_for(state, timeout=args.trial_timeout,
+        seen = net.wait_for(state, timeout=args.trial_timeout, interval=0.02,
                             what=f"tx1 to reach {args.z} confirmations or one payment to be "
                                  "everywhere")
     except ScenarioError:
-        net.stop_mining()
+        _halt(net, plan)
         net.clear_link_faults()
         net.timeline.mark("*", "trial timed out", delay=delay, q=q, trial=index)
         return {"delay": delay, "q": q, "outcome": TIMED_OUT, "txid1": ds.txid1}
-    net.stop_mining()
+    halt_s = _halt(net, plan)
     net.clear_link_faults()
     if seen == "lift":
-        net.timeline.mark(victim.name, "delay lifted", confirmations=args.z)
+        net.timeline.mark(victim.name, "delay lifted", confirmations=args.z,
+                          mining_stopped_in_s=round(halt_s, 3))
         tips = net.wait_for(lambda: _settled(net), timeout=args.trial_timeout,
                             what="every node to know every tip")
         if len(set(tips)) > 1:
@@ -237,7 +259,7 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
         outcome = str(seen)
     net.timeline.mark("*", "trial result", delay=delay, q=q, trial=index, outcome=outcome)
     return {"delay": delay, "q": q, "outcome": outcome, "txid1": ds.txid1,
-            "cross_links": [f"{a}-{b}" for a, b in links]}
+            "cross_links": [f"{a}-{b}" for a, b in links], "mining_stopped_in_s": halt_s}
 
 
 def run(net: Network) -> None:
