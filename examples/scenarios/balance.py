@@ -152,19 +152,25 @@ def _cross_links(net: Network, plan: Plan) -> list[tuple[str, str]]:
     return sorted((a, b) for a in plan.tx_half for b in plan.block_half if b in sv.adj.get(a, ()))
 
 
-def _settled(net: Network) -> list[str] | None:
-    """Once every node has every node's tip at the top height (delayed blocks still in flight
-    have arrived): the tips, one per node. None before."""
-    views = [(n.try_call("getblockchaininfo"), n.try_call("getchaintips"))
-             for n in net.nodes.values()]
-    if any(info is None or tips is None for info, tips in views):
-        return None
-    heights = {info["blocks"] for info, _ in views}
-    if len(heights) != 1:
-        return None
-    best = [info["bestblockhash"] for info, _ in views]
-    known = [{t["hash"] for t in tips} for _, tips in views]
-    return best if all(set(best) <= k for k in known) else None
+class _Settled:
+    """Once every node is at the same height twice in a row (whatever was mined before the
+    lift has landed, the blocks still behind the delay included): the tips, one per node.
+    None before. (Not "every node knows every tip": a node that reorganises to a branch of
+    equal height does not announce it, so a neighbour may never learn of it.)"""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.last: list[str] | None = None
+
+    def __call__(self) -> list[str] | None:
+        infos = [n.try_call("getblockchaininfo") for n in self.net.nodes.values()]
+        if any(info is None for info in infos):
+            return None
+        tips = [str(info["bestblockhash"]) for info in infos if info is not None]
+        heights = {info["blocks"] for info in infos if info is not None}
+        stable = tips if len(heights) == 1 and tips == self.last else None
+        self.last = tips
+        return stable
 
 
 def _halt(net: Network, plan: Plan) -> float:
@@ -244,15 +250,16 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
     if seen == "lift":
         net.timeline.mark(victim.name, "delay lifted", confirmations=args.z,
                           mining_stopped_in_s=round(halt_s, 3))
-        tips = net.wait_for(lambda: _settled(net), timeout=args.trial_timeout,
-                            what="every node to know every tip")
+        tips = net.wait_for(_Settled(net), timeout=args.trial_timeout, interval=0.5,
+                            what="every node to reach the same height")
         if len(set(tips)) > 1:
             # A tie at the top: the next block decides, from a half drawn by its power.
             tx_share, _ = half_shares(q)
             finder = (plan.tx_miners[0] if net.rng.random() < tx_share
                       else plan.block_miners[0])
             net.mine(finder, 1, "tie broken")
-        net.sync_blocks(timeout=args.trial_timeout)
+            net.timeline.mark(finder, "tie", tips=len(set(tips)))
+        net.sync_blocks(timeout=args.trial_timeout, tie_breaker=plan.tx_miners[0])
         final = net.tx_status(victim, ds.txid1)
         outcome = SURVIVED if _confirmations(final) >= 1 else SUCCESS
     else:
