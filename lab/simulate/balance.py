@@ -17,14 +17,16 @@ Model (one trial):
   after it is mined, except the block carrying a half's payment, which the other half rejected
   as a double spend: a powlab node fetches that transaction after the compact block, so that
   block takes `payment_trips` (default 3) delays, and its descendants wait for it; a half adopts
-  a received block when it has strictly more work (equal heights keep the block seen first, as
-  a powlab node does);
+  a block it can connect when it has more work, or as much and the half had its data first (as
+  a powlab node does: a child that waited for its parent can beat a block of the same height
+  the half mined meanwhile);
 - the first block a half mines on the fork base carries its own payment, later blocks inherit
   the payment of their chain;
-- when the merchant's view (the transaction half's tip) has tx1 z blocks deep, the delay is
-  lifted: every block mined so far reaches every node, each half moves to the most work (an
-  equal-height tip of its own stays), and a tie between two tips carrying different payments
-  is settled by the next block, found by either half in proportion to its power;
+- when the merchant's view (the transaction half's tip) has tx1 z blocks deep, mining stops
+  and the delay is lifted: every block mined so far reaches every node, each half moves to the
+  most work (on equal heights the block it saw first), and a tie between two tips carrying
+  different payments is settled by the next block, found by either half in proportion to its
+  power;
 - the trial also ends when both halves are on chains carrying the same payment with no block of
   the other payment in flight: the payment can no longer change (tx2 everywhere: the merchant
   never saw tx1 confirmed; tx1 everywhere: it survives).
@@ -143,7 +145,10 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
     pay_height = [0]
     half = [-1]
     mined = [0.0]
-    arrival: list[list[float]] = [[0.0], [0.0]]  # when half i has block b
+    # When half i has block b's data (`seen`: what a tie between equal heights goes by, the
+    # block seen first winning) and when it can connect it (`arrival`: not before its parent).
+    seen: list[list[float]] = [[0.0], [0.0]]
+    arrival: list[list[float]] = [[0.0], [0.0]]
     tips = [0, 0]
     in_flight: list[list[tuple[float, int]]] = [[], []]  # (arrival, block) on its way to half i
     now = 0.0
@@ -159,7 +164,10 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
         target = 0 if arrivals[0] <= arrivals[1] else 1
         if arrivals[target] <= next_block:
             now, block = heapq.heappop(in_flight[target])
-            if height[block] > height[tips[target]]:
+            tip = tips[target]
+            if (height[block], -seen[target][block]) > (height[tip], -seen[target][tip]):
+                # More work, or as much and its data came first (a child that waited for
+                # its parent may have arrived before the half's own block of that height).
                 tips[target] = block
         else:
             now = next_block
@@ -182,30 +190,28 @@ def balance_trial(q: float, delay: float, z: int, rng: random.Random,
             # (compact block, request for the missing transaction, the transaction). A block
             # is connected only once its parent is, so it never arrives before its parent.
             trips = payment_trips if pay_height[block] == height[block] else 1
+            seen[finder].append(now)
+            seen[other].append(now + trips * delay)
             arrival[finder].append(now)
-            arrival[other].append(max(now + trips * delay, arrival[other][parent]))
+            arrival[other].append(max(seen[other][block], arrival[other][parent]))
             heapq.heappush(in_flight[other], (arrival[other][block], block))
             next_block = now + rng.expovariate(1.0 / block_interval)
         if merchant_satisfied():
-            return _lift(tips, height, pay, arrival, now, share_tx, rng)
+            return _lift(height, pay, seen, share_tx, rng)
         common = pay[tips[0]]
         if common and common == pay[tips[1]] and not any(
                 pay[b] != common for flight in in_flight for _, b in flight):
             return SURVIVED if common == _TX1 else NOT_CONFIRMED
 
 
-def _lift(tips: list[int], height: list[int], pay: list[int], arrival: list[list[float]],
-          now: float, share_tx: float, rng: random.Random) -> str:
-    """The delay is lifted at `now`: every block reaches every half; who wins?"""
+def _lift(height: list[int], pay: list[int], seen: list[list[float]], share_tx: float,
+          rng: random.Random) -> str:
+    """The delay is lifted and mining stops: every block reaches every half (what is still
+    behind the delay at its time), each half settles on the most work, the block it saw
+    first on a tie; who wins?"""
     top = max(height)
-    final = []
-    for side in (_TX, _BLOCK):
-        if height[tips[side]] == top:
-            final.append(tips[side])
-            continue
-        # The highest block this half received first (what was still in flight arrives now).
-        candidates = [b for b in range(len(height)) if height[b] == top]
-        final.append(min(candidates, key=lambda b, s=side: (min(arrival[s][b], now), b)))
+    candidates = [b for b in range(len(height)) if height[b] == top]
+    final = [min(candidates, key=lambda b, s=side: (seen[s][b], b)) for side in (_TX, _BLOCK)]
     winner = pay[final[_TX]] if pay[final[_TX]] == pay[final[_BLOCK]] else (
         pay[final[_TX]] if rng.random() < share_tx else pay[final[_BLOCK]])
     return SURVIVED if winner == _TX1 else SUCCESS
