@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import signal
@@ -61,6 +62,10 @@ log = structlog.get_logger("powlab.node")
 
 MEMPOOL_FILE = "mempool.dat"
 MEMPOOL_FILE_VERSION = 1
+# The address book (Bitcoin Core's peers.dat): kept across restarts, so a restarted node dials
+# the addresses it had learnt; which also means addresses an attacker got into it survive.
+PEERS_FILE = "peers.json"
+PEERS_FILE_VERSION = 1
 PEER_NAME_RETRY = 2.0  # seconds between attempts to resolve a peer's host name
 PEER_NAME_RECHECK = 15.0  # seconds between re-resolving names that did resolve
 MAX_WATCHED_TXS = 10_000
@@ -202,6 +207,7 @@ class Node:
         protocol = P2PProtocol(
             self.params, load_node_key(self.datadir), p2p_config, self, self.rng, self.clock()
         )
+        self._load_peers(protocol)
         service.attach(protocol)
         self.p2p = service
         self.metrics.watch_p2p(lambda: self.p2p.protocol if self.p2p else None)
@@ -294,6 +300,7 @@ class Node:
         log.info("node_stopping")
         await self.miner.close()
         if self.p2p is not None:
+            self._save_peers()
             await self.p2p.close()
         for task in self._tasks:
             task.cancel()
@@ -364,6 +371,31 @@ class Node:
         while True:
             await asyncio.sleep(MEMPOOL_SAVE_INTERVAL)
             self._save_mempool()
+            self._save_peers()
+
+    # ----------------------------------------------------------------- address book persistence
+
+    def _load_peers(self, protocol: P2PProtocol) -> None:
+        path = self.datadir / PEERS_FILE
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != PEERS_FILE_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            records = list(data["addresses"])
+        except Exception as exc:
+            log.warning("peers_file_unreadable", path=str(path), error=str(exc))
+            return
+        loaded = protocol.book.load_records(records)
+        log.info("peers_loaded", addresses=loaded, stored=len(records))
+
+    def _save_peers(self) -> None:
+        protocol = self.p2p.protocol if self.p2p is not None else None
+        if protocol is None:
+            return
+        data = {"version": PEERS_FILE_VERSION, "addresses": protocol.book.records()}
+        write_atomic(self.datadir / PEERS_FILE, json.dumps(data).encode(), 0o600)
 
     # ----------------------------------------------------------------- chain changes
 

@@ -95,7 +95,8 @@ EXPECTED_GROUPS = {
     "control": {"help", "uptime", "stop"},
     "mining": {"generatetoaddress", "generateblock", "getmininginfo", "setmining"},
     "network": {
-        "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "disconnectnode",
+        "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "getnodeaddresses",
+        "disconnectnode",
         "setban", "listbanned", "clearbanned", "setnetworkactive", "setlinkfault",
         "getnetworkinfo",
     },
