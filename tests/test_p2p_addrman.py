@@ -82,3 +82,16 @@ def test_the_book_survives_as_records() -> None:
     assert list(again.addresses) == list(book.addresses)
     assert again.addresses[("127.0.0.2", 18444)].node_id == bytes(range(32))
     assert again.addresses[("127.0.0.3", 18444)].last_seen == 2_000
+
+
+def test_a_stopping_node_says_goodbye_so_its_peers_redial_at_once() -> None:
+    """Without the goodbye a peer would hold the dead link until `peer_timeout` (30 s) and a
+    persistent dialler would not come back to the restarted node for that long."""
+    net = MemoryNetwork(QUICK, seed=4)
+    a, b = net.add_node("a"), net.add_node("b")
+    b.connect(a)  # persistent
+    run_until(net, lambda: established(a, b), 10, "b reaches a")
+    a.p2p.shut_down(net.now)
+    net.flush(a)
+    run_until(net, lambda: a.addr not in b.p2p.by_addr, 1, "b drops a on its goodbye")
+    assert b.p2p._persistent[a.addr] <= net.now + b.p2p.config.reconnect_interval
