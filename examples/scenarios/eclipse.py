@@ -90,12 +90,7 @@ def run(net: Network) -> None:
     results = {c: summary([t for t in trials if t["countermeasure"] == c]) for c in chosen}
     net.report(verdict=verdict(results, args.confirmations),
                success=any(t["success"] for t in trials),
-               countermeasures=results, trials=trials,
-               parameters={"sybils": args.sybils, "confirmations": args.confirmations,
-                           "victim_max_outbound": args.max_outbound,
-                           "victim_max_inbound": args.max_inbound,
-                           "campaign_seconds": args.campaign,
-                           "trials_per_countermeasure": args.trials})
+               countermeasures=results, trials=trials)
 
 
 # --------------------------------------------------------------------------- the attack
@@ -185,8 +180,11 @@ class Eclipse:
         outbound = len(self.honest) if fixed else self.args.max_outbound
         poll(lambda: self.count(inbound=False) >= outbound, 20)
         if listening:
-            poll(lambda: self.count(inbound=True) >= min(self.args.max_inbound,
-                                                        len(self.sybils)), 15)
+            # The sybils come back (each redials a persistent link after 5 s): until they hold
+            # every inbound slot, or every one of them is connected in one direction or other.
+            sybil_ids = {self.ids[s.name] for s in self.sybils}
+            poll(lambda: self.count(inbound=True) >= self.args.max_inbound
+                 or sybil_ids <= {p["node_id"] for p in self.peers()}, 15)
         victim_addr = self.addr[victim.name]
         if options["no_listen"]:
             mark(victim.name, "honest nodes cannot connect in", note="nothing listens")
@@ -367,9 +365,9 @@ def build_figure(data: dict[str, Any]) -> Any:
                         for n in names])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("victim fooled (share of trials)")
-    p = data.get("parameters") or {}
-    ax.set_title(f"eclipse: {p.get('sybils')} sybils, victim {p.get('victim_max_outbound')} out / "
-                 f"{p.get('victim_max_inbound')} in, z = {p.get('confirmations')}")
+    p = data.get("params") or {}
+    ax.set_title(f"eclipse: {p.get('sybils')} sybils; victim {p.get('max_outbound')} out / "
+                 f"{p.get('max_inbound')} in; z = {p.get('confirmations')}")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
