@@ -394,3 +394,36 @@ def run(net):
     for _ in range(KEEP_RUNS + 3):
         run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
     assert len(run_files(tmp_path)) == KEEP_RUNS  # bounded
+
+
+def test_a_journal_undoes_what_it_lists_and_stays_while_a_node_is_down(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal, orphans, undo
+
+    path = tmp_path / "restore-999999999.json"  # no such process
+    journal = Journal(path)
+    journal.mining({"n1": (True, None), "n2": (False, 0.5)})
+    journal.record("bans", "n1", "127.9.9.4")
+    journal.record("bans", "n1", "127.9.9.4")  # once is enough
+    journal.record("faults", "n2", "127.9.9.4:18444")
+    journal.record("links", "n1", "id@127.9.9.5:18444")
+    journal.record("offline", "n2")
+    assert orphans(tmp_path) == [path]
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    up = {"n1"}
+
+    def call(node: str, method: str, params: tuple[Any, ...]) -> bool:
+        calls.append((node, method, params))
+        return node in up
+
+    undo(path, call)
+    assert ("n1", "setban", ("127.9.9.4", "remove")) in calls
+    assert ("n1", "setmining", (True, -1)) in calls and ("n2", "setmining", (False, 0.5)) in calls
+    assert ("n2", "setnetworkactive", (True,)) in calls
+    assert path.exists()  # n2 did not answer: the next run tries again
+    up.add("n2")
+    assert len(undo(path, call)) == 6 and not path.exists()
+    (tmp_path / "restore-999999998.json").write_text("{not json")
+    assert undo(tmp_path / "restore-999999998.json", call) == [
+        "restore-999999998.json: unreadable, removed"]
+    (tmp_path / f"restore-{os.getpid()}.json").write_text("{}")
+    assert orphans(tmp_path) == []  # this process is alive: not an orphan
