@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_attack_parser(sub)
 
+    from lab.scenario.cli import add_scenario_parser
+
+    add_scenario_parser(sub)
+
     from lab.testnet.cli import add_testnet_parser
 
     add_testnet_parser(sub)
@@ -161,7 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "-h" in words[1:] or "--help" in words[1:]:
             raise SystemExit(_node_help(words[1:]))
         _exec_node(words[1:])
+    own: list[str] = []
+    if words[:2] == ["scenario", "run"] and "--" in words:
+        # What follows `--` belongs to the scenario file's own parser.
+        cut = words.index("--")
+        words, own = words[:cut], words[cut + 1:]
     args = build_parser().parse_args(words)
+    if own:
+        args.scenario_args = own
     if getattr(args, "plot", None):
         # Before the experiment runs, not after: it may take minutes.
         try:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from lab.attack import common
-from lab.attack.common import AttackError, NetNode, Network, Roles, Survey, Timeline
-from lab.attack.split import halves, partition
+from lab.attack.split import halves
 from lab.client import RPCConnectionError, RPCError
+from lab.scenario import engine
+from lab.scenario.engine import NetNode, ScenarioError, Survey, Switches, Timeline
+from lab.scenario.engine import partition_cut as cut_between
 
 NAMES = ["n1", "n2", "n3", "n4"]
 
@@ -56,8 +57,12 @@ def line() -> tuple[dict[str, FakeNode], Survey]:
     return nodes, survey
 
 
-def network(nodes: dict[str, FakeNode]) -> Network:
-    return Network(Roles(nodes["n4"], nodes["n1"], [], [], list(nodes.values())), Timeline())
+def network(nodes: dict[str, FakeNode]) -> Switches:
+    return Switches(list(nodes.values()), Timeline())
+
+
+def partition(survey: Survey, a: list[str], b: list[str]) -> engine.Cut:
+    return cut_between(survey, [a, b])
 
 
 def test_a_cut_that_fails_half_way_is_still_lifted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,10 +72,10 @@ def test_a_cut_that_fails_half_way_is_still_lifted(monkeypatch: pytest.MonkeyPat
     cut.added = [(nodes["n1"], nodes["n2"])]  # a link that will never come up
 
     def never(*args: Any, **kwargs: Any) -> None:
-        raise AttackError("timed out waiting for the added links")
+        raise ScenarioError("timed out waiting for the added links")
 
-    monkeypatch.setattr(common, "wait_until", never)
-    with pytest.raises(AttackError):
+    monkeypatch.setattr(engine, "wait_until", never)
+    with pytest.raises(ScenarioError):
         net.apply_cut("*", cut, "partition")
     assert any(node.bans() for node in nodes.values())
     net.restore()
@@ -89,7 +94,7 @@ def test_one_node_down_does_not_keep_the_others_banned() -> None:
 
 def test_a_link_that_was_there_before_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     nodes, survey = line()
-    monkeypatch.setattr(common, "wait_until", lambda *a, **k: True)
+    monkeypatch.setattr(engine, "wait_until", lambda *a, **k: True)
     net = network(nodes)
     cut = partition(survey, ["n1", "n2"], ["n3", "n4"])
     nodes["n1"].already_added.add(survey.dial["n2"])
@@ -102,5 +107,5 @@ def test_a_link_that_was_there_before_is_left_alone(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("given", [["n1", "n4"], ["n1,n2", "n2,n3,n4"]])
 def test_halves_must_partition_the_network(given: list[str]) -> None:
     nodes, survey = line()
-    with pytest.raises(AttackError):
+    with pytest.raises(ScenarioError):
         halves(survey, nodes["n1"], given)

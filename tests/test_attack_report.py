@@ -9,14 +9,14 @@ import threading
 
 from lab.attack.finney import finney_verdict
 from lab.attack.race import race_verdict
-from lab.attack.report import (
+from lab.attack.selfish import batch_means_interval
+from lab.scenario.report import (
     deepest_reorg,
     first_conflict_seen,
     format_event,
     line_echo,
     warned_before_loss,
 )
-from lab.attack.selfish import batch_means_interval
 
 
 def ev(t: float, node: str, event: str, **extra: object) -> dict[str, object]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from lab.attack.common import NetNode, resolve_roles
 from lab.client import NodeEndpoint
+from lab.scenario.engine import NetNode, resolve_roles
 from lab.testnet.control import wait_connected, wait_ready
 from lab.testnet.manifest import load_manifest
 from lab.testnet.processes import spawn_node, stop_node

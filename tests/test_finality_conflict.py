@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lab.attack.common import AttackError, load_nodes
+from lab.scenario.engine import ScenarioError, load_nodes
 from lab.testnet.control import call, endpoint, try_call
 from lab.testnet.manifest import load_manifest
 from tests.daemon_harness import wait_for
@@ -112,7 +112,8 @@ def test_refused_reorg_is_visible_and_heal_resolve_converges(net: Path) -> None:
     rows = json.loads(ok(powlab("testnet", "status", "--dir", str(net), "--json")))
     by_name = {r["node"]: r for r in rows}
     assert by_name["n1"]["warnings"] and not by_name["n3"]["warnings"]
-    with pytest.raises(AttackError, match=r"n1 is on a branch refused beyond finality.*--resolve"):
+    with pytest.raises(ScenarioError,
+                       match=r"n1 is on a branch refused beyond finality.*--resolve"):
         load_nodes(str(net))
 
     out = ok(powlab("testnet", "heal", "--dir", str(net), "--resolve"))

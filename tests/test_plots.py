@@ -12,13 +12,13 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.ticker import MaxNLocator
 
-from lab.attack.report import (
+from lab.plotting import pyplot
+from lab.scenario.report import (
     ATTACKER_STYLE,
     HONEST_STYLE,
     build_attack_figure,
     selfish_lead,
 )
-from lab.plotting import pyplot
 from lab.simulate.plots import (
     build_doublespend_figure,
     build_stale_rate_figure,

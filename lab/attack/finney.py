@@ -1,4 +1,6 @@
-"""Finney attack: the attacker mines a block holding tx2 (the coin back to itself) and keeps it
+"""Finney: withhold a block holding tx2, pay the victim with tx1, release the block.
+
+Finney attack: the attacker mines a block holding tx2 (the coin back to itself) and keeps it
 to itself, pays the victim with tx1, and releases the block once the victim has accepted the
 payment at zero confirmations. No honest block may come in between: honest mining is paused
 for the setup (with `--honest-block-first` an honest block is mined before the release, the
@@ -6,70 +8,74 @@ case where the attack fails)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import time
 from typing import Any
 
-from lab.attack.common import (
-    AttackError,
-    Outcome,
-    make_double_spend,
-    mine_one,
-    send_tx,
-    staged,
-    submit_block,
-    wait_converged,
-    wait_until,
-    withhold_block,
-)
-from lab.attack.context import Context
+from lab.attack.options import add_attack_arguments
 from lab.attack.race import detected_in, tx_state
-from lab.attack.report import deepest_reorg, first_conflict_seen
-from lab.text import confirmations
+from lab.scenario import (
+    Network,
+    Outcome,
+    ScenarioError,
+    confirmations,
+    deepest_reorg,
+    first_conflict_seen,
+)
 
 
-def run(ctx: Context) -> Outcome:
-    roles, args, tl = ctx.roles, ctx.args, ctx.timeline
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_attack_arguments(parser, "unused: the victim accepts at 0 confirmations")
+    parser.add_argument("--wait", type=float, default=2.0, metavar="S",
+                        help="seconds between paying the victim and releasing (default 2)")
+    parser.add_argument("--release-to", choices=("victim", "attacker"), default="victim",
+                        help="node the withheld block is submitted to (default victim)")
+    parser.add_argument("--honest-block-first", action="store_true",
+                        help="an honest block is mined before the release (the attack fails)")
+
+
+def run(net: Network) -> None:
+    roles, args, tl = net.roles, net.args, net.timeline
     out = Outcome("finney")
-    with staged(ctx.net):
-        wait_converged(roles.nodes,
+    with net.staged():
+        net.sync_blocks(roles.nodes,
                        tie_breaker=roles.honest[0] if roles.honest else roles.attacker)
-        ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
-        ctx.monitor.track("tx1", ds.txid1)
-        ctx.monitor.track("tx2", ds.txid2)
-        tl.add(roles.attacker.name, "double spend prepared", tx1=ds.txid1[:16],
+        ds = net.double_spend(roles.attacker, roles.victim, args.amount)
+        net.monitor.track("tx1", ds.txid1)
+        net.monitor.track("tx2", ds.txid2)
+        tl.mark(roles.attacker.name, "double spend prepared", tx1=ds.txid1[:16],
                tx2=ds.txid2[:16])
-        address = roles.attacker.call("getnewaddress")
-        block = withhold_block(ctx.net, roles.attacker, address, [ds.tx2])
-        send_tx(roles.victim, ds.tx1, tl, "tx1")
+        block = net.withhold_block(roles.attacker, [ds.tx2])
+        net.send(roles.victim, ds.tx1, "tx1")
         time.sleep(args.wait)
-        ctx.monitor.poll()
+        net.monitor.poll()
         before = tx_state(roles.victim, ds.txid1)
         accepted = before.get("status") == "mempool" and before.get(
             "accepted_zero_conf", True) is not False
-        tl.add(roles.victim.name, "victim's view before the release",
+        tl.mark(roles.victim.name, "victim's view before the release",
                status=before.get("status"), accepted_zero_conf=before.get("accepted_zero_conf"))
 
         honest_first = None
         if args.honest_block_first:
             if not roles.honest:
-                tl.add("*", "no honest miner: --honest-block-first ignored")
+                tl.mark("*", "no honest miner: --honest-block-first ignored")
             else:
-                honest_first = mine_one(roles.honest[0], tl, "honest block (before release)")
-                wait_until(lambda: roles.victim.try_call("getbestblockhash") == honest_first,
+                honest_first = net.mine(roles.honest[0], label="honest block (before release)")[0]
+                net.wait_for(lambda: roles.victim.try_call("getbestblockhash") == honest_first,
                            args.timeout, "the honest block to reach the victim")
         target = roles.attacker if args.release_to == "attacker" and not block.via_isolation \
             else roles.victim
         released_t = tl.now()
-        submit_block(target, block.hex, block.hash, tl)
+        net.submit_block(target, block)
         if block.via_isolation:
-            ctx.net.reconnect(roles.attacker)
+            net.reconnect(roles.attacker)
         # A lost attack leaves tx1 unconfirmed: that is a result, not an error.
-        with contextlib.suppress(AttackError):
-            wait_until(lambda: tx_state(roles.victim, ds.txid1).get("status") != "mempool",
+        with contextlib.suppress(ScenarioError):
+            net.wait_for(lambda: tx_state(roles.victim, ds.txid1).get("status") != "mempool",
                        args.timeout, "the victim's node to settle tx1")
-        time.sleep(ctx.monitor.interval * 2)
-        ctx.monitor.poll()
+        time.sleep(net.monitor.interval * 2)
+        net.monitor.poll()
         after = tx_state(roles.victim, ds.txid1)
         on_chain = (roles.victim.try_call("getblockheader", block.hash) or {}).get(
             "confirmations", -1) >= 1
@@ -79,7 +85,7 @@ def run(ctx: Context) -> Outcome:
     out.success = won_on_chain and accepted
     out.detected = detected_in(before) or first_conflict_seen(
         [e for e in tl.events if e["t"] <= released_t], roles.victim.name) is not None
-    out.victim_confirmations_seen = ctx.monitor.max_victim_conf
+    out.victim_confirmations_seen = net.monitor.max_victim_conf
     out.reorg_depth = deepest_reorg(tl.events, [roles.victim.name])
     out.details = {
         "withheld_block": block.hash,
@@ -92,7 +98,7 @@ def run(ctx: Context) -> Outcome:
     }
     out.verdict = finney_verdict(won_on_chain, accepted, out.detected, block.hash, target.name,
                                  honest_first is not None, after)
-    return out
+    net.report(**out.as_report())
 
 
 def finney_verdict(won_on_chain: bool, accepted: bool, detected: bool, block_hash: str,

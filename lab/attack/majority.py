@@ -1,4 +1,6 @@
-"""Majority (51 %) attack: the attacker, holding a share Q of the hash rate, cuts itself off
+"""Majority: a private branch with tx2 at share Q until it outworks Z confirmations.
+
+Majority (51 %) attack: the attacker, holding a share Q of the hash rate, cuts itself off
 at the block before the payment, mines a private branch that starts with tx2 while tx1 pays
 the victim on the public chain, waits until the victim's payment has Z confirmations, keeps
 mining until its branch has more work (or gives up N blocks behind) and then reconnects,
@@ -7,30 +9,27 @@ is refused: the network splits instead."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lab.attack.common import (
-    AttackError,
+from lab.attack.options import add_attack_arguments
+from lab.attack.race import tx_state
+from lab.scenario import (
     DoubleSpend,
     NetNode,
+    Network,
     Outcome,
+    ScenarioError,
     chainwork,
+    confirmations,
+    deepest_reorg,
     finality_depth,
-    hashes_per_block,
-    make_double_spend,
     parallel,
-    send_tx,
-    staged,
-    wait_converged,
-    wait_until,
+    warned_before_loss,
 )
-from lab.attack.context import Context
-from lab.attack.race import tx_state
-from lab.attack.report import deepest_reorg, warned_before_loss
-from lab.text import confirmations
 
 
 def honest_rates(honest: list[NetNode], total: float) -> dict[str, float]:
@@ -42,51 +41,62 @@ def honest_rates(honest: list[NetNode], total: float) -> dict[str, float]:
     return {n.name: s * scale for n, s in zip(honest, shares, strict=True)}
 
 
-def run(ctx: Context) -> Outcome:
-    roles, args, tl = ctx.roles, ctx.args, ctx.timeline
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_attack_arguments(parser, "confirmations the victim waits for (default: its node's "
+                                 "finality depth)", timeout=300.0)
+    parser.add_argument("--give-up", type=int, default=10, metavar="N",
+                        help="abandon the private branch N blocks behind (default 10)")
+    parser.add_argument("--block-interval", type=float, default=1.0, metavar="S",
+                        help="mean seconds per block at the total hash rate (default 1)")
+    parser.add_argument("--settle", type=float, default=30.0, metavar="S",
+                        help="seconds for the published branch to reach the victim")
+
+
+def run(net: Network) -> None:
+    roles, args, tl = net.roles, net.args, net.timeline
     if not roles.honest:
-        raise AttackError("the majority attack needs honest miners to race (see --honest)")
+        raise ScenarioError("the majority attack needs honest miners to race (see --honest)")
     q = args.hashrate_share if args.hashrate_share is not None else 0.7
     if not 0 < q < 1:
-        raise AttackError("--hashrate-share must be between 0 and 1")
+        raise ScenarioError("--hashrate-share must be between 0 and 1")
     attacker, victim = roles.attacker, roles.victim
     depth = finality_depth(victim)
     z = args.confirmations if args.confirmations is not None else depth
     chain_info = victim.call("getblockchaininfo")
     enforcing = bool(chain_info.get("enforce_finality"))
     published_tip: str | None = None
-    with staged(ctx.net):
-        fork = wait_converged(roles.nodes, tie_breaker=roles.honest[0])
+    with net.staged():
+        fork = net.sync_blocks(roles.nodes, tie_breaker=roles.honest[0])
         fork_height = victim.call("getblockcount")
-        ds = _prepare(ctx, fork, fork_height)
-        total = hashes_per_block(victim) / args.block_interval
-        mining = _mining_switch(ctx, q * total, honest_rates(roles.honest, (1 - q) * total))
-        race = _race(ctx, ds.txid1, z, mining)
+        ds = _prepare(net, fork, fork_height)
+        total = net.hashes_per_block(victim) / args.block_interval
+        mining = _mining_switch(net, q * total, honest_rates(roles.honest, (1 - q) * total))
+        race = _race(net, ds.txid1, z, mining)
         mining(False)
         a_tip = attacker.call("getbestblockhash")
         a_height = attacker.call("getblockcount")
         h_height = victim.call("getblockcount")
-        ctx.net.reconnect(attacker)
+        net.reconnect(attacker)
         if race.kind == "published":
             published_tip = a_tip
-            tl.add(attacker.name, "private branch published", tip=a_tip[:16], height=a_height,
+            tl.mark(attacker.name, "private branch published", tip=a_tip[:16], height=a_height,
                    branch_length=a_height - fork_height, honest_height=h_height)
-            _settle_published(ctx, a_tip)
+            _settle_published(net, a_tip)
         else:
-            _settle_rejoined(ctx)
-        ctx.monitor.poll()
+            _settle_rejoined(net)
+        net.monitor.poll()
         after = tx_state(victim, ds.txid1)
         victim_tips = victim.try_call("getchaintips") or []
         victim_tip = victim.call("getbestblockhash")
 
     attacker_tip_status = next((t["status"] for t in victim_tips if t["hash"] == a_tip), None)
     split = bool(published_tip and victim_tip != published_tip)
-    statuses = ctx.monitor.victim_statuses
+    statuses = net.monitor.victim_statuses
     out = Outcome("majority")
     out.success = after.get("status") == "conflicted"
-    out.victim_confirmations_seen = ctx.monitor.max_victim_conf
-    out.reorg_depth = deepest_reorg(ctx.timeline.events, [victim.name])
-    out.detected = split or warned_before_loss(ctx.timeline.events, victim.name)
+    out.victim_confirmations_seen = net.monitor.max_victim_conf
+    out.reorg_depth = deepest_reorg(net.timeline.events, [victim.name])
+    out.detected = split or warned_before_loss(net.timeline.events, victim.name)
     out.details = {
         "hashrate_share": q, "z": z, "finality_depth": depth, "enforce_finality": enforcing,
         "outcome": race.kind, "chain_split": split,
@@ -97,7 +107,7 @@ def run(ctx: Context) -> Outcome:
         "theory": theory(q, z, args.give_up),
     }
     out.verdict = _verdict(out, after, race.kind, args.give_up, victim.name)
-    return out
+    net.report(**out.as_report())
 
 
 @dataclass
@@ -108,35 +118,35 @@ class _Race:
     reached_z_at: float | None = None  # when the victim's payment reached Z confirmations
 
 
-def _prepare(ctx: Context, fork: str, fork_height: int) -> DoubleSpend:
+def _prepare(net: Network, fork: str, fork_height: int) -> DoubleSpend:
     """The double spend; the attacker cut off with a private block holding tx2, while tx1
     pays the victim and reaches the honest miners' mempools."""
-    roles, tl = ctx.roles, ctx.timeline
+    roles, tl = net.roles, net.timeline
     attacker, victim = roles.attacker, roles.victim
-    ds = make_double_spend(attacker, victim, ctx.args.amount, ctx.rng)
-    ctx.monitor.track("tx1", ds.txid1)
-    ctx.monitor.track("tx2", ds.txid2)
-    tl.add(attacker.name, "double spend prepared", tx1=ds.txid1[:16], tx2=ds.txid2[:16],
+    ds = net.double_spend(attacker, victim, net.args.amount)
+    net.monitor.track("tx1", ds.txid1)
+    net.monitor.track("tx2", ds.txid2)
+    tl.mark(attacker.name, "double spend prepared", tx1=ds.txid1[:16], tx2=ds.txid2[:16],
            fork=fork[:16], fork_height=fork_height)
-    ctx.net.isolate(attacker)
+    net.isolate(attacker)
     private = attacker.call("generateblock", attacker.call("getnewaddress"), [ds.tx2])
-    tl.add(attacker.name, "private block (tx2)", hash=private["hash"][:16],
+    tl.mark(attacker.name, "private block (tx2)", hash=private["hash"][:16],
            height=fork_height + 1)
-    send_tx(victim, ds.tx1, tl, "tx1")
-    wait_until(lambda: all(tx_state(h, ds.txid1).get("status") == "mempool"
+    net.send(victim, ds.tx1, "tx1")
+    net.wait_for(lambda: all(tx_state(h, ds.txid1).get("status") == "mempool"
                            for h in roles.honest), 20, "tx1 to reach the honest miners")
     return ds
 
 
-def _mining_switch(ctx: Context, attacker_rate: float,
+def _mining_switch(net: Network, attacker_rate: float,
                    rates: dict[str, float]) -> Callable[[bool], None]:
     """Switches the attacker (at `attacker_rate`) and every honest miner (at its rate) on or
     off at once."""
-    attacker, honest = ctx.roles.attacker, ctx.roles.honest
+    attacker, honest = net.roles.attacker, net.roles.honest
 
     def mining(on: bool) -> None:
-        calls = [lambda: ctx.net.set_mining(attacker, on, attacker_rate)] + [
-            lambda h=h: ctx.net.set_mining(h, on, rates[h.name]) for h in honest]
+        calls = [lambda: net.set_mining(attacker, on, attacker_rate)] + [
+            lambda h=h: net.set_mining(h, on, rates[h.name]) for h in honest]
         parallel(calls)
 
     return mining
@@ -158,11 +168,11 @@ def race_step(a_height: int, h_height: int, confirmations: int, z: int, give_up:
     return None
 
 
-def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _Race:
+def _race(net: Network, txid1: str, z: int, mining: Callable[[bool], None]) -> _Race:
     """Both sides mine until the private branch, the payment having Z confirmations, has
     more work (published), falls --give-up blocks behind (gave up) or time runs out."""
-    args, tl = ctx.args, ctx.timeline
-    attacker, victim = ctx.roles.attacker, ctx.roles.victim
+    args, tl = net.args, net.timeline
+    attacker, victim = net.roles.attacker, net.roles.victim
     race = _Race()
     mining(True)
     deadline = time.monotonic() + args.timeout
@@ -173,18 +183,18 @@ def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _
         a_height, h_height = attacker.call("getblockcount"), victim.call("getblockcount")
         if race.reached_z_at is None and conf >= z:
             race.reached_z_at = tl.now()
-            tl.add(victim.name, f"payment has {confirmations(conf)} (Z = {z})",
+            tl.mark(victim.name, f"payment has {confirmations(conf)} (Z = {z})",
                    status=view.get("status"))
         seen = max(conf, z) if race.reached_z_at is not None else conf
         step = race_step(a_height, h_height, seen, z, args.give_up, lambda: (
             chainwork(attacker), chainwork(victim)))
         if step == "gave up":
             race.kind = "gave up"
-            tl.add(attacker.name, "gives up", behind=h_height - a_height,
+            tl.mark(attacker.name, "gives up", behind=h_height - a_height,
                    attacker_height=a_height, honest_height=h_height)
             return race
         if time.monotonic() > deadline:
-            tl.add(attacker.name, "gives up (timeout)", attacker_height=a_height,
+            tl.mark(attacker.name, "gives up (timeout)", attacker_height=a_height,
                    honest_height=h_height)
             return race
         if step == "publish":
@@ -197,9 +207,9 @@ def _race(ctx: Context, txid1: str, z: int, mining: Callable[[bool], None]) -> _
             mining(True)
 
 
-def _settle_published(ctx: Context, a_tip: str) -> None:
+def _settle_published(net: Network, a_tip: str) -> None:
     """Gives the published branch time to reach the victim (as its tip or a side chain)."""
-    victim, tl = ctx.roles.victim, ctx.timeline
+    victim, tl = net.roles.victim, net.timeline
 
     def settled() -> bool:
         if victim.try_call("getbestblockhash") == a_tip:
@@ -208,21 +218,21 @@ def _settle_published(ctx: Context, a_tip: str) -> None:
         return any(t["hash"] == a_tip for t in known)
 
     try:
-        wait_until(settled, ctx.args.settle, "the victim to hear of the private branch")
-    except AttackError:
-        tl.add(victim.name, "has not heard of the private branch")
-    time.sleep(max(1.0, ctx.monitor.interval * 4))
+        net.wait_for(settled, net.args.settle, "the victim to hear of the private branch")
+    except ScenarioError:
+        tl.mark(victim.name, "has not heard of the private branch")
+    time.sleep(max(1.0, net.monitor.interval * 4))
 
 
-def _settle_rejoined(ctx: Context) -> None:
+def _settle_rejoined(net: Network) -> None:
     """Gives the attacker, its branch abandoned, time to follow the honest chain again."""
-    attacker, victim = ctx.roles.attacker, ctx.roles.victim
+    attacker, victim = net.roles.attacker, net.roles.victim
     try:
-        wait_until(lambda: attacker.try_call("getbestblockhash")
-                   == victim.try_call("getbestblockhash"), ctx.args.settle,
+        net.wait_for(lambda: attacker.try_call("getbestblockhash")
+                   == victim.try_call("getbestblockhash"), net.args.settle,
                    "the attacker to rejoin the honest chain")
-    except AttackError:
-        ctx.timeline.add(attacker.name, "still off the honest chain")
+    except ScenarioError:
+        net.timeline.mark(attacker.name, "still off the honest chain")
 
 
 def _verdict(out: Outcome, after: dict[str, Any], kind: str, give_up: int, victim: str) -> str:

@@ -1,25 +1,24 @@
-"""Race attack: tx1 pays the victim, tx2 sends the same coin back to the attacker; tx1 goes to
+"""Race: tx1 to the victim and tx2 to the miners at once; accepted at 0 confirmations.
+
+Race attack: tx1 pays the victim, tx2 sends the same coin back to the attacker; tx1 goes to
 the victim's node and tx2 to the honest miners at the same moment. The victim sees tx1 at zero
 confirmations; whichever spend the miners saw first is mined."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
-from lab.attack.common import (
-    AttackError,
+from lab.attack.options import add_attack_arguments
+from lab.scenario import (
+    Network,
     Outcome,
-    make_double_spend,
-    mine_one,
+    ScenarioError,
+    deepest_reorg,
+    first_conflict_seen,
     parallel,
-    send_tx,
-    staged,
-    wait_converged,
-    wait_tip,
 )
-from lab.attack.context import Context
-from lab.attack.report import deepest_reorg, first_conflict_seen
 
 
 def tx_state(node: Any, txid: str) -> dict[str, Any]:
@@ -33,17 +32,28 @@ def detected_in(view: dict[str, Any]) -> bool:
                 or view.get("status") == "conflicted")
 
 
-def run(ctx: Context) -> Outcome:
-    roles, args, tl = ctx.roles, ctx.args, ctx.timeline
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_attack_arguments(parser, "blocks the honest miners mine after the race (default 1)")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="S",
+                        help="send tx2 S seconds after tx1 (negative: before; default 0)")
+    parser.add_argument("--wait", type=float, default=2.0, metavar="S",
+                        help="seconds for propagation and alerts before anyone mines (default 2)")
+    parser.add_argument("--victim-latency", type=float, default=0.0, metavar="MS",
+                        help="delay the victim node's outgoing P2P traffic during the race "
+                             "(setlinkfault), as for a poorly connected merchant (default 0)")
+
+
+def run(net: Network) -> None:
+    roles, args, tl = net.roles, net.args, net.timeline
     if not roles.honest:
-        raise AttackError("the race needs at least one honest miner (see --honest)")
+        raise ScenarioError("the race needs at least one honest miner (see --honest)")
     out = Outcome("race")
-    with staged(ctx.net):
-        wait_converged(roles.nodes, tie_breaker=roles.honest[0])
-        ds = make_double_spend(roles.attacker, roles.victim, args.amount, ctx.rng)
-        ctx.monitor.track("tx1", ds.txid1)
-        ctx.monitor.track("tx2", ds.txid2)
-        tl.add(roles.attacker.name, "double spend prepared", tx1=ds.txid1[:16],
+    with net.staged():
+        net.sync_blocks(roles.nodes, tie_breaker=roles.honest[0])
+        ds = net.double_spend(roles.attacker, roles.victim, args.amount)
+        net.monitor.track("tx1", ds.txid1)
+        net.monitor.track("tx2", ds.txid2)
+        tl.mark(roles.attacker.name, "double spend prepared", tx1=ds.txid1[:16],
                tx2=ds.txid2[:16], coin=f"{ds.coin['txid'][:16]}:{ds.coin['vout']}")
 
         latency = args.victim_latency
@@ -51,12 +61,12 @@ def run(ctx: Context) -> Outcome:
             # A poorly connected merchant: its relay of tx1 to the miners lags behind the
             # attacker's direct delivery of tx2 (outgoing traffic only).
             roles.victim.call("setlinkfault", {"delay_ms": latency})
-            tl.add(roles.victim.name, "link delay", delay_ms=latency)
+            tl.mark(roles.victim.name, "link delay", delay_ms=latency)
 
         def pay_victim() -> None:
-            send_tx(roles.victim, ds.tx1, tl, "tx1")
+            net.send(roles.victim, ds.tx1, "tx1")
 
-        pay_back = [lambda h=h: send_tx(h, ds.tx2, tl, "tx2") for h in roles.honest]
+        pay_back = [lambda h=h: net.send(h, ds.tx2, "tx2") for h in roles.honest]
         try:
             if args.delay == 0:
                 parallel([pay_victim, *pay_back])
@@ -74,35 +84,35 @@ def run(ctx: Context) -> Outcome:
                 roles.victim.try_call("setlinkfault", {})
         # Propagation and any double-spend alert happen now, before anyone mines.
         time.sleep(args.wait)
-        ctx.monitor.poll()
+        net.monitor.poll()
         before = tx_state(roles.victim, ds.txid1)
         # Accepted if, at any moment before a block, the victim's node showed the payment in
         # its mempool as good to go (a listening period or a seen conflict says otherwise).
         accepted = tl.first(lambda e: e["node"] == roles.victim.name and e["event"] == "tx1"
                             and e.get("status") == "mempool"
                             and e.get("accepted_zero_conf", True) is not False) is not None
-        tl.add(roles.victim.name, "victim's view before any block", status=before.get("status"),
+        tl.mark(roles.victim.name, "victim's view before any block", status=before.get("status"),
                confirmations=before.get("confirmations"), alert=detected_in(before),
                accepted_zero_conf=before.get("accepted_zero_conf"))
         miner_view = {h.name: sorted(lbl for lbl, txid in (("tx1", ds.txid1), ("tx2", ds.txid2))
                                      if tx_state(h, txid).get("status") == "mempool")
                       for h in roles.honest}
-        tl.add("*", "miners' mempools", holds=miner_view)
+        tl.mark("*", "miners' mempools", holds=miner_view)
 
         last = ""
         for _ in range(max(1, args.confirmations or 1)):
-            miner = ctx.rng.choice(roles.honest)
-            last = mine_one(miner, tl)
-            wait_tip([roles.victim, *roles.honest], last, timeout=args.timeout)
-        time.sleep(ctx.monitor.interval * 2)
-        ctx.monitor.poll()
+            miner = net.rng.choice(roles.honest)
+            last = net.mine(miner)[0]
+            net.wait_tip([roles.victim, *roles.honest], last, timeout=args.timeout)
+        time.sleep(net.monitor.interval * 2)
+        net.monitor.poll()
         judge = roles.honest[0]
         mined1 = tx_state(judge, ds.txid1).get("status") in ("confirmed", "final")
         mined2 = tx_state(judge, ds.txid2).get("status") in ("confirmed", "final")
         after = tx_state(roles.victim, ds.txid1)
 
     out.success = mined2 and not mined1
-    out.victim_confirmations_seen = ctx.monitor.max_victim_conf
+    out.victim_confirmations_seen = net.monitor.max_victim_conf
     out.reorg_depth = deepest_reorg(tl.events, [roles.victim.name])
     block = tl.first(lambda e: e["event"] == "block mined")
     # Whenever the victim's node reported the conflict before the block settled it (after
@@ -121,7 +131,7 @@ def run(ctx: Context) -> Outcome:
     }
     out.verdict = race_verdict(out.success, mined1, mined2, accepted, after.get("status"),
                                alert, block, detected_in(before))
-    return out
+    net.report(**out.as_report())
 
 
 def race_verdict(success: bool, mined1: bool, mined2: bool, accepted: bool,

@@ -1,4 +1,6 @@
-"""Selfish mining (Eyal & Sirer 2014): the attacker keeps the blocks it finds private and
+"""Selfish mining (Eyal–Sirer) at share α over K blocks, by a seeded lottery.
+
+Selfish mining (Eyal & Sirer 2014): the attacker keeps the blocks it finds private and
 publishes them only to override honest blocks, so honest miners waste work on blocks that end
 up stale and the attacker's share of main-chain blocks exceeds its hash-rate share α.
 
@@ -13,23 +15,22 @@ that node for the one block it mines, then `reconsiderblock`)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from consensus.attack_theory import eyal_sirer_share
-from lab.attack.common import (
-    AttackError,
-    NetNode,
-    Outcome,
-    parallel,
-    staged,
-    wait_converged,
-    wait_until,
-)
-from lab.attack.context import Context
 from lab.attack.majority import honest_rates
-from lab.attack.report import deepest_reorg
+from lab.attack.options import add_attack_arguments
+from lab.scenario import (
+    NetNode,
+    Network,
+    Outcome,
+    ScenarioError,
+    deepest_reorg,
+    parallel,
+)
 
 BATCHES = 10
 # Student's t, 97.5th percentile, by degrees of freedom (a two-sided 95 % interval).
@@ -62,12 +63,12 @@ def batch_means_interval(owners: Sequence[bool], batches: int = BATCHES
 
 
 class SelfishRun:
-    def __init__(self, ctx: Context, alpha: float, gamma: float) -> None:
-        self.ctx = ctx
+    def __init__(self, net: Network, alpha: float, gamma: float) -> None:
+        self.net = net
         self.alpha, self.gamma = alpha, gamma
-        self.attacker = ctx.roles.attacker
-        self.public = ctx.roles.others
-        self.honest = ctx.roles.honest
+        self.attacker = net.roles.attacker
+        self.public = net.roles.others
+        self.honest = net.roles.honest
         weights = honest_rates(self.honest, 1.0)
         self.weights = [weights[h.name] for h in self.honest]
         self.private: list[str] = []  # the attacker's branch since the fork point
@@ -81,7 +82,7 @@ class SelfishRun:
     # ----------------------------------------------------------------- plumbing
 
     def tl(self, node: str, event: str, **extra: Any) -> None:
-        self.ctx.timeline.add(node, event, **extra)
+        self.net.timeline.mark(node, event, **extra)
 
     def hexof(self, node: NetNode, block_hash: str) -> str:
         return node.call("getblock", block_hash, 0)
@@ -91,8 +92,10 @@ class SelfishRun:
         parallel([lambda n=n: n.call("submitblock", hexdata) for n in nodes])
 
     def wait_public(self, tip: str) -> None:
-        wait_until(lambda: all(n.try_call("getbestblockhash") == tip for n in self.public),
-                   self.ctx.args.timeout, f"the honest nodes to reach {tip[:16]}", 0.02)
+        self.net.wait_for(lambda: all(n.try_call("getbestblockhash") == tip
+                                      for n in self.public),
+                          self.net.args.timeout, f"the honest nodes to reach {tip[:16]}",
+                          interval=0.02)
 
     def publish(self, upto: int) -> None:
         """Hands the honest nodes the attacker's private blocks up to index `upto`."""
@@ -122,7 +125,7 @@ class SelfishRun:
             self.reset()
 
     def honest_finds(self) -> None:
-        rng = self.ctx.rng
+        rng = self.net.rng
         finder = rng.choices(self.honest, weights=self.weights)[0]
         lead_before = len(self.private) - len(self.public_branch)
         tie = lead_before == 0 and bool(self.public_branch)
@@ -173,35 +176,46 @@ class SelfishRun:
             self.stale_honest += len(self.public_branch)
 
 
-def run(ctx: Context) -> Outcome:
-    roles, args = ctx.roles, ctx.args
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_attack_arguments(parser, "unused")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="attacker's share α (default --hashrate-share, else 0.4)")
+    parser.add_argument("--gamma", type=float, default=0.0,
+                        help="fraction of honest miners mining on the attacker's block in a "
+                             "tie (default 0)")
+    parser.add_argument("--blocks", type=int, default=100, metavar="K",
+                        help="lottery rounds: blocks found in total (default 100)")
+
+
+def run(net: Network) -> None:
+    roles, args = net.roles, net.args
     alpha = args.alpha if args.alpha is not None else (
         args.hashrate_share if args.hashrate_share is not None else 0.4)
     gamma = args.gamma
     if not 0 < alpha < 1 or not 0 <= gamma <= 1:
-        raise AttackError("--alpha must be in (0, 1) and --gamma in [0, 1]")
+        raise ScenarioError("--alpha must be in (0, 1) and --gamma in [0, 1]")
     if not roles.honest:
-        raise AttackError("selfish mining needs honest miners (see --honest)")
+        raise ScenarioError("selfish mining needs honest miners (see --honest)")
     out = Outcome("selfish")
-    sm = SelfishRun(ctx, alpha, gamma)
-    with staged(ctx.net):
-        start = wait_converged(roles.nodes, tie_breaker=roles.honest[0])
+    sm = SelfishRun(net, alpha, gamma)
+    with net.staged():
+        start = net.sync_blocks(roles.nodes, tie_breaker=roles.honest[0])
         start_height = roles.victim.call("getblockcount")
-        ctx.net.isolate(sm.attacker)
+        net.isolate(sm.attacker)
         sm.address = sm.attacker.call("getnewaddress")
         for _ in range(args.blocks):
-            if ctx.rng.random() < alpha:
+            if net.rng.random() < alpha:
                 sm.rounds.append("A")
                 sm.attacker_finds()
             else:
                 sm.rounds.append("H")
                 sm.honest_finds()
         sm.finish()
-        ctx.net.reconnect(sm.attacker)
+        net.reconnect(sm.attacker)
         judge = roles.victim
         tip_height = judge.call("getblockcount")
         main = [judge.call("getblockhash", h) for h in range(start_height + 1, tip_height + 1)]
-        ctx.monitor.poll()
+        net.monitor.poll()
     owners = [h in sm.attacker_blocks for h in main]
     ours = sum(owners)
     share = ours / len(main) if main else 0.0
@@ -214,7 +228,7 @@ def run(ctx: Context) -> Outcome:
     es_realised = eyal_sirer_share(realised, gamma) if realised <= 0.5 else None
     out.success = share > alpha
     # The honest nodes are the victims: the deepest reorganisation any of them performed.
-    out.reorg_depth = deepest_reorg(ctx.timeline.events, [n.name for n in sm.public])
+    out.reorg_depth = deepest_reorg(net.timeline.events, [n.name for n in sm.public])
     out.details = {
         "alpha": alpha, "gamma": gamma, "blocks": args.blocks, "driver": "seeded lottery",
         "start": start, "start_height": start_height, "main_chain_blocks": len(main),
@@ -238,4 +252,4 @@ def run(ctx: Context) -> Outcome:
                    f"{'n/a' if es_realised is None else f'{es_realised:.3f}'}); "
                    f"{sm.stale_honest} honest blocks were orphaned; the deepest reorganisation "
                    f"of an honest node was {out.reorg_depth} blocks.")
-    return out
+    net.report(**out.as_report())

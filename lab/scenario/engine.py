@@ -29,7 +29,6 @@ from lab.client import (
     RPCError,
 )
 
-DEFAULT_AMOUNT = 10 * 100_000_000
 PAYMENT_FEE = 10_000
 # The double spend pays more, as a real attacker's would, so fee-greedy miners prefer it.
 DOUBLE_SPEND_FEE = 20_000
@@ -37,7 +36,7 @@ POLL_INTERVAL = 0.25
 UNREACHABLE = (RPCConnectionError, RPCAuthError, CookieError, OSError)
 
 
-class AttackError(EndpointError):
+class ScenarioError(EndpointError):
     """The network is not in a state the scenario can run on (roles, funds, a missing RPC)."""
 
 
@@ -65,22 +64,55 @@ class NetNode:
             return None
 
 
-def load_nodes(directory: str | None) -> list[NetNode]:
-    """The testnet's nodes with roles and endpoints, from its manifest (process or docker)."""
-    from lab.testnet.cli import docker_do, is_docker, testnet_endpoint
+def load_nodes(directory: str | None, docker: bool = False,
+               endpoints: Sequence[str] = ()) -> list[NetNode]:
+    """The network's nodes with roles and endpoints: NAME=URL pairs when `endpoints` are
+    given (credentials in the URL: http://user:pass@host:port), else the testnet's manifest
+    (process or docker), else with `docker` the compose project's containers."""
+    from lab.testnet.cli import docker_do, is_docker
     from lab.testnet.manifest import load_manifest, resolve_dir
 
-    path = resolve_dir(directory)
-    if is_docker(path):
-        containers = docker_do(path, None, lambda net: net.containers())
-        nodes = [NetNode(c.node, c.role, testnet_endpoint(str(path), c.node))
-                 for c in containers]
+    if endpoints:
+        nodes = [endpoint_node(text) for text in endpoints]
     else:
-        manifest = load_manifest(path)
-        nodes = [NetNode(e.name, e.role, testnet_endpoint(str(path), e.name), e.hashrate_share)
-                 for e in manifest.nodes]
+        path = resolve_dir(directory)
+        if docker or is_docker(path):
+            def look(net: Any) -> list[NetNode]:
+                found = []
+                for c in net.containers():
+                    url, auth = net.endpoint(c.node)
+                    found.append(NetNode(c.node, c.role,
+                                         NodeEndpoint(url, (auth[0], auth[1]) if auth else None)))
+                return found
+
+            nodes = docker_do(path, None, look)
+        else:
+            from lab.testnet.control import endpoint
+
+            manifest = load_manifest(path)
+            nodes = [NetNode(e.name, e.role, endpoint(e), e.hashrate_share)
+                     for e in manifest.nodes]
+    if not nodes:
+        raise ScenarioError("no nodes: start a testnet (`powlab testnet up`) or name them "
+                            "with --rpc NAME=URL")
     refuse_finality_split(nodes)
     return nodes
+
+
+def endpoint_node(text: str) -> NetNode:
+    """NAME=URL[,ROLE]: a node reached at URL (http://user:password@host:port)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name, sep, rest = text.partition("=")
+    url, _, role = rest.partition(",")
+    parts = urlsplit(url)
+    if not sep or not name or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ScenarioError(f"--rpc {text!r}: expected NAME=http://[USER:PASSWORD@]HOST:PORT"
+                            "[,ROLE]")
+    auth = (parts.username or "", parts.password or "") if parts.username else None
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return NetNode(name, role or "node", NodeEndpoint(clean, auth))
 
 
 def refuse_finality_split(nodes: Sequence[NetNode]) -> None:
@@ -91,7 +123,7 @@ def refuse_finality_split(nodes: Sequence[NetNode]) -> None:
         conflicts = (info or {}).get("finality_conflicts") or []
         if conflicts:
             c = conflicts[0]
-            raise AttackError(
+            raise ScenarioError(
                 f"{node.name} is on a branch refused beyond finality (a heavier branch, tip "
                 f"{c['hash'][:16]}… at height {c['height']}, forks at height "
                 f"{c['fork_height']}): run `powlab testnet heal --resolve` (on a Docker "
@@ -124,7 +156,7 @@ def resolve_roles(nodes: list[NetNode], attacker: str | None, victim: str | None
 
     def named(name: str) -> NetNode:
         if name not in by_name:
-            raise AttackError(f"no node {name!r} (nodes: {', '.join(by_name)})")
+            raise ScenarioError(f"no node {name!r} (nodes: {', '.join(by_name)})")
         return by_name[name]
 
     miners = [n for n in nodes if n.is_miner]
@@ -133,7 +165,7 @@ def resolve_roles(nodes: list[NetNode], attacker: str | None, victim: str | None
     else:
         tagged = [n for n in nodes if n.role == "attacker"]
         if not tagged and not miners:
-            raise AttackError("no miner to play the attacker; name one with --attacker")
+            raise ScenarioError("no miner to play the attacker; name one with --attacker")
         att = tagged[0] if tagged else miners[-1]
     if victim:
         vic = named(victim)
@@ -141,16 +173,16 @@ def resolve_roles(nodes: list[NetNode], attacker: str | None, victim: str | None
         tagged = [n for n in nodes if n.role == "merchant" and n is not att]
         plain = [n for n in nodes if not n.is_miner and n is not att]
         if not tagged and not plain:
-            raise AttackError("no non-mining node to play the victim; name one with --victim")
+            raise ScenarioError("no non-mining node to play the victim; name one with --victim")
         vic = tagged[0] if tagged else plain[-1]
     if vic is att:
-        raise AttackError("the attacker and the victim must be different nodes")
+        raise ScenarioError("the attacker and the victim must be different nodes")
     if honest:
         hon = [named(n) for n in _split(honest)]
     else:
         hon = [n for n in miners if n is not att and n is not vic]
     if any(n is att for n in hon):
-        raise AttackError("the attacker cannot also be an honest miner")
+        raise ScenarioError("the attacker cannot also be an honest miner")
     others = [n for n in nodes if n is not att]
     return Roles(att, vic, hon, others, nodes)
 
@@ -169,7 +201,7 @@ class Timeline:
     def now(self) -> float:
         return round(time.monotonic() - self.start, 3)
 
-    def add(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
+    def mark(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
         item = {"t": self.now(), "node": node, "event": event, **extra}
         with self._lock:
             self.events.append(item)
@@ -196,20 +228,15 @@ class Outcome:
     verdict: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self, timeline: Timeline, roles: Roles | None, params: dict[str, Any]
-                ) -> dict[str, Any]:
+    def as_report(self) -> dict[str, Any]:
+        """The keyword arguments of `Network.report` for this outcome."""
         return {
-            "attack": self.attack,
+            "verdict": self.verdict,
             "success": self.success,
             "reorg_depth": self.reorg_depth,
             "victim_confirmations_seen": self.victim_confirmations_seen,
             "detected": self.detected,
-            "verdict": self.verdict,
-            "roles": roles.names() if roles else None,
-            "params": params,
             **self.details,
-            "timeline": timeline.events,
-            "samples": timeline.samples,
         }
 
 
@@ -221,9 +248,13 @@ class Monitor:
     (with reorganisations and their depth), and the status of the tracked transactions as
     each node sees them. The samples it keeps are what the plot draws."""
 
-    def __init__(self, timeline: Timeline, roles: Roles, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, timeline: Timeline, nodes: Sequence[NetNode],
+                 attacker: NetNode | None = None, victim: NetNode | None = None,
+                 interval: float = POLL_INTERVAL) -> None:
         self.timeline = timeline
-        self.roles = roles
+        self.nodes = list(nodes)
+        self.attacker = attacker
+        self.victim = victim
         self.interval = interval
         self.txids: dict[str, str] = {}
         self.tips: dict[str, tuple[str, int]] = {}
@@ -250,6 +281,10 @@ class Monitor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
         """Ends polling; the timeline then stops before the testnet is handed back."""
         self._stop.set()
@@ -264,15 +299,17 @@ class Monitor:
         with self._lock:
             txids = dict(self.txids)
         heights: dict[str, int | None] = {}
-        with ThreadPoolExecutor(max_workers=min(8, len(self.roles.nodes))) as pool:
-            results = list(pool.map(lambda n: self._poll_node(n, txids), self.roles.nodes))
-        for node, height in zip(self.roles.nodes, results, strict=True):
+        if not self.nodes:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(self.nodes))) as pool:
+            results = list(pool.map(lambda n: self._poll_node(n, txids), self.nodes))
+        for node, height in zip(self.nodes, results, strict=True):
             heights[node.name] = height
         victim = self.victim_status.get("tx1", {})
         self.timeline.sample(
             heights=heights,
-            attacker=heights.get(self.roles.attacker.name),
-            honest=heights.get(self.roles.victim.name),
+            attacker=heights.get(self.attacker.name) if self.attacker else None,
+            honest=heights.get(self.victim.name) if self.victim else None,
             victim_confirmations=victim.get("confirmations"),
             victim_status=victim.get("status"),
         )
@@ -292,10 +329,10 @@ class Monitor:
                     reorg = {"node": node.name, "depth": depth, "old_tip": old[0],
                              "new_tip": tip}
                     self.reorgs.append(reorg)
-                    self.timeline.add(node.name, "reorg", depth=depth, old_tip=old[0][:16],
+                    self.timeline.mark(node.name, "reorg", depth=depth, old_tip=old[0][:16],
                                       new_tip=tip[:16], height=height)
-                self.timeline.add(node.name, "tip", height=height, hash=tip[:16])
-        is_victim = node is self.roles.victim
+                self.timeline.mark(node.name, "tip", height=height, hash=tip[:16])
+        is_victim = node is self.victim
         for label, txid in txids.items():
             if not (is_victim or self.track_all_txs):
                 continue
@@ -323,7 +360,7 @@ class Monitor:
                 extra["double_spend_alert"] = True
             if "accepted_zero_conf" in st:
                 extra["accepted_zero_conf"] = st["accepted_zero_conf"]
-            self.timeline.add(node.name, label, **extra)
+            self.timeline.mark(node.name, label, **extra)
         return height
 
     @staticmethod
@@ -344,9 +381,9 @@ class Monitor:
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.1) -> Any:
-    """lab.waiting's one helper, failing as an AttackError (reported as one line, not a
+    """lab.waiting's one helper, failing as an ScenarioError (reported as one line, not a
     traceback); a scenario's steps are short, so it polls every 0.1 s by default."""
-    return waiting.wait_until(predicate, timeout, what, interval, AttackError)
+    return waiting.wait_until(predicate, timeout, what, interval, ScenarioError)
 
 
 def parallel(calls: Iterable[Callable[[], Any]]) -> list[Any]:
@@ -550,6 +587,23 @@ def join_links(sv: Survey, names: list[str], prefer: set[str]) -> list[tuple[Net
     return [(sv.by_name[a], sv.by_name[b]) for a, b in itertools.pairwise(anchors)]
 
 
+def partition_cut(sv: Survey, groups: list[list[str]]) -> Cut:
+    """Bans between every node of one group and every node of the others; links added
+    inside a group that its own nodes would not keep connected."""
+    cut = Cut(sv.ids, sv.dial)
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            for x in a:
+                for y in b:
+                    nx, ny = sv.by_name[x], sv.by_name[y]
+                    cut.bans += [(nx, sv.host_of[y]), (ny, sv.host_of[x])]
+                    if y in sv.adj[x]:
+                        cut.cut.append((nx, ny))
+    for g in groups:
+        cut.added += join_links(sv, g, set())
+    return cut
+
+
 def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
     """Plans cutting `isolated` off by links (see Network.isolate); None: see `survey`."""
     sv = survey(nodes)
@@ -567,20 +621,24 @@ def cut_links(nodes: Sequence[NetNode], isolated: NetNode) -> Cut | None:
     return cut
 
 
-class Network:
+class Switches:
     """Mining and P2P switches, remembered so the testnet is left as it was found."""
 
-    def __init__(self, roles: Roles, timeline: Timeline) -> None:
-        self.roles = roles
+    def __init__(self, nodes: Sequence[NetNode], timeline: Timeline) -> None:
+        self.nodes = list(nodes)
         self.timeline = timeline
         self.saved: dict[str, MiningState] = {}
         self.isolated: set[str] = set()
         self.cuts: dict[str, Cut] = {}
         self.lifted: list[Cut] = []
+        self.faults: list[tuple[NetNode, str]] = []  # (node, peer HOST:PORT) with a fault
         self.before_restore: Callable[[], None] | None = None
 
     def save(self) -> None:
-        for node in self.roles.nodes:
+        """Records each node's mining state; the first record is what `restore` gives back."""
+        if self.saved:
+            return
+        for node in self.nodes:
             info = node.try_call("getmininginfo")
             if info is not None:
                 self.saved[node.name] = MiningState(bool(info.get("mining")),
@@ -588,7 +646,7 @@ class Network:
 
     def set_mining(self, node: NetNode, enabled: bool, rate: float | None = None) -> None:
         node.call("setmining", enabled, rate)
-        self.timeline.add(node.name, "mining on" if enabled else "mining off",
+        self.timeline.mark(node.name, "mining on" if enabled else "mining off",
                           **({"hashrate": round(rate, 4)} if enabled and rate else {}))
 
     def stop_all_mining(self) -> None:
@@ -596,23 +654,23 @@ class Network:
             if self.saved.get(node.name, MiningState(False, None)).mining:
                 node.call("setmining", False)
 
-        parallel([lambda n=n: stop(n) for n in self.roles.nodes])
+        parallel([lambda n=n: stop(n) for n in self.nodes])
         # A block a miner found just before it stopped may still be on its way: let it land
         # now rather than in the middle of the scenario.
         time.sleep(1.0)
-        self.timeline.add("*", "mining paused", note="every node stops mining for the setup")
+        self.timeline.mark("*", "mining paused", note="every node stops mining for the setup")
 
     def isolate(self, node: NetNode) -> None:
         """Cuts `node` off by its links only: it and each of its peers ban each other, and
         where that would split the other nodes, `addnode` links the cut-off parts together
         (between nodes that were the isolated node's neighbours). The rest of the network
         keeps gossiping; the timeline says which links were cut and added."""
-        cut = cut_links(self.roles.nodes, node)
+        cut = cut_links(self.nodes, node)
         if cut is None:
             # No node ids, or shared host addresses: the whole node goes off the network.
             node.call("setnetworkactive", False)
             self.isolated.add(node.name)
-            self.timeline.add(node.name, "isolated", note="setnetworkactive false")
+            self.timeline.mark(node.name, "isolated", note="setnetworkactive false")
             return
         self.apply_cut(node.name, cut, "isolated")
 
@@ -620,13 +678,13 @@ class Network:
         # Recorded first: if applying fails half-way, the restore still lifts what was done.
         self.cuts[key] = cut
         cut.apply()
-        self.timeline.add(key, event, note=cut.describe())
+        self.timeline.mark(key, event, note=cut.describe())
 
     def lift_cut(self, key: str, event: str) -> None:
         cut = self.cuts.pop(key)
         cut.lift()
         self.lifted.append(cut)
-        self.timeline.add(key, event,
+        self.timeline.mark(key, event,
                           note="unbanned " + ", ".join(f"{a.name}<->{b.name}" for a, b in cut.cut))
 
     def reconnect(self, node: NetNode) -> None:
@@ -635,12 +693,77 @@ class Network:
             return
         node.call("setnetworkactive", True)
         self.isolated.discard(node.name)
-        self.timeline.add(node.name, "reconnected", note="setnetworkactive true")
+        self.timeline.mark(node.name, "reconnected", note="setnetworkactive true")
+
+    def partition(self, groups: list[list[str]]) -> None:
+        sv = survey(self.nodes)
+        if sv is None:
+            raise ScenarioError("a partition needs every node to report its node id, each on "
+                                "its own host address (a ban on a shared host cuts several)")
+        named = [x for g in groups for x in g]
+        if len(groups) < 2 or any(not g for g in groups):
+            raise ScenarioError("a partition needs at least two non-empty groups")
+        if len(set(named)) < len(named):
+            raise ScenarioError("a node is in more than one group: " + ", ".join(groups[0]))
+        left_out = [x for x in sv.order if x not in named]
+        if left_out:
+            # A node in no group would bridge the groups: no partition at all.
+            raise ScenarioError(f"every node must be in a group; missing: {', '.join(left_out)}")
+        unreachable = [x for x in named if x not in sv.ids]
+        if unreachable:
+            raise ScenarioError(f"cannot partition: {', '.join(unreachable)} does not answer")
+        key = "partition" if "partition" not in self.cuts else f"partition {len(self.cuts)}"
+        self.apply_cut(key, partition_cut(sv, groups), "partition")
+        self.timeline.mark("*", "groups", groups=" | ".join(",".join(g) for g in groups))
+
+    def heal(self) -> None:
+        for key in [k for k in self.cuts if k.startswith("partition")]:
+            self.lift_cut(key, "healed")
+        for key in list(self.cuts):
+            self.lift_cut(key, "reconnected")
+        for name in list(self.isolated):
+            node = next(n for n in self.nodes if n.name == name)
+            self.reconnect(node)
+
+    def connect(self, a: NetNode, b: NetNode) -> None:
+        sv = survey(self.nodes)
+        if sv is None or a.name not in sv.ids or b.name not in sv.ids:
+            raise ScenarioError(f"cannot link {a.name} to {b.name}: a node id or address is "
+                                "unknown")
+        cut = Cut(sv.ids, sv.dial, added=[(a, b)])
+        self.lifted.append(cut)  # the restore removes the link again
+        cut.apply()
+        self.timeline.mark(a.name, "connected", to=b.name,
+                           note="already linked" if not cut.added else "addnode")
+
+    def link_fault(self, a: NetNode, b: NetNode, fault: dict[str, float]) -> None:
+        ids = {n.name: (n.try_call("getnetworkinfo") or {}).get("node_id") for n in (a, b)}
+        ends = []
+        for x, y in ((a, b), (b, a)):
+            peer = next((p for p in x.try_call("getpeerinfo") or []
+                         if p.get("node_id") and p.get("node_id") == ids[y.name]), None)
+            if peer is None:
+                raise ScenarioError(f"no link between {a.name} and {b.name} to put a fault on")
+            ends.append((x, str(peer["addr"])))
+        for x, addr in ends:
+            self.faults.append((x, addr))
+            x.call("setlinkfault", fault, addr)
+        self.timeline.mark(a.name, "link fault", peer=b.name, **fault)
+
+    def clear_link_faults(self) -> None:
+        touched = bool(self.faults)
+        for node, addr in self.faults:
+            with contextlib.suppress(RPCError, *UNREACHABLE):
+                node.call("setlinkfault", {}, addr)
+        self.faults.clear()
+        if touched:
+            self.timeline.mark("*", "link faults cleared")
 
     def restore(self) -> None:
         if self.before_restore is not None:
             self.before_restore()
-        for node in self.roles.nodes:
+        self.clear_link_faults()
+        for node in self.nodes:
             if node.name in self.isolated:
                 node.try_call("setnetworkactive", True)
         self.isolated.clear()
@@ -654,7 +777,7 @@ class Network:
             with contextlib.suppress(*UNREACHABLE, RPCError):
                 cut.remove_added()
         self.lifted.clear()
-        for node in self.roles.nodes:
+        for node in self.nodes:
             state = self.saved.get(node.name)
             if state is None:
                 continue
@@ -665,7 +788,7 @@ class Network:
 
 
 @contextlib.contextmanager
-def staged(network: Network) -> Iterator[Network]:
+def staged(network: Switches) -> Iterator[Switches]:
     """Pause mining for the setup; whatever happens, give the nodes back as they were."""
     network.save()
     try:
@@ -695,7 +818,7 @@ def make_double_spend(attacker: NetNode, victim: NetNode, amount: int,
     coins = [c for c in attacker.call("listunspent", 1)
              if c.get("spendable", True) and c["amount"] > amount + DOUBLE_SPEND_FEE]
     if not coins:
-        raise AttackError(f"{attacker.name} has no spendable coin above {amount}; mine or "
+        raise ScenarioError(f"{attacker.name} has no spendable coin above {amount}; mine or "
                           "fund it first (coinbase outputs mature after 100 blocks)")
     # Deterministic choice for a seed, but not always the same coin across runs with
     # different seeds.
@@ -715,7 +838,7 @@ def make_double_spend(attacker: NetNode, victim: NetNode, amount: int,
     signed1 = attacker.call("signrawtransactionwithwallet", raw1)
     signed2 = attacker.call("signrawtransactionwithwallet", raw2)
     if not (signed1.get("complete") and signed2.get("complete")):
-        raise AttackError(f"{attacker.name}'s wallet could not sign the spends of its coin")
+        raise ScenarioError(f"{attacker.name}'s wallet could not sign the spends of its coin")
     ds = DoubleSpend(coin, signed1["hex"], signed2["hex"], amount=amount)
     ds.txid1 = attacker.call("decoderawtransaction", ds.tx1)["txid"]
     ds.txid2 = attacker.call("decoderawtransaction", ds.tx2)["txid"]
@@ -727,9 +850,9 @@ def send_tx(node: NetNode, raw: str, timeline: Timeline, label: str) -> str | No
     try:
         txid = node.call("sendrawtransaction", raw)
     except RPCError as exc:
-        timeline.add(node.name, f"{label} rejected", reason=exc.message)
+        timeline.mark(node.name, f"{label} rejected", reason=exc.message)
         return None
-    timeline.add(node.name, f"{label} sent", txid=txid[:16])
+    timeline.mark(node.name, f"{label} sent", txid=txid[:16])
     return txid
 
 
@@ -740,10 +863,10 @@ def send_tx(node: NetNode, raw: str, timeline: Timeline, label: str) -> str | No
 class Withheld:
     hash: str
     hex: str
-    via_isolation: bool  # the attacker's node holds it as its tip, cut off from the network
+    via_isolation: bool = False  # the attacker holds it as its tip, cut off from the network
 
 
-def withhold_block(network: Network, attacker: NetNode, address: str, txs: list[str]
+def withhold_block(network: Switches, attacker: NetNode, address: str, txs: list[str]
                    ) -> Withheld:
     """Mines a block with exactly `txs` and keeps it from the network.
 
@@ -754,7 +877,7 @@ def withhold_block(network: Network, attacker: NetNode, address: str, txs: list[
     try:
         result = attacker.call("generateblock", address, txs, False)
         if isinstance(result, dict) and result.get("hex"):
-            network.timeline.add(attacker.name, "block withheld", hash=result["hash"][:16],
+            network.timeline.mark(attacker.name, "block withheld", hash=result["hash"][:16],
                                  method="generateblock submit=false")
             return Withheld(result["hash"], result["hex"], False)
     except RPCError as exc:
@@ -763,7 +886,7 @@ def withhold_block(network: Network, attacker: NetNode, address: str, txs: list[
     network.isolate(attacker)
     block_hash = attacker.call("generateblock", address, txs)["hash"]
     hexdata = attacker.call("getblock", block_hash, 0)
-    network.timeline.add(attacker.name, "block withheld", hash=block_hash[:16],
+    network.timeline.mark(attacker.name, "block withheld", hash=block_hash[:16],
                          method="mined while isolated (generateblock has no submit=false)")
     return Withheld(block_hash, hexdata, True)
 
@@ -771,7 +894,7 @@ def withhold_block(network: Network, attacker: NetNode, address: str, txs: list[
 def submit_block(node: NetNode, hexdata: str, block_hash: str, timeline: Timeline,
                  label: str = "block released") -> str | None:
     reason = node.call("submitblock", hexdata)
-    timeline.add(node.name, label, hash=block_hash[:16],
+    timeline.mark(node.name, label, hash=block_hash[:16],
                  **({"result": reason} if reason else {}))
     return reason
 
@@ -780,7 +903,7 @@ def mine_one(node: NetNode, timeline: Timeline, label: str = "block mined") -> s
     address = node.call("getnewaddress")
     block_hash = node.call("generatetoaddress", 1, address, timeout=120)[0]
     block = node.call("getblock", block_hash)
-    timeline.add(node.name, label, hash=block_hash[:16], height=block["height"],
+    timeline.mark(node.name, label, hash=block_hash[:16], height=block["height"],
                  txs=len(block["tx"]) - 1)
     return block_hash
 

@@ -94,9 +94,11 @@ def print_report(data: dict[str, Any], timeline_printed: bool) -> None:
     print(f"  success={data['success']} reorg_depth={data['reorg_depth']} "
           f"victim_confirmations_seen={data['victim_confirmations_seen']} "
           f"detected={data['detected']}")
-    roles = data.get("roles") or {}
-    print(f"  roles: attacker {roles.get('attacker')}, victim {roles.get('victim')}, "
-          f"honest miners {', '.join(roles.get('honest') or []) or '-'}")
+    roles = data.get("roles")
+    if roles:
+        print(f"  roles: attacker {roles.get('attacker')}, victim {roles.get('victim')}, "
+              f"honest miners {', '.join(roles.get('honest') or []) or '-'}")
+    print(f"  seed={data.get('seed')} (repeat the run with --seed {data.get('seed')})")
 
 
 # --------------------------------------------------------------------------- plots
@@ -125,14 +127,15 @@ def headline(data: dict[str, Any]) -> str:
 
 
 def plot_title(data: dict[str, Any]) -> str:
+    command = f"powlab {data.get('command') or 'attack'} {data.get('attack')}"
     if data.get("attack") == "selfish":
         lo, hi = (data.get("ci95") or [0.0, 1.0])[:2]
-        return (f"powlab attack selfish: {headline(data)} "
+        return (f"{command}: {headline(data)} "
                 f"(α = {data.get('alpha')}, γ = {data.get('gamma')})\n"
                 f"attacker's share {data.get('attacker_share', 0):.3f} [95 % CI {lo:.3f}–"
                 f"{hi:.3f}] · deepest honest-node reorg {data.get('reorg_depth')} blocks")
     detected = "yes" if data.get("detected") else "no"
-    return (f"powlab attack {data.get('attack')}: {headline(data)}\n"
+    return (f"{command}: {headline(data)}\n"
             f"deepest victim reorg {data.get('reorg_depth')} blocks · victim saw "
             f"{data.get('victim_confirmations_seen')} confirmations · detected: {detected}")
 
