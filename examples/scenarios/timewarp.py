@@ -421,57 +421,74 @@ def run(net: Network) -> None:
     report(net, live, params, window_time, final_bits, lead, judge.name)
 
 
+def compounds(levels: list[float]) -> bool:
+    """Whether difficulty halved in two windows running (a drop that went on)."""
+    return any(b < a / 2 and c < b / 2 for a, b, c in zip(levels, levels[1:], levels[2:],
+                                                          strict=False))
+
+
 def report(net: Network, live: Live, params: ChainParams, window_time: int, final_bits: int,
            lead: int, judge: str) -> None:
     args = net.args
-    windows = windows_of(live.blocks, params.retarget_window)
+    w = params.retarget_window
+    windows = windows_of(live.blocks, w)
     baseline = next((x for x in windows if x["phase"] == "baseline"), None)
-    # What honest timestamps give: the retarget after the baseline window.
-    after_baseline = next((x for x in windows if x["start"] == baseline["start"]
-                           + params.retarget_window), None) if baseline else None
-    honest_level = after_baseline["difficulty"] if after_baseline else None
     attacked = [x for x in windows if x["phase"] in ("attack", "recovery")]
+    if baseline is None or not attacked:
+        raise ScenarioError("the run recorded no whole baseline and attack windows")
+    # What honest timestamps give: the difficulty the baseline window's retarget set.
+    honest_level = attacked[0]["difficulty"]
     # The difficulty each attack window's timestamps lead to: that of the window after it.
-    following = [x["difficulty"] for x in attacked[1:]] + [
-        round(live.model.difficulty(final_bits), 4)]
-    lowest = min(following) if following else None
-    refused: dict[str, int] = {}
+    final_level = round(live.model.difficulty(final_bits), 4)
+    following = [x["difficulty"] for x in attacked[1:]] + [final_level]
+    levels = [x["difficulty"] for x in attacked] + [final_level]
+    lowest, highest = min(following), max(following)
+    probe_results: dict[str, int] = {}
     for r in live.refusals:
-        refused[r["result"]] = refused.get(r["result"], 0) + 1
+        probe_results[r["result"]] = probe_results.get(r["result"], 0) + 1
+    refused = {k: v for k, v in probe_results.items() if k != "accepted"}
     future_ends = [x["start"] for x in attacked if x["phase"] == "attack"
-                   and x["last_by_attacker"]]
-    dropped = bool(honest_level and lowest is not None and lowest < honest_level / 2)
-    compounded = bool(honest_level and lowest is not None
-                      and lowest < honest_level / params.retarget_clamp * 0.9)
+                   and x["last_by_attacker"] and x["last_offset"] > window_time]
+    next_starts = {x["start"]: x["first_offset"] for x in windows}
+    carried = [next_starts.get(s + w) for s in future_ends]
+    dropped = lowest < honest_level / 2
+    compounded = compounds(levels)
     virtual = comparison(params, args, net.seed)
     blocks_attack = [b for b in live.blocks if b["phase"] == "attack"]
-    attack_vtime = (blocks_attack[-1]["vtime"] - blocks_attack[0]["vtime"]) if blocks_attack \
-        else 0
-    rules = ", ".join(f"{k} ×{v}" for k, v in sorted(refused.items())) or "none probed"
+    attack_vtime = blocks_attack[-1]["vtime"] - blocks_attack[0]["vtime"]
+    rules = ", ".join(f"{k} ×{v}" for k, v in sorted(refused.items())) or "none"
+    accepted = probe_results.get("accepted", 0)
+    ends = (f"the attacker ({args.share:.0%}) ended {len(future_ends)} of {args.windows} "
+            f"attack windows with a block stamped {params.max_future_drift - args.margin} s "
+            "ahead, which every node accepted")
+    starts = ", ".join(f"{c:+d} s" for c in carried if c is not None)
     if dropped:
         verdict = (
-            f"timewarp: the attacker ({args.share:.0%}) ended {len(future_ends)} of "
-            f"{args.windows} attack windows with a block stamped "
-            f"{params.max_future_drift - args.margin} s ahead, which every node accepted; "
-            f"difficulty fell from {honest_level} (honest timestamps) to {lowest} "
-            + ("and compounded below one clamp step" if compounded else
-               "for one window each time and did not compound")
-            + f"; {judge} refused the probes beyond the limits: {rules}")
+            f"timewarp: {ends}; difficulty fell from {honest_level} (honest timestamps) to "
+            f"{lowest}" + (", and the drop went on (compounded)" if compounded else
+                           ", and the drop did not go on")
+            + (f" (the window after such a block began {starts} ahead of the clock, "
+               f"within the timewarp grace of {params.timewarp_grace} s before that block)"
+               if starts else "")
+            + (f"; it then overshot to {highest} when honest blocks ended a window"
+               if highest > honest_level * 1.5 else "")
+            + f"; {judge} refused the probe blocks beyond the limits: {rules}")
     else:
         verdict = (
-            f"timewarp: difficulty stayed at {min(following or [0])}–"
-            f"{max(following or [0])} against {honest_level} with honest timestamps: the "
-            f"attacker ({args.share:.0%}) ended {len(future_ends)} of {args.windows} attack "
-            f"windows; {judge} refused the probes beyond the limits: {rules}")
+            f"timewarp: {ends}; difficulty stayed between {lowest} and {highest} against "
+            f"{honest_level} with honest timestamps; {judge} refused the probe blocks beyond "
+            f"the limits: {rules}")
+    if accepted:
+        verdict += f"; {accepted} probe block(s) beyond a limit were ACCEPTED"
     net.report(
         verdict=verdict, success=dropped,
-        network=params.name, window=params.retarget_window, window_time_s=window_time,
+        network=params.name, window=w, window_time_s=window_time,
         retarget_clamp=params.retarget_clamp, max_future_drift_s=params.max_future_drift,
         timewarp_grace_s=params.timewarp_grace, share=args.share,
         equilibrium=args.equilibrium, attack_windows=args.windows,
-        honest_difficulty=honest_level, lowest_difficulty=lowest,
-        difficulty_after_windows=following, dropped=dropped, compounded=dropped and compounded,
-        future_stamped_window_ends=future_ends, refused=refused, refusals=live.refusals,
+        honest_difficulty=honest_level, lowest_difficulty=lowest, highest_difficulty=highest,
+        difficulty_after_windows=following, dropped=dropped, compounded=compounded,
+        future_stamped_window_ends=future_ends, next_window_first_offsets=carried,
+        refused=refused, probes_accepted=accepted, refusals=live.refusals,
         windows=windows, blocks=live.blocks, attack_blocks=len(blocks_attack),
         attack_virtual_s=attack_vtime, clock_lead_s=lead, virtual=virtual)
-
