@@ -7,17 +7,19 @@ Run it on a retargeting network (`powlab testnet up --network testnet`):
 The attacker (default share 30%) stamps the last block of a window as far ahead as the future
 limit allows (so the window measures ~2 h instead of 600 s), the first block of a window as
 far back as it can (Bitcoin's timewarp: the step between two windows is measured by none) and
-its other blocks at the median time past + 1. Each time, before it mines the block it keeps,
-it submits a block stamped just beyond the limit to an honest node, which names the rule that
-refuses it (`time-too-new`, `time-timewarp-attack`, `time-too-old`).
+its other blocks at the median time past + 1. At every window boundary (whoever then finds
+the block) and before its own blocks, up to `--probes` times per rule, it also mines a block
+stamped just beyond the limit and submits it to a node that does not mine, which names the
+rule that refuses it (`time-too-new`, `time-timewarp-attack`, `time-too-old`).
 
 Real hashing at testnet difficulty in real time would take 10 minutes per window, so the run
 keeps time itself: every node's clock is set (`setmocktime`) to a virtual clock that advances
 by an exponential draw per block, with the mean a total hash rate of `--equilibrium` times the
 easiest difficulty's gives (10 s per block at that difficulty); the block's miner is drawn by
 share. Blocks are mined for real (proof of work at the real target) and validated by every
-node. The run ends with one window in which the attacker stamps honestly, so the chain's
-timestamps are back at the virtual clock; all clocks are then given back to the system. The
+node. If the last attack window ended with a block stamped ahead, one more window follows in
+which the attacker stamps honestly, so the chain's timestamps are back at the virtual clock;
+all clocks are then given back to the system. The
 chain is then `clock_lead_s` ahead of the wall clock: a node that joins later refuses its
 newest blocks until the wall clock catches up (time-too-new, as any block from the future).
 
@@ -386,14 +388,14 @@ def run(net: Network) -> None:
                       timewarp_grace=params.timewarp_grace, share=args.share,
                       equilibrium=args.equilibrium)
     rng = net.rng
-    with net.staged():
-        net.stop_mining()
+    with net.staged():  # every miner paused; the scenario mines each block itself
         net.sync_blocks()
         model = start_model(attacker, params)
         wall = int(time.time())
         vnow = max(wall, model.times[model.height])
-        # The whole run, in virtual time, at most: ramp, baseline, attack and recovery
-        # windows on schedule. It must end well inside the future limit of the wall clock.
+        # The whole run in virtual time: ramp, baseline, attack and recovery windows, about
+        # on schedule (a window after a drop is faster). It must end well inside the future
+        # limit of the wall clock, or the nodes would refuse their own next blocks.
         first = (model.height // w + 1) * w
         budget = (first - model.height) * params.target_spacing + (args.windows + 2) * window_time
         if vnow - wall + budget > params.max_future_drift - window_time:
@@ -407,12 +409,16 @@ def run(net: Network) -> None:
         attack_start, attack_end = first + w, first + (args.windows + 1) * w
         phases: list[tuple[int, str, bool]] = [(first, "ramp", False),
                                               (attack_start, "baseline", False),
-                                              (attack_end, "attack", True),
-                                              (attack_end + w, "recovery", False)]
+                                              (attack_end, "attack", True)]
         try:
             for end, phase, attacking in phases:
                 while model.height + 1 < end:
                     live.step(rng, args, attacking, probes, phase)
+            # A last window stamped ahead leaves the next window's start there (the timewarp
+            # rule): one more window with honest stamps brings the chain back to the clock.
+            if live.blocks[-1]["offset"] > params.target_spacing:
+                while model.height + 1 < attack_end + w:
+                    live.step(rng, args, False, probes, "recovery")
             final_bits = model.next_bits()
         finally:
             live.set_clocks(0)
@@ -464,20 +470,20 @@ def report(net: Network, live: Live, params: ChainParams, window_time: int, fina
     starts = ", ".join(f"{c:+d} s" for c in carried if c is not None)
     if dropped:
         verdict = (
-            f"timewarp: {ends}; difficulty fell from {honest_level} (honest timestamps) to "
-            f"{lowest}" + (", and the drop went on (compounded)" if compounded else
+            f"timewarp: {ends}; difficulty fell from {honest_level:.2f} (honest timestamps) "
+            f"to {lowest:.2f}" + (", and the drop went on (compounded)" if compounded else
                            ", and the drop did not go on")
             + (f" (the window after such a block began {starts} ahead of the clock, "
                f"within the timewarp grace of {params.timewarp_grace} s before that block)"
                if starts else "")
-            + (f"; it then overshot to {highest} when honest blocks ended a window"
+            + (f"; it then overshot to {highest:.2f} when honest blocks ended a window"
                if highest > honest_level * 1.5 else "")
             + f"; {judge} refused the probe blocks beyond the limits: {rules}")
     else:
         verdict = (
-            f"timewarp: {ends}; difficulty stayed between {lowest} and {highest} against "
-            f"{honest_level} with honest timestamps; {judge} refused the probe blocks beyond "
-            f"the limits: {rules}")
+            f"timewarp: {ends}; difficulty stayed between {lowest:.2f} and {highest:.2f} "
+            f"against {honest_level:.2f} with honest timestamps; {judge} refused the probe "
+            f"blocks beyond the limits: {rules}")
     if accepted:
         verdict += f"; {accepted} probe block(s) beyond a limit were ACCEPTED"
     net.report(
