@@ -464,9 +464,13 @@ def report(net: Network, live: Live, params: ChainParams, window_time: int, fina
     attack_vtime = blocks_attack[-1]["vtime"] - blocks_attack[0]["vtime"]
     rules = ", ".join(f"{k} ×{v}" for k, v in sorted(refused.items())) or "none"
     accepted = probe_results.get("accepted", 0)
-    ends = (f"the attacker ({args.share:.0%}) ended {len(future_ends)} of {args.windows} "
-            f"attack windows with a block stamped {params.max_future_drift - args.margin} s "
-            "ahead, which every node accepted")
+    if future_ends:
+        ends = (f"the attacker ({args.share:.0%}) ended {len(future_ends)} of {args.windows} "
+                f"attack windows with a block stamped {params.max_future_drift - args.margin} "
+                "s ahead, which every node accepted")
+    else:
+        ends = (f"the attacker ({args.share:.0%}) found the last block of none of the "
+                f"{args.windows} attack windows")
     starts = ", ".join(f"{c:+d} s" for c in carried if c is not None)
     if dropped:
         verdict = (
