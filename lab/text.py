@@ -13,4 +13,5 @@ def plural(count: object, noun: str, nouns: str | None = None) -> str:
 
 
 def confirmations(count: object) -> str:
+    """"1 confirmation", "3 confirmations": for verdicts."""
     return plural(count, "confirmation")

@@ -29,7 +29,10 @@ TESTNET_TESTS = 1
 ATTACK_TESTS = 2
 SIM_VS_LIVE = 3
 SIDE_BY_SIDE = 4  # and 5
-TIMEWARP_SCENARIO = 6
+SCENARIOS = 6
+ECLIPSE = 7
+TIMEWARP = 8
+BALANCE = 9
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:

@@ -81,6 +81,13 @@ def test_every_scenario_on_the_compose_network(tmp_path: Path) -> None:
         result = run_powlab("testnet", "up", "--docker", "--dir", str(directory), timeout=900)
         assert result.returncode == 0, result.stdout + result.stderr
         every_scenario(directory, "attacker", "merchant", ["miner1", "miner2"], None)
+        # The same attack as a scenario file, on the compose network found by --docker.
+        result = run_powlab("scenario", "run", "examples/scenarios/race.py", "--docker",
+                            "--json", timeout=400)
+        assert result.returncode == 0, result.stderr
+        race = json.loads(result.stdout)
+        assert race["attack"] == "race" and race["roles"]["victim"] == "merchant"
+        assert race["origin"].endswith("examples/scenarios/race.py")
     finally:
         run_powlab("testnet", "down", "--dir", str(directory), "--purge", timeout=300)
         for k, v in saved.items():

@@ -15,9 +15,11 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from consensus.block import Block, BlockHeader
 from node.miner.hashing import make_scanner
-from node.miner.miner import Miner
+from node.miner.miner import Miner, MinerError
 from node.miner.pool import PACE_QUANTUM_S, Found, HashBudget, _Worker
 
 
@@ -258,3 +260,16 @@ async def test_real_pool_hashes_nothing_banked_after_off_and_on() -> None:
             assert pool.total_hashes() == before
     finally:
         await asyncio.to_thread(pool.close)
+
+
+async def test_a_cap_can_be_set_and_lifted_again() -> None:
+    """A scenario gives a node back without the cap it found it without (-1 lifts it)."""
+    miner, pool, _ = fake_miner()
+    rates: list[float | None] = []
+    pool.set_hashrate = rates.append  # type: ignore[method-assign]
+    await miner.set_mining(False, 0.4)
+    assert miner.hashrate == 0.4
+    await miner.set_mining(False, -1)
+    assert miner.hashrate is None and rates == [0.4, None]
+    with pytest.raises(MinerError, match="positive"):
+        await miner.set_mining(True, 0)

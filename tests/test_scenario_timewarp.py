@@ -32,7 +32,7 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         result = run_powlab("testnet", "up", "--dir", str(directory), "--network", "testnet",
                             "--nodes", "3", "--miners", "2", "--no-hints", "--subnet",
-                            subnets.subnet(subnets.TIMEWARP_SCENARIO))
+                            subnets.subnet(subnets.TIMEWARP))
         assert result.returncode == 0, result.stdout + result.stderr
         yield directory
     finally:

@@ -105,3 +105,5 @@ def test_the_tour_works_literally(tmp_path: Path) -> None:
     assert isolated["note"] == "banned n3<->n2, n3<->n4; added n2<->n4"
     assert "split: " in step("powlab attack split")
     assert "finney: SUCCESS" in step("powlab attack finney")
+    assert "eclipse" in step("powlab scenario list --path examples/scenarios")
+    assert "race: " in step("powlab scenario run examples/scenarios/race.py")

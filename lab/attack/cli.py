@@ -10,16 +10,14 @@ from lab.client import run_reporting_failures
 from lab.scenario.runner import (
     BUILTINS,
     add_runner_arguments,
-    execute,
     load_builtin,
-    print_document,
+    run_and_report,
 )
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     def attack() -> int:
-        data = execute(load_builtin(args.attack_command), args, "attack")
-        return print_document(data, args)
+        return run_and_report(load_builtin(args.attack_command), args, "attack")
 
     return run_reporting_failures("attack", attack)
 

@@ -14,11 +14,10 @@ from lab.scenario.runner import (
     BUILTINS,
     Scenario,
     add_runner_arguments,
-    execute,
     first_line,
     load_builtin,
     load_file,
-    print_document,
+    run_and_report,
 )
 from lab.scenario.template import TEMPLATE
 
@@ -35,8 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     own = list(args.scenario_args)
     parsed = scenario.parser(f"powlab scenario run {args.file} --").parse_args(own)
     merged = argparse.Namespace(**{**vars(args), **vars(parsed)})
-    data = execute(scenario, merged, "scenario")
-    return print_document(data, merged)
+    return run_and_report(scenario, merged, "scenario")
 
 
 def scenario_files(path: Path) -> list[Path]:

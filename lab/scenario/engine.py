@@ -45,6 +45,8 @@ class ScenarioError(EndpointError):
 
 @dataclass
 class NetNode:
+    """A node by name, with its role, its RPC endpoint and its share of the hash rate."""
+
     name: str
     role: str
     endpoint: NodeEndpoint
@@ -133,6 +135,9 @@ def refuse_finality_split(nodes: Sequence[NetNode]) -> None:
 
 @dataclass
 class Roles:
+    """Who plays what: the attacker, the victim, the honest miners, every node but the
+    attacker (`others`) and all of them (`nodes`)."""
+
     attacker: NetNode
     victim: NetNode
     honest: list[NetNode]  # honest miners
@@ -192,6 +197,9 @@ def resolve_roles(nodes: list[NetNode], attacker: str | None, victim: str | None
 
 @dataclass
 class Timeline:
+    """The run's events in order: each a dict with `t` (seconds since the start), `node`,
+    `event` and any extra fields; the live printer, --json and the plot all read it."""
+
     start: float = field(default_factory=time.monotonic)
     events: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -199,9 +207,11 @@ class Timeline:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
+        """Seconds since the run started."""
         return round(time.monotonic() - self.start, 3)
 
     def mark(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
+        """Adds an event (`node` is a name, or "*" for the whole network) and prints it live."""
         item = {"t": self.now(), "node": node, "event": event, **extra}
         with self._lock:
             self.events.append(item)
@@ -210,16 +220,20 @@ class Timeline:
         return item
 
     def sample(self, **values: Any) -> None:
+        """Adds a sample for the plot (the monitor adds heights and confirmations)."""
         with self._lock:
             self.samples.append({"t": self.now(), **values})
 
     def first(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The first event for which `predicate` is true, or None."""
         with self._lock:
             return next((e for e in self.events if predicate(e)), None)
 
 
 @dataclass
 class Outcome:
+    """The fields every attack reports; `net.report(**outcome.as_report())` reports them."""
+
     attack: str
     success: bool = False
     reorg_depth: int = 0
@@ -429,6 +443,7 @@ def wait_tip(nodes: Sequence[NetNode], block_hash: str, timeout: float = 30.0) -
 
 
 def chainwork(node: NetNode) -> int:
+    """The node's active chain's total work."""
     return int(node.call("getblockchaininfo")["chainwork"], 16)
 
 
@@ -781,10 +796,8 @@ class Switches:
             state = self.saved.get(node.name)
             if state is None:
                 continue
-            if state.mining:
-                node.try_call("setmining", True, state.limit)
-            else:
-                node.try_call("setmining", False)
+            # The cap too: a node found without one gets none back (-1 lifts it).
+            node.try_call("setmining", state.mining, state.limit or -1)
 
 
 @contextlib.contextmanager
@@ -803,6 +816,9 @@ def staged(network: Switches) -> Iterator[Switches]:
 
 @dataclass
 class DoubleSpend:
+    """Two signed spends of one coin (raw hex tx1, tx2 and their txids): tx1 pays the
+    victim, tx2 sends the coin back to the attacker with a higher fee."""
+
     coin: dict[str, Any]
     tx1: str  # raw hex: pays the victim
     tx2: str  # raw hex: the same coin back to the attacker
@@ -861,6 +877,8 @@ def send_tx(node: NetNode, raw: str, timeline: Timeline, label: str) -> str | No
 
 @dataclass
 class Withheld:
+    """A mined block not yet given to the network: its hash and raw hex."""
+
     hash: str
     hex: str
     via_isolation: bool = False  # the attacker holds it as its tip, cut off from the network
@@ -921,6 +939,7 @@ def hashes_per_block(node: NetNode) -> float:
 
 
 def finality_depth(node: NetNode) -> int:
+    """The confirmations after which the node counts a block final."""
     return int(node.call("getblockchaininfo").get("finality_depth") or 6)
 
 

@@ -95,14 +95,17 @@ class Network:
 
     @property
     def attacker(self) -> Node:
+        """The attacker's node (see `roles`)."""
         return self.roles.attacker  # type: ignore[return-value]
 
     @property
     def victim(self) -> Node:
+        """The victim's node, the merchant (see `roles`)."""
         return self.roles.victim  # type: ignore[return-value]
 
     @property
     def honest(self) -> list[Node]:
+        """The honest miners (see `roles`)."""
         return self.roles.honest  # type: ignore[return-value]
 
     def _all(self, nodes: Iterable[str | NetNode] | None) -> list[Node]:
@@ -303,4 +306,5 @@ class Network:
 
 
 def as_node(n: NetNode) -> Node:
-    return Node(n.name, n.role, n.endpoint, n.hashrate_share)
+    """`n` with RPC calls as methods."""
+    return n if isinstance(n, Node) else Node(n.name, n.role, n.endpoint, n.hashrate_share)

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,15 +17,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lab.plotting import save_figure
 from lab.scenario.engine import ScenarioError, Timeline, load_nodes
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
+from lab.scenario.runlog import RunLog
 
 BUILTIN_PACKAGE = "lab.attack"
 BUILTINS = ("race", "finney", "vector76", "majority", "selfish", "split")
 # Options of the runner itself: left out of a document's "params".
 RUNNER_KEYS = frozenset({"func", "command", "attack_command", "scenario_command", "json",
-                         "plot", "dir", "docker", "rpc", "quiet", "file", "scenario_args"})
+                         "plot", "dir", "docker", "rpc", "quiet", "file", "scenario_args",
+                         "repeat"})
 
 
 @dataclass
@@ -103,6 +107,9 @@ def add_runner_arguments(parser: argparse.ArgumentParser, timeout: bool = False)
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw heights and confirmations over time")
     parser.add_argument("--quiet", action="store_true", help="no live timeline, only the report")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run N times with seeds SEED, SEED+1, …; report the success rate "
+                             "with its 95%% Wilson interval (default 1)")
 
 
 def params_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,8 +123,22 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     is still handed back as found."""
     nodes = [as_node(n) for n in load_nodes(args.dir, args.docker, args.rpc or ())]
     live = not args.json and not args.quiet
-    timeline = Timeline(echo=line_echo() if live else None)
+    record = run_log(args, scenario.name)
+    printer = line_echo() if live else None
+
+    def echo(event: dict[str, Any]) -> None:
+        if printer is not None:
+            printer(event)
+        if record is not None:
+            record.event(event)
+
+    timeline = Timeline(echo=echo)
     net = Network(nodes, args, args.seed, timeline)
+    if record is not None:
+        record.write({"type": "start", "scenario": scenario.name, "command": command,
+                      "seed": args.seed, "origin": scenario.origin,
+                      "roles": net.roles.names() if describe_roles(net) else None,
+                      "nodes": list(net.nodes), "started": time.time()})
     if live:
         out(f"powlab {command} {scenario.name}: seed {args.seed}, nodes "
             f"{', '.join(net.nodes)}" + (f"; {describe_roles(net)}" if describe_roles(net)
@@ -137,10 +158,29 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     if error is None and net.outcome is None:
         error = ScenarioError(f"{scenario.origin}: run(net) returned without net.report(...)")
     data = document(scenario, net, args, command, error)
+    if record is not None:
+        record.write({"type": "end", "verdict": data["verdict"], "success": data["success"],
+                      **({"error": data["error"]} if "error" in data else {})})
+        record.close()
     if args.plot:
-        plot_attack(data, Path(args.plot))
+        own = getattr(scenario.module, "build_figure", None)
+        if own is not None and error is None:
+            # A scenario of many trials draws its own figure (rates with their intervals).
+            save_figure(own(data), Path(args.plot))
+        else:
+            plot_attack(data, Path(args.plot))
         data["plot"] = args.plot
     return data
+
+
+def run_log(args: argparse.Namespace, name: str) -> RunLog | None:
+    """The live record for the dashboard, in the testnet's directory (none for --rpc)."""
+    if args.rpc:
+        return None
+    from lab.testnet.manifest import resolve_dir
+
+    directory = resolve_dir(args.dir)
+    return RunLog(directory, name) if directory.is_dir() else None
 
 
 def describe_roles(net: Network) -> str:
@@ -185,6 +225,48 @@ def document(scenario: Scenario, net: Network, args: argparse.Namespace, command
     data["timeline"] = net.timeline.events
     data["samples"] = net.timeline.samples
     return data
+
+
+def run_and_report(scenario: Scenario, args: argparse.Namespace, command: str) -> int:
+    """One run, printed as a report; or with --repeat N, N runs and their success rate."""
+    if args.repeat < 1:
+        raise ScenarioError("--repeat must be at least 1")
+    if args.repeat == 1:
+        return print_document(execute(scenario, args, command), args)
+    if args.plot:
+        raise ScenarioError("--plot draws one run: leave out --repeat, or give the run's --seed")
+    runs = []
+    for i in range(args.repeat):
+        one = argparse.Namespace(**{**vars(args), "seed": args.seed + i, "quiet": True,
+                                    "json": True})
+        data = execute(scenario, one, command)
+        runs.append({k: v for k, v in data.items() if k not in ("timeline", "samples")})
+        if not args.json:
+            print(f"run {i + 1}/{args.repeat} seed {one.seed}: {data['verdict']}", flush=True)
+    summary = repeat_summary(scenario, runs, command)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print()
+        print(f"verdict: {summary['verdict']}")
+    return 1 if any(r.get("error") for r in runs) else 0
+
+
+def repeat_summary(scenario: Scenario, runs: list[dict[str, Any]],
+                   command: str) -> dict[str, Any]:
+    from consensus.attack_theory import wilson_interval
+
+    successes = sum(1 for r in runs if r.get("success"))
+    lo, hi = wilson_interval(successes, len(runs))
+    errors = sum(1 for r in runs if r.get("error"))
+    rate = successes / len(runs)
+    verdict = (f"{scenario.name}: {successes} of {len(runs)} runs succeeded, rate {rate:.2f} "
+               f"[95 % CI {lo:.2f}–{hi:.2f}]" + (f"; {errors} ended in an error" if errors
+                                                  else ""))
+    return {"attack": scenario.name, "scenario": scenario.name, "command": command,
+            "origin": scenario.origin, "trials": len(runs), "successes": successes,
+            "rate": rate, "ci95": [lo, hi], "errors": errors, "verdict": verdict,
+            "params": runs[0].get("params") if runs else {}, "runs": runs}
 
 
 def print_document(data: dict[str, Any], args: argparse.Namespace) -> int:

@@ -65,11 +65,12 @@ class Miner:
 
     async def set_mining(self, enabled: bool, hashrate: float | None = None) -> None:
         if hashrate is not None:
-            if hashrate <= 0:
-                raise MinerError("hashrate must be positive")
-            self.hashrate = hashrate
+            if hashrate == 0:
+                raise MinerError("hashrate must be positive (or -1 to lift the cap)")
+            # -1 lifts the cap, as genproclimit -1 meant "no limit" in bitcoind's setgenerate.
+            self.hashrate = hashrate if hashrate > 0 else None
             if self.pool is not None:
-                self.pool.set_hashrate(hashrate)
+                self.pool.set_hashrate(self.hashrate)
         if enabled and not self.enabled:
             if self.pool is None:
                 pool = MinerPool(self.processes, self.hashrate)

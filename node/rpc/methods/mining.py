@@ -82,7 +82,8 @@ def getmininginfo(node: NodeAPI) -> dict[str, Any]:
 
 @rpc_method
 async def setmining(node: NodeAPI, enabled: bool, hashrate: float | None = None) -> None:
-    """Start or stop continuous mining, optionally capping hashes per second."""
+    """Start or stop continuous mining, optionally capping hashes per second (-1 lifts the
+    cap: full speed)."""
     try:
         await node.miner.set_mining(enabled, hashrate)
     except MinerError as exc:
