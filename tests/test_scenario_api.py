@@ -427,3 +427,29 @@ def test_a_journal_undoes_what_it_lists_and_stays_while_a_node_is_down(tmp_path:
         "restore-999999998.json: unreadable, removed"]
     (tmp_path / f"restore-{os.getpid()}.json").write_text("{}")
     assert orphans(tmp_path) == []  # this process is alive: not an orphan
+
+
+def test_dataclasses_undo_hooks_and_reserved_event_fields(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "dc.py", '''"""A dataclass, postponed annotations, an undo hook."""
+from __future__ import annotations
+from dataclasses import dataclass
+
+@dataclass
+class Plan:
+    windows: int
+
+def run(net):
+    net.on_restore(lambda: net.nodes["n2"].setmocktime(0))
+    net.nodes["n2"].setmocktime(1_000)
+    try:
+        net.timeline.mark("n1", "probe", node="n2")
+    except ValueError as exc:
+        net.timeline.mark("n1", "refused", why=str(exc))
+    raise RuntimeError(f"after {Plan(2)}")
+''')
+    data, nodes = run_with_fakes(monkeypatch, load_file(path))
+    assert data["error"] == "RuntimeError: after Plan(windows=2)"
+    assert ("setmocktime", 0) in nodes["n2"].calls
+    [refused] = [e for e in data["timeline"] if e["event"] == "refused"]
+    assert "own field" in refused["why"]

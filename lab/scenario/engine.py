@@ -211,8 +211,13 @@ class Timeline:
         """Seconds since the run started."""
         return round(time.monotonic() - self.start, 3)
 
-    def mark(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
-        """Adds an event (`node` is a name, or "*" for the whole network) and prints it live."""
+    def mark(self, node: str, event: str, /, **extra: Any) -> dict[str, Any]:
+        """Adds an event (`node` is a name, or "*" for the whole network) and prints it live.
+        `t`, `node` and `event` are the event's own fields: other names only in `extra`."""
+        clash = {"t", "node", "event"} & set(extra)
+        if clash:
+            raise ValueError(f"timeline.mark: {', '.join(sorted(clash))} is an event's own "
+                             "field; name the figure otherwise (e.g. peer=…)")
         item = {"t": self.now(), "node": node, "event": event, **extra}
         with self._lock:
             self.events.append(item)
@@ -652,6 +657,7 @@ class Switches:
         self.lifted: list[Cut] = []
         self.faults: list[tuple[NetNode, str]] = []  # (node, peer HOST:PORT) with a fault
         self.journal = Journal(None)  # the runner gives it a file: see lab/scenario/journal.py
+        self.undo: list[Callable[[], Any]] = []  # the scenario's own (Network.on_restore)
         self.before_restore: Callable[[], None] | None = None
 
     def save(self) -> None:
@@ -786,6 +792,9 @@ class Switches:
     def restore(self) -> None:
         if self.before_restore is not None:
             self.before_restore()
+        while self.undo:
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                self.undo.pop()()
         self.clear_link_faults()
         for node in self.nodes:
             if node.name in self.isolated:

@@ -77,9 +77,12 @@ def load_file(path: str | Path) -> Scenario:
     if spec is None or spec.loader is None:
         raise ScenarioError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: dataclasses and pickling look the module up.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(spec.name, None)
         raise ScenarioError(f"{path} failed to load: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(module, "run", None)):
         raise ScenarioError(f"{path} defines no run(net) function")
