@@ -453,3 +453,14 @@ def run(net):
     assert ("setmocktime", 0) in nodes["n2"].calls
     [refused] = [e for e in data["timeline"] if e["event"] == "refused"]
     assert "own field" in refused["why"]
+
+
+def test_stop_mining_stops_the_miners_the_scenario_started_too() -> None:
+    net, nodes = fake_network()
+    net.switches.save()
+    net.set_hashrates({"n2": 1.0})
+    assert nodes["n2"].mining
+    net.stop_mining()
+    assert not any(n.mining for n in nodes.values())
+    net.restore()
+    assert [n.mining for n in nodes.values()] == [True, False, True, False]

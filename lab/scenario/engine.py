@@ -678,7 +678,8 @@ class Switches:
 
     def stop_all_mining(self) -> None:
         def stop(node: NetNode) -> None:
-            if self.saved.get(node.name, MiningState(False, None)).mining:
+            # Every node, not only those found mining: the scenario may have started others.
+            with contextlib.suppress(*UNREACHABLE):
                 node.call("setmining", False)
 
         parallel([lambda n=n: stop(n) for n in self.nodes])
