@@ -519,6 +519,22 @@ def add_testnet_parser(sub: Any) -> None:
     send.add_argument("recipient", metavar="TO")
     send.add_argument("amount", type=int, metavar="AMOUNT")
 
+    dashboard = action("dashboard", "serve the live web view (block tree, nodes, payments, "
+                       "attacks): docs/dashboard.md", _cmd_dashboard, docker=True)
+    from lab.dashboard.cli import add_arguments as add_dashboard_arguments
+
+    add_dashboard_arguments(dashboard)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from lab.dashboard.cli import cmd_dashboard
+    from lab.dashboard.server import DashboardError
+
+    try:
+        return cmd_dashboard(args)
+    except DashboardError as exc:
+        raise TestnetError(str(exc)) from None
+
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Runs one action: testnet and RPC failures become messages, not tracebacks."""
