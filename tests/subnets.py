@@ -33,6 +33,8 @@ SCENARIOS = 6
 ECLIPSE = 7
 TIMEWARP = 8
 BALANCE = 9
+DASHBOARD = 10  # tests/test_dashboard.py
+DASHBOARD_BROWSER = 11  # tests/test_dashboard_browser.py
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:
