@@ -255,9 +255,10 @@ class Collector:
             if block is not None:
                 self.model.set_tip(name, block.hash, block.height, "block connected")
         elif kind == "block_disconnected":
-            block = self.model.blocks.get(str(event.get("hash")))
-            if block is not None and block.prev in self.model.blocks:
-                self.model.set_tip(name, block.prev, block.height - 1, "block disconnected")
+            # A reorganisation disconnects, then connects: the tip is logged once, at its
+            # new block (so playback one step before a reorg shows the old branch). A node
+            # that only disconnects (invalidateblock) is caught up by the next poll.
+            pass
         elif kind == "reorg":
             self.model.add_log("reorg", name, f"{name} reorganised {event.get('depth')} "
                                f"block(s) at fork height {event.get('fork_height')}",

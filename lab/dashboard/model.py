@@ -182,11 +182,9 @@ class Model:
             if self._mark_from(record):
                 self.publish({"kind": "run", "id": run_id, "record": record,
                               "marks": dict(self.marks)})
-                self.add_log("attack", record.get("node"), f"{record.get('event', '')}"
-                             f"{_detail(record)}", run=run_id)
+                self.add_log("attack", record.get("node"), _step(record), run=run_id)
                 return
-            self.add_log("attack", record.get("node"), f"{record.get('event', '')}"
-                         f"{_detail(record)}", run=run_id)
+            self.add_log("attack", record.get("node"), _step(record), run=run_id)
         elif kind == "end":
             run["end"] = record
             self.add_log("attack", None, f"verdict: {record.get('verdict', '')}", run=run_id)
@@ -232,6 +230,12 @@ class Model:
             "marks": dict(self.marks),
             "now": round(self.clock(), 3),
         }
+
+
+def _step(record: dict[str, Any]) -> str:
+    node = record.get("node")
+    who = f"{node}: " if node and node != "*" else ""
+    return f"{who}{record.get('event', '')}{_detail(record)}"
 
 
 def _detail(record: dict[str, Any]) -> str:

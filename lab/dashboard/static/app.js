@@ -71,9 +71,11 @@ function apply(msg) {
   scheduleRender();
 }
 
+let stream = null;
 function connect() {
   const pending = [];
   const es = new EventSource("/api/stream");
+  stream = es;
   es.onopen = async () => {
     $("conn").textContent = "live"; $("conn").className = "conn ok";
     const resp = await fetch("/api/state");
@@ -322,6 +324,7 @@ function renderLog() {
     items.push(`<li class="${cls.join(" ")}" data-index="${k}" data-kind="${e.kind}"><span class="when">${clock(e.t)}</span><span>${esc(e.text)}</span></li>`);
   }
   $("log").innerHTML = items.join("");
+  if (S.playback !== null) document.querySelector("#log li.sel")?.scrollIntoView({ block: "center" });
 }
 
 function renderPlayback() {
@@ -329,6 +332,7 @@ function renderPlayback() {
   slider.max = Math.max(0, S.log.length - 1);
   slider.value = S.playback === null ? slider.max : S.playback;
   $("pb-live").classList.toggle("on", S.playback === null);
+  document.body.dataset.playback = S.playback === null ? "live" : String(S.playback);
   const e = S.playback === null ? null : S.log[S.playback];
   $("pb-label").textContent = e ? `playback ${S.playback + 1}/${S.log.length} · ${clock(e.t)} · ${e.text}` : "";
 }
@@ -428,7 +432,12 @@ function wire() {
 }
 
 // For the tests and the benchmark: draw a given snapshot (no server involved).
-window.powlabLoad = (snap) => { applySnapshot(snap); S.fresh.clear(); renderAll(); return window.powlabStats.lastRenderMs; };
+// It stops following the server first, so nothing live mixes in.
+window.powlabLoad = (snap) => {
+  if (stream) { stream.close(); stream = null; $("conn").textContent = "offline (loaded)"; }
+  applySnapshot(snap); S.fresh.clear(); renderAll();
+  return window.powlabStats.lastRenderMs;
+};
 
 wire();
 connect();
