@@ -214,23 +214,29 @@ def test_playback_steps_back_to_before_the_reorg(page: WebDriver) -> None:
     if loser is None:
         pytest.skip("needs the partition test's reorganisation")
     page.execute_script("window.powlabShowTab('log')")
-    # The first reorganisation of n1 or n2 is the heal's (n3's side had more work).
+    # The heal's reorganisation: the first of n1 or n2 (n3's side had more work).
     index = page.execute_script(
-        "const li = [...document.querySelectorAll('#log li[data-kind=\"reorg\"]')]"
-        ".filter(l => /^n[12] reorganised/.test(l.textContent.slice(8))).pop();"
-        "return li ? Number(li.dataset.index) : null")
-    assert index is not None
+        "return window.powlabLog().findIndex(e => e.kind === 'reorg' && "
+        "(e.node === 'n1' || e.node === 'n2'))")
+    assert index > 0
     page.execute_script(f"window.powlabSeek({index})")
     page.find_element(By.ID, "pb-back").click()
     until(page, f"document.body.dataset.playback === '{index - 1}'", "one step before the reorg")
     assert "playback" in page.find_element(By.ID, "pb-label").text
-    tips = {tip_of(page, "n1"), tip_of(page, "n2")}
-    assert loser in tips, "before the reorg, n1/n2 are on the losing branch"
-    assert not page.find_elements(By.CSS_SELECTOR, f"#tree g.blk.stale[data-hash=\"{loser}\"]")
+    before = {tip_of(page, "n1"), tip_of(page, "n2")}
+    assert None not in before
+    # Then, n1 and n2 were on the branch that lost: drawn live, not grey.
+    for block_hash in before:
+        assert not page.find_elements(By.CSS_SELECTOR,
+                                      f"#tree g.blk.stale[data-hash=\"{block_hash}\"]")
+    assert page.find_elements(By.CSS_SELECTOR, f"#tree g.blk[data-hash=\"{loser}\"]")
     shoot(page, "playback")
     page.find_element(By.ID, "pb-live").click()
-    until(page, f"document.querySelector('#tree g.blk.stale[data-hash=\"{loser}\"]')",
-          "live again: the loser greyed")
+    until(page, "document.body.dataset.playback === 'live'", "live again")
+    # Now: that branch is stale, the loser with it.
+    stale = page.execute_script(
+        "return [...document.querySelectorAll('#tree g.blk.stale')].map(g => g.dataset.hash)")
+    assert loser in stale and before & set(stale), (before, loser)
     page.execute_script("window.powlabShowTab('controls')")
     shoot(page, "controls")
 
@@ -289,7 +295,9 @@ def test_ten_thousand_blocks_with_forks_draw_in_under_a_second(page: WebDriver) 
           f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     assert int(drawn) == len(snap["blocks"])
     assert max(runs[1:]) < 1000, runs
-    page.execute_script("document.querySelector('#tree').scrollTop = 0")
+    # A collapsed run between two forks, mid-chain.
+    page.execute_script("const runs = document.querySelectorAll('#tree g.run');"
+                        "runs[Math.floor(runs.length / 2)].scrollIntoView({block: 'center'})")
     shoot(page, "tree-10000")
 
 

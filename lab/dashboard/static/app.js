@@ -28,6 +28,7 @@ function applySnapshot(snap) {
   S.baseTips = snap.base_tips; S.marks = snap.marks; S.finality = snap.finality_depth;
   S.controls = snap.controls;
   S.runs = new Map(snap.runs.map((r) => [r.id, r]));
+  S.playback = null;
   S.tips = { ...S.baseTips };
   for (const n of S.nodes) if (n.tip) S.tips[n.name] = n.tip;
   for (const e of S.log) if (e.kind === "tip") S.tips[e.node] = e.hash;
@@ -166,14 +167,16 @@ const ROLE_FILL = { miner: "#fdb022", attacker: "#f04438", victim: "#53b1fd", me
 function renderNetwork() {
   const names = S.nodes.map((n) => n.name);
   const roles = activeRoles();
-  const W = 520, H = 300;
+  const many = names.length > 8;
+  const W = 520, H = many ? 440 : 300;
+  const R = many ? 15 : 24; // node circle radius
   const pos = {};
   const groups = S.partition ? S.partition.map((g) => g.filter((n) => names.includes(n))) : [names];
   const rest = names.filter((n) => !groups.flat().includes(n));
   if (rest.length) groups.push(rest);
   groups.forEach((g, gi) => {
     const cx = (W / groups.length) * (gi + 0.5), cy = H / 2;
-    const r = Math.min(W / groups.length / 2 - 50, H / 2 - 55);
+    const r = Math.min(W / groups.length / 2 - 2 * R - 10, H / 2 - 2 * R - 10);
     g.forEach((n, k) => {
       const a = -Math.PI / 2 + (2 * Math.PI * k) / Math.max(1, g.length);
       pos[n] = g.length === 1 ? [cx, cy] : [cx + r * Math.cos(a), cy + r * Math.sin(a)];
@@ -201,9 +204,9 @@ function renderNetwork() {
     const [x, y] = pos[n.name];
     const role = roles[n.name] || n.role;
     const fill = n.up ? (ROLE_FILL[role] || "#d0d5dd") : "#fecdca";
-    parts.push(`<g class="gnode" data-node="${esc(n.name)}"><circle cx="${x}" cy="${y}" r="24" fill="${fill}" stroke="${nodeColour(n.name, names)}" stroke-width="4"/>` +
-      `<text x="${x}" y="${y + 5}" text-anchor="middle" font-size="15" font-weight="bold">${esc(n.name)}</text>` +
-      `<text x="${x}" y="${y + 42}" text-anchor="middle" font-size="12" fill="#344054">${esc(role)}${n.share ? ` ${Math.round(n.share * 100)}%` : ""} · h ${n.height ?? "?"}</text></g>`);
+    parts.push(`<g class="gnode" data-node="${esc(n.name)}"><circle cx="${x}" cy="${y}" r="${R}" fill="${fill}" stroke="${nodeColour(n.name, names)}" stroke-width="${many ? 3 : 4}"/>` +
+      `<text x="${x}" y="${y + (many ? 4 : 5)}" text-anchor="middle" font-size="${many ? 11 : 15}" font-weight="bold">${esc(n.name)}</text>` +
+      (many ? "" : `<text x="${x}" y="${y + 42}" text-anchor="middle" font-size="12" fill="#344054">${esc(role)}${n.share ? ` ${Math.round(n.share * 100)}%` : ""} · h ${n.height ?? "?"}</text>`) + "</g>");
   }
   $("graph").innerHTML = `<svg width="100%" viewBox="0 0 ${W} ${H}" height="${H}">${parts.join("")}</svg>`;
   const rows = S.nodes.map((n) => {
@@ -344,6 +347,7 @@ function seek(index) {
   renderAll();
 }
 window.powlabSeek = seek;
+window.powlabLog = () => S.log;
 
 // ---------------------------------------------------------------- controls
 function renderControls() {
