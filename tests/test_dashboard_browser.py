@@ -290,8 +290,9 @@ def test_ten_thousand_blocks_with_forks_draw_in_under_a_second(page: WebDriver) 
             snap))
     drawn = page.execute_script("return document.querySelector('#tree svg').dataset.blocks")
     elements = page.execute_script("return document.querySelectorAll('#tree g.blk').length")
+    collapsed = page.execute_script("return document.querySelectorAll('#tree g.run').length")
     print(f"\nFIGURE tree: {len(snap['blocks'])} blocks ({drawn} in the layout, {elements} "
-          f"drawn one by one): {', '.join(f'{r:.0f}' for r in runs)} ms; "
+          f"drawn one by one, {collapsed} runs): {', '.join(f'{r:.0f}' for r in runs)} ms; "
           f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     assert int(drawn) == len(snap["blocks"])
     assert max(runs[1:]) < 1000, runs
