@@ -8,16 +8,25 @@ import contextlib
 import signal
 import sys
 import webbrowser
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lab.dashboard.collector import Collector
-from lab.dashboard.controls import Controls
-from lab.dashboard.model import Model
-from lab.dashboard.server import Dashboard, DashboardError, new_token, parse_bind
-from lab.dashboard.sources import Sources, endpoint_sources, testnet_sources
+from lab.testnet.manifest import TestnetError
+
+if TYPE_CHECKING:
+    from lab.dashboard.sources import Sources
 
 DEFAULT_BIND = "127.0.0.1:8450"
 URL_FILE = "dashboard.url"  # in the testnet's directory while the dashboard runs
+
+
+def add_dashboard_action(action: Callable[..., argparse.ArgumentParser]) -> None:
+    """`powlab testnet dashboard`, added with the `testnet` parser's own helper (so it gets
+    --dir, --docker and the testnet's error reporting)."""
+    parser = action("dashboard", "serve the live web view (block tree, nodes, payments, "
+                    "attacks): docs/dashboard.md", cmd_dashboard, docker=True)
+    add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,21 +45,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    host, port = parse_bind(args.bind)
-    token = new_token() if args.token == "auto" else args.token
+    from lab.dashboard.server import DashboardError, new_token, parse_bind
+    from lab.dashboard.sources import endpoint_sources, testnet_sources
+
     try:
-        sources = (endpoint_sources(args.endpoint) if args.endpoint
-                   else testnet_sources(getattr(args, "dir", None), args.docker))
-    except ValueError as exc:
-        raise DashboardError(str(exc)) from None
-    try:
+        host, port = parse_bind(args.bind)
+        token = new_token() if args.token == "auto" else args.token
+        try:
+            sources = (endpoint_sources(args.endpoint) if args.endpoint
+                       else testnet_sources(getattr(args, "dir", None), args.docker))
+        except ValueError as exc:
+            raise DashboardError(str(exc)) from None
         return asyncio.run(serve(sources, host, port, token, args.controls, args.open))
+    except DashboardError as exc:
+        raise TestnetError(str(exc)) from None
     except KeyboardInterrupt:
         return 0
 
 
 async def serve(sources: Sources, host: str, port: int, token: str | None, controls: bool,
                 open_browser: bool) -> int:
+    from lab.dashboard.collector import Collector
+    from lab.dashboard.controls import Controls
+    from lab.dashboard.model import Model
+    from lab.dashboard.server import Dashboard
+
     model = Model(sources.finality_depth)
     collector = Collector(sources, model)
     dashboard = Dashboard(collector, model, host, port, token,

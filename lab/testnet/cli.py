@@ -427,7 +427,9 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
                              f"env {DIR_ENV_VAR})")
 
 
-def add_testnet_parser(sub: Any) -> None:
+def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
+    """The `testnet` subcommands; returns the helper that adds one more (the dashboard's,
+    lab/dashboard/cli.py, which builds on this module and so is added from lab/cli.py)."""
     testnet = sub.add_parser(
         "testnet", help="a local multi-node network: up, status, down, partition, heal, …"
     )
@@ -519,21 +521,7 @@ def add_testnet_parser(sub: Any) -> None:
     send.add_argument("recipient", metavar="TO")
     send.add_argument("amount", type=int, metavar="AMOUNT")
 
-    dashboard = action("dashboard", "serve the live web view (block tree, nodes, payments, "
-                       "attacks): docs/dashboard.md", _cmd_dashboard, docker=True)
-    from lab.dashboard.cli import add_arguments as add_dashboard_arguments
-
-    add_dashboard_arguments(dashboard)
-
-
-def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from lab.dashboard.cli import cmd_dashboard
-    from lab.dashboard.server import DashboardError
-
-    try:
-        return cmd_dashboard(args)
-    except DashboardError as exc:
-        raise TestnetError(str(exc)) from None
+    return action
 
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
