@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from lab.testnet.control import call
 from lab.testnet.manifest import load_manifest
 from lab.waiting import wait_until
 from tests import subnets
-from tests.daemon_harness import REPO, run_powlab
+from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
 from tests.dashboard_harness import DashboardProcess, free_port, http, scripts_run_testnet
 
 # --------------------------------------------------------------------------- fast
@@ -286,3 +288,73 @@ def test_a_token_guards_every_request(net: Path) -> None:
     finally:
         out = proc.stop()
     assert "?token=s3cret-token" in out  # the printed URL carries it
+
+
+@pytest.mark.slow
+def test_controls_partition_heal_and_send(net: Path, dash: DashboardProcess) -> None:
+    def post(body: dict[str, Any]) -> dict[str, Any]:
+        status, reply, _ = http(dash.base + "api/control", json.dumps(body).encode(),
+                                {"Content-Type": "application/json"}, "POST")
+        assert status == 200, reply
+        return json.loads(reply)
+
+    try:
+        assert "partitioned: n1,n2 | n3,n4" in post(
+            {"action": "partition", "groups": [["n1", "n2"], ["n3", "n4"]]})["result"]
+        assert load_manifest(net).partition == [["n1", "n2"], ["n3", "n4"]]
+        wait_until(lambda: state(dash)["partition"] == [["n1", "n2"], ["n3", "n4"]], 30,
+                   "the partition on the dashboard", first=0.1)
+    finally:
+        post({"action": "heal"})
+    assert load_manifest(net).partition is None
+    snap = wait_until(lambda: (s := state(dash))["partition"] is None and s, 30, "healed")
+    assert [e for e in snap["log"] if e["kind"] == "partition"]
+    assert [e for e in snap["log"] if e["kind"] == "heal"]
+    result = post({"action": "send", "from": "n1", "to": "n3", "amount": 12_345})["result"]
+    txid = result.rsplit(" ", 1)[1]
+    assert dash.json(f"/api/tx?txid={txid}")["nodes"][0]["status"] in ("mempool", "confirmed")
+
+
+@pytest.mark.slow
+def test_an_invalid_block_is_marked(net: Path, dash: DashboardProcess) -> None:
+    n4 = load_manifest(net).node("n4")
+    tip = call(n4, "getbestblockhash")
+    call(n4, "setnetworkactive", False)
+    try:
+        call(n4, "invalidateblock", tip)
+
+        def marked() -> bool:
+            block = next((b for b in state(dash)["blocks"] if b["hash"] == tip), None)
+            return bool(block and block["invalid"])
+
+        wait_until(marked, 30, "the invalid block marked", first=0.1)
+    finally:
+        call(n4, "reconsiderblock", tip)
+        call(n4, "setnetworkactive", True)
+
+
+@pytest.mark.slow
+def test_scripts_run_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> None:
+    directory = tmp_path / "testnet"
+    port = free_port()
+    env = {**os.environ, "POWLAB_RUN_DIR": str(directory), "POWLAB_RUN_BLOCK_TIME": "3",
+           "POWLAB_RUN_SUBNET": subnets.subnet(subnets.DASHBOARD_RUN),
+           "POWLAB_RUN_DASHBOARD": f"127.0.0.1:{port}"}
+    try:
+        run = subprocess.run([str(REPO / "scripts" / "run")], capture_output=True, text=True,
+                             env=env, timeout=900, cwd=REPO)
+        assert run.returncode == 0, run.stdout + run.stderr
+        url = f"http://127.0.0.1:{port}/"
+        assert "See it live in a browser" in run.stdout and f"\n  {url}\n" in run.stdout
+        status, body, _ = http(url + "api/state")
+        assert status == 200 and len(json.loads(body)["nodes"]) == 4
+        again = subprocess.run([str(REPO / "scripts" / "run")], capture_output=True, text=True,
+                               env=env, timeout=300, cwd=REPO)
+        assert again.returncode == 0 and f"\n  {url}\n" in again.stdout  # left alone
+        stop = subprocess.run([str(REPO / "scripts" / "run"), "stop"], capture_output=True,
+                              text=True, env=env, timeout=300, cwd=REPO)
+        assert stop.returncode == 0 and "dashboard: stopped" in stop.stdout, stop.stdout
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        tear_down_testnet(directory)
