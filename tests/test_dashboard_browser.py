@@ -121,10 +121,12 @@ def test_a_block_mined_by_rpc_appears_with_its_miner(net: Path, page: WebDriver)
     [block_hash] = call(n2, "generatetoaddress", 1, call(n2, "getnewaddress"))
     selector = f"#tree g.blk[data-hash=\"{block_hash}\"]"
     until(page, f"document.querySelector('{selector}')", "the block on the tree", 30)
-    block = page.find_element(By.CSS_SELECTOR, selector)
-    assert block.get_attribute("data-miner") == "n2"
-    assert "n2" in block.text
-    block.click()
+    # Read and clicked in one script each: a redraw may replace the element in between.
+    assert page.execute_script(f"return document.querySelector('{selector}').dataset.miner") \
+        == "n2"
+    assert "n2" in page.execute_script(f"return document.querySelector('{selector}').textContent")
+    page.execute_script(f"document.querySelector('{selector} rect').dispatchEvent("
+                        "new MouseEvent('click', {bubbles: true}))")
     until(page, "document.querySelector('#details dl')", "the block's details")
     assert block_hash in page.find_element(By.ID, "details").text
     shoot(page, "block-details")
@@ -239,6 +241,23 @@ def test_playback_steps_back_to_before_the_reorg(page: WebDriver) -> None:
     assert loser in stale and before & set(stale), (before, loser)
     page.execute_script("window.powlabShowTab('controls')")
     shoot(page, "controls")
+
+
+def test_a_control_asks_first_then_runs(net: Path, page: WebDriver) -> None:
+    page.execute_script("window.powlabShowTab('controls')")
+    height = call(load_manifest(net).node("n4"), "getblockcount")
+    page.find_element(By.CSS_SELECTOR, "#c-mine-node option[value='n4'], #c-mine-node")
+    page.execute_script("document.getElementById('c-mine-node').value = 'n4'")
+    page.find_element(By.ID, "c-mine").click()
+    alert = page.switch_to.alert
+    assert alert.text == "Mine 1 block(s) on n4?"
+    alert.dismiss()  # declined: nothing runs
+    assert page.find_element(By.ID, "c-out").text == ""
+    page.find_element(By.ID, "c-mine").click()
+    page.switch_to.alert.accept()
+    until(page, "document.getElementById('c-out').textContent.startsWith('n4 mined 1 block')",
+          "the control's result")
+    assert call(load_manifest(net).node("n4"), "getblockcount") > height
 
 
 # --------------------------------------------------------------------------- figures

@@ -14,6 +14,7 @@ const S = {
   blocks: new Map(), nodes: [], partition: null, log: [], baseTips: {}, tips: {},
   runs: new Map(), marks: {}, finality: 6, controls: false, loaded: false,
   playback: null, // null: live; else an index into S.log
+  treeDirty: true, // the tree is redrawn only when blocks, tips, marks or the moment change
   tracked: [], payments: new Map(), fresh: new Set(),
   filters: new Set(["tip", "reorg", "reorg_refused", "partition", "heal", "attack", "double_spend", "control", "node"]),
 };
@@ -33,6 +34,7 @@ function applySnapshot(snap) {
   for (const n of S.nodes) if (n.tip) S.tips[n.name] = n.tip;
   for (const e of S.log) if (e.kind === "tip") S.tips[e.node] = e.hash;
   S.loaded = true;
+  S.treeDirty = true;
 }
 
 function apply(msg) {
@@ -41,15 +43,16 @@ function apply(msg) {
       const b = msg.block;
       if (!S.blocks.has(b.hash)) S.fresh.add(b.hash);
       S.blocks.set(b.hash, b);
+      S.treeDirty = true;
       schedulePayments();
       break;
     }
-    case "tip": S.tips[msg.node] = msg.hash; if (!S.log.length) S.baseTips[msg.node] = msg.hash; break;
+    case "tip": S.treeDirty = true; S.tips[msg.node] = msg.hash; if (!S.log.length) S.baseTips[msg.node] = msg.hash; break;
     case "log": {
       const e = msg.entry;
       if (S.log.length && e.seq <= S.log[S.log.length - 1].seq) return;
       S.log.push(e);
-      if (e.kind === "tip") S.tips[e.node] = e.hash;
+      if (e.kind === "tip") { S.tips[e.node] = e.hash; S.treeDirty = true; }
       while (S.log.length > MAX_LOG) {
         const old = S.log.shift();
         if (old.kind === "tip") S.baseTips[old.node] = old.hash;
@@ -63,7 +66,7 @@ function apply(msg) {
       if (!run) { run = { id: msg.id, start: null, events: [], end: null }; S.runs.set(msg.id, run); }
       const r = msg.record;
       if (r.type === "start") run.start = r; else if (r.type === "end") run.end = r; else run.events.push(r);
-      if (msg.marks) S.marks = msg.marks;
+      if (msg.marks) { S.marks = msg.marks; S.treeDirty = true; }
       break;
     }
     case "tx": if (S.tracked.includes(msg.txid)) schedulePayments(); break;
@@ -119,10 +122,13 @@ function viewAt() {
 
 function renderAll() {
   if (!S.loaded) return;
-  const t0 = performance.now();
-  renderTreePanel();
-  window.powlabStats.lastRenderMs = performance.now() - t0;
-  window.powlabStats.renders++;
+  if (S.treeDirty) {
+    S.treeDirty = false;
+    const t0 = performance.now();
+    renderTreePanel();
+    window.powlabStats.lastRenderMs = performance.now() - t0;
+    window.powlabStats.renders++;
+  }
   renderSummary(); renderNetwork(); renderAttack(); renderLog(); renderPlayback();
   renderControls();
 }
@@ -344,6 +350,7 @@ function seek(index) {
   if (!S.log.length) return;
   S.playback = index === null ? null : Math.max(0, Math.min(S.log.length - 1, index));
   if (S.playback !== null && S.playback === S.log.length - 1 && index > S.log.length - 1) S.playback = null;
+  S.treeDirty = true;
   renderAll();
 }
 window.powlabSeek = seek;
