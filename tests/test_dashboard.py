@@ -112,6 +112,28 @@ def test_binding_off_loopback_needs_a_token() -> None:
     assert "needs a token" in result.stderr
 
 
+def test_sources_of_a_compose_testnet_and_of_bare_endpoints(tmp_path: Path) -> None:
+    from lab.dashboard.sources import _docker_sources, endpoint_sources
+
+    rows = [{"node": "miner1", "role": "miner"}, {"node": "observer", "role": "observer"}]
+    endpoints = {"miner1": ("http://127.0.0.1:28443/", ("__cookie__", "a")),
+                 "observer": ("http://127.0.0.1:28447/", ("__cookie__", "b"))}
+    answers = iter([rows, endpoints])
+    sources = _docker_sources(tmp_path, lambda path, args, action: next(answers))
+    assert sources.docker and sources.partition() is None
+    assert [(n.name, n.role) for n in sources.nodes] == [("miner1", "miner"),
+                                                         ("observer", "observer")]
+    assert sources.nodes[1].endpoint().url == "http://127.0.0.1:28447/"
+    cookie = tmp_path / "cookie"
+    cookie.write_text("__cookie__:secret")
+    bare = endpoint_sources([f"a=http://127.0.0.1:1#{cookie}", "b=http://127.0.0.1:2/"])
+    assert bare.nodes[0].endpoint().auth == ("__cookie__", "secret")
+    assert bare.nodes[1].endpoint().url == "http://127.0.0.1:2/" and bare.directory is None
+    for bad in ("a", "=http://x/", "a=ftp://x/", "a=127.0.0.1:1"):
+        with pytest.raises(ValueError):
+            endpoint_sources([bad])
+
+
 def test_the_page_ships_inside_the_package() -> None:
     names = {p.name for p in STATIC_DIR.iterdir()}
     assert {"index.html", "app.js", "tree.js", "style.css"} <= names
@@ -271,6 +293,20 @@ def test_streams_are_bounded(dash: DashboardProcess) -> None:
             return s.recv(64).split(b" ")[1] == b"200"
 
     wait_until(accepted_again, 30, "the closed streams to be forgotten")
+
+
+@pytest.mark.slow
+def test_any_set_of_rpc_endpoints(net: Path) -> None:
+    entries = load_manifest(net).nodes
+    specs = [f"{e.name}={e.url}#{Path(e.datadir) / '.cookie'}" for e in entries[:2]]
+    proc = DashboardProcess(*[arg for spec in specs for arg in ("--endpoint", spec)])
+    try:
+        snap = wait_until(lambda: (s := proc.json("/api/state"))["nodes"][1]["tip"] and s, 30,
+                          "both nodes followed", first=0.1)
+        assert [n["name"] for n in snap["nodes"]] == ["n1", "n2"]
+        assert snap["runs"] == [] and snap["partition"] is None
+    finally:
+        proc.stop()
 
 
 @pytest.mark.slow

@@ -382,3 +382,53 @@ def test_a_new_block_is_drawn_within_500_ms_on_20_nodes(
             dash.stop()
     finally:
         tear_down_testnet(directory)
+
+
+def test_a_real_ten_thousand_block_chain_with_forks(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The whole path at scale: two nodes, 10,000 blocks mined by RPC, three forks made by
+    cutting n2 off while both mine; the dashboard loads the chain and the page draws it."""
+    directory = tmp_path_factory.mktemp("dash10k") / "testnet"
+    subnet = subnets.subnet(subnets.DASHBOARD_10K)
+    try:
+        up = run_powlab("testnet", "up", "--dir", str(directory), "--nodes", "2", "--miners",
+                        "0", "--subnet", subnet, "--no-hints", timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        manifest = load_manifest(directory)
+        n1, n2 = manifest.nodes
+        call(n1, "generatetoaddress", 9_890, call(n1, "getnewaddress"), timeout=900)
+        for k in range(1, 4):
+            call(n2, "setnetworkactive", False)
+            call(n1, "generatetoaddress", k + 1, call(n1, "getnewaddress"))
+            call(n2, "generatetoaddress", k, call(n2, "getnewaddress"))
+            call(n2, "setnetworkactive", True)
+            wait_until(lambda: call(n2, "getbestblockhash") == call(n1, "getbestblockhash"),
+                       60, "n2 back on n1's chain")
+            call(n1, "generatetoaddress", 30, call(n1, "getnewaddress"))
+        started = time.monotonic()
+        dash = DashboardProcess("--dir", str(directory))
+        driver = browser()
+        try:
+            status, body, _ = dash.get("/api/state", timeout=120)  # answers once loaded
+            loaded = time.monotonic() - started
+            assert status == 200 and len(json.loads(body)["blocks"]) >= 10_000
+            driver.get(dash.base)
+            until(driver, "document.querySelectorAll('#tree g.blk.stale').length >= 6",
+                  "the three stale branches")
+            drawn = driver.execute_script("return document.querySelectorAll('#tree g.blk')"
+                                          ".length")
+            collapsed = driver.execute_script("return document.querySelectorAll('#tree g.run')"
+                                              ".length")
+            render = driver.execute_script("return window.powlabStats.lastRenderMs")
+            print(f"\nFIGURE real chain: dashboard loaded {len(json.loads(body)['blocks'])} "
+                  f"blocks ({len(body) / 1e6:.1f} MB snapshot) {loaded:.2f} s after start; "
+                  f"the page drew {drawn} blocks and {collapsed} runs in {render:.0f} ms; "
+                  f"load {os.getloadavg()[0]:.2f}")
+            driver.execute_script("document.querySelector('#tree g.blk.stale')"
+                                  ".scrollIntoView({block: 'center'})")
+            shoot(driver, "real-10000")
+        finally:
+            driver.quit()
+            dash.stop()
+    finally:
+        tear_down_testnet(directory)

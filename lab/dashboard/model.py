@@ -97,6 +97,7 @@ class Model:
         self.partition: list[list[str]] | None = None
         self.listeners: set[Listener] = set()
         self.seq = 0
+        self._lowest: int | None = None  # the lowest height held (kept, not searched for)
 
     # -- listeners --------------------------------------------------------------------------
     def publish(self, message: dict[str, Any]) -> None:
@@ -112,6 +113,8 @@ class Model:
         if not block.first_seen:
             block.first_seen = self.clock()
         self.blocks[block.hash] = block
+        if self._lowest is None or block.height < self._lowest:
+            self._lowest = block.height
         if len(self.blocks) > MAX_BLOCKS:
             self._evict()
         self.publish({"kind": "block", "block": block.to_json()})
@@ -120,6 +123,7 @@ class Model:
     def _evict(self) -> None:
         keep = sorted(self.blocks.values(), key=lambda b: b.height)[-EVICT_TO:]
         self.blocks = {b.hash: b for b in keep}
+        self._lowest = keep[0].height if keep else None
 
     def mark_invalid(self, block_hash: str) -> None:
         block = self.blocks.get(block_hash)
@@ -128,7 +132,7 @@ class Model:
             self.publish({"kind": "block", "block": block.to_json()})
 
     def lowest_height(self) -> int:
-        return min((b.height for b in self.blocks.values()), default=0)
+        return self._lowest or 0
 
     # -- tips and nodes ---------------------------------------------------------------------
     def set_tip(self, node: str, block_hash: str, height: int | None, why: str) -> None:
