@@ -95,6 +95,10 @@ def test_attack_runs_mark_withheld_and_private_blocks() -> None:
     assert hashes[6][:16] not in model.marks
     assert model.runs["r1"]["end"]["success"] is True
     assert [e["kind"] for e in model.log] == ["attack"] * 4
+    # A run recorded before the dashboard started is shown, not logged as happening now.
+    model.run_record("r0", {"type": "start", "scenario": "finney"}, log=False)
+    model.run_record("r0", {"type": "end", "verdict": "finney: FAILED"}, log=False)
+    assert len(model.log) == 4 and model.runs["r0"]["end"]["verdict"] == "finney: FAILED"
 
 
 def test_binding_off_loopback_needs_a_token() -> None:

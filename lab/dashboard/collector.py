@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ MAX_ADDRESSES = 10_000  # reward addresses whose owner is remembered
 MAX_EVENT_LINE = 1_000_000  # bytes: a longer SSE line ends the stream
 RPC_TIMEOUT = 30.0
 RPC_FAILURES = (RPCConnectionError, RPCAuthError, CookieError, RPCError, OSError)
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TIP_GRACE = STATS_INTERVAL + 1.0  # seconds an event-set tip outranks an older poll's view
 
 
 class Collector:
@@ -51,6 +56,8 @@ class Collector:
         self._node_ids: dict[str, str] = {}  # node id (hex) -> name
         self._tasks: list[asyncio.Task[None]] = []
         self._run_offsets: dict[Path, int] = {}
+        self._event_tip_at: dict[str, float] = {}  # when an event last moved each tip
+        self._runs_seen = False  # records older than the dashboard are not logged as new
         self.loaded = asyncio.Event()  # the initial chain is in the model
         for src in sources.nodes:
             model.nodes[src.name] = NodeView(src.name, src.role, src.share)
@@ -115,7 +122,17 @@ class Collector:
         infos = [r for r in replies if isinstance(r, dict)]
         await self._resolve_owners([_reward_address(i) for i in infos])
         for info in sorted(infos, key=lambda i: i["height"]):
-            self.model.add_block(self._block(info, src.name))
+            self._add(info, src.name)
+
+    def _add(self, info: dict[str, Any], node: str) -> None:
+        """A block from `getblock` into the model, if it is well formed (a node's answer is
+        checked before the page draws it)."""
+        try:
+            block = self._block(info, node)
+        except (KeyError, TypeError, ValueError):
+            return
+        if HEX64.match(block.hash) and (block.prev is None or HEX64.match(block.prev)):
+            self.model.add_block(block)
 
     def _block(self, info: dict[str, Any], node: str) -> Block:
         address = _reward_address(info)
@@ -182,7 +199,7 @@ class Collector:
             cursor = info.get("previousblockhash")
         await self._resolve_owners([_reward_address(i) for i in infos])
         for info in reversed(infos):
-            self.model.add_block(self._block(info, src.name))
+            self._add(info, src.name)
         return self.model.blocks.get(block_hash)
 
     # -- the /events stream -----------------------------------------------------------------
@@ -191,7 +208,10 @@ class Collector:
         while True:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, CookieError,
                                      ValueError):
-                await self._stream(src)
+                try:
+                    await self._stream(src)
+                except (KeyError, TypeError, AttributeError, RPCError) as exc:
+                    _warn(f"{src.name}: unexpected answer ({exc!r}); reconnecting")
             view = self.model.nodes[src.name]
             if view.up:
                 view.up = False
@@ -239,7 +259,7 @@ class Collector:
             if tip["height"] < self.model.lowest_height():
                 continue
             await self.ensure_block(src, tip["hash"])
-            if tip["status"] == "active":
+            if tip["status"] == "active" and not self._event_is_newer(src.name, tip["height"]):
                 self.model.set_tip(src.name, tip["hash"], tip["height"], "caught up")
         view = self.model.nodes[src.name]
         if not view.up:
@@ -247,12 +267,20 @@ class Collector:
             view.error = None
             self.model.publish_nodes()
 
+    def _event_is_newer(self, name: str, height: int) -> bool:
+        """A poll's answer may predate the last event: a higher tip set by an event in the
+        last moments stands (the next poll corrects it if the node really went back)."""
+        view = self.model.nodes[name]
+        return (view.height is not None and view.height > height
+                and time.monotonic() - self._event_tip_at.get(name, 0.0) < TIP_GRACE)
+
     async def on_event(self, src: NodeSource, event: dict[str, Any]) -> None:
         kind = event.get("type")
         name = src.name
         if kind == "block_connected":
             block = await self.ensure_block(src, str(event.get("hash")))
             if block is not None:
+                self._event_tip_at[name] = time.monotonic()
                 self.model.set_tip(name, block.hash, block.height, "block connected")
         elif kind == "block_disconnected":
             # A reorganisation disconnects, then connects: the tip is logged once, at its
@@ -284,7 +312,11 @@ class Collector:
     async def _poll_stats(self) -> None:
         await self.loaded.wait()
         while True:
-            await asyncio.gather(*(self.refresh(src) for src in self.sources.nodes))
+            results = await asyncio.gather(*(self.refresh(src) for src in self.sources.nodes),
+                                           return_exceptions=True)
+            for src, result in zip(self.sources.nodes, results, strict=True):
+                if isinstance(result, Exception):
+                    _warn(f"{src.name}: status poll failed ({result!r})")
             partition = self.sources.partition()
             if partition != self.model.partition:
                 self.model.partition = partition
@@ -328,8 +360,10 @@ class Collector:
     async def _follow_runs(self) -> None:
         assert self.sources.directory is not None
         while True:
-            with contextlib.suppress(OSError):
+            try:
                 self.read_runs(self.sources.directory)
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                _warn(f"run records: {exc!r}")
             await asyncio.sleep(RUNS_INTERVAL)  # the poll's period
 
     def read_runs(self, directory: Path) -> None:
@@ -349,9 +383,14 @@ class Collector:
                 with contextlib.suppress(ValueError):
                     record = json.loads(line)
                     if isinstance(record, dict):
-                        self.model.run_record(path.stem, record)
+                        self.model.run_record(path.stem, record, log=self._runs_seen)
         for old in set(self._run_offsets) - set(files):
             del self._run_offsets[old]
+        self._runs_seen = True
+
+
+def _warn(text: str) -> None:
+    print(f"dashboard: {text}", file=sys.stderr, flush=True)
 
 
 def _reward_address(info: dict[str, Any]) -> str | None:

@@ -167,8 +167,9 @@ class Model:
                       "partition": self.partition})
 
     # -- attack runs ------------------------------------------------------------------------
-    def run_record(self, run_id: str, record: dict[str, Any]) -> None:
-        """One line of a run's live record (lab/scenario/runlog.py)."""
+    def run_record(self, run_id: str, record: dict[str, Any], log: bool = True) -> None:
+        """One line of a run's live record (lab/scenario/runlog.py); `log=False` for records
+        older than the dashboard (kept for the attack view, not logged as happening now)."""
         run = self.runs.get(run_id)
         if run is None:
             run = {"id": run_id, "start": None, "events": [], "end": None}
@@ -176,6 +177,14 @@ class Model:
             while len(self.runs) > MAX_RUNS:
                 self.runs.pop(next(iter(self.runs)))
         kind = record.get("type")
+        if not log:
+            if kind in ("start", "end"):
+                run[kind] = record
+            elif kind == "event" and len(run["events"]) < MAX_RUN_EVENTS:
+                run["events"].append(record)
+                self._mark_from(record)
+            self.publish({"kind": "run", "id": run_id, "record": record})
+            return
         if kind == "start":
             run["start"] = record
             self.add_log("attack", None, f"run started: {record.get('scenario', run_id)}",

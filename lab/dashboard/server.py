@@ -175,7 +175,7 @@ class Dashboard:
                 if message.get("kind") == "bye":
                     break
                 await response.write(f"data: {json.dumps(message)}\n\n".encode())
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         finally:
             self.model.listeners.discard(listener)
