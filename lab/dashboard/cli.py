@@ -53,7 +53,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         token = new_token() if args.token == "auto" else args.token
         try:
             sources = (endpoint_sources(args.endpoint) if args.endpoint
-                       else testnet_sources(getattr(args, "dir", None), args.docker))
+                       else testnet_sources(getattr(args, "dir", None), args.docker,
+                                            args.compose_file))
         except ValueError as exc:
             raise DashboardError(str(exc)) from None
         return asyncio.run(serve(sources, host, port, token, args.controls, args.open))

@@ -79,7 +79,8 @@ class Controls:
         directory = self.collector.sources.directory
         if directory is None:
             raise ValueError(f"{command} needs a testnet directory (not bare --endpoint nodes)")
-        args = argparse.Namespace(dir=str(directory), docker=self.collector.sources.docker,
-                                  compose_file=None, **options)
+        sources = self.collector.sources
+        args = argparse.Namespace(dir=str(directory), docker=sources.docker,
+                                  compose_file=sources.compose_file, **options)
         func = cli.cmd_partition if command == "partition" else cli.cmd_heal
         await asyncio.to_thread(func, args)

@@ -4,6 +4,7 @@ share and a way to get the current endpoint (the cookie changes when a node rest
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class Sources:
     finality_depth: int
     directory: Path | None  # the testnet's directory: runs/ and the manifest's partition
     docker: bool = False
+    compose_file: str | None = None  # a compose testnet's --compose-file
 
     def partition(self) -> list[list[str]] | None:
         if self.directory is None or self.docker:
@@ -37,33 +39,37 @@ class Sources:
         return groups if isinstance(groups, list) else None
 
 
-def testnet_sources(directory: str | None, docker: bool = False) -> Sources:
+def testnet_sources(directory: str | None, docker: bool = False,
+                    compose_file: str | None = None) -> Sources:
     """The nodes of the testnet in `directory` (a process testnet, or compose with
-    `docker` or a docker manifest)."""
+    `docker` or a docker manifest, from `compose_file` if given)."""
     from lab.testnet.cli import docker_do, is_docker
     from lab.testnet.control import endpoint
     from lab.testnet.manifest import load_manifest, resolve_dir
 
     path = resolve_dir(directory)
     if docker or is_docker(path):
-        return _docker_sources(path, docker_do)
+        return _docker_sources(path, docker_do, compose_file)
     manifest = load_manifest(path)
     nodes = [NodeSource(e.name, e.role, e.hashrate_share, lambda e=e: endpoint(e))
              for e in manifest.nodes]
     return Sources(nodes, manifest.finality_depth or 6, path)
 
 
-def _docker_sources(path: Path, docker_do: Callable[..., Any]) -> Sources:
-    rows = docker_do(path, None, lambda net: net.status())
+def _docker_sources(path: Path, docker_do: Callable[..., Any],
+                    compose_file: str | None = None) -> Sources:
+    args = argparse.Namespace(compose_file=compose_file)
+    rows = docker_do(path, args, lambda net: net.status())
     names = [row["node"] for row in rows]
-    endpoints = docker_do(path, None, lambda net: {n: net.endpoint(n) for n in names})
+    endpoints = docker_do(path, args, lambda net: {n: net.endpoint(n) for n in names})
     nodes = []
     for row in rows:
         url, auth = endpoints[row["node"]]
         ep = NodeEndpoint(url, (auth[0], auth[1]) if auth else None)
         nodes.append(NodeSource(row["node"], row.get("role") or "node",
                                 float(row.get("hashrate_share") or 0.0), lambda ep=ep: ep))
-    return Sources(nodes, 6, path if path.exists() else None, docker=True)
+    return Sources(nodes, 6, path if path.exists() else None, docker=True,
+                   compose_file=compose_file)
 
 
 def endpoint_sources(specs: list[str], finality_depth: int = 6) -> Sources:
