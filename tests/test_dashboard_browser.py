@@ -191,7 +191,7 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
     page.execute_script("window.powlabShowTab('attack')")
     attack = subprocess.Popen(
         [sys.executable, "-m", "lab", "attack", "majority", "--dir", str(net),
-         "--hashrate-share", "0.7", "--confirmations", "2"],
+         "--hashrate-share", "0.7", "--confirmations", "2", "--json"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         until(page, "document.querySelectorAll('#timeline li').length >= 2 && "
@@ -206,9 +206,19 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
             attack.wait()
     until(page, "document.querySelector('#verdict')", "the verdict", 60)
     verdict = page.find_element(By.ID, "verdict").text
-    assert verdict.startswith("majority:") and verdict.split(" ")[1] in out, (verdict, out)
+    result = json.loads(out)
+    assert verdict.startswith("majority:") and verdict.split(" — ")[0] in result["verdict"]
     page.execute_script("document.querySelector('#tree').scrollTop = 0")
     shoot(page, "attack-verdict")
+    if not result["success"]:
+        return  # the honest side won this time: nothing was double spent
+    # The victim's payment, reorganised out: conflicted, with the alert.
+    page.execute_script(f"window.powlabTrack('{result['txid1']}')")
+    victim = f'.payment[data-txid="{result["txid1"]}"]'
+    until(page, f"document.querySelector('{victim} .pay-row[data-node=\"n4\"]')?.dataset.status"
+                " === 'conflicted'", "the victim's payment conflicted")
+    assert "CONFLICTED" in page.find_element(By.CSS_SELECTOR, f"{victim} .alert").text
+    shoot(page, "payment-conflicted")
 
 
 def test_playback_steps_back_to_before_the_reorg(page: WebDriver) -> None:

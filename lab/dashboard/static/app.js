@@ -274,7 +274,7 @@ function renderPayments() {
     const alerts = p.nodes.filter((r) => r.double_spend_alert || (r.seen_double_spends || []).length || r.status === "conflicted");
     const best = p.nodes.reduce((a, r) => Math.max(a, r.confirmations ?? 0), 0);
     const allFinal = p.nodes.every((r) => r.status === "final" || r.status === "unknown");
-    out.push(`<div class="payment" data-txid="${txid}"><h3>${txid.slice(0, 24)}… <span class="pstatus">${allFinal && best >= p.finality_depth ? "final" : ""}</span></h3>`);
+    out.push(`<div class="payment" data-txid="${txid}"><h3>${txid.slice(0, 24)}… <span class="pstatus">${p.nodes.some((r) => r.status === "conflicted") ? "conflicted" : allFinal && best >= p.finality_depth ? "final" : ""}</span></h3>`);
     for (const a of alerts) out.push(`<div class="alert">⚠ ${esc(a.node)}: ${a.status === "conflicted" ? "CONFLICTED (double spent, reorganised out)" : "double spend seen: " + esc((a.seen_double_spends || []).map((t) => t.slice(0, 12)).join(", "))}</div>`);
     for (const r of p.nodes) {
       const conf = r.confirmations ?? 0;
