@@ -325,6 +325,16 @@ def test_ten_thousand_blocks_with_forks_draw_in_under_a_second(page: WebDriver) 
           f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     assert int(drawn) == len(snap["blocks"])
     assert max(runs[1:]) < 1000, runs
+    # Every stale side block is drawn, grey, beside the chain; the runs between them collapse;
+    # both tips (one on the fork at the top) and the withheld mark are there.
+    side = len(snap["blocks"]) - 10_000 - 1
+    assert page.execute_script("return document.querySelectorAll('#tree g.blk.stale').length") \
+        == side
+    assert collapsed > 100
+    assert page.execute_script("return new Set([...document.querySelectorAll('#tree g.tip')]"
+                               ".map(g => g.dataset.hash)).size") == 2
+    assert page.execute_script("return document.querySelectorAll('#tree g.mark-withheld')"
+                               ".length") == 1
     # A collapsed run between two forks, mid-chain.
     page.execute_script("const runs = document.querySelectorAll('#tree g.run');"
                         "runs[Math.floor(runs.length / 2)].scrollIntoView({block: 'center'})")

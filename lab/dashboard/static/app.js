@@ -322,9 +322,12 @@ function renderLog() {
     });
   }
   if (!$("tab-log").classList.contains("on") && S.playback === null) return; // drawn when shown
-  const start = Math.max(0, S.log.length - 400);
+  // At most LOG_SHOWN entries: the newest, or those around the playback moment.
+  const LOG_SHOWN = 400;
+  const end = S.playback === null ? S.log.length : Math.min(S.log.length, S.playback + LOG_SHOWN / 2);
+  const start = Math.max(0, end - LOG_SHOWN);
   const items = [];
-  for (let k = S.log.length - 1; k >= start; k--) {
+  for (let k = end - 1; k >= start; k--) {
     const e = S.log[k];
     if (!S.filters.has(e.kind)) continue;
     const cls = [`k-${e.kind}`];
