@@ -101,6 +101,21 @@ def test_attack_runs_mark_withheld_and_private_blocks() -> None:
     assert len(model.log) == 4 and model.runs["r0"]["end"]["verdict"] == "finney: FAILED"
 
 
+def test_link_faults_of_a_run_are_followed() -> None:
+    model = Model()
+    model.run_record("r", {"type": "start", "scenario": "x"})
+    model.run_record("r", {"type": "event", "node": "n3", "event": "link fault", "peer": "n2",
+                           "delay_ms": 200.0, "loss": 0.1, "note": "ignored"})
+    assert model.link_faults == {"n2|n3": {"delay_ms": 200.0, "loss": 0.1}}
+    assert model.snapshot()["link_faults"] == model.link_faults
+    model.run_record("r", {"type": "event", "node": "*", "event": "link faults cleared"})
+    assert model.link_faults == {}
+    model.run_record("r", {"type": "event", "node": "n1", "event": "link fault", "peer": "n2",
+                           "jitter_ms": 5})
+    model.run_record("r", {"type": "end", "verdict": "x: done"})
+    assert model.link_faults == {}  # a run's faults end with it
+
+
 def test_binding_off_loopback_needs_a_token() -> None:
     model = Model()
     with pytest.raises(DashboardError, match="needs a token"):

@@ -221,6 +221,52 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
     shoot(page, "payment-conflicted")
 
 
+LINK_FAULT_SCENARIO = '''"""linkfault: a slow, lossy link n2-n3, held until the test says go."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lab.scenario import Network
+from lab.waiting import wait_until
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--go", required=True)
+
+
+def run(net: Network) -> None:
+    net.link_fault("n2", "n3", delay=0.2, jitter=0.05, loss=0.1)
+    wait_until(lambda: Path(net.args.go).exists(), 120, "the test's go")
+    net.clear_link_faults()
+    net.report(verdict="linkfault: done", success=True)
+'''
+
+
+def test_a_scenarios_link_fault_is_drawn_on_its_link(net: Path, page: WebDriver,
+                                                     tmp_path: Path) -> None:
+    scenario, go = tmp_path / "linkfault.py", tmp_path / "go"
+    scenario.write_text(LINK_FAULT_SCENARIO)
+    page.execute_script("window.powlabShowTab('network')")
+    run = subprocess.Popen([sys.executable, "-m", "lab", "scenario", "run", str(scenario),
+                            "--dir", str(net), "--", "--go", str(go)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        until(page, "document.querySelector('#graph g.link.fault[data-link=\"n2|n3\"]')",
+              "the faulty link", 120)
+        label = page.find_element(By.CSS_SELECTOR, "#graph g.link.fault text").text
+        assert label == "⚡ 200±50 ms, 10% loss", label
+        shoot(page, "link-fault")
+        go.touch()
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 0, out
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    until(page, "!document.querySelector('#graph g.link.fault')", "the fault lifted")
+
+
 def test_playback_steps_back_to_before_the_reorg(page: WebDriver) -> None:
     loser = FACTS.get("loser")
     if loser is None:

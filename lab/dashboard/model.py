@@ -22,6 +22,8 @@ MAX_RUNS = 10  # attack / scenario runs followed
 MAX_RUN_EVENTS = 2_000  # timeline events kept per run
 LISTENER_BACKLOG = 2_000  # messages queued per browser before it is dropped
 MAX_MARKS = 5_000  # blocks marked by attack runs (withheld, released, private)
+MAX_LINK_FAULTS = 1_000  # links with an injected fault shown at once
+FAULT_KEYS = ("delay_ms", "jitter_ms", "loss", "bandwidth_kbps")
 
 
 @dataclass
@@ -95,6 +97,8 @@ class Model:
         self.runs: dict[str, dict[str, Any]] = {}
         self.marks: dict[str, str] = {}  # hash prefix (16 hex) -> "withheld" / "released" / …
         self.partition: list[list[str]] | None = None
+        # Link faults injected by a run ("link fault" events), by "a|b" (names sorted).
+        self.link_faults: dict[str, dict[str, float]] = {}
         self.listeners: set[Listener] = set()
         self.seq = 0
         self._lowest: int | None = None  # the lowest height held (kept, not searched for)
@@ -164,7 +168,7 @@ class Model:
 
     def publish_nodes(self) -> None:
         self.publish({"kind": "nodes", "nodes": [v.to_json() for v in self.nodes.values()],
-                      "partition": self.partition})
+                      "partition": self.partition, "link_faults": self.link_faults})
 
     # -- attack runs ------------------------------------------------------------------------
     def run_record(self, run_id: str, record: dict[str, Any], log: bool = True) -> None:
@@ -177,6 +181,7 @@ class Model:
             while len(self.runs) > MAX_RUNS:
                 self.runs.pop(next(iter(self.runs)))
         kind = record.get("type")
+        self._fault_from(record)
         if not log:
             if kind in ("start", "end"):
                 run[kind] = record
@@ -202,6 +207,25 @@ class Model:
             run["end"] = record
             self.add_log("attack", None, f"verdict: {record.get('verdict', '')}", run=run_id)
         self.publish({"kind": "run", "id": run_id, "record": record})
+
+    def _fault_from(self, record: dict[str, Any]) -> None:
+        """A run's "link fault" (node, peer, delay_ms, jitter_ms, loss, bandwidth_kbps) and
+        "link faults cleared" events, and its end, for the network view."""
+        event = record.get("event")
+        before = dict(self.link_faults)
+        if record.get("type") == "end" or event == "link faults cleared":
+            self.link_faults.clear()
+        elif event == "link fault" and record.get("node") and record.get("peer"):
+            key = "|".join(sorted((str(record["node"]), str(record["peer"]))))
+            fault = {k: float(v) for k in FAULT_KEYS
+                     if isinstance(v := record.get(k), int | float) and v}
+            if fault:
+                if len(self.link_faults) < MAX_LINK_FAULTS or key in self.link_faults:
+                    self.link_faults[key] = fault
+            else:
+                self.link_faults.pop(key, None)
+        if self.link_faults != before:
+            self.publish_nodes()
 
     def _mark_from(self, record: dict[str, Any]) -> bool:
         event = str(record.get("event", ""))
@@ -237,6 +261,7 @@ class Model:
             "blocks": [b.to_json() for b in self.blocks.values()],
             "nodes": [v.to_json() for v in self.nodes.values()],
             "partition": self.partition,
+            "link_faults": dict(self.link_faults),
             "log": list(self.log),
             "base_tips": dict(self.base_tips),
             "runs": list(self.runs.values()),

@@ -11,7 +11,7 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g,
 const clock = (t) => new Date(t * 1000).toTimeString().slice(0, 8);
 
 const S = {
-  blocks: new Map(), nodes: [], partition: null, log: [], baseTips: {}, tips: {},
+  blocks: new Map(), nodes: [], partition: null, faults: {}, log: [], baseTips: {}, tips: {},
   runs: new Map(), marks: {}, finality: 6, controls: false, loaded: false,
   playback: null, // null: live; else an index into S.log
   treeDirty: true, // the tree is redrawn only when blocks, tips, marks or the moment change
@@ -26,6 +26,7 @@ window.powlabStats = { renders: 0, lastRenderMs: 0 };
 function applySnapshot(snap) {
   S.blocks = new Map(snap.blocks.map((b) => [b.hash, b]));
   S.nodes = snap.nodes; S.partition = snap.partition; S.log = snap.log;
+  S.faults = snap.link_faults || {};
   S.baseTips = snap.base_tips; S.marks = snap.marks; S.finality = snap.finality_depth;
   S.controls = snap.controls;
   S.runs = new Map(snap.runs.map((r) => [r.id, r]));
@@ -60,7 +61,7 @@ function apply(msg) {
       }
       break;
     }
-    case "nodes": S.nodes = msg.nodes; S.partition = msg.partition; break;
+    case "nodes": S.nodes = msg.nodes; S.partition = msg.partition; S.faults = msg.link_faults || {}; break;
     case "run": {
       let run = S.runs.get(msg.id);
       if (!run) { run = { id: msg.id, start: null, events: [], end: null }; S.runs.set(msg.id, run); }
@@ -197,14 +198,32 @@ function renderNetwork() {
     }
   }
   const seen = new Set();
+  const link = (key, a, b) => {
+    const [x1, y1] = pos[a], [x2, y2] = pos[b];
+    const fault = S.faults[key];
+    if (!fault) {
+      parts.push(`<line class="link" data-link="${esc(key)}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="#12b76a" stroke-width="3"/>`);
+      return;
+    }
+    // An injected link fault (a scenario's setlinkfault): dashed amber, with its settings.
+    const len = Math.hypot(x2 - x1, y2 - y1) || 1;
+    const mx = (x1 + x2) / 2 - ((y2 - y1) / len) * 16, my = (y1 + y2) / 2 + ((x2 - x1) / len) * 16 + 4;
+    const text = [fault.delay_ms ? `${fault.delay_ms}${fault.jitter_ms ? "±" + fault.jitter_ms : ""} ms` : "",
+      fault.loss ? `${Math.round(fault.loss * 100)}% loss` : "", fault.bandwidth_kbps ? `${fault.bandwidth_kbps} kbit/s` : ""].filter(Boolean).join(", ");
+    parts.push(`<g class="link fault" data-link="${esc(key)}"><line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="#f79009" stroke-width="4" stroke-dasharray="8 5"/>` +
+      `<text x="${mx}" y="${my}" text-anchor="middle" font-size="13" font-weight="bold" fill="#b54708" paint-order="stroke" stroke="#fff" stroke-width="5">⚡ ${esc(text)}</text></g>`);
+  };
   for (const n of S.nodes) {
     for (const p of n.peers || []) {
       const key = [n.name, p].sort().join("|");
       if (seen.has(key) || !pos[p] || !pos[n.name]) continue;
       seen.add(key);
-      const [x1, y1] = pos[n.name], [x2, y2] = pos[p];
-      parts.push(`<line class="link" data-link="${esc(key)}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="#12b76a" stroke-width="3"/>`);
+      link(key, n.name, p);
     }
+  }
+  for (const key of Object.keys(S.faults)) {
+    const [a, b] = key.split("|");
+    if (!seen.has(key) && pos[a] && pos[b]) link(key, a, b);
   }
   for (const n of S.nodes) {
     const [x, y] = pos[n.name];
