@@ -89,6 +89,7 @@ class Node:
         self.clock = clock
         self.datadir = Path(config.datadir)
         self.started_at = clock()
+        self.mock_time: int | None = None  # setmocktime: `now()` fixed here (None: the clock)
         self.events = EventHub()
         self.metrics = NodeMetrics()
         self.p2p: P2PService | None = None
@@ -116,7 +117,20 @@ class Node:
     # ----------------------------------------------------------------- lifecycle
 
     def now(self) -> int:
+        """The consensus clock: block templates' time and the future limit of validation (and
+        the mempool's entry times). `setmocktime` fixes it; P2P timers, metrics and uptime
+        keep the real clock, so a mocked node still talks to its peers normally."""
+        if self.mock_time is not None:
+            return self.mock_time
         return int(self.clock())
+
+    def set_mock_time(self, timestamp: int | None) -> None:
+        """Fix `now()` at `timestamp` (Unix seconds), or give it back to the clock with None.
+        Only this node's clock: its peers validate its blocks against their own."""
+        self.mock_time = timestamp
+        log.info("mocktime_set" if timestamp is not None else "mocktime_cleared",
+                 mocktime=timestamp, clock=int(self.clock()))
+        self.miner.on_new_tip()  # a fresh template, with the new time
 
     async def start(self) -> None:
         self._lock.acquire()

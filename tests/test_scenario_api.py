@@ -145,7 +145,8 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, plot_to: str | None = None,
+def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario,
+                   plot_to: str | None = None, record_dir: Path | None = None,
                    **args: Any) -> tuple[dict[str, Any], dict[str, FakeNode]]:
     nodes: dict[str, FakeNode] = {}
 
@@ -155,7 +156,9 @@ def run_with_fakes(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, plot_to:
         return list(made.values())
 
     monkeypatch.setattr(runner_module, "load_nodes", fake_load)
-    namespace = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None,
+    # A directory of the test's own: the runner records the run there (runs/*.jsonl).
+    namespace = argparse.Namespace(dir=str(record_dir or Path("/nonexistent/powlab-test")),
+                                   docker=False, rpc=None, attacker=None,
                                    victim=None, honest=None, seed=3, json=True, quiet=True,
                                    plot=plot_to, **args)
     return execute(scenario, namespace), nodes
@@ -356,8 +359,8 @@ def run(net):
 ''')
     monkeypatch.setattr(runner_module, "load_nodes",
                         lambda *_: list(fake_network()[1].values()))
-    args = argparse.Namespace(dir=None, docker=False, rpc=None, attacker=None, victim=None,
-                              honest=None, seed=10, json=True, quiet=False, plot=None,
+    args = argparse.Namespace(dir=str(tmp_path), docker=False, rpc=None, attacker=None,
+                              victim=None, honest=None, seed=10, json=True, quiet=False, plot=None,
                               repeat=8)
     assert runner_module.run_and_report(load_file(path), args, "scenario") == 0
     data = json.loads(capsys.readouterr().out)
@@ -369,3 +372,95 @@ def run(net):
     with pytest.raises(ScenarioError, match="--plot draws one run"):
         runner_module.run_and_report(load_file(path), argparse.Namespace(
             **{**vars(args), "plot": "x.png"}), "scenario")
+
+
+def test_each_run_is_recorded_live_for_the_dashboard(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.scenario.runlog import KEEP_RUNS, run_files
+
+    path = write(tmp_path, "rec.py", '''"""Recorded."""
+def run(net):
+    net.timeline.mark("n1", "halfway", note="x")
+    net.report(verdict="rec: SUCCESS", success=True)
+''')
+    data, _ = run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    [record] = run_files(tmp_path)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert lines[0]["type"] == "start" and lines[0]["scenario"] == "rec"
+    assert lines[0]["roles"] == {"attacker": "n3", "victim": "n4", "honest": ["n1"]}
+    events = [x for x in lines if x["type"] == "event"]
+    assert [e["event"] for e in events] == [e["event"] for e in data["timeline"]]
+    assert lines[-1] == {"type": "end", "verdict": "rec: SUCCESS", "success": True}
+    for _ in range(KEEP_RUNS + 3):
+        run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    assert len(run_files(tmp_path)) == KEEP_RUNS  # bounded
+
+
+def test_a_journal_undoes_what_it_lists_and_stays_while_a_node_is_down(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal, orphans, undo
+
+    path = tmp_path / "restore-999999999.json"  # no such process
+    journal = Journal(path)
+    journal.mining({"n1": (True, None), "n2": (False, 0.5)})
+    journal.record("bans", "n1", "127.9.9.4")
+    journal.record("bans", "n1", "127.9.9.4")  # once is enough
+    journal.record("faults", "n2", "127.9.9.4:18444")
+    journal.record("links", "n1", "id@127.9.9.5:18444")
+    journal.record("offline", "n2")
+    assert orphans(tmp_path) == [path]
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    up = {"n1"}
+
+    def call(node: str, method: str, params: tuple[Any, ...]) -> bool:
+        calls.append((node, method, params))
+        return node in up
+
+    undo(path, call)
+    assert ("n1", "setban", ("127.9.9.4", "remove")) in calls
+    assert ("n1", "setmining", (True, -1)) in calls and ("n2", "setmining", (False, 0.5)) in calls
+    assert ("n2", "setnetworkactive", (True,)) in calls
+    assert path.exists()  # n2 did not answer: the next run tries again
+    up.add("n2")
+    assert len(undo(path, call)) == 6 and not path.exists()
+    (tmp_path / "restore-999999998.json").write_text("{not json")
+    assert undo(tmp_path / "restore-999999998.json", call) == [
+        "restore-999999998.json: unreadable, removed"]
+    (tmp_path / f"restore-{os.getpid()}.json").write_text("{}")
+    assert orphans(tmp_path) == []  # this process is alive: not an orphan
+
+
+def test_dataclasses_undo_hooks_and_reserved_event_fields(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "dc.py", '''"""A dataclass, postponed annotations, an undo hook."""
+from __future__ import annotations
+from dataclasses import dataclass
+
+@dataclass
+class Plan:
+    windows: int
+
+def run(net):
+    net.on_restore(lambda: net.nodes["n2"].setmocktime(0))
+    net.nodes["n2"].setmocktime(1_000)
+    try:
+        net.timeline.mark("n1", "probe", node="n2")
+    except ValueError as exc:
+        net.timeline.mark("n1", "refused", why=str(exc))
+    raise RuntimeError(f"after {Plan(2)}")
+''')
+    data, nodes = run_with_fakes(monkeypatch, load_file(path))
+    assert data["error"] == "RuntimeError: after Plan(windows=2)"
+    assert ("setmocktime", 0) in nodes["n2"].calls
+    [refused] = [e for e in data["timeline"] if e["event"] == "refused"]
+    assert "own field" in refused["why"]
+
+
+def test_stop_mining_stops_the_miners_the_scenario_started_too() -> None:
+    net, nodes = fake_network()
+    net.switches.save()
+    net.set_hashrates({"n2": 1.0})
+    assert nodes["n2"].mining
+    net.stop_mining()
+    assert not any(n.mining for n in nodes.values())
+    net.restore()
+    assert [n.mining for n in nodes.values()] == [True, False, True, False]

@@ -161,6 +161,12 @@ class Network:
             fault["bandwidth_kbps"] = bandwidth_kbps
         self.switches.link_fault(self.node(a), self.node(b), fault)
 
+    def on_restore(self, undo: Callable[[], Any]) -> None:
+        """Calls `undo` when the network is handed back (the latest first), for changes the
+        API does not know, such as `setmocktime`: even when the scenario raises. (A runner
+        killed outright cannot call it: keep such changes inside the scenario's own run.)"""
+        self.switches.undo.append(undo)
+
     def clear_link_faults(self) -> None:
         """Lifts every link fault this scenario set."""
         self.switches.clear_link_faults()

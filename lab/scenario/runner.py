@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lab.client import RPCError
 from lab.plotting import save_figure
-from lab.scenario.engine import ScenarioError, Timeline, load_nodes
+from lab.scenario.engine import UNREACHABLE, ScenarioError, Timeline, load_nodes
+from lab.scenario.journal import Journal, journal_path, orphans, undo
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
+from lab.scenario.runlog import RunLog
 
 BUILTIN_PACKAGE = "lab.attack"
 BUILTINS = ("race", "finney", "vector76", "majority", "selfish", "split")
@@ -73,9 +77,12 @@ def load_file(path: str | Path) -> Scenario:
     if spec is None or spec.loader is None:
         raise ScenarioError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: dataclasses and pickling look the module up.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(spec.name, None)
         raise ScenarioError(f"{path} failed to load: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(module, "run", None)):
         raise ScenarioError(f"{path} defines no run(net) function")
@@ -121,14 +128,31 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     is still handed back as found."""
     nodes = [as_node(n) for n in load_nodes(args.dir, args.docker, args.rpc or ())]
     live = not args.json and not args.quiet
-    timeline = Timeline(echo=line_echo() if live else None)
+    record = run_log(args, scenario.name)
+    printer = line_echo() if live else None
+
+    def echo(event: dict[str, Any]) -> None:
+        if printer is not None:
+            printer(event)
+        if record is not None:
+            record.event(event)
+
+    timeline = Timeline(echo=echo)
     net = Network(nodes, args, args.seed, timeline)
+    if record is not None:
+        record.write({"type": "start", "scenario": scenario.name, "command": command,
+                      "seed": args.seed, "origin": scenario.origin,
+                      "roles": net.roles.names() if describe_roles(net) else None,
+                      "nodes": list(net.nodes), "started": time.time()})
     if live:
         out(f"powlab {command} {scenario.name}: seed {args.seed}, nodes "
             f"{', '.join(net.nodes)}" + (f"; {describe_roles(net)}" if describe_roles(net)
                                          else ""))
         out("timeline:")
     timeline.mark("*", "start", scenario=scenario.name, seed=args.seed)
+    if record is not None:
+        recover_killed_runs(record.directory, net)
+        net.switches.journal = Journal(journal_path(record.directory))
     error: BaseException | None = None
     net.switches.save()
     try:
@@ -142,6 +166,10 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     if error is None and net.outcome is None:
         error = ScenarioError(f"{scenario.origin}: run(net) returned without net.report(...)")
     data = document(scenario, net, args, command, error)
+    if record is not None:
+        record.write({"type": "end", "verdict": data["verdict"], "success": data["success"],
+                      **({"error": data["error"]} if "error" in data else {})})
+        record.close()
     if args.plot:
         own = getattr(scenario.module, "build_figure", None)
         if own is not None and error is None:
@@ -151,6 +179,38 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
             plot_attack(data, Path(args.plot))
         data["plot"] = args.plot
     return data
+
+
+def recover_killed_runs(runs: Path, net: Network) -> None:
+    """Undoes what an earlier run on this testnet left when it was killed before it could
+    (its journal is still there and its process is gone)."""
+    def call(name: str, method: str, params: tuple[Any, ...]) -> bool:
+        node = net.nodes.get(name)
+        if node is None:
+            return False
+        try:
+            node.call(method, *params, timeout=10)
+        except RPCError:
+            return True  # it answered: nothing of that kind to undo any more
+        except UNREACHABLE:
+            return False
+        return True
+
+    for path in orphans(runs):
+        done = undo(path, call)
+        net.timeline.mark("*", "recovered a killed run", journal=path.name, undone=len(done))
+        print(f"powlab: an earlier run ({path.name}) ended without handing the network back; "
+              f"undone: {'; '.join(done) or 'nothing'}", file=sys.stderr)
+
+
+def run_log(args: argparse.Namespace, name: str) -> RunLog | None:
+    """The live record for the dashboard, in the testnet's directory (none for --rpc)."""
+    if args.rpc:
+        return None
+    from lab.testnet.manifest import resolve_dir
+
+    directory = resolve_dir(args.dir)
+    return RunLog(directory, name) if directory.is_dir() else None
 
 
 def describe_roles(net: Network) -> str:
