@@ -3,7 +3,9 @@
 After Heilman, Kendler, Zohar and Goldberg, "Eclipse Attacks on Bitcoin's Peer-to-Peer
 Network" (USENIX Security 2015). The attacker (the attacker node plus --sybils K extra nodes
 it starts, each a fresh identity on its own loopback address) works on the victim's real
-mechanics, nothing is staged:
+mechanics: which peers the victim has is decided by the node's own rules (a random draw from
+its address book, inbound slots that are never given back); the scenario only chooses when the
+victim restarts and when the honest nodes try to connect to it:
 
 1. The victim (re)starts as a merchant's node with the countermeasure under test and a fresh
    address book holding the network's reachable nodes (the attacker node among them, as a
@@ -14,7 +16,7 @@ mechanics, nothing is staged:
    nodes; the attacker node knows the sybils too).
 3. Churn: the victim restarts (same options, its book kept in peers.json). Its outbound slots
    go to addresses drawn at random from the book; the sybils refill its inbound slots at once;
-   then the honest nodes try to connect to it (refused when the slots are full).
+   then the honest nodes try once to connect to it (refused when the slots are full).
 4. Double spend: the attacker node is cut off from the honest nodes (the victim is not
    touched). The honest side gets tx2 (the coin back to the attacker) and mines z+1 blocks; the
    attacker node gets tx1 (paying the victim) and mines z blocks in private. A victim with an
