@@ -464,3 +464,20 @@ def test_stop_mining_stops_the_miners_the_scenario_started_too() -> None:
     assert not any(n.mining for n in nodes.values())
     net.restore()
     assert [n.mining for n in nodes.values()] == [True, False, True, False]
+
+
+def test_a_journal_stops_the_extra_nodes_a_killed_run_left(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal, undo
+
+    marker = str(tmp_path / "s1.toml")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+    try:
+        journal = Journal(tmp_path / "restore-999999997.json")
+        journal.record("processes", str(proc.pid), marker)
+        journal.record("processes", "999999996", str(tmp_path / "gone.toml"))
+        done = undo(tmp_path / "restore-999999997.json", lambda *_: True)
+        assert done == [f"extra node s1 (pid {proc.pid}) stopped"]
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

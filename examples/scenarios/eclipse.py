@@ -46,7 +46,6 @@ from collections.abc import Callable
 from typing import Any
 
 from lab.scenario import NetNode, Network, ScenarioError, wilson_interval
-from lab.scenario.nodes import p2p_address, restart_node, restore_nodes, start_nodes
 
 COUNTERMEASURES = ("none", "no-listen", "fixed-peers", "all")
 BAN_SECONDS = 3600
@@ -119,8 +118,8 @@ class Eclipse:
         net = self.net
         net.stop_mining()
         self.ids = {n.name: n.getnetworkinfo()["node_id"] for n in net.nodes.values()}
-        self.addr = {n.name: p2p_address(net, n) for n in net.nodes.values()}
-        self.sybils = start_nodes(net, self.args.sybils,
+        self.addr = {n.name: net.p2p_address(n) for n in net.nodes.values()}
+        self.sybils = net.start_nodes(self.args.sybils,
                                   connect=[self.attacker, self.victim], mesh=True)
         for s in self.sybils:
             info = s.call("getnetworkinfo")
@@ -134,10 +133,8 @@ class Eclipse:
                           hosts=",".join(sorted(self.addr[s.name] for s in self.sybils)))
 
     def tear_down(self) -> None:
+        # The runner restarts the victim on its own configuration and stops the sybils.
         self.lift_cut()
-        restore_nodes(self.net)
-        self.net.timeline.mark(self.victim.name, "restored",
-                               note="own configuration back, sybils stopped")
 
     # ---------------------------------------------------------------- one trial
 
@@ -164,7 +161,7 @@ class Eclipse:
 
         # 1. A fresh start with the seeds.
         seeds = [record(self.addr[n], self.ids[n]) for n in net.nodes if n != victim.name]
-        restart_node(net, victim, book=seeds, **options)
+        net.restart_node(victim, book=seeds, **options)
         mark(victim.name, "restarted", note=f"{countermeasure}, fresh book of "
                                             f"{len(seeds)} seeds")
 
@@ -176,7 +173,7 @@ class Eclipse:
 
         # 3. Churn: the restart; outbound dials from the book, sybils refill inbound, then
         #    the honest nodes knock.
-        restart_node(net, victim, **options)
+        net.restart_node(victim, **options)
         book = self.book()
         mark(victim.name, "restarted", note="churn: same options, book kept")
         outbound = len(self.honest) if fixed else self.args.max_outbound

@@ -17,7 +17,7 @@ from typing import Any
 from storage.files import write_atomic
 
 PREFIX = "restore-"
-KINDS = ("bans", "links", "faults", "offline")
+KINDS = ("bans", "links", "faults", "offline", "processes")
 
 
 class Journal:
@@ -69,6 +69,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stop_process(pid: int, marker: str) -> bool:
+    """SIGTERM to `pid` if its command line still names `marker` (pids are reused)."""
+    import signal
+
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    if marker not in cmdline:
+        return False
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+        return True
+    return False
+
+
 def orphans(runs: Path) -> list[Path]:
     """Journals left by runs whose process is gone."""
     found = []
@@ -105,6 +121,9 @@ def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[
     for node, (mining, limit) in state.get("mining", {}).items():
         steps.append((node, "setmining", (bool(mining), limit or -1),
                        f"{node} mining {'on' if mining else 'off'}"))
+    for pid, marker in state.get("processes", []):
+        if _stop_process(int(pid), marker):
+            done.append(f"extra node {Path(marker).stem} (pid {pid}) stopped")
     for node, method, params, text in steps:
         if call(node, method, params):
             done.append(text)

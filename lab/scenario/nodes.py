@@ -188,6 +188,10 @@ def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),
         process = NodeProcess(datadir, config=config, cwd=manifest.directory,
                               own_session=True)
         process.start(wait=False)
+        journal = getattr(getattr(net, "switches", None), "journal", None)
+        if journal is not None and process.pid:
+            # A runner killed outright leaves them running: the next run stops them.
+            journal.record("processes", str(process.pid), process.marker)
         started.append((NetNode(name, "sybil", datadir_endpoint(datadir)), process))
         state.extra.append(started[-1])
     for node, process in started:
