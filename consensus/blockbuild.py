@@ -15,8 +15,9 @@ NONCE_SPACE = 1 << 32
 
 
 def block_timestamp(chain: ChainState, prev: BlockIndex, now: int) -> int:
-    """The clock, but never at or below the median time past (which would be invalid)."""
-    return max(now, chain.median_time_past(prev) + 1)
+    """The clock, but never earlier than the rules allow (at or below the median time past, or
+    too far before `prev` at the start of a retarget window)."""
+    return max(now, chain.min_timestamp(prev))
 
 
 def assemble_block(

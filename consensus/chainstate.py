@@ -36,8 +36,10 @@ from consensus.validation import (
     check_coinbase_height,
     check_header_context,
     check_header_pow,
+    check_timewarp,
     check_tx_inputs,
     signature_jobs,
+    timewarp_floor,
     verify_sequentially,
 )
 
@@ -340,6 +342,14 @@ class ChainState:
         times.sort()
         return times[len(times) // 2]
 
+    def min_timestamp(self, prev: BlockIndex) -> int:
+        """The earliest timestamp a block on top of `prev` may carry: above the median time
+        past, and (at the start of a retarget window) not more than the timewarp grace before
+        `prev`."""
+        floor = timewarp_floor(prev.height + 1, prev.header.timestamp, self.params)
+        earliest = self.median_time_past(prev) + 1
+        return earliest if floor is None else max(earliest, floor)
+
     def next_bits(self, prev: BlockIndex) -> int:
         """The `bits` a block on top of `prev` must carry."""
         params = self.params
@@ -447,6 +457,7 @@ class ChainState:
         check_header_context(
             header, self.next_bits(prev), self.median_time_past(prev), now, self.params
         )
+        check_timewarp(header, prev.height + 1, prev.header.timestamp, self.params)
         entry = BlockIndex(
             header_hash,
             header,

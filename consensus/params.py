@@ -42,6 +42,17 @@ DEFAULT_ASSUMED_ATTACKER_SHARE = 0.1
 
 POLICY_FIELDS = frozenset({"finality_depth"})
 
+# The timewarp fix (BIP54's first rule, scaled to powlab's short windows): the first block of a
+# retarget window may be at most this many seconds earlier than the block before it. Bitcoin's
+# 7200 s is 0.6% of its two-week window; powlab testnet's whole window is 600 s, so 7200 s would
+# let every window gain twelve windows' worth of time. One target spacing instead, like
+# testnet4's 600 s (BIP94). See docs/consensus.md, "Timestamps and the timewarp".
+TIMEWARP_GRACE = 10  # seconds
+# Fields that cannot change which blocks are valid on a network with `no_retarget`, and that
+# were added after such networks' genesis: left out of those networks' consensus digest, so
+# regtest keeps its genesis hash (a retargeting network commits to them like to any field).
+RETARGET_ONLY_FIELDS = frozenset({"timewarp_grace"})
+
 
 class ParamsError(ValueError):
     """An override names an unknown parameter or gives a value of the wrong kind."""
@@ -65,6 +76,8 @@ class ChainParams:
     max_block_size: int  # bytes, the encoded block
     max_future_drift: int  # seconds a timestamp may run ahead of a node's clock
     median_time_span: int  # blocks in the median-time-past window
+    # seconds the first block of a retarget window may be earlier than its parent (timewarp fix)
+    timewarp_grace: int
     finality_depth: int = DEFAULT_FINALITY_DEPTH
 
     @cached_property
@@ -76,6 +89,7 @@ class ChainParams:
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if f.name not in POLICY_FIELDS
+            and not (self.no_retarget and f.name in RETARGET_ONLY_FIELDS)
         }
         return hashlib.sha256(msgpack.packb(sorted(values.items()), use_bin_type=True)).digest()
 
@@ -132,7 +146,8 @@ class ChainParams:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ParamsError(f"chain parameter {name!r} must be at least 1")
-        for name in ("initial_reward", "coinbase_maturity", "max_future_drift"):
+        for name in ("initial_reward", "coinbase_maturity", "max_future_drift",
+                     "timewarp_grace"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"chain parameter {name!r} must not be negative")
         try:
@@ -160,6 +175,7 @@ REGTEST = ChainParams(
     max_block_size=1_000_000,
     max_future_drift=2 * 60 * 60,
     median_time_span=11,
+    timewarp_grace=TIMEWARP_GRACE,
 )
 
 TESTNET = ChainParams(
@@ -179,6 +195,7 @@ TESTNET = ChainParams(
     max_block_size=1_000_000,
     max_future_drift=2 * 60 * 60,
     median_time_span=11,
+    timewarp_grace=TIMEWARP_GRACE,
 )
 
 NETWORKS: dict[str, ChainParams] = {p.name: p for p in (REGTEST, TESTNET)}

@@ -201,6 +201,37 @@ def check_header_context(
         )
 
 
+def is_window_start(height: int, params: ChainParams) -> bool:
+    """Whether the block at `height` is the first of a retarget window (its bits may change)."""
+    return not params.no_retarget and height > 0 and height % params.retarget_window == 0
+
+
+def timewarp_floor(height: int, prev_timestamp: int, params: ChainParams) -> int | None:
+    """The earliest timestamp the timewarp fix allows at `height` (None: no such limit).
+
+    The retarget measures each window from its own first block to its own last one, so the step
+    from a window's last block to the next window's first is in no window: without this rule
+    a window could end in the future and the next begin back in the past, and the time never
+    be paid back (Bitcoin's timewarp). BIP54's fix: a window's first block may be at most
+    `timewarp_grace` seconds earlier than its parent.
+    """
+    if not is_window_start(height, params):
+        return None
+    return prev_timestamp - params.timewarp_grace
+
+
+def check_timewarp(
+    header: BlockHeader, height: int, prev_timestamp: int, params: ChainParams
+) -> None:
+    floor = timewarp_floor(height, prev_timestamp, params)
+    if floor is not None and header.timestamp < floor:
+        raise ConsensusError(
+            "time-timewarp-attack",
+            f"{header.timestamp} is more than {params.timewarp_grace}s before its parent "
+            f"({prev_timestamp}) at the start of a retarget window",
+        )
+
+
 def check_block_merkle(block: Block) -> None:
     """A merkle mismatch means these are not the transactions the header commits to: the
     block may have been mangled in transit, so this failure must not mark the header invalid."""

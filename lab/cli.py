@@ -151,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lab.testnet.cli import add_testnet_parser
 
-    add_testnet_parser(sub)
+    testnet_action = add_testnet_parser(sub)
+
+    from lab.dashboard.cli import add_dashboard_action
+
+    add_dashboard_action(testnet_action)
     return parser
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "parse_cli_value",
     "read_cookie",
     "resolve_endpoint",
+    "rpc_batch",
     "rpc_call",
     "rpc_call_sync",
     "run_reporting_failures",
@@ -143,36 +144,86 @@ async def rpc_call(
     params: Sequence[Any] | Mapping[str, Any] | None = None,
     auth: tuple[str, str] | None = None,
     timeout: float = 30,
+    session: Any = None,
 ) -> Any:
     """Call ``method`` on the JSON-RPC server at ``url`` (e.g. ``http://127.0.0.1:8332/``).
 
     Returns the ``result``. Raises :class:`RPCError` for error responses,
     :class:`RPCAuthError` on HTTP 401, :class:`RPCConnectionError` (or its subclass
     :class:`RPCTimeoutError`) if the node can't be reached or doesn't answer in time.
+    ``session``: an ``aiohttp.ClientSession`` to reuse (a long-lived caller such as the
+    dashboard keeps its connections open); without one, a session is made for this call.
     """
+    payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": _wire_params(params)}
+    status, body = await _post(url, payload, auth, timeout, session)
+    return _result(url, status, body)
+
+
+async def rpc_batch(
+    url: str,
+    calls: Sequence[tuple[str, Sequence[Any]]],
+    auth: tuple[str, str] | None = None,
+    timeout: float = 60,
+    session: Any = None,
+) -> list[Any]:
+    """Several calls in one JSON-RPC batch request: one entry per call, in order, each its
+    ``result`` or the :class:`RPCError` it failed with (returned, not raised). Connection and
+    authentication failures raise as in :func:`rpc_call`. Keep a batch within the node's
+    ``max_rpc_batch`` (1000 by default)."""
+    if not calls:
+        return []
+    payload = [{"jsonrpc": "2.0", "id": k, "method": method, "params": _wire_params(params)}
+               for k, (method, params) in enumerate(calls)]
+    status, body = await _post(url, payload, auth, timeout, session)
+    try:
+        replies = json.loads(body)
+    except ValueError:
+        replies = None
+    if not isinstance(replies, list):
+        # A batch-wide refusal (e.g. too many requests) is one error object.
+        _result(url, status, body)
+        raise RPCError(INTERNAL_ERROR, f"unexpected batch response from node (HTTP {status})")
+    results: list[Any] = [RPCError(INTERNAL_ERROR, "no reply for this call")] * len(calls)
+    for reply in replies:
+        if not isinstance(reply, dict) or not isinstance(reply.get("id"), int):
+            continue
+        k = reply["id"]
+        if 0 <= k < len(calls):
+            try:
+                results[k] = _result(url, status, json.dumps(reply).encode())
+            except RPCError as exc:
+                results[k] = exc
+    return results
+
+
+def _wire_params(params: Sequence[Any] | Mapping[str, Any] | None) -> list[Any] | dict[str, Any]:
+    if params is None:
+        return []
+    if isinstance(params, Mapping):
+        return dict(params)
+    return list(params)
+
+
+async def _post(url: str, payload: Any, auth: tuple[str, str] | None, timeout: float,
+                session: Any) -> tuple[int, bytes]:
     import aiohttp
 
-    wire_params: list[Any] | dict[str, Any]
-    if params is None:
-        wire_params = []
-    elif isinstance(params, Mapping):
-        wire_params = dict(params)
-    else:
-        wire_params = list(params)
-    payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": wire_params}
     headers = {"Authorization": basic_auth_header(*auth)} if auth is not None else {}
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
     try:
+        if session is not None:
+            async with session.post(url, json=payload, headers=headers,
+                                    timeout=client_timeout) as resp:
+                return resp.status, await resp.read()
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.post(url, json=payload, headers=headers) as resp,
+            aiohttp.ClientSession(timeout=client_timeout) as own,
+            own.post(url, json=payload, headers=headers) as resp,
         ):
-            status = resp.status
-            body = await resp.read()
+            return resp.status, await resp.read()
     except TimeoutError as exc:
         raise RPCTimeoutError(f"timed out after {timeout}s waiting for node at {url}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise RPCConnectionError(f"could not connect to node at {url}: {exc}") from exc
-    return _result(url, status, body)
 
 
 def _result(url: str, status: int, body: bytes) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import signal
@@ -61,6 +62,10 @@ log = structlog.get_logger("powlab.node")
 
 MEMPOOL_FILE = "mempool.dat"
 MEMPOOL_FILE_VERSION = 1
+# The address book (Bitcoin Core's peers.dat): kept across restarts, so a restarted node dials
+# the addresses it had learnt; which also means addresses an attacker got into it survive.
+PEERS_FILE = "peers.json"
+PEERS_FILE_VERSION = 1
 PEER_NAME_RETRY = 2.0  # seconds between attempts to resolve a peer's host name
 PEER_NAME_RECHECK = 15.0  # seconds between re-resolving names that did resolve
 MAX_WATCHED_TXS = 10_000
@@ -84,6 +89,7 @@ class Node:
         self.clock = clock
         self.datadir = Path(config.datadir)
         self.started_at = clock()
+        self.mock_time: int | None = None  # setmocktime: `now()` fixed here (None: the clock)
         self.events = EventHub()
         self.metrics = NodeMetrics()
         self.p2p: P2PService | None = None
@@ -111,7 +117,20 @@ class Node:
     # ----------------------------------------------------------------- lifecycle
 
     def now(self) -> int:
+        """The consensus clock: block templates' time and the future limit of validation (and
+        the mempool's entry times). `setmocktime` fixes it; P2P timers, metrics and uptime
+        keep the real clock, so a mocked node still talks to its peers normally."""
+        if self.mock_time is not None:
+            return self.mock_time
         return int(self.clock())
+
+    def set_mock_time(self, timestamp: int | None) -> None:
+        """Fix `now()` at `timestamp` (Unix seconds), or give it back to the clock with None.
+        Only this node's clock: its peers validate its blocks against their own."""
+        self.mock_time = timestamp
+        log.info("mocktime_set" if timestamp is not None else "mocktime_cleared",
+                 mocktime=timestamp, clock=int(self.clock()))
+        self.miner.on_new_tip()  # a fresh template, with the new time
 
     async def start(self) -> None:
         self._lock.acquire()
@@ -202,6 +221,7 @@ class Node:
         protocol = P2PProtocol(
             self.params, load_node_key(self.datadir), p2p_config, self, self.rng, self.clock()
         )
+        self._load_peers(protocol)
         service.attach(protocol)
         self.p2p = service
         self.metrics.watch_p2p(lambda: self.p2p.protocol if self.p2p else None)
@@ -294,6 +314,7 @@ class Node:
         log.info("node_stopping")
         await self.miner.close()
         if self.p2p is not None:
+            self._save_peers()
             await self.p2p.close()
         for task in self._tasks:
             task.cancel()
@@ -364,6 +385,31 @@ class Node:
         while True:
             await asyncio.sleep(MEMPOOL_SAVE_INTERVAL)
             self._save_mempool()
+            self._save_peers()
+
+    # ----------------------------------------------------------------- address book persistence
+
+    def _load_peers(self, protocol: P2PProtocol) -> None:
+        path = self.datadir / PEERS_FILE
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != PEERS_FILE_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            records = list(data["addresses"])
+        except Exception as exc:
+            log.warning("peers_file_unreadable", path=str(path), error=str(exc))
+            return
+        loaded = protocol.book.load_records(records)
+        log.info("peers_loaded", addresses=loaded, stored=len(records))
+
+    def _save_peers(self) -> None:
+        protocol = self.p2p.protocol if self.p2p is not None else None
+        if protocol is None:
+            return
+        data = {"version": PEERS_FILE_VERSION, "addresses": protocol.book.records()}
+        write_atomic(self.datadir / PEERS_FILE, json.dumps(data).encode(), 0o600)
 
     # ----------------------------------------------------------------- chain changes
 

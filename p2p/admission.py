@@ -60,18 +60,24 @@ class Admission(ProtocolCore):
         if outbound >= self.config.max_outbound or now - self._last_dial < 1.0:
             return
         connected_ids = {p.node_id for p in self.peers.values()}
-        for known in self.book.candidates(now, self.config.reconnect_interval):
-            if (
-                known.addr in self.by_addr
-                or known.addr in self._self_addrs
-                or known.node_id in connected_ids
-                or known.node_id == self.node_id
-            ):
-                continue
-            known.last_attempt = now
-            self._last_dial = now
-            self.connect(known.addr, now)
+        eligible = [
+            known
+            for known in self.book.candidates(now, self.config.reconnect_interval)
+            if known.addr not in self.by_addr
+            and known.addr not in self._self_addrs
+            and known.node_id not in connected_ids
+            and known.node_id != self.node_id
+        ]
+        if not eligible:
             return
+        # At random among the eligible, as Bitcoin Core's addrman `Select` does: which address
+        # an outbound slot goes to is then a draw over the book, so an attacker who fills the
+        # book with its own addresses wins each slot with probability about its share of it
+        # (the eclipse attack; docs/p2p.md#address-book-and-dialling).
+        known = self.rng.choice(eligible)
+        known.last_attempt = now
+        self._last_dial = now
+        self.connect(known.addr, now)
 
     # ----------------------------------------------------------------- sessions
 

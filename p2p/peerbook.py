@@ -72,6 +72,30 @@ class PeerBook:
         pool = list(self.addresses.values())
         return rng.sample(pool, min(count, len(pool)))
 
+    def records(self) -> list[dict[str, object]]:
+        """The address table as plain records (oldest first), for `peers.json`."""
+        return [
+            {"host": k.addr[0], "port": k.addr[1], "node_id": k.node_id.hex(),
+             "last_seen": k.last_seen}
+            for k in self.addresses.values()
+        ]
+
+    def load_records(self, records: list[dict[str, object]]) -> int:
+        """Add addresses saved by `records` (bad entries skipped); how many were added."""
+        added = 0
+        for record in records:
+            try:
+                host, port = str(record["host"]), int(record["port"])  # type: ignore[call-overload]
+                node_id = bytes.fromhex(str(record["node_id"]))
+                last_seen = int(record["last_seen"])  # type: ignore[call-overload]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if not host or not 0 < port < 65536 or len(node_id) != 32:
+                continue
+            self.add_address((host, port), node_id, last_seen)
+            added += 1
+        return added
+
     def candidates(self, now: float, retry_after: float) -> list[KnownAddress]:
         """Addresses worth dialling now: not banned, not tried too recently."""
         return [

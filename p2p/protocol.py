@@ -103,6 +103,14 @@ class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penaltie
             for addr in self._persistent:
                 self._persistent[addr] = now
 
+    def shut_down(self, now: float) -> None:
+        """The node is stopping: a goodbye to every peer, so each drops us now (and redials
+        a persistent link after `reconnect_interval`) instead of at `peer_timeout`, as a
+        closed TCP connection tells a Bitcoin peer. Nothing is accepted afterwards."""
+        for peer in list(self.peers.values()):
+            self._disconnect(peer, "shutting down", now)
+        self.network_active = False
+
     def ban(self, host: str, seconds: float, now: float) -> None:
         self.book.ban(host, seconds, now)
         self.bans += 1

@@ -29,6 +29,7 @@ ORDERING_EPSILON = 1e-6  # seconds between two frames scheduled on one stream
 UDP_BUFFER = 4 * 1024 * 1024  # bytes of socket receive buffer asked for
 BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
 STREAM_CONNECT_TIMEOUT = 5.0
+GOODBYE_DRAIN_SECONDS = 0.5  # at most this long to send the goodbyes when stopping
 WILDCARDS = ("0.0.0.0", "::", "")
 MAX_QUEUED_DATAGRAMS = 10_000  # beyond this, outgoing datagrams are dropped (UDP is lossy)
 STREAM_HIGH_WATER = 16 * 1024 * 1024  # bytes buffered for one stream before we await drain
@@ -127,6 +128,14 @@ class P2PService:
         ]
 
     async def close(self) -> None:
+        if self.protocol is not None and self._udp is not None:
+            # Goodbyes first, while the socket is open: peers learn of the stop at once.
+            self.protocol.shut_down(self.clock())
+            self.flush()
+            deadline = self.clock() + GOODBYE_DRAIN_SECONDS
+            while not self._send_queue.empty() and self.clock() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # the send loop's last datagram
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

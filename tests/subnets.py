@@ -33,6 +33,11 @@ SCENARIOS = 6
 ECLIPSE = 7
 TIMEWARP = 8
 BALANCE = 9
+DASHBOARD = 10  # tests/test_dashboard.py
+DASHBOARD_BROWSER = 11  # tests/test_dashboard_browser.py
+DASHBOARD_20 = 12  # and its 20-node testnet
+DASHBOARD_RUN = 13  # scripts/run with the dashboard (tests/test_dashboard.py)
+DASHBOARD_10K = 14  # a real 10,000-block chain (tests/test_dashboard_browser.py)
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:

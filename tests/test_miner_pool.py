@@ -379,3 +379,17 @@ async def test_workers_exit_when_parent_is_killed(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_generate_solves_with_the_midstate_scanner_and_finds_the_lowest_nonce() -> None:
+    from consensus.block import Block, BlockHeader
+    from consensus.blockbuild import solve_block
+    from consensus.params import TESTNET
+    from node.miner.miner import solve_fast
+
+    for k in range(3):
+        header = BlockHeader(1, bytes([k]) * 32, bytes(32), 1_764_000_000 + k,
+                             TESTNET.pow_limit_bits, 0)
+        template = Block(header, [])
+        fast = solve_fast(template)
+        assert fast is not None and fast.header == solve_block(template).header  # type: ignore[union-attr]

@@ -92,10 +92,11 @@ EXPECTED_GROUPS = {
         "getblockchaininfo", "getblockcount", "getbestblockhash", "getblockhash", "getblock",
         "getblockheader", "getchaintips", "invalidateblock", "reconsiderblock", "submitblock",
     },
-    "control": {"help", "uptime", "stop"},
+    "control": {"help", "uptime", "stop", "setmocktime"},
     "mining": {"generatetoaddress", "generateblock", "getmininginfo", "setmining"},
     "network": {
-        "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "disconnectnode",
+        "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "getnodeaddresses",
+        "disconnectnode",
         "setban", "listbanned", "clearbanned", "setnetworkactive", "setlinkfault",
         "getnetworkinfo",
     },

@@ -520,3 +520,28 @@ def test_connect_pins_the_identity_the_peer_must_prove(tmp_path: Path) -> None:
         # which is not the one asked for, so nothing is established, however often it redials.
         stays(lambda: peers(impostor_check) == [], 4, "no link to a peer with another identity")
         assert len(peers(target)) == 1
+
+
+def test_the_address_book_survives_a_restart(tmp_path: Path) -> None:
+    """peers.json (Bitcoin Core's peers.dat): a restarted node still knows, and dials, the
+    addresses it had learnt; `getnodeaddresses` shows them."""
+    with network(tmp_path) as net:
+        hub, hub_addr = net.make("hub", host_of(0))
+        other, other_addr = net.make("other", host_of(1), "--addnode", hub_addr)
+        net.start(hub)
+        net.start(other)
+        roamer, _ = net.make("roamer", host_of(2), "--max-outbound", "0")
+        net.start(roamer)
+        roamer.rpc("addnode", hub_addr, "onetry")
+
+        def known(node: NodeProcess) -> set[str]:
+            return {f"{a['address']}:{a['port']}" for a in node.rpc("getnodeaddresses", 0)}
+
+        wait_for(lambda: {hub_addr, other_addr} <= known(roamer), 30, "roamer to learn both")
+        roamer.stop()
+        # Restarted with no peer on its command line, and free to dial: it goes by its book.
+        roamer.args = [a for a in roamer.args if a not in ("--max-outbound", "0")]
+        net.start(roamer)
+        assert {hub_addr, other_addr} <= known(roamer)
+        wait_for(lambda: peer_addrs(roamer) == {hub_addr, other_addr}, 40,
+                 "roamer to dial the addresses it remembered")

@@ -394,3 +394,90 @@ def run(net):
     for _ in range(KEEP_RUNS + 3):
         run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
     assert len(run_files(tmp_path)) == KEEP_RUNS  # bounded
+
+
+def test_a_journal_undoes_what_it_lists_and_stays_while_a_node_is_down(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal, orphans, undo
+
+    path = tmp_path / "restore-999999999.json"  # no such process
+    journal = Journal(path)
+    journal.mining({"n1": (True, None), "n2": (False, 0.5)})
+    journal.record("bans", "n1", "127.9.9.4")
+    journal.record("bans", "n1", "127.9.9.4")  # once is enough
+    journal.record("faults", "n2", "127.9.9.4:18444")
+    journal.record("links", "n1", "id@127.9.9.5:18444")
+    journal.record("offline", "n2")
+    assert orphans(tmp_path) == [path]
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    up = {"n1"}
+
+    def call(node: str, method: str, params: tuple[Any, ...]) -> bool:
+        calls.append((node, method, params))
+        return node in up
+
+    undo(path, call)
+    assert ("n1", "setban", ("127.9.9.4", "remove")) in calls
+    assert ("n1", "setmining", (True, -1)) in calls and ("n2", "setmining", (False, 0.5)) in calls
+    assert ("n2", "setnetworkactive", (True,)) in calls
+    assert path.exists()  # n2 did not answer: the next run tries again
+    up.add("n2")
+    assert len(undo(path, call)) == 6 and not path.exists()
+    (tmp_path / "restore-999999998.json").write_text("{not json")
+    assert undo(tmp_path / "restore-999999998.json", call) == [
+        "restore-999999998.json: unreadable, removed"]
+    (tmp_path / f"restore-{os.getpid()}.json").write_text("{}")
+    assert orphans(tmp_path) == []  # this process is alive: not an orphan
+
+
+def test_dataclasses_undo_hooks_and_reserved_event_fields(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "dc.py", '''"""A dataclass, postponed annotations, an undo hook."""
+from __future__ import annotations
+from dataclasses import dataclass
+
+@dataclass
+class Plan:
+    windows: int
+
+def run(net):
+    net.on_restore(lambda: net.nodes["n2"].setmocktime(0))
+    net.nodes["n2"].setmocktime(1_000)
+    try:
+        net.timeline.mark("n1", "probe", node="n2")
+    except ValueError as exc:
+        net.timeline.mark("n1", "refused", why=str(exc))
+    raise RuntimeError(f"after {Plan(2)}")
+''')
+    data, nodes = run_with_fakes(monkeypatch, load_file(path))
+    assert data["error"] == "RuntimeError: after Plan(windows=2)"
+    assert ("setmocktime", 0) in nodes["n2"].calls
+    [refused] = [e for e in data["timeline"] if e["event"] == "refused"]
+    assert "own field" in refused["why"]
+
+
+def test_stop_mining_stops_the_miners_the_scenario_started_too() -> None:
+    net, nodes = fake_network()
+    net.switches.save()
+    net.set_hashrates({"n2": 1.0})
+    assert nodes["n2"].mining
+    net.stop_mining()
+    assert not any(n.mining for n in nodes.values())
+    net.restore()
+    assert [n.mining for n in nodes.values()] == [True, False, True, False]
+
+
+def test_a_journal_stops_the_extra_nodes_a_killed_run_left(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal, undo
+
+    marker = str(tmp_path / "s1.toml")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+    try:
+        journal = Journal(tmp_path / "restore-999999997.json")
+        journal.record("processes", str(proc.pid), marker)
+        journal.record("processes", "999999996", str(tmp_path / "gone.toml"))
+        done = undo(tmp_path / "restore-999999997.json", lambda *_: True)
+        assert done == [f"extra node s1 (pid {proc.pid}) stopped"]
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -164,3 +164,57 @@ def test_a_failing_scenario_leaves_the_network_as_it_found_it(testnet: Path,
     assert plain.returncode == 1
     assert "about to fail" in plain.stdout and "the experiment broke" in plain.stderr
     wait_state(testnet, before)
+
+
+HANGS = '''"""Cuts the network, then waits for something that never happens."""
+def run(net):
+    net.link_fault("n2", "n3", delay=0.4)
+    net.partition(["n1", "n2"], ["n3", "n4"])
+    net.set_hashrates({"n2": 1.0}, block_interval=30)
+    net.timeline.mark("*", "cut and waiting")
+    net.wait_for(lambda: False, 3600, "nothing")
+'''
+
+NOOP = '''"""Does nothing."""
+def run(net):
+    net.report(verdict="noop: SUCCESS", success=True)
+'''
+
+
+def test_a_run_killed_outright_is_undone_by_the_next_one(testnet: Path, tmp_path: Path) -> None:
+    """kill -9 of the runner mid-run: its journal lets the next run hand the network back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lab import waiting
+    from lab.scenario.runlog import run_files
+
+    before = network_state(testnet)
+    hangs, noop = tmp_path / "hangs.py", tmp_path / "noop.py"
+    hangs.write_text(HANGS)
+    noop.write_text(NOOP)
+    known = set(run_files(testnet))
+    proc = subprocess.Popen([sys.executable, "-m", "lab", "scenario", "run", str(hangs),
+                             "--dir", str(testnet), "--quiet"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def cut() -> bool:
+            new = [p for p in run_files(testnet) if p not in known]
+            return bool(new) and "cut and waiting" in new[0].read_text()
+
+        waiting.wait_until(cut, 120, "the scenario to cut the network")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert network_state(testnet) != before  # the kill left the network cut
+    assert list((testnet / "runs").glob("restore-*.json"))
+    result = run_powlab("scenario", "run", str(noop), "--dir", str(testnet), timeout=400)
+    assert result.returncode == 0, result.stderr
+    assert "ended without handing the network back" in result.stderr
+    assert "recovered a killed run" in result.stdout
+    wait_state(testnet, before)
+    assert not list((testnet / "runs").glob("restore-*.json"))

@@ -28,6 +28,7 @@ from lab.client import (
     RPCConnectionError,
     RPCError,
 )
+from lab.scenario.journal import Journal
 
 PAYMENT_FEE = 10_000
 # The double spend pays more, as a real attacker's would, so fee-greedy miners prefer it.
@@ -210,8 +211,13 @@ class Timeline:
         """Seconds since the run started."""
         return round(time.monotonic() - self.start, 3)
 
-    def mark(self, node: str, event: str, **extra: Any) -> dict[str, Any]:
-        """Adds an event (`node` is a name, or "*" for the whole network) and prints it live."""
+    def mark(self, node: str, event: str, /, **extra: Any) -> dict[str, Any]:
+        """Adds an event (`node` is a name, or "*" for the whole network) and prints it live.
+        `t`, `node` and `event` are the event's own fields: other names only in `extra`."""
+        clash = {"t", "node", "event"} & set(extra)
+        if clash:
+            raise ValueError(f"timeline.mark: {', '.join(sorted(clash))} is an event's own "
+                             "field; name the figure otherwise (e.g. peer=…)")
         item = {"t": self.now(), "node": node, "event": event, **extra}
         with self._lock:
             self.events.append(item)
@@ -465,6 +471,7 @@ class Cut:
     ids: dict[str, str]  # node name -> P2P node id (hex)
     dial: dict[str, str]  # node name -> NODEID@HOST:PORT
     bans: list[tuple[NetNode, str]] = field(default_factory=list)  # (who bans, host)
+    journal: Journal = field(default_factory=lambda: Journal(None))
     cut: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # peers cut apart
     added: list[tuple[NetNode, NetNode]] = field(default_factory=list)  # (who dials, whom)
 
@@ -477,6 +484,7 @@ class Cut:
 
     def apply(self) -> None:
         for who, host in self.bans:
+            self.journal.record("bans", who.name, host)
             who.call("setban", host, "add", ISOLATION_BAN_SECONDS)
         # From here `added` holds only the links this cut made, whatever fails next.
         wanted, self.added = self.added, []
@@ -485,6 +493,7 @@ class Cut:
                 a.call("addnode", self.dial[b.name], "add")
             except RPCError:
                 continue  # already added: the link is someone else's, the restore leaves it
+            self.journal.record("links", a.name, self.dial[b.name])
             self.added.append((a, b))
         if self.added:
             wait_until(self.links_up, 30, "the added links (" + self.describe() + ")")
@@ -647,6 +656,8 @@ class Switches:
         self.cuts: dict[str, Cut] = {}
         self.lifted: list[Cut] = []
         self.faults: list[tuple[NetNode, str]] = []  # (node, peer HOST:PORT) with a fault
+        self.journal = Journal(None)  # the runner gives it a file: see lab/scenario/journal.py
+        self.undo: list[Callable[[], Any]] = []  # the scenario's own (Network.on_restore)
         self.before_restore: Callable[[], None] | None = None
 
     def save(self) -> None:
@@ -658,6 +669,7 @@ class Switches:
             if info is not None:
                 self.saved[node.name] = MiningState(bool(info.get("mining")),
                                                     info.get("hashrate_limit"))
+        self.journal.mining({k: (v.mining, v.limit) for k, v in self.saved.items()})
 
     def set_mining(self, node: NetNode, enabled: bool, rate: float | None = None) -> None:
         node.call("setmining", enabled, rate)
@@ -666,7 +678,8 @@ class Switches:
 
     def stop_all_mining(self) -> None:
         def stop(node: NetNode) -> None:
-            if self.saved.get(node.name, MiningState(False, None)).mining:
+            # Every node, not only those found mining: the scenario may have started others.
+            with contextlib.suppress(*UNREACHABLE):
                 node.call("setmining", False)
 
         parallel([lambda n=n: stop(n) for n in self.nodes])
@@ -683,6 +696,7 @@ class Switches:
         cut = cut_links(self.nodes, node)
         if cut is None:
             # No node ids, or shared host addresses: the whole node goes off the network.
+            self.journal.record("offline", node.name)
             node.call("setnetworkactive", False)
             self.isolated.add(node.name)
             self.timeline.mark(node.name, "isolated", note="setnetworkactive false")
@@ -692,6 +706,7 @@ class Switches:
     def apply_cut(self, key: str, cut: Cut, event: str) -> None:
         # Recorded first: if applying fails half-way, the restore still lifts what was done.
         self.cuts[key] = cut
+        cut.journal = self.journal
         cut.apply()
         self.timeline.mark(key, event, note=cut.describe())
 
@@ -745,7 +760,7 @@ class Switches:
         if sv is None or a.name not in sv.ids or b.name not in sv.ids:
             raise ScenarioError(f"cannot link {a.name} to {b.name}: a node id or address is "
                                 "unknown")
-        cut = Cut(sv.ids, sv.dial, added=[(a, b)])
+        cut = Cut(sv.ids, sv.dial, added=[(a, b)], journal=self.journal)
         self.lifted.append(cut)  # the restore removes the link again
         cut.apply()
         self.timeline.mark(a.name, "connected", to=b.name,
@@ -761,6 +776,7 @@ class Switches:
                 raise ScenarioError(f"no link between {a.name} and {b.name} to put a fault on")
             ends.append((x, str(peer["addr"])))
         for x, addr in ends:
+            self.journal.record("faults", x.name, addr)
             self.faults.append((x, addr))
             x.call("setlinkfault", fault, addr)
         self.timeline.mark(a.name, "link fault", peer=b.name, **fault)
@@ -777,6 +793,9 @@ class Switches:
     def restore(self) -> None:
         if self.before_restore is not None:
             self.before_restore()
+        while self.undo:
+            with contextlib.suppress(*UNREACHABLE, RPCError):
+                self.undo.pop()()
         self.clear_link_faults()
         for node in self.nodes:
             if node.name in self.isolated:
@@ -798,6 +817,7 @@ class Switches:
                 continue
             # The cap too: a node found without one gets none back (-1 lifts it).
             node.try_call("setmining", state.mining, state.limit or -1)
+        self.journal.close()
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from lab.scenario import engine
+from lab.scenario import nodes as scenario_nodes
 from lab.scenario.engine import (
     UNREACHABLE,
     DoubleSpend,
@@ -161,6 +162,36 @@ class Network:
             fault["bandwidth_kbps"] = bandwidth_kbps
         self.switches.link_fault(self.node(a), self.node(b), fault)
 
+    def on_restore(self, undo: Callable[[], Any]) -> None:
+        """Calls `undo` when the network is handed back (the latest first), for changes the
+        API does not know, such as `setmocktime`: even when the scenario raises. (A runner
+        killed outright cannot call it: keep such changes inside the scenario's own run.)"""
+        self.switches.undo.append(undo)
+
+    # ----------------------------------------------------------------- nodes (process testnets)
+
+    def restart_node(self, node: str | NetNode, *, book: list[dict[str, Any]] | None = None,
+                     keep_book: bool = True, timeout: float = 60.0, **options: Any) -> None:
+        """Stops a node of a process testnet and starts it again with node `options` over its
+        own configuration (e.g. ``no_listen=True``, ``connect=["ID@HOST:PORT"]``,
+        ``allow_peer=[ID]``, ``max_inbound=4``); `book` replaces its address book,
+        ``keep_book=False`` empties it. At the end of the run it is restarted as it was."""
+        scenario_nodes.restart_node(self, node, book=book, keep_book=keep_book,
+                                    timeout=timeout, **options)
+
+    def start_nodes(self, count: int, *, connect: Iterable[str | NetNode] = (),
+                    mesh: bool = False, prefix: str = "s", **options: Any) -> list[NetNode]:
+        """Starts `count` extra nodes on a process testnet (fresh identities, role "sybil",
+        not in `nodes`), each connect-only to `connect` and, with `mesh`, to each other; they
+        are stopped at the end of the run."""
+        started = scenario_nodes.start_nodes(self, count, connect=connect, mesh=mesh,
+                                             prefix=prefix, **options)
+        return started
+
+    def p2p_address(self, node: str | NetNode) -> str:
+        """A process testnet node's P2P HOST:PORT, from the testnet's manifest."""
+        return scenario_nodes.p2p_address(self, node)
+
     def clear_link_faults(self) -> None:
         """Lifts every link fault this scenario set."""
         self.switches.clear_link_faults()
@@ -300,9 +331,13 @@ class Network:
         self.monitor.stop()
 
     def restore(self) -> None:
-        """Gives every switch back as it was found (called by the runner at the end)."""
-        with contextlib.suppress(*UNREACHABLE):
-            self.switches.restore()
+        """Gives every switch back as it was found (called by the runner at the end): extra
+        nodes stopped and restarted nodes back on their own configuration first."""
+        try:
+            scenario_nodes.restore_nodes(self)
+        finally:
+            with contextlib.suppress(*UNREACHABLE):
+                self.switches.restore()
 
 
 def as_node(n: NetNode) -> Node:

@@ -34,6 +34,7 @@ class RunLog:
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         directory = runs_dir(testnet_dir)
+        self.directory = directory
         try:
             directory.mkdir(exist_ok=True)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**6:06d}"

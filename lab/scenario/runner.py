@@ -17,8 +17,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lab.client import RPCError
 from lab.plotting import save_figure
-from lab.scenario.engine import ScenarioError, Timeline, load_nodes
+from lab.scenario.engine import UNREACHABLE, ScenarioError, Timeline, load_nodes
+from lab.scenario.journal import Journal, journal_path, orphans, undo
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
 from lab.scenario.runlog import RunLog
@@ -75,9 +77,12 @@ def load_file(path: str | Path) -> Scenario:
     if spec is None or spec.loader is None:
         raise ScenarioError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: dataclasses and pickling look the module up.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(spec.name, None)
         raise ScenarioError(f"{path} failed to load: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(module, "run", None)):
         raise ScenarioError(f"{path} defines no run(net) function")
@@ -145,6 +150,9 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
                                          else ""))
         out("timeline:")
     timeline.mark("*", "start", scenario=scenario.name, seed=args.seed)
+    if record is not None:
+        recover_killed_runs(record.directory, net)
+        net.switches.journal = Journal(journal_path(record.directory))
     error: BaseException | None = None
     net.switches.save()
     try:
@@ -171,6 +179,28 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
             plot_attack(data, Path(args.plot))
         data["plot"] = args.plot
     return data
+
+
+def recover_killed_runs(runs: Path, net: Network) -> None:
+    """Undoes what an earlier run on this testnet left when it was killed before it could
+    (its journal is still there and its process is gone)."""
+    def call(name: str, method: str, params: tuple[Any, ...]) -> bool:
+        node = net.nodes.get(name)
+        if node is None:
+            return False
+        try:
+            node.call(method, *params, timeout=10)
+        except RPCError:
+            return True  # it answered: nothing of that kind to undo any more
+        except UNREACHABLE:
+            return False
+        return True
+
+    for path in orphans(runs):
+        done = undo(path, call)
+        net.timeline.mark("*", "recovered a killed run", journal=path.name, undone=len(done))
+        print(f"powlab: an earlier run ({path.name}) ended without handing the network back; "
+              f"undone: {'; '.join(done) or 'nothing'}", file=sys.stderr)
 
 
 def run_log(args: argparse.Namespace, name: str) -> RunLog | None:

@@ -427,7 +427,9 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
                              f"env {DIR_ENV_VAR})")
 
 
-def add_testnet_parser(sub: Any) -> None:
+def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
+    """The `testnet` subcommands; returns the helper that adds one more (the dashboard's,
+    lab/dashboard/cli.py, which builds on this module and so is added from lab/cli.py)."""
     testnet = sub.add_parser(
         "testnet", help="a local multi-node network: up, status, down, partition, heal, …"
     )
@@ -518,6 +520,8 @@ def add_testnet_parser(sub: Any) -> None:
     send.add_argument("sender", metavar="FROM")
     send.add_argument("recipient", metavar="TO")
     send.add_argument("amount", type=int, metavar="AMOUNT")
+
+    return action
 
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

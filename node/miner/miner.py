@@ -16,11 +16,12 @@ from typing import Any
 import structlog
 
 from consensus.block import NONCE_OFFSET, Block
-from consensus.blockbuild import assemble_block, solve_block
+from consensus.blockbuild import assemble_block
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
 from node.interface import MiningHost
+from node.miner.hashing import NONCE_SPACE, make_scanner
 from node.miner.pool import Exhausted, Found, MinerPool
 
 log = structlog.get_logger("powlab.miner")
@@ -33,6 +34,16 @@ MAX_GENERATE_TRIES = 16  # extra-nonce rounds before generate gives up
 
 class MinerError(Exception):
     pass
+
+
+def solve_fast(template: Block) -> Block | None:
+    """The template with the lowest winning nonce, searched with the pool's midstate scanner
+    (about 20x `consensus.blockbuild.solve_block`, so `generate` copes with testnet
+    difficulty); None when no nonce wins."""
+    header = template.header
+    scan = make_scanner(header.encode()[:NONCE_OFFSET], bits_to_target(header.bits))
+    nonce, _ = scan(0, NONCE_SPACE)
+    return None if nonce is None else Block(header.with_nonce(nonce), template.txs)
 
 
 class Miner:
@@ -197,7 +208,7 @@ class Miner:
                 template = assemble_block(
                     node.chain, txs, self.fees_of(txs), payout_pkh, node.now(), extra_nonce
                 )
-            block = await asyncio.to_thread(solve_block, template)
+            block = await asyncio.to_thread(solve_fast, template)
             if block is not None:
                 return block
         raise MinerError("no nonce found: the difficulty is too high to generate on demand")

@@ -77,6 +77,22 @@ def getaddednodeinfo(node: NodeAPI) -> list[dict[str, Any]]:
 
 
 @rpc_method
+def getnodeaddresses(node: NodeAPI, count: int = 1) -> list[dict[str, Any]]:
+    """Up to `count` (0 = all) addresses from the address book, oldest first: address, port,
+    node id, last seen (unix seconds), as Bitcoin Core's (which samples at random)."""
+    if count < 0:
+        raise RPCError(RPC_INVALID_PARAMETER, "count must be 0 or more")
+    records = node.protocol.book.records()
+    if count:
+        records = records[:count]
+    return [
+        {"time": r["last_seen"], "address": r["host"], "port": r["port"],
+         "node_id": r["node_id"]}
+        for r in records
+    ]
+
+
+@rpc_method
 def disconnectnode(node: NodeAPI, address: str = "", nodeid: int | None = None) -> None:
     """Disconnect a peer by address (HOST:PORT) or by id."""
     peers = node.protocol.peer_info()

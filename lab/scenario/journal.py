@@ -1,0 +1,135 @@
+"""What a run must undo, on disk, so that a runner killed outright (kill -9, a lost terminal)
+does not leave the testnet cut, delayed or without miners: `DIR/runs/restore-PID.json` lists
+the mining state each node had, and every ban, added link, link fault and switched-off network
+the run made. Each change is written (atomically) before it is made (an added link: after,
+since a link that was there already must stay). A normal end deletes the file; the next run on
+the testnet finds a file whose process is gone and undoes it first."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from storage.files import write_atomic
+
+PREFIX = "restore-"
+KINDS = ("bans", "links", "faults", "offline", "processes")
+
+
+class Journal:
+    """The undo list of one run; with no path it only keeps it in memory."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {"pid": os.getpid(), "mining": {},
+                                      **{kind: [] for kind in KINDS}}
+
+    def mining(self, saved: Mapping[str, tuple[bool, float | None]]) -> None:
+        self.state["mining"] = {name: list(value) for name, value in saved.items()}
+        self._flush()
+
+    def record(self, kind: str, *item: str) -> None:
+        entry = list(item)
+        if entry not in self.state[kind]:
+            self.state[kind].append(entry)
+            self._flush()
+
+    def close(self) -> None:
+        """The run handed everything back: nothing left to undo."""
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _flush(self) -> None:
+        if self.path is None:
+            return
+        with contextlib.suppress(OSError):  # a full disk must not stop the run itself
+            write_atomic(self.path, json.dumps(self.state).encode())
+
+
+def journal_path(runs: Path) -> Path | None:
+    try:
+        runs.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return runs / f"{PREFIX}{os.getpid()}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_process(pid: int, marker: str) -> bool:
+    """SIGTERM to `pid` if its command line still names `marker` (pids are reused)."""
+    import signal
+
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    if marker not in cmdline:
+        return False
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+        return True
+    return False
+
+
+def orphans(runs: Path) -> list[Path]:
+    """Journals left by runs whose process is gone."""
+    found = []
+    for path in sorted(runs.glob(f"{PREFIX}*.json")):
+        try:
+            pid = int(path.stem.removeprefix(PREFIX))
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            found.append(path)
+    return found
+
+
+def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[str]:
+    """Undoes what the journal at `path` lists through `call(node, method, params)` (False:
+    that node did not answer); returns what was done, one line each. The file goes once
+    everything was undone; a node that did not answer keeps it for the next run."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return [f"{path.name}: unreadable, removed"]
+    done, missed = [], 0
+    steps: list[tuple[str, str, tuple[Any, ...], str]] = []
+    for node, host in state.get("bans", []):
+        steps.append((node, "setban", (host, "remove"), f"{node} unbans {host}"))
+    for node, dial in state.get("links", []):
+        steps.append((node, "addnode", (dial, "remove"), f"{node} drops the link it added"))
+    for node, addr in state.get("faults", []):
+        steps.append((node, "setlinkfault", ({}, addr), f"{node} clears the fault to {addr}"))
+    for (node,) in state.get("offline", []):
+        steps.append((node, "setnetworkactive", (True,), f"{node} back on the network"))
+    for node, (mining, limit) in state.get("mining", {}).items():
+        steps.append((node, "setmining", (bool(mining), limit or -1),
+                       f"{node} mining {'on' if mining else 'off'}"))
+    for pid, marker in state.get("processes", []):
+        if _stop_process(int(pid), marker):
+            done.append(f"extra node {Path(marker).stem} (pid {pid}) stopped")
+    for node, method, params, text in steps:
+        if call(node, method, params):
+            done.append(text)
+        else:
+            missed += 1
+    if not missed:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return done

@@ -1,0 +1,415 @@
+"""`powlab testnet dashboard`: the model's bounds (fast), then the server against a real
+process testnet started like scripts/run (4-node line, n1 and n3 mining): the API, the
+controls, and hostile use of the HTTP surface (tokens, non-loopback binds, garbage, oversized
+requests, too many streams). The browser tests are in tests/test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.client import read_cookie
+from lab.dashboard import model as model_module
+from lab.dashboard.model import Block, Listener, Model
+from lab.dashboard.server import (
+    MAX_REQUEST_BYTES,
+    MAX_SSE_CLIENTS,
+    STATIC_DIR,
+    Dashboard,
+    DashboardError,
+    parse_bind,
+)
+from lab.testnet.control import call
+from lab.testnet.manifest import load_manifest
+from lab.waiting import wait_until
+from tests import subnets
+from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
+from tests.dashboard_harness import DashboardProcess, free_port, http, scripts_run_testnet
+
+# --------------------------------------------------------------------------- fast
+
+
+def chain(model: Model, count: int, start: int = 0, prev: str | None = None,
+          tag: str = "a") -> list[str]:
+    hashes = []
+    for height in range(start, start + count):
+        block_hash = hashlib.sha256(f"{tag}{height}".encode()).hexdigest()
+        model.add_block(Block(block_hash, prev, height, 1_700_000_000 + height, 1, "n1", "n1"))
+        hashes.append(block_hash)
+        prev = block_hash
+    return hashes
+
+
+def test_the_tree_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_module, "MAX_BLOCKS", 100)
+    monkeypatch.setattr(model_module, "EVICT_TO", 80)
+    model = Model()
+    chain(model, 250)
+    assert len(model.blocks) <= 100
+    assert model.lowest_height() > 150  # the lowest heights went first
+    assert max(b.height for b in model.blocks.values()) == 249
+
+
+def test_the_log_is_bounded_and_keeps_the_tips_before_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_module, "MAX_LOG", 10)
+    model = Model()
+    hashes = chain(model, 30)
+    model.set_tip("n1", hashes[0], 0, "start")
+    for height, block_hash in enumerate(hashes[1:], start=1):
+        model.set_tip("n1", block_hash, height, "block connected")
+    assert len(model.log) == 10
+    # Playback from log[0] starts from the tip the node had just before it.
+    first = model.log[0]
+    assert model.base_tips["n1"] == first["prev_tip"]
+
+
+def test_a_slow_browser_is_dropped_not_waited_for() -> None:
+    model = Model()
+    slow = Listener(backlog=3)
+    model.listeners.add(slow)
+    chain(model, 10)
+    assert slow.dropped and slow not in model.listeners
+
+
+def test_attack_runs_mark_withheld_and_private_blocks() -> None:
+    model = Model()
+    hashes = chain(model, 10)
+    model.run_record("r1", {"type": "start", "scenario": "majority", "roles": {}})
+    model.run_record("r1", {"type": "event", "t": 1.0, "node": "n3", "event": "block withheld",
+                            "hash": hashes[3][:16]})
+    model.run_record("r1", {"type": "event", "t": 2.0, "node": "n3",
+                            "event": "private branch published", "tip": hashes[9][:16],
+                            "branch_length": 3})
+    model.run_record("r1", {"type": "end", "verdict": "majority: SUCCESS", "success": True})
+    assert model.marks[hashes[3][:16]] == "withheld"
+    assert {model.marks[h[:16]] for h in hashes[7:10]} == {"private"}
+    assert hashes[6][:16] not in model.marks
+    assert model.runs["r1"]["end"]["success"] is True
+    assert [e["kind"] for e in model.log] == ["attack"] * 4
+    # A run recorded before the dashboard started is shown, not logged as happening now.
+    model.run_record("r0", {"type": "start", "scenario": "finney"}, log=False)
+    model.run_record("r0", {"type": "end", "verdict": "finney: FAILED"}, log=False)
+    assert len(model.log) == 4 and model.runs["r0"]["end"]["verdict"] == "finney: FAILED"
+
+
+def test_link_faults_of_a_run_are_followed() -> None:
+    model = Model()
+    model.run_record("r", {"type": "start", "scenario": "x"})
+    model.run_record("r", {"type": "event", "node": "n3", "event": "link fault", "peer": "n2",
+                           "delay_ms": 200.0, "loss": 0.1, "note": "ignored"})
+    assert model.link_faults == {"n2|n3": {"delay_ms": 200.0, "loss": 0.1}}
+    assert model.snapshot()["link_faults"] == model.link_faults
+    model.run_record("r", {"type": "event", "node": "*", "event": "link faults cleared"})
+    assert model.link_faults == {}
+    model.run_record("r", {"type": "event", "node": "n1", "event": "link fault", "peer": "n2",
+                           "jitter_ms": 5})
+    model.run_record("r", {"type": "end", "verdict": "x: done"})
+    assert model.link_faults == {}  # a run's faults end with it
+
+
+def test_binding_off_loopback_needs_a_token() -> None:
+    model = Model()
+    with pytest.raises(DashboardError, match="needs a token"):
+        Dashboard(None, model, "0.0.0.0", 8450)  # type: ignore[arg-type]
+    Dashboard(None, model, "0.0.0.0", 8450, token="t")  # type: ignore[arg-type]
+    Dashboard(None, model, "127.0.0.1", 8450)  # type: ignore[arg-type]
+    for bad in ("8450", "host:", ":80", "127.0.0.1:99999", "127.0.0.1:http"):
+        with pytest.raises(DashboardError):
+            parse_bind(bad)
+    result = run_powlab("testnet", "dashboard", "--endpoint", "n1=http://127.0.0.1:1/",
+                        "--bind", f"0.0.0.0:{free_port()}", "--no-open", timeout=60)
+    assert result.returncode == 1
+    assert "needs a token" in result.stderr
+
+
+def test_sources_of_a_compose_testnet_and_of_bare_endpoints(tmp_path: Path) -> None:
+    from lab.dashboard.sources import _docker_sources, endpoint_sources
+
+    rows = [{"node": "miner1", "role": "miner"}, {"node": "observer", "role": "observer"}]
+    endpoints = {"miner1": ("http://127.0.0.1:28443/", ("__cookie__", "a")),
+                 "observer": ("http://127.0.0.1:28447/", ("__cookie__", "b"))}
+    answers = iter([rows, endpoints])
+    sources = _docker_sources(tmp_path, lambda path, args, action: next(answers))
+    assert sources.docker and sources.partition() is None
+    assert [(n.name, n.role) for n in sources.nodes] == [("miner1", "miner"),
+                                                         ("observer", "observer")]
+    assert sources.nodes[1].endpoint().url == "http://127.0.0.1:28447/"
+    cookie = tmp_path / "cookie"
+    cookie.write_text("__cookie__:secret")
+    bare = endpoint_sources([f"a=http://127.0.0.1:1#{cookie}", "b=http://127.0.0.1:2/"])
+    assert bare.nodes[0].endpoint().auth == ("__cookie__", "secret")
+    assert bare.nodes[1].endpoint().url == "http://127.0.0.1:2/" and bare.directory is None
+    for bad in ("a", "=http://x/", "a=ftp://x/", "a=127.0.0.1:1"):
+        with pytest.raises(ValueError):
+            endpoint_sources([bad])
+
+
+def test_the_page_ships_inside_the_package() -> None:
+    names = {p.name for p in STATIC_DIR.iterdir()}
+    assert {"index.html", "app.js", "tree.js", "style.css"} <= names
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"lab"' in text.split("[tool.hatch.build.targets.wheel]")[1].split("\n")[1]
+
+
+# --------------------------------------------------------------------------- a real testnet
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("dash") / "testnet"
+    with scripts_run_testnet(directory, subnets.subnet(subnets.DASHBOARD)) as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def dash(net: Path) -> Iterator[DashboardProcess]:
+    proc = DashboardProcess("--dir", str(net))
+    yield proc
+    proc.stop()
+
+
+def state(dash: DashboardProcess) -> dict[str, Any]:
+    return dash.json("/api/state")
+
+
+@pytest.mark.slow
+def test_state_shows_every_node_and_their_tips(net: Path, dash: DashboardProcess) -> None:
+    snap = state(dash)
+    assert [n["name"] for n in snap["nodes"]] == ["n1", "n2", "n3", "n4"]
+    assert {n["name"]: n["role"] for n in snap["nodes"]} == {
+        "n1": "miner", "n2": "node", "n3": "miner", "n4": "node"}
+    assert snap["finality_depth"] == 6
+    heights = {b["height"] for b in snap["blocks"]}
+    assert 0 in heights and max(heights) >= 108  # the whole funded chain
+    tips = wait_until(lambda: {n["name"]: n["tip"] for n in state(dash)["nodes"]
+                               if n["tip"]} or None, 30, "tips", first=0.1)
+    assert len(tips) == 4
+
+
+@pytest.mark.slow
+def test_a_block_mined_by_rpc_appears_with_its_miner(net: Path,
+                                                     dash: DashboardProcess) -> None:
+    n2 = load_manifest(net).node("n2")
+    [block_hash] = call(n2, "generatetoaddress", 1, call(n2, "getnewaddress"))
+
+    def seen() -> dict[str, Any] | None:
+        return next((b for b in state(dash)["blocks"] if b["hash"] == block_hash), None)
+
+    block = wait_until(seen, 30, "the block on the dashboard", first=0.05)
+    assert block["miner"] == "n2"
+    detail = dash.json(f"/api/block?hash={block_hash}")
+    assert detail["block"]["hash"] == block_hash and detail["miner"] == "n2"
+
+
+@pytest.mark.slow
+def test_a_payment_on_every_node(net: Path, dash: DashboardProcess) -> None:
+    manifest = load_manifest(net)
+    n1, n4 = manifest.node("n1"), manifest.node("n4")
+    txid = call(n1, "sendtoaddress", call(n4, "getnewaddress"), 100_000)
+    info = dash.json(f"/api/tx?txid={txid}")
+    assert [r["node"] for r in info["nodes"]] == ["n1", "n2", "n3", "n4"]
+    assert info["nodes"][0]["status"] in ("mempool", "confirmed")
+    assert len(info["curve"]) == info["finality_depth"] + 1
+    assert info["curve"][0]["risk"] == 1.0 and info["curve"][-1]["risk"] < 0.01
+
+
+@pytest.mark.slow
+def test_controls_mine_and_refuse_bad_requests(net: Path, dash: DashboardProcess) -> None:
+    url = dash.base + "api/control"
+    js = {"Content-Type": "application/json"}
+
+    def post(body: Any, headers: dict[str, str] = js) -> tuple[int, dict[str, Any]]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        status, reply, _ = http(url, data, headers, "POST")
+        return status, json.loads(reply or b"{}") if reply.startswith(b"{") else {}
+
+    status, reply = post({"action": "mine", "node": "n4", "blocks": 1})
+    assert status == 200 and "n4 mined 1 block" in reply["result"], reply
+    assert post({"action": "mine", "node": "n9"})[0] == 400
+    assert post({"action": "mine", "node": "n1", "blocks": 10_000})[0] == 400
+    assert post({"action": "mine", "node": "n1", "blocks": "1; rm -rf /"})[0] == 400
+    assert post({"action": "send", "from": "n1", "to": "n2", "amount": -5})[0] == 400
+    assert post({"action": "partition", "groups": [["n1"], ["n1"]]})[0] == 400
+    assert post({"action": "partition", "groups": "n1,n2 n3,n4"})[0] == 400
+    assert post({"action": "shutdown"})[0] == 400
+    assert post([1, 2])[0] == 400
+    assert post(b"{not json")[0] == 400
+    # A form post from another site: not JSON, or not same-origin.
+    assert post({"action": "heal"}, {"Content-Type": "application/x-www-form-urlencoded"})[0] \
+        == 415
+    assert post({"action": "heal"}, {**js, "Origin": "http://evil.example"})[0] == 403
+    big = json.dumps({"action": "heal", "pad": "x" * (MAX_REQUEST_BYTES * 2)}).encode()
+    assert post(big)[0] == 413
+
+
+@pytest.mark.slow
+def test_garbage_queries_are_refused(dash: DashboardProcess) -> None:
+    for path in ("/api/tx", "/api/tx?txid=zz", "/api/tx?txid=" + "A" * 64,
+                 "/api/tx?txid=" + "0" * 65, "/api/block?hash=../../etc/passwd",
+                 "/api/block?hash=%00", "/api/tx?txid=" + "x" * 5000):
+        status, body, _ = dash.get(path)
+        assert status == 400, (path, status, body[:200])
+    assert dash.get("/api/block?hash=" + "0" * 64)[0] == 404
+    for path in ("/static/../../pyproject.toml", "/static/%2e%2e%2fcli.py", "/static/nope.js",
+                 "/static/__init__.py", "/nope"):
+        assert dash.get(path)[0] == 404, path
+    # A request line far over any limit is refused; the server carries on.
+    status = dash.get("/api/state?x=" + "a" * 200_000)[0]
+    assert status in (400, 414, 431)
+    assert dash.get("/api/state")[0] == 200
+
+
+@pytest.mark.slow
+def test_only_loopback_host_names_are_answered(dash: DashboardProcess) -> None:
+    # A DNS-rebinding page reaches 127.0.0.1 under its own host name: refused.
+    assert dash.get("/api/state", {"Host": "evil.example"})[0] == 421
+    assert dash.get("/api/state", {"Host": f"localhost:{dash.port}"})[0] == 200
+
+
+@pytest.mark.slow
+def test_the_page_never_sees_a_cookie(net: Path, dash: DashboardProcess) -> None:
+    secrets = [read_cookie(Path(e.datadir))[1] for e in load_manifest(net).nodes]
+    seen = b""
+    for path in ("/", "/api/state", "/static/app.js", "/static/tree.js", "/static/index.html"):
+        status, body, headers = dash.get(path)
+        assert status == 200
+        seen += body + json.dumps(headers).encode()
+        assert headers.get("Content-Security-Policy", "").startswith("default-src 'self'")
+    for secret in secrets:
+        assert secret.encode() not in seen
+    assert b"__cookie__" not in seen
+
+
+@pytest.mark.slow
+def test_streams_are_bounded(dash: DashboardProcess) -> None:
+    sockets = []
+    try:
+        statuses = []
+        for _ in range(MAX_SSE_CLIENTS + 4):
+            s = socket.create_connection(("127.0.0.1", dash.port), timeout=10)
+            s.sendall(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{dash.port}\r\n\r\n".encode())
+            statuses.append(s.recv(64).split(b" ")[1])
+            sockets.append(s)
+        assert statuses.count(b"200") == MAX_SSE_CLIENTS
+        assert statuses.count(b"503") == 4
+    finally:
+        for s in sockets:
+            s.close()
+
+    def accepted_again() -> bool:
+        with socket.create_connection(("127.0.0.1", dash.port), timeout=10) as s:
+            s.sendall(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{dash.port}\r\n\r\n"
+                      .encode())
+            return s.recv(64).split(b" ")[1] == b"200"
+
+    wait_until(accepted_again, 30, "the closed streams to be forgotten")
+
+
+@pytest.mark.slow
+def test_any_set_of_rpc_endpoints(net: Path) -> None:
+    entries = load_manifest(net).nodes
+    specs = [f"{e.name}={e.url}#{Path(e.datadir) / '.cookie'}" for e in entries[:2]]
+    proc = DashboardProcess(*[arg for spec in specs for arg in ("--endpoint", spec)])
+    try:
+        snap = wait_until(lambda: (s := proc.json("/api/state"))["nodes"][1]["tip"] and s, 30,
+                          "both nodes followed", first=0.1)
+        assert [n["name"] for n in snap["nodes"]] == ["n1", "n2"]
+        assert snap["runs"] == [] and snap["partition"] is None
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+def test_a_token_guards_every_request(net: Path) -> None:
+    proc = DashboardProcess("--dir", str(net), "--token", "s3cret-token")
+    try:
+        assert proc.get("/")[0] == 401
+        assert proc.get("/api/state")[0] == 401
+        assert proc.get("/api/state?token=wrong")[0] == 401
+        assert proc.get("/api/state", {"Authorization": "Bearer wrong"})[0] == 401
+        status, _, headers = proc.get("/?token=s3cret-token")
+        assert status == 200 and "powlab_dashboard=s3cret-token" in headers.get("Set-Cookie", "")
+        assert proc.get("/api/state", {"Authorization": "Bearer s3cret-token"})[0] == 200
+        assert proc.get("/api/state", {"Cookie": "powlab_dashboard=s3cret-token"})[0] == 200
+    finally:
+        out = proc.stop()
+    assert "?token=s3cret-token" in out  # the printed URL carries it
+
+
+@pytest.mark.slow
+def test_controls_partition_heal_and_send(net: Path, dash: DashboardProcess) -> None:
+    def post(body: dict[str, Any]) -> dict[str, Any]:
+        status, reply, _ = http(dash.base + "api/control", json.dumps(body).encode(),
+                                {"Content-Type": "application/json"}, "POST")
+        assert status == 200, reply
+        return json.loads(reply)
+
+    try:
+        assert "partitioned: n1,n2 | n3,n4" in post(
+            {"action": "partition", "groups": [["n1", "n2"], ["n3", "n4"]]})["result"]
+        assert load_manifest(net).partition == [["n1", "n2"], ["n3", "n4"]]
+        wait_until(lambda: state(dash)["partition"] == [["n1", "n2"], ["n3", "n4"]], 30,
+                   "the partition on the dashboard", first=0.1)
+    finally:
+        post({"action": "heal"})
+    assert load_manifest(net).partition is None
+    snap = wait_until(lambda: (s := state(dash))["partition"] is None and s, 30, "healed")
+    assert [e for e in snap["log"] if e["kind"] == "partition"]
+    assert [e for e in snap["log"] if e["kind"] == "heal"]
+    result = post({"action": "send", "from": "n1", "to": "n3", "amount": 12_345})["result"]
+    txid = result.rsplit(" ", 1)[1]
+    assert dash.json(f"/api/tx?txid={txid}")["nodes"][0]["status"] in ("mempool", "confirmed")
+
+
+@pytest.mark.slow
+def test_an_invalid_block_is_marked(net: Path, dash: DashboardProcess) -> None:
+    n4 = load_manifest(net).node("n4")
+    tip = call(n4, "getbestblockhash")
+    call(n4, "setnetworkactive", False)
+    try:
+        call(n4, "invalidateblock", tip)
+
+        def marked() -> bool:
+            block = next((b for b in state(dash)["blocks"] if b["hash"] == tip), None)
+            return bool(block and block["invalid"])
+
+        wait_until(marked, 30, "the invalid block marked", first=0.1)
+    finally:
+        call(n4, "reconsiderblock", tip)
+        call(n4, "setnetworkactive", True)
+
+
+@pytest.mark.slow
+def test_scripts_run_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> None:
+    directory = tmp_path / "testnet"
+    port = free_port()
+    env = {**os.environ, "POWLAB_RUN_DIR": str(directory), "POWLAB_RUN_BLOCK_TIME": "3",
+           "POWLAB_RUN_SUBNET": subnets.subnet(subnets.DASHBOARD_RUN),
+           "POWLAB_RUN_DASHBOARD": f"127.0.0.1:{port}"}
+    try:
+        run = subprocess.run([str(REPO / "scripts" / "run")], capture_output=True, text=True,
+                             env=env, timeout=900, cwd=REPO)
+        assert run.returncode == 0, run.stdout + run.stderr
+        url = f"http://127.0.0.1:{port}/"
+        assert "See it live in a browser" in run.stdout and f"\n  {url}\n" in run.stdout
+        status, body, _ = http(url + "api/state")
+        assert status == 200 and len(json.loads(body)["nodes"]) == 4
+        again = subprocess.run([str(REPO / "scripts" / "run")], capture_output=True, text=True,
+                               env=env, timeout=300, cwd=REPO)
+        assert again.returncode == 0 and f"\n  {url}\n" in again.stdout  # left alone
+        stop = subprocess.run([str(REPO / "scripts" / "run"), "stop"], capture_output=True,
+                              text=True, env=env, timeout=300, cwd=REPO)
+        assert stop.returncode == 0 and "dashboard: stopped" in stop.stdout, stop.stdout
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        tear_down_testnet(directory)

@@ -1,0 +1,97 @@
+"""The address book and dialling from it, the mechanics the eclipse attack works on: outbound
+slots go to addresses drawn at random from the book (as Bitcoin Core's addrman does), a full
+node refuses inbound peers, and the book survives a restart (peers.json, Core's peers.dat).
+Virtual time only (p2p.memory)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from p2p.memory import MemoryNetwork, MemoryNode
+from p2p.peerbook import PeerBook
+from p2p.protocol import PeerRefused
+from tests.p2p_helpers import QUICK, config, established, run_until
+
+
+def outbound_peers(node: MemoryNode) -> set[str]:
+    return {p.addr[0] for p in node.p2p.peers.values() if p.established and not p.inbound}
+
+
+def first_dial(seed: int, listeners: int = 6) -> str:
+    """A node with a book of `listeners` reachable addresses and one outbound slot: the host
+    it ends up connected to."""
+    net = MemoryNetwork(QUICK, seed=seed)
+    others = [net.add_node(f"x{i}") for i in range(listeners)]
+    a = net.add_node("a", config(max_outbound=1))
+    for other in others:
+        a.p2p.book.add_address(other.addr, other.p2p.node_id, int(net.now))
+    run_until(net, lambda: bool(outbound_peers(a)), 10, "a dials one address from its book")
+    (host,) = outbound_peers(a)
+    return host
+
+
+def test_outbound_slots_go_to_addresses_drawn_at_random_from_the_book() -> None:
+    hosts = [first_dial(seed) for seed in range(40)]
+    counts = Counter(hosts)
+    # Not the first address in insertion order every time: a draw over all six.
+    assert len(counts) >= 5, counts
+    assert max(counts.values()) <= 20, counts
+    # The draw comes from the node's own rng: the same seed gives the same choice.
+    assert first_dial(7) == first_dial(7)
+
+
+def test_a_book_full_of_one_operators_addresses_gives_it_every_outbound_slot() -> None:
+    """The eclipse in miniature: the book holds only attacker addresses, so every dial goes
+    to the attacker."""
+    net = MemoryNetwork(QUICK, seed=5)
+    attackers = [net.add_node(f"s{i}") for i in range(4)]
+    a = net.add_node("a", config(max_outbound=3))
+    for s in attackers:
+        a.p2p.book.add_address(s.addr, s.p2p.node_id, int(net.now))
+    run_until(net, lambda: len(outbound_peers(a)) == 3, 20, "a fills its outbound slots")
+    assert outbound_peers(a) <= {s.addr[0] for s in attackers}
+
+
+def test_a_full_node_refuses_inbound_peers_and_no_listen_refuses_all() -> None:
+    net = MemoryNetwork(QUICK, seed=2)
+    a = net.add_node("a", config(max_inbound=2))
+    sybils = [net.add_node(f"s{i}") for i in range(2)]
+    honest = net.add_node("h")
+    for s in sybils:
+        s.connect(a)
+    run_until(net, lambda: all(established(a, s) for s in sybils), 10, "sybils take a's slots")
+    honest.connect(a)
+    run_until(net, lambda: PeerRefused(honest.addr, "too many inbound peers") in a.events, 10,
+              "a refuses the honest newcomer")
+    assert not established(a, honest)
+
+    b = net.add_node("b", config(listen=False))
+    sybils[0].connect(b)
+    run_until(net, lambda: PeerRefused(sybils[0].addr, "not accepting inbound connections")
+              in b.events, 10, "b refuses every inbound peer")
+
+
+def test_the_book_survives_as_records() -> None:
+    book = PeerBook(10, 100, 60.0)
+    book.add_address(("127.0.0.2", 18444), bytes(range(32)), 1_000)
+    book.add_address(("127.0.0.3", 18444), bytes(32), 2_000)
+    again = PeerBook(10, 100, 60.0)
+    bad = [{"host": "127.0.0.4"}, {"host": "h", "port": 0, "node_id": "00" * 32, "last_seen": 1},
+           {"host": "h", "port": 1, "node_id": "zz", "last_seen": 1}]
+    assert again.load_records([*book.records(), *bad]) == 2
+    assert list(again.addresses) == list(book.addresses)
+    assert again.addresses[("127.0.0.2", 18444)].node_id == bytes(range(32))
+    assert again.addresses[("127.0.0.3", 18444)].last_seen == 2_000
+
+
+def test_a_stopping_node_says_goodbye_so_its_peers_redial_at_once() -> None:
+    """Without the goodbye a peer would hold the dead link until `peer_timeout` (30 s) and a
+    persistent dialler would not come back to the restarted node for that long."""
+    net = MemoryNetwork(QUICK, seed=4)
+    a, b = net.add_node("a"), net.add_node("b")
+    b.connect(a)  # persistent
+    run_until(net, lambda: established(a, b), 10, "b reaches a")
+    a.p2p.shut_down(net.now)
+    net.flush(a)
+    run_until(net, lambda: a.addr not in b.p2p.by_addr, 1, "b drops a on its goodbye")
+    assert b.p2p._persistent[a.addr] <= net.now + b.p2p.config.reconnect_interval
