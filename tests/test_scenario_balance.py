@@ -67,9 +67,11 @@ def test_one_trial_per_cell_reports_consistent_figures(testnet: Path, tmp_path: 
     assert data["trials"] == sum(r["trials"] for r in rows)
     assert data["successes"] == sum(r["successes"] for r in rows)
     assert data["success"] == (data["successes"] > 0)
-    # Without a delay the halves never fork: the attack cannot succeed, live or simulated.
+    # Without a delay the simulated halves never fork: no success. (Live, two blocks found at
+    # once can still fork the network for a moment, and with z = 1 that is enough now and
+    # then: one trial says nothing about the rate.)
     no_delay = rows[0]
-    assert no_delay["successes"] == 0 and no_delay["simulator"]["successes"] == 0
+    assert no_delay["simulator"]["successes"] == 0
     assert no_delay["timed_out"] == 0
     assert set(no_delay["outcomes"]) == {SUCCESS, SURVIVED, NOT_CONFIRMED}
     # With 3 s between the halves at one block a second the simulator gives the attack a real
@@ -80,6 +82,14 @@ def test_one_trial_per_cell_reports_consistent_figures(testnet: Path, tmp_path: 
     delayed = [e for e in data["timeline"] if e["event"] == "link fault"]
     assert delayed and all(e.get("delay_ms") == 3000 for e in delayed)
     assert any(e["event"] == "link faults cleared" for e in data["timeline"])
+
+
+def test_the_scenario_names_the_outcomes_as_the_simulator_does() -> None:
+    from lab.scenario.runner import load_file
+    from lab.simulate.balance import OUTCOMES
+
+    module = load_file(SCENARIO).module
+    assert (module.SUCCESS, module.SURVIVED, module.NOT_CONFIRMED) == OUTCOMES
 
 
 def _have_matplotlib() -> bool:

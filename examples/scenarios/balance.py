@@ -12,8 +12,8 @@ power) and the trial succeeds when tx1 is not in that chain. A trial also ends w
 already holds the same payment (tx2 everywhere: the merchant never saw z confirmations).
 
 Per (delay, q) cell: the success rate with its Wilson 95% interval, next to `powlab simulate
-balance`'s figure for the same delay, q, z and block interval (lab/simulate/balance.py, the
-same model in virtual time).
+balance --json`'s figure for the same delay, q, z and block interval (lab/simulate/balance.py,
+the same model in virtual time), run once per experiment as a command.
 
     powlab scenario run examples/scenarios/balance.py [--dir D | --docker] [--json] \\
         -- --delay 0,2 --q 0.2,0.4 --trials 5 --confirmations 2
@@ -25,26 +25,23 @@ On the compose network give the halves, each with one honest miner, e.g.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import lab.scenario
 from lab.scenario import Network, ScenarioError, parallel, survey, wilson_interval
 
-# Not part of lab.scenario (yet): the simulator's model and its defaults, for the figure next
-# to each measured one. See the report of the balance branch.
-from lab.simulate.balance import (
-    DEFAULT_BLOCK_INTERVAL,
-    DEFAULT_CONFIRMATIONS,
-    NOT_CONFIRMED,
-    PAPER_CLAIM,
-    SUCCESS,
-    SURVIVED,
-    half_shares,
-    partition_limit,
-    simulate_cell,
-)
-
+# The outcomes, named as `powlab simulate balance --json` names them (a scenario imports only
+# lab.scenario: the simulator's figures come from the command, run once per experiment).
+SUCCESS = "success"  # tx1 had z confirmations for the merchant and is not in the final chain
+SURVIVED = "survived"  # tx1 is in the final chain
+NOT_CONFIRMED = "not_confirmed"  # tx2 won before the merchant saw z confirmations of tx1
 TIMED_OUT = "timed_out"  # neither outcome within --trial-timeout: not counted as a trial
 SETTLED = ("confirmed", "final")
 
@@ -63,13 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--q", type=_floats, default=[0.2, 0.4],
                         help="attacker hash-rate shares (default 0.2,0.4)")
     parser.add_argument("--trials", type=int, default=5, help="attacks per cell (default 5)")
-    parser.add_argument("--confirmations", "-z", dest="z", type=int,
-                        default=DEFAULT_CONFIRMATIONS,
-                        help=f"confirmations the merchant waits for (default "
-                             f"{DEFAULT_CONFIRMATIONS})")
-    parser.add_argument("--block-interval", type=float, default=DEFAULT_BLOCK_INTERVAL,
-                        help=f"mean seconds between blocks while attacking (default "
-                             f"{DEFAULT_BLOCK_INTERVAL:g})")
+    parser.add_argument("--confirmations", "-z", dest="z", type=int, default=2,
+                        help="confirmations the merchant waits for (default 2)")
+    parser.add_argument("--block-interval", type=float, default=1.0,
+                        help="mean seconds between blocks while attacking (default 1)")
     parser.add_argument("--halves", nargs=2, metavar="NODES",
                         help="the two halves, comma-separated node names (default: the "
                              "manifest's nodes cut in two in order)")
@@ -80,6 +74,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sim-trials", type=int, default=2000,
                         help="simulated attacks per cell for the figure next to it "
                              "(default 2000)")
+
+
+def _honest_half(q: float) -> float:
+    """Each half's honest share of the hash rate (the model of lab/simulate/balance.py)."""
+    return (1.0 - q) / 2
+
+
+def _simulate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """`powlab simulate balance --json` for the same cells, delay, q, z and interval."""
+    root = Path(lab.scenario.__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "lab", "simulate", "balance", "--json",
+               "--delay", ",".join(f"{d:g}" for d in args.delay),
+               "--q", ",".join(f"{q:g}" for q in args.q), "--z", str(args.z),
+               "--block-interval", f"{args.block_interval:g}",
+               "--trials", str(args.sim_trials), "--seed", str(seed)]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
+    if done.returncode != 0:
+        raise ScenarioError(f"powlab simulate balance failed: {done.stderr.strip()[-300:]}")
+    return dict(json.loads(done.stdout))
 
 
 class Plan:
@@ -123,7 +140,7 @@ class Plan:
         return list(dict.fromkeys([*self.tx_miners, *self.block_miners, self.attacker]))
 
     def shares(self, q: float) -> dict[str, float]:
-        honest_half, _ = half_shares(q)
+        honest_half = _honest_half(q)
         out: dict[str, float] = {}
         for group in (self.tx_miners, self.block_miners):
             for n in group:
@@ -254,7 +271,7 @@ def trial(net: Network, plan: Plan, delay: float, q: float, index: int) -> dict[
                             what="every node to reach the same height")
         if len(set(tips)) > 1:
             # A tie at the top: the next block decides, from a half drawn by its power.
-            tx_share, _ = half_shares(q)
+            tx_share = _honest_half(q)
             finder = (plan.tx_miners[0] if net.rng.random() < tx_share
                       else plan.block_miners[0])
             net.mine(finder, 1, "tie broken")
@@ -277,6 +294,7 @@ def run(net: Network) -> None:
     if any(not 0 <= q < 1 for q in args.q) or any(d < 0 for d in args.delay):
         raise ScenarioError("q must be within [0, 1) and delays 0 or more")
     plan = Plan(net, args.halves)
+    simulated = _simulate(args, net.seed)  # first: a broken simulator fails before any trial
     net.timeline.mark("*", "halves", transaction_half=",".join(plan.tx_half),
                       block_half=",".join(plan.block_half), attacker=plan.attacker)
     trials: list[dict[str, Any]] = []
@@ -285,8 +303,9 @@ def run(net: Network) -> None:
             for delay in args.delay:
                 for k in range(args.trials):
                     trials.append(trial(net, plan, delay, q, k))
+    sim_rows = {(r["delay"], r["q"]): r for r in simulated["rows"]}
     rows = [_row(args, delay, q, [t for t in trials if t["delay"] == delay and t["q"] == q],
-                 net.seed)
+                 sim_rows[(delay, q)])
             for q in args.q for delay in args.delay]
     done = sum(r["trials"] for r in rows)
     wins = sum(r["successes"] for r in rows)
@@ -298,7 +317,9 @@ def run(net: Network) -> None:
                f"confirmed {args.z} deep in the merchant's half were reversed; {summary}")
     net.report(verdict=verdict, success=wins > 0, trials=done, successes=wins, rows=rows,
                halves=plan.to_json(), confirmations=args.z, block_interval=args.block_interval,
-               paper=PAPER_CLAIM, trial_results=trials,
+               paper=simulated["paper"], simulator_model={
+                   k: simulated[k] for k in ("seed", "trials", "payment_trips")},
+               trial_results=trials,
                # The roles this attack played, which may differ from the manifest's (the
                # attacker must sit in the block half).
                roles={"attacker": plan.attacker, "victim": net.victim.name,
@@ -306,13 +327,12 @@ def run(net: Network) -> None:
 
 
 def _row(args: argparse.Namespace, delay: float, q: float, results: list[dict[str, Any]],
-         seed: int) -> dict[str, Any]:
+         sim: dict[str, Any]) -> dict[str, Any]:
     counted = [t for t in results if t["outcome"] != TIMED_OUT]
     outcomes = {o: sum(t["outcome"] == o for t in counted)
                 for o in (SUCCESS, SURVIVED, NOT_CONFIRMED)}
     wins = outcomes[SUCCESS]
     lo, hi = wilson_interval(wins, len(counted))
-    sim = simulate_cell(delay, q, args.z, args.sim_trials, seed, args.block_interval).to_json()
     return {
         "delay": delay, "q": q, "confirmations": args.z, "block_interval": args.block_interval,
         "trials": len(counted), "successes": wins,
@@ -320,7 +340,7 @@ def _row(args: argparse.Namespace, delay: float, q: float, results: list[dict[st
         "outcomes": outcomes, "timed_out": len(results) - len(counted),
         "simulator": {k: sim[k] for k in ("trials", "successes", "success_rate", "ci95",
                                           "outcomes")},
-        "partition_limit": partition_limit(q, args.z),
+        "partition_limit": sim["partition_limit"],
     }
 
 
@@ -340,9 +360,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def build_figure(data: dict[str, Any]) -> Any:
     """`--plot`: the testnet's success rate per delay with its Wilson 95% interval, one
     series per attacker share, next to the simulator's for the same cells."""
-    from lab.plotting import pyplot  # the runner only calls this with matplotlib installed
+    import matplotlib  # the runner calls this only when matplotlib is installed
 
-    plt = pyplot()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 5.6))
     colours = plt.get_cmap("tab10")
     rows = data["rows"]
