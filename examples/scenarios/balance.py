@@ -6,7 +6,7 @@ Each trial: every link between the halves gets a one-way delay (net.link_fault);
 coin pays the merchant (tx1) in the merchant's half, the *transaction half*, and goes back to the
 attacker (tx2) in the other, the *block half*, where the attacker mines with its share q next to
 that half's honest miners. Each half's miners get (1 − q)/2 of the hash rate. As soon as the
-merchant's node shows tx1 with z confirmations the attacker stops mining and lifts the delay;
+merchant's node shows tx1 with z confirmations every miner stops and the delay is lifted;
 every node then settles on the most work (a tie is broken by one block from a half drawn by its
 power) and the trial succeeds when tx1 is not in that chain. A trial also ends when every node
 already holds the same payment (tx2 everywhere: the merchant never saw z confirmations).
@@ -19,7 +19,9 @@ the same model in virtual time), run once per experiment as a command.
         -- --delay 0,2 --q 0.2,0.4 --trials 5 --confirmations 2
 
 On the compose network give the halves, each with one honest miner, e.g.
-`-- --halves miner1,merchant,observer miner2,attacker,observer2`.
+`-- --halves miner1,merchant,observer miner2,attacker` (by default its five nodes are cut in
+order, which puts both honest miners in the merchant's half and leaves the block half's honest
+share to the attacker's node).
 """
 
 from __future__ import annotations
