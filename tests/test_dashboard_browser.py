@@ -5,8 +5,9 @@ loser, a payment followed to final, `powlab attack majority` live with its verdi
 to before the reorg; and the two figures of docs/performance.md (a new block drawn within
 500 ms of its block_connected on 20 nodes; 10,000 blocks with forks drawn in under 1 s).
 
-Each view is saved as a screenshot in docs/dashboard/. Skipped, with the reason, only where
-chromium, chromium-driver or selenium cannot be found (.ci/run installs them)."""
+Each view is saved as a screenshot (into docs/dashboard/ with POWLAB_UPDATE_SCREENSHOTS=1).
+Skipped, with the reason, only where chromium, chromium-driver or selenium cannot be found
+(.ci/run installs them)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -54,7 +56,10 @@ pytestmark = [
                               "apt-get install chromium chromium-driver; .ci/run does it)"),
 ]
 
-SHOTS = REPO / "docs" / "dashboard"
+# The screenshots in docs/dashboard/ are refreshed only on request, so that a test run leaves
+# the checkout as it was: POWLAB_UPDATE_SCREENSHOTS=1 scripts/test tests/test_dashboard_browser.py
+SHOTS = (REPO / "docs" / "dashboard" if os.environ.get("POWLAB_UPDATE_SCREENSHOTS")
+         else Path(tempfile.gettempdir()) / f"powlab-dashboard-shots-{os.getpid()}")
 WAIT = 60.0
 
 
