@@ -2,7 +2,7 @@
 
 After Heilman, Kendler, Zohar and Goldberg, "Eclipse Attacks on Bitcoin's Peer-to-Peer
 Network" (USENIX Security 2015). The attacker (the attacker node plus --sybils K extra nodes
-it starts, each a fresh identity on its own loopback address) works on the victim's real
+it starts, each a fresh identity on an address of its own) works on the victim's real
 mechanics: which peers the victim has is decided by the node's own rules (a random draw from
 its address book, inbound slots that are never given back); the scenario only chooses when the
 victim restarts and when the honest nodes try to connect to it:
@@ -32,9 +32,11 @@ countermeasure, trials, successes, the rate and its Wilson 95 % interval, and ne
 prediction of an idealised draw: the chance that every outbound slot goes to an attacker
 address if each were drawn from the whole book as the victim held it at its restart.
 
-Process testnets only (it starts node processes and restarts the victim): `powlab scenario
-run examples/scenarios/eclipse.py -- --trials 5`. On the compose network it stops with an
-error saying so. The victim is given back with its own configuration, the sybils stopped.
+It starts nodes and restarts the victim, on a process testnet (`powlab scenario run
+examples/scenarios/eclipse.py -- --trials 5`: node processes on loopback addresses of their
+own) or on the compose network (`... --docker` or the --dir of `testnet up --docker`: sybil
+containers on the compose network, the merchant's container recreated with the options as
+POWLAB_* variables). The victim is given back with its own configuration, the sybils removed.
 """
 
 from __future__ import annotations
@@ -122,9 +124,8 @@ class Eclipse:
         self.sybils = net.start_nodes(self.args.sybils,
                                   connect=[self.attacker, self.victim], mesh=True)
         for s in self.sybils:
-            info = s.call("getnetworkinfo")
-            self.ids[s.name] = info["node_id"]
-            self.addr[s.name] = info["p2p"]
+            self.ids[s.name] = s.call("getnetworkinfo")["node_id"]
+            self.addr[s.name] = net.p2p_address(s)
         self.attacker_names = {self.attacker.name, *(s.name for s in self.sybils)}
         self.attacker_ids = {self.ids[n] for n in self.attacker_names}
         self.attacker_addrs = {self.addr[n] for n in self.attacker_names}

@@ -17,7 +17,7 @@ from typing import Any
 from storage.files import write_atomic
 
 PREFIX = "restore-"
-KINDS = ("bans", "links", "faults", "offline", "processes")
+KINDS = ("bans", "links", "faults", "offline", "processes", "containers")
 
 
 class Journal:
@@ -85,6 +85,23 @@ def _stop_process(pid: int, marker: str) -> bool:
     return False
 
 
+def _remove_container(name: str) -> bool:
+    """`docker rm -f -v` an extra node's container (a compose network's sybil); False when
+    there is none or Docker does not answer."""
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True,
+                                timeout=60, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
 def orphans(runs: Path) -> list[Path]:
     """Journals left by runs whose process is gone."""
     found = []
@@ -124,6 +141,9 @@ def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[
     for pid, marker in state.get("processes", []):
         if _stop_process(int(pid), marker):
             done.append(f"extra node {Path(marker).stem} (pid {pid}) stopped")
+    for (name,) in state.get("containers", []):
+        if _remove_container(name):
+            done.append(f"extra node container {name} removed")
     for node, method, params, text in steps:
         if call(node, method, params):
             done.append(text)
