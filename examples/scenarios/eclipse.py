@@ -121,6 +121,7 @@ class Eclipse:
         net.stop_mining()
         self.ids = {n.name: n.getnetworkinfo()["node_id"] for n in net.nodes.values()}
         self.addr = {n.name: net.p2p_address(n) for n in net.nodes.values()}
+        self.drop_honest_links()
         self.sybils = net.start_nodes(self.args.sybils,
                                   connect=[self.attacker, self.victim], mesh=True)
         for s in self.sybils:
@@ -132,6 +133,23 @@ class Eclipse:
         self.honest_addrs = {self.addr[n.name] for n in self.honest}
         net.timeline.mark(self.attacker.name, "sybils started", count=len(self.sybils),
                           hosts=",".join(sorted(self.addr[s.name] for s in self.sybils)))
+
+    def drop_honest_links(self) -> None:
+        """An honest node that keeps a link to the victim (an addnode, as every node of the
+        compose network has to every other) would redial it every few seconds and take an
+        inbound slot whenever one is free: for the run, it drops the link (it is added back
+        at the end), so that the honest nodes try to connect in only when the scenario says."""
+        victim_addr = self.addr[self.victim.name]
+        dropped = []
+        for h in self.honest:
+            added = {a["addednode"] for a in h.try_call("getaddednodeinfo") or []}
+            if victim_addr in added:
+                h.call("addnode", victim_addr, "remove")
+                self.net.on_restore(lambda h=h: h.try_call("addnode", victim_addr, "add"))
+                dropped.append(h.name)
+        if dropped:
+            self.net.timeline.mark(self.victim.name, "honest links dropped",
+                                   note="for the run: " + ",".join(dropped))
 
     def tear_down(self) -> None:
         # The runner restarts the victim on its own configuration and stops the sybils.
@@ -258,12 +276,15 @@ class Eclipse:
     # ---------------------------------------------------------------- cutting the attacker off
 
     def cut(self) -> None:
-        """The attacker node and the honest nodes ban each other's hosts; the victim and the
-        sybils are not touched."""
+        """The attacker node and the honest nodes ban each other's hosts, and the sybils (the
+        attacker's too) ban the honest hosts: an honest node that dialled a sybil from its
+        address book would otherwise carry the honest chain to the attacker and the victim.
+        The victim is not touched."""
         attacker_host = self.addr[self.attacker.name].rsplit(":", 1)[0]
         for h in self.honest:
             host = self.addr[h.name].rsplit(":", 1)[0]
-            for node, banned in ((h, attacker_host), (self.attacker, host)):
+            for node, banned in ((h, attacker_host), (self.attacker, host),
+                                 *((s, host) for s in self.sybils)):
                 node.call("setban", banned, "add", BAN_SECONDS)
                 self.bans.append((node, banned))
         self.net.timeline.mark(self.attacker.name, "cut off",
