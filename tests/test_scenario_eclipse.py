@@ -157,18 +157,22 @@ def _docker(*args: str) -> str:
 
 
 def compose_state(directory: Path, project: str) -> dict[str, Any]:
-    """Per node: bans and mining; the merchant container's environment; extra containers."""
+    """Per node: bans, mining and added links; the merchant container's environment and
+    image; the extra containers."""
     from lab.scenario.engine import load_nodes
 
     state: dict[str, Any] = {}
     for node in load_nodes(str(directory)):
         mining = node.call("getmininginfo")
         state[node.name] = {"banned": node.call("listbanned"),
-                            "mining": (mining.get("mining"), mining.get("hashrate_limit"))}
+                            "mining": (mining.get("mining"), mining.get("hashrate_limit")),
+                            "added": sorted(a["addednode"]
+                                            for a in node.call("getaddednodeinfo"))}
     merchant = _docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
                        "--filter", "label=com.docker.compose.service=merchant").split()
-    env = json.loads(_docker("inspect", "--format", "{{json .Config.Env}}", *merchant))
-    state["merchant_env"] = sorted(e for e in env if e.startswith("POWLAB_"))
+    config = json.loads(_docker("inspect", "--format", "{{json .Config}}", *merchant))
+    state["merchant_env"] = sorted(e for e in config["Env"] if e.startswith("POWLAB_"))
+    state["merchant_image"] = config["Image"]
     state["extra"] = _docker("ps", "-a", "-q", "--filter", f"label=powlab.extra={project}")
     return state
 

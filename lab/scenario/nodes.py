@@ -407,6 +407,11 @@ def _compose_restart(net: Any, state: _Compose, target: NetNode,
         if archive is not None:
             testnet.write_archive(new.id, datadir, archive)
 
+    journal = getattr(getattr(net, "switches", None), "journal", None)
+    if journal is not None:
+        # A runner killed outright leaves it on these options: the next run recreates it.
+        journal.record("recreated", str(testnet.project_dir), str(testnet.compose_file),
+                       testnet.project, target.name)
     new = _docker(lambda: testnet.recreate(target.name, option_environment(options),
                                            before_start=before_start))
     _compose_ready(target, new, testnet, timeout)

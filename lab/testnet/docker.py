@@ -55,6 +55,7 @@ RPC_PORT = 18443
 P2P_PORT = 18444
 ROLE_LABEL = "powlab.role"
 EXTRA_LABEL = "powlab.extra"  # on containers started beside a project (value: the project)
+IMAGE_LABEL = "powlab.compose-image"  # on a recreated node: the image its compose file names
 PARTITION_LABEL = "powlab.partition"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -472,7 +473,10 @@ class DockerTestnet:
 
         old = self.container(node)
         data = self._inspect(old.id)
-        config_image = str((data.get("Config") or {}).get("Image") or "")
+        config = data.get("Config") or {}
+        # The image as the compose file named it (an earlier override pinned it by id).
+        config_image = str((config.get("Labels") or {}).get(IMAGE_LABEL)
+                           or config.get("Image") or "")
         env: dict[str, str] = {}
         if config_image:
             env["POWLAB_IMAGE"] = config_image
@@ -485,7 +489,8 @@ class DockerTestnet:
                 override = Path(tmp) / "override.yml"
                 # JSON is YAML; the image is pinned by id, whatever the tag points to now.
                 override.write_text(json.dumps({"services": {old.service: {
-                    "image": str(data["Image"]), "environment": dict(environment)}}}))
+                    "image": str(data["Image"]), "environment": dict(environment),
+                    "labels": {IMAGE_LABEL: config_image}}}}))
                 files += ["-f", str(override)]
             argv = [*self.compose_command, *files, "-p", self.project, "up", "--no-start",
                     "--no-deps", "--no-build", "--force-recreate", old.service]
