@@ -324,24 +324,12 @@ def option_environment(options: dict[str, Any]) -> dict[str, str]:
 
 
 def _container_env(testnet: Any, container: str) -> dict[str, str]:
-    data = _docker(lambda: testnet._inspect(container))
-    return dict(item.split("=", 1) for item in (data.get("Config") or {}).get("Env") or []
-                if "=" in item)
+    return dict(_docker(lambda: testnet.environment(container)))
 
 
 def _container_p2p(testnet: Any, container: str) -> str:
     """The P2P HOST:PORT of a container (by name or id) on the compose network."""
-    from lab.testnet.docker import P2P_PORT, _parse_container
-
-    data = _docker(lambda: testnet._inspect(container))
-    env = dict(item.split("=", 1) for item in (data.get("Config") or {}).get("Env") or []
-               if "=" in item)
-    port = env.get("POWLAB_P2P_BIND", "").rsplit(":", 1)[-1] or str(P2P_PORT)
-    main = _docker(testnet._main_network_name)
-    ip = _parse_container(data).networks.get(main)
-    if not ip:
-        raise ScenarioError(f"{container} is not on the compose network {main} (cut off?)")
-    return f"{ip}:{port}"
+    return str(_docker(lambda: testnet.p2p_address(container)))
 
 
 def _book_archive(book: Sequence[dict[str, Any]], like: bytes | None) -> bytes:
@@ -375,7 +363,7 @@ def _compose_ready(node: NetNode, c: Any, testnet: Any, timeout: float) -> None:
 
     def answers() -> bool:
         if node.endpoint.auth is None or node.endpoint.url != c.rpc_url:
-            auth = c.auth or _docker(lambda: testnet._cookie(c))
+            auth = _docker(lambda: testnet.credentials(c))
             node.endpoint = NodeEndpoint(c.rpc_url, (auth[0], auth[1]))
         node.call("getblockcount", timeout=5)
         return True

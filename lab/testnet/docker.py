@@ -422,7 +422,7 @@ class DockerTestnet:
         127.0.0.1. It is no node of the project (`containers` does not list it); `down` and
         :meth:`remove_extra` remove it with its data."""
         model = self.container(like)
-        data = self._inspect(model.id)
+        data = self.inspect(model.id)
         env = {k: v for k, v in (item.split("=", 1) for item in
                                  (data.get("Config") or {}).get("Env") or [] if "=" in item)
                if k.startswith("POWLAB_") and k not in ("POWLAB_MINE", "POWLAB_HASHRATE",
@@ -435,7 +435,7 @@ class DockerTestnet:
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
         _run([*argv, str(data["Image"])])
-        return _parse_container(self._inspect(name))
+        return _parse_container(self.inspect(name))
 
     def extra_containers(self) -> list[NodeContainer]:
         """The containers :meth:`run_extra` started for this project."""
@@ -452,9 +452,32 @@ class DockerTestnet:
         if found:
             _run(["docker", "rm", "-f", "-v", *found], timeout=120)
 
-    def _inspect(self, ref: str) -> dict[str, Any]:
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """`docker inspect` of one container (by name or id)."""
         data = json.loads(_run(["docker", "inspect", "--type", "container", ref]).stdout)
         return data[0]
+
+    def environment(self, ref: str) -> dict[str, str]:
+        """A container's environment variables."""
+        env = (self.inspect(ref).get("Config") or {}).get("Env") or []
+        return dict(item.split("=", 1) for item in env if "=" in item)
+
+    def p2p_address(self, ref: str) -> str:
+        """A container's P2P HOST:PORT as the others dial it: its address on the compose
+        network and the port of its POWLAB_P2P_BIND."""
+        data = self.inspect(ref)
+        env = dict(item.split("=", 1) for item in (data.get("Config") or {}).get("Env") or []
+                   if "=" in item)
+        port = env.get("POWLAB_P2P_BIND", "").rsplit(":", 1)[-1] or str(P2P_PORT)
+        main = self._main_network_name()
+        ip = _parse_container(data).networks.get(main)
+        if not ip:
+            raise DockerError(f"{ref} is not on the compose network {main} (cut off?)")
+        return f"{ip}:{port}"
+
+    def credentials(self, c: NodeContainer) -> tuple[str, str]:
+        """A node's RPC user and password: the compose file's, else its cookie."""
+        return c.auth or self._cookie(c)
 
     # ------------------------------------------------------------------ recreating a node
 
@@ -472,7 +495,7 @@ class DockerTestnet:
         import tempfile
 
         old = self.container(node)
-        data = self._inspect(old.id)
+        data = self.inspect(old.id)
         config = data.get("Config") or {}
         # The image as the compose file named it (an earlier override pinned it by id).
         config_image = str((config.get("Labels") or {}).get(IMAGE_LABEL)
