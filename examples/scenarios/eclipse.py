@@ -2,7 +2,7 @@
 
 After Heilman, Kendler, Zohar and Goldberg, "Eclipse Attacks on Bitcoin's Peer-to-Peer
 Network" (USENIX Security 2015). The attacker (the attacker node plus --sybils K extra nodes
-it starts, each a fresh identity on its own loopback address) works on the victim's real
+it starts, each a fresh identity on an address of its own) works on the victim's real
 mechanics: which peers the victim has is decided by the node's own rules (a random draw from
 its address book, inbound slots that are never given back); the scenario only chooses when the
 victim restarts and when the honest nodes try to connect to it:
@@ -32,9 +32,11 @@ countermeasure, trials, successes, the rate and its Wilson 95 % interval, and ne
 prediction of an idealised draw: the chance that every outbound slot goes to an attacker
 address if each were drawn from the whole book as the victim held it at its restart.
 
-Process testnets only (it starts node processes and restarts the victim): `powlab scenario
-run examples/scenarios/eclipse.py -- --trials 5`. On the compose network it stops with an
-error saying so. The victim is given back with its own configuration, the sybils stopped.
+It starts nodes and restarts the victim, on a process testnet (`powlab scenario run
+examples/scenarios/eclipse.py -- --trials 5`: node processes on loopback addresses of their
+own) or on the compose network (`... --docker` or the --dir of `testnet up --docker`: sybil
+containers on the compose network, the merchant's container recreated with the options as
+POWLAB_* variables). The victim is given back with its own configuration, the sybils removed.
 """
 
 from __future__ import annotations
@@ -119,18 +121,35 @@ class Eclipse:
         net.stop_mining()
         self.ids = {n.name: n.getnetworkinfo()["node_id"] for n in net.nodes.values()}
         self.addr = {n.name: net.p2p_address(n) for n in net.nodes.values()}
+        self.drop_honest_links()
         self.sybils = net.start_nodes(self.args.sybils,
                                   connect=[self.attacker, self.victim], mesh=True)
         for s in self.sybils:
-            info = s.call("getnetworkinfo")
-            self.ids[s.name] = info["node_id"]
-            self.addr[s.name] = info["p2p"]
+            self.ids[s.name] = s.call("getnetworkinfo")["node_id"]
+            self.addr[s.name] = net.p2p_address(s)
         self.attacker_names = {self.attacker.name, *(s.name for s in self.sybils)}
         self.attacker_ids = {self.ids[n] for n in self.attacker_names}
         self.attacker_addrs = {self.addr[n] for n in self.attacker_names}
         self.honest_addrs = {self.addr[n.name] for n in self.honest}
         net.timeline.mark(self.attacker.name, "sybils started", count=len(self.sybils),
                           hosts=",".join(sorted(self.addr[s.name] for s in self.sybils)))
+
+    def drop_honest_links(self) -> None:
+        """An honest node that keeps a link to the victim (an addnode, as every node of the
+        compose network has to every other) would redial it every few seconds and take an
+        inbound slot whenever one is free: for the run, it drops the link (it is added back
+        at the end), so that the honest nodes try to connect in only when the scenario says."""
+        victim_addr = self.addr[self.victim.name]
+        dropped = []
+        for h in self.honest:
+            added = {a["addednode"] for a in h.try_call("getaddednodeinfo") or []}
+            if victim_addr in added:
+                h.call("addnode", victim_addr, "remove")
+                self.net.on_restore(lambda h=h: h.try_call("addnode", victim_addr, "add"))
+                dropped.append(h.name)
+        if dropped:
+            self.net.timeline.mark(self.victim.name, "honest links dropped",
+                                   note="for the run: " + ",".join(dropped))
 
     def tear_down(self) -> None:
         # The runner restarts the victim on its own configuration and stops the sybils.
@@ -257,12 +276,15 @@ class Eclipse:
     # ---------------------------------------------------------------- cutting the attacker off
 
     def cut(self) -> None:
-        """The attacker node and the honest nodes ban each other's hosts; the victim and the
-        sybils are not touched."""
+        """The attacker node and the honest nodes ban each other's hosts, and the sybils (the
+        attacker's too) ban the honest hosts: an honest node that dialled a sybil from its
+        address book would otherwise carry the honest chain to the attacker and the victim.
+        The victim is not touched."""
         attacker_host = self.addr[self.attacker.name].rsplit(":", 1)[0]
         for h in self.honest:
             host = self.addr[h.name].rsplit(":", 1)[0]
-            for node, banned in ((h, attacker_host), (self.attacker, host)):
+            for node, banned in ((h, attacker_host), (self.attacker, host),
+                                 *((s, host) for s in self.sybils)):
                 node.call("setban", banned, "add", BAN_SECONDS)
                 self.bans.append((node, banned))
         self.net.timeline.mark(self.attacker.name, "cut off",

@@ -1,9 +1,10 @@
 """What a run must undo, on disk, so that a runner killed outright (kill -9, a lost terminal)
 does not leave the testnet cut, delayed or without miners: `DIR/runs/restore-PID.json` lists
 the mining state each node had, and every ban, added link, link fault and switched-off network
-the run made. Each change is written (atomically) before it is made (an added link: after,
-since a link that was there already must stay). A normal end deletes the file; the next run on
-the testnet finds a file whose process is gone and undoes it first."""
+the run made, and the nodes it started (processes, containers) or recreated (compose). Each
+change is written (atomically) before it is made (an added link: after, since a link that was
+there already must stay). A normal end deletes the file; the next run on the testnet finds a
+file whose process is gone and undoes it first."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 from storage.files import write_atomic
 
 PREFIX = "restore-"
-KINDS = ("bans", "links", "faults", "offline", "processes")
+KINDS = ("bans", "links", "faults", "offline", "processes", "containers", "recreated")
 
 
 class Journal:
@@ -85,6 +86,39 @@ def _stop_process(pid: int, marker: str) -> bool:
     return False
 
 
+def _remove_container(name: str) -> bool:
+    """`docker rm -f -v` an extra node's container (a compose network's sybil); False when
+    there is none or Docker does not answer."""
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True,
+                                timeout=60, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def _recreate(project_dir: str, compose_file: str, project: str, node: str) -> bool:
+    """Recreate a compose node's container from its compose file alone (a run restarted it
+    with other options) and wait until the project's nodes answer; False on failure."""
+    try:
+        from lab.testnet.docker import RPC_FAILURES, DockerError, DockerTestnet
+    except ImportError:
+        return False
+    testnet = DockerTestnet(Path(project_dir), Path(compose_file), project_name=project)
+    try:
+        testnet.recreate(node, None)
+        testnet.wait_ready(90)
+    except (DockerError, *RPC_FAILURES):
+        return False
+    return True
+
+
 def orphans(runs: Path) -> list[Path]:
     """Journals left by runs whose process is gone."""
     found = []
@@ -98,6 +132,25 @@ def orphans(runs: Path) -> list[Path]:
     return found
 
 
+def _undo_nodes(state: dict[str, Any]) -> tuple[list[str], int]:
+    """Nodes a run restarted or started: compose nodes recreated from their compose file,
+    extra node processes stopped, extra containers removed. What was done, and how many
+    could not be."""
+    done, missed = [], 0
+    for project_dir, compose_file, project, node in state.get("recreated", []):
+        if _recreate(project_dir, compose_file, project, node):
+            done.append(f"{node} recreated from {Path(compose_file).name}")
+        else:
+            missed += 1
+    for pid, marker in state.get("processes", []):
+        if _stop_process(int(pid), marker):
+            done.append(f"extra node {Path(marker).stem} (pid {pid}) stopped")
+    for (name,) in state.get("containers", []):
+        if _remove_container(name):
+            done.append(f"extra node container {name} removed")
+    return done, missed
+
+
 def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[str]:
     """Undoes what the journal at `path` lists through `call(node, method, params)` (False:
     that node did not answer); returns what was done, one line each. The file goes once
@@ -108,7 +161,6 @@ def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[
         with contextlib.suppress(OSError):
             path.unlink()
         return [f"{path.name}: unreadable, removed"]
-    done, missed = [], 0
     steps: list[tuple[str, str, tuple[Any, ...], str]] = []
     for node, host in state.get("bans", []):
         steps.append((node, "setban", (host, "remove"), f"{node} unbans {host}"))
@@ -121,9 +173,7 @@ def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[
     for node, (mining, limit) in state.get("mining", {}).items():
         steps.append((node, "setmining", (bool(mining), limit or -1),
                        f"{node} mining {'on' if mining else 'off'}"))
-    for pid, marker in state.get("processes", []):
-        if _stop_process(int(pid), marker):
-            done.append(f"extra node {Path(marker).stem} (pid {pid}) stopped")
+    done, missed = _undo_nodes(state)
     for node, method, params, text in steps:
         if call(node, method, params):
             done.append(text)

@@ -168,28 +168,31 @@ class Network:
         killed outright cannot call it: keep such changes inside the scenario's own run.)"""
         self.switches.undo.append(undo)
 
-    # ----------------------------------------------------------------- nodes (process testnets)
+    # ----------------------------------------------------------------- nodes (restarted, extra)
 
     def restart_node(self, node: str | NetNode, *, book: list[dict[str, Any]] | None = None,
                      keep_book: bool = True, timeout: float = 60.0, **options: Any) -> None:
-        """Stops a node of a process testnet and starts it again with node `options` over its
-        own configuration (e.g. ``no_listen=True``, ``connect=["ID@HOST:PORT"]``,
-        ``allow_peer=[ID]``, ``max_inbound=4``); `book` replaces its address book,
-        ``keep_book=False`` empties it. At the end of the run it is restarted as it was."""
+        """Stops a node and starts it again with node `options` over its own configuration
+        (e.g. ``no_listen=True``, ``connect=["ID@HOST:PORT"]``, ``allow_peer=[ID]``,
+        ``max_inbound=4``); `book` replaces its address book, ``keep_book=False`` empties it.
+        On a compose network its container is recreated with the options as POWLAB_*
+        variables, its volume kept. At the end of the run it is restarted as it was."""
         scenario_nodes.restart_node(self, node, book=book, keep_book=keep_book,
                                     timeout=timeout, **options)
 
     def start_nodes(self, count: int, *, connect: Iterable[str | NetNode] = (),
                     mesh: bool = False, prefix: str = "s", **options: Any) -> list[NetNode]:
-        """Starts `count` extra nodes on a process testnet (fresh identities, role "sybil",
-        not in `nodes`), each connect-only to `connect` and, with `mesh`, to each other; they
-        are stopped at the end of the run."""
+        """Starts `count` extra nodes (fresh identities, role "sybil", not in `nodes`), each
+        connect-only to `connect` and, with `mesh`, to each other: processes on a process
+        testnet, containers on the compose network. They are stopped (removed) at the end of
+        the run."""
         started = scenario_nodes.start_nodes(self, count, connect=connect, mesh=mesh,
                                              prefix=prefix, **options)
         return started
 
     def p2p_address(self, node: str | NetNode) -> str:
-        """A process testnet node's P2P HOST:PORT, from the testnet's manifest."""
+        """A node's P2P HOST:PORT as the other nodes dial it (an extra node's too): from the
+        manifest of a process testnet, the container's address on a compose network."""
         return scenario_nodes.p2p_address(self, node)
 
     def clear_link_faults(self) -> None:

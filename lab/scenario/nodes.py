@@ -1,6 +1,7 @@
 """Node processes a scenario starts, stops and reconfigures: restarting a testnet node with
 other options (`--no-listen`, `--connect`, limits, a seeded address book) and starting extra
-nodes beside the testnet (an attacker's sybil identities). Process testnets only.
+nodes beside the testnet (an attacker's sybil identities). Process testnets and the compose
+network (see "On a compose network" below).
 
 Every function takes the scenario's `Network`. What they change is remembered per network and
 undone by :func:`restore_nodes` (extra nodes stopped, restarted nodes started again from their
@@ -21,12 +22,24 @@ file is DIR/NODE/powlab.toml.scenario (the testnet's own powlab.toml with the op
 a name that contains the original's, so `powlab testnet status` and `down` still recognise the
 process. Extra nodes live in DIR/scenario-nodes/NAME on SUBNET.200, SUBNET.201, ... (loopback
 only, like the testnet), with the testnet's P2P and RPC ports.
+
+On a compose network (`--docker`, or a --dir that `testnet up --docker` made) the same calls
+work on containers. A restarted node's container is recreated from the compose file with the
+options as POWLAB_* environment variables (an override file; its volume, so its chain, wallet
+and node id, is kept; a new book is copied into it before it starts); at the end it is
+recreated from the compose file alone. Extra nodes are containers PROJECT-sybil-NAME from the
+project's image on the compose network, each with an address of its own, their RPC published
+on a free port of 127.0.0.1 and the compose file's RPC credentials; they carry the label
+powlab.extra=PROJECT, are not nodes of the project, and are removed with their data at the
+end (or by `powlab testnet down`). A P2P address is the container's address on the compose
+network, as the other containers dial it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 import tomllib
 import weakref
 from collections.abc import Iterable, Sequence
@@ -34,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.client import datadir_endpoint
+from lab import waiting
+from lab.client import NodeEndpoint, datadir_endpoint
 from lab.scenario.engine import NetNode, ScenarioError
 from lab.testnet.manifest import Manifest, NodeEntry, load_manifest, resolve_dir
 from lab.testnet.nodeconfig import node_defaults, parse_node_options, render_toml
@@ -56,6 +70,16 @@ class _State:
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Compose:
+    testnet: Any  # lab.testnet.docker.DockerTestnet
+    extra: list[tuple[NetNode, str]] = field(default_factory=list)  # node, container name
+    restarted: dict[str, bytes | None] = field(default_factory=dict)  # name -> peers.json tar
+
+
+_COMPOSE: weakref.WeakKeyDictionary[Any, _Compose] = weakref.WeakKeyDictionary()
 
 
 def process_manifest(net: Any) -> Manifest:
@@ -95,7 +119,12 @@ def restart_node(net: Any, node: str | NetNode, *, book: Sequence[dict[str, Any]
     ``connect=["NODEID@HOST:PORT"]``, ``allow_peer=[...]``, ``max_inbound=4``,
     ``max_outbound=2``) over its own configuration; the options of an earlier restart are
     not kept. `book` replaces its address book (records ``{host, port, node_id,
-    last_seen}``); ``keep_book=False`` empties it. Returns once it answers RPC."""
+    last_seen}``); ``keep_book=False`` empties it. Returns once it answers RPC. On a compose
+    network the node's container is recreated with the options as environment variables."""
+    compose = compose_state(net)
+    if compose is not None:
+        _compose_restart(net, compose, _node(net, node), book, keep_book, timeout, options)
+        return
     manifest = process_manifest(net)
     state = _STATES[net]
     target = _node(net, node)
@@ -121,6 +150,10 @@ def restore_nodes(net: Any, timeout: float = START_TIMEOUT) -> None:
     """Undo this module's changes to `net`: stop the extra nodes, and start every restarted
     node again from its own configuration with the address book it had. Safe to call twice
     or when nothing was changed."""
+    compose = _COMPOSE.get(net)
+    if compose is not None:
+        _compose_restore(net, compose, timeout)
+        return
     state = _STATES.get(net)
     if state is None:
         return
@@ -157,7 +190,11 @@ def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),
     they dial nobody else and, being connect-only, ask nobody for addresses, so their address
     books hold only those they are linked with. `options` override their configuration. They
     are `NetNode`s (``call``, ``try_call``) named PREFIX1, PREFIX2, …, with role "sybil", not
-    in `net.nodes`; they are stopped by :func:`restore_nodes`."""
+    in `net.nodes`; they are stopped by :func:`restore_nodes`. On a compose network they are
+    containers (see the module's docstring)."""
+    compose = compose_state(net)
+    if compose is not None:
+        return _compose_start(net, compose, count, connect, mesh, prefix, timeout, options)
     manifest = process_manifest(net)
     state = _STATES[net]
     first = len(state.extra)
@@ -205,13 +242,228 @@ def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),
 
 def extra_nodes(net: Any) -> list[NetNode]:
     """The extra nodes started on `net` and still running."""
+    compose = _COMPOSE.get(net)
+    if compose is not None:
+        return [node for node, _ in compose.extra]
     state = _STATES.get(net)
     return [node for node, _ in state.extra] if state else []
 
 
 def p2p_address(net: Any, node: str | NetNode) -> str:
-    """A testnet node's P2P HOST:PORT, as its manifest entry gives it."""
-    return _entry(process_manifest(net), _node(net, node).name).p2p
+    """A node's P2P HOST:PORT as the other nodes dial it: a testnet node's from its manifest
+    entry, a container's from its address on the compose network; extra nodes too."""
+    name = node if isinstance(node, str) else node.name
+    compose = compose_state(net)
+    if compose is not None:
+        for extra, container in compose.extra:
+            if extra.name == name:
+                return _container_p2p(compose.testnet, container)
+        testnet = compose.testnet
+        return _container_p2p(testnet, _docker(lambda: testnet.container(
+            _node(net, name).name).id))
+    manifest = process_manifest(net)
+    for extra, _ in _STATES[net].extra:
+        if extra.name == name:
+            return str(extra.call("getnetworkinfo")["p2p"])
+    return _entry(manifest, _node(net, name).name).p2p
+
+
+# --------------------------------------------------------------------------- compose networks
+
+
+def compose_state(net: Any) -> _Compose | None:
+    """What this module keeps for `net` if it runs on a compose network (else None): its
+    `DockerTestnet`, checked to hold `net`'s nodes at the same RPC addresses."""
+    state = _COMPOSE.get(net)
+    if state is not None:
+        return state
+    if net in _STATES:
+        return None
+    from lab.testnet.cli import compose_testnet, is_docker
+
+    directory = resolve_dir(getattr(net, "directory", None) or getattr(net.args, "dir", None))
+    if not (getattr(net.args, "docker", False) or is_docker(directory)):
+        return None
+    testnet = compose_testnet(directory)
+    found = _docker(lambda: {c.node: c for c in testnet.containers()})
+    for name, node in net.nodes.items():
+        c = found.get(name)
+        if c is None or c.rpc_url is None:
+            raise ScenarioError(f"node {name} is not a container of compose project "
+                                f"{testnet.project!r} (its containers: {', '.join(found)})")
+        if _hostport(c.rpc_url) != _hostport(node.endpoint.url):
+            raise ScenarioError(f"node {name} is not compose project {testnet.project!r}'s "
+                                f"{name} ({node.endpoint.url} vs {c.rpc_url})")
+    state = _COMPOSE[net] = _Compose(testnet)
+    return state
+
+
+def _docker(action: Any) -> Any:
+    """`action()`, with Docker's errors as ScenarioError."""
+    from lab.testnet.docker import RPC_FAILURES, DockerError, describe
+
+    try:
+        return action()
+    except (DockerError, *RPC_FAILURES) as exc:
+        raise ScenarioError(f"docker: {describe(exc)}") from None
+
+
+def option_environment(options: dict[str, Any]) -> dict[str, str]:
+    """Node options by their config names as POWLAB_* environment variables (lists
+    comma-separated, an empty list clearing the setting; booleans true/false)."""
+    env: dict[str, str] = {}
+    for name, value in options.items():
+        key = "POWLAB_" + name.replace("-", "_").upper()
+        if isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, list | tuple | set):
+            env[key] = ",".join(str(v) for v in value)
+        elif value is not None:
+            env[key] = str(value)
+    return env
+
+
+def _container_env(testnet: Any, container: str) -> dict[str, str]:
+    return dict(_docker(lambda: testnet.environment(container)))
+
+
+def _container_p2p(testnet: Any, container: str) -> str:
+    """The P2P HOST:PORT of a container (by name or id) on the compose network."""
+    return str(_docker(lambda: testnet.p2p_address(container)))
+
+
+def _book_archive(book: Sequence[dict[str, Any]], like: bytes | None) -> bytes:
+    """peers.json holding `book`, as a tar archive for `docker cp`, owned like the one in
+    `like` (the node's own, so it can replace it) or readable by all."""
+    import io
+    import tarfile
+
+    data = json.dumps({"version": 1, "addresses": list(book)}).encode()
+    info = tarfile.TarInfo(PEERS_FILE)
+    info.mode = 0o644
+    if like:
+        with contextlib.suppress(tarfile.TarError, StopIteration), \
+                tarfile.open(fileobj=io.BytesIO(like)) as old:
+            member = next(iter(old))
+            info.uid, info.gid, info.uname, info.gname = (member.uid, member.gid,
+                                                          member.uname, member.gname)
+            info.mode = member.mode
+    info.size = len(data)
+    info.mtime = int(time.time())
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _compose_ready(node: NetNode, c: Any, testnet: Any, timeout: float) -> None:
+    """Until the container's node answers RPC; `node` is pointed at it."""
+    if c.rpc_url is None:
+        raise ScenarioError(f"{c.container} publishes no RPC port")
+
+    def answers() -> bool:
+        if node.endpoint.auth is None or node.endpoint.url != c.rpc_url:
+            auth = _docker(lambda: testnet.credentials(c))
+            node.endpoint = NodeEndpoint(c.rpc_url, (auth[0], auth[1]))
+        node.call("getblockcount", timeout=5)
+        return True
+
+    from lab.testnet.docker import RPC_FAILURES, DockerError
+
+    try:
+        waiting.wait_until(answers, timeout, f"{node.name} to answer RPC", 0.5,
+                           ignore=(*RPC_FAILURES, DockerError, OSError, ScenarioError))
+    except TimeoutError as exc:
+        raise ScenarioError(f"{node.name} ({c.container}) did not answer RPC: {exc}") from None
+
+
+def _compose_restart(net: Any, state: _Compose, target: NetNode,
+                     book: Sequence[dict[str, Any]] | None, keep_book: bool, timeout: float,
+                     options: dict[str, Any]) -> None:
+    testnet = state.testnet
+    c = _docker(lambda: testnet.container(target.name))
+    datadir = _container_env(testnet, c.id).get("POWLAB_DATADIR", "/data")
+    if target.name not in state.restarted:
+        state.restarted[target.name] = _docker(
+            lambda: testnet.read_file(c.id, f"{datadir}/{PEERS_FILE}"))
+    saved = state.restarted[target.name]
+    archive = None
+    if book is not None or not keep_book:
+        archive = _book_archive(book or [], saved)
+
+    def before_start(new: Any) -> None:
+        if archive is not None:
+            testnet.write_archive(new.id, datadir, archive)
+
+    journal = getattr(getattr(net, "switches", None), "journal", None)
+    if journal is not None:
+        # A runner killed outright leaves it on these options: the next run recreates it.
+        journal.record("recreated", str(testnet.project_dir), str(testnet.compose_file),
+                       testnet.project, target.name)
+    new = _docker(lambda: testnet.recreate(target.name, option_environment(options),
+                                           before_start=before_start))
+    _compose_ready(target, new, testnet, timeout)
+
+
+def _compose_restore(net: Any, state: _Compose, timeout: float) -> None:
+    testnet = state.testnet
+    errors = []
+    names = [container for _, container in state.extra]
+    if names:
+        try:
+            _docker(lambda: testnet.remove_extra(names))
+            state.extra.clear()
+        except ScenarioError as exc:
+            errors.append(f"extra nodes: {exc}")
+    for name, saved in list(state.restarted.items()):
+        try:
+            c = _docker(lambda n=name: testnet.container(n))
+            datadir = _container_env(testnet, c.id).get("POWLAB_DATADIR", "/data")
+            archive = saved if saved is not None else _book_archive([], None)
+            new = _docker(lambda n=name, a=archive, d=datadir: testnet.recreate(
+                n, None, before_start=lambda fresh: testnet.write_archive(fresh.id, d, a)))
+            _compose_ready(_node(net, name), new, testnet, timeout)
+        except ScenarioError as exc:
+            errors.append(f"{name}: {exc}")
+        del state.restarted[name]
+    if errors:
+        raise ScenarioError("could not restore " + "; ".join(errors))
+
+
+def _compose_start(net: Any, state: _Compose, count: int, connect: Iterable[str | NetNode],
+                   mesh: bool, prefix: str, timeout: float,
+                   options: dict[str, Any]) -> list[NetNode]:
+    testnet = state.testnet
+    first = len(state.extra)
+    if first + count > MAX_EXTRA:
+        raise ScenarioError(f"at most {MAX_EXTRA} extra nodes")
+    if not state.extra:
+        # Left by a run that was killed before it could remove them.
+        _docker(testnet.remove_extra)
+    targets = [p2p_address(net, n) for n in connect]
+    like = next(iter(net.nodes))
+    port = p2p_address(net, like).rsplit(":", 1)[1]
+    names = [f"{prefix}{first + k + 1}" for k in range(count)]
+    containers = [f"{testnet.project}-sybil-{name}" for name in names]
+    journal = getattr(getattr(net, "switches", None), "journal", None)
+    started: list[tuple[NetNode, Any]] = []
+    for k, (name, container) in enumerate(zip(names, containers, strict=True)):
+        peers = targets + ([f"{other}:{port}" for j, other in enumerate(containers)
+                            if j != k] if mesh else [])
+        env = {"POWLAB_CONNECT": ",".join(peers), "POWLAB_ADDNODE": "",
+               "POWLAB_MINE": "false", "POWLAB_MAX_OUTBOUND": str(max(1, len(peers)))}
+        env.update(option_environment(options))
+        if journal is not None:
+            # A runner killed outright leaves them running: the next run removes them.
+            journal.record("containers", container)
+        c = _docker(lambda n=container, e=env: testnet.run_extra(n, e, like=like,
+                                                                 role="sybil"))
+        node = NetNode(name, "sybil", NodeEndpoint(c.rpc_url or "", c.auth))
+        state.extra.append((node, container))
+        started.append((node, c))
+    for node, c in started:
+        _compose_ready(node, c, testnet, timeout)
+    return [node for node, _ in started]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -343,6 +343,15 @@ def _compose_location(args: argparse.Namespace | None, directory: Path) -> tuple
     return compose.parent, compose
 
 
+def compose_testnet(directory: Path) -> Any:
+    """The `DockerTestnet` of the compose network that `directory` names (its compose file),
+    else of ./docker-compose.yml or the repository's."""
+    from lab.testnet import docker
+
+    project_dir, compose = _compose_location(None, directory)
+    return docker.DockerTestnet(project_dir, compose)
+
+
 def docker_do(directory: Path, args: argparse.Namespace | None,
               action: Callable[[Any], Any]) -> Any:
     """Runs `action(DockerTestnet)`, turning the docker module's errors into TestnetError."""

@@ -54,6 +54,8 @@ __all__ = [
 RPC_PORT = 18443
 P2P_PORT = 18444
 ROLE_LABEL = "powlab.role"
+EXTRA_LABEL = "powlab.extra"  # on containers started beside a project (value: the project)
+IMAGE_LABEL = "powlab.compose-image"  # on a recreated node: the image its compose file names
 PARTITION_LABEL = "powlab.partition"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -170,6 +172,21 @@ def _run(
                                                                          else "")
         )
     return result
+
+
+def _run_binary(argv: Sequence[str], data: bytes | None = None,
+                timeout: float = DOCKER_TIMEOUT) -> bytes | None:
+    """stdout of a docker command that reads or writes binary data; None when it fails."""
+    executable = shutil.which(argv[0])
+    if executable is None:
+        raise DockerError(f"{argv[0]} is not installed: {SETUP_HINT}")
+    try:
+        result = subprocess.run([executable, *argv[1:]], input=b"" if data is None else data,
+                                capture_output=True,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise DockerError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
+    return result.stdout if result.returncode == 0 else None
 
 
 def find_compose_command() -> list[str]:
@@ -348,7 +365,9 @@ class DockerTestnet:
             self.fund()
 
     def down(self, purge: bool = False) -> None:
-        """Stop and remove the containers (and with ``purge`` the chains' volumes)."""
+        """Stop and remove the containers (and with ``purge`` the chains' volumes), the extra
+        containers started beside them (:meth:`run_extra`) first."""
+        self.remove_extra()
         self._remove_partition_networks(force=True)
         args = ["down", "--remove-orphans"]
         if purge:
@@ -392,6 +411,129 @@ class DockerTestnet:
         text = _run(["docker", "exec", c.id, "cat", "/data/.cookie"]).stdout.strip()
         user, _, password = text.partition(":")
         return user, password
+
+    # ------------------------------------------------------------------ extra containers
+
+    def run_extra(self, name: str, environment: Mapping[str, str], *, like: str,
+                  role: str = "node") -> NodeContainer:
+        """Start a container `name` beside the project: the image of node `like` and its
+        POWLAB_* environment (peers and mining dropped) overridden by `environment`, on the
+        compose network with an address of its own, its RPC published on a free port of
+        127.0.0.1. It is no node of the project (`containers` does not list it); `down` and
+        :meth:`remove_extra` remove it with its data."""
+        model = self.container(like)
+        data = self.inspect(model.id)
+        env = {k: v for k, v in (item.split("=", 1) for item in
+                                 (data.get("Config") or {}).get("Env") or [] if "=" in item)
+               if k.startswith("POWLAB_") and k not in ("POWLAB_MINE", "POWLAB_HASHRATE",
+                                                         "POWLAB_ADDNODE", "POWLAB_CONNECT")}
+        env.update(environment)
+        argv = ["docker", "run", "-d", "--init", "--name", name,
+                "--network", self._main_network_name(),
+                "--label", f"{EXTRA_LABEL}={self.project}", "--label", f"{ROLE_LABEL}={role}",
+                "-p", f"127.0.0.1::{RPC_PORT}"]
+        for key, value in env.items():
+            argv += ["-e", f"{key}={value}"]
+        _run([*argv, str(data["Image"])])
+        return _parse_container(self.inspect(name))
+
+    def extra_containers(self) -> list[NodeContainer]:
+        """The containers :meth:`run_extra` started for this project."""
+        ids = _run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
+                    f"label={EXTRA_LABEL}={self.project}"]).stdout.split()
+        if not ids:
+            return []
+        return [_parse_container(d) for d in json.loads(_run(["docker", "inspect", *ids]).stdout)]
+
+    def remove_extra(self, names: Sequence[str] | None = None) -> None:
+        """Remove extra containers (default: all of this project's) and their data."""
+        found = [c.id for c in self.extra_containers()
+                 if names is None or c.container in names or c.id in names]
+        if found:
+            _run(["docker", "rm", "-f", "-v", *found], timeout=120)
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """`docker inspect` of one container (by name or id)."""
+        data = json.loads(_run(["docker", "inspect", "--type", "container", ref]).stdout)
+        return data[0]
+
+    def environment(self, ref: str) -> dict[str, str]:
+        """A container's environment variables."""
+        env = (self.inspect(ref).get("Config") or {}).get("Env") or []
+        return dict(item.split("=", 1) for item in env if "=" in item)
+
+    def p2p_address(self, ref: str) -> str:
+        """A container's P2P HOST:PORT as the others dial it: its address on the compose
+        network and the port of its POWLAB_P2P_BIND."""
+        data = self.inspect(ref)
+        env = dict(item.split("=", 1) for item in (data.get("Config") or {}).get("Env") or []
+                   if "=" in item)
+        port = env.get("POWLAB_P2P_BIND", "").rsplit(":", 1)[-1] or str(P2P_PORT)
+        main = self._main_network_name()
+        ip = _parse_container(data).networks.get(main)
+        if not ip:
+            raise DockerError(f"{ref} is not on the compose network {main} (cut off?)")
+        return f"{ip}:{port}"
+
+    def credentials(self, c: NodeContainer) -> tuple[str, str]:
+        """A node's RPC user and password: the compose file's, else its cookie."""
+        return c.auth or self._cookie(c)
+
+    # ------------------------------------------------------------------ recreating a node
+
+    def recreate(self, node: str, environment: Mapping[str, str] | None = None, *,
+                 before_start: Callable[[NodeContainer], None] | None = None,
+                 ) -> NodeContainer:
+        """Replace a node's container by a new one from the compose file, its volume (chain,
+        wallet, key) kept: with `environment` over the file's environment (through an
+        override file), or with None as the file has it. The old one gets SIGTERM and the
+        service's grace period; `before_start(new)` runs while the new one is created but
+        not started (to copy files into its volume). It runs the image the old one ran, on
+        the RPC ports the project's containers publish now (the compose file's
+        POWLAB_<SERVICE>_RPC_PORT and POWLAB_IMAGE variables are set to them). Returns the
+        new container, started."""
+        import tempfile
+
+        old = self.container(node)
+        data = self.inspect(old.id)
+        config = data.get("Config") or {}
+        # The image as the compose file named it (an earlier override pinned it by id).
+        config_image = str((config.get("Labels") or {}).get(IMAGE_LABEL)
+                           or config.get("Image") or "")
+        env: dict[str, str] = {}
+        if config_image:
+            env["POWLAB_IMAGE"] = config_image
+        for c in self.containers():
+            if c.rpc_port and c.number == 1 and re.fullmatch(r"[A-Za-z0-9_]+", c.service):
+                env[f"POWLAB_{c.service.upper()}_RPC_PORT"] = str(c.rpc_port)
+        files = ["-f", str(self.compose_file)]
+        with tempfile.TemporaryDirectory(prefix="powlab-recreate-") as tmp:
+            if environment is not None:
+                override = Path(tmp) / "override.yml"
+                # JSON is YAML; the image is pinned by id, whatever the tag points to now.
+                override.write_text(json.dumps({"services": {old.service: {
+                    "image": str(data["Image"]), "environment": dict(environment),
+                    "labels": {IMAGE_LABEL: config_image}}}}))
+                files += ["-f", str(override)]
+            argv = [*self.compose_command, *files, "-p", self.project, "up", "--no-start",
+                    "--no-deps", "--no-build", "--force-recreate", old.service]
+            _run(argv, timeout=BUILD_TIMEOUT, cwd=self.project_dir,
+                 env={**self.env, **env})
+        new = self.container(old.node)
+        if before_start is not None:
+            before_start(new)
+        _run(["docker", "start", new.id])
+        return self.container(old.node)
+
+    def read_file(self, container: str, path: str) -> bytes | None:
+        """`path` in a container (running or not) as a tar archive of that one file
+        (`docker cp`), or None when it does not exist."""
+        return _run_binary(["docker", "cp", f"{container}:{path}", "-"])
+
+    def write_archive(self, container: str, directory: str, archive: bytes) -> None:
+        """Unpack a tar `archive` into `directory` of a container, running or not."""
+        if _run_binary(["docker", "cp", "-", f"{container}:{directory}"], archive) is None:
+            raise DockerError(f"could not copy into {container}:{directory}")
 
     # ------------------------------------------------------------------ RPC
 
