@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lab.client import RPCError
+from lab.client import RPCConnectionError, RPCError
 from lab.scenario import Network, Node, ScenarioError, apidoc
 from lab.scenario import runner as runner_module
 from lab.scenario.engine import NetNode
@@ -35,6 +35,7 @@ class FakeNode(Node):
         self.limit: float | None = 5.0 if mining else None
         self.bans: set[str] = set()
         self.faults: dict[str, dict[str, float]] = {}
+        self.down = False
 
     @property
     def host(self) -> str:
@@ -42,6 +43,10 @@ class FakeNode(Node):
 
     def call(self, method: str, *params: Any, timeout: float = 60) -> Any:
         self.calls.append((method, *params))
+        if self.down:
+            raise RPCConnectionError(f"{self.name} is down")
+        if method == "listbanned":
+            return [{"address": host, "banned_until": 0} for host in sorted(self.bans)]
         if method == "getmininginfo":
             return {"mining": self.mining, "hashrate_limit": self.limit}
         if method == "setmining":
@@ -481,3 +486,37 @@ def test_a_journal_stops_the_extra_nodes_a_killed_run_left(tmp_path: Path) -> No
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_ban_set_before_the_run_stays_after_it() -> None:
+    """The user's own partition (or a discouragement) is not the run's to lift."""
+    net, nodes = fake_network()
+    nodes["n2"].bans.add(nodes["n4"].host)
+    net.partition(["n1", "n2"], ["n3", "n4"])
+    assert nodes["n2"].bans == {nodes["n3"].host, nodes["n4"].host}
+    net.heal()
+    assert nodes["n2"].bans == {nodes["n4"].host}
+    assert not nodes["n4"].bans and not nodes["n1"].bans
+
+
+def test_the_journal_stays_while_a_node_could_not_be_handed_back(tmp_path: Path) -> None:
+    from lab.scenario.journal import Journal
+
+    net, nodes = fake_network()
+    path = tmp_path / "restore-999999995.json"
+    net.switches.journal = Journal(path)
+    net.switches.save()
+    net.partition(["n1", "n2"], ["n3", "n4"])
+    nodes["n3"].down = True
+    net.restore()
+    assert path.exists() and "not handed back" in [e["event"] for e in net.timeline.events]
+    assert json.loads(path.read_text())["bans"]
+    assert not nodes["n2"].bans  # the others were handed back all the same
+    nodes["n3"].down = False
+    net.restore()  # a second restore (the runner's, after staged's) keeps it too
+    assert path.exists()
+    journal = Journal(tmp_path / "restore-999999994.json")
+    journal.record("bans", "n1", "h")
+    journal.close()
+    journal.record("faults", "n1", "h:1")
+    assert journal.state["bans"] == [] and journal.state["faults"] == [["n1", "h:1"]]

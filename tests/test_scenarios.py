@@ -15,6 +15,7 @@ import pytest
 
 from lab.client import datadir_endpoint
 from lab.testnet.manifest import load_manifest
+from lab.testnet.processes import process_alive
 from tests import subnets
 from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
 from tests.test_tour import scripts_run_arguments
@@ -171,6 +172,7 @@ def run(net):
     net.link_fault("n2", "n3", delay=0.4)
     net.partition(["n1", "n2"], ["n3", "n4"])
     net.set_hashrates({"n2": 1.0}, block_interval=30)
+    net.restart_node("n4", max_inbound=3, keep_book=False)
     net.timeline.mark("*", "cut and waiting")
     net.wait_for(lambda: False, 3600, "nothing")
 '''
@@ -217,4 +219,8 @@ def test_a_run_killed_outright_is_undone_by_the_next_one(testnet: Path, tmp_path
     assert "ended without handing the network back" in result.stderr
     assert "recovered a killed run" in result.stdout
     wait_state(testnet, before)
-    assert not list((testnet / "runs").glob("restore-*.json"))
+    left = list((testnet / "runs").glob("restore-*"))
+    assert not left, (result.stderr, result.stdout[-2000:], [p.read_text() for p in left])
+    assert not (testnet / "n4" / "powlab.toml.scenario").exists()
+    entry = load_manifest(testnet).node("n4")
+    assert process_alive(entry.pid, entry.config)  # on its own configuration again

@@ -18,7 +18,8 @@ from typing import Any
 from storage.files import write_atomic
 
 PREFIX = "restore-"
-KINDS = ("bans", "links", "faults", "offline", "processes", "containers", "recreated")
+KINDS = ("bans", "links", "faults", "offline", "processes", "containers", "recreated",
+         "restarted")
 
 
 class Journal:
@@ -40,7 +41,15 @@ class Journal:
             self._flush()
 
     def close(self) -> None:
-        """The run handed everything back: nothing left to undo."""
+        """The run handed everything back: nothing left to undo (a later change of the same
+        run starts a new list; the mining state found at the start stays what it gives
+        back)."""
+        for _, _, backup in self.state["restarted"]:
+            if backup:
+                with contextlib.suppress(OSError):
+                    Path(backup).unlink()
+        for kind in KINDS:
+            self.state[kind] = []
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
@@ -119,6 +128,23 @@ def _recreate(project_dir: str, compose_file: str, project: str, node: str) -> b
     return True
 
 
+def _back_on_own_config(testnet_dir: str, name: str, backup: str) -> bool:
+    """A process testnet's node a killed run restarted with other options: back on its own
+    configuration and address book."""
+    from lab.scenario.nodes import back_on_own_config
+    from lab.testnet.manifest import load_manifest
+
+    try:
+        peers = Path(backup).read_bytes() if backup else None
+        back_on_own_config(load_manifest(Path(testnet_dir)), name, peers)
+    except Exception:  # any failure leaves the journal for the next run
+        return False
+    if backup:
+        with contextlib.suppress(OSError):
+            Path(backup).unlink()
+    return True
+
+
 def orphans(runs: Path) -> list[Path]:
     """Journals left by runs whose process is gone."""
     found = []
@@ -140,6 +166,11 @@ def _undo_nodes(state: dict[str, Any]) -> tuple[list[str], int]:
     for project_dir, compose_file, project, node in state.get("recreated", []):
         if _recreate(project_dir, compose_file, project, node):
             done.append(f"{node} recreated from {Path(compose_file).name}")
+        else:
+            missed += 1
+    for testnet_dir, name, backup in state.get("restarted", []):
+        if _back_on_own_config(testnet_dir, name, backup):
+            done.append(f"{name} restarted on its own configuration")
         else:
             missed += 1
     for pid, marker in state.get("processes", []):

@@ -132,6 +132,7 @@ def restart_node(net: Any, node: str | NetNode, *, book: Sequence[dict[str, Any]
     peers_path = Path(entry.datadir) / PEERS_FILE
     if target.name not in state.restarted:
         state.restarted[target.name] = _read(peers_path)
+        _journal_restart(net, manifest, target.name, state.restarted[target.name])
     _stop(entry)
     if book is not None:
         peers_path.write_text(json.dumps({"version": 1, "addresses": list(book)}))
@@ -163,23 +164,53 @@ def restore_nodes(net: Any, timeout: float = START_TIMEOUT) -> None:
             process.shut_down()
     state.extra.clear()
     for name, saved in list(state.restarted.items()):
-        entry = _entry(state.manifest, name)
         try:
-            _stop(entry)
-            peers_path = Path(entry.datadir) / PEERS_FILE
-            if saved is None:
-                peers_path.unlink(missing_ok=True)
-            else:
-                peers_path.write_bytes(saved)
-            Path(entry.config + OVERRIDE_SUFFIX).unlink(missing_ok=True)
-            process = node_process(entry, state.manifest.directory)
-            process.pid = None
-            _start(state.manifest, entry, process, _node(net, name), timeout)
+            back_on_own_config(state.manifest, name, saved, timeout)
+            _node(net, name).endpoint = datadir_endpoint(_entry(state.manifest, name).datadir,
+                                                         _entry(state.manifest, name).url)
         except (NodeProcessError, ScenarioError, OSError) as exc:
             errors.append(f"{name}: {exc}")
         del state.restarted[name]
     if errors:
         raise ScenarioError("could not restore " + "; ".join(errors))
+
+
+def back_on_own_config(manifest: Manifest, name: str, peers: bytes | None,
+                       timeout: float = START_TIMEOUT) -> None:
+    """Restarts a process testnet's node from its own configuration with address book
+    `peers` (None: none), whatever it runs now (also for a journal left by a killed run)."""
+    entry = _entry(manifest, name)
+    _stop(entry)
+    peers_path = Path(entry.datadir) / PEERS_FILE
+    if peers is None:
+        peers_path.unlink(missing_ok=True)
+    else:
+        peers_path.write_bytes(peers)
+    Path(entry.config + OVERRIDE_SUFFIX).unlink(missing_ok=True)
+    process = node_process(entry, manifest.directory)
+    process.pid = None
+    process.start(wait=False)
+    entry.pid = process.pid
+    manifest.save()  # `powlab testnet down` must find the new pid whatever happens next
+    try:
+        process.wait_ready(timeout)
+    except (NodeProcessError, TimeoutError) as exc:
+        raise ScenarioError(f"{entry.name} did not come back: {exc}") from None
+
+
+def _journal_restart(net: Any, manifest: Manifest, name: str, peers: bytes | None) -> None:
+    """Journals the restart, with a copy of the node's address book beside the journal, so
+    that the next run can put the node back if this one is killed."""
+    journal = getattr(getattr(net, "switches", None), "journal", None)
+    if journal is None or journal.path is None:
+        return
+    backup = ""
+    if peers is not None:
+        copy = journal.path.with_name(f"{journal.path.stem}-{name}-{PEERS_FILE}")
+        with contextlib.suppress(OSError):
+            copy.write_bytes(peers)
+            backup = str(copy)
+    journal.record("restarted", str(manifest.directory), name, backup)
 
 
 def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),

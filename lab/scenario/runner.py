@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.client import RPCError
 from lab.plotting import save_figure
-from lab.scenario.engine import UNREACHABLE, ScenarioError, Timeline, load_nodes
+from lab.scenario.engine import UNREACHABLE, NetNode, ScenarioError, Timeline, load_nodes
 from lab.scenario.journal import Journal, journal_path, orphans, undo
 from lab.scenario.network import Network, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
@@ -151,7 +151,8 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
         out("timeline:")
     timeline.mark("*", "start", scenario=scenario.name, seed=args.seed)
     if record is not None:
-        recover_killed_runs(record.directory, net)
+        recover_killed_runs(record.directory, net, lambda: load_nodes(
+            args.dir, args.docker, args.rpc or ()))
         net.switches.journal = Journal(journal_path(record.directory))
     error: BaseException | None = None
     net.switches.save()
@@ -181,26 +182,42 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     return data
 
 
-def recover_killed_runs(runs: Path, net: Network) -> None:
+def recover_killed_runs(runs: Path, net: Network,
+                        reload: Callable[[], list[NetNode]]) -> None:
     """Undoes what an earlier run on this testnet left when it was killed before it could
-    (its journal is still there and its process is gone)."""
+    (its journal is still there and its process is gone). A node the undo restarts has a
+    new RPC cookie: `reload` reads the endpoints again."""
+    def refresh() -> None:
+        fresh = {n.name: n.endpoint for n in reload()}
+        for name, node in net.nodes.items():
+            if name in fresh:
+                node.endpoint = fresh[name]
+
     def call(name: str, method: str, params: tuple[Any, ...]) -> bool:
         node = net.nodes.get(name)
         if node is None:
             return False
-        try:
-            node.call(method, *params, timeout=10)
-        except RPCError:
-            return True  # it answered: nothing of that kind to undo any more
-        except UNREACHABLE:
-            return False
-        return True
+        for attempt in (1, 2):
+            try:
+                node.call(method, *params, timeout=10)
+            except RPCError:
+                return True  # it answered: nothing of that kind to undo any more
+            except UNREACHABLE:
+                if attempt == 2:
+                    return False
+                refresh()
+                continue
+            return True
+        return False
 
-    for path in orphans(runs):
+    paths = orphans(runs)
+    for path in paths:
         done = undo(path, call)
         net.timeline.mark("*", "recovered a killed run", journal=path.name, undone=len(done))
         print(f"powlab: an earlier run ({path.name}) ended without handing the network back; "
               f"undone: {'; '.join(done) or 'nothing'}", file=sys.stderr)
+    if paths:
+        refresh()  # this run starts from the endpoints as they are now
 
 
 def run_log(args: argparse.Namespace, name: str) -> RunLog | None:
