@@ -520,3 +520,23 @@ def test_the_journal_stays_while_a_node_could_not_be_handed_back(tmp_path: Path)
     journal.close()
     journal.record("faults", "n1", "h:1")
     assert journal.state["bans"] == [] and journal.state["faults"] == [["n1", "h:1"]]
+
+
+def test_one_run_at_a_time_on_a_testnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.scenario.runlog import LOCK_NAME
+
+    path = write(tmp_path, "one.py", '"""One."""\ndef run(net):\n'
+                                     '    net.report(verdict="one: SUCCESS", success=True)\n')
+    lock = tmp_path / "runs" / LOCK_NAME
+    lock.parent.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(other.pid))
+        with pytest.raises(ScenarioError, match=f"pid {other.pid}"):
+            run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    lock.write_text("999999993")  # a run that was killed: its lock is taken over
+    data, _ = run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
+    assert data["success"] and not lock.exists()

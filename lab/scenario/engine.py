@@ -312,8 +312,15 @@ class Monitor:
             self._thread.join(10)
 
     def _run(self) -> None:
+        reported = False
         while not self._stop.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except Exception as exc:  # a malformed answer must not end the watching
+                if not reported:
+                    self.timeline.mark("*", "monitor error", message=f"{type(exc).__name__}: "
+                                                                     f"{exc}"[:200])
+                    reported = True
 
     def poll(self) -> None:
         with self._lock:

@@ -69,7 +69,7 @@ def journal_path(runs: Path) -> Path | None:
     return runs / f"{PREFIX}{os.getpid()}.json"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,6 +81,8 @@ def _alive(pid: int) -> bool:
 
 def _stop_process(pid: int, marker: str) -> bool:
     """SIGTERM to `pid` if its command line still names `marker` (pids are reused)."""
+    if not marker:
+        return False
     import signal
 
     try:
@@ -153,7 +155,7 @@ def orphans(runs: Path) -> list[Path]:
             pid = int(path.stem.removeprefix(PREFIX))
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             found.append(path)
     return found
 

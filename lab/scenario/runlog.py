@@ -7,7 +7,9 @@ so a reader sees complete lines; only the newest `KEEP_RUNS` files are kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -64,3 +66,54 @@ class RunLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+LOCK_NAME = "active.lock"
+
+
+class RunLock:
+    """One run at a time on a testnet: a second would save the first one's paused miners as
+    "off" and hand them back that way. The lock file holds the owner's pid; a lock whose
+    process is gone (a killed run) is taken over."""
+
+    def __init__(self, testnet_dir: Path) -> None:
+        self.path = runs_dir(testnet_dir) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        from lab.scenario.engine import ScenarioError
+        from lab.scenario.journal import process_alive
+
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+        except OSError:
+            return  # nowhere to keep a lock (a read-only directory): run unguarded
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    owner = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    owner = 0
+                if owner and owner != os.getpid() and process_alive(owner):
+                    raise ScenarioError(
+                        f"another scenario or attack (pid {owner}) is running on this testnet; "
+                        f"wait for it to end, or stop it (its lock: {self.path})") from None
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                continue
+            except OSError:
+                return
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.path.read_text().strip()) == os.getpid():
+                self.path.unlink()
+        self.held = False

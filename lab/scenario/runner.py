@@ -21,9 +21,9 @@ from lab.client import RPCError
 from lab.plotting import save_figure
 from lab.scenario.engine import UNREACHABLE, NetNode, ScenarioError, Timeline, load_nodes
 from lab.scenario.journal import Journal, journal_path, orphans, undo
-from lab.scenario.network import Network, as_node
+from lab.scenario.network import Network, Node, as_node
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
-from lab.scenario.runlog import RunLog
+from lab.scenario.runlog import RunLock, RunLog
 
 BUILTIN_PACKAGE = "lab.attack"
 BUILTINS = ("race", "finney", "vector76", "majority", "selfish", "split")
@@ -127,6 +127,16 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
     error the document carries it under "error" (with the timeline so far) and the network
     is still handed back as found."""
     nodes = [as_node(n) for n in load_nodes(args.dir, args.docker, args.rpc or ())]
+    lock = run_lock(args)
+    try:
+        return _execute(scenario, args, command, out, nodes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _execute(scenario: Scenario, args: argparse.Namespace, command: str,
+             out: Callable[[str], None], nodes: list[Node]) -> dict[str, Any]:
     live = not args.json and not args.quiet
     record = run_log(args, scenario.name)
     printer = line_echo() if live else None
@@ -150,13 +160,13 @@ def execute(scenario: Scenario, args: argparse.Namespace, command: str = "scenar
                                          else ""))
         out("timeline:")
     timeline.mark("*", "start", scenario=scenario.name, seed=args.seed)
-    if record is not None:
-        recover_killed_runs(record.directory, net, lambda: load_nodes(
-            args.dir, args.docker, args.rpc or ()))
-        net.switches.journal = Journal(journal_path(record.directory))
     error: BaseException | None = None
-    net.switches.save()
     try:
+        if record is not None:
+            recover_killed_runs(record.directory, net, lambda: load_nodes(
+                args.dir, args.docker, args.rpc or ()))
+            net.switches.journal = Journal(journal_path(record.directory))
+        net.switches.save()
         with net.monitor:
             scenario.module.run(net)
     except (Exception, KeyboardInterrupt) as exc:
@@ -218,6 +228,20 @@ def recover_killed_runs(runs: Path, net: Network,
               f"undone: {'; '.join(done) or 'nothing'}", file=sys.stderr)
     if paths:
         refresh()  # this run starts from the endpoints as they are now
+
+
+def run_lock(args: argparse.Namespace) -> RunLock | None:
+    """One run at a time on a testnet (none for --rpc: there is no directory to hold it)."""
+    if args.rpc:
+        return None
+    from lab.testnet.manifest import resolve_dir
+
+    directory = resolve_dir(args.dir)
+    if not directory.is_dir():
+        return None
+    lock = RunLock(directory)
+    lock.acquire()
+    return lock
 
 
 def run_log(args: argparse.Namespace, name: str) -> RunLog | None:
