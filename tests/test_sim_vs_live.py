@@ -149,7 +149,9 @@ def majority(directory: Path, seed: int, q: float, z: int, give_up: int) -> dict
     result = powlab("attack", "majority", "--dir", str(directory), "--json",
                     "--hashrate-share", str(q), "--confirmations", str(z),
                     "--give-up", str(give_up), "--block-interval", str(BLOCK_INTERVAL),
-                    "--seed", str(seed), "--timeout", "60")
+                    # A race near q = 1/2 can run for dozens of blocks before it is won or
+                    # given up (a timeout would be a broken run): room for ~300 blocks.
+                    "--seed", str(seed), "--timeout", "600")
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout)
 
