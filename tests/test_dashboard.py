@@ -5,19 +5,23 @@ requests, too many streams). The browser tests are in tests/test_dashboard_brows
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.client import read_cookie
+from lab.dashboard import collector as collector_module
 from lab.dashboard import model as model_module
+from lab.dashboard.collector import Collector
 from lab.dashboard.model import Block, Listener, Model
 from lab.dashboard.server import (
     MAX_REQUEST_BYTES,
@@ -27,6 +31,8 @@ from lab.dashboard.server import (
     DashboardError,
     parse_bind,
 )
+from lab.dashboard.sources import Sources
+from lab.dashboard.untrusted import dumps
 from lab.testnet.control import call
 from lab.testnet.manifest import load_manifest
 from lab.waiting import wait_until
@@ -413,3 +419,197 @@ def test_scripts_run_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> 
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
     finally:
         tear_down_testnet(directory)
+
+
+# --------------------------------------------------------------------------- hostile input
+# A node or a run record is not trusted: whatever it sends, every page keeps loading and
+# every follower keeps following. These run against an in-process fake node (aiohttp) and the
+# real Collector, Model and Dashboard.
+
+GENESIS = "0" * 64
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as a browser's JSON.parse reads it: NaN and Infinity are errors."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+class FakeNode:
+    """An RPC endpoint and /events stream that answer whatever the test puts in `answers`
+    (method -> function of the params) and `events` (lines written to /events)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {
+            "getblockcount": lambda p: 0,
+            "getblockhash": lambda p: GENESIS,
+            "getblock": lambda p: self.blocks.get(p[0]),
+            "getchaintips": lambda p: [{"hash": GENESIS, "height": 0, "status": "active"}],
+            "getblockchaininfo": lambda p: {"blocks": 0, "warnings": ""},
+            "getpeerinfo": lambda p: [], "getmempoolinfo": lambda p: {"size": 0},
+            "getmininginfo": lambda p: {"mining": False, "hashrate": 0.0},
+            "getnetworkinfo": lambda p: {}, "validateaddress": lambda p: {"ismine": False},
+        }
+        self.blocks: dict[str, dict[str, Any]] = {
+            GENESIS: {"hash": GENESIS, "height": 0, "time": 0, "nTx": 1, "tx": []}}
+        self.events: asyncio.Queue[bytes] = asyncio.Queue()
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        def one(call: dict[str, Any]) -> dict[str, Any]:
+            answer = self.answers.get(call["method"])
+            if answer is None:
+                return {"jsonrpc": "2.0", "id": call["id"],
+                        "error": {"code": -32601, "message": "no such method"}}
+            return {"jsonrpc": "2.0", "id": call["id"], "result": answer(call.get("params"))}
+
+        async def rpc(request: web.Request) -> web.Response:
+            body = await request.json()
+            out = [one(c) for c in body] if isinstance(body, list) else one(body)
+            # json.dumps writes NaN and Infinity as a hostile node would.
+            return web.Response(text=json.dumps(out), content_type="application/json")
+
+        async def events(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            while line := await self.events.get():  # b"" ends the stream
+                await resp.write(line)
+            return resp
+
+        app = web.Application(client_max_size=2**24)
+        app.router.add_post("/", rpc)
+        app.router.add_get("/events", events)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/"
+        return self.url
+
+    async def stop(self) -> None:
+        self.events.put_nowait(b"")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def fake_dashboard(directory: Path | None = None, node: FakeNode | None = None,
+                         ) -> AsyncIterator[tuple[FakeNode, Collector, Dashboard, str]]:
+    """A fake node, a real collector following it and a real dashboard serving the page."""
+    from lab.dashboard.controls import Controls
+    from lab.dashboard.sources import endpoint_sources
+
+    node = node or FakeNode()
+    await node.start()
+    sources = endpoint_sources([f"evil={node.url}"])
+    sources.directory = directory
+    model = Model()
+    collector = Collector(sources, model)
+    dashboard = Dashboard(collector, model, "127.0.0.1", 0, None, Controls(collector))
+    await collector.start()
+    url = await dashboard.start()
+    await collector.loaded.wait()
+    try:
+        yield node, collector, dashboard, url
+    finally:
+        await dashboard.stop()
+        await collector.stop()
+        await node.stop()
+
+
+async def get_text(url: str) -> tuple[int, str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+def test_non_finite_numbers_and_wrong_types_from_a_node_never_reach_the_page() -> None:
+    async def main() -> None:
+        node = FakeNode()
+        node.answers["getmininginfo"] = lambda p: {"mining": "yes", "hashrate": float("nan")}
+        node.answers["getblockchaininfo"] = lambda p: {"blocks": "<b>x</b>",
+                                                       "warnings": ["not", "text"]}
+        node.answers["getmempoolinfo"] = lambda p: {"size": float("inf")}
+        async with fake_dashboard(node=node) as (_, collector, _dash, url):
+            await collector.refresh(collector.sources.nodes[0])
+            status, text = await get_text(url + "api/state")
+            assert status == 200
+            state = strict_json(text)  # what the browser's JSON.parse must accept
+            (view,) = state["nodes"]
+            assert view["height"] is None and view["hashrate"] is None
+            assert view["mining"] is None and view["mempool"] is None
+            assert view["warnings"] == ""
+
+    asyncio.run(main())
+
+
+def test_hostile_run_records_are_skipped_one_by_one(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a.jsonl").write_text(
+        '{"type":"start","scenario":"s"}\n'
+        '{"type":"event","event":"private branch published","tip":"ab","branch_length":'
+        'Infinity}\n'
+        + "[" * 100_000 + "\n"
+        '{"type":"event","event":"link fault","node":"a","peer":"b","delay_ms":NaN}\n'
+        '{"type":"event","event":"x","v":1e999}\n'
+        '{"type":"event","event":"private branch published","tip":"ab","branch_length":'
+        '1e300}\n'
+        '{"type":"event","event":"link fault","node":"a","peer":"b","loss":1' + "0" * 400
+        + '}\n'
+        '{"type":"end","verdict":"still read"}\n')
+    model = Model()
+    collector = Collector(Sources([], 6, tmp_path), model)
+    collector.read_runs(tmp_path)  # raises nothing
+    run = model.runs["a"]
+    assert run["end"]["verdict"] == "still read"  # the bad records did not drop the rest
+    strict_json(dumps(model.snapshot()))
+    with (runs / "a.jsonl").open("a") as fh:
+        fh.write('{"type":"end","verdict":"later"}\n')
+    collector.read_runs(tmp_path)  # the file is still followed
+    assert model.runs["a"]["end"]["verdict"] == "later"
+
+
+def test_a_run_record_line_over_the_limit_is_skipped_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector_module, "MAX_RUN_LINE", 100, raising=False)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a.jsonl").write_text('{"type":"event","event":"big","x":"' + "a" * 450 + '"}\n'
+                                  '{"type":"end","verdict":"after the long line"}\n')
+    model = Model()
+    collector = Collector(Sources([], 6, tmp_path), model)
+    for _ in range(10):  # each look reads at most MAX_RUN_LINE bytes of a file
+        collector.read_runs(tmp_path)
+    assert model.runs["a"]["end"]["verdict"] == "after the long line"
+    assert collector.skipped_run_lines == 1
+    assert model.runs["a"]["events"] == []
+
+
+def test_a_hostile_event_does_not_end_the_node_s_stream() -> None:
+    async def main() -> None:
+        async with fake_dashboard() as (node, collector, _dash, _url):
+            seen = asyncio.Event()
+            publish = collector.model.publish
+
+            def watch(message: dict[str, Any]) -> None:
+                publish(message)
+                if message.get("kind") == "log" and message["entry"]["kind"] == "reorg":
+                    seen.set()
+
+            collector.model.publish = watch  # type: ignore[method-assign]
+            node.events.put_nowait(b"data: " + b"[" * 100_000 + b"\n\n")
+            node.events.put_nowait(b'data: {"type":"reorg","depth":NaN}\n\n')
+            node.events.put_nowait(b'data: {"type":"block_connected","hash":7}\n\n')
+            node.events.put_nowait(b'data: {"type":"reorg","depth":2,"fork_height":1}\n\n')
+            await asyncio.wait_for(seen.wait(), 30)
+            reorgs = [e for e in collector.model.log if e["kind"] == "reorg"]
+            assert [e["depth"] for e in reorgs] == [2]  # the NaN event was refused
+
+    asyncio.run(main())

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import re
 import secrets
 from pathlib import Path
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from lab.dashboard.collector import RPC_FAILURES, Collector
 from lab.dashboard.model import Listener, Model
+from lab.dashboard.untrusted import dumps
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # largest request body (controls are small JSON objects)
@@ -154,7 +154,7 @@ class Dashboard:
         await self.collector.loaded.wait()
         snapshot = self.model.snapshot()
         snapshot["controls"] = self.controls is not None
-        return web.json_response(snapshot)
+        return _json(snapshot)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         if len(self.model.listeners) >= MAX_SSE_CLIENTS:
@@ -174,7 +174,7 @@ class Dashboard:
                     continue
                 if message.get("kind") == "bye":
                     break
-                await response.write(f"data: {json.dumps(message)}\n\n".encode())
+                await response.write(f"data: {dumps(message)}\n\n".encode())
         except ConnectionError:
             pass
         finally:
@@ -191,7 +191,7 @@ class Dashboard:
                 info = await self.collector.call(src, "getblock", block_hash, 1)
                 on_active = [n.name for n in self.model.nodes.values()
                              if n.tip and self._on_chain(block_hash, n.tip)]
-                return web.json_response({
+                return _json({
                     "block": {k: info.get(k) for k in (
                         "hash", "height", "previousblockhash", "time", "nTx", "size", "bits",
                         "chainwork", "tx")},
@@ -235,7 +235,7 @@ class Dashboard:
         from consensus.attack_theory import reversal_risk
 
         curve = [{"z": z, "risk": reversal_risk(z, q)} for z in range(depth + 1)]
-        return web.json_response({"txid": txid, "nodes": rows, "finality_depth": depth,
+        return _json({"txid": txid, "nodes": rows, "finality_depth": depth,
                                   "q": q, "curve": curve})
 
     async def control(self, request: web.Request) -> web.StreamResponse:
@@ -262,7 +262,12 @@ class Dashboard:
             except Exception as exc:  # an RPC or testnet failure: reported, not raised
                 return _json_error(502, f"{type(exc).__name__}: {exc}"[:500])
         self.model.add_log("control", body.get("node"), f"control: {result}")
-        return web.json_response({"ok": True, "result": result})
+        return _json({"ok": True, "result": result})
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Strict JSON (no NaN or Infinity: a browser's JSON.parse refuses them)."""
+    return web.json_response(data, status=status, headers=headers, dumps=dumps)
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -270,7 +275,7 @@ def _plain(status: int, text: str) -> web.Response:
 
 
 def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=SECURITY_HEADERS)
+    return _json({"error": message}, status=status, headers=SECURITY_HEADERS)
 
 
 def new_token() -> str:
