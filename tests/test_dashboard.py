@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -613,3 +614,51 @@ def test_a_hostile_event_does_not_end_the_node_s_stream() -> None:
             assert [e["depth"] for e in reorgs] == [2]  # the NaN event was refused
 
     asyncio.run(main())
+
+
+def test_a_node_cannot_hang_a_block_at_any_height() -> None:
+    high, real, stray, orphan = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
+
+    async def main() -> None:
+        node = FakeNode()
+        node.blocks[high] = {"hash": high, "previousblockhash": GENESIS, "height": 10**9,
+                             "time": 0, "nTx": 1, "tx": []}
+        node.blocks[real] = {"hash": real, "previousblockhash": GENESIS, "height": 1,
+                             "time": 0, "nTx": 1, "tx": []}
+        # A branch whose root the node will not show, high above everything held.
+        node.blocks[stray] = {"hash": stray, "previousblockhash": orphan, "height": 500,
+                              "time": 0, "nTx": 1, "tx": []}
+        node.blocks[orphan] = {"hash": orphan, "previousblockhash": "5" * 64,
+                               "height": float("inf"), "time": 0, "nTx": 1, "tx": []}
+        async with fake_dashboard(node=node) as (_, collector, _dash, _url):
+            src = collector.sources.nodes[0]
+            assert GENESIS in collector.model.blocks
+            assert await collector.ensure_block(src, high) is None
+            assert await collector.ensure_block(src, stray) is None
+            assert await collector.ensure_block(src, real) is not None
+            assert sorted(b.height for b in collector.model.blocks.values()) == [0, 1]
+
+    asyncio.run(main())
+
+
+NODE_JS = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE_JS is None, reason="node (JavaScript) is not installed")
+def test_the_tree_layout_skips_empty_heights() -> None:
+    """layoutTree visits the heights that hold blocks, not every height between them: a gap
+    of 10^9 heights (which the server refuses anyway) is laid out at once."""
+    script = f"""
+import {{ layoutTree, renderTree }} from "{STATIC_DIR / 'tree.js'}";
+const G = "0".repeat(64), H = "1".repeat(64);
+const blocks = new Map([[G, {{hash: G, prev: null, height: 0, time: 0, txs: 1, seen: 1}}],
+  [H, {{hash: H, prev: G, height: 1e9, time: 0, txs: 1, seen: 2}}]]);
+const lay = layoutTree(blocks, {{evil: H}}, {{}}, 6);
+renderTree(lay, {{}}, ["evil"], new Set());
+console.log(JSON.stringify(lay.rows.map((r) => r.h ?? [r.from, r.to])));
+"""
+    assert NODE_JS is not None
+    result = subprocess.run([NODE_JS, "--input-type=module", "-e", script],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [10**9, 0]

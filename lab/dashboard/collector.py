@@ -109,8 +109,10 @@ class Collector:
         try:
             for src in self.sources.nodes:
                 try:
-                    height = await self.call(src, "getblockcount")
+                    height = as_int(await self.call(src, "getblockcount"))
                 except RPC_FAILURES:
+                    continue
+                if height is None or height < 0:
                     continue
                 low = max(0, height - INITIAL_DEPTH + 1)
                 hashes = await self.batch(src, [("getblockhash", [h])
@@ -123,27 +125,46 @@ class Collector:
 
     async def _load_blocks(self, src: NodeSource, hashes: list[str]) -> None:
         replies = await self.batch(src, [("getblock", [h, 2]) for h in hashes])
-        infos = [r for r in replies if isinstance(r, dict)]
+        infos = [r for r in replies if isinstance(r, dict) and as_int(r.get("height")) is not None]
         await self._resolve_owners([_reward_address(i) for i in infos])
         for info in sorted(infos, key=lambda i: i["height"]):
             self._add(info, src.name)
 
     def _add(self, info: dict[str, Any], node: str) -> None:
         """A block from `getblock` into the model, if it is well formed (a node's answer is
-        checked before the page draws it)."""
+        checked before the page draws it) and fits the tree: one above its parent when the
+        parent is known; with an unknown parent only below every block held (a branch's
+        root under the window), so a node cannot hang a block of any height it likes."""
         try:
             block = self._block(info, node)
         except (KeyError, TypeError, ValueError):
             return
-        if HEX64.match(block.hash) and (block.prev is None or HEX64.match(block.prev)):
-            self.model.add_block(block)
+        if not HEX64.match(block.hash) or (block.prev is not None
+                                           and not HEX64.match(block.prev)):
+            return
+        if block.prev is None:
+            if block.height != 0:
+                return
+        elif (parent := self.model.blocks.get(block.prev)) is not None:
+            if block.height != parent.height + 1:
+                return
+        elif self.model.blocks and block.height > self.model.lowest_height():
+            return
+        self.model.add_block(block)
 
     def _block(self, info: dict[str, Any], node: str) -> Block:
         address = _reward_address(info)
         owner = self._owners.get(address) if address else None
-        return Block(info["hash"], info.get("previousblockhash"), int(info["height"]),
-                     int(info.get("time", 0)), int(info.get("nTx", len(info.get("tx", [])))),
-                     miner="genesis" if info["height"] == 0 else owner or node, first_node=node)
+        height = as_int(info["height"])
+        if height is None or height < 0:
+            raise ValueError("block height is not a natural number")
+        prev = info.get("previousblockhash")
+        txs = info.get("tx")
+        count = as_int(info.get("nTx"))
+        return Block(info["hash"], prev if isinstance(prev, str) else None, height,
+                     as_int(info.get("time")) or 0,
+                     count if count is not None else len(txs) if isinstance(txs, list) else 0,
+                     miner="genesis" if height == 0 else owner or node, first_node=node)
 
     async def _resolve_owners(self, addresses: list[str | None]) -> None:
         """Which node's wallet each reward address belongs to (validateaddress: ismine)."""
@@ -197,6 +218,8 @@ class Collector:
         floor = self.model.lowest_height() if self.model.blocks else 0
         while cursor and cursor not in self.model.blocks and len(infos) < MAX_BRANCH_WALK:
             info = await self.call(src, "getblock", cursor, 2)
+            if not isinstance(info, dict) or as_int(info.get("height")) is None:
+                break
             infos.append(info)
             if info["height"] <= floor:
                 break
