@@ -25,6 +25,8 @@ from lab.dashboard import model as model_module
 from lab.dashboard.collector import Collector
 from lab.dashboard.model import Block, Listener, Model
 from lab.dashboard.server import (
+    DEFAULT_ATTACKER_SHARE,
+    MAX_CURVE_DEPTH,
     MAX_REQUEST_BYTES,
     MAX_SSE_CLIENTS,
     STATIC_DIR,
@@ -662,3 +664,30 @@ console.log(JSON.stringify(lay.rows.map((r) => r.h ?? [r.from, r.to])));
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [10**9, 0]
+
+
+def test_a_node_s_numbers_do_not_stall_the_transaction_view() -> None:
+    async def main() -> None:
+        import aiohttp
+
+        node = FakeNode()
+        node.answers["gettransaction"] = lambda p: {
+            "status": "confirmed", "finality_depth": 10**6,
+            "assumed_attacker_share": float("nan")}
+        async with fake_dashboard(node=node) as (_, _collector, _dash, url):
+            async with aiohttp.ClientSession() as session, session.get(
+                    url + "api/tx?txid=" + "2" * 64,
+                    timeout=aiohttp.ClientTimeout(total=20)) as resp:
+                assert resp.status == 200
+                answer = strict_json(await resp.text())
+            assert answer["finality_depth"] == MAX_CURVE_DEPTH
+            assert answer["q"] == DEFAULT_ATTACKER_SHARE
+            assert len(answer["curve"]) == MAX_CURVE_DEPTH + 1
+            node.answers["gettransaction"] = lambda p: {"finality_depth": "6",
+                                                        "assumed_attacker_share": 7}
+            status, text = await get_text(url + "api/tx?txid=" + "2" * 64)
+            answer = strict_json(text)
+            assert status == 200 and answer["q"] == DEFAULT_ATTACKER_SHARE
+            assert answer["finality_depth"] == 6  # the dashboard's own
+
+    asyncio.run(main())

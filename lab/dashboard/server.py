@@ -23,11 +23,14 @@ from aiohttp import web
 
 from lab.dashboard.collector import RPC_FAILURES, Collector
 from lab.dashboard.model import Listener, Model
-from lab.dashboard.untrusted import dumps
+from lab.dashboard.untrusted import as_float, as_int, dumps
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # largest request body (controls are small JSON objects)
 MAX_SSE_CLIENTS = 32  # browsers following /api/stream at once; more get HTTP 503
+MAX_CURVE_DEPTH = 200  # confirmations in a transaction's reversal-risk curve
+MAX_ATTACKER_SHARE = 0.5  # attacker shares a node may report for the curve: 0 to this
+DEFAULT_ATTACKER_SHARE = 0.1  # the curve's share when no node reports a valid one
 SSE_KEEPALIVE = 15.0  # seconds between keep-alive comments on an idle stream
 TOKEN_COOKIE = "powlab_dashboard"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -228,10 +231,12 @@ class Dashboard:
             return {"node": src.name, **{k: info.get(k) for k in keys}}
 
         rows = await asyncio.gather(*(one(s) for s in self.collector.sources.nodes))
-        depth = next((r["finality_depth"] for r in rows if r.get("finality_depth")),
-                     self.model.finality_depth)
-        q = next((r["assumed_attacker_share"] for r in rows
-                  if r.get("assumed_attacker_share") is not None), 0.1)
+        # A node's numbers bound the work done here: the depth and share are checked.
+        depth = next((d for r in rows if (d := as_int(r.get("finality_depth")))
+                      and d >= 1), self.model.finality_depth)
+        depth = max(1, min(MAX_CURVE_DEPTH, depth))
+        q = next((s for r in rows if (s := as_float(r.get("assumed_attacker_share")))
+                  is not None and 0.0 <= s <= MAX_ATTACKER_SHARE), DEFAULT_ATTACKER_SHARE)
         from consensus.attack_theory import reversal_risk
 
         curve = [{"z": z, "risk": reversal_risk(z, q)} for z in range(depth + 1)]
