@@ -691,3 +691,34 @@ def test_a_node_s_numbers_do_not_stall_the_transaction_view() -> None:
             assert answer["finality_depth"] == 6  # the dashboard's own
 
     asyncio.run(main())
+
+
+def test_rpc_credentials_in_an_endpoint_url_never_leave_the_dashboard(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from lab.client import NodeEndpoint
+    from lab.dashboard.sources import NodeSource, endpoint_sources
+
+    (split,) = endpoint_sources(["n1=http://alice:s3cret@127.0.0.1:1/"]).nodes
+    assert split.endpoint() == NodeEndpoint("http://127.0.0.1:1/", ("alice", "s3cret"))
+    with pytest.raises(ValueError) as refused:
+        endpoint_sources(["=http://alice:s3cret@127.0.0.1:1/"])
+    assert "s3cret" not in str(refused.value)
+
+    async def main() -> None:
+        node = FakeNode()
+        async with fake_dashboard(node=node) as (_, collector, _dash, url):
+            # A source whose URL still carries credentials (and no node listens there).
+            port = free_port()
+            collector.sources.nodes.append(NodeSource(
+                "n2", "node", 0.0,
+                lambda: NodeEndpoint(f"http://alice:s3cret@127.0.0.1:{port}/", None)))
+            collector.model.nodes["n2"] = model_module.NodeView("n2")
+            await collector.refresh(collector.sources.nodes[-1])
+            assert collector.model.nodes["n2"].error  # the failure is shown...
+            collector.model.publish_nodes()
+            for path in ("api/state", "api/tx?txid=" + "2" * 64):
+                status, text = await get_text(url + path)
+                assert status == 200 and "s3cret" not in text and "alice" not in text, text
+
+    asyncio.run(main())
+    assert "s3cret" not in capfd.readouterr().err  # ...but not the password

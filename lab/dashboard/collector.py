@@ -369,7 +369,7 @@ class Collector:
                 ("getmininginfo", []), ("getchaintips", []), ("getnetworkinfo", []),
             ])
         except RPC_FAILURES as exc:
-            view.up, view.error = False, str(exc)[:200]
+            view.up, view.error = False, redact(str(exc))[:200]
             return
         if isinstance(net, dict) and (node_id := as_str(net.get("node_id"))):
             view.node_id = node_id
@@ -455,7 +455,7 @@ class Collector:
 
 
 def _warn(text: str) -> None:
-    print(f"dashboard: {text}", file=sys.stderr, flush=True)
+    print(f"dashboard: {redact(text)}", file=sys.stderr, flush=True)
 
 
 def _reward_address(info: dict[str, Any]) -> str | None:

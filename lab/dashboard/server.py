@@ -23,7 +23,7 @@ from aiohttp import web
 
 from lab.dashboard.collector import RPC_FAILURES, Collector
 from lab.dashboard.model import Listener, Model
-from lab.dashboard.untrusted import as_float, as_int, dumps
+from lab.dashboard.untrusted import as_float, as_int, dumps, redact
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # largest request body (controls are small JSON objects)
@@ -224,7 +224,8 @@ class Dashboard:
             try:
                 info = await self.collector.call(src, "gettransaction", txid)
             except RPC_FAILURES as exc:
-                return {"node": src.name, "status": "unreachable", "error": str(exc)[:200]}
+                return {"node": src.name, "status": "unreachable",
+                        "error": redact(str(exc))[:200]}
             keys = ("status", "confirmations", "blockhash", "blockheight", "reversal_risk",
                     "assumed_attacker_share", "risk_summary", "double_spend_alert",
                     "seen_double_spends", "conflicts", "finality_depth", "warnings")
@@ -263,9 +264,9 @@ class Dashboard:
             try:
                 result = await self.controls.run(body)
             except ValueError as exc:
-                return _json_error(400, str(exc))
+                return _json_error(400, redact(str(exc)))
             except Exception as exc:  # an RPC or testnet failure: reported, not raised
-                return _json_error(502, f"{type(exc).__name__}: {exc}"[:500])
+                return _json_error(502, redact(f"{type(exc).__name__}: {exc}")[:500])
         self.model.add_log("control", body.get("node"), f"control: {result}")
         return _json({"ok": True, "result": result})
 
