@@ -722,3 +722,44 @@ def test_rpc_credentials_in_an_endpoint_url_never_leave_the_dashboard(
 
     asyncio.run(main())
     assert "s3cret" not in capfd.readouterr().err  # ...but not the password
+
+
+async def until(predicate: Any, timeout: float, what: str) -> None:
+    """Polls `predicate` on the running loop (lab.waiting.wait_until, for async tests)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)  # the poll's period
+
+
+def test_a_page_that_stops_reading_is_cut_off_and_frees_its_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.dashboard import server as server_module
+
+    monkeypatch.setattr(server_module, "SSE_WRITE_TIMEOUT", 1.0, raising=False)
+
+    async def main() -> None:
+        async with fake_dashboard() as (_, collector, dashboard, _url):
+            model = collector.model
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", dashboard.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{dashboard.port}"
+                         "\r\n\r\n".encode())
+            await until(lambda: len(model.listeners) == 1, 10, "the stream to open")
+            # The page reads nothing from now on; the dashboard keeps publishing.
+            writer.transport.pause_reading()
+            for k in range(64):
+                model.publish({"kind": "log", "entry": {"seq": k, "text": "x" * 100_000}})
+            await until(lambda: not model.listeners, 30, "the stuck stream to be cut off")
+            writer.transport.resume_reading()
+            with contextlib.suppress(ConnectionError):
+                while await asyncio.wait_for(reader.read(2**20), 10):
+                    pass  # what was sent before the cut, then the end of the stream
+            writer.close()
+
+    asyncio.run(main())

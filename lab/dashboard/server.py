@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ MAX_CURVE_DEPTH = 200  # confirmations in a transaction's reversal-risk curve
 MAX_ATTACKER_SHARE = 0.5  # attacker shares a node may report for the curve: 0 to this
 DEFAULT_ATTACKER_SHARE = 0.1  # the curve's share when no node reports a valid one
 SSE_KEEPALIVE = 15.0  # seconds between keep-alive comments on an idle stream
+SSE_WRITE_TIMEOUT = 10.0  # seconds a write to a page's stream may wait before it is cut off
+SSE_SEND_BUFFER = 64 * 1024  # bytes of a stream's socket send buffer
 TOKEN_COOKIE = "powlab_dashboard"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -166,22 +169,27 @@ class Dashboard:
         self.model.listeners.add(listener)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-store"})
+        finished = False
         try:
             await response.prepare(request)
-            await response.write(b": connected\n\n")
+            _small_send_buffer(request)
+            await _send(response, b": connected\n\n")
             while not listener.dropped:
                 try:
                     message = await asyncio.wait_for(listener.queue.get(), SSE_KEEPALIVE)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    await _send(response, b": keepalive\n\n")
                     continue
                 if message.get("kind") == "bye":
+                    finished = True
                     break
-                await response.write(f"data: {dumps(message)}\n\n".encode())
-        except ConnectionError:
-            pass
+                await _send(response, f"data: {dumps(message)}\n\n".encode())
+        except (ConnectionError, TimeoutError):
+            pass  # a page gone, or one that stopped reading: its slot is freed below
         finally:
             self.model.listeners.discard(listener)
+            if not finished and request.transport is not None:
+                request.transport.abort()  # a dropped or stuck page is cut off, not waited on
         return response
 
     async def block(self, request: web.Request) -> web.StreamResponse:
@@ -269,6 +277,21 @@ class Dashboard:
                 return _json_error(502, redact(f"{type(exc).__name__}: {exc}")[:500])
         self.model.add_log("control", body.get("node"), f"control: {result}")
         return _json({"ok": True, "result": result})
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    """One write to a page's stream, given up after SSE_WRITE_TIMEOUT (a page that does not
+    read would otherwise hold its slot, and this handler, for ever)."""
+    await asyncio.wait_for(response.write(data), SSE_WRITE_TIMEOUT)
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """A stream's socket buffers at most SSE_SEND_BUFFER bytes a page has not read, so a page
+    that stops reading is found out (its writes time out) soon."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SEND_BUFFER)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
