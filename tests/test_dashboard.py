@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from lab.dashboard.server import (
     MAX_CURVE_DEPTH,
     MAX_REQUEST_BYTES,
     MAX_SSE_CLIENTS,
+    SECURITY_HEADERS,
     STATIC_DIR,
     Dashboard,
     DashboardError,
@@ -41,7 +42,17 @@ from lab.testnet.manifest import load_manifest
 from lab.waiting import wait_until
 from tests import subnets
 from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
-from tests.dashboard_harness import DashboardProcess, free_port, http, scripts_run_testnet
+from tests.dashboard_harness import (
+    GENESIS,
+    DashboardProcess,
+    FakeNode,
+    fake_dashboard,
+    free_port,
+    get_text,
+    http,
+    scripts_run_testnet,
+    strict_json,
+)
 
 # --------------------------------------------------------------------------- fast
 
@@ -429,109 +440,6 @@ def test_scripts_run_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> 
 # every follower keeps following. These run against an in-process fake node (aiohttp) and the
 # real Collector, Model and Dashboard.
 
-GENESIS = "0" * 64
-
-
-def strict_json(text: str | bytes) -> Any:
-    """JSON as a browser's JSON.parse reads it: NaN and Infinity are errors."""
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-    return json.loads(text, parse_constant=refuse)
-
-
-class FakeNode:
-    """An RPC endpoint and /events stream that answer whatever the test puts in `answers`
-    (method -> function of the params) and `events` (lines written to /events)."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, Any] = {
-            "getblockcount": lambda p: 0,
-            "getblockhash": lambda p: GENESIS,
-            "getblock": lambda p: self.blocks.get(p[0]),
-            "getchaintips": lambda p: [{"hash": GENESIS, "height": 0, "status": "active"}],
-            "getblockchaininfo": lambda p: {"blocks": 0, "warnings": ""},
-            "getpeerinfo": lambda p: [], "getmempoolinfo": lambda p: {"size": 0},
-            "getmininginfo": lambda p: {"mining": False, "hashrate": 0.0},
-            "getnetworkinfo": lambda p: {}, "validateaddress": lambda p: {"ismine": False},
-        }
-        self.blocks: dict[str, dict[str, Any]] = {
-            GENESIS: {"hash": GENESIS, "height": 0, "time": 0, "nTx": 1, "tx": []}}
-        self.events: asyncio.Queue[bytes] = asyncio.Queue()
-        self.url = ""
-        self._runner: Any = None
-
-    async def start(self) -> str:
-        from aiohttp import web
-
-        def one(call: dict[str, Any]) -> dict[str, Any]:
-            answer = self.answers.get(call["method"])
-            if answer is None:
-                return {"jsonrpc": "2.0", "id": call["id"],
-                        "error": {"code": -32601, "message": "no such method"}}
-            return {"jsonrpc": "2.0", "id": call["id"], "result": answer(call.get("params"))}
-
-        async def rpc(request: web.Request) -> web.Response:
-            body = await request.json()
-            out = [one(c) for c in body] if isinstance(body, list) else one(body)
-            # json.dumps writes NaN and Infinity as a hostile node would.
-            return web.Response(text=json.dumps(out), content_type="application/json")
-
-        async def events(request: web.Request) -> web.StreamResponse:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            while line := await self.events.get():  # b"" ends the stream
-                await resp.write(line)
-            return resp
-
-        app = web.Application(client_max_size=2**24)
-        app.router.add_post("/", rpc)
-        app.router.add_get("/events", events)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/"
-        return self.url
-
-    async def stop(self) -> None:
-        self.events.put_nowait(b"")
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def fake_dashboard(directory: Path | None = None, node: FakeNode | None = None,
-                         ) -> AsyncIterator[tuple[FakeNode, Collector, Dashboard, str]]:
-    """A fake node, a real collector following it and a real dashboard serving the page."""
-    from lab.dashboard.controls import Controls
-    from lab.dashboard.sources import endpoint_sources
-
-    node = node or FakeNode()
-    await node.start()
-    sources = endpoint_sources([f"evil={node.url}"])
-    sources.directory = directory
-    model = Model()
-    collector = Collector(sources, model)
-    dashboard = Dashboard(collector, model, "127.0.0.1", 0, None, Controls(collector))
-    await collector.start()
-    url = await dashboard.start()
-    await collector.loaded.wait()
-    try:
-        yield node, collector, dashboard, url
-    finally:
-        await dashboard.stop()
-        await collector.stop()
-        await node.stop()
-
-
-async def get_text(url: str) -> tuple[int, str]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        return resp.status, await resp.text()
-
-
 def test_non_finite_numbers_and_wrong_types_from_a_node_never_reach_the_page() -> None:
     async def main() -> None:
         node = FakeNode()
@@ -763,3 +671,39 @@ def test_a_page_that_stops_reading_is_cut_off_and_frees_its_slot(
             writer.close()
 
     asyncio.run(main())
+
+
+def test_a_node_s_transaction_and_block_answers_are_typed_before_the_page_gets_them() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+
+    async def main() -> None:
+        node = FakeNode()
+        node.answers["gettransaction"] = lambda p: {
+            "status": ["confirmed"], "confirmations": "5", "blockhash": evil,
+            "reversal_risk": "high", "assumed_attacker_share": 0.2,
+            "double_spend_alert": "yes", "seen_double_spends": {"a": 1},
+            "finality_depth": 6.5, "warnings": 7, "risk_summary": {"x": 1}}
+        node.answers["getblock"] = lambda p: {
+            "hash": GENESIS, "height": evil, "nTx": "1", "size": [1], "time": 1e300,
+            "tx": "not a list", "previousblockhash": evil}
+        async with fake_dashboard(node=node) as (_, _collector, _dash, url):
+            status, text = await get_text(url + "api/tx?txid=" + "2" * 64)
+            assert status == 200 and "<img" not in text
+            (row,) = strict_json(text)["nodes"]
+            assert row == {"node": "evil", "status": None, "confirmations": None,
+                           "blockhash": None, "blockheight": None, "reversal_risk": None,
+                           "assumed_attacker_share": 0.2, "risk_summary": None,
+                           "double_spend_alert": False, "seen_double_spends": [],
+                           "conflicts": [], "finality_depth": None, "warnings": ""}
+            status, text = await get_text(url + "api/block?hash=" + GENESIS)
+            assert status == 200 and "<img" not in text
+            block = strict_json(text)["block"]
+            assert block["height"] is None and block["nTx"] is None and block["size"] is None
+            assert block["tx"] == [] and block["previousblockhash"] is None
+
+    asyncio.run(main())
+
+
+def test_the_page_s_policy_forbids_forms_and_base_urls() -> None:
+    policy = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "form-action 'none'" in policy and "base-uri 'none'" in policy

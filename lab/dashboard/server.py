@@ -24,7 +24,7 @@ from aiohttp import web
 
 from lab.dashboard.collector import RPC_FAILURES, Collector
 from lab.dashboard.model import Listener, Model
-from lab.dashboard.untrusted import as_float, as_int, dumps, redact
+from lab.dashboard.untrusted import as_float, as_int, as_str, dumps, redact
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # largest request body (controls are small JSON objects)
@@ -32,6 +32,8 @@ MAX_SSE_CLIENTS = 32  # browsers following /api/stream at once; more get HTTP 50
 MAX_CURVE_DEPTH = 200  # confirmations in a transaction's reversal-risk curve
 MAX_ATTACKER_SHARE = 0.5  # attacker shares a node may report for the curve: 0 to this
 DEFAULT_ATTACKER_SHARE = 0.1  # the curve's share when no node reports a valid one
+MAX_FIELD = 500  # characters of a node's text field passed to the page
+MAX_LISTED = 10_000  # entries of a node's list (transactions, double spends) passed on
 SSE_KEEPALIVE = 15.0  # seconds between keep-alive comments on an idle stream
 SSE_WRITE_TIMEOUT = 10.0  # seconds a write to a page's stream may wait before it is cut off
 SSE_SEND_BUFFER = 64 * 1024  # bytes of a stream's socket send buffer
@@ -42,7 +44,8 @@ CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
                  ".svg": "image/svg+xml", ".png": "image/png"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+                               "form-action 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -202,10 +205,10 @@ class Dashboard:
                 info = await self.collector.call(src, "getblock", block_hash, 1)
                 on_active = [n.name for n in self.model.nodes.values()
                              if n.tip and self._on_chain(block_hash, n.tip)]
+                if not isinstance(info, dict):
+                    continue
                 return _json({
-                    "block": {k: info.get(k) for k in (
-                        "hash", "height", "previousblockhash", "time", "nTx", "size", "bits",
-                        "chainwork", "tx")},
+                    "block": _block_fields(info),
                     "miner": known.miner if known else None,
                     "first_node": known.first_node if known else None,
                     "seen": known.first_seen if known else None,
@@ -234,10 +237,9 @@ class Dashboard:
             except RPC_FAILURES as exc:
                 return {"node": src.name, "status": "unreachable",
                         "error": redact(str(exc))[:200]}
-            keys = ("status", "confirmations", "blockhash", "blockheight", "reversal_risk",
-                    "assumed_attacker_share", "risk_summary", "double_spend_alert",
-                    "seen_double_spends", "conflicts", "finality_depth", "warnings")
-            return {"node": src.name, **{k: info.get(k) for k in keys}}
+            if not isinstance(info, dict):
+                return {"node": src.name, "status": "unknown"}
+            return {"node": src.name, **_tx_fields(info)}
 
         rows = await asyncio.gather(*(one(s) for s in self.collector.sources.nodes))
         # A node's numbers bound the work done here: the depth and share are checked.
@@ -277,6 +279,51 @@ class Dashboard:
                 return _json_error(502, redact(f"{type(exc).__name__}: {exc}")[:500])
         self.model.add_log("control", body.get("node"), f"control: {result}")
         return _json({"ok": True, "result": result})
+
+
+def _tx_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """A node's `gettransaction` answer, each field kept only with the type the page draws
+    (else None)."""
+    hashes = info.get("seen_double_spends")
+    return {
+        "status": as_str(info.get("status"), MAX_FIELD) or None,
+        "confirmations": as_int(info.get("confirmations")),
+        "blockhash": _hex64(info.get("blockhash")),
+        "blockheight": as_int(info.get("blockheight")),
+        "reversal_risk": as_float(info.get("reversal_risk")),
+        "assumed_attacker_share": as_float(info.get("assumed_attacker_share")),
+        "risk_summary": as_str(info.get("risk_summary"), MAX_FIELD) or None,
+        "double_spend_alert": info.get("double_spend_alert") is True,
+        "seen_double_spends": [h for h in hashes[:MAX_LISTED] if _hex64(h)]
+        if isinstance(hashes, list) else [],
+        "conflicts": _finite_list(info.get("conflicts")),
+        "finality_depth": as_int(info.get("finality_depth")),
+        "warnings": as_str(info.get("warnings"), MAX_FIELD),
+    }
+
+
+def _block_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """A node's `getblock` answer (verbosity 1), each field with the type the page draws."""
+    txs = info.get("tx")
+    return {
+        "hash": _hex64(info.get("hash")),
+        "height": as_int(info.get("height")),
+        "previousblockhash": _hex64(info.get("previousblockhash")),
+        "time": as_int(info.get("time")),
+        "nTx": as_int(info.get("nTx")),
+        "size": as_int(info.get("size")),
+        "bits": as_str(info.get("bits"), MAX_FIELD) or None,
+        "chainwork": as_str(info.get("chainwork"), MAX_FIELD) or None,
+        "tx": [t for t in txs[:MAX_LISTED] if _hex64(t)] if isinstance(txs, list) else [],
+    }
+
+
+def _hex64(value: Any) -> str | None:
+    return value if isinstance(value, str) and HEX64.match(value) else None
+
+
+def _finite_list(value: Any) -> list[Any]:
+    return value[:MAX_LISTED] if isinstance(value, list) else []
 
 
 async def _send(response: web.StreamResponse, data: bytes) -> None:
