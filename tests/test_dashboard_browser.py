@@ -509,16 +509,18 @@ def test_a_real_ten_thousand_block_chain_with_forks(
 
 # --------------------------------------------------------------------------- a hostile node
 @contextlib.contextmanager
-def dashboard_on(node: FakeNode) -> Iterator[str]:
-    """A dashboard following `node`, served from a thread of its own; yields its URL."""
+def dashboard_on(node: FakeNode) -> Iterator[dict[str, Any]]:
+    """A dashboard following `node`, served from a thread of its own; yields its "url", the
+    "loop" it runs on and its "model"."""
     ready = threading.Event()
     box: dict[str, Any] = {}
 
     def serve() -> None:
         async def main() -> None:
-            async with fake_dashboard(node=node) as (_, _collector, _dash, url):
+            async with fake_dashboard(node=node) as (_, collector, _dash, url):
                 box["loop"], box["stop"], box["url"] = (asyncio.get_running_loop(),
                                                         asyncio.Event(), url)
+                box["model"] = collector.model
                 ready.set()
                 await box["stop"].wait()
 
@@ -528,7 +530,7 @@ def dashboard_on(node: FakeNode) -> Iterator[str]:
     thread.start()
     assert ready.wait(WAIT), "the dashboard did not start"
     try:
-        yield box["url"]
+        yield box
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(WAIT)
@@ -543,10 +545,10 @@ def test_a_hostile_node_neither_injects_markup_nor_breaks_the_page() -> None:
     node.answers["gettransaction"] = lambda p: {
         "status": "confirmed", "confirmations": evil, "double_spend_alert": True,
         "seen_double_spends": "not a list", "reversal_risk": "x", "finality_depth": 6}
-    with dashboard_on(node) as url:
+    with dashboard_on(node) as dash:
         driver = browser()
         try:
-            driver.get(url)
+            driver.get(dash["url"])
             until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
                   "the node's row")
             until(driver, "document.querySelector('#nodes').textContent.includes('<img')",
@@ -555,5 +557,41 @@ def test_a_hostile_node_neither_injects_markup_nor_breaks_the_page() -> None:
             until(driver, "document.querySelector('.pay-row[data-node=\"evil\"]')",
                   "the payment's row")
             assert driver.execute_script("return document.getElementById('pwned')") is None
+        finally:
+            driver.quit()
+
+
+def test_the_page_keeps_no_more_than_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.dashboard import model as model_module
+    from lab.dashboard.model import Block
+
+    for name, value in (("MAX_BLOCKS", 30), ("EVICT_TO", 20), ("MAX_RUNS", 3),
+                        ("MAX_RUN_EVENTS", 5)):
+        monkeypatch.setattr(model_module, name, value)
+    with dashboard_on(FakeNode()) as dash:
+        driver = browser()
+        try:
+            driver.get(dash["url"])
+            until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
+                  "the page to load")
+            model = dash["model"]
+
+            def feed() -> None:
+                prev = "0" * 64
+                for height in range(1, 51):
+                    block_hash = hashlib.sha256(f"b{height}".encode()).hexdigest()
+                    model.add_block(Block(block_hash, prev, height, height, 1))
+                    prev = block_hash
+                for k in range(6):
+                    model.run_record(f"r{k}", {"type": "start", "scenario": "s"})
+                    for e in range(10):
+                        model.run_record(f"r{k}", {"type": "event", "event": f"e{e}"})
+                    model.run_record(f"r{k}", {"type": "end", "verdict": "done"})
+
+            dash["loop"].call_soon_threadsafe(feed)
+            until(driver, "window.powlabCounts().ended.includes('r5')", "the last run's end")
+            counts = driver.execute_script("return window.powlabCounts()")
+            assert counts["runs"] == 3 and counts["events"] == 5
+            assert 20 <= counts["blocks"] <= 30
         finally:
             driver.quit()

@@ -267,6 +267,8 @@ class Model:
             "base_tips": dict(self.base_tips),
             "runs": list(self.runs.values()),
             "marks": dict(self.marks),
+            "limits": {"blocks": MAX_BLOCKS, "evict_to": EVICT_TO, "log": MAX_LOG,
+                       "runs": MAX_RUNS, "run_events": MAX_RUN_EVENTS},
             "now": round(self.clock(), 3),
         }
 

@@ -5,6 +5,8 @@
 import { layoutTree, renderTree, nodeColour } from "./tree.js";
 
 const MAX_LOG = 5000; // entries kept here, as on the server
+// The server's bounds (snapshot.limits), applied to what the page keeps from the stream.
+const LIMITS = { blocks: 20000, evict_to: 18000, runs: 10, run_events: 2000 };
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g,
   (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -34,6 +36,7 @@ function applySnapshot(snap) {
   S.baseTips = snap.base_tips; S.marks = snap.marks; S.finality = snap.finality_depth;
   S.controls = snap.controls;
   S.runs = new Map(snap.runs.map((r) => [r.id, r]));
+  Object.assign(LIMITS, snap.limits || {});
   S.playback = null;
   S.tips = { ...S.baseTips };
   for (const n of S.nodes) if (n.tip) S.tips[n.name] = n.tip;
@@ -42,12 +45,20 @@ function applySnapshot(snap) {
   S.treeDirty = true;
 }
 
+// As the server does: past LIMITS.blocks, the lowest heights go, down to LIMITS.evict_to.
+function evictBlocks() {
+  const keep = [...S.blocks.values()].sort((a, b) => a.height - b.height).slice(-LIMITS.evict_to);
+  S.blocks = new Map(keep.map((b) => [b.hash, b]));
+  for (const h of S.fresh) if (!S.blocks.has(h)) S.fresh.delete(h);
+}
+
 function apply(msg) {
   switch (msg.kind) {
     case "block": {
       const b = msg.block;
       if (!S.blocks.has(b.hash)) S.fresh.add(b.hash);
       S.blocks.set(b.hash, b);
+      if (S.blocks.size > LIMITS.blocks) evictBlocks();
       S.treeDirty = true;
       schedulePayments();
       break;
@@ -68,9 +79,15 @@ function apply(msg) {
     case "nodes": S.nodes = msg.nodes; S.partition = msg.partition; S.faults = msg.link_faults || {}; break;
     case "run": {
       let run = S.runs.get(msg.id);
-      if (!run) { run = { id: msg.id, start: null, events: [], end: null }; S.runs.set(msg.id, run); }
+      if (!run) {
+        run = { id: msg.id, start: null, events: [], end: null };
+        S.runs.set(msg.id, run);
+        while (S.runs.size > LIMITS.runs) S.runs.delete(S.runs.keys().next().value);
+      }
       const r = msg.record;
-      if (r.type === "start") run.start = r; else if (r.type === "end") run.end = r; else run.events.push(r);
+      if (r.type === "start") run.start = r;
+      else if (r.type === "end") run.end = r;
+      else if (r.type === "event" && run.events.length < LIMITS.run_events) run.events.push(r);
       if (msg.marks) { S.marks = msg.marks; S.treeDirty = true; }
       break;
     }
@@ -381,6 +398,9 @@ function seek(index) {
 }
 window.powlabSeek = seek;
 window.powlabLog = () => S.log;
+window.powlabCounts = () => ({ blocks: S.blocks.size, runs: S.runs.size,
+  events: Math.max(0, ...[...S.runs.values()].map((r) => r.events.length)),
+  ended: [...S.runs.values()].filter((r) => r.end).map((r) => r.id) });
 
 // ---------------------------------------------------------------- controls
 function renderControls() {
