@@ -178,6 +178,7 @@ class FakeNode:
 
 @contextlib.asynccontextmanager
 async def fake_dashboard(directory: Path | None = None, node: FakeNode | None = None,
+                         token: str | None = None,
                          ) -> AsyncIterator[tuple[FakeNode, Collector, Dashboard, str]]:
     """A fake node, a real collector following it and a real dashboard serving the page."""
     from lab.dashboard.controls import Controls
@@ -189,7 +190,7 @@ async def fake_dashboard(directory: Path | None = None, node: FakeNode | None = 
     sources.directory = directory
     model = Model()
     collector = Collector(sources, model)
-    dashboard = Dashboard(collector, model, "127.0.0.1", 0, None, Controls(collector))
+    dashboard = Dashboard(collector, model, "127.0.0.1", 0, token, Controls(collector))
     await collector.start()
     url = await dashboard.start()
     await collector.loaded.wait()

@@ -707,3 +707,26 @@ def test_a_node_s_transaction_and_block_answers_are_typed_before_the_page_gets_t
 def test_the_page_s_policy_forbids_forms_and_base_urls() -> None:
     policy = SECURITY_HEADERS["Content-Security-Policy"]
     assert "form-action 'none'" in policy and "base-uri 'none'" in policy
+
+
+def test_the_url_file_is_owner_only_from_the_start(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token is never in a file others may read: not even when a chmod after the write
+    would fail (the mode is set on the open file before anything is written)."""
+    from lab.dashboard.cli import URL_FILE, _write_url
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError("chmod refused")
+
+    monkeypatch.setattr(Path, "chmod", refuse)
+
+    stale = tmp_path / URL_FILE
+    stale.write_text("old\n")
+    os.chmod(stale, 0o644)
+    old_umask = os.umask(0)  # what a loose umask would give a plain write
+    try:
+        path = _write_url(tmp_path, "http://127.0.0.1:1/?token=t")
+    finally:
+        os.umask(old_umask)
+    assert path == stale and stale.read_text() == "http://127.0.0.1:1/?token=t\n"
+    assert path.stat().st_mode & 0o777 == 0o600

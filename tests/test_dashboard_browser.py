@@ -509,7 +509,7 @@ def test_a_real_ten_thousand_block_chain_with_forks(
 
 # --------------------------------------------------------------------------- a hostile node
 @contextlib.contextmanager
-def dashboard_on(node: FakeNode) -> Iterator[dict[str, Any]]:
+def dashboard_on(node: FakeNode, token: str | None = None) -> Iterator[dict[str, Any]]:
     """A dashboard following `node`, served from a thread of its own; yields its "url", the
     "loop" it runs on and its "model"."""
     ready = threading.Event()
@@ -517,7 +517,7 @@ def dashboard_on(node: FakeNode) -> Iterator[dict[str, Any]]:
 
     def serve() -> None:
         async def main() -> None:
-            async with fake_dashboard(node=node) as (_, collector, _dash, url):
+            async with fake_dashboard(node=node, token=token) as (_, collector, _dash, url):
                 box["loop"], box["stop"], box["url"] = (asyncio.get_running_loop(),
                                                         asyncio.Event(), url)
                 box["model"] = collector.model
@@ -593,5 +593,18 @@ def test_the_page_keeps_no_more_than_the_server(monkeypatch: pytest.MonkeyPatch)
             counts = driver.execute_script("return window.powlabCounts()")
             assert counts["runs"] == 3 and counts["events"] == 5
             assert 20 <= counts["blocks"] <= 30
+        finally:
+            driver.quit()
+
+
+def test_the_token_leaves_the_address_bar() -> None:
+    with dashboard_on(FakeNode(), token="t0ken") as dash:
+        assert "?token=t0ken" in dash["url"]
+        driver = browser()
+        try:
+            driver.get(dash["url"])
+            until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
+                  "the page to load (the token's cookie works)")
+            assert "t0ken" not in driver.current_url
         finally:
             driver.quit()

@@ -496,5 +496,11 @@ window.powlabLoad = (snap) => {
   return window.powlabStats.lastRenderMs;
 };
 
+// The token has set its cookie with the page: it leaves the address bar (and the history).
+if (new URLSearchParams(location.search).has("token")) {
+  const clean = new URL(location.href);
+  clean.searchParams.delete("token");
+  history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
+}
 wire();
 connect();
