@@ -547,6 +547,11 @@ def test_a_node_cannot_hang_a_block_at_any_height() -> None:
             assert await collector.ensure_block(src, stray) is None
             assert await collector.ensure_block(src, real) is not None
             assert sorted(b.height for b in collector.model.blocks.values()) == [0, 1]
+            # Nor can it point its tip at such a block.
+            node.answers["getchaintips"] = lambda p: [
+                {"hash": high, "height": 10**9, "status": "active"}]
+            await collector.refresh(src)
+            assert collector.model.nodes["evil"].tip == GENESIS
 
     asyncio.run(main())
 

@@ -292,9 +292,11 @@ class Collector:
                 continue
             if tip["height"] < self.model.lowest_height():
                 continue
-            await self.ensure_block(src, tip["hash"])
-            if tip["status"] == "active" and not self._event_is_newer(src.name, tip["height"]):
-                self.model.set_tip(src.name, tip["hash"], tip["height"], "caught up")
+            block = await self.ensure_block(src, tip["hash"])
+            if block is None:  # a tip the tree refused (or could not fetch) is not drawn
+                continue
+            if tip["status"] == "active" and not self._event_is_newer(src.name, block.height):
+                self.model.set_tip(src.name, block.hash, block.height, "caught up")
         view = self.model.nodes[src.name]
         if not view.up:
             view.up = True
