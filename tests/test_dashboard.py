@@ -480,6 +480,9 @@ def test_hostile_run_records_are_skipped_one_by_one(tmp_path: Path) -> None:
     collector.read_runs(tmp_path)  # raises nothing
     run = model.runs["a"]
     assert run["end"]["verdict"] == "still read"  # the bad records did not drop the rest
+    assert [e["event"] for e in run["events"]] == [
+        "private branch published", "link fault"]  # 1e300 and 10^400 are finite: kept...
+    assert model.link_faults == {}  # ...but not used as numbers; NaN and 1e999 are refused
     strict_json(dumps(model.snapshot()))
     with (runs / "a.jsonl").open("a") as fh:
         fh.write('{"type":"end","verdict":"later"}\n')

@@ -22,11 +22,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} in JSON")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999 overflows to infinity
+        raise ValueError(f"number {text[:20]} overflows a float")
+    return number
+
+
 def loads(data: str | bytes) -> Any:
-    """JSON from outside: NaN, Infinity and nesting too deep for the parser are refused
-    (ValueError), so a caller that handles ValueError handles every bad input."""
+    """JSON from outside: NaN, Infinity (also as an overflowing 1e999) and nesting too deep
+    for the parser are refused (ValueError), so a caller that handles ValueError handles
+    every bad input."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
