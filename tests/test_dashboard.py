@@ -5,9 +5,12 @@ requests, too many streams). The browser tests are in tests/test_dashboard_brows
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -17,22 +20,39 @@ from typing import Any
 import pytest
 
 from lab.client import read_cookie
+from lab.dashboard import collector as collector_module
 from lab.dashboard import model as model_module
+from lab.dashboard.collector import Collector
 from lab.dashboard.model import Block, Listener, Model
 from lab.dashboard.server import (
+    DEFAULT_ATTACKER_SHARE,
+    MAX_CURVE_DEPTH,
     MAX_REQUEST_BYTES,
     MAX_SSE_CLIENTS,
+    SECURITY_HEADERS,
     STATIC_DIR,
     Dashboard,
     DashboardError,
     parse_bind,
 )
+from lab.dashboard.sources import Sources
+from lab.dashboard.untrusted import dumps
 from lab.testnet.control import call
 from lab.testnet.manifest import load_manifest
 from lab.waiting import wait_until
 from tests import subnets
 from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
-from tests.dashboard_harness import DashboardProcess, free_port, http, scripts_run_testnet
+from tests.dashboard_harness import (
+    GENESIS,
+    DashboardProcess,
+    FakeNode,
+    fake_dashboard,
+    free_port,
+    get_text,
+    http,
+    scripts_run_testnet,
+    strict_json,
+)
 
 # --------------------------------------------------------------------------- fast
 
@@ -413,3 +433,308 @@ def test_scripts_run_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> 
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
     finally:
         tear_down_testnet(directory)
+
+
+# --------------------------------------------------------------------------- hostile input
+# A node or a run record is not trusted: whatever it sends, every page keeps loading and
+# every follower keeps following. These run against an in-process fake node (aiohttp) and the
+# real Collector, Model and Dashboard.
+
+def test_non_finite_numbers_and_wrong_types_from_a_node_never_reach_the_page() -> None:
+    async def main() -> None:
+        node = FakeNode()
+        node.answers["getmininginfo"] = lambda p: {"mining": "yes", "hashrate": float("nan")}
+        node.answers["getblockchaininfo"] = lambda p: {"blocks": "<b>x</b>",
+                                                       "warnings": ["not", "text"]}
+        node.answers["getmempoolinfo"] = lambda p: {"size": float("inf")}
+        async with fake_dashboard(node=node) as (_, collector, _dash, url):
+            await collector.refresh(collector.sources.nodes[0])
+            status, text = await get_text(url + "api/state")
+            assert status == 200
+            state = strict_json(text)  # what the browser's JSON.parse must accept
+            (view,) = state["nodes"]
+            assert view["height"] is None and view["hashrate"] is None
+            assert view["mining"] is None and view["mempool"] is None
+            assert view["warnings"] == ""
+
+    asyncio.run(main())
+
+
+def test_hostile_run_records_are_skipped_one_by_one(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a.jsonl").write_text(
+        '{"type":"start","scenario":"s"}\n'
+        '{"type":"event","event":"private branch published","tip":"ab","branch_length":'
+        'Infinity}\n'
+        + "[" * 100_000 + "\n"
+        '{"type":"event","event":"link fault","node":"a","peer":"b","delay_ms":NaN}\n'
+        '{"type":"event","event":"x","v":1e999}\n'
+        '{"type":"event","event":"private branch published","tip":"ab","branch_length":'
+        '1e300}\n'
+        '{"type":"event","event":"link fault","node":"a","peer":"b","loss":1' + "0" * 400
+        + '}\n'
+        '{"type":"end","verdict":"still read"}\n')
+    model = Model()
+    collector = Collector(Sources([], 6, tmp_path), model)
+    collector.read_runs(tmp_path)  # raises nothing
+    run = model.runs["a"]
+    assert run["end"]["verdict"] == "still read"  # the bad records did not drop the rest
+    assert [e["event"] for e in run["events"]] == [
+        "private branch published", "link fault"]  # 1e300 and 10^400 are finite: kept...
+    assert model.link_faults == {}  # ...but not used as numbers; NaN and 1e999 are refused
+    strict_json(dumps(model.snapshot()))
+    with (runs / "a.jsonl").open("a") as fh:
+        fh.write('{"type":"end","verdict":"later"}\n')
+    collector.read_runs(tmp_path)  # the file is still followed
+    assert model.runs["a"]["end"]["verdict"] == "later"
+
+
+def test_a_run_record_line_over_the_limit_is_skipped_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector_module, "MAX_RUN_LINE", 100, raising=False)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a.jsonl").write_text('{"type":"event","event":"big","x":"' + "a" * 450 + '"}\n'
+                                  '{"type":"end","verdict":"after the long line"}\n')
+    model = Model()
+    collector = Collector(Sources([], 6, tmp_path), model)
+    for _ in range(10):  # each look reads at most MAX_RUN_LINE bytes of a file
+        collector.read_runs(tmp_path)
+    assert model.runs["a"]["end"]["verdict"] == "after the long line"
+    assert collector.skipped_run_lines == 1
+    assert model.runs["a"]["events"] == []
+
+
+def test_a_hostile_event_does_not_end_the_node_s_stream() -> None:
+    async def main() -> None:
+        async with fake_dashboard() as (node, collector, _dash, _url):
+            seen = asyncio.Event()
+            publish = collector.model.publish
+
+            def watch(message: dict[str, Any]) -> None:
+                publish(message)
+                if message.get("kind") == "log" and message["entry"]["kind"] == "reorg":
+                    seen.set()
+
+            collector.model.publish = watch  # type: ignore[method-assign]
+            node.events.put_nowait(b"data: " + b"[" * 100_000 + b"\n\n")
+            node.events.put_nowait(b'data: {"type":"reorg","depth":NaN}\n\n')
+            node.events.put_nowait(b'data: {"type":"block_connected","hash":7}\n\n')
+            node.events.put_nowait(b'data: {"type":"reorg","depth":2,"fork_height":1}\n\n')
+            await asyncio.wait_for(seen.wait(), 30)
+            reorgs = [e for e in collector.model.log if e["kind"] == "reorg"]
+            assert [e["depth"] for e in reorgs] == [2]  # the NaN event was refused
+
+    asyncio.run(main())
+
+
+def test_a_node_cannot_hang_a_block_at_any_height() -> None:
+    high, real, stray, orphan = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
+
+    async def main() -> None:
+        node = FakeNode()
+        node.blocks[high] = {"hash": high, "previousblockhash": GENESIS, "height": 10**9,
+                             "time": 0, "nTx": 1, "tx": []}
+        node.blocks[real] = {"hash": real, "previousblockhash": GENESIS, "height": 1,
+                             "time": 0, "nTx": 1, "tx": []}
+        # A branch whose root the node will not show, high above everything held.
+        node.blocks[stray] = {"hash": stray, "previousblockhash": orphan, "height": 500,
+                              "time": 0, "nTx": 1, "tx": []}
+        node.blocks[orphan] = {"hash": orphan, "previousblockhash": "5" * 64,
+                               "height": float("inf"), "time": 0, "nTx": 1, "tx": []}
+        async with fake_dashboard(node=node) as (_, collector, _dash, _url):
+            src = collector.sources.nodes[0]
+            assert GENESIS in collector.model.blocks
+            assert await collector.ensure_block(src, high) is None
+            assert await collector.ensure_block(src, stray) is None
+            assert await collector.ensure_block(src, real) is not None
+            assert sorted(b.height for b in collector.model.blocks.values()) == [0, 1]
+            # Nor can it point its tip at such a block.
+            node.answers["getchaintips"] = lambda p: [
+                {"hash": high, "height": 10**9, "status": "active"}]
+            await collector.refresh(src)
+            assert collector.model.nodes["evil"].tip == GENESIS
+
+    asyncio.run(main())
+
+
+NODE_JS = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE_JS is None, reason="node (JavaScript) is not installed")
+def test_the_tree_layout_skips_empty_heights() -> None:
+    """layoutTree visits the heights that hold blocks, not every height between them: a gap
+    of 10^9 heights (which the server refuses anyway) is laid out at once."""
+    script = f"""
+import {{ layoutTree, renderTree }} from "{STATIC_DIR / 'tree.js'}";
+const G = "0".repeat(64), H = "1".repeat(64);
+const blocks = new Map([[G, {{hash: G, prev: null, height: 0, time: 0, txs: 1, seen: 1}}],
+  [H, {{hash: H, prev: G, height: 1e9, time: 0, txs: 1, seen: 2}}]]);
+const lay = layoutTree(blocks, {{evil: H}}, {{}}, 6);
+renderTree(lay, {{}}, ["evil"], new Set());
+console.log(JSON.stringify(lay.rows.map((r) => r.h ?? [r.from, r.to])));
+"""
+    assert NODE_JS is not None
+    result = subprocess.run([NODE_JS, "--input-type=module", "-e", script],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [10**9, 0]
+
+
+def test_a_node_s_numbers_do_not_stall_the_transaction_view() -> None:
+    async def main() -> None:
+        import aiohttp
+
+        node = FakeNode()
+        node.answers["gettransaction"] = lambda p: {
+            "status": "confirmed", "finality_depth": 10**6,
+            "assumed_attacker_share": float("nan")}
+        async with fake_dashboard(node=node) as (_, _collector, _dash, url):
+            async with aiohttp.ClientSession() as session, session.get(
+                    url + "api/tx?txid=" + "2" * 64,
+                    timeout=aiohttp.ClientTimeout(total=20)) as resp:
+                assert resp.status == 200
+                answer = strict_json(await resp.text())
+            assert answer["finality_depth"] == MAX_CURVE_DEPTH
+            assert answer["q"] == DEFAULT_ATTACKER_SHARE
+            assert len(answer["curve"]) == MAX_CURVE_DEPTH + 1
+            node.answers["gettransaction"] = lambda p: {"finality_depth": "6",
+                                                        "assumed_attacker_share": 7}
+            status, text = await get_text(url + "api/tx?txid=" + "2" * 64)
+            answer = strict_json(text)
+            assert status == 200 and answer["q"] == DEFAULT_ATTACKER_SHARE
+            assert answer["finality_depth"] == 6  # the dashboard's own
+
+    asyncio.run(main())
+
+
+def test_rpc_credentials_in_an_endpoint_url_never_leave_the_dashboard(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from lab.client import NodeEndpoint
+    from lab.dashboard.sources import NodeSource, endpoint_sources
+
+    (split,) = endpoint_sources(["n1=http://alice:s3cret@127.0.0.1:1/"]).nodes
+    assert split.endpoint() == NodeEndpoint("http://127.0.0.1:1/", ("alice", "s3cret"))
+    with pytest.raises(ValueError) as refused:
+        endpoint_sources(["=http://alice:s3cret@127.0.0.1:1/"])
+    assert "s3cret" not in str(refused.value)
+
+    async def main() -> None:
+        node = FakeNode()
+        async with fake_dashboard(node=node) as (_, collector, _dash, url):
+            # A source whose URL still carries credentials (and no node listens there).
+            port = free_port()
+            collector.sources.nodes.append(NodeSource(
+                "n2", "node", 0.0,
+                lambda: NodeEndpoint(f"http://alice:s3cret@127.0.0.1:{port}/", None)))
+            collector.model.nodes["n2"] = model_module.NodeView("n2")
+            await collector.refresh(collector.sources.nodes[-1])
+            assert collector.model.nodes["n2"].error  # the failure is shown...
+            collector.model.publish_nodes()
+            for path in ("api/state", "api/tx?txid=" + "2" * 64):
+                status, text = await get_text(url + path)
+                assert status == 200 and "s3cret" not in text and "alice" not in text, text
+
+    asyncio.run(main())
+    assert "s3cret" not in capfd.readouterr().err  # ...but not the password
+
+
+async def until(predicate: Any, timeout: float, what: str) -> None:
+    """Polls `predicate` on the running loop (lab.waiting.wait_until, for async tests)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)  # the poll's period
+
+
+def test_a_page_that_stops_reading_is_cut_off_and_frees_its_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.dashboard import server as server_module
+
+    monkeypatch.setattr(server_module, "SSE_WRITE_TIMEOUT", 1.0, raising=False)
+
+    async def main() -> None:
+        async with fake_dashboard() as (_, collector, dashboard, _url):
+            model = collector.model
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", dashboard.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{dashboard.port}"
+                         "\r\n\r\n".encode())
+            await until(lambda: len(model.listeners) == 1, 10, "the stream to open")
+            # The page reads nothing from now on; the dashboard keeps publishing.
+            writer.transport.pause_reading()
+            for k in range(64):
+                model.publish({"kind": "log", "entry": {"seq": k, "text": "x" * 100_000}})
+            await until(lambda: not model.listeners, 30, "the stuck stream to be cut off")
+            writer.transport.resume_reading()
+            with contextlib.suppress(ConnectionError):
+                while await asyncio.wait_for(reader.read(2**20), 10):
+                    pass  # what was sent before the cut, then the end of the stream
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_node_s_transaction_and_block_answers_are_typed_before_the_page_gets_them() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+
+    async def main() -> None:
+        node = FakeNode()
+        node.answers["gettransaction"] = lambda p: {
+            "status": ["confirmed"], "confirmations": "5", "blockhash": evil,
+            "reversal_risk": "high", "assumed_attacker_share": 0.2,
+            "double_spend_alert": "yes", "seen_double_spends": {"a": 1},
+            "finality_depth": 6.5, "warnings": 7, "risk_summary": {"x": 1}}
+        node.answers["getblock"] = lambda p: {
+            "hash": GENESIS, "height": evil, "nTx": "1", "size": [1], "time": 1e300,
+            "tx": "not a list", "previousblockhash": evil}
+        async with fake_dashboard(node=node) as (_, _collector, _dash, url):
+            status, text = await get_text(url + "api/tx?txid=" + "2" * 64)
+            assert status == 200 and "<img" not in text
+            (row,) = strict_json(text)["nodes"]
+            assert row == {"node": "evil", "status": None, "confirmations": None,
+                           "blockhash": None, "blockheight": None, "reversal_risk": None,
+                           "assumed_attacker_share": 0.2, "risk_summary": None,
+                           "double_spend_alert": False, "seen_double_spends": [],
+                           "conflicts": [], "finality_depth": None, "warnings": ""}
+            status, text = await get_text(url + "api/block?hash=" + GENESIS)
+            assert status == 200 and "<img" not in text
+            block = strict_json(text)["block"]
+            assert block["height"] is None and block["nTx"] is None and block["size"] is None
+            assert block["tx"] == [] and block["previousblockhash"] is None
+
+    asyncio.run(main())
+
+
+def test_the_page_s_policy_forbids_forms_and_base_urls() -> None:
+    policy = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "form-action 'none'" in policy and "base-uri 'none'" in policy
+
+
+def test_the_url_file_is_owner_only_from_the_start(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token is never in a file others may read: not even when a chmod after the write
+    would fail (the mode is set on the open file before anything is written)."""
+    from lab.dashboard.cli import URL_FILE, _write_url
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError("chmod refused")
+
+    monkeypatch.setattr(Path, "chmod", refuse)
+
+    stale = tmp_path / URL_FILE
+    stale.write_text("old\n")
+    os.chmod(stale, 0o644)
+    old_umask = os.umask(0)  # what a loose umask would give a plain write
+    try:
+        path = _write_url(tmp_path, "http://127.0.0.1:1/?token=t")
+    finally:
+        os.umask(old_umask)
+    assert path == stale and stale.read_text() == "http://127.0.0.1:1/?token=t\n"
+    assert path.stat().st_mode & 0o777 == 0o600

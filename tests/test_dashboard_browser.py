@@ -11,6 +11,8 @@ Skipped, with the reason, only where chromium, chromium-driver or selenium canno
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +36,7 @@ from lab.testnet.manifest import load_manifest
 from lab.waiting import wait_until
 from tests import subnets
 from tests.daemon_harness import REPO, run_powlab, tear_down_testnet
-from tests.dashboard_harness import DashboardProcess, scripts_run_testnet
+from tests.dashboard_harness import DashboardProcess, FakeNode, fake_dashboard, scripts_run_testnet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -503,3 +505,106 @@ def test_a_real_ten_thousand_block_chain_with_forks(
             dash.stop()
     finally:
         tear_down_testnet(directory)
+
+
+# --------------------------------------------------------------------------- a hostile node
+@contextlib.contextmanager
+def dashboard_on(node: FakeNode, token: str | None = None) -> Iterator[dict[str, Any]]:
+    """A dashboard following `node`, served from a thread of its own; yields its "url", the
+    "loop" it runs on and its "model"."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with fake_dashboard(node=node, token=token) as (_, collector, _dash, url):
+                box["loop"], box["stop"], box["url"] = (asyncio.get_running_loop(),
+                                                        asyncio.Event(), url)
+                box["model"] = collector.model
+                ready.set()
+                await box["stop"].wait()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(WAIT), "the dashboard did not start"
+    try:
+        yield box
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(WAIT)
+
+
+def test_a_hostile_node_neither_injects_markup_nor_breaks_the_page() -> None:
+    evil = '<img id="pwned" src="x">'
+    node = FakeNode()
+    node.answers["getmininginfo"] = lambda p: {"mining": True, "hashrate": "fast"}
+    node.answers["getblockchaininfo"] = lambda p: {"blocks": evil, "warnings": evil}
+    node.answers["getmempoolinfo"] = lambda p: {"size": evil}
+    node.answers["gettransaction"] = lambda p: {
+        "status": "confirmed", "confirmations": evil, "double_spend_alert": True,
+        "seen_double_spends": "not a list", "reversal_risk": "x", "finality_depth": 6}
+    with dashboard_on(node) as dash:
+        driver = browser()
+        try:
+            driver.get(dash["url"])
+            until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
+                  "the node's row")
+            until(driver, "document.querySelector('#nodes').textContent.includes('<img')",
+                  "the node's warnings, shown as text")
+            driver.execute_script(f"window.powlabTrack('{'2' * 64}')")
+            until(driver, "document.querySelector('.pay-row[data-node=\"evil\"]')",
+                  "the payment's row")
+            assert driver.execute_script("return document.getElementById('pwned')") is None
+        finally:
+            driver.quit()
+
+
+def test_the_page_keeps_no_more_than_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.dashboard import model as model_module
+    from lab.dashboard.model import Block
+
+    for name, value in (("MAX_BLOCKS", 30), ("EVICT_TO", 20), ("MAX_RUNS", 3),
+                        ("MAX_RUN_EVENTS", 5)):
+        monkeypatch.setattr(model_module, name, value)
+    with dashboard_on(FakeNode()) as dash:
+        driver = browser()
+        try:
+            driver.get(dash["url"])
+            until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
+                  "the page to load")
+            model = dash["model"]
+
+            def feed() -> None:
+                prev = "0" * 64
+                for height in range(1, 51):
+                    block_hash = hashlib.sha256(f"b{height}".encode()).hexdigest()
+                    model.add_block(Block(block_hash, prev, height, height, 1))
+                    prev = block_hash
+                for k in range(6):
+                    model.run_record(f"r{k}", {"type": "start", "scenario": "s"})
+                    for e in range(10):
+                        model.run_record(f"r{k}", {"type": "event", "event": f"e{e}"})
+                    model.run_record(f"r{k}", {"type": "end", "verdict": "done"})
+
+            dash["loop"].call_soon_threadsafe(feed)
+            until(driver, "window.powlabCounts().ended.includes('r5')", "the last run's end")
+            counts = driver.execute_script("return window.powlabCounts()")
+            assert counts["runs"] == 3 and counts["events"] == 5
+            assert 20 <= counts["blocks"] <= 30
+        finally:
+            driver.quit()
+
+
+def test_the_token_leaves_the_address_bar() -> None:
+    with dashboard_on(FakeNode(), token="t0ken") as dash:
+        assert "?token=t0ken" in dash["url"]
+        driver = browser()
+        try:
+            driver.get(dash["url"])
+            until(driver, "document.querySelectorAll('#nodes tr[data-node]').length === 1",
+                  "the page to load (the token's cookie works)")
+            assert "t0ken" not in driver.current_url
+        finally:
+            driver.quit()

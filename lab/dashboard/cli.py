@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import webbrowser
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BIND = "127.0.0.1:8450"
 URL_FILE = "dashboard.url"  # in the testnet's directory while the dashboard runs
+URL_FILE_MODE = 0o600  # owner only: the URL may carry the token
 
 
 def add_dashboard_action(action: Callable[..., argparse.ArgumentParser]) -> None:
@@ -106,7 +108,11 @@ def _write_url(directory: Path | None, url: str) -> Path | None:
         return None
     path = directory / URL_FILE
     with contextlib.suppress(OSError):
-        path.write_text(url + "\n")
-        path.chmod(0o600)  # it may carry the token
+        # It may carry the token: created owner-only (never readable by others, even for a
+        # moment), and an older file's mode is narrowed before it is rewritten.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, URL_FILE_MODE)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), URL_FILE_MODE)
+            fh.write(url + "\n")
         return path
     return None

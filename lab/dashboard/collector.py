@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import sys
 import time
@@ -30,6 +29,7 @@ from lab.client import (
 )
 from lab.dashboard.model import Block, Model, NodeView
 from lab.dashboard.sources import NodeSource, Sources
+from lab.dashboard.untrusted import as_float, as_int, as_str, loads, redact
 from lab.scenario.runlog import run_files
 
 STATS_INTERVAL = 2.0  # seconds between polls of peers, mempool, mining and chain tips
@@ -37,9 +37,11 @@ RECONNECT_DELAY = 1.0  # seconds before a lost /events stream is reopened
 RUNS_INTERVAL = 0.5  # seconds between looks at DIR/runs/
 INITIAL_DEPTH = 10_000  # blocks of the active chain loaded at start
 BATCH = 250  # calls per JSON-RPC batch
+MAX_TIPS = 20  # chain tips of a node followed (the highest)
 MAX_BRANCH_WALK = 1_000  # blocks walked back along a side branch to find a known ancestor
 MAX_ADDRESSES = 10_000  # reward addresses whose owner is remembered
 MAX_EVENT_LINE = 1_000_000  # bytes: a longer SSE line ends the stream
+MAX_RUN_LINE = 1_000_000  # bytes: a longer run-record line is skipped (and counted)
 RPC_TIMEOUT = 30.0
 RPC_FAILURES = (RPCConnectionError, RPCAuthError, CookieError, RPCError, OSError)
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -56,6 +58,8 @@ class Collector:
         self._node_ids: dict[str, str] = {}  # node id (hex) -> name
         self._tasks: list[asyncio.Task[None]] = []
         self._run_offsets: dict[Path, int] = {}
+        self._run_skipping: set[Path] = set()  # files inside a line over MAX_RUN_LINE
+        self.skipped_run_lines = 0  # run-record lines too long to read
         self._event_tip_at: dict[str, float] = {}  # when an event last moved each tip
         self._runs_seen = False  # records older than the dashboard are not logged as new
         self.loaded = asyncio.Event()  # the initial chain is in the model
@@ -105,8 +109,10 @@ class Collector:
         try:
             for src in self.sources.nodes:
                 try:
-                    height = await self.call(src, "getblockcount")
+                    height = as_int(await self.call(src, "getblockcount"))
                 except RPC_FAILURES:
+                    continue
+                if height is None or height < 0:
                     continue
                 low = max(0, height - INITIAL_DEPTH + 1)
                 hashes = await self.batch(src, [("getblockhash", [h])
@@ -119,27 +125,46 @@ class Collector:
 
     async def _load_blocks(self, src: NodeSource, hashes: list[str]) -> None:
         replies = await self.batch(src, [("getblock", [h, 2]) for h in hashes])
-        infos = [r for r in replies if isinstance(r, dict)]
+        infos = [r for r in replies if isinstance(r, dict) and as_int(r.get("height")) is not None]
         await self._resolve_owners([_reward_address(i) for i in infos])
         for info in sorted(infos, key=lambda i: i["height"]):
             self._add(info, src.name)
 
     def _add(self, info: dict[str, Any], node: str) -> None:
         """A block from `getblock` into the model, if it is well formed (a node's answer is
-        checked before the page draws it)."""
+        checked before the page draws it) and fits the tree: one above its parent when the
+        parent is known; with an unknown parent only below every block held (a branch's
+        root under the window), so a node cannot hang a block of any height it likes."""
         try:
             block = self._block(info, node)
         except (KeyError, TypeError, ValueError):
             return
-        if HEX64.match(block.hash) and (block.prev is None or HEX64.match(block.prev)):
-            self.model.add_block(block)
+        if not HEX64.match(block.hash) or (block.prev is not None
+                                           and not HEX64.match(block.prev)):
+            return
+        if block.prev is None:
+            if block.height != 0:
+                return
+        elif (parent := self.model.blocks.get(block.prev)) is not None:
+            if block.height != parent.height + 1:
+                return
+        elif self.model.blocks and block.height > self.model.lowest_height():
+            return
+        self.model.add_block(block)
 
     def _block(self, info: dict[str, Any], node: str) -> Block:
         address = _reward_address(info)
         owner = self._owners.get(address) if address else None
-        return Block(info["hash"], info.get("previousblockhash"), int(info["height"]),
-                     int(info.get("time", 0)), int(info.get("nTx", len(info.get("tx", [])))),
-                     miner="genesis" if info["height"] == 0 else owner or node, first_node=node)
+        height = as_int(info["height"])
+        if height is None or height < 0:
+            raise ValueError("block height is not a natural number")
+        prev = info.get("previousblockhash")
+        txs = info.get("tx")
+        count = as_int(info.get("nTx"))
+        return Block(info["hash"], prev if isinstance(prev, str) else None, height,
+                     as_int(info.get("time")) or 0,
+                     count if count is not None else len(txs) if isinstance(txs, list) else 0,
+                     miner="genesis" if height == 0 else owner or node, first_node=node)
 
     async def _resolve_owners(self, addresses: list[str | None]) -> None:
         """Which node's wallet each reward address belongs to (validateaddress: ismine)."""
@@ -193,6 +218,8 @@ class Collector:
         floor = self.model.lowest_height() if self.model.blocks else 0
         while cursor and cursor not in self.model.blocks and len(infos) < MAX_BRANCH_WALK:
             info = await self.call(src, "getblock", cursor, 2)
+            if not isinstance(info, dict) or as_int(info.get("height")) is None:
+                break
             infos.append(info)
             if info["height"] <= floor:
                 break
@@ -238,8 +265,13 @@ class Collector:
                 if len(line) > MAX_EVENT_LINE:
                     raise ValueError("event line too long")
                 if line.startswith(b"data: "):
-                    with contextlib.suppress(ValueError):
-                        await self.on_event(src, json.loads(line[6:]))
+                    try:
+                        event = loads(line[6:])
+                        if isinstance(event, dict):
+                            await self.on_event(src, event)
+                    except Exception as exc:  # one bad event must not end the stream
+                        _warn(f"{src.name}: event skipped ({type(exc).__name__}: "
+                              f"{redact(str(exc))[:100]})")
 
     async def _catch_up(self, src: NodeSource) -> None:
         """After (re)connecting: the node's tips, and whatever blocks we missed."""
@@ -250,7 +282,9 @@ class Collector:
         await self._apply_tips(src, tips)
 
     async def _apply_tips(self, src: NodeSource, tips: list[dict[str, Any]]) -> None:
-        for tip in sorted(tips, key=lambda t: t["height"])[-20:]:
+        tips = [t for t in tips if isinstance(t, dict) and as_int(t.get("height")) is not None
+                and isinstance(t.get("hash"), str) and HEX64.match(t["hash"])]
+        for tip in sorted(tips, key=lambda t: t["height"])[-MAX_TIPS:]:
             if tip["status"] in ("headers-only", "valid-headers"):
                 continue
             if tip["status"] == "invalid":
@@ -258,9 +292,11 @@ class Collector:
                 continue
             if tip["height"] < self.model.lowest_height():
                 continue
-            await self.ensure_block(src, tip["hash"])
-            if tip["status"] == "active" and not self._event_is_newer(src.name, tip["height"]):
-                self.model.set_tip(src.name, tip["hash"], tip["height"], "caught up")
+            block = await self.ensure_block(src, tip["hash"])
+            if block is None:  # a tip the tree refused (or could not fetch) is not drawn
+                continue
+            if tip["status"] == "active" and not self._event_is_newer(src.name, block.height):
+                self.model.set_tip(src.name, block.hash, block.height, "caught up")
         view = self.model.nodes[src.name]
         if not view.up:
             view.up = True
@@ -335,22 +371,26 @@ class Collector:
                 ("getmininginfo", []), ("getchaintips", []), ("getnetworkinfo", []),
             ])
         except RPC_FAILURES as exc:
-            view.up, view.error = False, str(exc)[:200]
+            view.up, view.error = False, redact(str(exc))[:200]
             return
-        if isinstance(net, dict) and net.get("node_id"):
-            view.node_id = net["node_id"]
-            self._node_ids[net["node_id"]] = src.name
+        if isinstance(net, dict) and (node_id := as_str(net.get("node_id"))):
+            view.node_id = node_id
+            self._node_ids[node_id] = src.name
         if isinstance(info, dict):
-            view.height, view.warnings = info.get("blocks"), info.get("warnings", "")
+            view.height = as_int(info.get("blocks"))
+            view.warnings = as_str(info.get("warnings"))
         if isinstance(peers, list):
-            established = [p for p in peers if p.get("status", "established") == "established"]
+            established = [p for p in peers if isinstance(p, dict)
+                           and p.get("status", "established") == "established"]
             view.peer_count = len(established)
-            view.peers = sorted(self._node_ids.get(p.get("node_id", ""), "?")
+            view.peers = sorted(self._node_ids.get(as_str(p.get("node_id")), "?")
                                 for p in established)
         if isinstance(mempool, dict):
-            view.mempool = mempool.get("size")
+            view.mempool = as_int(mempool.get("size"))
         if isinstance(mining, dict):
-            view.hashrate, view.mining = mining.get("hashrate"), mining.get("mining")
+            mining_flag = mining.get("mining")
+            view.hashrate = as_float(mining.get("hashrate"))
+            view.mining = mining_flag if isinstance(mining_flag, bool) else None
         view.error = None
         if isinstance(tips, list):
             with contextlib.suppress(*RPC_FAILURES):
@@ -362,7 +402,7 @@ class Collector:
         while True:
             try:
                 self.read_runs(self.sources.directory)
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
+            except Exception as exc:  # the follower keeps going whatever a file holds
                 _warn(f"run records: {exc!r}")
             await asyncio.sleep(RUNS_INTERVAL)  # the poll's period
 
@@ -371,26 +411,53 @@ class Collector:
 
         files = run_files(directory)[-MAX_RUNS:]
         for path in files:
-            offset = self._run_offsets.get(path, 0)
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(MAX_EVENT_LINE)
-            end = data.rfind(b"\n")
-            if end < 0:
-                continue
-            self._run_offsets[path] = offset + end + 1
-            for line in data[:end].splitlines():
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if isinstance(record, dict):
-                        self.model.run_record(path.stem, record, log=self._runs_seen)
+            self._read_run_file(path)
         for old in set(self._run_offsets) - set(files):
             del self._run_offsets[old]
+            self._run_skipping.discard(old)
         self._runs_seen = True
+
+    def _read_run_file(self, path: Path) -> None:
+        """The complete lines added to one run record since the last look. Every line is
+        parsed on its own: a bad record is skipped with a warning, the others still count.
+        A line longer than MAX_RUN_LINE is skipped up to its newline (and counted)."""
+        offset = self._run_offsets.get(path, 0)
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(MAX_RUN_LINE)
+        if path in self._run_skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._run_offsets[path] = offset + len(data)
+                return
+            self._run_skipping.discard(path)
+            self.skipped_run_lines += 1
+            _warn(f"run records: {path.name}: a line over {MAX_RUN_LINE} bytes skipped")
+            offset += newline + 1
+            data = data[newline + 1:]
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) >= MAX_RUN_LINE:  # no newline in a full chunk: the line is too long
+                self._run_skipping.add(path)
+                self._run_offsets[path] = offset + len(data)
+            else:
+                self._run_offsets[path] = offset  # a line still being written
+            return
+        self._run_offsets[path] = offset + end + 1
+        for line in data[:end].split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                record = loads(line)
+                if isinstance(record, dict):
+                    self.model.run_record(path.stem, record, log=self._runs_seen)
+            except Exception as exc:  # one bad record must not stop the others
+                _warn(f"run records: {path.name}: record skipped ({type(exc).__name__}: "
+                      f"{str(exc)[:100]})")
 
 
 def _warn(text: str) -> None:
-    print(f"dashboard: {text}", file=sys.stderr, flush=True)
+    print(f"dashboard: {redact(text)}", file=sys.stderr, flush=True)
 
 
 def _reward_address(info: dict[str, Any]) -> str | None:

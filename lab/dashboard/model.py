@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.dashboard.untrusted import as_float, as_int
+
 # Bounds: every collection the dashboard keeps is limited by one of these.
 MAX_BLOCKS = 20_000  # blocks held in the tree; the lowest heights go first
 EVICT_TO = 18_000  # ...down to this many, so eviction is rare
@@ -217,8 +219,7 @@ class Model:
             self.link_faults.clear()
         elif event == "link fault" and record.get("node") and record.get("peer"):
             key = "|".join(sorted((str(record["node"]), str(record["peer"]))))
-            fault = {k: float(v) for k in FAULT_KEYS
-                     if isinstance(v := record.get(k), int | float) and v}
+            fault = {k: v for k in FAULT_KEYS if (v := as_float(record.get(k)))}
             if fault:
                 if len(self.link_faults) < MAX_LINK_FAULTS or key in self.link_faults:
                     self.link_faults[key] = fault
@@ -242,7 +243,7 @@ class Model:
             if isinstance(value, str) and len(self.marks) < MAX_MARKS:
                 self.marks[value[:16]] = label
         if label == "private" and isinstance(record.get("tip"), str):
-            self._mark_branch(record["tip"][:16], int(record.get("branch_length") or 0))
+            self._mark_branch(record["tip"][:16], as_int(record.get("branch_length")) or 0)
         return True
 
     def _mark_branch(self, tip_prefix: str, length: int) -> None:
@@ -266,6 +267,8 @@ class Model:
             "base_tips": dict(self.base_tips),
             "runs": list(self.runs.values()),
             "marks": dict(self.marks),
+            "limits": {"blocks": MAX_BLOCKS, "evict_to": EVICT_TO, "log": MAX_LOG,
+                       "runs": MAX_RUNS, "run_events": MAX_RUN_EVENTS},
             "now": round(self.clock(), 3),
         }
 

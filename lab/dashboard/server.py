@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,19 @@ from aiohttp import web
 
 from lab.dashboard.collector import RPC_FAILURES, Collector
 from lab.dashboard.model import Listener, Model
+from lab.dashboard.untrusted import as_float, as_int, as_str, dumps, redact
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # largest request body (controls are small JSON objects)
 MAX_SSE_CLIENTS = 32  # browsers following /api/stream at once; more get HTTP 503
+MAX_CURVE_DEPTH = 200  # confirmations in a transaction's reversal-risk curve
+MAX_ATTACKER_SHARE = 0.5  # attacker shares a node may report for the curve: 0 to this
+DEFAULT_ATTACKER_SHARE = 0.1  # the curve's share when no node reports a valid one
+MAX_FIELD = 500  # characters of a node's text field passed to the page
+MAX_LISTED = 10_000  # entries of a node's list (transactions, double spends) passed on
 SSE_KEEPALIVE = 15.0  # seconds between keep-alive comments on an idle stream
+SSE_WRITE_TIMEOUT = 10.0  # seconds a write to a page's stream may wait before it is cut off
+SSE_SEND_BUFFER = 64 * 1024  # bytes of a stream's socket send buffer
 TOKEN_COOKIE = "powlab_dashboard"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -36,7 +44,8 @@ CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
                  ".svg": "image/svg+xml", ".png": "image/png"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+                               "form-action 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -154,7 +163,7 @@ class Dashboard:
         await self.collector.loaded.wait()
         snapshot = self.model.snapshot()
         snapshot["controls"] = self.controls is not None
-        return web.json_response(snapshot)
+        return _json(snapshot)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         if len(self.model.listeners) >= MAX_SSE_CLIENTS:
@@ -163,22 +172,27 @@ class Dashboard:
         self.model.listeners.add(listener)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-store"})
+        finished = False
         try:
             await response.prepare(request)
-            await response.write(b": connected\n\n")
+            _small_send_buffer(request)
+            await _send(response, b": connected\n\n")
             while not listener.dropped:
                 try:
                     message = await asyncio.wait_for(listener.queue.get(), SSE_KEEPALIVE)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    await _send(response, b": keepalive\n\n")
                     continue
                 if message.get("kind") == "bye":
+                    finished = True
                     break
-                await response.write(f"data: {json.dumps(message)}\n\n".encode())
-        except ConnectionError:
-            pass
+                await _send(response, f"data: {dumps(message)}\n\n".encode())
+        except (ConnectionError, TimeoutError):
+            pass  # a page gone, or one that stopped reading: its slot is freed below
         finally:
             self.model.listeners.discard(listener)
+            if not finished and request.transport is not None:
+                request.transport.abort()  # a dropped or stuck page is cut off, not waited on
         return response
 
     async def block(self, request: web.Request) -> web.StreamResponse:
@@ -191,10 +205,10 @@ class Dashboard:
                 info = await self.collector.call(src, "getblock", block_hash, 1)
                 on_active = [n.name for n in self.model.nodes.values()
                              if n.tip and self._on_chain(block_hash, n.tip)]
-                return web.json_response({
-                    "block": {k: info.get(k) for k in (
-                        "hash", "height", "previousblockhash", "time", "nTx", "size", "bits",
-                        "chainwork", "tx")},
+                if not isinstance(info, dict):
+                    continue
+                return _json({
+                    "block": _block_fields(info),
                     "miner": known.miner if known else None,
                     "first_node": known.first_node if known else None,
                     "seen": known.first_seen if known else None,
@@ -221,21 +235,23 @@ class Dashboard:
             try:
                 info = await self.collector.call(src, "gettransaction", txid)
             except RPC_FAILURES as exc:
-                return {"node": src.name, "status": "unreachable", "error": str(exc)[:200]}
-            keys = ("status", "confirmations", "blockhash", "blockheight", "reversal_risk",
-                    "assumed_attacker_share", "risk_summary", "double_spend_alert",
-                    "seen_double_spends", "conflicts", "finality_depth", "warnings")
-            return {"node": src.name, **{k: info.get(k) for k in keys}}
+                return {"node": src.name, "status": "unreachable",
+                        "error": redact(str(exc))[:200]}
+            if not isinstance(info, dict):
+                return {"node": src.name, "status": "unknown"}
+            return {"node": src.name, **_tx_fields(info)}
 
         rows = await asyncio.gather(*(one(s) for s in self.collector.sources.nodes))
-        depth = next((r["finality_depth"] for r in rows if r.get("finality_depth")),
-                     self.model.finality_depth)
-        q = next((r["assumed_attacker_share"] for r in rows
-                  if r.get("assumed_attacker_share") is not None), 0.1)
+        # A node's numbers bound the work done here: the depth and share are checked.
+        depth = next((d for r in rows if (d := as_int(r.get("finality_depth")))
+                      and d >= 1), self.model.finality_depth)
+        depth = max(1, min(MAX_CURVE_DEPTH, depth))
+        q = next((s for r in rows if (s := as_float(r.get("assumed_attacker_share")))
+                  is not None and 0.0 <= s <= MAX_ATTACKER_SHARE), DEFAULT_ATTACKER_SHARE)
         from consensus.attack_theory import reversal_risk
 
         curve = [{"z": z, "risk": reversal_risk(z, q)} for z in range(depth + 1)]
-        return web.json_response({"txid": txid, "nodes": rows, "finality_depth": depth,
+        return _json({"txid": txid, "nodes": rows, "finality_depth": depth,
                                   "q": q, "curve": curve})
 
     async def control(self, request: web.Request) -> web.StreamResponse:
@@ -258,11 +274,76 @@ class Dashboard:
             try:
                 result = await self.controls.run(body)
             except ValueError as exc:
-                return _json_error(400, str(exc))
+                return _json_error(400, redact(str(exc)))
             except Exception as exc:  # an RPC or testnet failure: reported, not raised
-                return _json_error(502, f"{type(exc).__name__}: {exc}"[:500])
+                return _json_error(502, redact(f"{type(exc).__name__}: {exc}")[:500])
         self.model.add_log("control", body.get("node"), f"control: {result}")
-        return web.json_response({"ok": True, "result": result})
+        return _json({"ok": True, "result": result})
+
+
+def _tx_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """A node's `gettransaction` answer, each field kept only with the type the page draws
+    (else None)."""
+    hashes = info.get("seen_double_spends")
+    return {
+        "status": as_str(info.get("status"), MAX_FIELD) or None,
+        "confirmations": as_int(info.get("confirmations")),
+        "blockhash": _hex64(info.get("blockhash")),
+        "blockheight": as_int(info.get("blockheight")),
+        "reversal_risk": as_float(info.get("reversal_risk")),
+        "assumed_attacker_share": as_float(info.get("assumed_attacker_share")),
+        "risk_summary": as_str(info.get("risk_summary"), MAX_FIELD) or None,
+        "double_spend_alert": info.get("double_spend_alert") is True,
+        "seen_double_spends": [h for h in hashes[:MAX_LISTED] if _hex64(h)]
+        if isinstance(hashes, list) else [],
+        "conflicts": _finite_list(info.get("conflicts")),
+        "finality_depth": as_int(info.get("finality_depth")),
+        "warnings": as_str(info.get("warnings"), MAX_FIELD),
+    }
+
+
+def _block_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """A node's `getblock` answer (verbosity 1), each field with the type the page draws."""
+    txs = info.get("tx")
+    return {
+        "hash": _hex64(info.get("hash")),
+        "height": as_int(info.get("height")),
+        "previousblockhash": _hex64(info.get("previousblockhash")),
+        "time": as_int(info.get("time")),
+        "nTx": as_int(info.get("nTx")),
+        "size": as_int(info.get("size")),
+        "bits": as_str(info.get("bits"), MAX_FIELD) or None,
+        "chainwork": as_str(info.get("chainwork"), MAX_FIELD) or None,
+        "tx": [t for t in txs[:MAX_LISTED] if _hex64(t)] if isinstance(txs, list) else [],
+    }
+
+
+def _hex64(value: Any) -> str | None:
+    return value if isinstance(value, str) and HEX64.match(value) else None
+
+
+def _finite_list(value: Any) -> list[Any]:
+    return value[:MAX_LISTED] if isinstance(value, list) else []
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    """One write to a page's stream, given up after SSE_WRITE_TIMEOUT (a page that does not
+    read would otherwise hold its slot, and this handler, for ever)."""
+    await asyncio.wait_for(response.write(data), SSE_WRITE_TIMEOUT)
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """A stream's socket buffers at most SSE_SEND_BUFFER bytes a page has not read, so a page
+    that stops reading is found out (its writes time out) soon."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SEND_BUFFER)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Strict JSON (no NaN or Infinity: a browser's JSON.parse refuses them)."""
+    return web.json_response(data, status=status, headers=headers, dumps=dumps)
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -270,7 +351,7 @@ def _plain(status: int, text: str) -> web.Response:
 
 
 def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=SECURITY_HEADERS)
+    return _json({"error": message}, status=status, headers=SECURITY_HEADERS)
 
 
 def new_token() -> str:

@@ -9,8 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lab.client import NodeEndpoint, read_cookie
+from lab.dashboard.untrusted import redact
 
 
 @dataclass
@@ -73,17 +75,34 @@ def _docker_sources(path: Path, docker_do: Callable[..., Any],
 
 
 def endpoint_sources(specs: list[str], finality_depth: int = 6) -> Sources:
-    """`NAME=URL` or `NAME=URL#COOKIEFILE` for each node (any set of RPC endpoints)."""
+    """`NAME=URL` or `NAME=URL#COOKIEFILE` for each node (any set of RPC endpoints). A URL's
+    `user:password@` becomes the endpoint's credentials; the URL kept (which error texts may
+    carry to the page or the log) has none."""
+    from urllib.parse import urlsplit, urlunsplit
+
     nodes = []
     for spec in specs:
         name, sep, rest = spec.partition("=")
-        if not sep or not name or not rest.startswith(("http://", "https://")):
-            raise ValueError(f"--endpoint {spec!r}: expected NAME=http://HOST:PORT/[#COOKIEFILE]")
         url, _, cookie = rest.partition("#")
-        url = url if url.endswith("/") else url + "/"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if (not sep or not name or parts is None
+                or parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"--endpoint {redact(spec)!r}: expected "
+                             "NAME=http://[USER:PASSWORD@]HOST:PORT/[#COOKIEFILE]")
+        auth = (unquote(parts.username), unquote(parts.password or "")) \
+            if parts.username is not None else None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = host + (f":{port}" if port else "")
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        clean = urlunsplit((parts.scheme, netloc, path, parts.query, ""))
 
-        def get(url: str = url, cookie: str = cookie) -> NodeEndpoint:
-            return NodeEndpoint(url, read_cookie(cookie) if cookie else None)
+        def get(url: str = clean, cookie: str = cookie,
+                auth: tuple[str, str] | None = auth) -> NodeEndpoint:
+            return NodeEndpoint(url, read_cookie(cookie) if cookie else auth)
 
         nodes.append(NodeSource(name, "node", 0.0, get))
     return Sources(nodes, finality_depth, None)

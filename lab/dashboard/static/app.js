@@ -5,9 +5,15 @@
 import { layoutTree, renderTree, nodeColour } from "./tree.js";
 
 const MAX_LOG = 5000; // entries kept here, as on the server
+// The server's bounds (snapshot.limits), applied to what the page keeps from the stream.
+const LIMITS = { blocks: 20000, evict_to: 18000, runs: 10, run_events: 2000 };
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g,
   (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+// What the server sends is typed there; the page still draws a wrong type as nothing
+// rather than throwing (one bad field must not blank a panel).
+const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+const list = (v) => (Array.isArray(v) ? v : []);
 const clock = (t) => new Date(t * 1000).toTimeString().slice(0, 8);
 
 const S = {
@@ -30,6 +36,7 @@ function applySnapshot(snap) {
   S.baseTips = snap.base_tips; S.marks = snap.marks; S.finality = snap.finality_depth;
   S.controls = snap.controls;
   S.runs = new Map(snap.runs.map((r) => [r.id, r]));
+  Object.assign(LIMITS, snap.limits || {});
   S.playback = null;
   S.tips = { ...S.baseTips };
   for (const n of S.nodes) if (n.tip) S.tips[n.name] = n.tip;
@@ -38,12 +45,20 @@ function applySnapshot(snap) {
   S.treeDirty = true;
 }
 
+// As the server does: past LIMITS.blocks, the lowest heights go, down to LIMITS.evict_to.
+function evictBlocks() {
+  const keep = [...S.blocks.values()].sort((a, b) => a.height - b.height).slice(-LIMITS.evict_to);
+  S.blocks = new Map(keep.map((b) => [b.hash, b]));
+  for (const h of S.fresh) if (!S.blocks.has(h)) S.fresh.delete(h);
+}
+
 function apply(msg) {
   switch (msg.kind) {
     case "block": {
       const b = msg.block;
       if (!S.blocks.has(b.hash)) S.fresh.add(b.hash);
       S.blocks.set(b.hash, b);
+      if (S.blocks.size > LIMITS.blocks) evictBlocks();
       S.treeDirty = true;
       schedulePayments();
       break;
@@ -64,9 +79,15 @@ function apply(msg) {
     case "nodes": S.nodes = msg.nodes; S.partition = msg.partition; S.faults = msg.link_faults || {}; break;
     case "run": {
       let run = S.runs.get(msg.id);
-      if (!run) { run = { id: msg.id, start: null, events: [], end: null }; S.runs.set(msg.id, run); }
+      if (!run) {
+        run = { id: msg.id, start: null, events: [], end: null };
+        S.runs.set(msg.id, run);
+        while (S.runs.size > LIMITS.runs) S.runs.delete(S.runs.keys().next().value);
+      }
       const r = msg.record;
-      if (r.type === "start") run.start = r; else if (r.type === "end") run.end = r; else run.events.push(r);
+      if (r.type === "start") run.start = r;
+      else if (r.type === "end") run.end = r;
+      else if (r.type === "event" && run.events.length < LIMITS.run_events) run.events.push(r);
       if (msg.marks) { S.marks = msg.marks; S.treeDirty = true; }
       break;
     }
@@ -231,15 +252,15 @@ function renderNetwork() {
     const fill = n.up ? (ROLE_FILL[role] || "#d0d5dd") : "#fecdca";
     parts.push(`<g class="gnode" data-node="${esc(n.name)}"><circle cx="${x}" cy="${y}" r="${R}" fill="${fill}" stroke="${nodeColour(n.name, names)}" stroke-width="${many ? 3 : 4}"/>` +
       `<text x="${x}" y="${y + (many ? 4 : 5)}" text-anchor="middle" font-size="${many ? 11 : 15}" font-weight="bold">${esc(n.name)}</text>` +
-      (many ? "" : `<text x="${x}" y="${y + 42}" text-anchor="middle" font-size="12" fill="#344054">${esc(role)}${n.share ? ` ${Math.round(n.share * 100)}%` : ""} · h ${n.height ?? "?"}</text>`) + "</g>");
+      (many ? "" : `<text x="${x}" y="${y + 42}" text-anchor="middle" font-size="12" fill="#344054">${esc(role)}${n.share ? ` ${Math.round(n.share * 100)}%` : ""} · h ${esc(n.height ?? "?")}</text>`) + "</g>");
   }
   $("graph").innerHTML = `<svg width="100%" viewBox="0 0 ${W} ${H}" height="${H}">${parts.join("")}</svg>`;
   const rows = S.nodes.map((n) => {
     const role = roles[n.name] || n.role;
     return `<tr data-node="${esc(n.name)}"><td><b style="color:${nodeColour(n.name, names)}">${esc(n.name)}</b></td><td>${esc(role)}</td>` +
-      `<td>${n.share ? Math.round(n.share * 100) + "%" : "–"}</td><td>${n.up ? n.height ?? "?" : '<span class="down">down</span>'}</td>` +
-      `<td class="mono">${n.tip ? n.tip.slice(0, 10) : ""}</td><td>${n.peer_count}</td><td>${n.mempool ?? ""}</td>` +
-      `<td>${n.mining ? (n.hashrate ?? 0).toFixed(2) : "off"}</td></tr>` +
+      `<td>${n.share ? Math.round(num(n.share) * 100) + "%" : "–"}</td><td>${n.up ? esc(n.height ?? "?") : '<span class="down">down</span>'}</td>` +
+      `<td class="mono">${esc(String(n.tip ?? "").slice(0, 10))}</td><td>${esc(n.peer_count)}</td><td>${esc(n.mempool)}</td>` +
+      `<td>${n.mining ? num(n.hashrate).toFixed(2) : "off"}</td></tr>` +
       (n.warnings ? `<tr><td colspan="8" class="down">${esc(n.warnings)}</td></tr>` : "");
   });
   $("nodes").innerHTML = `<tr><th>node</th><th>role</th><th>share</th><th>height</th><th>tip</th><th>peers</th><th>mempool</th><th>H/s</th></tr>${rows.join("")}`;
@@ -277,7 +298,7 @@ function riskCurve(p) {
   const Y = (r) => 8 + (H - B - 8) * (1 - r);
   const pts = p.curve.map((c) => `${X(c.z)},${Y(c.risk)}`).join(" ");
   const dots = p.nodes.filter((r) => typeof r.confirmations === "number" && r.confirmations >= 0)
-    .map((r) => { const z = Math.min(n, r.confirmations); return `<circle cx="${X(z)}" cy="${Y(r.reversal_risk ?? 1)}" r="5" fill="#d92d20"><title>${esc(r.node)}</title></circle>`; });
+    .map((r) => { const z = Math.min(n, r.confirmations); return `<circle cx="${X(z)}" cy="${Y(typeof r.reversal_risk === "number" ? r.reversal_risk : 1)}" r="5" fill="#d92d20"><title>${esc(r.node)}</title></circle>`; });
   return `<svg class="risk" width="${W}" height="${H}"><polyline points="${pts}" fill="none" stroke="#2563eb" stroke-width="2.5"/>` +
     `<line x1="${L}" y1="${H - B}" x2="${W}" y2="${H - B}" stroke="#98a2b3"/><line x1="${L}" y1="4" x2="${L}" y2="${H - B}" stroke="#98a2b3"/>` +
     `<text x="2" y="14" font-size="11">100%</text><text x="10" y="${H - B}" font-size="11">0</text>` +
@@ -290,11 +311,11 @@ function renderPayments() {
   for (const txid of S.tracked) {
     const p = S.payments.get(txid);
     if (!p) { out.push(`<div class="payment"><h3>${txid.slice(0, 16)}…</h3>loading…</div>`); continue; }
-    const alerts = p.nodes.filter((r) => r.double_spend_alert || (r.seen_double_spends || []).length || r.status === "conflicted");
+    const alerts = p.nodes.filter((r) => r.double_spend_alert || list(r.seen_double_spends).length || r.status === "conflicted");
     const best = p.nodes.reduce((a, r) => Math.max(a, r.confirmations ?? 0), 0);
     const allFinal = p.nodes.every((r) => r.status === "final" || r.status === "unknown");
     out.push(`<div class="payment" data-txid="${txid}"><h3>${txid.slice(0, 24)}… <span class="pstatus">${p.nodes.some((r) => r.status === "conflicted") ? "conflicted" : allFinal && best >= p.finality_depth ? "final" : ""}</span></h3>`);
-    for (const a of alerts) out.push(`<div class="alert">⚠ ${esc(a.node)}: ${a.status === "conflicted" ? "CONFLICTED (double spent, reorganised out)" : "double spend seen: " + esc((a.seen_double_spends || []).map((t) => t.slice(0, 12)).join(", "))}</div>`);
+    for (const a of alerts) out.push(`<div class="alert">⚠ ${esc(a.node)}: ${a.status === "conflicted" ? "CONFLICTED (double spent, reorganised out)" : "double spend seen: " + esc(list(a.seen_double_spends).map((t) => String(t).slice(0, 12)).join(", "))}</div>`);
     for (const r of p.nodes) {
       const conf = r.confirmations ?? 0;
       const pct = r.status === "final" ? 100 : Math.max(0, Math.min(100, (100 * conf) / p.finality_depth));
@@ -306,7 +327,7 @@ function renderPayments() {
   }
   $("payments").innerHTML = out.join("") || '<p class="muted">Enter a txid, or click one in a block\'s details. Its status on every node climbs to the finality depth here.</p>';
 }
-const fmtRisk = (r) => (r === null || r === undefined ? "?" : r >= 0.1 ? `${Math.round(r * 100)}%` : `${(r * 100).toPrecision(2)}%`);
+const fmtRisk = (r) => (typeof r !== "number" || !Number.isFinite(r) ? "?" : r >= 0.1 ? `${Math.round(r * 100)}%` : `${(r * 100).toPrecision(2)}%`);
 
 // ---------------------------------------------------------------- attack
 function renderAttack() {
@@ -352,7 +373,7 @@ function renderLog() {
     const cls = [`k-${e.kind}`];
     if (S.playback === k) cls.push("sel");
     if (S.playback !== null && k > S.playback) cls.push("future");
-    items.push(`<li class="${cls.join(" ")}" data-index="${k}" data-kind="${e.kind}"><span class="when">${clock(e.t)}</span><span>${esc(e.text)}</span></li>`);
+    items.push(`<li class="${cls.join(" ")}" data-index="${k}" data-kind="${esc(e.kind)}"><span class="when">${clock(e.t)}</span><span>${esc(e.text)}</span></li>`);
   }
   $("log").innerHTML = items.join("");
   if (S.playback !== null) document.querySelector("#log li.sel")?.scrollIntoView({ block: "center" });
@@ -377,6 +398,9 @@ function seek(index) {
 }
 window.powlabSeek = seek;
 window.powlabLog = () => S.log;
+window.powlabCounts = () => ({ blocks: S.blocks.size, runs: S.runs.size,
+  events: Math.max(0, ...[...S.runs.values()].map((r) => r.events.length)),
+  ended: [...S.runs.values()].filter((r) => r.end).map((r) => r.id) });
 
 // ---------------------------------------------------------------- controls
 function renderControls() {
@@ -390,7 +414,7 @@ function renderControls() {
   box.className = "controls";
   box.innerHTML = `<p class="muted">Each control asks for confirmation, then runs the same thing as the <code>powlab testnet</code> command named.</p>
   <fieldset><legend>Mine (<code>testnet mine</code>)</legend><select id="c-mine-node">${opts}</select> <input id="c-mine-n" type="number" min="1" max="10" value="1" style="width:60px"> block(s) <button id="c-mine">Mine</button></fieldset>
-  <fieldset><legend>Partition (<code>testnet partition</code>)</legend><input id="c-g1" value="${names.slice(0, half).join(",")}" size="12"> | <input id="c-g2" value="${names.slice(half).join(",")}" size="12"> <button id="c-part">Partition</button> <button id="c-heal">Heal</button></fieldset>
+  <fieldset><legend>Partition (<code>testnet partition</code>)</legend><input id="c-g1" value="${esc(names.slice(0, half).join(","))}" size="12"> | <input id="c-g2" value="${esc(names.slice(half).join(","))}" size="12"> <button id="c-part">Partition</button> <button id="c-heal">Heal</button></fieldset>
   <fieldset><legend>Send (<code>testnet send</code>)</legend><select id="c-from">${opts}</select> → <select id="c-to">${opts}</select> <input id="c-amount" type="number" min="1" value="100000" style="width:100px"> <button id="c-send">Send</button></fieldset>
   <div id="c-out" class="out"></div>`;
   $("c-to").value = names[names.length - 1] || "";
@@ -422,13 +446,13 @@ async function showBlock(hash) {
   const d = await resp.json();
   if (d.error) { box.innerHTML = `<button class="close">×</button>${esc(d.error)}`; return; }
   const b = d.block;
-  const txs = (b.tx || []).map((t, k) => `<div><span class="txlink" data-txid="${esc(t)}">${esc(t)}</span>${k === 0 ? " (coinbase)" : ""}</div>`).join("");
-  box.innerHTML = `<button class="close" title="close">×</button><h2>Block ${b.height}</h2><dl>
+  const txs = list(b.tx).map((t, k) => `<div><span class="txlink" data-txid="${esc(t)}">${esc(t)}</span>${k === 0 ? " (coinbase)" : ""}</div>`).join("");
+  box.innerHTML = `<button class="close" title="close">×</button><h2>Block ${esc(b.height)}</h2><dl>
     <dt>hash</dt><dd>${esc(b.hash)}</dd><dt>parent</dt><dd>${esc(b.previousblockhash)}</dd>
     <dt>mined by</dt><dd>${esc(d.miner)} (first seen on ${esc(d.first_node)})</dd>
     <dt>time</dt><dd>${clock(b.time)} (first seen here ${d.seen ? clock(d.seen) : "?"})</dd>
-    <dt>transactions</dt><dd>${b.nTx}</dd><dt>size</dt><dd>${b.size} bytes</dd>
-    <dt>on the chain of</dt><dd>${esc((d.on_active_chain_of || []).join(", ") || "no node (stale)")}</dd>
+    <dt>transactions</dt><dd>${esc(b.nTx)}</dd><dt>size</dt><dd>${esc(b.size)} bytes</dd>
+    <dt>on the chain of</dt><dd>${esc(list(d.on_active_chain_of).join(", ") || "no node (stale)")}</dd>
     ${d.mark ? `<dt>attack</dt><dd>${esc(d.mark)}</dd>` : ""}
     <dt>chainwork</dt><dd>${esc(b.chainwork)}</dd></dl><b>Transactions</b> (click to follow a payment)${txs}`;
 }
@@ -472,5 +496,11 @@ window.powlabLoad = (snap) => {
   return window.powlabStats.lastRenderMs;
 };
 
+// The token has set its cookie with the page: it leaves the address bar (and the history).
+if (new URLSearchParams(location.search).has("token")) {
+  const clean = new URL(location.href);
+  clean.searchParams.delete("token");
+  history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
+}
 wire();
 connect();

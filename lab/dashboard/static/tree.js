@@ -105,22 +105,26 @@ export function layoutTree(blocks, tips, marks, finalityDepth) {
   }
   const rows = []; // {kind: "h", h, y} | {kind: "run", from, to, y}
   let y = LAYOUT.top;
-  let h = maxH;
-  while (h >= minH) {
-    if (keep.has(h) || !byHeight.has(h)) {
-      if (byHeight.has(h)) { rows.push({ kind: "h", h, y }); y += LAYOUT.rowH; }
-      h--;
+  // Only heights that hold blocks are visited (a gap costs nothing, however wide).
+  const heights = [...byHeight.keys()].sort((a, b) => b - a);
+  let i = 0;
+  while (i < heights.length) {
+    const h = heights[i];
+    if (keep.has(h)) {
+      rows.push({ kind: "h", h, y }); y += LAYOUT.rowH;
+      i++;
       continue;
     }
-    let lo = h;
-    while (lo - 1 >= minH && !keep.has(lo - 1) && byHeight.has(lo - 1)) lo--;
+    let j = i;
+    while (j + 1 < heights.length && heights[j + 1] === heights[j] - 1 && !keep.has(heights[j + 1])) j++;
+    const lo = heights[j];
     if (h - lo + 1 >= LAYOUT.minRun) {
       rows.push({ kind: "run", from: lo, to: h, y });
       y += LAYOUT.runH + (LAYOUT.rowH - LAYOUT.boxH);
     } else {
-      for (let k = h; k >= lo; k--) { rows.push({ kind: "h", h: k, y }); y += LAYOUT.rowH; }
+      for (let k = i; k <= j; k++) { rows.push({ kind: "h", h: heights[k], y }); y += LAYOUT.rowH; }
     }
-    h = lo - 1;
+    i = j + 1;
   }
   return { all, blocks, byHeight, rows, col, colCount: colEnd.length, live, main, tipNodes,
     bestTip, finalH, height: y + 10 };
