@@ -130,15 +130,18 @@ def _recreate(project_dir: str, compose_file: str, project: str, node: str) -> b
     return True
 
 
-def _back_on_own_config(testnet_dir: str, name: str, backup: str) -> bool:
-    """A process testnet's node a killed run restarted with other options: back on its own
-    configuration and address book."""
-    from lab.scenario.nodes import back_on_own_config
-    from lab.testnet.manifest import load_manifest
+Restart = Callable[[Path, str, "bytes | None"], None]
 
+
+def _back_on_own_config(testnet_dir: str, name: str, backup: str,
+                        restart: Restart | None) -> bool:
+    """A process testnet's node a killed run restarted with other options: back on its own
+    configuration and address book (by `restart`, lab.scenario.nodes' own)."""
+    if restart is None:
+        return False
     try:
         peers = Path(backup).read_bytes() if backup else None
-        back_on_own_config(load_manifest(Path(testnet_dir)), name, peers)
+        restart(Path(testnet_dir), name, peers)
     except Exception:  # any failure leaves the journal for the next run
         return False
     if backup:
@@ -160,7 +163,7 @@ def orphans(runs: Path) -> list[Path]:
     return found
 
 
-def _undo_nodes(state: dict[str, Any]) -> tuple[list[str], int]:
+def _undo_nodes(state: dict[str, Any], restart: Restart | None) -> tuple[list[str], int]:
     """Nodes a run restarted or started: compose nodes recreated from their compose file,
     extra node processes stopped, extra containers removed. What was done, and how many
     could not be."""
@@ -171,7 +174,7 @@ def _undo_nodes(state: dict[str, Any]) -> tuple[list[str], int]:
         else:
             missed += 1
     for testnet_dir, name, backup in state.get("restarted", []):
-        if _back_on_own_config(testnet_dir, name, backup):
+        if _back_on_own_config(testnet_dir, name, backup, restart):
             done.append(f"{name} restarted on its own configuration")
         else:
             missed += 1
@@ -184,7 +187,8 @@ def _undo_nodes(state: dict[str, Any]) -> tuple[list[str], int]:
     return done, missed
 
 
-def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[str]:
+def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool],
+         restart: Restart | None = None) -> list[str]:
     """Undoes what the journal at `path` lists through `call(node, method, params)` (False:
     that node did not answer); returns what was done, one line each. The file goes once
     everything was undone; a node that did not answer keeps it for the next run."""
@@ -206,7 +210,7 @@ def undo(path: Path, call: Callable[[str, str, tuple[Any, ...]], bool]) -> list[
     for node, (mining, limit) in state.get("mining", {}).items():
         steps.append((node, "setmining", (bool(mining), limit or -1),
                        f"{node} mining {'on' if mining else 'off'}"))
-    done, missed = _undo_nodes(state)
+    done, missed = _undo_nodes(state, restart)
     for node, method, params, text in steps:
         if call(node, method, params):
             done.append(text)

@@ -22,6 +22,7 @@ from lab.plotting import save_figure
 from lab.scenario.engine import UNREACHABLE, NetNode, ScenarioError, Timeline, load_nodes
 from lab.scenario.journal import Journal, journal_path, orphans, undo
 from lab.scenario.network import Network, Node, as_node
+from lab.scenario.nodes import back_on_own_config
 from lab.scenario.report import deepest_reorg, line_echo, plot_attack, print_report
 from lab.scenario.runlog import RunLock, RunLog
 
@@ -220,9 +221,14 @@ def recover_killed_runs(runs: Path, net: Network,
             return True
         return False
 
+    def restart(testnet_dir: Path, name: str, peers: bytes | None) -> None:
+        from lab.testnet.manifest import load_manifest
+
+        back_on_own_config(load_manifest(testnet_dir), name, peers)
+
     paths = orphans(runs)
     for path in paths:
-        done = undo(path, call)
+        done = undo(path, call, restart)
         net.timeline.mark("*", "recovered a killed run", journal=path.name, undone=len(done))
         print(f"powlab: an earlier run ({path.name}) ended without handing the network back; "
               f"undone: {'; '.join(done) or 'nothing'}", file=sys.stderr)
