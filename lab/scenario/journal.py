@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lab.testnet.processes import process_alive
 from storage.files import write_atomic
 
 PREFIX = "restore-"
@@ -69,27 +70,11 @@ def journal_path(runs: Path) -> Path | None:
     return runs / f"{PREFIX}{os.getpid()}.json"
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stop_process(pid: int, marker: str) -> bool:
     """SIGTERM to `pid` if its command line still names `marker` (pids are reused)."""
-    if not marker:
-        return False
     import signal
 
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    if marker not in cmdline:
+    if not marker or not process_alive(pid, marker):
         return False
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)

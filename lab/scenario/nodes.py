@@ -189,13 +189,7 @@ def back_on_own_config(manifest: Manifest, name: str, peers: bytes | None,
     Path(entry.config + OVERRIDE_SUFFIX).unlink(missing_ok=True)
     process = node_process(entry, manifest.directory)
     process.pid = None
-    process.start(wait=False)
-    entry.pid = process.pid
-    manifest.save()  # `powlab testnet down` must find the new pid whatever happens next
-    try:
-        process.wait_ready(timeout)
-    except (NodeProcessError, TimeoutError) as exc:
-        raise ScenarioError(f"{entry.name} did not come back: {exc}") from None
+    _start(manifest, entry, process, None, timeout)
 
 
 def _journal_restart(net: Any, manifest: Manifest, name: str, peers: bytes | None) -> None:
@@ -536,7 +530,7 @@ def _stop(entry: NodeEntry) -> None:
         raise ScenarioError(f"{entry.name} did not stop")
 
 
-def _start(manifest: Manifest, entry: NodeEntry, process: NodeProcess, node: NetNode,
+def _start(manifest: Manifest, entry: NodeEntry, process: NodeProcess, node: NetNode | None,
            timeout: float) -> None:
     process.start(wait=False)
     entry.pid = process.pid
@@ -545,4 +539,5 @@ def _start(manifest: Manifest, entry: NodeEntry, process: NodeProcess, node: Net
         process.wait_ready(timeout)
     except (NodeProcessError, TimeoutError) as exc:
         raise ScenarioError(f"{entry.name} did not come back: {exc}") from None
-    node.endpoint = datadir_endpoint(entry.datadir, entry.url)
+    if node is not None:
+        node.endpoint = datadir_endpoint(entry.datadir, entry.url)
