@@ -540,3 +540,26 @@ def test_one_run_at_a_time_on_a_testnet(tmp_path: Path, monkeypatch: pytest.Monk
     lock.write_text("999999993")  # a run that was killed: its lock is taken over
     data, _ = run_with_fakes(monkeypatch, load_file(path), record_dir=tmp_path)
     assert data["success"] and not lock.exists()
+
+
+def test_a_scenario_that_exits_still_hands_the_network_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "bye.py", '''"""Exits half-way."""
+import sys
+def run(net):
+    net.partition(["n1", "n2"], ["n3", "n4"])
+    sys.exit(3)
+''')
+    made: dict[str, FakeNode] = {}
+
+    def fake_load(*_: Any) -> list[NetNode]:
+        made.update(fake_network()[1])
+        return list(made.values())
+
+    monkeypatch.setattr(runner_module, "load_nodes", fake_load)
+    args = argparse.Namespace(dir=str(tmp_path), docker=False, rpc=None, attacker=None,
+                              victim=None, honest=None, seed=1, json=True, quiet=True,
+                              plot=None)
+    with pytest.raises(SystemExit):
+        execute(load_file(path), args)
+    assert made and not any(n.bans for n in made.values())

@@ -163,18 +163,23 @@ def _execute(scenario: Scenario, args: argparse.Namespace, command: str,
     timeline.mark("*", "start", scenario=scenario.name, seed=args.seed)
     error: BaseException | None = None
     try:
-        if record is not None:
-            recover_killed_runs(record.directory, net, lambda: load_nodes(
-                args.dir, args.docker, args.rpc or ()))
-            net.switches.journal = Journal(journal_path(record.directory))
-        net.switches.save()
-        with net.monitor:
-            scenario.module.run(net)
-    except (Exception, KeyboardInterrupt) as exc:
-        error = exc
-        timeline.mark("*", "error", message=f"{type(exc).__name__}: {exc}")
-    finally:
-        net.restore()
+        try:
+            if record is not None:
+                recover_killed_runs(record.directory, net, lambda: load_nodes(
+                    args.dir, args.docker, args.rpc or ()))
+                net.switches.journal = Journal(journal_path(record.directory))
+            net.switches.save()
+            with net.monitor:
+                scenario.module.run(net)
+        except (Exception, KeyboardInterrupt) as exc:
+            error = exc
+            timeline.mark("*", "error", message=f"{type(exc).__name__}: {exc}")
+    finally:  # whatever ended the run (SystemExit from a scenario too)
+        try:
+            net.restore()
+        except Exception as exc:  # e.g. a restarted node that did not come back
+            timeline.mark("*", "not handed back", message=f"{type(exc).__name__}: {exc}")
+            error = error or exc
     if error is None and net.outcome is None:
         error = ScenarioError(f"{scenario.origin}: run(net) returned without net.report(...)")
     data = document(scenario, net, args, command, error)
