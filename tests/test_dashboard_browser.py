@@ -79,6 +79,13 @@ def shoot(driver: WebDriver, name: str) -> None:
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
+def text_of(driver: WebDriver, css: str) -> str:
+    """An element's text read in one step in the page: the live page redraws often, and an
+    element found first and read after may be gone (a stale reference)."""
+    return str(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : ''", css))
+
+
 def until(driver: WebDriver, script: str, what: str, timeout: float = WAIT) -> Any:
     """Waits until `script` (a JavaScript expression) is truthy in the page."""
     return wait_until(lambda: driver.execute_script(f"return {script}"), timeout, what,
@@ -135,7 +142,7 @@ def test_a_block_mined_by_rpc_appears_with_its_miner(net: Path, page: WebDriver)
     page.execute_script(f"document.querySelector('{selector} rect').dispatchEvent("
                         "new MouseEvent('click', {bubbles: true}))")
     until(page, "document.querySelector('#details dl')", "the block's details")
-    assert block_hash in page.find_element(By.ID, "details").text
+    assert block_hash in text_of(page, "#details")
     shoot(page, "block-details")
     page.find_element(By.CSS_SELECTOR, "#details .close").click()
 
@@ -189,7 +196,7 @@ def test_a_tracked_payment_reaches_final(net: Path, page: WebDriver) -> None:
     call(n2, "generatetoaddress", 3, call(n2, "getnewaddress"))
     until(page, f"[...document.querySelectorAll('.payment[data-txid=\"{txid}\"] .pay-row')]"
                 ".every(r => r.dataset.status === 'final')", "final on every node")
-    assert "final" in page.find_element(By.CSS_SELECTOR, f'.payment[data-txid="{txid}"] h3').text
+    assert "final" in text_of(page, f'.payment[data-txid="{txid}"] h3')
     shoot(page, "payment-final")
 
 
@@ -204,7 +211,7 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
         until(page, "document.querySelectorAll('#timeline li').length >= 2 && "
                     "document.querySelector('.verdict.running')", "the live timeline", 120)
         assert attack.poll() is None, "the timeline must show while the attack runs"
-        assert "majority" in page.find_element(By.ID, "attack-name").text
+        assert "majority" in text_of(page, "#attack-name")
         shoot(page, "attack-running")
         out, _ = attack.communicate(timeout=600)
     finally:
@@ -212,7 +219,7 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
             attack.kill()
             attack.wait()
     until(page, "document.querySelector('#verdict')", "the verdict", 60)
-    verdict = page.find_element(By.ID, "verdict").text
+    verdict = text_of(page, "#verdict")
     result = json.loads(out)
     assert verdict.startswith("majority:") and verdict.split(" — ")[0] in result["verdict"]
     page.execute_script("document.querySelector('#tree').scrollTop = 0")
@@ -224,7 +231,7 @@ def test_a_running_majority_attack_shows_its_timeline_and_verdict(net: Path,
     victim = f'.payment[data-txid="{result["txid1"]}"]'
     until(page, f"document.querySelector('{victim} .pay-row[data-node=\"n4\"]')?.dataset.status"
                 " === 'conflicted'", "the victim's payment conflicted")
-    assert "CONFLICTED" in page.find_element(By.CSS_SELECTOR, f"{victim} .alert").text
+    assert "CONFLICTED" in text_of(page, f"{victim} .alert")
     shoot(page, "payment-conflicted")
 
 
@@ -234,7 +241,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab.scenario import Network
+from lab.scenario import Network, ScenarioError
 from lab.waiting import wait_until
 
 
@@ -242,8 +249,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--go", required=True)
 
 
+def fault_set(net: Network) -> bool:
+    try:
+        net.link_fault("n2", "n3", delay=0.2, jitter=0.05, loss=0.1)
+    except ScenarioError:
+        return False  # the link is not up (yet): an earlier test may have cut it
+    return True
+
+
 def run(net: Network) -> None:
-    net.link_fault("n2", "n3", delay=0.2, jitter=0.05, loss=0.1)
+    net.wait_for(lambda: fault_set(net), 60, "the n2-n3 link to carry a fault")
     wait_until(lambda: Path(net.args.go).exists(), 120, "the test's go")
     net.clear_link_faults()
     net.report(verdict="linkfault: done", success=True)
@@ -261,7 +276,7 @@ def test_a_scenarios_link_fault_is_drawn_on_its_link(net: Path, page: WebDriver,
     try:
         until(page, "document.querySelector('#graph g.link.fault[data-link=\"n2|n3\"]')",
               "the faulty link", 120)
-        label = page.find_element(By.CSS_SELECTOR, "#graph g.link.fault text").text
+        label = text_of(page, "#graph g.link.fault text")
         assert label == "⚡ 200±50 ms, 10% loss", label
         shoot(page, "link-fault")
         go.touch()
@@ -287,7 +302,7 @@ def test_playback_steps_back_to_before_the_reorg(page: WebDriver) -> None:
     page.execute_script(f"window.powlabSeek({index})")
     page.find_element(By.ID, "pb-back").click()
     until(page, f"document.body.dataset.playback === '{index - 1}'", "one step before the reorg")
-    assert "playback" in page.find_element(By.ID, "pb-label").text
+    assert "playback" in text_of(page, "#pb-label")
     before = {tip_of(page, "n1"), tip_of(page, "n2")}
     assert None not in before
     # Then, n1 and n2 were on the branch that lost: drawn live, not grey.
@@ -315,7 +330,7 @@ def test_a_control_asks_first_then_runs(net: Path, page: WebDriver) -> None:
     alert = page.switch_to.alert
     assert alert.text == "Mine 1 block(s) on n4?"
     alert.dismiss()  # declined: nothing runs
-    assert page.find_element(By.ID, "c-out").text == ""
+    assert text_of(page, "#c-out") == ""
     page.find_element(By.ID, "c-mine").click()
     page.switch_to.alert.accept()
     until(page, "document.getElementById('c-out').textContent.startsWith('n4 mined 1 block')",
