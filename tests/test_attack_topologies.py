@@ -88,6 +88,7 @@ def test_every_scenario_on_the_compose_network(tmp_path: Path) -> None:
         race = json.loads(result.stdout)
         assert race["attack"] == "race" and race["roles"]["victim"] == "merchant"
         assert race["origin"].endswith("examples/scenarios/race.py")
+        dashboard_on_compose(directory)
     finally:
         run_powlab("testnet", "down", "--dir", str(directory), "--purge", timeout=300)
         for k, v in saved.items():
@@ -134,3 +135,28 @@ def every_scenario(directory: Path, attacker: str, victim: str, honest: list[str
     assert set(losing_half) <= set(split["loser_conflicted_on"])
     assert split["success"] == (survivor == "tx2")
     assert split["detected"] == (survivor == "tx2")
+
+
+def dashboard_on_compose(directory: Path) -> None:
+    """`powlab testnet dashboard --dir D` on the compose testnet: every container is a node on
+    the page's state, up, with its role and the chain, and the race's run record is there."""
+    from lab.waiting import wait_until
+    from tests.dashboard_harness import DashboardProcess
+
+    dash = DashboardProcess("--dir", str(directory))
+    try:
+        def ready() -> dict[str, Any] | None:
+            state = dash.json("/api/state")
+            nodes = {n["name"]: n for n in state.get("nodes", [])}
+            if len(nodes) == 5 and all(n["up"] and n["height"] for n in nodes.values()):
+                return state
+            return None
+
+        state = wait_until(ready, 120, "the dashboard to show the compose nodes")
+        roles = {n["name"]: n["role"] for n in state["nodes"]}
+        assert roles["merchant"] == "merchant" and roles["attacker"] == "attacker", roles
+        assert state.get("runs"), "the scenarios' run records"
+        body = dash.get("/api/state")[1]
+        assert b"powlab:powlab" not in body and b"rpcpassword" not in body.lower()
+    finally:
+        dash.stop()
