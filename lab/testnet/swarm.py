@@ -567,9 +567,11 @@ HEADER = """\
 # current). `powlab testnet up --swarm` generates its own copy with per-node password files;
 # this one expects the passwords as external secrets. By hand, on a swarm manager:
 #
-#   for n in miner1 miner2 merchant attacker observer; do
-#       openssl rand -hex 16 | docker secret create powlab_rpc_$n -; done
+#   mkdir -p secrets && for n in miner1 miner2 merchant attacker observer; do
+#       openssl rand -hex 16 | tee secrets/$n | docker secret create powlab_rpc_$n -; done
 #   docker stack deploy --resolve-image never -c docker-stack.yml powlab
+#   powlab rpc --rpc http://127.0.0.1:18601/ --rpc-user powlab \\
+#       --rpc-password "$(cat secrets/miner1)" getblockchaininfo
 #
 # RPC is published on every interface of the engine that runs the node (ports 18601-18605,
 # mode host): keep them behind a firewall. See docs/docker.md, "Docker Swarm".
