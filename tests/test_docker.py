@@ -13,11 +13,14 @@ tests at the top need no Docker and run in the fast suite.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -279,6 +282,20 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert attacker_tip != honest_tip
     with pytest.raises(RPCError):  # the rest never heard of the attacker's blocks
         net.rpc("observer", "getblock", attacker_blocks[-1])
+    # `powlab rpc --node attacker` reaches it anyway, through docker exec.
+    marker = Path(tempfile.mkdtemp(prefix="powlab-docker-marker-"))
+    try:
+        (marker / "testnet.json").write_text(json.dumps({
+            "version": 1, "mode": "docker", "project_dir": str(ROOT),
+            "compose_file": str(ROOT / "docker-compose.yml")}))
+        out = subprocess.run(
+            [sys.executable, "-m", "lab", "rpc", "--dir", str(marker), "--node", "attacker",
+             "getbestblockhash"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "COMPOSE_PROJECT_NAME": net.project},
+        )
+        assert out.returncode == 0 and out.stdout.strip() == attacker_tip, out.stderr
+    finally:
+        shutil.rmtree(marker)
     step("partitioned: the attacker and the rest mine apart")
 
     # --- heal: all on one chain, the honest (longer) one
