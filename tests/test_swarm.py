@@ -25,6 +25,7 @@ from lab.testnet.docker import _local_endpoint
 from lab.testnet.swarm import (
     ENTRYPOINT,
     SECRET_TARGET,
+    apply_constraints,
     default_layout,
     layout,
     main,
@@ -84,6 +85,20 @@ def test_layout_sizes_and_shares() -> None:
         layout(6, 2, [0.5, 0.5], 10.0)
     with pytest.raises(ValueError, match="at least"):
         layout(4, 2, None, 10.0)
+
+
+def test_placement_constraints() -> None:
+    nodes = default_layout()
+    apply_constraints(nodes, ["miner1:node.hostname==a", "*:node.role==worker"])
+    stack = stack_definition(nodes, "powlab:x")
+    assert stack["services"]["miner1"]["deploy"]["placement"]["constraints"] == [
+        "node.hostname==a", "node.role==worker"]
+    assert stack["services"]["observer"]["deploy"]["placement"]["constraints"] == [
+        "node.role==worker"]
+    assert "placement" not in stack_definition(default_layout(), "x")["services"]["miner1"][
+        "deploy"]
+    with pytest.raises(ValueError, match="NODE:CONSTRAINT"):
+        apply_constraints(nodes, ["nobody:node.role==worker"])
 
 
 def test_external_secrets_without_files() -> None:
@@ -206,3 +221,100 @@ def test_swarm_stack_end_to_end(tmp_path: Path) -> None:
         if initialised and not _docker("service", "ls", "-q").split():
             _docker("swarm", "leave", "--force", check=False)
     assert not left and not vols
+
+
+# --------------------------------------------------------------------------------------------
+# Across two engines
+# --------------------------------------------------------------------------------------------
+
+
+def _bridge_gateway() -> str:
+    return _docker("network", "inspect", "bridge", "--format",
+                   "{{(index .IPAM.Config 0).Gateway}}").strip()
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+def test_swarm_across_two_engines(tmp_path: Path) -> None:
+    """A second dockerd in a container joins as a worker; 12 nodes spread over both engines
+    converge, are partitioned across the engines and healed, and a majority attack wins."""
+    from tests.test_docker import _ensure_docker
+    from tests.test_docker import wait_for as wait
+
+    _ensure_docker()
+    state = _docker("info", "--format",
+                    "{{.Swarm.LocalNodeState}} {{.Swarm.NodeAddr}}").split()
+    gateway = _bridge_gateway()
+    initialised = state[0] != "active"
+    if not initialised and (len(state) < 2 or state[1] != gateway):
+        pytest.skip(f"this engine is in a swarm advertised at {state[1:]}, which a container "
+                    f"cannot reach; the test needs none, or one advertised at {gateway}")
+    suffix = secrets.token_hex(3)
+    image, stack = f"powlab:swarmtest-{suffix}", f"powlabmx{suffix}"
+    worker_image, worker = "powlab-swarm-worker:test", f"powlab-swarm-worker-{suffix}"
+    directory = tmp_path / "t"
+    _docker("build", "--network", "host", "-q", "-t", image, str(ROOT), timeout=1800)
+    _docker("build", "--network", "host", "-q", "-t", worker_image,
+            str(ROOT / "tests" / "swarm_worker"), timeout=1800)
+    worker_id = ""
+    try:
+        if initialised:
+            _docker("swarm", "init", "--advertise-addr", gateway)
+        _docker("run", "-d", "--name", worker, "--hostname", worker, "--cap-add", "ALL",
+                "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
+                "--security-opt", "apparmor=unconfined", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                "-v", "/var/lib/docker", worker_image)
+        wait(lambda: _docker("exec", worker, "docker", "info", check=False), 60,
+             "the worker's engine")
+        token = _docker("swarm", "join-token", "-q", "worker").strip()
+        _docker("exec", worker, "docker", "swarm", "join", "--token", token, f"{gateway}:2377")
+        worker_id = _docker("exec", worker, "docker", "info", "--format",
+                            "{{.Swarm.NodeID}}").strip()
+        saved = subprocess.run(["docker", "save", image], capture_output=True, check=True,
+                               timeout=600).stdout
+        subprocess.run(["docker", "exec", "-i", worker, "docker", "load"], input=saved,
+                       capture_output=True, check=True, timeout=600)
+
+        _powlab("testnet", "up", "--swarm", "--nodes", "12", "--stack", stack, "--image",
+                image, "--dir", str(directory), "--timeout", "300", timeout=900)
+        engines = _docker("stack", "ps", stack, "--filter", "desired-state=running",
+                          "--format", "{{.Node}}").split()
+        assert len(engines) == 12 and set(engines) == {worker, _docker(
+            "info", "--format", "{{.Name}}").strip()}, engines
+        rows = _status(directory)
+        assert len(rows) == 12 and all(r["up"] for r in rows)
+        remote = {r["node"] for r in rows if not r["rpc"].startswith("http://127.0.0.1:")}
+        assert remote, rows  # some nodes answer on the worker's address
+
+        def converged() -> bool:
+            tips = {r["bestblockhash"] for r in _status(directory)}
+            return len(tips) == 1 and None not in tips
+
+        wait(converged, 90, "12 nodes on one tip")
+        local = [r["node"] for r in rows if r["node"] not in remote]
+        side_a = [n for n in local if n != "attacker"] + sorted(remote)[:1]
+        side_b = [n for n in (r["node"] for r in rows) if n not in side_a]
+        assert "attacker" in side_b and "merchant" in side_a + side_b
+        _powlab("testnet", "partition", "--dir", str(directory), ",".join(side_a),
+                ",".join(side_b))
+        _powlab("testnet", "mine", "--dir", str(directory), side_a[0], "2")
+        _powlab("testnet", "mine", "--dir", str(directory), "attacker", "1")
+        rows = {r["node"]: r for r in _status(directory)}
+        assert len({rows[n]["bestblockhash"] for n in side_a}) == 1
+        assert rows[side_a[0]]["bestblockhash"] != rows["attacker"]["bestblockhash"]
+        _powlab("testnet", "heal", "--dir", str(directory))
+        wait(converged, 90, "convergence after heal, across engines")
+
+        result = run_powlab("attack", "majority", "--dir", str(directory), "--hashrate-share",
+                            "0.8", "--confirmations", "2", "--json", timeout=400)
+        majority = json.loads(result.stdout)
+        assert majority["success"] is True and majority["reorg_depth"] >= 2
+    finally:
+        run_powlab("testnet", "down", "--purge", "--dir", str(directory), timeout=300)
+        _docker("exec", worker, "docker", "swarm", "leave", "--force", check=False)
+        _docker("rm", "-f", "-v", worker, check=False)
+        if worker_id:
+            _docker("node", "rm", "--force", worker_id, check=False)
+        _docker("rmi", image, check=False)
+        if initialised and not _docker("service", "ls", "-q").split():
+            _docker("swarm", "leave", "--force", check=False)

@@ -465,6 +465,7 @@ def _swarm_up(args: argparse.Namespace, directory: Path) -> int:
         try:
             nodes = swarm.layout(count, miners, shares, args.block_time,
                                  swarm.free_ports(count, args.swarm_rpc_port))
+            swarm.apply_constraints(nodes, args.constraint)
         except ValueError as exc:
             raise TestnetError(str(exc)) from None
     try:
@@ -559,6 +560,9 @@ def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
                          "(default powlab:latest)")
     up.add_argument("--swarm-rpc-port", type=int, default=18601, metavar="PORT",
                     help="with --swarm: first host port to publish the nodes' RPC on")
+    up.add_argument("--constraint", action="append", default=[], metavar="NODE:EXPR",
+                    help="with --swarm: a placement constraint for NODE (* for all), e.g. "
+                         "miner1:node.hostname==host-a; repeatable")
     up.add_argument("--nodes", type=int, help="number of nodes (default 4)")
     up.add_argument("--miners", type=int, help="the first M nodes mine (default 2)")
     up.add_argument("--miner-nodes", metavar="NAMES",

@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from lab.testnet.docker import (
 __all__ = [
     "SwarmNode",
     "SwarmTestnet",
+    "apply_constraints",
     "default_layout",
     "layout",
     "stack_definition",
@@ -79,6 +80,9 @@ class SwarmNode:
     role: str
     hashrate: float  # H/s; 0: does not mine
     rpc_port: int  # published on its engine's interfaces (mode host)
+    # Swarm placement constraints, e.g. "node.hostname==host-a": pins the node to engines
+    # (its volume, so its chain, wallet and identity, stays on the engine that made it).
+    constraints: list[str] = field(default_factory=list)
 
 
 def default_layout(base_port: int = 18601) -> list[SwarmNode]:
@@ -178,6 +182,8 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
                 "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "30s",
             },
             "deploy": {
+                **({"placement": {"constraints": list(node.constraints)}}
+                   if node.constraints else {}),
                 "replicas": 1,
                 "endpoint_mode": "dnsrr",
                 "labels": labels,
@@ -192,6 +198,19 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
         "volumes": volumes,
         "secrets": secret_defs,
     }
+
+
+def apply_constraints(nodes: Sequence[SwarmNode], given: Sequence[str]) -> None:
+    """``NODE:CONSTRAINT`` pairs (``miner1:node.hostname==host-a``; ``*:…`` for every
+    node) added to the nodes' placement constraints."""
+    by_name = {n.name: n for n in nodes}
+    for text in given:
+        name, sep, constraint = text.partition(":")
+        if not sep or not constraint.strip() or (name != "*" and name not in by_name):
+            raise ValueError(f"--constraint {text!r}: expected NODE:CONSTRAINT with NODE one "
+                             f"of {', '.join(by_name)} or *")
+        for node in nodes if name == "*" else [by_name[name]]:
+            node.constraints.append(constraint.strip())
 
 
 def swarm_state() -> tuple[str, bool]:
