@@ -62,7 +62,35 @@ def _testnet_node(directory: str | None, name: str) -> NodeEndpoint:
 def _cmd_rpc(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args)
     params = [parse_cli_value(a) for a in args.args]
-    return _print_call(lambda: endpoint.call(args.method, *params))
+
+    def call() -> Any:
+        try:
+            return endpoint.call(args.method, *params)
+        except RPCConnectionError as exc:
+            # A compose node cut off by a partition has no published port: reach it the way
+            # `testnet status` does, with `docker exec` inside its container.
+            testnet = _docker_testnet(args)
+            if testnet is None:
+                raise
+            from lab.testnet.docker import DockerError
+
+            try:
+                return testnet.rpc(args.node, args.method, *params)
+            except (DockerError, RPCConnectionError) as again:
+                raise RPCConnectionError(f"{exc}; through docker exec: {again}") from None
+
+    return _print_call(call)
+
+
+def _docker_testnet(args: argparse.Namespace) -> Any:
+    """The Docker testnet `--node NAME [--dir DIR]` names, else None."""
+    if not getattr(args, "node", None) or args.rpc or args.rpc_cookie or args.rpc_user:
+        return None
+    from lab.testnet.cli import compose_testnet, is_docker
+    from lab.testnet.manifest import resolve_dir
+
+    path = resolve_dir(getattr(args, "dir", None))
+    return compose_testnet(path) if is_docker(path) else None
 
 
 def _print_call(call: Any) -> int:

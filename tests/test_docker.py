@@ -5,17 +5,22 @@ stage of its own (``pytest -m docker tests/test_docker.py``). It first runs the 
 ``docker-offline.sh`` (installs Docker and Compose from Debian, starts the engine, provides
 the base image without a registry); where Docker still is not usable it skips, saying why.
 
-The compose project is named ``powlabpytest`` and publishes its RPC ports on free ports,
-so it runs next to a developer's own ``docker compose up`` without touching it. The few
+The compose project is named ``powlabpytest`` plus a random suffix, one per run, and
+publishes its RPC ports on free ports, so it runs next to a developer's own
+``docker-compose up`` and next to another run of this test without touching either. The few
 tests at the top need no Docker and run in the fast suite.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +41,7 @@ from lab.testnet.docker import (
 from lab.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = "powlabpytest"
+PROJECT = f"powlabpytest{secrets.token_hex(3)}"  # one per run: runs share engines
 NODES = ("miner1", "miner2", "merchant", "attacker", "observer")
 ROLES = {"miner1": "miner", "miner2": "miner", "merchant": "merchant",
          "attacker": "attacker", "observer": "observer"}
@@ -188,7 +193,6 @@ def testnet() -> Iterator[DockerTestnet]:
                                                                                strict=True)}
     net = DockerTestnet(ROOT, ROOT / "docker-compose.yml", project_name=PROJECT, env=env,
                         log=lambda m: print(f"[docker testnet] {m}", flush=True))
-    net.down(purge=True)  # leftovers of an interrupted run
     try:
         started = time.monotonic()
         try:
@@ -278,6 +282,20 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert attacker_tip != honest_tip
     with pytest.raises(RPCError):  # the rest never heard of the attacker's blocks
         net.rpc("observer", "getblock", attacker_blocks[-1])
+    # `powlab rpc --node attacker` reaches it anyway, through docker exec.
+    marker = Path(tempfile.mkdtemp(prefix="powlab-docker-marker-"))
+    try:
+        (marker / "testnet.json").write_text(json.dumps({
+            "version": 1, "mode": "docker", "project_dir": str(ROOT),
+            "compose_file": str(ROOT / "docker-compose.yml")}))
+        out = subprocess.run(
+            [sys.executable, "-m", "lab", "rpc", "--dir", str(marker), "--node", "attacker",
+             "getbestblockhash"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "COMPOSE_PROJECT_NAME": net.project},
+        )
+        assert out.returncode == 0 and out.stdout.strip() == attacker_tip, out.stderr
+    finally:
+        shutil.rmtree(marker)
     step("partitioned: the attacker and the rest mine apart")
 
     # --- heal: all on one chain, the honest (longer) one

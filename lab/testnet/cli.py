@@ -71,6 +71,8 @@ from lab.testnet.tables import console, dir_flag, print_nodes, status_table
 
 def cmd_up(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
+    if args.swarm or is_swarm(directory):
+        return _swarm_up(args, directory)
     if args.docker or is_docker(directory):
         return _docker_up(args, directory)
     timeout = args.timeout
@@ -229,6 +231,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    directory = resolve_dir(_dir_arg(args))
+    if is_docker(directory):
+        docker_do(directory, args,
+                  lambda net: net.logs(args.node, lines=args.lines or 0, follow=args.follow))
+        return 0
     manifest = _local_manifest(args, "logs")
     entry = manifest.node(args.node)
     path = Path(entry.log)
@@ -297,6 +304,15 @@ def cmd_heal(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    directory = resolve_dir(_dir_arg(args))
+    if is_docker(directory):
+        def mine(net: Any) -> Any:
+            address = net.rpc(args.node, "getnewaddress")
+            return net.rpc(args.node, "generatetoaddress", args.blocks, address, timeout=600)
+
+        for block_hash in docker_do(directory, args, mine):
+            print(block_hash)
+        return 0
     manifest = _local_manifest(args, "mine")
     entry = manifest.node(args.node)
     address = call(entry, "getnewaddress")
@@ -307,6 +323,14 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    directory = resolve_dir(_dir_arg(args))
+    if is_docker(directory):
+        def send(net: Any) -> Any:
+            address = net.rpc(args.recipient, "getnewaddress")
+            return net.rpc(args.sender, "sendtoaddress", address, args.amount)
+
+        print(docker_do(directory, args, send))
+        return 0
     manifest = _local_manifest(args, "send")
     payer, payee = manifest.node(args.sender), manifest.node(args.recipient)
     address = call(payee, "getnewaddress")
@@ -321,12 +345,19 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _docker_marker(directory: Path) -> dict[str, Any] | None:
+    """The marker of a compose ("docker") or swarm testnet in `directory`, else None."""
     data = read_manifest_json(directory)
-    return data if data and data.get("mode") == "docker" else None
+    return data if data and data.get("mode") in ("docker", "swarm") else None
 
 
 def is_docker(directory: Path) -> bool:
+    """True when `directory` holds a Docker testnet, compose or swarm."""
     return _docker_marker(directory) is not None
+
+
+def is_swarm(directory: Path) -> bool:
+    marker = _docker_marker(directory)
+    return marker is not None and marker.get("mode") == "swarm"
 
 
 def _compose_location(args: argparse.Namespace | None, directory: Path) -> tuple[Path, Path]:
@@ -348,8 +379,18 @@ def compose_testnet(directory: Path) -> Any:
     else of ./docker-compose.yml or the repository's."""
     from lab.testnet import docker
 
+    if is_swarm(directory):
+        return _swarm_testnet(directory)
     project_dir, compose = _compose_location(None, directory)
     return docker.DockerTestnet(project_dir, compose)
+
+
+def _swarm_testnet(directory: Path, stack: str | None = None) -> Any:
+    from lab.testnet import swarm
+
+    marker = _docker_marker(directory) or {}
+    return swarm.SwarmTestnet(directory, stack or str(marker.get("stack")),
+                              log=lambda m: print(m, file=sys.stderr))
 
 
 def docker_do(directory: Path, args: argparse.Namespace | None,
@@ -359,8 +400,12 @@ def docker_do(directory: Path, args: argparse.Namespace | None,
         from lab.testnet import docker
     except ImportError as exc:
         raise TestnetError(f"Docker mode is unavailable in this installation ({exc})") from None
-    project_dir, compose = _compose_location(args, directory)
-    net = docker.DockerTestnet(project_dir, compose, log=lambda m: print(m, file=sys.stderr))
+    if is_swarm(directory):
+        net = _swarm_testnet(directory)
+    else:
+        project_dir, compose = _compose_location(args, directory)
+        net = docker.DockerTestnet(project_dir, compose,
+                                   log=lambda m: print(m, file=sys.stderr))
     try:
         return action(net)
     except (docker.DockerError, *docker.RPC_FAILURES, ValueError) as exc:
@@ -388,6 +433,52 @@ def _docker_up(args: argparse.Namespace, directory: Path) -> int:
     (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
     rows = docker_do(directory, args, lambda net: net.status())
     console().print(status_table(f"powlab docker testnet ({compose})", None, rows))
+    return 0
+
+
+def _swarm_up(args: argparse.Namespace, directory: Path) -> int:
+    """`up --swarm`: the testnet as a stack (lab/testnet/swarm.py); DIR keeps the stack file,
+    the nodes' passwords and a marker manifest (mode "swarm")."""
+    import secrets as secrets_module
+
+    from lab.testnet import swarm
+
+    existing = read_manifest_json(directory)
+    if existing is not None and existing.get("mode") != "swarm":
+        kind = existing.get("mode") or "processes"
+        raise TestnetError(f"{directory} holds another testnet ({kind}); `powlab testnet "
+                           f"down --dir {directory}` it first, or use another --dir")
+    ignored = [flag for flag, value in (
+        ("--topology", args.topology), ("--miner-nodes", args.miner_nodes),
+        ("--finality-depth", args.finality_depth), ("--subnet", args.subnet),
+    ) if value is not None]
+    if ignored:
+        console().print(f"[yellow]--swarm: ignoring {', '.join(ignored)}")
+    if existing is not None:
+        stack = str(existing["stack"])
+        nodes: list[Any] = []
+    else:
+        stack = args.stack or f"powlab{secrets_module.token_hex(3)}"
+        miners = args.miners if args.miners is not None else 2
+        count = args.nodes if args.nodes is not None else miners + 3
+        shares = parse_shares(args.hashrates, miners + 1) if args.hashrates else None
+        try:
+            nodes = swarm.layout(count, miners, shares, args.block_time,
+                                 swarm.free_ports(count, args.swarm_rpc_port))
+            swarm.apply_constraints(nodes, args.constraint)
+        except ValueError as exc:
+            raise TestnetError(str(exc)) from None
+    try:
+        swarm.ensure_swarm(args.swarm_init, lambda m: print(m, file=sys.stderr))
+    except swarm.DockerError as exc:
+        raise TestnetError(f"swarm: {exc}") from None
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = {"version": MANIFEST_VERSION, "mode": "swarm", "stack": stack,
+              "created": time.time()}
+    (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+    docker_do(directory, args, lambda net: net.deploy(nodes, args.image, wait=args.timeout))
+    rows = docker_do(directory, args, lambda net: net.status())
+    console().print(status_table(f"powlab swarm testnet (stack {stack})", None, rows))
     return 0
 
 
@@ -421,7 +512,7 @@ def _dir_arg(args: argparse.Namespace) -> str | None:
 def _local_manifest(args: argparse.Namespace, command: str) -> Manifest:
     """The manifest of a local (process) testnet; a Docker one gets a clear refusal."""
     if is_docker(resolve_dir(_dir_arg(args))):
-        tool = "docker compose logs" if command == "logs" else "powlab rpc --rpc URL …"
+        tool = "docker-compose logs" if command == "logs" else "powlab rpc --rpc URL …"
         raise TestnetError(
             f"`testnet {command}` works on local testnets; on the Docker one use `{tool}`"
         )
@@ -459,6 +550,19 @@ def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
         return p
 
     up = action("up", "start (or resume) the testnet; idempotent", cmd_up, docker=True)
+    up.add_argument("--swarm", action="store_true",
+                    help="deploy the testnet as a Docker Swarm stack (lab/testnet/swarm.py)")
+    up.add_argument("--swarm-init", action="store_true",
+                    help="with --swarm: make this engine a single-node swarm if it is in none")
+    up.add_argument("--stack", help="with --swarm: the stack's name (default powlab + random)")
+    up.add_argument("--image", default="powlab:latest",
+                    help="with --swarm: the node image, present on every engine "
+                         "(default powlab:latest)")
+    up.add_argument("--swarm-rpc-port", type=int, default=18601, metavar="PORT",
+                    help="with --swarm: first host port to publish the nodes' RPC on")
+    up.add_argument("--constraint", action="append", default=[], metavar="NODE:EXPR",
+                    help="with --swarm: a placement constraint for NODE (* for all), e.g. "
+                         "miner1:node.hostname==host-a; repeatable")
     up.add_argument("--nodes", type=int, help="number of nodes (default 4)")
     up.add_argument("--miners", type=int, help="the first M nodes mine (default 2)")
     up.add_argument("--miner-nodes", metavar="NAMES",

@@ -98,6 +98,13 @@ def _local_endpoint(environ: Mapping[str, str]) -> tuple[str, tuple[str, str] | 
     port = bind.rsplit(":", 1)[-1] or str(RPC_PORT)
     url = f"http://127.0.0.1:{port}/"
     user, password = environ.get("POWLAB_RPC_USER"), environ.get("POWLAB_RPC_PASSWORD")
+    secret = environ.get("POWLAB_RPC_PASSWORD_FILE")
+    if user and password is None and secret:
+        # A swarm node's own password, from its Docker secret (lab/testnet/swarm.py).
+        try:
+            password = Path(secret).read_text().strip()
+        except OSError:
+            password = None
     if user and password is not None:
         return url, (user, password)
     try:
@@ -243,10 +250,12 @@ class NodeContainer:
     rpc_port: int | None = None
     rpc_mapped: bool = True  # False: published, but Docker holds no live mapping for it
     auth: tuple[str, str] | None = None
+    rpc_host: str = "127.0.0.1"  # where the RPC port is published (a swarm node's engine)
+    local: bool = True  # on this machine's engine, so `docker exec` reaches it
 
     @property
     def rpc_url(self) -> str | None:
-        return f"http://127.0.0.1:{self.rpc_port}/" if self.rpc_port else None
+        return f"http://{self.rpc_host}:{self.rpc_port}/" if self.rpc_port else None
 
 
 def _parse_container(data: dict[str, Any]) -> NodeContainer:
@@ -373,6 +382,14 @@ class DockerTestnet:
         if purge:
             args.append("-v")
         self.compose(*args, timeout=300)
+
+    def logs(self, node: str, lines: int = 100, follow: bool = False) -> None:
+        """Print a node's log (``compose logs``), following it with ``follow``."""
+        c = self.container(node)
+        argv = ["logs", "--no-color", "--tail", str(lines) if lines > 0 else "all"]
+        if follow:
+            argv.append("-f")
+        self.compose(*argv, c.service, capture=False, timeout=10**9 if follow else 120)
 
     # ------------------------------------------------------------------ containers
 
@@ -566,6 +583,9 @@ class DockerTestnet:
                 pass
         if not c.running:
             raise RPCConnectionError(f"node {c.node}: container {c.container} is not running")
+        if not c.local:
+            raise RPCConnectionError(f"node {c.node}: {c.rpc_url} does not answer (its "
+                                     "container runs on another engine)")
         argv = ["docker", "exec", c.id, "python", "-m", "lab.testnet.docker", "call-batch",
                 json.dumps([[m, p] for m, p in calls])]
         out = _run(argv, timeout=timeout + 30, check=False)
