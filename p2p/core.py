@@ -39,6 +39,11 @@ from p2p.wire import encode_message as encode_envelope
 
 log = structlog.get_logger("powlab.p2p")
 
+# Why an outbound dial can end before its handshake completed, counted against the address in
+# the book (disconnects we chose, such as `setnetworkactive false`, are not the address's fault).
+DIAL_FAILURES = frozenset({"handshake-timeout", "handshake-refused", "wrong-node-id",
+                           "not-allowed"})
+
 #: The largest envelope sent as a datagram: with the session's header and tag it is one
 #: MAX_DATAGRAM_SIZE datagram.
 MAX_DATAGRAM_ENVELOPE = MAX_DATAGRAM_SIZE - SESSION_OVERHEAD
@@ -208,6 +213,9 @@ class ProtocolCore:
         self._forget_peer_txs(peer)
         if peer.addr in self._persistent:
             self._persistent[peer.addr] = now + self.config.reconnect_interval
+        if (not was_established and not peer.inbound and reason in DIAL_FAILURES
+                and self.book.note_failure(peer.addr)):
+            log.info("address_forgotten", addr=f"{peer.addr[0]}:{peer.addr[1]}", reason=reason)
         if was_established:
             log.info("peer_disconnected", peer=peer.label, reason=reason)
             self._events.append(PeerDisconnected(peer.id, peer.addr, reason))

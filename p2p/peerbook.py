@@ -15,7 +15,16 @@ class KnownAddress:
     node_id: bytes
     last_seen: int
     last_attempt: float = 0.0
-    failures: int = 0
+    failures: int = 0  # dials in a row that never completed a handshake
+    connected_once: bool = False
+
+
+# When an address is not worth keeping, after Bitcoin Core's addrman `IsTerrible`: one that
+# never answered is dropped after a few tries, one that once did after many. Without this, an
+# address that died (a node gone, a container moved off a network) is redialled for ever, and
+# each dial shows as a peer stuck in its handshake.
+RETRIES_NEVER_CONNECTED = 3
+RETRIES_ONCE_CONNECTED = 10
 
 
 @dataclass
@@ -68,6 +77,26 @@ class PeerBook:
         while len(self.addresses) > self.max_addresses:
             self.addresses.popitem(last=False)
 
+    def note_failure(self, addr: Address) -> bool:
+        """A dial to `addr` gave up before its handshake completed. True when the address was
+        forgotten because of it."""
+        known = self.addresses.get(addr)
+        if known is None:
+            return False
+        known.failures += 1
+        limit = RETRIES_ONCE_CONNECTED if known.connected_once else RETRIES_NEVER_CONNECTED
+        if known.failures >= limit:
+            del self.addresses[addr]
+            return True
+        return False
+
+    def note_success(self, addr: Address) -> None:
+        """A handshake with `addr` completed: its failures are forgiven."""
+        known = self.addresses.get(addr)
+        if known is not None:
+            known.failures = 0
+            known.connected_once = True
+
     def sample(self, rng: random.Random, count: int) -> list[KnownAddress]:
         pool = list(self.addresses.values())
         return rng.sample(pool, min(count, len(pool)))
@@ -76,7 +105,8 @@ class PeerBook:
         """The address table as plain records (oldest first), for `peers.json`."""
         return [
             {"host": k.addr[0], "port": k.addr[1], "node_id": k.node_id.hex(),
-             "last_seen": k.last_seen}
+             "last_seen": k.last_seen, "failures": k.failures,
+             "connected_once": k.connected_once}
             for k in self.addresses.values()
         ]
 
@@ -88,11 +118,18 @@ class PeerBook:
                 host, port = str(record["host"]), int(record["port"])  # type: ignore[call-overload]
                 node_id = bytes.fromhex(str(record["node_id"]))
                 last_seen = int(record["last_seen"])  # type: ignore[call-overload]
+                # Older files have neither field.
+                failures = int(record.get("failures", 0))  # type: ignore[call-overload]
+                connected_once = record.get("connected_once", False) is True
             except (KeyError, TypeError, ValueError):
                 continue
             if not host or not 0 < port < 65536 or len(node_id) != 32:
                 continue
             self.add_address((host, port), node_id, last_seen)
+            known = self.addresses.get((host, port))
+            if known is not None:
+                known.failures = max(0, min(failures, RETRIES_ONCE_CONNECTED - 1))
+                known.connected_once = connected_once
             added += 1
         return added
 

@@ -6,9 +6,10 @@ Virtual time only (p2p.memory)."""
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 
 from p2p.memory import MemoryNetwork, MemoryNode
-from p2p.peerbook import PeerBook
+from p2p.peerbook import RETRIES_NEVER_CONNECTED, RETRIES_ONCE_CONNECTED, PeerBook
 from p2p.protocol import PeerRefused
 from tests.p2p_helpers import QUICK, config, established, run_until
 
@@ -95,3 +96,64 @@ def test_a_stopping_node_says_goodbye_so_its_peers_redial_at_once() -> None:
     net.flush(a)
     run_until(net, lambda: a.addr not in b.p2p.by_addr, 1, "b drops a on its goodbye")
     assert b.p2p._persistent[a.addr] <= net.now + b.p2p.config.reconnect_interval
+
+
+def test_a_dead_address_is_dialled_less_often_then_forgotten() -> None:
+    """An address nothing answers at (a node gone, a container moved off its network) is
+    forgotten after RETRIES_NEVER_CONNECTED failed dials, as Core's addrman drops a terrible
+    address; until then each failure lengthens the wait before the next dial. Nothing is left
+    behind as a peer stuck in its handshake."""
+    net = MemoryNetwork(QUICK, seed=8)
+    a = net.add_node("a")
+    dead = ("127.99.0.1", 18444)
+    a.p2p.book.add_address(dead, bytes(range(32)), int(net.now))
+    dials: list[float] = []
+
+    def dialled_again() -> bool:
+        if dead in a.p2p.by_addr and (not dials or a.p2p.by_addr[dead].created != dials[-1]):
+            dials.append(a.p2p.by_addr[dead].created)
+        return dead not in a.p2p.book.addresses
+
+    run_until(net, dialled_again, 300, "a forgets the dead address")
+    assert len(dials) == RETRIES_NEVER_CONNECTED
+    gaps = [later - earlier for earlier, later in pairwise(dials)]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0], gaps  # backing off
+    run_until(net, lambda: dead not in a.p2p.by_addr, 30, "its last handshake gives up")
+    assert not net.run_until(lambda: dead in a.p2p.by_addr, 120), "a dials a forgotten address"
+    assert dead not in a.p2p.book.addresses
+
+
+def test_an_address_that_once_answered_is_kept_longer_and_forgiven_on_success() -> None:
+    book = PeerBook(10, 100, 60.0)
+    fresh, known = ("127.0.0.2", 1), ("127.0.0.3", 1)
+    book.add_address(fresh, bytes(32), 1)
+    book.add_address(known, bytes(32), 1)
+    book.note_success(known)
+    for _ in range(RETRIES_NEVER_CONNECTED - 1):
+        assert not book.note_failure(fresh)
+        assert not book.note_failure(known)
+    assert book.note_failure(fresh) and fresh not in book.addresses
+    book.note_success(known)
+    assert book.addresses[known].failures == 0
+    results = [book.note_failure(known) for _ in range(RETRIES_ONCE_CONNECTED)]
+    assert results == [False] * (RETRIES_ONCE_CONNECTED - 1) + [True]
+    assert not book.note_failure(("127.0.0.9", 1))  # not in the book: nothing to count
+
+
+def test_failures_survive_a_restart_in_the_records_and_garbage_counts_are_refused() -> None:
+    book = PeerBook(10, 100, 60.0)
+    addr = ("127.0.0.2", 18444)
+    book.add_address(addr, bytes(32), 5)
+    book.note_success(addr)
+    book.note_failure(addr)
+    again = PeerBook(10, 100, 60.0)
+    records = book.records()
+    hostile = [dict(records[0], host="127.0.0.3", failures=10**9),
+               dict(records[0], host="127.0.0.4", failures="x"),
+               dict(records[0], host="127.0.0.5", failures=-7, connected_once="yes")]
+    assert again.load_records([*records, *hostile]) == 3
+    assert again.addresses[addr].failures == 1 and again.addresses[addr].connected_once
+    assert again.addresses[("127.0.0.3", 18444)].failures == RETRIES_ONCE_CONNECTED - 1
+    assert ("127.0.0.4", 18444) not in again.addresses
+    fifth = again.addresses[("127.0.0.5", 18444)]
+    assert fifth.failures == 0 and not fifth.connected_once
