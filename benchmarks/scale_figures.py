@@ -44,6 +44,7 @@ from lab.testnet.figures import (
     group_memory_kb,
     mean_max,
     memory_kb,
+    process_groups,
     spread,
 )
 from lab.testnet.manifest import load_manifest
@@ -71,16 +72,18 @@ def measure(directory: Path, idle: float, blocks: int) -> dict[str, Any]:
     manifest = load_manifest(directory)
     nodes = manifest.nodes
     pids = {e.name: e.pid or 0 for e in nodes}
-    memory = {name: group_memory_kb(pid) for name, pid in pids.items()}
+    groups = process_groups()
+    memory = {name: group_memory_kb(pid, groups) for name, pid in pids.items()}
     uss = [u / 1024 for u, _ in memory.values()]
     pss = [p / 1024 for _, p in memory.values()]
     miners = [e.name for e in nodes if e.is_miner]
     server = forkserver.server_pid(directory)
-    before = {name: group_cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: group_cpu_seconds(pid, groups) for name, pid in pids.items()}
     start = time.monotonic()
     time.sleep(idle)
     elapsed = time.monotonic() - start
-    cpu = [100.0 * (group_cpu_seconds(pid) - before[name]) / elapsed
+    groups = process_groups()
+    cpu = [100.0 * (group_cpu_seconds(pid, groups) - before[name]) / elapsed
            for name, pid in pids.items()]
 
     origin, payee = nodes[0], nodes[1 % len(nodes)]

@@ -30,9 +30,27 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0), fields.get("Pss", 0)
 
 
-def group_memory_kb(pgid: int) -> tuple[int, int]:
-    """(USS, PSS) in kB summed over a node's process group: the node and its miner workers."""
-    members = process_group(pgid) or [pgid]
+def process_groups() -> dict[int, list[int]]:
+    """Every live process group: pgid -> its members, from one pass over /proc (asking
+    `process_group` once per node would read /proc once per node)."""
+    groups: dict[int, list[int]] = {}
+    for child in Path("/proc").iterdir():
+        if not child.name.isdigit():
+            continue
+        try:
+            text = (child / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X"):
+            groups.setdefault(int(fields[2]), []).append(int(child.name))
+    return groups
+
+
+def group_memory_kb(pgid: int, groups: dict[int, list[int]] | None = None) -> tuple[int, int]:
+    """(USS, PSS) in kB summed over a node's process group: the node and its miner workers.
+    `groups` (process_groups()) saves a pass over /proc per call."""
+    members = (groups.get(pgid) if groups is not None else process_group(pgid)) or [pgid]
     sizes = [memory_kb(pid) for pid in members]
     return sum(u for u, _ in sizes), sum(p for _, p in sizes)
 
@@ -47,8 +65,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    return sum(cpu_seconds(pid) for pid in process_group(pgid) or [pgid])
+def group_cpu_seconds(pgid: int, groups: dict[int, list[int]] | None = None) -> float:
+    members = (groups.get(pgid) if groups is not None else process_group(pgid)) or [pgid]
+    return sum(cpu_seconds(pid) for pid in members)
 
 
 def parse_iso(text: str) -> float:
