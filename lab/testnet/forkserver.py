@@ -33,6 +33,7 @@ TITLE_ROOM = 4096
 MARKER = "node.forkserver"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less its terminating NUL
 START_TIMEOUT = 60.0
+_MAX_REPLY = 64 * 1024
 
 
 class ForkServerError(TestnetError):
@@ -49,14 +50,10 @@ def request(path: Path, message: dict[str, Any], timeout: float = 30.0) -> dict[
         conn.settimeout(timeout)
         conn.connect(str(path))
         conn.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
-        while b"\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        with conn.makefile("rb") as replies:
+            data = replies.readline(_MAX_REPLY)
     try:
-        reply = json.loads(data.split(b"\n", 1)[0])
+        reply = json.loads(data)
     except ValueError:
         raise ForkServerError(f"the fork server at {path} answered {data[:200]!r}") from None
     if not isinstance(reply, dict):
