@@ -270,6 +270,19 @@ def test_forked_testnet_on_a_random_graph(forked_testnet: Path, tmp_path: Path) 
     wait_for(lambda: forkserver.server_pid(directory) is None, 30, "the fork server to die")
     assert all(process_alive(e.pid, e.config) for e in manifest.nodes)
     assert call(n12, "getblockcount") >= 1
+    # …and the next `up` that has a node to start brings a new server.
+    n7 = manifest.node("n7")
+    os.kill(n7.pid or 0, signal.SIGTERM)
+    wait_for(lambda: not process_alive(n7.pid, n7.config), 30, "n7 to stop")
+    ok(powlab("testnet", "up", "--dir", str(directory), "--no-hints"))
+    new_server = forkserver.server_pid(directory)
+    assert new_server is not None and new_server != server
+    manifest = load_manifest(directory)
+    n7 = manifest.node("n7")
+    assert process_alive(n7.pid, n7.config)
+    assert Path(f"/proc/{n7.pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+        new_server)  # forked by the new server
     pids = [e.pid or 0 for e in manifest.nodes]
     ok(powlab("testnet", "down", "--dir", str(directory)))
     assert not any(process_alive(pid) or process_group(pid) for pid in pids)
+    assert forkserver.server_pid(directory) is None

@@ -259,12 +259,18 @@ def node_process(entry: NodeEntry, cwd: Path | None = None) -> NodeProcess:
                        cwd=cwd, own_session=True, pid=entry.pid)
 
 
+def with_launcher(node: NodeProcess, manifest: Manifest) -> NodeProcess:
+    """`node`, to be forked by the testnet's fork server when its nodes are (launcher
+    "fork"), else executed."""
+    if manifest.launcher == "fork" and node.config is not None:
+        node.forkserver = manifest.directory
+    return node
+
+
 def spawn_node(manifest: Manifest, entry: NodeEntry) -> int:
     """Starts the node (forked by the testnet's fork server with `launcher` "fork"), records
     its pid in `entry` and returns it, without waiting for its RPC."""
-    node = node_process(entry, manifest.directory)
-    if manifest.launcher == "fork":
-        node.forkserver = manifest.directory
+    node = with_launcher(node_process(entry, manifest.directory), manifest)
     node.start(wait=False)
     assert node.pid is not None
     entry.pid = node.pid
