@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from lab.testnet import forkserver
 from lab.testnet import manifest as manifest_module
-from lab.testnet.control import call, wait_converged
+from lab.testnet.control import call, funded_nodes, wait_converged
 from lab.testnet.figures import group_memory_kb
 from lab.testnet.manifest import (
     host_of,
@@ -125,6 +125,14 @@ def test_addresses_spill_into_the_next_ranges() -> None:
     assert len(hosts) == 1000
     with pytest.raises(manifest_module.TestnetError, match="do not fit"):
         host_of("127.77.254", 600)
+
+
+def test_large_testnets_fund_the_first_sixteen_and_the_miners(tmp_path: Path) -> None:
+    small = new_manifest(tmp_path, 100, 2, [0.5, 0.5], "random", "regtest", 10, None, seed=1)
+    assert funded_nodes(small) == small.nodes
+    big = new_manifest(tmp_path, 1000, 2, [0.5, 0.5], "random", "regtest", 10, None, seed=1,
+                       miner_names=["n1", "n500"])
+    assert [e.name for e in funded_nodes(big)] == [f"n{k}" for k in range(1, 17)] + ["n500"]
 
 
 # --------------------------------------------------------------------------- fork server

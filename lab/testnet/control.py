@@ -152,9 +152,9 @@ def set_mining_rates(manifest: Manifest, funder: NodeEntry) -> None:
 
 
 def funded_nodes(manifest: Manifest) -> list[NodeEntry]:
-    """The wallets `fund` gives coins: every node's up to FUND_ALL_LIMIT nodes, else the
-    first FUND_ALL_LIMIT nodes' and the miners' (each funded wallet costs every node
-    FUND_BLOCKS_PER_NODE blocks to validate)."""
+    """The nodes whose wallets `fund` gives coins: all of them in a testnet of up to
+    FUND_ALL_LIMIT nodes, else the first FUND_LIMIT and the miners (each funded wallet costs
+    every node FUND_BLOCKS_PER_NODE more blocks to validate)."""
     if len(manifest.nodes) <= FUND_ALL_LIMIT:
         return list(manifest.nodes)
     return [e for k, e in enumerate(manifest.nodes) if k < FUND_LIMIT or e.is_miner]
@@ -174,18 +174,20 @@ def fund(manifest: Manifest, timeout: float, show_progress: bool = True) -> None
              else f"the wallets of {len(wallets)} nodes ({_names(wallets)})")
     console().print(f"funding: {FUND_BLOCKS_PER_NODE} blocks to {which}, then "
                     f"{maturity} more so they mature (mined on {funder.name})")
-    for entry in wallets:
-        call(funder, "generatetoaddress", FUND_BLOCKS_PER_NODE, addresses[entry.name],
-             timeout=600)
     # The maturing blocks are spread too, so every wallet keeps gaining spendable coins as
     # the chain grows.
     base, extra = divmod(maturity, len(wallets))
-    for k, entry in enumerate(wallets):
-        count = base + (1 if k < extra else 0)
-        if count:
+    batches = [(entry, FUND_BLOCKS_PER_NODE) for entry in wallets]
+    batches += [(entry, base + (1 if k < extra else 0)) for k, entry in enumerate(wallets)]
+    batches = [(entry, count) for entry, count in batches if count]
+    show = show_progress and len(manifest.nodes) > PROGRESS_FROM
+    with progress("funding: blocks mined", sum(c for _, c in batches), show) as bar:
+        mined = 0
+        for entry, count in batches:
             call(funder, "generatetoaddress", count, addresses[entry.name], timeout=600)
-    with progress("funding: nodes on the tip", len(manifest.nodes),
-                  show_progress and len(manifest.nodes) > PROGRESS_FROM) as bar:
+            mined += count
+            bar.update(mined)
+    with progress("funding: nodes on the tip", len(manifest.nodes), show) as bar:
         tip = wait_converged(manifest.nodes, timeout, bar.update)
     console().print(f"all {len(manifest.nodes)} nodes at {tip[:16]}… "
                     f"(height {call(funder, 'getblockcount')})")
