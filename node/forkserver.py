@@ -51,6 +51,7 @@ from typing import Any
 # Bounds on what a client can make the server hold.
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
+CHILD_START_TIMEOUT_S = 10.0  # a child that takes longer to retitle is reported anyway
 # Room in the server's own command line that each child overwrites with `python -m node …`.
 TITLE_ROOM = 4096
 _PAD_FLAG = "--title-room"
@@ -132,8 +133,10 @@ def retitle(args: Sequence[str]) -> bool:
         return False
 
 
-def _child(request: dict[str, Any], log_fd: int, closing: Sequence[socket.socket]) -> None:
-    """Runs in the forked child; never returns."""
+def _child(request: dict[str, Any], log_fd: int, closing: Sequence[socket.socket],
+           started_fd: int) -> None:
+    """Runs in the forked child; never returns. Writes a byte to `started_fd` once its
+    command line reads `python -m node …`."""
     code = 1
     try:
         for sock in closing:
@@ -158,6 +161,8 @@ def _child(request: dict[str, Any], log_fd: int, closing: Sequence[socket.socket
         random.seed()  # from os.urandom: no state shared with the server or a sibling
         argv = list(request["argv"])
         retitle([sys.executable, "-m", "node", *argv])
+        os.write(started_fd, b"1")
+        os.close(started_fd)
         sys.argv = ["node", *argv]
         from node.main import main
 
@@ -180,13 +185,22 @@ def spawn(request: dict[str, Any], closing: Sequence[socket.socket]) -> int:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise RequestError(f"cannot open log {request['log']!r}: {exc.strerror}") from None
+    started_r, started_w = os.pipe()
     try:
         pid = os.fork()
         if pid == 0:
-            _child(request, log_fd, closing)
+            os.close(started_r)
+            _child(request, log_fd, closing, started_w)
+        os.close(started_w)
+        # Reply once the child shows as the node it runs: the lab recognises a node's pid by
+        # its command line, and may look the moment it has the pid.
+        ready, _, _ = select.select([started_r], [], [], CHILD_START_TIMEOUT_S)
+        if ready:
+            os.read(started_r, 1)
         return pid
     finally:
         os.close(log_fd)
+        os.close(started_r)
 
 
 def reap() -> None:
