@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab import waiting
 from lab.testnet import forkserver
 from lab.testnet.control import call, wait_converged
 from lab.testnet.figures import (
@@ -93,11 +94,18 @@ def measure(directory: Path, idle: float, blocks: int) -> dict[str, Any]:
         block = call(origin, "generatetoaddress", 1, call(origin, "getnewaddress"))[0]
         hashes.append(block)
         wait_converged(nodes, 300)
-    time.sleep(1)  # the last lines reach the logs
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        seen = dict(zip((e.name for e in nodes),
-                        pool.map(lambda e: block_connected_at(Path(e.log), hashes), nodes),
-                        strict=True))
+    def read_logs() -> dict[str, dict[str, float]] | None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            seen = dict(zip((e.name for e in nodes),
+                            pool.map(lambda e: block_connected_at(Path(e.log), hashes), nodes),
+                            strict=True))
+        return seen if all(len(times) == len(hashes) for times in seen.values()) else None
+
+    # Every node has the blocks (converged); their log lines may trail by a moment.
+    try:
+        seen = waiting.wait_until(read_logs, 30, "every node's log lines", 1.0)
+    except TimeoutError:
+        seen = {e.name: block_connected_at(Path(e.log), hashes) for e in nodes}
     per_block = []
     pooled: list[float] = []
     for block in hashes:
