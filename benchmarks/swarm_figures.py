@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.testnet.cli import compose_testnet
+from lab.testnet.figures import mean_max, memory_kb, parse_iso, spread
 
 
 def _docker(*args: str) -> str:
@@ -42,21 +40,6 @@ def _docker(*args: str) -> str:
 def _pids(container: str) -> list[int]:
     out = _docker("top", container, "-eo", "pid")
     return [int(x) for x in out.split()[1:] if x.isdigit()]
-
-
-def _smaps(pid: int) -> tuple[int, int]:
-    """(USS, PSS) in kB of one process."""
-    fields: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0, 0
-    for line in text.splitlines():
-        m = re.match(r"(\w+):\s+(\d+) kB", line)
-        if m:
-            fields[m.group(1)] = int(m.group(2))
-    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return uss, fields.get("Pss", 0)
 
 
 def _cpu_seconds(container_id: str) -> float:
@@ -72,19 +55,13 @@ def _cpu_seconds(container_id: str) -> float:
     raise OSError(f"no cgroup CPU accounting found for {container_id}")
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _log_time(stack: str, node: str, block_hash: str) -> float | None:
     done = subprocess.run(["docker", "service", "logs", "--raw", f"{stack}_{node}"],
                           capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr  # the node logs to stderr
     for line in out.splitlines():
         if "block_connected" in line and block_hash in line:
-            stamp = line.split()[0]
-            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            return parse_iso(line.split()[0])
     return None
 
 
@@ -93,7 +70,7 @@ def measure(directory: Path, idle: float) -> dict[str, Any]:
     nodes = [c for c in net.containers() if c.running]
     local = [c for c in nodes if c.local]
     pids = {c.node: _pids(c.id) for c in local}
-    memory = {n: [_smaps(p) for p in ps] for n, ps in pids.items()}
+    memory = {n: [memory_kb(p) for p in ps] for n, ps in pids.items()}
     uss = [sum(u for u, _ in m) / 1024 for m in memory.values()]
     pss = [sum(p for _, p in m) / 1024 for m in memory.values()]
     before = {c.id: _cpu_seconds(c.id) for c in local}
@@ -114,27 +91,21 @@ def measure(directory: Path, idle: float) -> dict[str, Any]:
     seen_at = {c.node: _log_time(net.stack, c.node, block) for c in nodes}
     known = [t for t in seen_at.values() if t is not None]
     first = min(known) if known else None
-    delays, spread = [], []
+    delays, spreads = [], []
     for c in nodes:
         seen = seen_at[c.node]
         if c.node == miner.node or origin is None or seen is None:
             continue
         delays.append(1000.0 * (seen - origin))
-        spread.append(1000.0 * (seen - (first or seen)))
+        spreads.append(1000.0 * (seen - (first or seen)))
     return {
         "nodes": len(nodes), "measured_locally": len(local),
-        "uss_mb": {"mean": round(statistics.mean(uss), 1), "max": round(max(uss), 1)},
-        "pss_mb": {"mean": round(statistics.mean(pss), 1), "max": round(max(pss), 1)},
-        "idle_cpu_pct_of_core": {"mean": round(statistics.mean(cpu), 3),
-                                 "max": round(max(cpu), 3)},
-        "propagation_ms": ({"p50": round(_percentile(delays, 0.5), 1),
-                            "p90": round(_percentile(delays, 0.9), 1),
-                            "max": round(max(delays), 1), "nodes": len(delays)}
-                           if delays else None),
+        "uss_mb": mean_max(uss),
+        "pss_mb": mean_max(pss),
+        "idle_cpu_pct_of_core": mean_max(cpu, 3),
+        "propagation_ms": spread(delays),
         # From the first node (any, the miner included) that logged the block: a lower bound.
-        "spread_ms": ({"p50": round(_percentile(spread, 0.5), 1),
-                       "p90": round(_percentile(spread, 0.9), 1),
-                       "max": round(max(spread), 1)} if spread else None),
+        "spread_ms": spread(spreads),
     }
 
 

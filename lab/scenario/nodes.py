@@ -52,7 +52,7 @@ from lab.client import NodeEndpoint, datadir_endpoint
 from lab.scenario.engine import NetNode, ScenarioError
 from lab.testnet.manifest import Manifest, NodeEntry, load_manifest, resolve_dir
 from lab.testnet.nodeconfig import node_defaults, parse_node_options, render_toml
-from lab.testnet.processes import NodeProcess, NodeProcessError, node_process
+from lab.testnet.processes import NodeProcess, NodeProcessError, node_process, with_launcher
 
 EXTRA_DIR = "scenario-nodes"
 EXTRA_HOST_BASE = 200  # extra node k binds SUBNET.(200 + k)
@@ -142,8 +142,9 @@ def restart_node(net: Any, node: str | NetNode, *, book: Sequence[dict[str, Any]
     values.update(options)
     override = Path(entry.config + OVERRIDE_SUFFIX)
     override.write_text(render_toml(values))
-    process = NodeProcess(Path(entry.datadir), config=override, log=Path(entry.log),
-                          cwd=manifest.directory, own_session=True)
+    process = with_launcher(NodeProcess(Path(entry.datadir), config=override,
+                                        log=Path(entry.log), cwd=manifest.directory,
+                                        own_session=True), manifest)
     _start(manifest, entry, process, target, timeout)
 
 
@@ -187,7 +188,7 @@ def back_on_own_config(manifest: Manifest, name: str, peers: bytes | None,
     else:
         peers_path.write_bytes(peers)
     Path(entry.config + OVERRIDE_SUFFIX).unlink(missing_ok=True)
-    process = node_process(entry, manifest.directory)
+    process = with_launcher(node_process(entry, manifest.directory), manifest)
     process.pid = None
     _start(manifest, entry, process, None, timeout)
 

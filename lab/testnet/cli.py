@@ -24,12 +24,15 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lab.client import NodeEndpoint, run_reporting_failures
+from lab.testnet import forkserver
 from lab.testnet.control import (
+    PROGRESS_FROM,
     apply_partition,
     call,
     clear_bans,
@@ -43,11 +46,13 @@ from lab.testnet.control import (
     wait_ready,
 )
 from lab.testnet.manifest import (
+    DEFAULT_DEGREE,
     DEFAULT_DIR,
     DEFAULT_P2P_PORT,
     DEFAULT_RPC_PORT,
     DEFAULT_SUBNET,
     DIR_ENV_VAR,
+    LAUNCHERS,
     MANIFEST_NAME,
     MANIFEST_VERSION,
     NETWORKS,
@@ -65,8 +70,19 @@ from lab.testnet.manifest import (
     split_names,
 )
 from lab.testnet.nodeconfig import collect_node_options, parse_node_options, write_node_config
-from lab.testnet.processes import STOP_TIMEOUT, node_alive, process_group, spawn_node, stop_node
+from lab.testnet.processes import (
+    STOP_TIMEOUT,
+    node_alive,
+    process_group,
+    raise_open_files_limit,
+    spawn_node,
+    stop_node,
+)
+from lab.testnet.progress import progress
 from lab.testnet.tables import console, dir_flag, print_nodes, status_table
+
+# `--launcher auto` forks the nodes from a fork server from this many nodes on.
+FORK_FROM = 50
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -91,11 +107,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise TestnetError("--block-time must be positive")
         subnet = check_subnet(args.subnet or DEFAULT_SUBNET)  # before anything is created
         directory.mkdir(parents=True, exist_ok=True)
+        launcher = args.launcher
+        if launcher == "auto":
+            launcher = "fork" if args.nodes >= FORK_FROM else "exec"
         manifest = new_manifest(
             directory, args.nodes, miners, shares, args.topology or "line",
             args.network or "regtest",
             args.block_time, args.finality_depth, subnet, args.p2p_port, args.rpc_port,
-            miner_names,
+            miner_names, args.degree, args.seed, launcher,
         )
         manifest.node_options = collect_node_options(args)
         parse_node_options(manifest.node_options)  # refuse bad options before starting anything
@@ -103,26 +122,43 @@ def cmd_up(args: argparse.Namespace) -> int:
             write_node_config(manifest, entry)
         manifest.save()
 
+    raise_open_files_limit()
+    many = len(manifest.nodes) > PROGRESS_FROM
     states: dict[str, str] = {}
     started: list[NodeEntry] = []
-    for entry in manifest.nodes:
-        if node_alive(entry):
-            states[entry.name] = "already running"
-            continue
-        states[entry.name] = "restarted" if entry.pid else "started"
-        # Rewritten each start so a resumed testnet runs with this version's settings.
-        write_node_config(manifest, entry)
-        spawn_node(manifest, entry)
-        started.append(entry)
-    # Saved before waiting: if start-up fails, `down` must still find these pids.
-    manifest.save()
-    for entry in manifest.nodes:
-        console().print(f"{entry.name}: {states[entry.name]} (pid {entry.pid}, log {entry.log})")
+    try:
+        with progress("starting", len(manifest.nodes), many) as bar:
+            for k, entry in enumerate(manifest.nodes, start=1):
+                if node_alive(entry):
+                    states[entry.name] = "already running"
+                else:
+                    states[entry.name] = "restarted" if entry.pid else "started"
+                    # Rewritten each start so a resumed testnet runs with this version's
+                    # settings.
+                    write_node_config(manifest, entry)
+                    spawn_node(manifest, entry)
+                    started.append(entry)
+                bar.update(k)
+    finally:
+        # Saved before waiting: if start-up fails, `down` must still find these pids.
+        manifest.save()
+    if many:
+        counts = Counter(states.values())
+        console().print(", ".join(f"{n} {state}" for state, n in counts.items())
+                        + f" (logs in {manifest.directory}/nK.log"
+                        + (", forked by the fork server" if manifest.launcher == "fork" else "")
+                        + ")")
+    else:
+        for entry in manifest.nodes:
+            console().print(f"{entry.name}: {states[entry.name]} (pid {entry.pid}, "
+                            f"log {entry.log})")
 
-    wait_ready(manifest.nodes, timeout)
+    with progress("nodes answering RPC", len(manifest.nodes), many) as bar:
+        wait_ready(manifest.nodes, timeout, bar.update)
     if manifest.partition and started:
         apply_partition(manifest, started)
-    wait_connected(manifest, timeout)
+    with progress("nodes connected to their neighbours", len(manifest.nodes), many) as bar:
+        wait_connected(manifest, timeout, bar.update)
     if not manifest.funded:
         fund(manifest, timeout)
         set_mining_rates(manifest, manifest.nodes[0])
@@ -212,14 +248,22 @@ def cmd_down(args: argparse.Namespace) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(entry.pid or 0, signal.SIGTERM)
     failed = False
+    many = len(manifest.nodes) > PROGRESS_FROM
+    outcomes: Counter[str] = Counter()
     for entry in manifest.nodes:
         outcome = stop_node(entry, args.timeout, was_up[entry.name])
         if entry.pid and (node_alive(entry) or process_group(entry.pid)):
             failed = True
             outcome = "STILL RUNNING"
-        console().print(f"{entry.name}: {outcome}")
+        if not many or outcome == "STILL RUNNING":
+            console().print(f"{entry.name}: {outcome}")
+        outcomes[outcome] += 1
         if not failed:
             entry.pid = None
+    if many:
+        console().print(", ".join(f"{n} {outcome}" for outcome, n in outcomes.items()))
+    if manifest.launcher == "fork" or forkserver.server_pid(directory):
+        console().print(f"fork server: {forkserver.stop_server(directory)}")
     if args.purge:
         if failed:
             raise TestnetError(f"not deleting {directory}: some nodes are still running")
@@ -573,6 +617,16 @@ def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
     # No defaults here: on a re-run, only options actually given are compared with the
     # existing layout.
     up.add_argument("--topology", choices=TOPOLOGIES, help="default line")
+    up.add_argument("--degree", type=int, default=DEFAULT_DEGREE, metavar="D",
+                    help="with --topology random: links per node, about (default 8; each "
+                         "node dials D/2)")
+    up.add_argument("--seed", type=int, metavar="N",
+                    help="with --topology random: the graph's seed (default random; kept in "
+                         "the manifest)")
+    up.add_argument("--launcher", choices=("auto", *LAUNCHERS), default="auto",
+                    help="fork: nodes forked by a fork server (python -m node.forkserver) "
+                         "that shares the daemon's imported code; exec: one new python per "
+                         f"node; auto (default): fork from {FORK_FROM} nodes on")
     up.add_argument("--network", choices=NETWORKS, help="default regtest")
     up.add_argument("--block-time", type=float, default=10.0, metavar="S",
                     help="target seconds between blocks; sets the miners' total hash rate")

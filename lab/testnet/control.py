@@ -22,6 +22,11 @@ from lab.testnet.processes import NodeProcessError, node_alive, node_process
 from lab.testnet.tables import console
 
 FUND_BLOCKS_PER_NODE = 2
+# Up to this many nodes every wallet is funded; beyond, the first FUND_LIMIT and the miners.
+FUND_ALL_LIMIT = 100
+FUND_LIMIT = 16
+# Testnets of more nodes than this show progress bars (or lines) while they start.
+PROGRESS_FROM = 20
 # A partition must outlast any experiment; `heal` lifts it explicitly.
 PARTITION_BAN_SECONDS = 10 * 365 * 24 * 3600
 
@@ -50,22 +55,40 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
     return waiting.wait_until(predicate, timeout, what, interval, TestnetError)
 
 
-def wait_ready(entries: Iterable[NodeEntry], timeout: float) -> None:
+# How many nodes are polled at once while waiting (RPC calls are I/O-bound).
+POLL_THREADS = 16
+Report = Callable[[int], None]
+
+
+def _poll(items: Sequence[Any], check: Callable[[Any], bool]) -> list[Any]:
+    """The items for which `check` is still false, checked POLL_THREADS at a time."""
+    if len(items) <= 2:
+        return [item for item in items if not check(item)]
+    with ThreadPoolExecutor(max_workers=min(POLL_THREADS, len(items))) as pool:
+        return [item for item, ok in zip(items, pool.map(check, items), strict=True) if not ok]
+
+
+def wait_ready(entries: Iterable[NodeEntry], timeout: float, report: Report | None = None) -> None:
+    """Until every node answers RPC; `report(n)` is told how many do."""
     pending = [node_process(entry) for entry in entries]
+    total = len(pending)
 
     def ready() -> bool:
         try:
-            pending[:] = [node for node in pending if not node.ready()]
+            pending[:] = _poll(pending, lambda node: node.ready())
         except NodeProcessError as exc:
             raise TestnetError(str(exc)) from None
+        if report is not None:
+            report(total - len(pending))
         return not pending
 
     wait_until(ready, timeout, "the nodes' RPC servers")
 
 
-def wait_connected(manifest: Manifest, timeout: float) -> None:
+def wait_connected(manifest: Manifest, timeout: float, report: Report | None = None) -> None:
     """Every live node has at least as many established peers as it has live neighbours in
-    the topology (partitioned neighbours excluded)."""
+    the topology (partitioned neighbours excluded); `report(n)` is told how many have.
+    A node once seen with its peers is not asked again."""
     adj = neighbours(manifest)
     group_of = group_index(manifest)
     live = {e.name for e in manifest.nodes if node_alive(e)}
@@ -74,29 +97,42 @@ def wait_connected(manifest: Manifest, timeout: float) -> None:
         return sum(1 for other in adj[name]
                    if other in live and group_of.get(other) == group_of.get(name))
 
+    pending = [e for e in manifest.nodes if e.name in live]
+    total = len(pending)
+
+    def has_peers(entry: NodeEntry) -> bool:
+        count = try_call(entry, "getconnectioncount")
+        return count is not None and count >= expected(entry.name)
+
     def connected() -> bool:
-        for entry in manifest.nodes:
-            if entry.name not in live:
-                continue
-            count = try_call(entry, "getconnectioncount")
-            if count is None or count < expected(entry.name):
-                return False
-        return True
+        pending[:] = _poll(pending, has_peers)
+        if report is not None:
+            report(total - len(pending))
+        return not pending
 
     wait_until(connected, timeout, "the nodes to connect to their neighbours")
 
 
-def wait_converged(entries: Sequence[NodeEntry], timeout: float) -> str:
-    """Until every node reports the same best block; returns its hash."""
+def wait_converged(entries: Sequence[NodeEntry], timeout: float,
+                   report: Report | None = None) -> str:
+    """Until every node reports the same best block; returns its hash. `report(n)` is told
+    how many nodes are on the tip most of them have."""
+    from collections import Counter
 
     def same_tip() -> str | None:
-        tips = {try_call(e, "getbestblockhash") for e in entries}
-        if len(tips) == 1:
-            tip = tips.pop()
-            return tip if tip else None
+        if len(entries) <= 2:
+            tips = [try_call(e, "getbestblockhash") for e in entries]
+        else:
+            with ThreadPoolExecutor(max_workers=min(POLL_THREADS, len(entries))) as pool:
+                tips = list(pool.map(lambda e: try_call(e, "getbestblockhash"), entries))
+        if report is not None:
+            report(Counter(tips).most_common(1)[0][1] if tips else 0)
+        if len(set(tips)) == 1:
+            return tips[0] or None
         return None
 
-    return wait_until(same_tip, timeout, f"{', '.join(e.name for e in entries)} to converge")
+    names = ", ".join(e.name for e in entries[:8]) + (", …" if len(entries) > 8 else "")
+    return wait_until(same_tip, timeout, f"{names} to converge")
 
 
 def hashes_per_block(entry: NodeEntry) -> float:
@@ -115,28 +151,51 @@ def set_mining_rates(manifest: Manifest, funder: NodeEntry) -> None:
         entry.mining_rate = entry.hashrate_share * total if entry.is_miner else None
 
 
-def fund(manifest: Manifest, timeout: float) -> None:
-    """A few blocks to each node's own wallet, then enough more that they mature."""
+def funded_nodes(manifest: Manifest) -> list[NodeEntry]:
+    """The nodes whose wallets `fund` gives coins: all of them in a testnet of up to
+    FUND_ALL_LIMIT nodes, else the first FUND_LIMIT and the miners (each funded wallet costs
+    every node FUND_BLOCKS_PER_NODE more blocks to validate)."""
+    if len(manifest.nodes) <= FUND_ALL_LIMIT:
+        return list(manifest.nodes)
+    return [e for k, e in enumerate(manifest.nodes) if k < FUND_LIMIT or e.is_miner]
+
+
+def fund(manifest: Manifest, timeout: float, show_progress: bool = True) -> None:
+    """A few blocks to each funded node's own wallet (funded_nodes), then enough more that
+    they mature, and until every node has them."""
     from consensus.params import network_params
+    from lab.testnet.progress import progress
 
     funder = manifest.nodes[0]
     maturity = network_params(manifest.network).coinbase_maturity
-    addresses = {e.name: call(e, "getnewaddress") for e in manifest.nodes}
-    console().print(f"funding: {FUND_BLOCKS_PER_NODE} blocks to each node's wallet, then "
+    wallets = funded_nodes(manifest)
+    addresses = {e.name: call(e, "getnewaddress") for e in wallets}
+    which = ("each node's wallet" if len(wallets) == len(manifest.nodes)
+             else f"the wallets of {len(wallets)} nodes ({_names(wallets)})")
+    console().print(f"funding: {FUND_BLOCKS_PER_NODE} blocks to {which}, then "
                     f"{maturity} more so they mature (mined on {funder.name})")
-    for entry in manifest.nodes:
-        call(funder, "generatetoaddress", FUND_BLOCKS_PER_NODE, addresses[entry.name],
-             timeout=600)
     # The maturing blocks are spread too, so every wallet keeps gaining spendable coins as
     # the chain grows.
-    base, extra = divmod(maturity, len(manifest.nodes))
-    for k, entry in enumerate(manifest.nodes):
-        count = base + (1 if k < extra else 0)
-        if count:
+    base, extra = divmod(maturity, len(wallets))
+    batches = [(entry, FUND_BLOCKS_PER_NODE) for entry in wallets]
+    batches += [(entry, base + (1 if k < extra else 0)) for k, entry in enumerate(wallets)]
+    batches = [(entry, count) for entry, count in batches if count]
+    show = show_progress and len(manifest.nodes) > PROGRESS_FROM
+    with progress("funding: blocks mined", sum(c for _, c in batches), show) as bar:
+        mined = 0
+        for entry, count in batches:
             call(funder, "generatetoaddress", count, addresses[entry.name], timeout=600)
-    tip = wait_converged(manifest.nodes, timeout)
+            mined += count
+            bar.update(mined)
+    with progress("funding: nodes on the tip", len(manifest.nodes), show) as bar:
+        tip = wait_converged(manifest.nodes, timeout, bar.update)
     console().print(f"all {len(manifest.nodes)} nodes at {tip[:16]}… "
                     f"(height {call(funder, 'getblockcount')})")
+
+
+def _names(entries: Sequence[NodeEntry]) -> str:
+    names = [e.name for e in entries]
+    return ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:4])}, …, {names[-1]}"
 
 
 def start_miners(manifest: Manifest, entries: Iterable[NodeEntry]) -> None:

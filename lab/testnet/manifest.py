@@ -21,7 +21,12 @@ MANIFEST_NAME = "testnet.json"
 MANIFEST_VERSION = 1
 DEFAULT_DIR = "./testnet"
 DIR_ENV_VAR = "POWLAB_TESTNET_DIR"
-TOPOLOGIES = ("line", "ring", "mesh", "star")
+TOPOLOGIES = ("line", "ring", "mesh", "star", "random")
+LAUNCHERS = ("exec", "fork")
+DEFAULT_DEGREE = 8
+# Node k sits at host slot k of the subnet, spilling into the next ranges (A.B.C+1, …).
+HOSTS_PER_RANGE = 254
+MAX_NODES = 2000
 NETWORKS = ("regtest", "testnet")
 DEFAULT_SUBNET = "127.0.0"
 DEFAULT_P2P_PORT = 18444
@@ -94,6 +99,12 @@ class Manifest:
     node_options: dict[str, str] = field(default_factory=dict)
     # Node K binds SUBNET.(K+1); manifests older than this field take it from n1's host.
     subnet: str = DEFAULT_SUBNET
+    # "exec": each node is a new `python -m node`; "fork": forked by the testnet's fork
+    # server (lab/testnet/forkserver.py), sharing its imported code.
+    launcher: str = "exec"
+    # The random topology's degree and seed (so its graph can be rebuilt and checked).
+    degree: int | None = None
+    seed: int | None = None
 
     @property
     def path(self) -> Path:
@@ -119,6 +130,9 @@ class Manifest:
             "created": self.created,
             "node_options": self.node_options,
             "subnet": self.subnet,
+            "launcher": self.launcher,
+            "degree": self.degree,
+            "seed": self.seed,
             "nodes": [asdict(e) for e in self.nodes],
         }
 
@@ -166,13 +180,66 @@ def load_manifest(directory: str | os.PathLike[str] | None) -> Manifest:
             mode=data.get("mode", "process"),
             node_options=dict(data.get("node_options") or {}),
             subnet=data.get("subnet") or (subnet_of(nodes[0].host) if nodes else DEFAULT_SUBNET),
+            launcher=data.get("launcher") or "exec",
+            degree=data.get("degree"),
+            seed=data.get("seed"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TestnetError(f"{path / MANIFEST_NAME} is malformed: {exc!r}") from None
 
 
-def topology_links(count: int, topology: str) -> dict[int, list[int]]:
+def host_of(subnet: str, index: int) -> str:
+    """Node `index` (0 for n1): SUBNET.(index+2) for the first 254 nodes, then on through the
+    next ranges, A.B.(C+1).2 … (all loopback)."""
+    a, b, c = subnet.split(".")
+    spill, slot = divmod(index, HOSTS_PER_RANGE)
+    if int(c) + spill > 255:
+        raise TestnetError(f"{index + 1} nodes do not fit from subnet {subnet} on "
+                           f"(node {index + 1} would need {a}.{b}.{int(c) + spill}); "
+                           "use a subnet with a lower third number")
+    return f"{a}.{b}.{int(c) + spill}.{slot + 2}"
+
+
+def random_links(count: int, degree: int, seed: int) -> dict[int, list[int]]:
+    """A connected random graph of about `degree` links per node, reproducible from `seed`.
+
+    A random spanning tree first (each node k > 0 dials one node before it, in a shuffled
+    order), so the graph is connected; then every node dials random others until it has
+    `degree // 2` outgoing links (never itself, never a node already linked with it either
+    way). Each node thus dials about degree/2 and is dialled by about as many: its degree is
+    about `degree`, at least 1 and at least min(degree // 2, count - 1) counting both ways.
+    """
+    import random
+
+    if degree < 1:
+        raise TestnetError("--degree must be at least 1")
+    rng = random.Random(seed)
+    links: dict[int, list[int]] = {k: [] for k in range(count)}
+    linked: list[set[int]] = [set() for _ in range(count)]
+
+    def link(a: int, b: int) -> None:
+        links[a].append(b)
+        linked[a].add(b)
+        linked[b].add(a)
+
+    order = list(range(count))
+    rng.shuffle(order)
+    for pos in range(1, count):
+        link(order[pos], order[rng.randrange(pos)])
+    dials = max(1, degree // 2)
+    for k in range(count):
+        free = [j for j in range(count) if j != k and j not in linked[k]]
+        want = max(0, dials - len(links[k]))
+        for j in rng.sample(free, min(want, len(free))):
+            link(k, j)
+    return links
+
+
+def topology_links(count: int, topology: str, degree: int = DEFAULT_DEGREE,
+                   seed: int = 0) -> dict[int, list[int]]:
     """Index -> indices it dials (its `connect` list)."""
+    if topology == "random":
+        return random_links(count, degree, seed)
     links: dict[int, list[int]] = {k: [] for k in range(count)}
     for k in range(1, count):
         if topology in ("line", "ring"):
@@ -232,9 +299,14 @@ def new_manifest(
     p2p_port: int = DEFAULT_P2P_PORT,
     rpc_port: int = DEFAULT_RPC_PORT,
     miner_names: Sequence[str] | None = None,
+    degree: int = DEFAULT_DEGREE,
+    seed: int | None = None,
+    launcher: str = "exec",
 ) -> Manifest:
-    if not 1 <= nodes <= 250:
-        raise TestnetError("--nodes must be between 1 and 250 (one loopback address each)")
+    if not 1 <= nodes <= MAX_NODES:
+        raise TestnetError(f"--nodes must be between 1 and {MAX_NODES}")
+    if launcher not in LAUNCHERS:
+        raise TestnetError(f"unknown launcher {launcher!r}; use one of {', '.join(LAUNCHERS)}")
     subnet = check_subnet(subnet)
     names = [f"n{k}" for k in range(1, nodes + 1)]
     if miner_names:
@@ -249,10 +321,12 @@ def new_manifest(
     if mining and len(shares) != len(mining):
         raise TestnetError(f"--hashrates gives {len(shares)} shares for {len(mining)} miners")
     share_of = dict(zip(mining, shares, strict=False))
-    links = topology_links(nodes, topology)
+    if topology == "random" and seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    links = topology_links(nodes, topology, degree, seed or 0)
     entries = []
     for k, name in enumerate(names, start=1):
-        host = f"{subnet}.{k + 1}"
+        host = host_of(subnet, k - 1)
         datadir = directory / name
         entries.append(NodeEntry(
             name=name,
@@ -267,8 +341,10 @@ def new_manifest(
         ))
     for k, entry in enumerate(entries):
         entry.connect = [entries[j].p2p for j in links[k]]
+    random_graph = topology == "random"
     return Manifest(directory, network, block_time, topology, finality_depth, entries,
-                    subnet=subnet)
+                    subnet=subnet, launcher=launcher,
+                    degree=degree if random_graph else None, seed=seed if random_graph else None)
 
 
 def parse_groups(manifest: Manifest, groups: Sequence[str]) -> list[list[str]]:

@@ -22,6 +22,7 @@ from lab.client import (
     RPCError,
     datadir_endpoint,
 )
+from lab.testnet import forkserver
 from lab.testnet.manifest import Manifest, NodeEntry
 
 START_TIMEOUT = 60.0
@@ -66,6 +67,9 @@ class NodeProcess:
     cwd: Path | None = None
     launcher: list[str] | None = None
     own_session: bool = False
+    # A testnet directory whose fork server (lab/testnet/forkserver.py) forks the node
+    # instead of a new `python -m node` being executed; needs `config`.
+    forkserver: Path | None = None
     pid: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
@@ -97,9 +101,19 @@ class NodeProcess:
         for stale in _RUNTIME_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.datadir / stale).unlink()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POWLAB_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.env)
+        env = node_environment(self.env)
+        self.url, self.auth = "", None
+        if self.forkserver is not None:
+            assert self.config is not None, "a forked node runs from its config file"
+            cwd = self.cwd or PACKAGE_ROOT
+            forkserver.ensure_server(self.forkserver, PACKAGE_ROOT, env)
+            self.proc = None
+            self.pid = forkserver.spawn(self.forkserver, ["--config", str(self.config), *self.args],
+                                        self.log_path,
+                                        cwd, env)
+            if wait:
+                self.wait_ready()
+            return self
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -107,7 +121,6 @@ class NodeProcess:
             )
         _CHILDREN[self.proc.pid] = self.proc
         self.pid = self.proc.pid
-        self.url, self.auth = "", None
         if wait:
             self.wait_ready()
         return self
@@ -226,6 +239,15 @@ class NodeProcess:
             self.proc.wait()
 
 
+def node_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any `POWLAB_*` variable (a stray one in a shell
+    would silently reconfigure a node), unbuffered, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWLAB_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
 # --------------------------------------------------------------------------- testnet nodes
 
 
@@ -237,20 +259,42 @@ def node_process(entry: NodeEntry, cwd: Path | None = None) -> NodeProcess:
                        cwd=cwd, own_session=True, pid=entry.pid)
 
 
-def node_alive(entry: NodeEntry) -> bool:
-    return node_process(entry).alive()
+def with_launcher(node: NodeProcess, manifest: Manifest) -> NodeProcess:
+    """`node`, to be forked by the testnet's fork server when its nodes are (launcher
+    "fork"), else executed."""
+    if manifest.launcher == "fork" and node.config is not None:
+        node.forkserver = manifest.directory
+    return node
 
 
 def spawn_node(manifest: Manifest, entry: NodeEntry) -> int:
-    node = node_process(entry, manifest.directory).start(wait=False)
+    """Starts the node (forked by the testnet's fork server with `launcher` "fork"), records
+    its pid in `entry` and returns it, without waiting for its RPC."""
+    node = with_launcher(node_process(entry, manifest.directory), manifest)
+    node.start(wait=False)
     assert node.pid is not None
     entry.pid = node.pid
     return node.pid
 
 
+def node_alive(entry: NodeEntry) -> bool:
+    return node_process(entry).alive()
+
+
 def stop_node(entry: NodeEntry, timeout: float = STOP_TIMEOUT, was_up: bool | None = None) -> str:
     """SIGTERM, wait, then SIGKILL the node's whole process group. Returns what happened."""
     return node_process(entry).shut_down(timeout, was_up)
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: a large testnet holds many sockets and logs,
+    and its nodes (and fork server) inherit the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # --------------------------------------------------------------------------- /proc
