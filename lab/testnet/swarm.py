@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import secrets as secrets_module
 import socket
 import sys
 import time
@@ -38,14 +37,18 @@ from typing import Any
 
 from lab.testnet.docker import (
     P2P_PORT,
+    PASSWORD_FILE_ENV,
     RPC_FAILURES,
     RPC_PORT,
+    SECRET_PATH,
+    SECRET_TARGET,
     DockerError,
     DockerTestnet,
     NodeContainer,
     _role_key,
     _run,
     check_engine,
+    write_password_files,
 )
 
 __all__ = [
@@ -60,14 +63,13 @@ __all__ = [
 
 STACK_LABEL = "com.docker.stack.namespace"
 NETWORK_KEY = "powlab"
-SECRET_TARGET = "powlab_rpc_password"
 RPC_USER = "powlab"
 BAN_SECONDS = 24 * 3600
 REGTEST_HASHES_PER_BLOCK = 2.0  # regtest's target: about two hashes per block
 ENTRYPOINT = [
     "sh", "-c",
     # `$$` is a literal `$` in a stack file.
-    f'POWLAB_RPC_PASSWORD="$$(cat /run/secrets/{SECRET_TARGET})"; '
+    f'POWLAB_RPC_PASSWORD="$$(cat {SECRET_PATH})"; '
     "export POWLAB_RPC_PASSWORD; exec python -m node",
 ]
 
@@ -156,7 +158,7 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
             "POWLAB_P2P_BIND": f"0.0.0.0:{P2P_PORT}",
             "POWLAB_RPC_BIND": f"0.0.0.0:{RPC_PORT}",
             "POWLAB_RPC_USER": RPC_USER,
-            "POWLAB_RPC_PASSWORD_FILE": f"/run/secrets/{SECRET_TARGET}",
+            PASSWORD_FILE_ENV: SECRET_PATH,
             "POWLAB_LOG_FORMAT": "console",
             "POWLAB_MINER_PROCESSES": "1",
             "POWLAB_ADDNODE": ",".join(f"{s}:{P2P_PORT}" for s in seeds if s != node.name),
@@ -314,14 +316,8 @@ class SwarmTestnet(DockerTestnet):
             nodes = [SwarmNode(**n) for n in state["nodes"]]
             image = state.get("image", image)
         secret_dir = self.directory / "secrets"
-        secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        files = {}
-        for node in nodes:
-            path = secret_dir / node.name
-            if not path.exists():
-                path.write_text(secrets_module.token_urlsafe(24))
-                path.chmod(0o600)
-            files[node.name] = str(path)
+        write_password_files(secret_dir, [n.name for n in nodes])
+        files = {node.name: str(secret_dir / node.name) for node in nodes}
         self.compose_file.write_text(json.dumps(stack_definition(nodes, image, files),
                                                 indent=2) + "\n")
         self._save_state({"stack": self.stack, "image": image,
