@@ -16,18 +16,21 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lab.testnet.docker import _local_endpoint
+from lab.testnet.control import resolve_splits
+from lab.testnet.docker import DockerTestnet, _local_endpoint
 from lab.testnet.swarm import (
     ENTRYPOINT,
     SECRET_TARGET,
     apply_constraints,
     default_layout,
     layout,
+    layout_differences,
     main,
     stack_definition,
 )
@@ -117,6 +120,83 @@ def test_healthcheck_reads_the_password_file(tmp_path: Path) -> None:
     url, auth = _local_endpoint({"POWLAB_RPC_USER": "powlab",
                                  "POWLAB_RPC_PASSWORD_FILE": str(secret)})
     assert url == "http://127.0.0.1:18443/" and auth == ("powlab", "s3cret")
+
+
+def test_layout_differences_name_what_would_change() -> None:
+    stored = [asdict(n) for n in layout(7, 2, [0.4, 0.4, 0.2], 10.0)]
+    state = {"nodes": stored, "image": "powlab:a"}
+    assert layout_differences(state) == []
+    # Options equal to the stored layout agree with it.
+    assert layout_differences(state, nodes=7, miners=2, shares=[0.4, 0.4, 0.2],
+                              block_time=10.0, image="powlab:a") == []
+    assert layout_differences(state, block_time=10.0) == []  # the stored split kept
+    assert layout_differences(state, nodes=12) == ["--nodes 12 (it has 7)"]
+    assert layout_differences(state, miners=3) == ["--miners 3 (it has 2)"]
+    assert layout_differences(state, image="powlab:b") == ["--image powlab:b (it runs "
+                                                          "powlab:a)"]
+    [rates] = layout_differences(state, block_time=5.0)
+    assert rates.startswith("--block-time (its rates: miner1 0.08 H/s")
+    [rates] = layout_differences(state, shares=[0.6, 0.2, 0.2])
+    assert rates.startswith("--hashrates")
+    [constraint] = layout_differences(state, constraints=["miner1:node.role==worker"])
+    assert constraint == "--constraint (its constraints: none)"
+
+
+def test_up_swarm_refuses_another_layout_on_an_existing_stack(tmp_path: Path) -> None:
+    """Refused before any docker command (so no engine is needed here)."""
+    stored = [asdict(n) for n in layout(6, 2, None, 10.0)]
+    (tmp_path / "testnet.json").write_text(json.dumps({"version": 1, "mode": "swarm",
+                                                       "stack": "powlabzz"}))
+    (tmp_path / "swarm.json").write_text(json.dumps({"stack": "powlabzz", "nodes": stored,
+                                                     "image": "powlab:latest"}))
+    for extra in (["--nodes", "9"], ["--miners", "3"], ["--block-time", "3"],
+                  ["--stack", "other"], ["--image", "powlab:x"]):
+        result = run_powlab("testnet", "up", "--swarm", "--dir", str(tmp_path), *extra,
+                            timeout=60)
+        assert result.returncode != 0
+        assert "holds swarm stack powlabzz with another layout" in result.stderr, result.stderr
+        assert extra[0] in result.stderr
+
+
+def test_resolve_splits_on_any_testnet() -> None:
+    """`heal --resolve` on compose and swarm testnets: the same decision over RPC callers."""
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    infos = {
+        "a": {"bestblockhash": "h1", "chainwork": "0x20", "finality_conflicts": []},
+        "b": {"bestblockhash": "h2", "chainwork": "0x10", "finality_conflicts": [
+            {"hash": "h1", "chainwork": "0x20", "fork_height": 4},
+            {"hash": "h0", "chainwork": "0x18", "fork_height": 2}]},
+        "c": {"bestblockhash": "h3", "chainwork": "0x11", "finality_conflicts": []},
+    }
+
+    def caller(name: str) -> Any:
+        def rpc(method: str, *params: Any) -> Any:
+            calls.append((name, method, params))
+            if method == "getblockchaininfo":
+                return infos[name]
+            return "own5" if method == "getblockhash" else None
+        return rpc
+
+    actions = resolve_splits({n: caller(n) for n in infos})
+    assert actions == ["b: invalidateblock own5 (own branch above height 4), "
+                       "reconsiderblock h1"]
+    assert [c for c in calls if c[1] != "getblockchaininfo"] == [
+        ("b", "getblockhash", (5,)), ("b", "invalidateblock", ("own5",)),
+        ("b", "reconsiderblock", ("h1",))]
+    assert resolve_splits({}) == []
+
+
+def test_scenario_restarts_refused_on_a_swarm(tmp_path: Path) -> None:
+    from lab.scenario import nodes as scenario_nodes
+    from lab.scenario.engine import ScenarioError
+    from lab.testnet.swarm import SwarmTestnet
+
+    state = scenario_nodes._Compose(SwarmTestnet(tmp_path, "powlabzz"))
+    for what in ("net.restart_node", "net.start_nodes"):
+        with pytest.raises(ScenarioError, match=f"{what} is not available on a swarm testnet"):
+            scenario_nodes._refuse_on_swarm(state, what)
+    compose = scenario_nodes._Compose(DockerTestnet(ROOT, ROOT / "docker-compose.yml"))
+    scenario_nodes._refuse_on_swarm(compose, "net.restart_node")  # a compose network may
 
 
 # --------------------------------------------------------------------------------------------

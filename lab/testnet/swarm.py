@@ -57,6 +57,7 @@ __all__ = [
     "apply_constraints",
     "default_layout",
     "layout",
+    "layout_differences",
     "stack_definition",
     "swarm_state",
 ]
@@ -202,6 +203,46 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
         "volumes": volumes,
         "secrets": secret_defs,
     }
+
+
+def layout_differences(state: Mapping[str, Any], *, nodes: int | None = None,
+                       miners: int | None = None, shares: Sequence[float] | None = None,
+                       block_time: float | None = None, image: str | None = None,
+                       constraints: Sequence[str] = ()) -> list[str]:
+    """What the options given to `up --swarm` would change in a deployed stack's layout
+    (``state``: its ``swarm.json``), one line each; empty when they agree with it (options
+    not given are None or empty and agree with anything)."""
+    stored = [SwarmNode(**n) for n in state.get("nodes") or []]
+    have_miners = sum(1 for n in stored if n.role == "miner")
+    out = []
+    if nodes is not None and nodes != len(stored):
+        out.append(f"--nodes {nodes} (it has {len(stored)})")
+    if miners is not None and miners != have_miners:
+        out.append(f"--miners {miners} (it has {have_miners})")
+    if image is not None and image != state.get("image"):
+        out.append(f"--image {image} (it runs {state.get('image')})")
+    if (shares is not None or block_time is not None) and stored and not out:
+        total = sum(n.hashrate for n in stored)
+        split = list(shares) if shares is not None else (  # else the stored split
+            [n.hashrate for n in stored if n.role == "miner"]
+            + [sum(n.hashrate for n in stored if n.role == "attacker")])
+        wanted = layout(len(stored), have_miners, split,
+                        block_time or REGTEST_HASHES_PER_BLOCK / total)
+        rates = {n.name: n.hashrate for n in stored}
+        if any(abs(w.hashrate - rates.get(w.name, 0.0)) > 1e-6 * max(1.0, w.hashrate)
+               for w in wanted):
+            given = " ".join(f for f, v in (("--hashrates", shares),
+                                            ("--block-time", block_time)) if v is not None)
+            out.append(f"{given} (its rates: " + ", ".join(
+                f"{n.name} {n.hashrate:.4g} H/s" for n in stored if n.hashrate) + ")")
+    if constraints:
+        wanted_nodes = [SwarmNode(n.name, n.role, n.hashrate, n.rpc_port) for n in stored]
+        apply_constraints(wanted_nodes, constraints)
+        if any(w.constraints != n.constraints for w, n in zip(wanted_nodes, stored,
+                                                              strict=True)):
+            out.append("--constraint (its constraints: " + (", ".join(
+                f"{n.name}:{c}" for n in stored for c in n.constraints) or "none") + ")")
+    return out
 
 
 def apply_constraints(nodes: Sequence[SwarmNode], given: Sequence[str]) -> None:
