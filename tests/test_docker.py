@@ -31,6 +31,7 @@ import pytest
 
 from lab.client import RPCError, rpc_call_sync
 from lab.testnet.docker import (
+    PROJECT_LABEL,
     SECRET_PATH,
     DockerError,
     DockerTestnet,
@@ -268,6 +269,44 @@ def test_compose_testnet_end_to_end(testnet: DockerTestnet) -> None:
     except BaseException:
         _dump_logs(testnet)
         raise
+
+
+@pytest.mark.docker
+def test_plain_compose_needs_the_passwords_or_open_mode(testnet: DockerTestnet,
+                                                        tmp_path: Path) -> None:
+    """Plain `docker-compose up` (no lab) without password files is refused, naming the
+    missing file; open mode mounts docker/open-secrets. Containers are created, not started."""
+    project = f"{PROJECT}plain"
+    ports = {f"POWLAB_{n.upper()}_RPC_PORT": str(p) for n, p in zip(NODES, _free_ports(5),
+                                                                     strict=True)}
+    base = [*testnet.compose_command, "-f", str(ROOT / "docker-compose.yml"), "-p", project]
+    empty = tmp_path / "none"
+    empty.mkdir()
+
+    def compose(secrets_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **ports, "POWLAB_IMAGE": IMAGE,
+               "POWLAB_SECRETS_DIR": str(secrets_dir)}
+        return subprocess.run([*base, *args], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=300, check=False)
+
+    open_dir = ROOT / "docker" / "open-secrets"
+    try:
+        refused = compose(empty, "up", "--no-start", "--no-build", "miner1")
+        assert refused.returncode != 0
+        assert f"{empty}/miner1" in refused.stderr and "does not exist" in refused.stderr, \
+            refused.stderr
+        opened = compose(open_dir, "up", "--no-start", "--no-build", "miner1", "merchant")
+        assert opened.returncode == 0, opened.stderr
+        for name in ("miner1", "merchant"):
+            [cid] = subprocess.run(
+                ["docker", "ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={project}",
+                 "--filter", f"label=com.docker.compose.service={name}"],
+                capture_output=True, text=True, check=True).stdout.split()
+            c = _parse_container(testnet.inspect(cid))
+            assert c.password_source == str(open_dir / name) and c.auth is None
+            assert testnet.credentials(c) == ("powlab", "powlab")
+    finally:
+        compose(open_dir, "down", "-v")
 
 
 def _end_to_end(net: DockerTestnet) -> None:

@@ -203,6 +203,16 @@ def test_scenario_restarts_refused_on_a_swarm(tmp_path: Path) -> None:
 # A stack on this engine
 # --------------------------------------------------------------------------------------------
 
+RESTART_SCENARIO = '''"""restart: restarts the merchant with another option."""
+
+from lab.scenario import Network
+
+
+def run(net: Network) -> None:
+    net.restart_node("merchant", max_inbound=4)
+    net.report(verdict="restarted", success=True)
+'''
+
 
 def _docker(*args: str, check: bool = True, timeout: float = 120) -> str:
     result = subprocess.run(["docker", *args], capture_output=True, text=True,
@@ -291,6 +301,27 @@ def test_swarm_stack_end_to_end(tmp_path: Path) -> None:
         race = json.loads(_powlab("scenario", "run", "examples/scenarios/race.py", "--dir",
                                   str(directory), "--json", timeout=400))
         assert race["attack"] == "race"
+
+        # heal --resolve goes through the stack's nodes (no split left here to resolve).
+        out = _powlab("testnet", "heal", "--resolve", "--dir", str(directory))
+        assert "no chain split left by a refused reorganisation" in out, out
+        # A scenario that restarts a node stops with a reason, and the stack is left as it was.
+        scenario = tmp_path / "restart.py"
+        scenario.write_text(RESTART_SCENARIO)
+        result = run_powlab("scenario", "run", str(scenario), "--dir", str(directory),
+                            timeout=300)
+        assert result.returncode != 0
+        assert "net.restart_node is not available on a swarm testnet" in result.stderr, \
+            result.stdout + result.stderr
+        assert all(r["up"] for r in _status(directory))
+        # The dashboard shows every node of the stack, with its role; no password in its state.
+        from tests.test_attack_topologies import dashboard_on_compose
+
+        dashboard_on_compose(directory)
+        # Another layout for the same directory is refused, not silently ignored.
+        result = run_powlab("testnet", "up", "--swarm", "--nodes", "8", "--dir",
+                            str(directory), timeout=120)
+        assert result.returncode != 0 and "another layout" in result.stderr, result.stderr
     finally:
         run_powlab("testnet", "down", "--purge", "--dir", str(directory), timeout=300)
         left = _docker("ps", "-a", "-q", "--filter",
