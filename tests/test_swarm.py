@@ -90,6 +90,23 @@ def test_layout_sizes_and_shares() -> None:
         layout(4, 2, None, 10.0)
 
 
+def test_large_stacks_link_observers_in_a_ring() -> None:
+    nodes = layout(100, 2, None, 10.0)
+    services = stack_definition(nodes, "powlab:x")["services"]
+
+    def dials(name: str) -> list[str]:
+        return [a.split(":")[0] for a in services[name]["environment"]["POWLAB_ADDNODE"]
+                .split(",")]
+
+    hubs = ["miner1", "miner2", "merchant", "attacker", "observer"]
+    assert dials("observer50") == [*hubs, "observer49", "observer51"]
+    assert dials("observer") == [*hubs[:4], "observer96", "observer2"]  # the ring closes
+    assert dials("miner1") == [h for h in hubs if h != "miner1"]
+    # The five-node default (docker-stack.yml) is unchanged: everyone dials the others.
+    five = stack_definition(default_layout(), "x")["services"]
+    assert five["observer"]["environment"]["POWLAB_ADDNODE"].count(":18444") == 4
+
+
 def test_placement_constraints() -> None:
     nodes = default_layout()
     apply_constraints(nodes, ["miner1:node.hostname==a", "*:node.role==worker"])
