@@ -56,7 +56,7 @@ def test_stack_has_what_a_swarm_needs() -> None:
         assert "profiles" not in svc and "restart" not in svc
         assert svc["deploy"]["endpoint_mode"] == "dnsrr"
         policy = svc["deploy"]["restart_policy"]
-        assert policy["condition"] == "on-failure" and policy["max_attempts"] == 3
+        assert policy["condition"] == "any" and policy["max_attempts"] == 3
         (port,) = svc["ports"]
         assert port["mode"] == "host" and port["target"] == 18443
         ports.add(port["published"])

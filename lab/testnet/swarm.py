@@ -14,8 +14,9 @@ five-node default, written by ``python -m lab.testnet.swarm stack``):
   keeps every password in ``DIR/secrets/``); a container holds only its own, so the
   attacker's cannot call the merchant's node. The node reads it from
   ``/run/secrets/powlab_rpc_password`` at start;
-* ``restart_policy`` ``on-failure`` with at most 3 attempts, so a node that keeps dying
-  stays down and shows as such instead of looping.
+* ``restart_policy`` ``any`` with at most 3 attempts in 120 s, so a node that keeps dying
+  stays down and shows as such instead of looping (``any``, not ``on-failure``: a task
+  stopped for failing its healthcheck exits cleanly and would never come back).
 
 The lab finds the nodes through the stack's tasks (task -> engine node -> published port,
 and the container when it runs on this engine). Partitions are RPC bans between the nodes'
@@ -190,7 +191,10 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
                 "test": ["CMD", "python", "-m", "lab.testnet.docker", "healthcheck"],
                 # Each check starts a Python: 0.16 CPU-seconds, so every 5 s would cost 3 % of
                 # a core per node, more than the idle node itself (docs/scaling.md).
-                "interval": "30s", "timeout": "5s", "retries": 3, "start_period": "60s",
+                # A swarm replaces a task whose check fails `retries` times in a row: on a
+                # loaded machine (load average 100-400 measured with 100 nodes) a Python
+                # start alone can take over 5 s, so the check gets 30 s and 5 tries.
+                "interval": "30s", "timeout": "30s", "retries": 5, "start_period": "120s",
             },
             "deploy": {
                 **({"placement": {"constraints": list(node.constraints)}}
@@ -198,7 +202,9 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
                 "replicas": 1,
                 "endpoint_mode": "dnsrr",
                 "labels": labels,
-                "restart_policy": {"condition": "on-failure", "delay": "5s",
+                # "any": a task the swarm stops for failing its healthcheck exits cleanly
+                # (SIGTERM, status 0), which "on-failure" never restarts (seen at 100 nodes).
+                "restart_policy": {"condition": "any", "delay": "5s",
                                    "max_attempts": 3, "window": "120s"},
             },
         }
