@@ -138,8 +138,9 @@ def every_scenario(directory: Path, attacker: str, victim: str, honest: list[str
 
 
 def dashboard_on_compose(directory: Path) -> None:
-    """`powlab testnet dashboard --dir D` on the compose testnet: every container is a node on
-    the page's state, up, with its role and the chain, and the race's run record is there."""
+    """`powlab testnet dashboard --dir D` on a compose (or swarm) testnet: every container is a
+    node on the page's state, up, with its role and the chain, the race's run record is there,
+    and none of the nodes' passwords (D/secrets/) is."""
     from lab.waiting import wait_until
     from tests.dashboard_harness import DashboardProcess
 
@@ -158,5 +159,8 @@ def dashboard_on_compose(directory: Path) -> None:
         assert state.get("runs"), "the scenarios' run records"
         body = dash.get("/api/state")[1]
         assert b"powlab:powlab" not in body and b"rpcpassword" not in body.lower()
+        passwords = [p.read_text().strip() for p in (directory / "secrets").glob("*")]
+        assert passwords, "the testnet's per-node passwords"
+        assert not [p for p in passwords if p.encode() in body]
     finally:
         dash.stop()

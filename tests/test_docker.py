@@ -5,10 +5,11 @@ stage of its own (``pytest -m docker tests/test_docker.py``). It first runs the 
 ``docker-offline.sh`` (installs Docker and Compose from Debian, starts the engine, provides
 the base image without a registry); where Docker still is not usable it skips, saying why.
 
-The compose project is named ``powlabpytest`` plus a random suffix, one per run, and
-publishes its RPC ports on free ports, so it runs next to a developer's own
-``docker-compose up`` and next to another run of this test without touching either. The few
-tests at the top need no Docker and run in the fast suite.
+The compose project is named ``powlabpytest`` plus a random suffix, one per run, builds the
+image under a tag of its own (``powlab:pytest-SUFFIX``, removed afterwards), keeps its nodes'
+RPC passwords in a temporary directory and publishes its RPC ports on free ports, so it runs
+next to a developer's own ``docker-compose up`` and next to another run of this test without
+touching either. The few tests at the top need no Docker and run in the fast suite.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import pytest
 
 from lab.client import RPCError, rpc_call_sync
 from lab.testnet.docker import (
+    PROJECT_LABEL,
+    SECRET_PATH,
     DockerError,
     DockerTestnet,
     NodeContainer,
@@ -37,11 +40,14 @@ from lab.testnet.docker import (
     check_engine,
     find_compose_command,
     healthcheck,
+    write_password_files,
 )
 from lab.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = f"powlabpytest{secrets.token_hex(3)}"  # one per run: runs share engines
+SUFFIX = secrets.token_hex(3)  # one per run: runs share engines
+PROJECT = f"powlabpytest{SUFFIX}"
+IMAGE = f"powlab:pytest-{SUFFIX}"
 NODES = ("miner1", "miner2", "merchant", "attacker", "observer")
 ROLES = {"miner1": "miner", "miner2": "miner", "merchant": "merchant",
          "attacker": "attacker", "observer": "observer"}
@@ -94,6 +100,44 @@ def test_parse_container_reads_labels_ports_and_credentials() -> None:
     assert c.rpc_url == "http://127.0.0.1:18502/"
     assert c.auth == ("powlab", "pw=with=equals")
     assert c.networks == {"powlab_powlab": "172.18.0.3"}
+
+
+def test_parse_container_with_a_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "miner2"
+    secret.write_text("per-node-password\n")
+    sample = _inspect_sample(Mounts=[
+        {"Type": "volume", "Source": "/var/lib/docker/volumes/x/_data", "Destination": "/data"},
+        {"Type": "bind", "Source": str(secret), "Destination": SECRET_PATH},
+    ])
+    sample["Config"]["Env"] = ["POWLAB_RPC_USER=powlab", f"POWLAB_RPC_PASSWORD_FILE={SECRET_PATH}"]
+    c = _parse_container(sample)
+    assert c.auth is None and c.rpc_user == "powlab"
+    assert (c.password_file, c.password_source) == (SECRET_PATH, str(secret))
+    net = DockerTestnet(ROOT, Path("docker-compose.yml"), project_name="x")
+    assert net.credentials(c) == ("powlab", "per-node-password")
+
+
+def test_password_files_and_the_compose_file(tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    written = write_password_files(directory, ["a", "b"])
+    assert [p.name for p in written] == ["a", "b"]
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in written)  # read by uid 10001
+    first = (directory / "a").read_text()
+    assert first != (directory / "b").read_text() and len(first.strip()) >= 32
+    assert write_password_files(directory, ["a", "c"]) == [directory / "c"]
+    assert (directory / "a").read_text() == first  # kept: a running node read it
+    # The compose file mounts each node's own file and puts no password in the environment.
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "POWLAB_RPC_PASSWORD:" not in text
+    for name in (*NODES, "extra"):
+        assert f"source: powlab_rpc_{name}\n" in text
+        assert f"file: ${{POWLAB_SECRETS_DIR:-./secrets}}/{name}\n" in text
+        assert (ROOT / "docker" / "open-secrets" / name).read_text().strip() == "powlab"
+    net = DockerTestnet(ROOT, Path("docker-compose.yml"), project_name="x",
+                        secrets_dir=directory)
+    assert net.uses_secrets() and net.secrets_dir == directory
+    assert net.env["POWLAB_SECRETS_DIR"] == str(directory)
 
 
 def test_parse_container_while_cut_off_and_scaled() -> None:
@@ -186,12 +230,14 @@ def _free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def testnet() -> Iterator[DockerTestnet]:
+def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerTestnet]:
     _ensure_docker()
     ports = _free_ports(len(NODES))
     env = {f"POWLAB_{name.upper()}_RPC_PORT": str(port) for name, port in zip(NODES, ports,
                                                                                strict=True)}
+    env["POWLAB_IMAGE"] = IMAGE  # compose builds and runs this tag
     net = DockerTestnet(ROOT, ROOT / "docker-compose.yml", project_name=PROJECT, env=env,
+                        secrets_dir=tmp_path_factory.mktemp("secrets"),
                         log=lambda m: print(f"[docker testnet] {m}", flush=True))
     try:
         started = time.monotonic()
@@ -204,6 +250,7 @@ def testnet() -> Iterator[DockerTestnet]:
         yield net
     finally:
         net.down(purge=True)
+        subprocess.run(["docker", "image", "rm", IMAGE], capture_output=True, check=False)
 
 
 def _dump_logs(net: DockerTestnet) -> None:
@@ -224,6 +271,44 @@ def test_compose_testnet_end_to_end(testnet: DockerTestnet) -> None:
         raise
 
 
+@pytest.mark.docker
+def test_plain_compose_needs_the_passwords_or_open_mode(testnet: DockerTestnet,
+                                                        tmp_path: Path) -> None:
+    """Plain `docker-compose up` (no lab) without password files is refused, naming the
+    missing file; open mode mounts docker/open-secrets. Containers are created, not started."""
+    project = f"{PROJECT}plain"
+    ports = {f"POWLAB_{n.upper()}_RPC_PORT": str(p) for n, p in zip(NODES, _free_ports(5),
+                                                                     strict=True)}
+    base = [*testnet.compose_command, "-f", str(ROOT / "docker-compose.yml"), "-p", project]
+    empty = tmp_path / "none"
+    empty.mkdir()
+
+    def compose(secrets_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **ports, "POWLAB_IMAGE": IMAGE,
+               "POWLAB_SECRETS_DIR": str(secrets_dir)}
+        return subprocess.run([*base, *args], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=300, check=False)
+
+    open_dir = ROOT / "docker" / "open-secrets"
+    try:
+        refused = compose(empty, "up", "--no-start", "--no-build", "miner1")
+        assert refused.returncode != 0
+        assert f"{empty}/miner1" in refused.stderr and "does not exist" in refused.stderr, \
+            refused.stderr
+        opened = compose(open_dir, "up", "--no-start", "--no-build", "miner1", "merchant")
+        assert opened.returncode == 0, opened.stderr
+        for name in ("miner1", "merchant"):
+            [cid] = subprocess.run(
+                ["docker", "ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={project}",
+                 "--filter", f"label=com.docker.compose.service={name}"],
+                capture_output=True, text=True, check=True).stdout.split()
+            c = _parse_container(testnet.inspect(cid))
+            assert c.password_source == str(open_dir / name) and c.auth is None
+            assert testnet.credentials(c) == ("powlab", "powlab")
+    finally:
+        compose(open_dir, "down", "-v")
+
+
 def _end_to_end(net: DockerTestnet) -> None:
     t0 = time.monotonic()
 
@@ -233,13 +318,19 @@ def _end_to_end(net: DockerTestnet) -> None:
     # --- five nodes, the right roles, published RPC, healthy, mining on their own
     containers = {c.node: c for c in net.containers()}
     assert sorted(containers) == sorted(NODES)
+    assert {net.inspect(c.id)["Config"]["Image"] for c in containers.values()} == {IMAGE}
+    passwords = {}
     for name, c in containers.items():
         assert c.role == ROLES[name]
         url, auth = net.endpoint(name)
-        assert url.startswith("http://127.0.0.1:") and auth == ("powlab", "powlab")
+        passwords[name] = (net.secrets_dir / name).read_text().strip()
+        assert url.startswith("http://127.0.0.1:") and auth == ("powlab", passwords[name])
+    assert len(set(passwords.values())) == len(NODES)  # one of its own per node
     wait_for(lambda: all(c.health == "healthy" for c in net.containers()), 120,
              "every container healthy")
     step("all five healthy")
+    _check_credentials(net, passwords)
+    step("per-node passwords: in no container's configuration, the attacker's refused")
     # The three miners mine on their own (POWLAB_MINE) at ~0.25 H/s together.
     net.wait_converged(180, min_height=2)
     rows = {r["node"]: r for r in net.status()}
@@ -287,13 +378,22 @@ def _end_to_end(net: DockerTestnet) -> None:
     try:
         (marker / "testnet.json").write_text(json.dumps({
             "version": 1, "mode": "docker", "project_dir": str(ROOT),
-            "compose_file": str(ROOT / "docker-compose.yml")}))
+            "compose_file": str(ROOT / "docker-compose.yml"),
+            "secrets_dir": str(net.secrets_dir)}))
         out = subprocess.run(
             [sys.executable, "-m", "lab", "rpc", "--dir", str(marker), "--node", "attacker",
              "getbestblockhash"], capture_output=True, text=True, timeout=60, cwd=ROOT,
             env={**os.environ, "COMPOSE_PROJECT_NAME": net.project},
         )
-        assert out.returncode == 0 and out.stdout.strip() == attacker_tip, out.stderr
+        assert out.returncode == 0, out.stderr
+        # The attacker's tip (it mines on its own, so maybe a block past attacker_tip), which
+        # the other side has never seen.
+        got = out.stdout.strip()
+        assert net.rpc("attacker", "getblock", got)["confirmations"] >= 1
+        assert got == attacker_tip or net.rpc("attacker", "getblock", attacker_tip)[
+            "confirmations"] >= 2
+        with pytest.raises(RPCError):
+            net.rpc("observer", "getblock", got)
     finally:
         shutil.rmtree(marker)
     step("partitioned: the attacker and the rest mine apart")
@@ -321,3 +421,42 @@ def _end_to_end(net: DockerTestnet) -> None:
     ).stdout.split()
     assert volumes == []
     step("down -v: no containers or volumes left")
+
+
+def _check_credentials(net: DockerTestnet, passwords: dict[str, str]) -> None:
+    """No password in any container's configuration or environment; the attacker's container
+    holds only its own, which the merchant's node refuses; the fixed pair is refused too."""
+    for c in net.containers():
+        inspect = subprocess.run(["docker", "inspect", c.id], capture_output=True, text=True,
+                                 check=True).stdout
+        env = subprocess.run(["docker", "exec", c.id, "env"], capture_output=True, text=True,
+                             check=True).stdout
+        for password in passwords.values():
+            assert password not in inspect and password not in env, c.node
+    attacker = net.container("attacker")
+    listing = subprocess.run(["docker", "exec", attacker.id, "ls", "/run/secrets"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert listing == ["powlab_rpc_password"]
+    probe = (
+        "from lab.client import rpc_call_sync, RPCAuthError\n"
+        f"pw = open('{SECRET_PATH}').read().strip()\n"
+        "for url, auth in (('http://merchant:18443/', ('powlab', pw)),\n"
+        "                  ('http://merchant:18443/', ('powlab', 'powlab')),\n"
+        "                  ('http://127.0.0.1:18443/', ('powlab', pw))):\n"
+        "    try:\n"
+        "        rpc_call_sync(url, 'getblockcount', [], auth, 20)\n"
+        "        print('open')\n"
+        "    except RPCAuthError:\n"
+        "        print('refused')\n"
+    )
+
+    def probed() -> list[str]:
+        # Retried: on a loaded machine a node may not answer within the probe's timeout.
+        result = subprocess.run(["docker", "exec", attacker.id, "python", "-c", probe],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    out = wait_for(probed, 90, "the attacker container's probe of the merchant's RPC", 2.0)
+    assert out == ["refused", "refused", "open"], out
+    assert passwords["attacker"] != passwords["merchant"]

@@ -16,18 +16,21 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lab.testnet.docker import _local_endpoint
+from lab.testnet.control import resolve_splits
+from lab.testnet.docker import DockerTestnet, _local_endpoint
 from lab.testnet.swarm import (
     ENTRYPOINT,
     SECRET_TARGET,
     apply_constraints,
     default_layout,
     layout,
+    layout_differences,
     main,
     stack_definition,
 )
@@ -53,7 +56,7 @@ def test_stack_has_what_a_swarm_needs() -> None:
         assert "profiles" not in svc and "restart" not in svc
         assert svc["deploy"]["endpoint_mode"] == "dnsrr"
         policy = svc["deploy"]["restart_policy"]
-        assert policy["condition"] == "on-failure" and policy["max_attempts"] == 3
+        assert policy["condition"] == "any" and policy["max_attempts"] == 3
         (port,) = svc["ports"]
         assert port["mode"] == "host" and port["target"] == 18443
         ports.add(port["published"])
@@ -85,6 +88,23 @@ def test_layout_sizes_and_shares() -> None:
         layout(6, 2, [0.5, 0.5], 10.0)
     with pytest.raises(ValueError, match="at least"):
         layout(4, 2, None, 10.0)
+
+
+def test_large_stacks_link_observers_in_a_ring() -> None:
+    nodes = layout(100, 2, None, 10.0)
+    services = stack_definition(nodes, "powlab:x")["services"]
+
+    def dials(name: str) -> list[str]:
+        return [a.split(":")[0] for a in services[name]["environment"]["POWLAB_ADDNODE"]
+                .split(",")]
+
+    hubs = ["miner1", "miner2", "merchant", "attacker", "observer"]
+    assert dials("observer50") == [*hubs, "observer49", "observer51"]
+    assert dials("observer") == [*hubs[:4], "observer96", "observer2"]  # the ring closes
+    assert dials("miner1") == [h for h in hubs if h != "miner1"]
+    # The five-node default (docker-stack.yml) is unchanged: everyone dials the others.
+    five = stack_definition(default_layout(), "x")["services"]
+    assert five["observer"]["environment"]["POWLAB_ADDNODE"].count(":18444") == 4
 
 
 def test_placement_constraints() -> None:
@@ -119,9 +139,96 @@ def test_healthcheck_reads_the_password_file(tmp_path: Path) -> None:
     assert url == "http://127.0.0.1:18443/" and auth == ("powlab", "s3cret")
 
 
+def test_layout_differences_name_what_would_change() -> None:
+    stored = [asdict(n) for n in layout(7, 2, [0.4, 0.4, 0.2], 10.0)]
+    state = {"nodes": stored, "image": "powlab:a"}
+    assert layout_differences(state) == []
+    # Options equal to the stored layout agree with it.
+    assert layout_differences(state, nodes=7, miners=2, shares=[0.4, 0.4, 0.2],
+                              block_time=10.0, image="powlab:a") == []
+    assert layout_differences(state, block_time=10.0) == []  # the stored split kept
+    assert layout_differences(state, nodes=12) == ["--nodes 12 (it has 7)"]
+    assert layout_differences(state, miners=3) == ["--miners 3 (it has 2)"]
+    assert layout_differences(state, image="powlab:b") == ["--image powlab:b (it runs "
+                                                          "powlab:a)"]
+    [rates] = layout_differences(state, block_time=5.0)
+    assert rates.startswith("--block-time (its rates: miner1 0.08 H/s")
+    [rates] = layout_differences(state, shares=[0.6, 0.2, 0.2])
+    assert rates.startswith("--hashrates")
+    [constraint] = layout_differences(state, constraints=["miner1:node.role==worker"])
+    assert constraint == "--constraint (its constraints: none)"
+
+
+def test_up_swarm_refuses_another_layout_on_an_existing_stack(tmp_path: Path) -> None:
+    """Refused before any docker command (so no engine is needed here)."""
+    stored = [asdict(n) for n in layout(6, 2, None, 10.0)]
+    (tmp_path / "testnet.json").write_text(json.dumps({"version": 1, "mode": "swarm",
+                                                       "stack": "powlabzz"}))
+    (tmp_path / "swarm.json").write_text(json.dumps({"stack": "powlabzz", "nodes": stored,
+                                                     "image": "powlab:latest"}))
+    for extra in (["--nodes", "9"], ["--miners", "3"], ["--block-time", "3"],
+                  ["--stack", "other"], ["--image", "powlab:x"]):
+        result = run_powlab("testnet", "up", "--swarm", "--dir", str(tmp_path), *extra,
+                            timeout=60)
+        assert result.returncode != 0
+        assert "holds swarm stack powlabzz with another layout" in result.stderr, result.stderr
+        assert extra[0] in result.stderr
+
+
+def test_resolve_splits_on_any_testnet() -> None:
+    """`heal --resolve` on compose and swarm testnets: the same decision over RPC callers."""
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    infos = {
+        "a": {"bestblockhash": "h1", "chainwork": "0x20", "finality_conflicts": []},
+        "b": {"bestblockhash": "h2", "chainwork": "0x10", "finality_conflicts": [
+            {"hash": "h1", "chainwork": "0x20", "fork_height": 4},
+            {"hash": "h0", "chainwork": "0x18", "fork_height": 2}]},
+        "c": {"bestblockhash": "h3", "chainwork": "0x11", "finality_conflicts": []},
+    }
+
+    def caller(name: str) -> Any:
+        def rpc(method: str, *params: Any) -> Any:
+            calls.append((name, method, params))
+            if method == "getblockchaininfo":
+                return infos[name]
+            return "own5" if method == "getblockhash" else None
+        return rpc
+
+    actions = resolve_splits({n: caller(n) for n in infos})
+    assert actions == ["b: invalidateblock own5 (own branch above height 4), "
+                       "reconsiderblock h1"]
+    assert [c for c in calls if c[1] != "getblockchaininfo"] == [
+        ("b", "getblockhash", (5,)), ("b", "invalidateblock", ("own5",)),
+        ("b", "reconsiderblock", ("h1",))]
+    assert resolve_splits({}) == []
+
+
+def test_scenario_restarts_refused_on_a_swarm(tmp_path: Path) -> None:
+    from lab.scenario import nodes as scenario_nodes
+    from lab.scenario.engine import ScenarioError
+    from lab.testnet.swarm import SwarmTestnet
+
+    state = scenario_nodes._Compose(SwarmTestnet(tmp_path, "powlabzz"))
+    for what in ("net.restart_node", "net.start_nodes"):
+        with pytest.raises(ScenarioError, match=f"{what} is not available on a swarm testnet"):
+            scenario_nodes._refuse_on_swarm(state, what)
+    compose = scenario_nodes._Compose(DockerTestnet(ROOT, ROOT / "docker-compose.yml"))
+    scenario_nodes._refuse_on_swarm(compose, "net.restart_node")  # a compose network may
+
+
 # --------------------------------------------------------------------------------------------
 # A stack on this engine
 # --------------------------------------------------------------------------------------------
+
+RESTART_SCENARIO = '''"""restart: restarts the merchant with another option."""
+
+from lab.scenario import Network
+
+
+def run(net: Network) -> None:
+    net.restart_node("merchant", max_inbound=4)
+    net.report(verdict="restarted", success=True)
+'''
 
 
 def _docker(*args: str, check: bool = True, timeout: float = 120) -> str:
@@ -211,6 +318,27 @@ def test_swarm_stack_end_to_end(tmp_path: Path) -> None:
         race = json.loads(_powlab("scenario", "run", "examples/scenarios/race.py", "--dir",
                                   str(directory), "--json", timeout=400))
         assert race["attack"] == "race"
+
+        # heal --resolve goes through the stack's nodes (no split left here to resolve).
+        out = _powlab("testnet", "heal", "--resolve", "--dir", str(directory))
+        assert "no chain split left by a refused reorganisation" in out, out
+        # A scenario that restarts a node stops with a reason, and the stack is left as it was.
+        scenario = tmp_path / "restart.py"
+        scenario.write_text(RESTART_SCENARIO)
+        result = run_powlab("scenario", "run", str(scenario), "--dir", str(directory),
+                            timeout=300)
+        assert result.returncode != 0
+        assert "net.restart_node is not available on a swarm testnet" in result.stderr, \
+            result.stdout + result.stderr
+        assert all(r["up"] for r in _status(directory))
+        # The dashboard shows every node of the stack, with its role; no password in its state.
+        from tests.test_attack_topologies import dashboard_on_compose
+
+        dashboard_on_compose(directory)
+        # Another layout for the same directory is refused, not silently ignored.
+        result = run_powlab("testnet", "up", "--swarm", "--nodes", "8", "--dir",
+                            str(directory), timeout=120)
+        assert result.returncode != 0 and "another layout" in result.stderr, result.stderr
     finally:
         run_powlab("testnet", "down", "--purge", "--dir", str(directory), timeout=300)
         left = _docker("ps", "-a", "-q", "--filter",

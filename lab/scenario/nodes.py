@@ -123,6 +123,7 @@ def restart_node(net: Any, node: str | NetNode, *, book: Sequence[dict[str, Any]
     network the node's container is recreated with the options as environment variables."""
     compose = compose_state(net)
     if compose is not None:
+        _refuse_on_swarm(compose, "net.restart_node")
         _compose_restart(net, compose, _node(net, node), book, keep_book, timeout, options)
         return
     manifest = process_manifest(net)
@@ -220,6 +221,7 @@ def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),
     containers (see the module's docstring)."""
     compose = compose_state(net)
     if compose is not None:
+        _refuse_on_swarm(compose, "net.start_nodes")
         return _compose_start(net, compose, count, connect, mesh, prefix, timeout, options)
     manifest = process_manifest(net)
     state = _STATES[net]
@@ -322,6 +324,18 @@ def compose_state(net: Any) -> _Compose | None:
                                 f"{name} ({node.endpoint.url} vs {c.rpc_url})")
     state = _COMPOSE[net] = _Compose(testnet)
     return state
+
+
+def _refuse_on_swarm(state: _Compose, what: str) -> None:
+    """A swarm stack (lab/testnet/swarm.py) cannot do what a compose network does here."""
+    stack = getattr(state.testnet, "stack", None)
+    if stack is not None:
+        raise ScenarioError(
+            f"{what} is not available on a swarm testnet (stack {stack}): a node there is a "
+            "service whose options, volume and address book the swarm manages, possibly on "
+            "another engine, so the lab cannot recreate it with other options or start "
+            "containers beside it; run this scenario on a process testnet (`powlab testnet "
+            "up`) or a compose one (`powlab testnet up --docker`)")
 
 
 def _docker(action: Any) -> Any:

@@ -40,6 +40,7 @@ from lab.testnet.control import (
     endpoint,
     fund,
     resolve_finality_splits,
+    resolve_splits,
     set_mining_rates,
     start_miners,
     wait_connected,
@@ -83,6 +84,8 @@ from lab.testnet.tables import console, dir_flag, print_nodes, status_table
 
 # `--launcher auto` forks the nodes from a fork server from this many nodes on.
 FORK_FROM = 50
+DEFAULT_BLOCK_TIME = 10.0  # seconds (`up --block-time`)
+DEFAULT_IMAGE = "powlab:latest"  # `up --swarm --image`
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -98,29 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         manifest = load_manifest(directory)
         _warn_if_layout_differs(args, manifest)
     else:
-        if args.nodes is None:
-            args.nodes = 4
-        miners = args.miners if args.miners is not None else min(2, args.nodes)
-        miner_names = split_names(args.miner_nodes) if args.miner_nodes else None
-        shares = parse_shares(args.hashrates, len(miner_names) if miner_names else miners)
-        if args.block_time <= 0:
-            raise TestnetError("--block-time must be positive")
-        subnet = check_subnet(args.subnet or DEFAULT_SUBNET)  # before anything is created
-        directory.mkdir(parents=True, exist_ok=True)
-        launcher = args.launcher
-        if launcher == "auto":
-            launcher = "fork" if args.nodes >= FORK_FROM else "exec"
-        manifest = new_manifest(
-            directory, args.nodes, miners, shares, args.topology or "line",
-            args.network or "regtest",
-            args.block_time, args.finality_depth, subnet, args.p2p_port, args.rpc_port,
-            miner_names, args.degree, args.seed, launcher,
-        )
-        manifest.node_options = collect_node_options(args)
-        parse_node_options(manifest.node_options)  # refuse bad options before starting anything
-        for entry in manifest.nodes:
-            write_node_config(manifest, entry)
-        manifest.save()
+        manifest = _new_process_manifest(args, directory)
 
     raise_open_files_limit()
     many = len(manifest.nodes) > PROGRESS_FROM
@@ -181,6 +162,36 @@ def cmd_up(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _new_process_manifest(args: argparse.Namespace, directory: Path) -> Manifest:
+    """The layout of a new process testnet from `up`'s options, written to `directory`."""
+    if args.nodes is None:
+        args.nodes = 4
+    miners = args.miners if args.miners is not None else min(2, args.nodes)
+    miner_names = split_names(args.miner_nodes) if args.miner_nodes else None
+    shares = parse_shares(args.hashrates, len(miner_names) if miner_names else miners)
+    if args.block_time is None:
+        args.block_time = DEFAULT_BLOCK_TIME
+    if args.block_time <= 0:
+        raise TestnetError("--block-time must be positive")
+    subnet = check_subnet(args.subnet or DEFAULT_SUBNET)  # before anything is created
+    directory.mkdir(parents=True, exist_ok=True)
+    launcher = args.launcher
+    if launcher == "auto":
+        launcher = "fork" if args.nodes >= FORK_FROM else "exec"
+    manifest = new_manifest(
+        directory, args.nodes, miners, shares, args.topology or "line",
+        args.network or "regtest",
+        args.block_time, args.finality_depth, subnet, args.p2p_port, args.rpc_port,
+        miner_names, args.degree, args.seed, launcher,
+    )
+    manifest.node_options = collect_node_options(args)
+    parse_node_options(manifest.node_options)  # refuse bad options before starting anything
+    for entry in manifest.nodes:
+        write_node_config(manifest, entry)
+    manifest.save()
+    return manifest
 
 
 def _warn_if_layout_differs(args: argparse.Namespace, manifest: Manifest) -> None:
@@ -324,11 +335,11 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def cmd_heal(args: argparse.Namespace) -> int:
     directory = resolve_dir(_dir_arg(args))
     if args.docker or is_docker(directory):
-        if args.resolve:
-            raise TestnetError("heal --resolve works on local testnets only; on the compose "
-                               "network run invalidateblock/reconsiderblock by hand "
-                               "(docs/testnet.md)")
         docker_do(directory, args, lambda net: net.heal())
+        if args.resolve:
+            _report_resolved(docker_do(directory, args, lambda net: resolve_splits({
+                c.node: (lambda method, *params, n=c.node: net.rpc(n, method, *params))
+                for c in net.containers() if c.running})))
         return 0
     manifest = load_manifest(directory)
     clear_bans(manifest)
@@ -339,12 +350,15 @@ def cmd_heal(args: argparse.Namespace) -> int:
         wait_connected(manifest, args.timeout)
         console().print("all nodes reconnected to their neighbours")
     if args.resolve:
-        actions = resolve_finality_splits(manifest)
-        for line in actions:
-            console().print("resolved: " + line)
-        if not actions:
-            console().print("no chain split left by a refused reorganisation")
+        _report_resolved(resolve_finality_splits(manifest))
     return 0
+
+
+def _report_resolved(actions: list[str]) -> None:
+    for line in actions:
+        console().print("resolved: " + line)
+    if not actions:
+        console().print("no chain split left by a refused reorganisation")
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -426,7 +440,15 @@ def compose_testnet(directory: Path) -> Any:
     if is_swarm(directory):
         return _swarm_testnet(directory)
     project_dir, compose = _compose_location(None, directory)
-    return docker.DockerTestnet(project_dir, compose)
+    return docker.DockerTestnet(project_dir, compose, secrets_dir=_secrets_dir(directory))
+
+
+def _secrets_dir(directory: Path) -> Path | None:
+    """Where `up --docker` put the nodes' RPC passwords (None: the compose file's default,
+    ./secrets beside it, or $POWLAB_SECRETS_DIR)."""
+    marker = _docker_marker(directory) or {}
+    given = marker.get("secrets_dir")
+    return Path(given) if given else None
 
 
 def _swarm_testnet(directory: Path, stack: str | None = None) -> Any:
@@ -448,7 +470,7 @@ def docker_do(directory: Path, args: argparse.Namespace | None,
         net = _swarm_testnet(directory)
     else:
         project_dir, compose = _compose_location(args, directory)
-        net = docker.DockerTestnet(project_dir, compose,
+        net = docker.DockerTestnet(project_dir, compose, secrets_dir=_secrets_dir(directory),
                                    log=lambda m: print(m, file=sys.stderr))
     try:
         return action(net)
@@ -470,11 +492,15 @@ def _docker_up(args: argparse.Namespace, directory: Path) -> int:
         console().print(f"[yellow]--docker: the compose file defines the nodes; ignoring "
                         f"{', '.join(ignored)}")
     project_dir, compose = _compose_location(args, directory)
-    docker_do(directory, args, lambda net: net.up(wait=args.timeout))
+    # Written first, so that `down` finds the project even if start-up fails. The nodes'
+    # RPC passwords live in DIR/secrets (a random one per node, mounted as compose secrets).
     directory.mkdir(parents=True, exist_ok=True)
     marker = {"version": MANIFEST_VERSION, "mode": "docker", "project_dir": str(project_dir),
-              "compose_file": str(compose), "created": time.time()}
+              "compose_file": str(compose), "created": time.time(),
+              "secrets_dir": str((existing or {}).get("secrets_dir")
+                                 or directory.resolve() / "secrets")}
     (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+    docker_do(directory, args, lambda net: net.up(wait=args.timeout))
     rows = docker_do(directory, args, lambda net: net.status())
     console().print(status_table(f"powlab docker testnet ({compose})", None, rows))
     return 0
@@ -501,13 +527,14 @@ def _swarm_up(args: argparse.Namespace, directory: Path) -> int:
     if existing is not None:
         stack = str(existing["stack"])
         nodes: list[Any] = []
+        _refuse_other_swarm_layout(args, directory, existing)
     else:
         stack = args.stack or f"powlab{secrets_module.token_hex(3)}"
         miners = args.miners if args.miners is not None else 2
         count = args.nodes if args.nodes is not None else miners + 3
         shares = parse_shares(args.hashrates, miners + 1) if args.hashrates else None
         try:
-            nodes = swarm.layout(count, miners, shares, args.block_time,
+            nodes = swarm.layout(count, miners, shares, args.block_time or DEFAULT_BLOCK_TIME,
                                  swarm.free_ports(count, args.swarm_rpc_port))
             swarm.apply_constraints(nodes, args.constraint)
         except ValueError as exc:
@@ -520,16 +547,46 @@ def _swarm_up(args: argparse.Namespace, directory: Path) -> int:
     marker = {"version": MANIFEST_VERSION, "mode": "swarm", "stack": stack,
               "created": time.time()}
     (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
-    docker_do(directory, args, lambda net: net.deploy(nodes, args.image, wait=args.timeout))
+    docker_do(directory, args, lambda net: net.deploy(nodes, args.image or DEFAULT_IMAGE,
+                                                      wait=args.timeout))
     rows = docker_do(directory, args, lambda net: net.status())
     console().print(status_table(f"powlab swarm testnet (stack {stack})", None, rows))
     return 0
 
 
+def _refuse_other_swarm_layout(args: argparse.Namespace, directory: Path,
+                               marker: dict[str, Any]) -> None:
+    """`up --swarm` on a directory whose stack exists: options that would change its layout
+    are refused (they used to be ignored silently)."""
+    from lab.testnet import swarm
+
+    state = swarm.SwarmTestnet(directory, str(marker["stack"]))._state()
+    try:
+        miners = args.miners if args.miners is not None else sum(
+            1 for n in state.get("nodes") or [] if n.get("role") == "miner")
+        shares = parse_shares(args.hashrates, miners + 1) if args.hashrates else None
+        differences = swarm.layout_differences(
+            state, nodes=args.nodes, miners=args.miners, shares=shares,
+            block_time=args.block_time, image=args.image, constraints=args.constraint)
+    except ValueError as exc:
+        raise TestnetError(str(exc)) from None
+    if args.stack and args.stack != marker["stack"]:
+        differences.insert(0, f"--stack {args.stack} (it is {marker['stack']})")
+    if differences:
+        raise TestnetError(
+            f"{directory} holds swarm stack {marker['stack']} with another layout: "
+            + "; ".join(differences) + f". Run `powlab testnet up --swarm --dir {directory}` "
+            f"without them to start it as it is, or `powlab testnet down --purge --dir "
+            f"{directory}` first, or use another --dir")
+
+
 def _docker_down(args: argparse.Namespace, directory: Path) -> int:
     docker_do(directory, args, lambda net: net.down(args.purge))
+    secrets_dir = None if is_swarm(directory) else _secrets_dir(directory)
     with contextlib.suppress(FileNotFoundError):
         (directory / MANIFEST_NAME).unlink()
+    if args.purge and secrets_dir is not None and secrets_dir.parent == directory.resolve():
+        shutil.rmtree(secrets_dir, ignore_errors=True)  # the passwords `up --docker` made
     if args.purge:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if nothing else lives there
@@ -599,9 +656,9 @@ def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
     up.add_argument("--swarm-init", action="store_true",
                     help="with --swarm: make this engine a single-node swarm if it is in none")
     up.add_argument("--stack", help="with --swarm: the stack's name (default powlab + random)")
-    up.add_argument("--image", default="powlab:latest",
-                    help="with --swarm: the node image, present on every engine "
-                         "(default powlab:latest)")
+    up.add_argument("--image",
+                    help=f"with --swarm: the node image, present on every engine "
+                         f"(default {DEFAULT_IMAGE})")
     up.add_argument("--swarm-rpc-port", type=int, default=18601, metavar="PORT",
                     help="with --swarm: first host port to publish the nodes' RPC on")
     up.add_argument("--constraint", action="append", default=[], metavar="NODE:EXPR",
@@ -628,8 +685,9 @@ def add_testnet_parser(sub: Any) -> Callable[..., argparse.ArgumentParser]:
                          "that shares the daemon's imported code; exec: one new python per "
                          f"node; auto (default): fork from {FORK_FROM} nodes on")
     up.add_argument("--network", choices=NETWORKS, help="default regtest")
-    up.add_argument("--block-time", type=float, default=10.0, metavar="S",
-                    help="target seconds between blocks; sets the miners' total hash rate")
+    up.add_argument("--block-time", type=float, metavar="S",
+                    help=f"target seconds between blocks; sets the miners' total hash rate "
+                         f"(default {DEFAULT_BLOCK_TIME:g})")
     up.add_argument("--finality-depth", type=int, metavar="D",
                     help="confirmations after which a block counts as final (node default)")
     up.add_argument("--subnet", metavar="A.B.C",

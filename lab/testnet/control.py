@@ -3,7 +3,7 @@ convergence, funding the wallets, starting the miners, partition bans, status ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -259,32 +259,42 @@ def collect_status(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def resolve_finality_splits(manifest: Manifest) -> list[str]:
+    """End chain splits left by reorganisations refused beyond finality (`heal --resolve`)
+    on a process testnet: :func:`resolve_splits` over its running nodes."""
+    return resolve_splits({
+        e.name: (lambda method, *params, e=e: call(e, method, *params))
+        for e in manifest.nodes if node_alive(e)
+    })
+
+
+def resolve_splits(nodes: Mapping[str, Callable[..., Any]]) -> list[str]:
     """End chain splits left by reorganisations refused beyond finality (`heal --resolve`).
 
-    The target is the most-work valid tip among the running nodes. Each node whose tip is not
-    it and that knows a heavier branch it refused (`getblockchaininfo.finality_conflicts`):
-    `invalidateblock` on its own first block after that branch's fork point (so its tip goes
-    back to the fork), then `reconsiderblock` on the heavier tip (which un-parks the refused
-    branch and clears any failure on its ancestors); the node then follows the heavier branch
-    with a reorganisation of zero blocks. Returns one line per action, for the user.
+    `nodes` maps each running node to a function calling its RPC (``(method, *params)``), so
+    this works on any testnet, processes, compose or swarm. The target is the most-work valid
+    tip among them. Each node whose tip is not it and that knows a heavier branch it refused
+    (`getblockchaininfo.finality_conflicts`): `invalidateblock` on its own first block after
+    that branch's fork point (so its tip goes back to the fork), then `reconsiderblock` on
+    the heavier tip (which un-parks the refused branch and clears any failure on its
+    ancestors); the node then follows the heavier branch with a reorganisation of zero
+    blocks. Returns one line per action, for the user.
     """
-    infos = {e.name: call(e, "getblockchaininfo") for e in manifest.nodes if node_alive(e)}
+    infos = {name: rpc("getblockchaininfo") for name, rpc in nodes.items()}
     if not infos:
         return []
     best = max(infos.values(), key=lambda i: int(i["chainwork"], 16))
     actions = []
-    for entry in manifest.nodes:
-        info = infos.get(entry.name)
-        if info is None or info["bestblockhash"] == best["bestblockhash"]:
+    for name, rpc in nodes.items():
+        info = infos[name]
+        if info["bestblockhash"] == best["bestblockhash"]:
             continue
         conflicts = info.get("finality_conflicts", [])
         # Only the heaviest refused branch: after one invalidate/reconsider the active chain
         # has changed, and acting on another fork point from the old view could undo it.
         for conflict in sorted(conflicts, key=lambda c: int(c["chainwork"], 16))[-1:]:
-            own = call(entry, "getblockhash", conflict["fork_height"] + 1)
-            call(entry, "invalidateblock", own)
-            call(entry, "reconsiderblock", conflict["hash"])
-            actions.append(f"{entry.name}: invalidateblock {own} (own branch above height "
+            own = rpc("getblockhash", conflict["fork_height"] + 1)
+            rpc("invalidateblock", own)
+            rpc("reconsiderblock", conflict["hash"])
+            actions.append(f"{name}: invalidateblock {own} (own branch above height "
                            f"{conflict['fork_height']}), reconsiderblock {conflict['hash']}")
     return actions
-

@@ -20,9 +20,11 @@ standard library until its first call): the image's HEALTHCHECK runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import secrets as secrets_module
 import shutil
 import subprocess
 import sys
@@ -49,6 +51,7 @@ __all__ = [
     "describe",
     "find_compose_command",
     "healthcheck",
+    "write_password_files",
 ]
 
 RPC_PORT = 18443
@@ -62,6 +65,13 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 NETWORK_LABEL = "com.docker.compose.network"
 ROLE_ORDER = ("miner", "merchant", "attacker", "observer")
+# Per-node RPC passwords: each container gets its own file at SECRET_PATH (a compose file
+# secret, a bind mount of SECRETS_DIR_ENV/<service>; a Docker secret on a swarm), and
+# POWLAB_RPC_PASSWORD_FILE names it; no password is in any container's environment.
+SECRET_TARGET = "powlab_rpc_password"
+SECRET_PATH = f"/run/secrets/{SECRET_TARGET}"
+PASSWORD_FILE_ENV = "POWLAB_RPC_PASSWORD_FILE"
+SECRETS_DIR_ENV = "POWLAB_SECRETS_DIR"
 SETUP_HINT = (
     "install Docker Engine and Compose (v2 plugin or docker-compose 1.29) and start the "
     "engine; on a machine without a container registry, shared/tools/docker-offline.sh "
@@ -98,9 +108,9 @@ def _local_endpoint(environ: Mapping[str, str]) -> tuple[str, tuple[str, str] | 
     port = bind.rsplit(":", 1)[-1] or str(RPC_PORT)
     url = f"http://127.0.0.1:{port}/"
     user, password = environ.get("POWLAB_RPC_USER"), environ.get("POWLAB_RPC_PASSWORD")
-    secret = environ.get("POWLAB_RPC_PASSWORD_FILE")
+    secret = environ.get(PASSWORD_FILE_ENV)
     if user and password is None and secret:
-        # A swarm node's own password, from its Docker secret (lab/testnet/swarm.py).
+        # The node's own password, from its secret file (compose file or swarm secret).
         try:
             password = Path(secret).read_text().strip()
         except OSError:
@@ -196,6 +206,27 @@ def _run_binary(argv: Sequence[str], data: bytes | None = None,
     return result.stdout if result.returncode == 0 else None
 
 
+def write_password_files(directory: Path, names: Sequence[str]) -> list[Path]:
+    """``directory/NAME`` for each name that has none yet, holding a random password.
+
+    The directory is 0700, so only its owner reaches the files on the host; each file is
+    0644 because a compose file secret is a bind mount that keeps the host file's mode and
+    owner, and the node in the container runs as another user (uid 10001). Files already
+    there are kept: a running node read its password at start."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    written = []
+    for name in names:
+        path = directory / name
+        if path.exists():
+            continue
+        path.write_text(secrets_module.token_urlsafe(24) + "\n")
+        path.chmod(0o644)
+        written.append(path)
+    return written
+
+
 def find_compose_command() -> list[str]:
     """``["docker", "compose"]`` (v2) or ``["docker-compose"]`` (v1), whichever works."""
     if shutil.which("docker") is None:
@@ -252,6 +283,9 @@ class NodeContainer:
     auth: tuple[str, str] | None = None
     rpc_host: str = "127.0.0.1"  # where the RPC port is published (a swarm node's engine)
     local: bool = True  # on this machine's engine, so `docker exec` reaches it
+    rpc_user: str | None = None  # POWLAB_RPC_USER, when the password is in a file
+    password_file: str | None = None  # POWLAB_RPC_PASSWORD_FILE: the path inside
+    password_source: str | None = None  # the host file bind-mounted there (a compose secret)
 
     @property
     def rpc_url(self) -> str | None:
@@ -275,6 +309,10 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
     wanted = ((data.get("HostConfig") or {}).get("PortBindings") or {}).get(f"{RPC_PORT}/tcp")
     rpc_port = live or _host_port(wanted)
     user, password = env.get("POWLAB_RPC_USER"), env.get("POWLAB_RPC_PASSWORD")
+    password_file = env.get(PASSWORD_FILE_ENV) if user and password is None else None
+    source = next((str(m.get("Source")) for m in data.get("Mounts") or []
+                   if password_file and m.get("Destination") == password_file
+                   and m.get("Source")), None)
     service = labels.get(SERVICE_LABEL, data.get("Name", "").lstrip("/"))
     number = int(labels.get(NUMBER_LABEL, "1") or 1)
     return NodeContainer(
@@ -290,6 +328,9 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
         rpc_port=rpc_port,
         rpc_mapped=live is not None or not wanted,
         auth=(user, password) if user and password is not None else None,
+        rpc_user=user if password_file else None,
+        password_file=password_file,
+        password_source=source,
     )
 
 
@@ -328,6 +369,7 @@ class DockerTestnet:
         project_name: str | None = None,
         network: str = "powlab",
         env: Mapping[str, str] | None = None,
+        secrets_dir: Path | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
@@ -337,6 +379,8 @@ class DockerTestnet:
         self.project = project_name or default_project_name(self.project_dir)
         self.network_key = network
         self.env = dict(env or {})
+        if secrets_dir is not None:
+            self.env[SECRETS_DIR_ENV] = str(Path(secrets_dir).resolve())
         self.log = log or (lambda message: None)
         self._compose: list[str] | None = None
         self._main_network: str | None = None
@@ -358,12 +402,38 @@ class DockerTestnet:
         return _run(argv, timeout=timeout, cwd=self.project_dir, capture=capture, check=check,
                     env=self.env)
 
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the compose file takes the nodes' password files from: its
+        ``${POWLAB_SECRETS_DIR:-./secrets}`` (relative to the project directory)."""
+        given = self.env.get(SECRETS_DIR_ENV) or os.environ.get(SECRETS_DIR_ENV) or "secrets"
+        return self.project_dir / given  # an absolute `given` stays as it is
+
+    def uses_secrets(self) -> bool:
+        """True when the compose file takes per-node passwords from the secrets directory."""
+        try:
+            return SECRETS_DIR_ENV in self.compose_file.read_text()
+        except OSError:
+            return False
+
+    def write_secrets(self) -> list[Path]:
+        """A random password file per service of the compose file in :attr:`secrets_dir`
+        (one made earlier is kept: a running node read it at start). Returns the files
+        written."""
+        services = self.compose("config", "--services").stdout.split()
+        return write_password_files(self.secrets_dir, services)
+
     def up(self, build: bool = True, *, wait: float = 180.0, fund: bool = True) -> None:
         """Build the image (``build``), start every node, wait until all answer RPC.
 
         With ``fund``, a fresh chain gets one matured coinbase per node (so every wallet,
-        the attacker's and the merchant's included, can spend).
+        the attacker's and the merchant's included, can spend). A compose file with
+        per-node passwords gets them first (:meth:`write_secrets`).
         """
+        if self.uses_secrets():
+            written = self.write_secrets()
+            if written:
+                self.log(f"wrote {len(written)} RPC passwords to {self.secrets_dir}")
         if build:
             self.log("building the powlab image (compose build)")
             self.compose("build", timeout=BUILD_TIMEOUT)
@@ -425,6 +495,15 @@ class DockerTestnet:
         return c.rpc_url, auth
 
     def _cookie(self, c: NodeContainer) -> tuple[str, str]:
+        """Credentials not in the container's environment: its password file (the host
+        file mounted there, else read inside the container), else the node's cookie."""
+        if c.rpc_user and c.password_file:
+            if c.password_source:
+                with contextlib.suppress(OSError):
+                    return c.rpc_user, Path(c.password_source).read_text().strip()
+            if c.local and c.running:
+                return c.rpc_user, _run(["docker", "exec", c.id, "cat",
+                                         c.password_file]).stdout.strip()
         text = _run(["docker", "exec", c.id, "cat", "/data/.cookie"]).stdout.strip()
         user, _, password = text.partition(":")
         return user, password
@@ -436,14 +515,18 @@ class DockerTestnet:
         """Start a container `name` beside the project: the image of node `like` and its
         POWLAB_* environment (peers and mining dropped) overridden by `environment`, on the
         compose network with an address of its own, its RPC published on a free port of
-        127.0.0.1. It is no node of the project (`containers` does not list it); `down` and
+        127.0.0.1, with no password of the project's: its own random cookie (read with
+        `docker exec`). It is no node of the project (`containers` does not list it); `down` and
         :meth:`remove_extra` remove it with its data."""
         model = self.container(like)
         data = self.inspect(model.id)
         env = {k: v for k, v in (item.split("=", 1) for item in
                                  (data.get("Config") or {}).get("Env") or [] if "=" in item)
                if k.startswith("POWLAB_") and k not in ("POWLAB_MINE", "POWLAB_HASHRATE",
-                                                         "POWLAB_ADDNODE", "POWLAB_CONNECT")}
+                                                         "POWLAB_ADDNODE", "POWLAB_CONNECT",
+                                                         "POWLAB_RPC_USER",
+                                                         "POWLAB_RPC_PASSWORD",
+                                                         PASSWORD_FILE_ENV)}
         env.update(environment)
         argv = ["docker", "run", "-d", "--init", "--name", name,
                 "--network", self._main_network_name(),
@@ -493,7 +576,8 @@ class DockerTestnet:
         return f"{ip}:{port}"
 
     def credentials(self, c: NodeContainer) -> tuple[str, str]:
-        """A node's RPC user and password: the compose file's, else its cookie."""
+        """A node's RPC user and password: its environment's, its password file's, else
+        its cookie."""
         return c.auth or self._cookie(c)
 
     # ------------------------------------------------------------------ recreating a node
@@ -520,6 +604,10 @@ class DockerTestnet:
         env: dict[str, str] = {}
         if config_image:
             env["POWLAB_IMAGE"] = config_image
+        if old.password_source and SECRETS_DIR_ENV not in self.env:
+            # The password files the project was started with (a journal's restore knows
+            # only the compose file).
+            env[SECRETS_DIR_ENV] = str(Path(old.password_source).parent)
         for c in self.containers():
             if c.rpc_port and c.number == 1 and re.fullmatch(r"[A-Za-z0-9_]+", c.service):
                 env[f"POWLAB_{c.service.upper()}_RPC_PORT"] = str(c.rpc_port)
@@ -910,6 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("healthcheck", help="(inside a container) exit 0 when the node answers RPC")
     batch = sub.add_parser("call-batch", help="(inside a container) run [[method, params]…]")
     batch.add_argument("calls")
+    sub.add_parser(
+        "secrets", help=f"write a random RPC password per node of the compose file into "
+                        f"${SECRETS_DIR_ENV} (default ./secrets); existing ones are kept")
     up = sub.add_parser("up")
     up.add_argument("--no-build", action="store_true")
     up.add_argument("--no-fund", action="store_true")
@@ -930,7 +1021,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = DockerTestnet(args.project_dir, args.file, project_name=args.project_name,
                         log=lambda m: print(m, file=sys.stderr))
     try:
-        if args.command == "up":
+        if args.command == "secrets":
+            for path in net.write_secrets():
+                print(path)
+        elif args.command == "up":
             net.up(build=not args.no_build, fund=not args.no_fund)
             _print_status(net.status())
         elif args.command == "status":

@@ -14,8 +14,9 @@ five-node default, written by ``python -m lab.testnet.swarm stack``):
   keeps every password in ``DIR/secrets/``); a container holds only its own, so the
   attacker's cannot call the merchant's node. The node reads it from
   ``/run/secrets/powlab_rpc_password`` at start;
-* ``restart_policy`` ``on-failure`` with at most 3 attempts, so a node that keeps dying
-  stays down and shows as such instead of looping.
+* ``restart_policy`` ``any`` with at most 3 attempts in 120 s, so a node that keeps dying
+  stays down and shows as such instead of looping (``any``, not ``on-failure``: a task
+  stopped for failing its healthcheck exits cleanly and would never come back).
 
 The lab finds the nodes through the stack's tasks (task -> engine node -> published port,
 and the container when it runs on this engine). Partitions are RPC bans between the nodes'
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import secrets as secrets_module
 import socket
 import sys
 import time
@@ -38,14 +38,18 @@ from typing import Any
 
 from lab.testnet.docker import (
     P2P_PORT,
+    PASSWORD_FILE_ENV,
     RPC_FAILURES,
     RPC_PORT,
+    SECRET_PATH,
+    SECRET_TARGET,
     DockerError,
     DockerTestnet,
     NodeContainer,
     _role_key,
     _run,
     check_engine,
+    write_password_files,
 )
 
 __all__ = [
@@ -54,20 +58,20 @@ __all__ = [
     "apply_constraints",
     "default_layout",
     "layout",
+    "layout_differences",
     "stack_definition",
     "swarm_state",
 ]
 
 STACK_LABEL = "com.docker.stack.namespace"
 NETWORK_KEY = "powlab"
-SECRET_TARGET = "powlab_rpc_password"
 RPC_USER = "powlab"
 BAN_SECONDS = 24 * 3600
 REGTEST_HASHES_PER_BLOCK = 2.0  # regtest's target: about two hashes per block
 ENTRYPOINT = [
     "sh", "-c",
     # `$$` is a literal `$` in a stack file.
-    f'POWLAB_RPC_PASSWORD="$$(cat /run/secrets/{SECRET_TARGET})"; '
+    f'POWLAB_RPC_PASSWORD="$$(cat {SECRET_PATH})"; '
     "export POWLAB_RPC_PASSWORD; exec python -m node",
 ]
 
@@ -125,12 +129,19 @@ def layout(nodes: int, miners: int, shares: Sequence[float] | None, block_time: 
     return out
 
 
-def _seeds(nodes: Sequence[SwarmNode]) -> list[str]:
-    """The services every node dials: the miners, merchant, attacker and first observer (so
-    a large stack does not make every node dial every other; gossip finds the rest)."""
+def _seeds(nodes: Sequence[SwarmNode], name: str) -> list[str]:
+    """The services node `name` dials: the miners, merchant, attacker and first observer (so
+    a large stack does not make every node dial every other; gossip finds the rest), and an
+    observer also its two neighbours in the ring of observers. Without those, in a stack of
+    100 the hubs' 32 inbound slots fill up and nodes they refuse know no one else (measured:
+    17 of 100 stayed at height 0)."""
     core = [n.name for n in nodes if n.role != "observer"]
     observers = [n.name for n in nodes if n.role == "observer"]
-    return core + observers[:1]
+    out = core + observers[:1]
+    if name in observers and len(observers) > 2:
+        k = observers.index(name)
+        out += [observers[k - 1], observers[(k + 1) % len(observers)]]
+    return [s for s in dict.fromkeys(out) if s != name]
 
 
 def stack_definition(nodes: Sequence[SwarmNode], image: str,
@@ -141,7 +152,6 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
     secrets are ``external`` (created beforehand with ``docker secret create``), named
     ``powlab_rpc_NODE``.
     """
-    seeds = _seeds(nodes)
     services: dict[str, Any] = {}
     secret_defs: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
@@ -156,10 +166,10 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
             "POWLAB_P2P_BIND": f"0.0.0.0:{P2P_PORT}",
             "POWLAB_RPC_BIND": f"0.0.0.0:{RPC_PORT}",
             "POWLAB_RPC_USER": RPC_USER,
-            "POWLAB_RPC_PASSWORD_FILE": f"/run/secrets/{SECRET_TARGET}",
+            PASSWORD_FILE_ENV: SECRET_PATH,
             "POWLAB_LOG_FORMAT": "console",
             "POWLAB_MINER_PROCESSES": "1",
-            "POWLAB_ADDNODE": ",".join(f"{s}:{P2P_PORT}" for s in seeds if s != node.name),
+            "POWLAB_ADDNODE": ",".join(f"{s}:{P2P_PORT}" for s in _seeds(nodes, node.name)),
         }
         if node.hashrate > 0:
             env["POWLAB_MINE"] = "1"
@@ -181,7 +191,10 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
                 "test": ["CMD", "python", "-m", "lab.testnet.docker", "healthcheck"],
                 # Each check starts a Python: 0.16 CPU-seconds, so every 5 s would cost 3 % of
                 # a core per node, more than the idle node itself (docs/scaling.md).
-                "interval": "30s", "timeout": "5s", "retries": 3, "start_period": "60s",
+                # A swarm replaces a task whose check fails `retries` times in a row: on a
+                # loaded machine (load average 100-400 measured with 100 nodes) a Python
+                # start alone can take over 5 s, so the check gets 30 s and 5 tries.
+                "interval": "30s", "timeout": "30s", "retries": 5, "start_period": "120s",
             },
             "deploy": {
                 **({"placement": {"constraints": list(node.constraints)}}
@@ -189,7 +202,9 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
                 "replicas": 1,
                 "endpoint_mode": "dnsrr",
                 "labels": labels,
-                "restart_policy": {"condition": "on-failure", "delay": "5s",
+                # "any": a task the swarm stops for failing its healthcheck exits cleanly
+                # (SIGTERM, status 0), which "on-failure" never restarts (seen at 100 nodes).
+                "restart_policy": {"condition": "any", "delay": "5s",
                                    "max_attempts": 3, "window": "120s"},
             },
         }
@@ -200,6 +215,46 @@ def stack_definition(nodes: Sequence[SwarmNode], image: str,
         "volumes": volumes,
         "secrets": secret_defs,
     }
+
+
+def layout_differences(state: Mapping[str, Any], *, nodes: int | None = None,
+                       miners: int | None = None, shares: Sequence[float] | None = None,
+                       block_time: float | None = None, image: str | None = None,
+                       constraints: Sequence[str] = ()) -> list[str]:
+    """What the options given to `up --swarm` would change in a deployed stack's layout
+    (``state``: its ``swarm.json``), one line each; empty when they agree with it (options
+    not given are None or empty and agree with anything)."""
+    stored = [SwarmNode(**n) for n in state.get("nodes") or []]
+    have_miners = sum(1 for n in stored if n.role == "miner")
+    out = []
+    if nodes is not None and nodes != len(stored):
+        out.append(f"--nodes {nodes} (it has {len(stored)})")
+    if miners is not None and miners != have_miners:
+        out.append(f"--miners {miners} (it has {have_miners})")
+    if image is not None and image != state.get("image"):
+        out.append(f"--image {image} (it runs {state.get('image')})")
+    if (shares is not None or block_time is not None) and stored and not out:
+        total = sum(n.hashrate for n in stored)
+        split = list(shares) if shares is not None else (  # else the stored split
+            [n.hashrate for n in stored if n.role == "miner"]
+            + [sum(n.hashrate for n in stored if n.role == "attacker")])
+        wanted = layout(len(stored), have_miners, split,
+                        block_time or REGTEST_HASHES_PER_BLOCK / total)
+        rates = {n.name: n.hashrate for n in stored}
+        if any(abs(w.hashrate - rates.get(w.name, 0.0)) > 1e-6 * max(1.0, w.hashrate)
+               for w in wanted):
+            given = " ".join(f for f, v in (("--hashrates", shares),
+                                            ("--block-time", block_time)) if v is not None)
+            out.append(f"{given} (its rates: " + ", ".join(
+                f"{n.name} {n.hashrate:.4g} H/s" for n in stored if n.hashrate) + ")")
+    if constraints:
+        wanted_nodes = [SwarmNode(n.name, n.role, n.hashrate, n.rpc_port) for n in stored]
+        apply_constraints(wanted_nodes, constraints)
+        if any(w.constraints != n.constraints for w, n in zip(wanted_nodes, stored,
+                                                              strict=True)):
+            out.append("--constraint (its constraints: " + (", ".join(
+                f"{n.name}:{c}" for n in stored for c in n.constraints) or "none") + ")")
+    return out
 
 
 def apply_constraints(nodes: Sequence[SwarmNode], given: Sequence[str]) -> None:
@@ -314,14 +369,8 @@ class SwarmTestnet(DockerTestnet):
             nodes = [SwarmNode(**n) for n in state["nodes"]]
             image = state.get("image", image)
         secret_dir = self.directory / "secrets"
-        secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        files = {}
-        for node in nodes:
-            path = secret_dir / node.name
-            if not path.exists():
-                path.write_text(secrets_module.token_urlsafe(24))
-                path.chmod(0o600)
-            files[node.name] = str(path)
+        write_password_files(secret_dir, [n.name for n in nodes])
+        files = {node.name: str(secret_dir / node.name) for node in nodes}
         self.compose_file.write_text(json.dumps(stack_definition(nodes, image, files),
                                                 indent=2) + "\n")
         self._save_state({"stack": self.stack, "image": image,
