@@ -137,10 +137,14 @@ def every_scenario(directory: Path, attacker: str, victim: str, honest: list[str
     assert split["detected"] == (survivor == "tx2")
 
 
+def nodes_of(state: dict[str, Any]) -> list[str]:
+    return [n["name"] for n in state.get("nodes", [])]
+
+
 def dashboard_on_compose(directory: Path) -> None:
     """`powlab testnet dashboard --dir D` on a compose (or swarm) testnet: every container is a
     node on the page's state, up, with its role and the chain, the race's run record is there,
-    and none of the nodes' passwords (D/secrets/) is."""
+    and none of the nodes' credentials (their cookies, or a swarm's D/secrets/) is."""
     from lab.waiting import wait_until
     from tests.dashboard_harness import DashboardProcess
 
@@ -159,8 +163,11 @@ def dashboard_on_compose(directory: Path) -> None:
         assert state.get("runs"), "the scenarios' run records"
         body = dash.get("/api/state")[1]
         assert b"powlab:powlab" not in body and b"rpcpassword" not in body.lower()
-        passwords = [p.read_text().strip() for p in (directory / "secrets").glob("*")]
-        assert passwords, "the testnet's per-node passwords"
+        from lab.testnet.cli import compose_testnet
+
+        engine = compose_testnet(directory)
+        passwords = [engine.endpoint(name)[1][1] for name in nodes_of(state)]
+        assert len(set(passwords)) == 5, "the testnet's per-node credentials"
         assert not [p for p in passwords if p.encode() in body]
     finally:
         dash.stop()

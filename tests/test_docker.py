@@ -6,8 +6,8 @@ stage of its own (``pytest -m docker tests/test_docker.py``). It first runs the 
 the base image without a registry); where Docker still is not usable it skips, saying why.
 
 The compose project is named ``powlabpytest`` plus a random suffix, one per run, builds the
-image under a tag of its own (``powlab:pytest-SUFFIX``, removed afterwards), keeps its nodes'
-RPC passwords in a temporary directory and publishes its RPC ports on free ports, so it runs
+image under a tag of its own (``powlab:pytest-SUFFIX``, removed afterwards) and publishes
+its RPC ports on free ports, so it runs
 next to a developer's own ``docker-compose up`` and next to another run of this test without
 touching either. The few tests at the top need no Docker and run in the fast suite.
 """
@@ -31,6 +31,7 @@ import pytest
 
 from lab.client import RPCError, rpc_call_sync
 from lab.testnet.docker import (
+    COOKIE_PATH,
     PROJECT_LABEL,
     SECRET_PATH,
     DockerError,
@@ -42,6 +43,7 @@ from lab.testnet.docker import (
     healthcheck,
     write_password_files,
 )
+from lab.testnet.engine import ContainerEngine
 from lab.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +119,7 @@ def test_parse_container_with_a_password_file(tmp_path: Path) -> None:
     assert net.credentials(c) == ("powlab", "per-node-password")
 
 
-def test_password_files_and_the_compose_file(tmp_path: Path) -> None:
+def test_password_files(tmp_path: Path) -> None:
     directory = tmp_path / "secrets"
     written = write_password_files(directory, ["a", "b"])
     assert [p.name for p in written] == ["a", "b"]
@@ -127,17 +129,49 @@ def test_password_files_and_the_compose_file(tmp_path: Path) -> None:
     assert first != (directory / "b").read_text() and len(first.strip()) >= 32
     assert write_password_files(directory, ["a", "c"]) == [directory / "c"]
     assert (directory / "a").read_text() == first  # kept: a running node read it
-    # The compose file mounts each node's own file and puts no password in the environment.
+
+
+def test_the_compose_file_configures_no_credentials_and_open_mode_the_fixed_pair() -> None:
+    """Per-node credentials by default: no RPC user or password anywhere in the compose
+    file, so each node uses its own cookie; docker/open.yml, the documented open mode, gives
+    every service (extra too) the fixed pair."""
     text = (ROOT / "docker-compose.yml").read_text()
-    assert "POWLAB_RPC_PASSWORD:" not in text
-    for name in (*NODES, "extra"):
-        assert f"source: powlab_rpc_{name}\n" in text
-        assert f"file: ${{POWLAB_SECRETS_DIR:-./secrets}}/{name}\n" in text
-        assert (ROOT / "docker" / "open-secrets" / name).read_text().strip() == "powlab"
-    net = DockerTestnet(ROOT, Path("docker-compose.yml"), project_name="x",
-                        secrets_dir=directory)
-    assert net.uses_secrets() and net.secrets_dir == directory
-    assert net.env["POWLAB_SECRETS_DIR"] == str(directory)
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "POWLAB_RPC_USER" not in body and "POWLAB_RPC_PASSWORD" not in body
+    assert "secrets:" not in body
+    services = [line.strip().rstrip(":") for line in body.splitlines()
+                if line.startswith("  ") and not line.startswith("   ") and line.endswith(":")]
+    open_text = (ROOT / "docker" / "open.yml").read_text()
+    for name in ("miner1", "miner2", "merchant", "attacker", "observer", "extra"):
+        assert name in services
+        assert f"  {name}: *open\n" in open_text
+    assert "POWLAB_RPC_USER: powlab\n" in open_text
+    assert "POWLAB_RPC_PASSWORD: powlab\n" in open_text
+
+
+def test_a_cookie_is_read_once_per_start_and_again_when_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    net = DockerTestnet(ROOT, Path("docker-compose.yml"), project_name="x")
+    assert isinstance(net, ContainerEngine)
+    reads: list[list[str]] = []
+    cookies = iter(["__cookie__:one", "__cookie__:two", "__cookie__:three", ""])
+
+    def fake_run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        reads.append(argv)
+        return subprocess.CompletedProcess(argv, 0, next(cookies), "")
+
+    monkeypatch.setattr("lab.testnet.docker._run", fake_run)
+    c = _parse_container(_inspect_sample())
+    c.auth = None
+    assert net.credentials(c) == ("__cookie__", "one")
+    assert net.credentials(c) == ("__cookie__", "one")  # cached for this start
+    assert reads == [["docker", "exec", c.id, "cat", COOKIE_PATH]]
+    assert net._cookie(c, fresh=True) == ("__cookie__", "two")
+    c.started_at = "2026-11-29T08:00:00Z"  # the container restarted: a new cookie
+    assert net.credentials(c) == ("__cookie__", "three")
+    c.started_at = "later"
+    with pytest.raises(DockerError, match="no RPC cookie"):  # not written yet
+        net.credentials(c)
 
 
 def test_parse_container_while_cut_off_and_scaled() -> None:
@@ -237,7 +271,6 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerTestnet]
                                                                                strict=True)}
     env["POWLAB_IMAGE"] = IMAGE  # compose builds and runs this tag
     net = DockerTestnet(ROOT, ROOT / "docker-compose.yml", project_name=PROJECT, env=env,
-                        secrets_dir=tmp_path_factory.mktemp("secrets"),
                         log=lambda m: print(f"[docker testnet] {m}", flush=True))
     try:
         started = time.monotonic()
@@ -272,30 +305,22 @@ def test_compose_testnet_end_to_end(testnet: DockerTestnet) -> None:
 
 
 @pytest.mark.docker
-def test_plain_compose_needs_the_passwords_or_open_mode(testnet: DockerTestnet,
-                                                        tmp_path: Path) -> None:
-    """Plain `docker-compose up` (no lab) without password files is refused, naming the
-    missing file; open mode mounts docker/open-secrets. Containers are created, not started."""
-    project = f"{PROJECT}plain"
+def test_open_mode_gives_every_node_the_fixed_pair(testnet: DockerTestnet) -> None:
+    """docker/open.yml over the compose file: the documented open mode. Containers are
+    created, not started."""
+    project = f"{PROJECT}open"
     ports = {f"POWLAB_{n.upper()}_RPC_PORT": str(p) for n, p in zip(NODES, _free_ports(5),
                                                                      strict=True)}
-    base = [*testnet.compose_command, "-f", str(ROOT / "docker-compose.yml"), "-p", project]
-    empty = tmp_path / "none"
-    empty.mkdir()
+    base = [*testnet.compose_command, "-f", str(ROOT / "docker-compose.yml"), "-f",
+            str(ROOT / "docker" / "open.yml"), "-p", project]
 
-    def compose(secrets_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **ports, "POWLAB_IMAGE": IMAGE,
-               "POWLAB_SECRETS_DIR": str(secrets_dir)}
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **ports, "POWLAB_IMAGE": IMAGE}
         return subprocess.run([*base, *args], capture_output=True, text=True, env=env,
                               cwd=ROOT, timeout=300, check=False)
 
-    open_dir = ROOT / "docker" / "open-secrets"
     try:
-        refused = compose(empty, "up", "--no-start", "--no-build", "miner1")
-        assert refused.returncode != 0
-        assert f"{empty}/miner1" in refused.stderr and "does not exist" in refused.stderr, \
-            refused.stderr
-        opened = compose(open_dir, "up", "--no-start", "--no-build", "miner1", "merchant")
+        opened = compose("up", "--no-start", "--no-build", "miner1", "merchant")
         assert opened.returncode == 0, opened.stderr
         for name in ("miner1", "merchant"):
             [cid] = subprocess.run(
@@ -303,10 +328,9 @@ def test_plain_compose_needs_the_passwords_or_open_mode(testnet: DockerTestnet,
                  "--filter", f"label=com.docker.compose.service={name}"],
                 capture_output=True, text=True, check=True).stdout.split()
             c = _parse_container(testnet.inspect(cid))
-            assert c.password_source == str(open_dir / name) and c.auth is None
-            assert testnet.credentials(c) == ("powlab", "powlab")
+            assert c.auth == ("powlab", "powlab") and testnet.credentials(c) == c.auth
     finally:
-        compose(open_dir, "down", "-v")
+        compose("down", "-v")
 
 
 def _end_to_end(net: DockerTestnet) -> None:
@@ -321,16 +345,17 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert {net.inspect(c.id)["Config"]["Image"] for c in containers.values()} == {IMAGE}
     passwords = {}
     for name, c in containers.items():
-        assert c.role == ROLES[name]
+        assert c.role == ROLES[name] and c.auth is None
         url, auth = net.endpoint(name)
-        passwords[name] = (net.secrets_dir / name).read_text().strip()
-        assert url.startswith("http://127.0.0.1:") and auth == ("powlab", passwords[name])
+        assert url.startswith("http://127.0.0.1:") and auth[0] == "__cookie__"
+        passwords[name] = auth[1]
+        assert len(auth[1]) >= 32
     assert len(set(passwords.values())) == len(NODES)  # one of its own per node
     wait_for(lambda: all(c.health == "healthy" for c in net.containers()), 120,
              "every container healthy")
     step("all five healthy")
     _check_credentials(net, passwords)
-    step("per-node passwords: in no container's configuration, the attacker's refused")
+    step("per-node cookies: in no container's configuration, the attacker's refused")
     # The three miners mine on their own (POWLAB_MINE) at ~0.25 H/s together.
     net.wait_converged(180, min_height=2)
     rows = {r["node"]: r for r in net.status()}
@@ -378,8 +403,7 @@ def _end_to_end(net: DockerTestnet) -> None:
     try:
         (marker / "testnet.json").write_text(json.dumps({
             "version": 1, "mode": "docker", "project_dir": str(ROOT),
-            "compose_file": str(ROOT / "docker-compose.yml"),
-            "secrets_dir": str(net.secrets_dir)}))
+            "compose_file": str(ROOT / "docker-compose.yml")}))
         out = subprocess.run(
             [sys.executable, "-m", "lab", "rpc", "--dir", str(marker), "--node", "attacker",
              "getbestblockhash"], capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -425,7 +449,8 @@ def _end_to_end(net: DockerTestnet) -> None:
 
 def _check_credentials(net: DockerTestnet, passwords: dict[str, str]) -> None:
     """No password in any container's configuration or environment; the attacker's container
-    holds only its own, which the merchant's node refuses; the fixed pair is refused too."""
+    holds only its own cookie, which the merchant's node refuses; the fixed pair is refused
+    too."""
     for c in net.containers():
         inspect = subprocess.run(["docker", "inspect", c.id], capture_output=True, text=True,
                                  check=True).stdout
@@ -434,15 +459,12 @@ def _check_credentials(net: DockerTestnet, passwords: dict[str, str]) -> None:
         for password in passwords.values():
             assert password not in inspect and password not in env, c.node
     attacker = net.container("attacker")
-    listing = subprocess.run(["docker", "exec", attacker.id, "ls", "/run/secrets"],
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert listing == ["powlab_rpc_password"]
     probe = (
         "from lab.client import rpc_call_sync, RPCAuthError\n"
-        f"pw = open('{SECRET_PATH}').read().strip()\n"
-        "for url, auth in (('http://merchant:18443/', ('powlab', pw)),\n"
+        f"user, _, pw = open('{COOKIE_PATH}').read().strip().partition(':')\n"
+        "for url, auth in (('http://merchant:18443/', (user, pw)),\n"
         "                  ('http://merchant:18443/', ('powlab', 'powlab')),\n"
-        "                  ('http://127.0.0.1:18443/', ('powlab', pw))):\n"
+        "                  ('http://127.0.0.1:18443/', (user, pw))):\n"
         "    try:\n"
         "        rpc_call_sync(url, 'getblockcount', [], auth, 20)\n"
         "        print('open')\n"

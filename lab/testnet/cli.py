@@ -440,15 +440,7 @@ def compose_testnet(directory: Path) -> Any:
     if is_swarm(directory):
         return _swarm_testnet(directory)
     project_dir, compose = _compose_location(None, directory)
-    return docker.DockerTestnet(project_dir, compose, secrets_dir=_secrets_dir(directory))
-
-
-def _secrets_dir(directory: Path) -> Path | None:
-    """Where `up --docker` put the nodes' RPC passwords (None: the compose file's default,
-    ./secrets beside it, or $POWLAB_SECRETS_DIR)."""
-    marker = _docker_marker(directory) or {}
-    given = marker.get("secrets_dir")
-    return Path(given) if given else None
+    return docker.DockerTestnet(project_dir, compose)
 
 
 def _swarm_testnet(directory: Path, stack: str | None = None) -> Any:
@@ -470,7 +462,7 @@ def docker_do(directory: Path, args: argparse.Namespace | None,
         net = _swarm_testnet(directory)
     else:
         project_dir, compose = _compose_location(args, directory)
-        net = docker.DockerTestnet(project_dir, compose, secrets_dir=_secrets_dir(directory),
+        net = docker.DockerTestnet(project_dir, compose,
                                    log=lambda m: print(m, file=sys.stderr))
     try:
         return action(net)
@@ -492,13 +484,11 @@ def _docker_up(args: argparse.Namespace, directory: Path) -> int:
         console().print(f"[yellow]--docker: the compose file defines the nodes; ignoring "
                         f"{', '.join(ignored)}")
     project_dir, compose = _compose_location(args, directory)
-    # Written first, so that `down` finds the project even if start-up fails. The nodes'
-    # RPC passwords live in DIR/secrets (a random one per node, mounted as compose secrets).
+    # Written first, so that `down` finds the project even if start-up fails. (No password
+    # is kept here: each node's is its own cookie, read with `docker exec` when needed.)
     directory.mkdir(parents=True, exist_ok=True)
     marker = {"version": MANIFEST_VERSION, "mode": "docker", "project_dir": str(project_dir),
-              "compose_file": str(compose), "created": time.time(),
-              "secrets_dir": str((existing or {}).get("secrets_dir")
-                                 or directory.resolve() / "secrets")}
+              "compose_file": str(compose), "created": time.time()}
     (directory / MANIFEST_NAME).write_text(json.dumps(marker, indent=2) + "\n")
     docker_do(directory, args, lambda net: net.up(wait=args.timeout))
     rows = docker_do(directory, args, lambda net: net.status())
@@ -582,11 +572,8 @@ def _refuse_other_swarm_layout(args: argparse.Namespace, directory: Path,
 
 def _docker_down(args: argparse.Namespace, directory: Path) -> int:
     docker_do(directory, args, lambda net: net.down(args.purge))
-    secrets_dir = None if is_swarm(directory) else _secrets_dir(directory)
     with contextlib.suppress(FileNotFoundError):
         (directory / MANIFEST_NAME).unlink()
-    if args.purge and secrets_dir is not None and secrets_dir.parent == directory.resolve():
-        shutil.rmtree(secrets_dir, ignore_errors=True)  # the passwords `up --docker` made
     if args.purge:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if nothing else lives there

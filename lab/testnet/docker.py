@@ -65,13 +65,16 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 NETWORK_LABEL = "com.docker.compose.network"
 ROLE_ORDER = ("miner", "merchant", "attacker", "observer")
-# Per-node RPC passwords: each container gets its own file at SECRET_PATH (a compose file
-# secret, a bind mount of SECRETS_DIR_ENV/<service>; a Docker secret on a swarm), and
-# POWLAB_RPC_PASSWORD_FILE names it; no password is in any container's environment.
+# Per-node RPC credentials. A compose node (docker-compose.yml) configures none, so it uses
+# its cookie, a random password it writes to its own volume at each start (COOKIE_PATH),
+# which the lab reads with `docker exec`. A swarm node, which the lab may not reach with
+# `docker exec` (another engine), gets a password file of its own at SECRET_PATH (a Docker
+# secret) that POWLAB_RPC_PASSWORD_FILE names. Either way no password is in any container's
+# configuration and no container holds another's.
+COOKIE_PATH = "/data/.cookie"
 SECRET_TARGET = "powlab_rpc_password"
 SECRET_PATH = f"/run/secrets/{SECRET_TARGET}"
 PASSWORD_FILE_ENV = "POWLAB_RPC_PASSWORD_FILE"
-SECRETS_DIR_ENV = "POWLAB_SECRETS_DIR"
 SETUP_HINT = (
     "install Docker Engine and Compose (v2 plugin or docker-compose 1.29) and start the "
     "engine; on a machine without a container registry, shared/tools/docker-offline.sh "
@@ -210,9 +213,9 @@ def write_password_files(directory: Path, names: Sequence[str]) -> list[Path]:
     """``directory/NAME`` for each name that has none yet, holding a random password.
 
     The directory is 0700, so only its owner reaches the files on the host; each file is
-    0644 because a compose file secret is a bind mount that keeps the host file's mode and
-    owner, and the node in the container runs as another user (uid 10001). Files already
-    there are kept: a running node read its password at start."""
+    0644 because a file secret keeps the host file's mode and owner, and the node in the
+    container runs as another user (uid 10001). Files already there are kept: a running
+    node read its password at start."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
@@ -285,7 +288,8 @@ class NodeContainer:
     local: bool = True  # on this machine's engine, so `docker exec` reaches it
     rpc_user: str | None = None  # POWLAB_RPC_USER, when the password is in a file
     password_file: str | None = None  # POWLAB_RPC_PASSWORD_FILE: the path inside
-    password_source: str | None = None  # the host file bind-mounted there (a compose secret)
+    password_source: str | None = None  # the host file bind-mounted there (a file secret)
+    started_at: str = ""  # State.StartedAt: a new start means a new cookie
 
     @property
     def rpc_url(self) -> str | None:
@@ -331,7 +335,22 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
         rpc_user=user if password_file else None,
         password_file=password_file,
         password_source=source,
+        started_at=str(state.get("StartedAt") or ""),
     )
+
+
+def _post_calls(url: str, calls: Sequence[tuple[str, list[Any]]], auth: tuple[str, str],
+                timeout: float, errors: str) -> list[Any]:
+    """``calls`` over HTTP in order; an RPC error raised or returned as ``errors`` says."""
+    results: list[Any] = []
+    for method, params in calls:
+        try:
+            results.append(rpc_call_sync(url, method, params, auth, timeout))
+        except RPCError as exc:  # (a refused credential is RPCAuthError: raised)
+            if errors == "raise":
+                raise
+            results.append(exc)
+    return results
 
 
 def _host_port(bindings: list[dict[str, str]] | None) -> int | None:
@@ -369,7 +388,6 @@ class DockerTestnet:
         project_name: str | None = None,
         network: str = "powlab",
         env: Mapping[str, str] | None = None,
-        secrets_dir: Path | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
@@ -379,8 +397,8 @@ class DockerTestnet:
         self.project = project_name or default_project_name(self.project_dir)
         self.network_key = network
         self.env = dict(env or {})
-        if secrets_dir is not None:
-            self.env[SECRETS_DIR_ENV] = str(Path(secrets_dir).resolve())
+        # (container id, start time) -> its cookie: read once per start of the node.
+        self._cookies: dict[tuple[str, str], tuple[str, str]] = {}
         self.log = log or (lambda message: None)
         self._compose: list[str] | None = None
         self._main_network: str | None = None
@@ -402,38 +420,12 @@ class DockerTestnet:
         return _run(argv, timeout=timeout, cwd=self.project_dir, capture=capture, check=check,
                     env=self.env)
 
-    @property
-    def secrets_dir(self) -> Path:
-        """Where the compose file takes the nodes' password files from: its
-        ``${POWLAB_SECRETS_DIR:-./secrets}`` (relative to the project directory)."""
-        given = self.env.get(SECRETS_DIR_ENV) or os.environ.get(SECRETS_DIR_ENV) or "secrets"
-        return self.project_dir / given  # an absolute `given` stays as it is
-
-    def uses_secrets(self) -> bool:
-        """True when the compose file takes per-node passwords from the secrets directory."""
-        try:
-            return SECRETS_DIR_ENV in self.compose_file.read_text()
-        except OSError:
-            return False
-
-    def write_secrets(self) -> list[Path]:
-        """A random password file per service of the compose file in :attr:`secrets_dir`
-        (one made earlier is kept: a running node read it at start). Returns the files
-        written."""
-        services = self.compose("config", "--services").stdout.split()
-        return write_password_files(self.secrets_dir, services)
-
     def up(self, build: bool = True, *, wait: float = 180.0, fund: bool = True) -> None:
         """Build the image (``build``), start every node, wait until all answer RPC.
 
         With ``fund``, a fresh chain gets one matured coinbase per node (so every wallet,
-        the attacker's and the merchant's included, can spend). A compose file with
-        per-node passwords gets them first (:meth:`write_secrets`).
+        the attacker's and the merchant's included, can spend).
         """
-        if self.uses_secrets():
-            written = self.write_secrets()
-            if written:
-                self.log(f"wrote {len(written)} RPC passwords to {self.secrets_dir}")
         if build:
             self.log("building the powlab image (compose build)")
             self.compose("build", timeout=BUILD_TIMEOUT)
@@ -494,9 +486,10 @@ class DockerTestnet:
         auth = c.auth or self._cookie(c)
         return c.rpc_url, auth
 
-    def _cookie(self, c: NodeContainer) -> tuple[str, str]:
+    def _cookie(self, c: NodeContainer, fresh: bool = False) -> tuple[str, str]:
         """Credentials not in the container's environment: its password file (the host
-        file mounted there, else read inside the container), else the node's cookie."""
+        file mounted there, else read inside the container), else the node's cookie, read
+        once per start of the container (``fresh``: read it again)."""
         if c.rpc_user and c.password_file:
             if c.password_source:
                 with contextlib.suppress(OSError):
@@ -504,8 +497,15 @@ class DockerTestnet:
             if c.local and c.running:
                 return c.rpc_user, _run(["docker", "exec", c.id, "cat",
                                          c.password_file]).stdout.strip()
-        text = _run(["docker", "exec", c.id, "cat", "/data/.cookie"]).stdout.strip()
-        user, _, password = text.partition(":")
+        key = (c.id, c.started_at)
+        cached = self._cookies.get(key)
+        if cached is not None and not fresh:
+            return cached
+        text = _run(["docker", "exec", c.id, "cat", COOKIE_PATH]).stdout.strip()
+        user, sep, password = text.partition(":")
+        if not sep:
+            raise DockerError(f"node {c.node}: no RPC cookie at {COOKIE_PATH} yet")
+        self._cookies[key] = (user, password)
         return user, password
 
     # ------------------------------------------------------------------ extra containers
@@ -604,10 +604,6 @@ class DockerTestnet:
         env: dict[str, str] = {}
         if config_image:
             env["POWLAB_IMAGE"] = config_image
-        if old.password_source and SECRETS_DIR_ENV not in self.env:
-            # The password files the project was started with (a journal's restore knows
-            # only the compose file).
-            env[SECRETS_DIR_ENV] = str(Path(old.password_source).parent)
         for c in self.containers():
             if c.rpc_port and c.number == 1 and re.fullmatch(r"[A-Za-z0-9_]+", c.service):
                 env[f"POWLAB_{c.service.upper()}_RPC_PORT"] = str(c.rpc_port)
@@ -657,16 +653,16 @@ class DockerTestnet:
         as its :class:`RPCError` instead of being raised."""
         if c.rpc_url is not None and self._main_network_name() in c.networks:
             try:
-                auth = c.auth or self._cookie(c)
-                results: list[Any] = []
-                for method, params in calls:
-                    try:
-                        results.append(rpc_call_sync(c.rpc_url, method, params, auth, timeout))
-                    except RPCError as exc:
-                        if errors == "raise":
-                            raise
-                        results.append(exc)
-                return results
+                try:
+                    return _post_calls(c.rpc_url, calls, c.auth or self._cookie(c), timeout,
+                                       errors)
+                except RPCAuthError:
+                    if c.auth:
+                        raise
+                    # A cookie read just before the node replaced it (a restart after a
+                    # kill leaves the old file until the new node writes its own).
+                    return _post_calls(c.rpc_url, calls, self._cookie(c, fresh=True), timeout,
+                                       errors)
             except RPCConnectionError:
                 pass
         if not c.running:
@@ -998,9 +994,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("healthcheck", help="(inside a container) exit 0 when the node answers RPC")
     batch = sub.add_parser("call-batch", help="(inside a container) run [[method, params]…]")
     batch.add_argument("calls")
-    sub.add_parser(
-        "secrets", help=f"write a random RPC password per node of the compose file into "
-                        f"${SECRETS_DIR_ENV} (default ./secrets); existing ones are kept")
     up = sub.add_parser("up")
     up.add_argument("--no-build", action="store_true")
     up.add_argument("--no-fund", action="store_true")
@@ -1021,10 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = DockerTestnet(args.project_dir, args.file, project_name=args.project_name,
                         log=lambda m: print(m, file=sys.stderr))
     try:
-        if args.command == "secrets":
-            for path in net.write_secrets():
-                print(path)
-        elif args.command == "up":
+        if args.command == "up":
             net.up(build=not args.no_build, fund=not args.no_fund)
             _print_status(net.status())
         elif args.command == "status":
