@@ -100,19 +100,31 @@ def parse_request(raw: bytes) -> dict[str, Any]:
     if op != "spawn":
         raise RequestError(f"unknown op {op!r}; expected 'spawn' or 'ping'")
     argv = request.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) and "\0" not in a for a in argv):
+    if not isinstance(argv, list) or not all(isinstance(a, str) and _encodable(a) for a in argv):
         raise RequestError("argv must be a list of strings")
     for key in ("log", "cwd"):
         value = request.get(key)
-        if not isinstance(value, str) or not os.path.isabs(value):
+        if not isinstance(value, str) or not os.path.isabs(value) or not _encodable(value):
             raise RequestError(f"{key} must be an absolute path")
     if not os.path.isdir(request["cwd"]):
         raise RequestError(f"cwd {request['cwd']!r} is not a directory")
     env = request.get("env", {})
     if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            isinstance(k, str) and isinstance(v, str) and _encodable(k) and _encodable(v)
+            and k and "=" not in k for k, v in env.items()):
         raise RequestError("env must be an object of strings")
     return request
+
+
+def _encodable(text: str) -> bool:
+    """Usable as a path, argument or environment string: no NUL, no lone surrogate."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def retitle(args: Sequence[str]) -> bool:
@@ -185,9 +197,17 @@ def spawn(request: dict[str, Any], closing: Sequence[socket.socket]) -> int:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise RequestError(f"cannot open log {request['log']!r}: {exc.strerror}") from None
-    started_r, started_w = os.pipe()
     try:
-        pid = os.fork()
+        started_r, started_w = os.pipe()
+    except OSError:
+        os.close(log_fd)
+        raise
+    try:
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(started_w)
+            raise
         if pid == 0:
             os.close(started_r)
             _child(request, log_fd, closing, started_w)
@@ -237,8 +257,8 @@ def handle(conn: socket.socket, listener: socket.socket) -> None:
             reply = {"ok": True, "pid": spawn(request, (conn, listener))}
     except RequestError as exc:
         reply = {"ok": False, "error": str(exc)}
-    except OSError as exc:
-        reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps(reply).encode() + b"\n")
 

@@ -212,7 +212,7 @@ class Admission(ProtocolCore):
             return
         peer.status = PeerStatus.ESTABLISHED
         peer.connected_at = now
-        self.book.note_success(peer.addr)
+        self.book.note_success(peer.addr, now)
         advertised = peer.advertised_address()
         if advertised is not None:
             self.book.add_address(advertised, peer.node_id or bytes(32), int(now))

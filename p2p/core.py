@@ -43,6 +43,7 @@ log = structlog.get_logger("powlab.p2p")
 # the book (disconnects we chose, such as `setnetworkactive false`, are not the address's fault).
 DIAL_FAILURES = frozenset({"handshake-timeout", "handshake-refused", "wrong-node-id",
                            "not-allowed"})
+MIN_OUTBOUND_FOR_FAILURES = 2
 
 #: The largest envelope sent as a datagram: with the session's header and tag it is one
 #: MAX_DATAGRAM_SIZE datagram.
@@ -214,11 +215,18 @@ class ProtocolCore:
         if peer.addr in self._persistent:
             self._persistent[peer.addr] = now + self.config.reconnect_interval
         if (not was_established and not peer.inbound and reason in DIAL_FAILURES
-                and self.book.note_failure(peer.addr)):
+                and self._well_connected() and self.book.note_failure(peer.addr, now)):
             log.info("address_forgotten", addr=f"{peer.addr[0]}:{peer.addr[1]}", reason=reason)
         if was_established:
             log.info("peer_disconnected", peer=peer.label, reason=reason)
             self._events.append(PeerDisconnected(peer.id, peer.addr, reason))
+
+    def _well_connected(self) -> bool:
+        """Enough established outbound peers that a failed dial says something about the
+        address rather than about our own link (Core counts failures only then)."""
+        wanted = min(MIN_OUTBOUND_FOR_FAILURES, self.config.max_outbound)
+        outbound = sum(1 for p in self.peers.values() if p.established and not p.inbound)
+        return outbound >= max(1, wanted)
 
     def _update_peer_tip(self, peer: Peer, height: int, work: int, tip: bytes) -> None:
         peer.height, peer.chainwork, peer.tip = height, work, tip

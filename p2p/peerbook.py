@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,14 +18,20 @@ class KnownAddress:
     last_attempt: float = 0.0
     failures: int = 0  # dials in a row that never completed a handshake
     connected_once: bool = False
+    last_success: float = 0.0  # when a handshake with it last completed (0: never)
 
 
 # When an address is not worth keeping, after Bitcoin Core's addrman `IsTerrible`: one that
-# never answered is dropped after a few tries, one that once did after many. Without this, an
-# address that died (a node gone, a container moved off a network) is redialled for ever, and
-# each dial shows as a peer stuck in its handshake.
+# never answered is dropped after a few failed dials, one that once did after many, and only
+# once its last success is old. Without this, an address that died (a node gone, a container
+# moved off a network) is redialled for ever, and each dial shows as a peer stuck in its
+# handshake. Failures count only while the node itself is well connected (the caller checks,
+# as Core counts them only with enough outbound peers): a node that lost its own link must not
+# forget everyone it knew and refill its book from whoever reaches it first (an eclipse).
 RETRIES_NEVER_CONNECTED = 3
 RETRIES_ONCE_CONNECTED = 10
+# Core waits 7 days; a lab testnet lives for minutes or hours, so a shorter age.
+ONCE_CONNECTED_MIN_AGE = 10 * 60.0
 
 
 @dataclass
@@ -77,25 +84,29 @@ class PeerBook:
         while len(self.addresses) > self.max_addresses:
             self.addresses.popitem(last=False)
 
-    def note_failure(self, addr: Address) -> bool:
-        """A dial to `addr` gave up before its handshake completed. True when the address was
-        forgotten because of it."""
+    def note_failure(self, addr: Address, now: float) -> bool:
+        """A dial to `addr` gave up before its handshake completed (count it only while this
+        node is well connected). True when the address was forgotten because of it."""
         known = self.addresses.get(addr)
         if known is None:
             return False
-        known.failures += 1
-        limit = RETRIES_ONCE_CONNECTED if known.connected_once else RETRIES_NEVER_CONNECTED
-        if known.failures >= limit:
+        known.failures = min(known.failures + 1, RETRIES_ONCE_CONNECTED)
+        if known.connected_once:
+            terrible = (known.failures >= RETRIES_ONCE_CONNECTED
+                        and now - known.last_success >= ONCE_CONNECTED_MIN_AGE)
+        else:
+            terrible = known.failures >= RETRIES_NEVER_CONNECTED
+        if terrible:
             del self.addresses[addr]
-            return True
-        return False
+        return terrible
 
-    def note_success(self, addr: Address) -> None:
+    def note_success(self, addr: Address, now: float) -> None:
         """A handshake with `addr` completed: its failures are forgiven."""
         known = self.addresses.get(addr)
         if known is not None:
             known.failures = 0
             known.connected_once = True
+            known.last_success = now
 
     def sample(self, rng: random.Random, count: int) -> list[KnownAddress]:
         pool = list(self.addresses.values())
@@ -106,7 +117,7 @@ class PeerBook:
         return [
             {"host": k.addr[0], "port": k.addr[1], "node_id": k.node_id.hex(),
              "last_seen": k.last_seen, "failures": k.failures,
-             "connected_once": k.connected_once}
+             "connected_once": k.connected_once, "last_success": k.last_success}
             for k in self.addresses.values()
         ]
 
@@ -121,7 +132,10 @@ class PeerBook:
                 # Older files have neither field.
                 failures = int(record.get("failures", 0))  # type: ignore[call-overload]
                 connected_once = record.get("connected_once", False) is True
-            except (KeyError, TypeError, ValueError):
+                last_success = float(record.get("last_success", 0.0))  # type: ignore[arg-type]
+                if not math.isfinite(last_success):
+                    raise ValueError(last_success)
+            except (KeyError, TypeError, ValueError, OverflowError):
                 continue
             if not host or not 0 < port < 65536 or len(node_id) != 32:
                 continue
@@ -130,6 +144,7 @@ class PeerBook:
             if known is not None:
                 known.failures = max(0, min(failures, RETRIES_ONCE_CONNECTED - 1))
                 known.connected_once = connected_once
+                known.last_success = last_success if connected_once else 0.0
             added += 1
         return added
 

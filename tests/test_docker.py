@@ -151,27 +151,81 @@ def test_the_compose_file_configures_no_credentials_and_open_mode_the_fixed_pair
 
 def test_a_cookie_is_read_once_per_start_and_again_when_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read with `docker exec`, kept once the node accepts it: for the container's start, or
+    until asked afresh. A stale cookie (a kill leaves the last start's file until the new
+    node writes its own) is refused by the node, so it is not kept, and the caller retries."""
+    from lab.client import RPCAuthError, RPCConnectionError
+
     net = DockerTestnet(ROOT, Path("docker-compose.yml"), project_name="x")
     assert isinstance(net, ContainerEngine)
     reads: list[list[str]] = []
-    cookies = iter(["__cookie__:one", "__cookie__:two", "__cookie__:three", ""])
+    cookies = iter(["__cookie__:stale", "__cookie__:one", "__cookie__:two", "__cookie__:three",
+                    "__cookie__:cut", "__cookie__:cut2", ""])
+    current = {"password": "one", "reachable": True}
 
     def fake_run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         reads.append(argv)
         return subprocess.CompletedProcess(argv, 0, next(cookies), "")
 
+    def fake_rpc(url: str, method: str, params: list[Any], auth: tuple[str, str],
+                 timeout: float) -> int:
+        if not current["reachable"]:
+            raise RPCConnectionError("cut off")
+        if auth[1] != current["password"]:
+            raise RPCAuthError("401")
+        return 7
+
     monkeypatch.setattr("lab.testnet.docker._run", fake_run)
+    monkeypatch.setattr("lab.testnet.docker.rpc_call_sync", fake_rpc)
     c = _parse_container(_inspect_sample())
     c.auth = None
+    with pytest.raises(DockerError, match="not the current one"):
+        net.credentials(c)
     assert net.credentials(c) == ("__cookie__", "one")
-    assert net.credentials(c) == ("__cookie__", "one")  # cached for this start
-    assert reads == [["docker", "exec", c.id, "cat", COOKIE_PATH]]
-    assert net._cookie(c, fresh=True) == ("__cookie__", "two")
+    assert net.credentials(c) == ("__cookie__", "one")  # kept for this start
+    assert reads == [["docker", "exec", c.id, "cat", COOKIE_PATH]] * 2
+    current["password"] = "two"
+    assert net.credentials(c, fresh=True) == ("__cookie__", "two")
     c.started_at = "2026-11-29T08:00:00Z"  # the container restarted: a new cookie
+    current["password"] = "three"
     assert net.credentials(c) == ("__cookie__", "three")
     c.started_at = "later"
+    current["reachable"] = False  # cut off: used as read, not kept
+    assert net.credentials(c) == ("__cookie__", "cut")
+    assert net.credentials(c) == ("__cookie__", "cut2")
     with pytest.raises(DockerError, match="no RPC cookie"):  # not written yet
         net.credentials(c)
+
+
+def test_a_scenario_reads_a_recreated_nodes_new_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`net.restart_node` on compose: the new container's node has a new cookie at the same
+    URL; waiting for it re-reads the cookie when the old one is refused."""
+    from types import SimpleNamespace
+
+    from lab import client
+    from lab.client import NodeEndpoint, RPCAuthError
+    from lab.scenario import nodes
+    from lab.scenario.engine import NetNode
+
+    url = "http://127.0.0.1:18502/"
+
+    def fake(u: str, method: str, params: list[Any], auth: tuple[str, str] | None,
+             timeout: float) -> int:
+        if auth != ("__cookie__", "new"):
+            raise RPCAuthError("401")
+        return 1
+
+    monkeypatch.setattr(client, "rpc_call_sync", fake)
+    fetched: list[bool] = []
+
+    def credentials(c: Any, fresh: bool = False) -> tuple[str, str]:
+        fetched.append(fresh)
+        return ("__cookie__", "new")
+
+    node = NetNode("miner1", "miner", NodeEndpoint(url, ("__cookie__", "old")))
+    nodes._compose_ready(node, SimpleNamespace(rpc_url=url, container="c", id="new"),
+                         SimpleNamespace(credentials=credentials), timeout=5)
+    assert node.endpoint.auth == ("__cookie__", "new") and fetched == [True]
 
 
 def test_parse_container_while_cut_off_and_scaled() -> None:

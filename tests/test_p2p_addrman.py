@@ -9,7 +9,12 @@ from collections import Counter
 from itertools import pairwise
 
 from p2p.memory import MemoryNetwork, MemoryNode
-from p2p.peerbook import RETRIES_NEVER_CONNECTED, RETRIES_ONCE_CONNECTED, PeerBook
+from p2p.peerbook import (
+    ONCE_CONNECTED_MIN_AGE,
+    RETRIES_NEVER_CONNECTED,
+    RETRIES_ONCE_CONNECTED,
+    PeerBook,
+)
 from p2p.protocol import PeerRefused
 from tests.p2p_helpers import QUICK, config, established, run_until
 
@@ -102,9 +107,13 @@ def test_a_dead_address_is_dialled_less_often_then_forgotten() -> None:
     """An address nothing answers at (a node gone, a container moved off its network) is
     forgotten after RETRIES_NEVER_CONNECTED failed dials, as Core's addrman drops a terrible
     address; until then each failure lengthens the wait before the next dial. Nothing is left
-    behind as a peer stuck in its handshake."""
+    behind as a peer stuck in its handshake. (The node is well connected: two live peers.)"""
     net = MemoryNetwork(QUICK, seed=8)
     a = net.add_node("a")
+    live = [net.add_node(f"x{i}") for i in range(2)]
+    for other in live:
+        a.connect(other)
+    run_until(net, lambda: all(established(a, o) for o in live), 10, "a reaches two peers")
     dead = ("127.99.0.1", 18444)
     a.p2p.book.add_address(dead, bytes(range(32)), int(net.now))
     dials: list[float] = []
@@ -123,37 +132,56 @@ def test_a_dead_address_is_dialled_less_often_then_forgotten() -> None:
     assert dead not in a.p2p.book.addresses
 
 
+def test_a_node_that_lost_its_own_link_forgets_no_one() -> None:
+    """With no outbound peer of its own, every dial fails because of us, not the addresses:
+    none is counted, so an outage cannot empty the book for an attacker to refill."""
+    net = MemoryNetwork(QUICK, seed=9)
+    a = net.add_node("a")
+    gone = [(f"127.99.0.{k}", 18444) for k in range(1, 6)]
+    for k, addr in enumerate(gone, start=1):
+        a.p2p.book.add_address(addr, bytes([k]) * 32, int(net.now))
+    assert not net.run_until(lambda: len(a.p2p.book.addresses) < len(gone), 600)
+    assert all(a.p2p.book.addresses[addr].failures == 0 for addr in gone)
+
+
 def test_an_address_that_once_answered_is_kept_longer_and_forgiven_on_success() -> None:
     book = PeerBook(10, 100, 60.0)
     fresh, known = ("127.0.0.2", 1), ("127.0.0.3", 1)
     book.add_address(fresh, bytes(32), 1)
     book.add_address(known, bytes(32), 1)
-    book.note_success(known)
+    book.note_success(known, 100.0)
     for _ in range(RETRIES_NEVER_CONNECTED - 1):
-        assert not book.note_failure(fresh)
-        assert not book.note_failure(known)
-    assert book.note_failure(fresh) and fresh not in book.addresses
-    book.note_success(known)
+        assert not book.note_failure(fresh, 100.0)
+        assert not book.note_failure(known, 100.0)
+    assert book.note_failure(fresh, 100.0) and fresh not in book.addresses
+    book.note_success(known, 100.0)
     assert book.addresses[known].failures == 0
-    results = [book.note_failure(known) for _ in range(RETRIES_ONCE_CONNECTED)]
-    assert results == [False] * (RETRIES_ONCE_CONNECTED - 1) + [True]
-    assert not book.note_failure(("127.0.0.9", 1))  # not in the book: nothing to count
+    # Ten failures in a row, but it answered moments ago: kept (Core: not within a week).
+    results = [book.note_failure(known, 200.0) for _ in range(RETRIES_ONCE_CONNECTED + 5)]
+    assert not any(results) and known in book.addresses
+    assert book.note_failure(known, 100.0 + ONCE_CONNECTED_MIN_AGE)
+    assert not book.note_failure(("127.0.0.9", 1), 0.0)  # not in the book: nothing to count
 
 
 def test_failures_survive_a_restart_in_the_records_and_garbage_counts_are_refused() -> None:
     book = PeerBook(10, 100, 60.0)
     addr = ("127.0.0.2", 18444)
     book.add_address(addr, bytes(32), 5)
-    book.note_success(addr)
-    book.note_failure(addr)
+    book.note_success(addr, 50.0)
+    book.note_failure(addr, 60.0)
     again = PeerBook(10, 100, 60.0)
     records = book.records()
     hostile = [dict(records[0], host="127.0.0.3", failures=10**9),
                dict(records[0], host="127.0.0.4", failures="x"),
-               dict(records[0], host="127.0.0.5", failures=-7, connected_once="yes")]
+               dict(records[0], host="127.0.0.5", failures=-7, connected_once="yes"),
+               dict(records[0], host="127.0.0.6", failures=float("inf")),
+               dict(records[0], host="127.0.0.7", last_success=float("nan")),
+               dict(records[0], host="127.0.0.8", last_success="soon")]
     assert again.load_records([*records, *hostile]) == 3
     assert again.addresses[addr].failures == 1 and again.addresses[addr].connected_once
+    assert again.addresses[addr].last_success == 50.0
     assert again.addresses[("127.0.0.3", 18444)].failures == RETRIES_ONCE_CONNECTED - 1
-    assert ("127.0.0.4", 18444) not in again.addresses
+    for refused in ("127.0.0.4", "127.0.0.6", "127.0.0.7", "127.0.0.8"):
+        assert (refused, 18444) not in again.addresses
     fifth = again.addresses[("127.0.0.5", 18444)]
     assert fifth.failures == 0 and not fifth.connected_once

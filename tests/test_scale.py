@@ -125,6 +125,9 @@ def test_addresses_spill_into_the_next_ranges() -> None:
     assert len(hosts) == 1000
     with pytest.raises(manifest_module.TestnetError, match="do not fit"):
         host_of("127.77.254", 600)
+    assert host_of("127.255.254", 506) == "127.255.255.254"
+    with pytest.raises(manifest_module.TestnetError, match="broadcast"):
+        host_of("127.255.254", 507)
 
 
 def test_large_testnets_fund_the_first_sixteen_and_the_miners(tmp_path: Path) -> None:
@@ -164,7 +167,13 @@ def test_fork_server_socket_is_private_and_bad_requests_do_not_kill_it(server: P
     for message in bad:
         reply = forkserver.request(path, message)  # type: ignore[arg-type]
         assert reply["ok"] is False and reply["error"], message
-    for raw in (b"not json\n", b"\xff\xfe\n", b"{" + b" " * 70_000 + b"\n"):
+    for raw in (b"not json\n", b"\xff\xfe\n", b"{" + b" " * 70_000 + b"\n", b"[" * 60_000 + b"\n",
+                json.dumps({"op": "spawn", "argv": [], "log": "/tmp/x\u0000y",
+                            "cwd": "/tmp"}).encode() + b"\n",
+                json.dumps({"op": "spawn", "argv": [], "log": "/tmp/\ud800",
+                            "cwd": "/tmp"}).encode() + b"\n",
+                json.dumps({"op": "spawn", "argv": ["\ud800"], "log": "/tmp/x.log",
+                            "cwd": "/tmp", "env": {"A=B": "1"}}).encode() + b"\n"):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(10)
             conn.connect(str(path))

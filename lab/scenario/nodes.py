@@ -50,12 +50,20 @@ from typing import Any
 from lab import waiting
 from lab.client import NodeEndpoint, datadir_endpoint
 from lab.scenario.engine import NetNode, ScenarioError
-from lab.testnet.manifest import Manifest, NodeEntry, load_manifest, resolve_dir
+from lab.testnet.manifest import (
+    FIRST_HOST,
+    Manifest,
+    NodeEntry,
+    TestnetError,
+    host_of,
+    load_manifest,
+    resolve_dir,
+)
 from lab.testnet.nodeconfig import node_defaults, parse_node_options, render_toml
 from lab.testnet.processes import NodeProcess, NodeProcessError, node_process, with_launcher
 
 EXTRA_DIR = "scenario-nodes"
-EXTRA_HOST_BASE = 200  # extra node k binds SUBNET.(200 + k)
+EXTRA_HOST_BASE = 200  # extra node k binds SUBNET.(200 + k), or follows a larger testnet's last
 MAX_EXTRA = 50
 OVERRIDE_SUFFIX = ".scenario"
 PEERS_FILE = "peers.json"  # the node's address book (node/daemon.py)
@@ -231,7 +239,12 @@ def start_nodes(net: Any, count: int, *, connect: Iterable[str | NetNode] = (),
     targets = [_entry(manifest, _node(net, n).name).p2p for n in connect]
     p2p_port = manifest.nodes[0].p2p.rsplit(":", 1)[1]
     rpc_port = manifest.nodes[0].rpc.rsplit(":", 1)[1]
-    hosts = [f"{manifest.subnet}.{EXTRA_HOST_BASE + first + k}" for k in range(count)]
+    # SUBNET.200 on, or after the testnet's last node where it has more than 198.
+    start = max(EXTRA_HOST_BASE - FIRST_HOST, len(manifest.nodes)) + first
+    try:
+        hosts = [host_of(manifest.subnet, start + k) for k in range(count)]
+    except TestnetError as exc:
+        raise ScenarioError(f"no loopback address for {count} extra nodes: {exc}") from None
     p2p = [f"{h}:{p2p_port}" for h in hosts]
     base = dict(node_defaults())
     base.pop("params", None)
@@ -401,14 +414,23 @@ def _compose_ready(node: NetNode, c: Any, testnet: Any, timeout: float) -> None:
     if c.rpc_url is None:
         raise ScenarioError(f"{c.container} publishes no RPC port")
 
-    def answers() -> bool:
-        if node.endpoint.auth is None or node.endpoint.url != c.rpc_url:
-            auth = _docker(lambda: testnet.credentials(c))
-            node.endpoint = NodeEndpoint(c.rpc_url, (auth[0], auth[1]))
-        node.call("getblockcount", timeout=5)
-        return True
-
+    from lab.client import RPCAuthError
     from lab.testnet.docker import RPC_FAILURES, DockerError
+
+    refused = [node.endpoint.auth is None or node.endpoint.url != c.rpc_url]
+
+    def answers() -> bool:
+        if refused[0]:
+            # A recreated container's node writes a new cookie at the same URL.
+            auth = _docker(lambda: testnet.credentials(c, fresh=True))
+            node.endpoint = NodeEndpoint(c.rpc_url, (auth[0], auth[1]))
+            refused[0] = False
+        try:
+            node.call("getblockcount", timeout=5)
+        except RPCAuthError:
+            refused[0] = True
+            raise
+        return True
 
     try:
         waiting.wait_until(answers, timeout, f"{node.name} to answer RPC", 0.5,

@@ -505,6 +505,17 @@ class DockerTestnet:
         user, sep, password = text.partition(":")
         if not sep:
             raise DockerError(f"node {c.node}: no RPC cookie at {COOKIE_PATH} yet")
+        # After a kill the last start's cookie stays until the new node writes its own: keep
+        # a cookie only once the node has accepted it (one call; where the port does not
+        # answer, a cut-off node, it is used as read and not kept).
+        if c.rpc_url is not None:
+            try:
+                rpc_call_sync(c.rpc_url, "getblockcount", [], (user, password), 5)
+            except RPCAuthError:
+                raise DockerError(f"node {c.node}: its cookie is not the current one yet "
+                                  "(starting?)") from None
+            except (RPCConnectionError, RPCError):
+                return user, password
         self._cookies[key] = (user, password)
         return user, password
 
@@ -575,10 +586,10 @@ class DockerTestnet:
             raise DockerError(f"{ref} is not on the compose network {main} (cut off?)")
         return f"{ip}:{port}"
 
-    def credentials(self, c: NodeContainer) -> tuple[str, str]:
+    def credentials(self, c: NodeContainer, fresh: bool = False) -> tuple[str, str]:
         """A node's RPC user and password: its environment's, its password file's, else
-        its cookie."""
-        return c.auth or self._cookie(c)
+        its cookie (``fresh``: read again, not the one read earlier in this start)."""
+        return c.auth or self._cookie(c, fresh)
 
     # ------------------------------------------------------------------ recreating a node
 

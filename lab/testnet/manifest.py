@@ -26,6 +26,8 @@ LAUNCHERS = ("exec", "fork")
 DEFAULT_DEGREE = 8
 # Node k sits at host slot k of the subnet, spilling into the next ranges (A.B.C+1, …).
 HOSTS_PER_RANGE = 254
+FIRST_HOST = 2  # node index 0 binds SUBNET.2 (.1 is left to the machine)
+LOOPBACK_BROADCAST = "127.255.255.255"  # binds, but sending to it fails (EACCES)
 MAX_NODES = 2000
 NETWORKS = ("regtest", "testnet")
 DEFAULT_SUBNET = "127.0.0"
@@ -197,7 +199,12 @@ def host_of(subnet: str, index: int) -> str:
         raise TestnetError(f"{index + 1} nodes do not fit from subnet {subnet} on "
                            f"(node {index + 1} would need {a}.{b}.{int(c) + spill}); "
                            "use a subnet with a lower third number")
-    return f"{a}.{b}.{int(c) + spill}.{slot + 2}"
+    host = f"{a}.{b}.{int(c) + spill}.{slot + FIRST_HOST}"
+    if host == LOOPBACK_BROADCAST:
+        raise TestnetError(f"{index + 1} nodes do not fit from subnet {subnet} on (node "
+                           f"{index + 1} would get {host}, loopback's broadcast address, to "
+                           "which nothing can send); use a subnet with a lower third number")
+    return host
 
 
 def random_links(count: int, degree: int, seed: int) -> dict[int, list[int]]:

@@ -504,8 +504,8 @@ class SwarmTestnet(DockerTestnet):
                 found[-1].networks[main] = ""
         return sorted(found, key=_role_key)
 
-    def _cookie(self, c: NodeContainer) -> tuple[str, str]:
-        password = self.password(c.service)
+    def _cookie(self, c: NodeContainer, fresh: bool = False) -> tuple[str, str]:
+        password = self.password(c.service)  # (a file: always read afresh)
         if password is None:
             raise DockerError(f"no password for {c.node} in {self.directory / 'secrets'}")
         return RPC_USER, password
