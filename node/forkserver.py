@@ -43,6 +43,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -235,9 +236,15 @@ def reap() -> None:
 
 
 def _read_line(conn: socket.socket) -> bytes:
-    conn.settimeout(REQUEST_TIMEOUT_S)
+    # One deadline for the whole request: a client trickling a byte at a time cannot hold
+    # this single-threaded server longer than that.
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
     data = b""
     while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RequestError(f"request not complete within {REQUEST_TIMEOUT_S:g}s")
+        conn.settimeout(left)
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -288,6 +295,7 @@ def serve(path: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     listener = listen(path)
+    bound = os.stat(path).st_ino
     print(json.dumps({"event": "forkserver_ready", "socket": str(path), "pid": os.getpid()}),
           flush=True)
     try:
@@ -309,8 +317,10 @@ def serve(path: Path) -> int:
                 handle(conn, listener)
     finally:
         listener.close()
+        # Only our own socket: another server may have replaced it at the same path.
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            if os.stat(path).st_ino == bound:
+                path.unlink()
     print(json.dumps({"event": "forkserver_stopped", "pid": os.getpid()}), flush=True)
     return 0
 

@@ -25,8 +25,10 @@ import pytest
 from lab.testnet.control import resolve_splits
 from lab.testnet.docker import DockerTestnet, _local_endpoint
 from lab.testnet.swarm import (
+    BAN_SECONDS,
     ENTRYPOINT,
     SECRET_TARGET,
+    SwarmTestnet,
     apply_constraints,
     default_layout,
     layout,
@@ -201,6 +203,35 @@ def test_resolve_splits_on_any_testnet() -> None:
         ("b", "getblockhash", (5,)), ("b", "invalidateblock", ("own5",)),
         ("b", "reconsiderblock", ("h1",))]
     assert resolve_splits({}) == []
+
+
+def test_a_partition_that_fails_half_way_is_recorded_and_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that does not answer: the partition says it is not in force, and every ban it
+    did set is on record for `heal` to lift."""
+    from lab.client import RPCConnectionError
+    from lab.testnet.docker import DockerError, NodeContainer
+
+    net = SwarmTestnet(tmp_path, "st")
+    found = [NodeContainer(id=n, container=n, node=n, service=n, number=1, role="observer",
+                           running=True, health=None, networks={"st_powlab": f"10.0.0.{k}"})
+             for k, n in enumerate(("a", "b", "c"), start=2)]
+    calls: dict[str, list[Any]] = {}
+
+    def fake_calls(c: NodeContainer, batch: list[Any], timeout: float = 60.0,
+                   errors: str = "raise") -> list[Any]:
+        if c.node == "b":
+            raise RPCConnectionError("b does not answer")
+        calls.setdefault(c.node, []).extend(batch)
+        return [[] if method == "getpeerinfo" else None for method, _ in batch]
+
+    monkeypatch.setattr(net, "containers", lambda: found)
+    monkeypatch.setattr(net, "_calls", fake_calls)
+    with pytest.raises(DockerError, match=r"not in force.*b does not answer"):
+        net.partition([["a"], ["b", "c"]])
+    bans = json.loads((tmp_path / "swarm.json").read_text())["bans"]
+    assert bans == {"a": ["10.0.0.3", "10.0.0.4"], "b": ["10.0.0.2"], "c": ["10.0.0.2"]}
+    assert ("setban", ["10.0.0.2", "add", BAN_SECONDS]) in calls["c"]
 
 
 def test_scenario_restarts_refused_on_a_swarm(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ TITLE_ROOM = 4096
 MARKER = "node.forkserver"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less its terminating NUL
 START_TIMEOUT = 60.0
+BUSY_TIMEOUT = 15.0  # longer than the server's own per-child wait (node/forkserver.py)
 _MAX_REPLY = 64 * 1024
 
 
@@ -86,8 +87,14 @@ def ping(directory: Path) -> bool:
 def ensure_server(directory: Path, cwd: Path, env: dict[str, str]) -> int:
     """The running fork server of `directory`, started (and waited for) if there is none."""
     pid = server_pid(directory)
-    if pid is not None and ping(directory):
-        return pid
+    if pid is not None:
+        # Alive: it may be busy with a spawn (up to its child start timeout), so ask again
+        # before giving up on it; a second server would take over the socket and orphan it.
+        try:
+            waiting.wait_until(lambda: ping(directory), BUSY_TIMEOUT, "the fork server", 0.5)
+            return pid
+        except TimeoutError:
+            stop_server(directory)
     path = socket_path(directory)
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise ForkServerError(f"{path} is too long for a unix socket; use a shorter --dir")

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.client import RPCError
 from lab.testnet.docker import (
     P2P_PORT,
     PASSWORD_FILE_ENV,
@@ -552,16 +553,29 @@ class SwarmTestnet(DockerTestnet):
         main = self._main_network_name()
         ip = {n: c.networks.get(main, "") for n, c in found.items()}
         group_of = {n: i for i, g in enumerate(groups) for n in g}
-        for name, c in found.items():
-            banned = [ip[o] for o in found if group_of[o] != group_of[name] and ip[o]]
-            self._calls(c, [("setban", [host, "add", BAN_SECONDS]) for host in banned],
-                        timeout=10, errors="return")
-            self._drop_peers(c, set(banned))
+        # Recorded before each node's bans go in, so `heal` lifts whatever was set even if
+        # the partition stops half-way (a node that does not answer).
         state = self._state()
         state["partition"] = groups
-        state["bans"] = {n: [ip[o] for o in found if group_of[o] != group_of[n] and ip[o]]
-                         for n in found}
-        self._save_state(state)
+        state["bans"] = {}
+        failed: list[str] = []
+        for name, c in found.items():
+            banned = [ip[o] for o in found if group_of[o] != group_of[name] and ip[o]]
+            state["bans"][name] = banned
+            self._save_state(state)
+            try:
+                results = self._calls(c, [("setban", [h, "add", BAN_SECONDS]) for h in banned],
+                                      timeout=10, errors="return")
+            except (*RPC_FAILURES, DockerError) as exc:
+                failed.append(f"{name}: {exc}")
+                continue
+            # "already banned" is fine (a ban set by hand before); anything else is not.
+            failed += [f"{name}: setban {h}: {r}" for h, r in zip(banned, results, strict=True)
+                       if isinstance(r, RPCError) and "already" not in str(r).lower()]
+            self._drop_peers(c, set(banned))
+        if failed:
+            raise DockerError("the partition is not in force on every node (`testnet heal` "
+                              "lifts what was set): " + "; ".join(failed))
         self.log("partitioned: " + " | ".join(",".join(g) for g in groups))
 
     def _drop_peers(self, c: NodeContainer, hosts: set[str]) -> None:
