@@ -186,6 +186,18 @@ def test_fork_server_socket_is_private_and_bad_requests_do_not_kill_it(server: P
     assert forkserver.request(path, {"op": "ping"})["pid"] == forkserver.server_pid(server)
 
 
+def test_a_fork_server_of_older_code_is_replaced(server: Path) -> None:
+    """A testnet resumed after the code changed must not fork nodes from a server that
+    imported the old code: `ensure_server` replaces it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWLAB_")}
+    first = forkserver.server_pid(server)
+    assert first and forkserver.ensure_server(server, REPO, env) == first  # same code: kept
+    (server / forkserver.STAMP_NAME).write_text("0\n")  # as if started before an edit
+    second = forkserver.ensure_server(server, REPO, env)
+    assert second != first and forkserver.server_pid(server) == second
+    assert not process_alive(first)
+
+
 def test_fork_server_child_runs_the_daemon_main_and_is_reaped(server: Path) -> None:
     log = server / "child.log"
     pid = forkserver.spawn(server, ["--datadir", str(server / "d"), "--print-config"], log,

@@ -11,6 +11,7 @@ it is gone (killed, or the machine's processes were stopped), the next `up` star
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -26,6 +27,8 @@ from lab.testnet.manifest import TestnetError
 
 SOCKET_NAME = "forkserver.sock"
 PID_NAME = "forkserver.pid"
+STAMP_NAME = "forkserver.code"  # code_stamp() of what the running server imported
+DAEMON_PACKAGES = ("consensus", "storage", "p2p", "node")
 LOG_NAME = "forkserver.log"
 # Room in the server's command line that each child rewrites as `python -m node --config …`
 # (node/forkserver.py: retitle); a testnet directory path must fit in it.
@@ -87,6 +90,12 @@ def ping(directory: Path) -> bool:
 def ensure_server(directory: Path, cwd: Path, env: dict[str, str]) -> int:
     """The running fork server of `directory`, started (and waited for) if there is none."""
     pid = server_pid(directory)
+    stamp = code_stamp(cwd)
+    if pid is not None and _recorded_stamp(directory) != stamp:
+        # It imported the daemon's code as it was when it started: nodes it forks now would
+        # run that, not what is on disk (a testnet resumed after an upgrade or an edit).
+        stop_server(directory)
+        pid = None
     if pid is not None:
         # Alive: it may be busy with a spawn (up to its child start timeout), so ask again
         # before giving up on it; a second server would take over the socket and orphan it.
@@ -105,6 +114,7 @@ def ensure_server(directory: Path, cwd: Path, env: dict[str, str]) -> int:
                                 stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                 start_new_session=True)
     (directory / PID_NAME).write_text(f"{proc.pid}\n")
+    (directory / STAMP_NAME).write_text(stamp + "\n")
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -115,6 +125,25 @@ def ensure_server(directory: Path, cwd: Path, env: dict[str, str]) -> int:
     waiting.wait_until(ready, START_TIMEOUT, "the fork server", 0.1, ForkServerError,
                        first=0.02)
     return proc.pid
+
+
+@functools.lru_cache(maxsize=8)
+def code_stamp(root: Path) -> str:
+    """When the daemon's code under `root` last changed: the newest modification time of its
+    Python files (the packages a node imports). Read once per lab process."""
+    newest = 0
+    for package in DAEMON_PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            with contextlib.suppress(OSError):
+                newest = max(newest, path.stat().st_mtime_ns)
+    return str(newest)
+
+
+def _recorded_stamp(directory: Path) -> str | None:
+    try:
+        return (directory / STAMP_NAME).read_text().strip()
+    except OSError:
+        return None
 
 
 def spawn(directory: Path, argv: list[str], log: Path, cwd: Path, env: dict[str, str]) -> int:
