@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from consensus.block import Block, BlockHeader, decode_block, decode_header
-from consensus.chainstate import BlockIndex, BlockStatus
+from consensus.chainstate import AcceptResult, BlockIndex, BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH
 from consensus.pow import bits_to_target, work_from_target
@@ -347,13 +347,25 @@ class HeaderSync(ProtocolCore):
             return
         if result.status == "orphan":
             self._send_getheaders(peer, self.node.chain.best_header, now)
-        if (requested is None or pushed) and result.status not in ("connected",):
+        if (requested is None or pushed) and not self._helps(result):
             self._count_unhelpful(peer, now)
         if result.status == "connected":
             entry = self.node.chain.get(block_hash)
             if entry is not None:
                 peer.best_header_work = max(peer.best_header_work, entry.chainwork)
         self._block_requests_due = True
+
+    def _helps(self, result: AcceptResult) -> bool:
+        """A block we wanted: it connected, or it was stored ahead of its parent's data on a
+        header chain with more work than our tip (a node catching up gets pushed the new
+        tips before it has downloaded what lies between; such a block is reported as a side
+        branch until the blocks below it arrive)."""
+        if result.status == "connected":
+            return True
+        if result.status not in ("stored", "side-branch"):
+            return False
+        entry = self.node.chain.get(result.block_hash)
+        return entry is not None and entry.chainwork > self.node.chain.tip.chainwork
 
     def _resume_headers(self, peer: Peer, now: float) -> None:
         """Ask again for the headers we held off on once downloads made room for a batch."""

@@ -757,3 +757,28 @@ def test_a_node_restarted_with_a_new_identity_is_not_told_goodbye() -> None:
     assert peer_of(a, reborn).node_id == reborn.p2p.node_id != old_id
     assert not [s for s in traffic.messages("goodbye") if s.addr == reborn.addr]
     assert established(a, reborn)
+
+
+def test_pushed_blocks_of_the_best_header_chain_are_not_a_flood_while_catching_up() -> None:
+    """A node still downloading the chain stores a pushed block whose parent it lacks yet
+    (its header known, on the chain with the most work): useful, not unrequested noise. The
+    peer pushing the new tips while it catches up must not be cut off for it (as Core, which
+    penalises blocks that do not help, not blocks that arrive early)."""
+    net, (x, s) = network(2, seed=65)
+    link(net, x, s)
+    x.mine()
+    run_until(net, net.converged, 5, "shared chain")
+    limit = s.p2p.config.max_unrequested_blocks_per_minute
+    blocks = []
+    prev = x.chain.tip
+    for i in range(limit + 10):
+        block = build_block(x, prev=prev, extra=i)
+        prev = x.p2p.node.accept_header(block.header)
+        s.p2p.node.accept_header(block.header)
+        blocks.append(block)
+    peer = peer_of(s, x)
+    for block in reversed(blocks):  # each stored until the first one arrives, last
+        s.p2p._process_block(peer, block, net.now, pushed=True)
+    assert not s.p2p.book.recent_penalties(x.addr)
+    assert x.addr in s.p2p.by_addr
+    assert s.chain.tip.hash == blocks[-1].hash
