@@ -355,7 +355,32 @@ def test_compact_block_is_rebuilt_from_the_mempool() -> None:
     assert all(len(n.mempool) == 0 for n in nodes)
 
 
-def test_compact_block_fetches_the_transactions_only_the_miner_had() -> None:
+def test_compact_block_prefills_the_transactions_a_peer_is_not_known_to_have() -> None:
+    net, nodes, coins = _three_with_funds(12)
+    a, b, c = nodes
+    shared = pay(a, coins[0], b.payout_pkh)
+    a.submit_transaction(shared)
+    net.flush(a)
+    run_until(net, lambda: all(shared.txid in n.mempool for n in nodes), 5, "tx relay")
+    private = pay(a, coins[1], c.payout_pkh)
+    a.mempool.accept(private, a.chain, int(net.now))  # straight into the pool, never announced
+    traffic = Traffic(net)
+
+    block = a.mine()
+    run_until(net, net.converged, 2, "compact relay")
+    counts = traffic.counts()
+    assert counts["cmpctblock"] == 2
+    assert counts["getblocktxn"] == counts["blocktxn"] == counts["block"] == 0  # no round trip
+    for sent in traffic.messages("cmpctblock"):
+        # The coinbase and the private transaction in full; the shared one as a short id.
+        assert [p.index for p in sent.msg.prefilled] == [0, block.txs.index(private)]
+        assert len(sent.msg.short_ids) == 1
+
+
+def test_compact_block_fetches_the_transactions_only_the_miner_had(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # nothing prefilled: getblocktxn
     net, nodes, coins = _three_with_funds(12)
     a, b, c = nodes
     shared = pay(a, coins[0], b.payout_pkh)
@@ -388,6 +413,7 @@ def test_compact_block_falls_back_to_the_full_block_on_a_short_id_collision(
     a.mempool.accept(pay(a, coins[0], a.payout_pkh), a.chain, int(net.now))
     b.mempool.accept(pay(a, coins[1], b.payout_pkh), b.chain, int(net.now))
     monkeypatch.setattr(compact, "short_tx_id", lambda salt, txid: b"\x00" * 6)
+    monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # a's transaction as a short id too
     traffic = Traffic(net)
 
     a.mine()
