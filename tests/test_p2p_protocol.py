@@ -6,6 +6,7 @@ headers-first sync and reorganisation under loss and reordering, and peer penalt
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Any
@@ -783,3 +784,18 @@ def test_a_node_restarted_with_a_new_identity_is_not_told_goodbye() -> None:
     assert peer_of(a, reborn).node_id == reborn.p2p.node_id != old_id
     assert not [s for s in traffic.messages("goodbye") if s.addr == reborn.addr]
     assert established(a, reborn)
+
+
+def test_timer_is_busy_while_work_is_in_progress_and_idle_after() -> None:
+    # The transport ticks every 0.25 s only while timer_busy(); else every
+    # idle_timer_interval, a fraction of the keep-alive timers.
+    net, nodes, coins = _three_with_funds(21)
+    a, b, c = nodes
+    run_until(net, lambda: not any(n.p2p.timer_busy() for n in nodes), 10, "all idle")
+    a.submit_transaction(pay(a, coins[0], c.payout_pkh))
+    assert a.p2p.timer_busy()  # its announcement waits for the next tick
+    run_until(net, lambda: all(len(n.mempool) == 1 for n in nodes), 5, "tx relay")
+    run_until(net, lambda: not any(n.p2p.timer_busy() for n in nodes), 30, "idle again")
+    assert b.p2p.idle_timer_interval(0.25) == protocol.IDLE_TIMER_INTERVAL == 1.0
+    b.p2p.config = dataclasses.replace(b.p2p.config, ping_interval=0.4)
+    assert b.p2p.idle_timer_interval(0.25) == 0.25  # short keep-alive timers keep short ticks
