@@ -356,8 +356,9 @@ def test_compact_block_is_rebuilt_from_the_mempool() -> None:
     assert all(len(n.mempool) == 0 for n in nodes)
 
 
-def test_compact_block_prefills_the_transactions_a_peer_is_not_known_to_have() -> None:
-    net, nodes, coins = _three_with_funds(12)
+def _shared_and_private(seed: int) -> tuple[MemoryNetwork, MemoryNode, Transaction, Transaction]:
+    """A line a - b - c where every mempool has `shared` and only a's has `private`."""
+    net, nodes, coins = _three_with_funds(seed)
     a, b, c = nodes
     shared = pay(a, coins[0], b.payout_pkh)
     a.submit_transaction(shared)
@@ -365,6 +366,11 @@ def test_compact_block_prefills_the_transactions_a_peer_is_not_known_to_have() -
     run_until(net, lambda: all(shared.txid in n.mempool for n in nodes), 5, "tx relay")
     private = pay(a, coins[1], c.payout_pkh)
     a.mempool.accept(private, a.chain, int(net.now))  # straight into the pool, never announced
+    return net, a, shared, private
+
+
+def test_compact_block_prefills_the_transactions_a_peer_is_not_known_to_have() -> None:
+    net, a, _shared, private = _shared_and_private(12)
     traffic = Traffic(net)
 
     block = a.mine()
@@ -382,14 +388,7 @@ def test_compact_block_fetches_the_transactions_only_the_miner_had(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # nothing prefilled: getblocktxn
-    net, nodes, coins = _three_with_funds(12)
-    a, b, c = nodes
-    shared = pay(a, coins[0], b.payout_pkh)
-    a.submit_transaction(shared)
-    net.flush(a)
-    run_until(net, lambda: all(shared.txid in n.mempool for n in nodes), 5, "tx relay")
-    private = pay(a, coins[1], c.payout_pkh)
-    a.mempool.accept(private, a.chain, int(net.now))  # straight into the pool, never announced
+    net, a, shared, private = _shared_and_private(12)
     traffic = Traffic(net)
 
     block = a.mine()
