@@ -85,6 +85,7 @@ class NodeConfig:
     mine: bool = False
     hashrate: float | None = None
     miner_processes: int | None = None
+    miner_prefork: bool = False
     mining_address: str | None = None
     finality_depth: int | None = None
     enforce_finality: bool = False
@@ -164,6 +165,10 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("hashrate", "positive_float", "cap the miner at this many hashes per second"),
     _Option("miner_processes", "int", "number of miner processes (default: all cores)",
             minimum=1),
+    _Option("miner_prefork", "bool",
+            "start the miner's worker processes at start-up, by fork before any thread, idle "
+            "until mining starts, so that they share the daemon's memory (else they are "
+            "spawned, each a fresh interpreter, when mining starts)"),
     _Option("mining_address", "text", "address that receives mining rewards"),
     _Option("finality_depth", "int", "blocks after which a block is final (default: network's)",
             minimum=1),

@@ -136,6 +136,9 @@ class Node:
         self._lock.acquire()
         try:
             self._open_state()
+            if self.config.mine or self.config.miner_prefork:
+                # Before any socket or thread exists: fork the workers, sharing our pages.
+                self.miner.prestart(self.config.hashrate)
             await self._start_p2p()
             if self.config.mine:
                 await self.miner.set_mining(True, self.config.hashrate)

@@ -1,9 +1,14 @@
 """Compact blocks: a new block travels as its header and a short id per transaction.
 
 A node that connects a new block pushes it to every peer that lacks it as a `cmpctblock`: the
-header, a fresh salt, a 6-byte short id per transaction and the coinbase in full. The receiver
-fills in what its mempool has, asks for the rest with `getblocktxn` and gets it in a `blocktxn`;
-if the block does not come out right (a short-id collision), it falls back to the full block.
+header, a fresh salt, a 6-byte short id per transaction and the coinbase in full, plus in full
+each transaction this peer is not known to have (neither announced by it nor announced to it:
+one still queued for the next `inv` counts as unknown), up to PREFILL_MAX_BYTES, as BIP 152
+prefills what the peer likely lacks. A block mined moments after a transaction (faster than
+announcements travel, which go out on the timer) thus costs no `getblocktxn` round trip per
+hop. The receiver fills in what its mempool has, asks for the rest with `getblocktxn` and gets
+it in a `blocktxn`; if the block does not come out right (a short-id collision), it falls back
+to the full block.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from p2p.peer import PartialBlock, Peer
 from p2p.penalties import HARMLESS_BLOCK_REASONS
 
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
+# Transactions sent in full with a compact block, per peer, at most (encoded bytes); the rest
+# go as short ids, fetched with getblocktxn if the peer lacks them.
+PREFILL_MAX_BYTES = 20_000
 
 
 class CompactBlocks(ProtocolCore):
@@ -39,23 +47,52 @@ class CompactBlocks(ProtocolCore):
     def announce_block(self, block: Block, now: float) -> None:
         """Push a compact form of a newly connected block to every peer that lacks it."""
         block_hash = block.hash
-        msg: CompactBlock | None = None
+        # One message per distinct set of prefilled transactions (usually one or two).
+        messages: dict[tuple[int, ...], CompactBlock] = {}
+        salt = 0
+        short_ids: list[bytes] = []
+        encoded: dict[int, bytes] = {}
         # A copy: a send may drop a peer (its stream queue overflowing).
         for peer in list(self.peers.values()):
             if not peer.established or block_hash in peer.known:
                 continue
-            if msg is None:
+            if not messages:
                 # From the OS CSPRNG: a peer that could predict the salt could craft short-id
                 # collisions (self.rng is a seeded Mersenne Twister, for non-security choices).
                 salt = secrets.randbits(64)
-                msg = CompactBlock(
+                short_ids = [short_tx_id(salt, tx.txid) for tx in block.txs]
+                encoded[0] = block.txs[0].encode()
+            prefill = self._prefill_for(peer, block, encoded)
+            msg = messages.get(prefill)
+            if msg is None:
+                full = set(prefill)
+                msg = messages[prefill] = CompactBlock(
                     block.header.encode(),
                     salt,
-                    tuple(short_tx_id(salt, tx.txid) for tx in block.txs[1:]),
-                    (PrefilledTx(0, block.txs[0].encode()),),
+                    tuple(short_ids[i] for i in range(1, len(block.txs)) if i not in full),
+                    tuple(PrefilledTx(i, encoded[i]) for i in (0, *prefill)),
                 )
             peer.known.add(block_hash)
             self._send(peer, msg, stream=True)
+
+    def _prefill_for(self, peer: Peer, block: Block, encoded: dict[int, bytes]) -> tuple[int, ...]:
+        """Indexes (after the coinbase) of the block's transactions that `peer` is not known to
+        have, within PREFILL_MAX_BYTES; fills `encoded` with their encodings."""
+        queued = {item.hash for item in peer.inv_queue} if peer.inv_queue else set()
+        chosen: list[int] = []
+        budget = PREFILL_MAX_BYTES
+        for index in range(1, len(block.txs)):
+            txid = block.txs[index].txid
+            if txid in peer.known and txid not in queued:
+                continue
+            raw = encoded.get(index)
+            if raw is None:
+                raw = encoded[index] = block.txs[index].encode()
+            if len(raw) > budget:
+                break
+            budget -= len(raw)
+            chosen.append(index)
+        return tuple(chosen)
 
     def announce_blocks(self, result: AcceptResult, now: float) -> None:
         connected = result.connected[-MAX_ANNOUNCE_BLOCKS:]

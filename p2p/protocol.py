@@ -80,6 +80,9 @@ log = structlog.get_logger("powlab.p2p")
 
 MAX_UDP_PAYLOAD = 65_507
 ADDR_PER_DATAGRAM = 10  # keeps an Addr message inside one datagram
+# The longest a transport's timer sleeps while nothing is in progress (`timer_busy`): at a
+# 0.25 s tick, 1,000 idle nodes on one machine wake 4,000 times a second for nothing.
+IDLE_TIMER_INTERVAL = 1.0
 
 
 class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penalties):
@@ -229,6 +232,41 @@ class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penaltie
         self._expire_streams(now)
         self._dial(now)
         self._request_blocks(now)
+
+    def timer_busy(self) -> bool:
+        """Whether anything waits on a timer step measured in fractions of a second: a handshake
+        (or its retries), a stream not yet attributed or due to be reopened, queued
+        announcements, requests in flight (blocks, transactions), a block being rebuilt, blocks
+        or headers to ask for, a persistent peer to redial. When none does, what remains
+        (pings, timeouts, rekeys) is measured in seconds, and the transport may tick less
+        often (`idle_timer_interval`)."""
+        sessions = self.sessions
+        if sessions.initiating or sessions.half_open:
+            return True
+        if (
+            self._blocks_in_flight or self._txs_in_flight or self._tx_unrequested
+            or self._download_queue or self._block_requests_due
+        ):
+            return True
+        if any(session.finish for session in sessions.by_index.values()):
+            return True
+        if any(addr not in self.by_addr for addr in self._persistent):
+            return True
+        if any(stream.peer is None for stream in self.streams.values()):
+            return True
+        return any(
+            not peer.established or peer.inv_queue or peer.pending_compact
+            or peer.headers_waiting or peer.stream_reopen_at is not None
+            for peer in self.peers.values()
+        )
+
+    def idle_timer_interval(self, busy_interval: float) -> float:
+        """How long the timer may sleep while `timer_busy()` is False: up to IDLE_TIMER_INTERVAL,
+        but a small fraction of the keep-alive timers, so that pings, timeouts and their meaning
+        stay as configured (tests run with short ones)."""
+        cfg = self.config
+        return max(busy_interval, min(IDLE_TIMER_INTERVAL, cfg.ping_interval / 4,
+                                      cfg.peer_timeout / 8, cfg.reconnect_interval / 4))
 
     def _keep_alive(self, peer: Peer, now: float) -> bool:
         """Drop an established peer whose session or traffic has lapsed (False), else ping it

@@ -24,7 +24,7 @@ from p2p.protocol import P2PProtocol
 
 log = structlog.get_logger("powlab.p2p")
 
-TIMER_INTERVAL = 0.25  # seconds between handle_timer calls
+TIMER_INTERVAL = 0.25  # seconds between handle_timer calls while the protocol is busy
 ORDERING_EPSILON = 1e-6  # seconds between two frames scheduled on one stream
 UDP_BUFFER = 4 * 1024 * 1024  # bytes of socket receive buffer asked for
 BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP when asked for any port
@@ -76,6 +76,8 @@ class P2PService:
         self._udp: Any = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._timer_wake: asyncio.Future[None] | None = None  # the timer's current sleep
+        self._timer_idle = False  # that sleep is the long, idle one
         self._streams: dict[int, asyncio.Transport] = {}
         self._stream_ids = itertools.count(1)
         self._send_queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(
@@ -159,6 +161,8 @@ class P2PService:
         protocol = self.protocol
         if protocol is None:
             return
+        if self._timer_idle and self._timer_wake is not None and protocol.timer_busy():
+            self._hurry()
         for action in protocol.take_actions():
             if isinstance(action, SendDatagram):
                 self._queue_datagram(action.data, action.addr)
@@ -172,6 +176,13 @@ class P2PService:
                 self._close_stream(action.stream_id)
         for event in protocol.take_events():
             self.on_event(event)
+
+    def _hurry(self) -> None:
+        """Work began during an idle sleep: tick again within TIMER_INTERVAL."""
+        wake = self._timer_wake
+        self._timer_idle = False
+        if wake is not None and not wake.done():
+            asyncio.get_running_loop().call_later(TIMER_INTERVAL, _resolve, wake)
 
     def _forget_task(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
@@ -192,9 +203,22 @@ class P2PService:
             self.flush()
 
     async def _timer_loop(self) -> None:
+        """Tick every TIMER_INTERVAL while the protocol has something in progress
+        (`timer_busy`), else every `idle_timer_interval`; work that starts during a long sleep
+        (a datagram, a node call: anything followed by `flush`) cuts it short (`_hurry`)."""
         assert self.protocol is not None
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(TIMER_INTERVAL)
+            idle = not self.protocol.timer_busy()
+            interval = self.protocol.idle_timer_interval(TIMER_INTERVAL) if idle else TIMER_INTERVAL
+            wake: asyncio.Future[None] = loop.create_future()
+            self._timer_wake, self._timer_idle = wake, idle
+            handle = loop.call_later(interval, _resolve, wake)
+            try:
+                await wake
+            finally:
+                handle.cancel()
+                self._timer_wake = None
             try:
                 self.protocol.handle_timer(self.clock())
             except Exception:  # a bug in one tick must not silence the network for good
@@ -381,3 +405,8 @@ class _StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.stream_id is not None:
             self.service._stream_lost(self.stream_id)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -98,6 +98,7 @@ PRECEDENCE_CASES = {
     "mine": ("true", "off", ["--mine"], (True, False, True)),
     "hashrate": ("10", "20.5", ["--hashrate", "30"], (10.0, 20.5, 30.0)),
     "miner_processes": ("1", "2", ["--miner-processes", "3"], (1, 2, 3)),
+    "miner_prefork": ("true", "off", ["--miner-prefork"], (True, False, True)),
     "mining_address": ('"addr-f"', "addr-e", ["--mining-address", "addr-a"],
                        ("addr-f", "addr-e", "addr-a")),
     "finality_depth": ("6", "10", ["--finality-depth", "100"], (6, 10, 100)),

@@ -292,3 +292,50 @@ def test_env_overrides(tmp_path: Path) -> None:
     finally:
         n.ensure_dead()
     assert os.path.exists(tmp_path / "n1" / "chain.sqlite3")
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live children of `pid` and their command lines (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if stat_fields[1] == str(pid) and stat_fields[0] not in ("Z", "X"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_miner_prefork_forks_an_idle_worker_that_mines_and_stops(tmp_path: Path) -> None:
+    n = NodeProcess(tmp_path / "n1", args=["--miner-prefork", "--miner-processes", "1"],
+                    own_session=True)
+    try:
+        n.start()
+        assert n.pid is not None
+        # Forked at start-up, before mining: one worker, a copy of the daemon (same command
+        # line), not a spawned interpreter, and no multiprocessing resource tracker.
+        children = _children(n.pid)
+        assert len(children) == 1, children
+        (worker, cmdline), = children.items()
+        assert "spawn_main" not in cmdline and "resource_tracker" not in cmdline
+        assert n.rpc("getmininginfo")["mining"] is False
+        n.rpc("setmining", True, 200)
+        wait_for(lambda: n.rpc("getblockcount") >= 2, 60, "blocks mined by the forked worker")
+        assert _children(n.pid) == children  # the same worker, none spawned
+        assert n.stop() == 0
+        wait_for(lambda: not _running(worker), 20, "the worker gone")
+    finally:
+        n.ensure_dead()

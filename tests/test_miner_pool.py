@@ -329,19 +329,52 @@ def test_context_manager_and_bad_arguments() -> None:
         MinerPool(processes=0)
     with pytest.raises(ValueError):
         MinerPool(hashrate=-1)
-    with pytest.raises(ValueError):
-        MinerPool(start_method="fork")
     with pytest.raises(ValueError), MinerPool(processes=1) as pool:
         pool.submit_job(1, HEADER76 + b"x", EASY)
+
+
+def test_fork_started_pool_mines_and_closes_cleanly() -> None:
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("another test left a thread running; fork is refused then")
+    pool = MinerPool(processes=2, start_method="fork")
+    pool.start()
+    try:
+        assert pool.start_method == "fork"
+        pool.submit_job(1, HEADER76, EASY)
+        result = asyncio.run(asyncio.wait_for(pool.next_result(), 10))
+        assert isinstance(result, Found) and result.job_id == 1
+        assert int.from_bytes(block_hash(header_with_nonce(HEADER76, result.nonce)), "big") <= EASY
+    finally:
+        pool.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_fork_is_refused_while_another_thread_runs() -> None:
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        pool = MinerPool(processes=1, start_method="fork")
+        with pytest.raises(ValueError):
+            pool.start()
+        pool.close()
+    finally:
+        stop.set()
+        thread.join()
 
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from node.miner.pool import MinerPool
 if __name__ == "__main__":
-    pool = MinerPool(processes=2)
+    pool = MinerPool(processes=2, start_method=sys.argv[1])
     pool.start()
-    pool.submit_job(1, bytes(76), 0)
+    if sys.argv[2] == "busy":
+        pool.submit_job(1, bytes(76), 0)
     print("PIDS", *[p.pid for p in pool._procs], flush=True)
     time.sleep(60)
 """
@@ -357,12 +390,20 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-async def test_workers_exit_when_parent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "load"), [("spawn", "busy"), ("fork", "busy"), ("fork", "idle")]
+)
+async def test_workers_exit_when_parent_is_killed(
+    tmp_path: Path, method: str, load: str
+) -> None:
+    # Idle forked workers block in recv(): they only see EOF if no process, themselves
+    # included, still holds the parent's end of their job pipe.
     script = tmp_path / "orphan_parent.py"
     script.write_text(_ORPHAN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, env=env, cwd=tmp_path, text=True
+        [sys.executable, str(script), method, load], stdout=subprocess.PIPE, env=env,
+        cwd=tmp_path, text=True,
     )
     try:
         assert proc.stdout is not None

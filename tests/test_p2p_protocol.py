@@ -6,6 +6,7 @@ headers-first sync and reorganisation under loss and reordering, and peer penalt
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Any
@@ -355,8 +356,9 @@ def test_compact_block_is_rebuilt_from_the_mempool() -> None:
     assert all(len(n.mempool) == 0 for n in nodes)
 
 
-def test_compact_block_fetches_the_transactions_only_the_miner_had() -> None:
-    net, nodes, coins = _three_with_funds(12)
+def _shared_and_private(seed: int) -> tuple[MemoryNetwork, MemoryNode, Transaction, Transaction]:
+    """A line a - b - c where every mempool has `shared` and only a's has `private`."""
+    net, nodes, coins = _three_with_funds(seed)
     a, b, c = nodes
     shared = pay(a, coins[0], b.payout_pkh)
     a.submit_transaction(shared)
@@ -364,6 +366,29 @@ def test_compact_block_fetches_the_transactions_only_the_miner_had() -> None:
     run_until(net, lambda: all(shared.txid in n.mempool for n in nodes), 5, "tx relay")
     private = pay(a, coins[1], c.payout_pkh)
     a.mempool.accept(private, a.chain, int(net.now))  # straight into the pool, never announced
+    return net, a, shared, private
+
+
+def test_compact_block_prefills_the_transactions_a_peer_is_not_known_to_have() -> None:
+    net, a, _shared, private = _shared_and_private(12)
+    traffic = Traffic(net)
+
+    block = a.mine()
+    run_until(net, net.converged, 2, "compact relay")
+    counts = traffic.counts()
+    assert counts["cmpctblock"] == 2
+    assert counts["getblocktxn"] == counts["blocktxn"] == counts["block"] == 0  # no round trip
+    for sent in traffic.messages("cmpctblock"):
+        # The coinbase and the private transaction in full; the shared one as a short id.
+        assert [p.index for p in sent.msg.prefilled] == [0, block.txs.index(private)]
+        assert len(sent.msg.short_ids) == 1
+
+
+def test_compact_block_fetches_the_transactions_only_the_miner_had(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # nothing prefilled: getblocktxn
+    net, a, shared, private = _shared_and_private(12)
     traffic = Traffic(net)
 
     block = a.mine()
@@ -388,6 +413,7 @@ def test_compact_block_falls_back_to_the_full_block_on_a_short_id_collision(
     a.mempool.accept(pay(a, coins[0], a.payout_pkh), a.chain, int(net.now))
     b.mempool.accept(pay(a, coins[1], b.payout_pkh), b.chain, int(net.now))
     monkeypatch.setattr(compact, "short_tx_id", lambda salt, txid: b"\x00" * 6)
+    monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # a's transaction as a short id too
     traffic = Traffic(net)
 
     a.mine()
@@ -782,3 +808,18 @@ def test_pushed_blocks_of_the_best_header_chain_are_not_a_flood_while_catching_u
     assert not s.p2p.book.recent_penalties(x.addr)
     assert x.addr in s.p2p.by_addr
     assert s.chain.tip.hash == blocks[-1].hash
+
+
+def test_timer_is_busy_while_work_is_in_progress_and_idle_after() -> None:
+    # The transport ticks every 0.25 s only while timer_busy(); else every
+    # idle_timer_interval, a fraction of the keep-alive timers.
+    net, nodes, coins = _three_with_funds(21)
+    a, b, c = nodes
+    run_until(net, lambda: not any(n.p2p.timer_busy() for n in nodes), 10, "all idle")
+    a.submit_transaction(pay(a, coins[0], c.payout_pkh))
+    assert a.p2p.timer_busy()  # its announcement waits for the next tick
+    run_until(net, lambda: all(len(n.mempool) == 1 for n in nodes), 5, "tx relay")
+    run_until(net, lambda: not any(n.p2p.timer_busy() for n in nodes), 30, "idle again")
+    assert b.p2p.idle_timer_interval(0.25) == protocol.IDLE_TIMER_INTERVAL == 1.0
+    b.p2p.config = dataclasses.replace(b.p2p.config, ping_interval=0.4)
+    assert b.p2p.idle_timer_interval(0.25) == 0.25  # short keep-alive timers keep short ticks

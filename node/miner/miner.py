@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
 from node.interface import MiningHost
 from node.miner.hashing import NONCE_SPACE, make_scanner
-from node.miner.pool import Exhausted, Found, MinerPool
+from node.miner.pool import Exhausted, Found, MinerPool, fork_is_safe
 
 log = structlog.get_logger("powlab.miner")
 
@@ -62,6 +63,24 @@ class Miner:
         self._extra_nonce = 0
 
     # ----------------------------------------------------------------- control
+
+    def prestart(self, hashrate: float | None = None) -> bool:
+        """Start the worker pool now, by fork, if this process is still single-threaded (the
+        daemon calls this before it opens any socket or thread): the workers then share the
+        daemon's pages instead of each loading an interpreter. Returns whether it did; if
+        not, `set_mining` later spawns the workers as before."""
+        if self.pool is not None:
+            return False
+        if not fork_is_safe():
+            log.info("miner_prefork_skipped", reason="threads",
+                     threads=[t.name for t in threading.enumerate()])
+            return False
+        if hashrate is not None and hashrate > 0:
+            self.hashrate = hashrate
+        pool = MinerPool(self.processes, self.hashrate, start_method="fork")
+        pool.start()
+        self.pool = pool
+        return True
 
     async def set_mining(self, enabled: bool, hashrate: float | None = None) -> None:
         if hashrate is not None:

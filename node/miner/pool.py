@@ -2,8 +2,13 @@
 
 Design notes (the why):
 
-* Workers are processes started with "spawn" (or "forkserver"), never "fork": the daemon runs an
-  event loop plus threads, and forking a threaded process can copy held locks into the child.
+* Workers are processes started with "spawn" (or "forkserver"), or with "fork" only while the
+  calling process has a single thread (checked in `start()`): forking a threaded process can
+  copy held locks into the child. The daemon forks its workers before it starts any thread or
+  socket (`fork_is_safe()`), so that they share its pages instead of each importing a fresh
+  interpreter (~20 MB each, plus multiprocessing's resource tracker); a forked worker closes
+  the parent's pipe ends it inherited, resets inherited signal handlers and freezes the
+  garbage collector's view of the inherited objects (so collections do not copy their pages).
 * Each worker has its own job pipe (parent -> worker) and result pipe (worker -> parent), so no
   pipe ever has two writers and no multiprocessing lock sits on the hot path.
 * Preemption: the parent writes the new job into every job pipe and *then* bumps a shared
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -273,6 +279,27 @@ class _Worker:
                 self.scan = None
 
 
+def fork_is_safe() -> bool:
+    """Whether a pool may start its workers with "fork" now: the platform has it and this
+    process runs a single thread (no lock of another thread can be copied mid-use)."""
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+def _after_fork(close_fds: Sequence[int]) -> None:
+    """A forked worker's hygiene: drop the parent's ends of every pool pipe (so EOF still means
+    "parent gone"), leave the parent's signal wake-up fd and handlers alone, and keep the
+    collector off the inherited objects' pages."""
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        if callable(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)
+    gc.freeze()
+
+
 def _worker_main(
     wid: int,
     job_conn: Connection,
@@ -281,7 +308,10 @@ def _worker_main(
     counts: Any,
     rate: float | None,
     parent_pid: int,
+    close_fds: Sequence[int] = (),
 ) -> None:
+    if close_fds:
+        _after_fork(close_fds)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = _Worker(wid, job_conn, res_conn, generation, counts, rate, parent_pid)
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
@@ -323,9 +353,8 @@ class MinerPool:
             raise ValueError("processes must be >= 1")
         if not 1 <= nonce_space <= NONCE_SPACE:
             raise ValueError(f"nonce_space must be in 1..{NONCE_SPACE}")
-        if start_method == "fork":
-            raise ValueError("fork is unsafe with the daemon's threads; use spawn or forkserver")
         _check_hashrate(hashrate)
+        self._start_method = start_method
         self._ctx: BaseContext = multiprocessing.get_context(start_method)
         self._processes = processes if processes is not None else default_processes()
         self._hashrate = hashrate
@@ -375,13 +404,23 @@ class MinerPool:
     def current_job_id(self) -> int | None:
         return self._job_id
 
+    @property
+    def start_method(self) -> str:
+        return self._start_method
+
     def start(self, wait: bool = True) -> None:
         """Spawn the workers; with `wait`, block until all are ready (spawn takes ~0.2 s).
 
         Jobs submitted before the workers are ready are simply queued in their pipes.
+        With "fork", this process must have a single thread (ValueError otherwise).
         """
         if self._state != "new":
             raise MinerPoolError(f"cannot start a pool that is {self._state}")
+        forking = self._start_method == "fork"
+        if forking and not fork_is_safe():
+            raise ValueError(
+                "fork is unsafe once the process has threads; use spawn or forkserver"
+            )
         self._state = "running"
         ctx: Any = self._ctx
         self._generation = ctx.RawValue(ctypes.c_uint64, 0)
@@ -392,6 +431,13 @@ class MinerPool:
             for wid in range(self._processes):
                 job_r, job_w = ctx.Pipe(duplex=False)
                 res_r, res_w = ctx.Pipe(duplex=False)
+                # A forked worker inherits every parent-side pipe end made so far, its own
+                # included; it closes them (a spawned one inherits none).
+                parent_ends = [*self._job_conns, *self._res_conns, job_w, res_r,
+                               self._wake_r, self._wake_w]
+                close_fds = (
+                    tuple(c.fileno() for c in parent_ends if c is not None) if forking else ()
+                )
                 proc = ctx.Process(
                     target=_worker_main,
                     args=(
@@ -402,6 +448,7 @@ class MinerPool:
                         self._counts,
                         per_worker,
                         os.getpid(),
+                        close_fds,
                     ),
                     name=f"powlab-miner-{wid}",
                     daemon=True,
