@@ -36,6 +36,10 @@ from p2p.peer import PartialBlock, Peer
 from p2p.penalties import HARMLESS_BLOCK_REASONS
 
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
+# More headers than blocks by this much: the node is catching up and announces nothing. Well
+# beyond a race between two tips, and an attacker would need this many blocks of more work
+# than the chain, unspent, to silence a node's relay with headers alone.
+CATCHING_UP_BLOCKS = 16
 # Transactions sent in full with a compact block, per peer, at most (encoded bytes); the rest
 # go as short ids, fetched with getblocktxn if the peer lacks them.
 PREFILL_MAX_BYTES = 20_000
@@ -95,6 +99,14 @@ class CompactBlocks(ProtocolCore):
         return tuple(chosen)
 
     def announce_blocks(self, result: AcceptResult, now: float) -> None:
+        """Pass newly connected blocks on, unless this node is itself still catching up: as
+        Bitcoin Core does not announce blocks during initial block download, a node that
+        has many more headers than blocks keeps quiet until it reaches the tip, then
+        announces that. Otherwise each peer it syncs alongside gets every block twice, and
+        a peer still at the start sees a flood of blocks it did not ask for."""
+        chain = self.node.chain
+        if chain.best_header.height - chain.tip.height > CATCHING_UP_BLOCKS:
+            return
         connected = result.connected[-MAX_ANNOUNCE_BLOCKS:]
         for _, block in connected:
             self.announce_block(block, now)

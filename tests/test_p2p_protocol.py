@@ -823,3 +823,24 @@ def test_timer_is_busy_while_work_is_in_progress_and_idle_after() -> None:
     assert b.p2p.idle_timer_interval(0.25) == protocol.IDLE_TIMER_INTERVAL == 1.0
     b.p2p.config = dataclasses.replace(b.p2p.config, ping_interval=0.4)
     assert b.p2p.idle_timer_interval(0.25) == 0.25  # short keep-alive timers keep short ticks
+
+
+def test_a_node_catching_up_announces_nothing_until_it_reaches_the_tip() -> None:
+    """As Core in initial block download: while many more headers than blocks are known, a
+    node passes no block on (its peers would get each one twice, and a peer still at the
+    start would see a flood it did not ask for); at the tip it announces that."""
+    from p2p.compact import CATCHING_UP_BLOCKS
+
+    net, (x, s, late) = network(3, seed=66)
+    for _ in range(CATCHING_UP_BLOCKS + 30):
+        x.mine()
+    link(net, s, late)  # s and late know nothing yet
+    traffic = Traffic(net)
+    link(net, x, s)  # s catches up from x, late meanwhile from s
+    run_until(net, lambda: late.chain.tip.hash == s.chain.tip.hash == x.chain.tip.hash, 60,
+              "s and late catch up")
+    net.run(2)
+    assert not late.p2p.book.recent_penalties(s.addr)
+    pushed = [m for m in traffic.sent if m.sender == s.name and m.msg.NAME == "cmpctblock"]
+    # Only the last stretch, once within CATCHING_UP_BLOCKS of the best header (before: all).
+    assert len(pushed) <= CATCHING_UP_BLOCKS + 1, len(pushed)

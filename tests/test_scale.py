@@ -315,3 +315,28 @@ def test_forked_testnet_on_a_random_graph(forked_testnet: Path, tmp_path: Path) 
     ok(powlab("testnet", "down", "--dir", str(directory)))
     assert not any(process_alive(pid) or process_group(pid) for pid in pids)
     assert forkserver.server_pid(directory) is None
+
+
+@pytest.mark.slow
+def test_a_large_testnet_is_funded_before_the_rest_start(forked_testnet: Path) -> None:
+    """Beyond FUND_ALL_LIMIT nodes `up` starts the funded nodes first, funds them while the
+    others are down, then starts the rest, which catch up in bulk: every node ends on the
+    funded chain, the funded wallets hold matured coins, the others none."""
+    from lab.testnet.control import FUND_ALL_LIMIT
+
+    count = FUND_ALL_LIMIT + 10
+    out = ok(powlab("testnet", "up", "--dir", str(forked_testnet), "--nodes", str(count),
+                    "--topology", "random", "--seed", str(SEED % 1000),
+                    "--subnet", subnets.subnet(subnets.SCALE), "--no-hints"))
+    manifest = load_manifest(forked_testnet)
+    funded = funded_nodes(manifest)
+    assert f"the {len(funded)} nodes up so far at" in out, out
+    assert f"all {count} nodes at" in out, out
+    assert out.index("starting the funded nodes") < out.index("starting the others"), out
+    tip = wait_converged(manifest.nodes, 120)
+    assert call(manifest.nodes[-1], "getblockheader", tip)["height"] >= 100
+    for entry in funded:
+        assert call(entry, "getbalance") > 0, entry.name
+    for entry in manifest.nodes[len(funded) + 5: len(funded) + 10]:
+        if entry not in funded:
+            assert call(entry, "getbalance") == 0, entry.name

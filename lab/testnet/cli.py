@@ -32,13 +32,16 @@ from typing import Any
 from lab.client import NodeEndpoint, run_reporting_failures
 from lab.testnet import forkserver
 from lab.testnet.control import (
+    FUND_ALL_LIMIT,
     PROGRESS_FROM,
     apply_partition,
     call,
     clear_bans,
     collect_status,
+    converge,
     endpoint,
     fund,
+    funded_nodes,
     resolve_finality_splits,
     resolve_splits,
     set_mining_rates,
@@ -107,22 +110,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     many = len(manifest.nodes) > PROGRESS_FROM
     states: dict[str, str] = {}
     started: list[NodeEntry] = []
-    try:
-        with progress("starting", len(manifest.nodes), many) as bar:
-            for k, entry in enumerate(manifest.nodes, start=1):
-                if node_alive(entry):
-                    states[entry.name] = "already running"
-                else:
-                    states[entry.name] = "restarted" if entry.pid else "started"
-                    # Rewritten each start so a resumed testnet runs with this version's
-                    # settings.
-                    write_node_config(manifest, entry)
-                    spawn_node(manifest, entry)
-                    started.append(entry)
-                bar.update(k)
-    finally:
-        # Saved before waiting: if start-up fails, `down` must still find these pids.
-        manifest.save()
+    # A new large testnet comes up in two phases: the funded nodes first, funded while the
+    # others are still down (the funding blocks then cost a handful of nodes each, not all of
+    # them), then the rest, which fetch those blocks in bulk, headers first, from their peers
+    # instead of each validating and relaying them one by one as they are mined.
+    two_phase = (not manifest.funded and not manifest.partition
+                 and len(manifest.nodes) > FUND_ALL_LIMIT)
+    first = funded_nodes(manifest) if two_phase else list(manifest.nodes)
+    _start_nodes(manifest, first, states, started, many, timeout,
+                 "starting the funded nodes" if two_phase else "starting")
+    if two_phase:
+        funder = manifest.nodes[0]
+        for entry in first[1:]:  # their graph neighbours may not be up yet: link them to n1
+            call(entry, "addnode", funder.p2p, "onetry")
+        fund(manifest, timeout, among=first)
+        chosen = {e.name for e in first}
+        _start_nodes(manifest, [e for e in manifest.nodes if e.name not in chosen], states,
+                     started, many, timeout, "starting the others")
     if many:
         counts = Counter(states.values())
         console().print(", ".join(f"{n} {state}" for state, n in counts.items())
@@ -134,14 +138,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             console().print(f"{entry.name}: {states[entry.name]} (pid {entry.pid}, "
                             f"log {entry.log})")
 
-    with progress("nodes answering RPC", len(manifest.nodes), many) as bar:
-        wait_ready(manifest.nodes, timeout, bar.update)
     if manifest.partition and started:
         apply_partition(manifest, started)
     with progress("nodes connected to their neighbours", len(manifest.nodes), many) as bar:
         wait_connected(manifest, timeout, bar.update)
     if not manifest.funded:
-        fund(manifest, timeout)
+        if two_phase:
+            converge(manifest.nodes, timeout)
+        else:
+            fund(manifest, timeout)
         set_mining_rates(manifest, manifest.nodes[0])
         manifest.funded = True
         manifest.save()
@@ -162,6 +167,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _start_nodes(manifest: Manifest, entries: list[NodeEntry], states: dict[str, str],
+                 started: list[NodeEntry], many: bool, timeout: float, label: str) -> None:
+    """Start those of `entries` not running (noted in `states` and `started`), then wait
+    until all of them answer RPC."""
+    try:
+        with progress(label, len(entries), many) as bar:
+            for k, entry in enumerate(entries, start=1):
+                if node_alive(entry):
+                    states[entry.name] = "already running"
+                else:
+                    states[entry.name] = "restarted" if entry.pid else "started"
+                    # Rewritten each start so a resumed testnet runs with this version's
+                    # settings.
+                    write_node_config(manifest, entry)
+                    spawn_node(manifest, entry)
+                    started.append(entry)
+                bar.update(k)
+    finally:
+        # Saved before waiting: if start-up fails, `down` must still find these pids.
+        manifest.save()
+    with progress("nodes answering RPC", len(entries), many) as bar:
+        wait_ready(entries, timeout, bar.update)
 
 
 def _new_process_manifest(args: argparse.Namespace, directory: Path) -> Manifest:

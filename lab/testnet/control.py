@@ -160,9 +160,10 @@ def funded_nodes(manifest: Manifest) -> list[NodeEntry]:
     return [e for k, e in enumerate(manifest.nodes) if k < FUND_LIMIT or e.is_miner]
 
 
-def fund(manifest: Manifest, timeout: float, show_progress: bool = True) -> None:
+def fund(manifest: Manifest, timeout: float, show_progress: bool = True,
+         among: Sequence[NodeEntry] | None = None) -> None:
     """A few blocks to each funded node's own wallet (funded_nodes), then enough more that
-    they mature, and until every node has them."""
+    they mature, and until every node has them (`among`: only those nodes are up yet)."""
     from consensus.params import network_params
     from lab.testnet.progress import progress
 
@@ -187,10 +188,22 @@ def fund(manifest: Manifest, timeout: float, show_progress: bool = True) -> None
             call(funder, "generatetoaddress", count, addresses[entry.name], timeout=600)
             mined += count
             bar.update(mined)
-    with progress("funding: nodes on the tip", len(manifest.nodes), show) as bar:
-        tip = wait_converged(manifest.nodes, timeout, bar.update)
-    console().print(f"all {len(manifest.nodes)} nodes at {tip[:16]}… "
-                    f"(height {call(funder, 'getblockcount')})")
+    if among is None:
+        converge(manifest.nodes, timeout, show)
+    else:
+        converge(among, timeout, show, who=f"the {len(among)} nodes up so far")
+
+
+def converge(entries: Sequence[NodeEntry], timeout: float, show_progress: bool = True,
+             who: str | None = None) -> None:
+    """Wait until every one of `entries` is on the same tip, and say so."""
+    from lab.testnet.progress import progress
+
+    show = show_progress and len(entries) > PROGRESS_FROM
+    with progress("nodes on the tip", len(entries), show) as bar:
+        tip = wait_converged(entries, timeout, bar.update)
+    console().print(f"{who or f'all {len(entries)} nodes'} at {tip[:16]}… "
+                    f"(height {call(entries[0], 'getblockcount')})")
 
 
 def _names(entries: Sequence[NodeEntry]) -> str:
