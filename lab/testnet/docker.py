@@ -339,6 +339,24 @@ def _parse_container(data: dict[str, Any]) -> NodeContainer:
     )
 
 
+def check_groups(groups: Sequence[Sequence[str]],
+                 known: Mapping[str, Any]) -> tuple[list[list[str]], set[str]]:
+    """A partition's groups, checked: at least two non-empty, only `known` nodes, none in two
+    groups. Returns them as lists and the set of nodes they name."""
+    out = [list(g) for g in groups if g]
+    if len(out) < 2:
+        raise ValueError("a partition needs at least two non-empty groups")
+    seen: set[str] = set()
+    for group in out:
+        for name in group:
+            if name not in known:
+                raise ValueError(f"unknown node {name!r} (nodes: {', '.join(known)})")
+            if name in seen:
+                raise ValueError(f"node {name!r} is in more than one group")
+            seen.add(name)
+    return out, seen
+
+
 def _post_calls(url: str, calls: Sequence[tuple[str, list[Any]]], auth: tuple[str, str],
                 timeout: float, errors: str) -> list[Any]:
     """``calls`` over HTTP in order; an RPC error raised or returned as ``errors`` says."""
@@ -838,18 +856,8 @@ class DockerTestnet:
         its own (a group of one is simply disconnected). Any earlier partition is healed
         first.
         """
-        groups = [list(g) for g in groups if g]
-        if len(groups) < 2:
-            raise ValueError("a partition needs at least two non-empty groups")
         by_node = {c.node: c for c in self.containers()}
-        seen: set[str] = set()
-        for group in groups:
-            for name in group:
-                if name not in by_node:
-                    raise ValueError(f"unknown node {name!r} (nodes: {', '.join(by_node)})")
-                if name in seen:
-                    raise ValueError(f"node {name!r} is in more than one group")
-                seen.add(name)
+        groups, _ = check_groups(groups, by_node)
         if self._partition_networks() or any(
             self._main_network_name() not in c.networks for c in by_node.values()
         ):

@@ -50,6 +50,7 @@ from lab.testnet.docker import (
     _role_key,
     _run,
     check_engine,
+    check_groups,
     write_password_files,
 )
 
@@ -535,18 +536,8 @@ class SwarmTestnet(DockerTestnet):
         """Every node bans the overlay addresses of the nodes in other groups (and drops
         those peers); a node no group names joins the first group. Works across engines:
         nothing about Docker networking changes."""
-        groups = [list(g) for g in groups if g]
-        if len(groups) < 2:
-            raise ValueError("a partition needs at least two non-empty groups")
         found = {c.node: c for c in self.containers() if c.running}
-        seen: set[str] = set()
-        for group in groups:
-            for name in group:
-                if name not in found:
-                    raise ValueError(f"unknown node {name!r} (nodes: {', '.join(found)})")
-                if name in seen:
-                    raise ValueError(f"node {name!r} is in more than one group")
-                seen.add(name)
+        groups, seen = check_groups(groups, found)
         if self._state().get("partition"):
             self.heal(reconnect=False)
         groups[0] += [n for n in found if n not in seen]
