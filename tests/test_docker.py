@@ -441,8 +441,12 @@ def _end_to_end(net: DockerTestnet) -> None:
     net.partition([["miner1", "miner2", "merchant", "observer"], ["attacker"]])
     wait_for(lambda: {r["node"]: r for r in net.status()}["attacker"]["peers"] == 0, 30,
              "the attacker isolated")
-    cut_off = net.container("attacker")
-    assert not cut_off.networks, cut_off.networks
+    # By the nodes' own bans: every container stays on the network, its RPC port answers.
+    assert all(net._main_network_name() in c.networks for c in net.containers())
+    attacker_ip = net.container("attacker").networks[net._main_network_name()]
+    banned = [b["address"].split("/")[0] for b in net.rpc("merchant", "listbanned")]
+    assert attacker_ip in banned, banned
+    assert {r["node"]: r for r in net.status()}["attacker"]["partitioned"]
     attacker_blocks = net.rpc("attacker", "generatetoaddress", 2,
                               net.rpc("attacker", "getnewaddress"))
     honest_blocks = net.rpc("miner1", "generatetoaddress", 6, net.rpc("miner1", "getnewaddress"))
@@ -452,7 +456,11 @@ def _end_to_end(net: DockerTestnet) -> None:
     assert attacker_tip != honest_tip
     with pytest.raises(RPCError):  # the rest never heard of the attacker's blocks
         net.rpc("observer", "getblock", attacker_blocks[-1])
-    # `powlab rpc --node attacker` reaches it anyway, through docker exec.
+    # Cut off at the network level too (`docker network disconnect` by hand): `powlab rpc
+    # --node attacker` still reaches it, through docker exec, and heal puts it back.
+    subprocess.run(["docker", "network", "disconnect", net._main_network_name(),
+                    net.container("attacker").id], check=True, capture_output=True)
+    assert not net.container("attacker").networks
     marker = Path(tempfile.mkdtemp(prefix="powlab-docker-marker-"))
     try:
         (marker / "testnet.json").write_text(json.dumps({
@@ -479,6 +487,9 @@ def _end_to_end(net: DockerTestnet) -> None:
     # --- heal: all on one chain, the honest (longer) one
     net.heal()
     assert all(net._main_network_name() in c.networks for c in net.containers())
+    assert attacker_ip not in [b["address"].split("/")[0]
+                               for b in net.rpc("merchant", "listbanned")]
+    assert not any(r["partitioned"] for r in net.status())
     best = net.wait_converged(120)
     step(f"healed and converged on {best[:12]}")
     for block in attacker_blocks:

@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 
 from lab.testnet.control import resolve_splits
-from lab.testnet.docker import DockerTestnet, _local_endpoint
+from lab.testnet.docker import BAN_SECONDS, DockerTestnet, _local_endpoint
 from lab.testnet.swarm import (
-    BAN_SECONDS,
     ENTRYPOINT,
     SECRET_TARGET,
     SwarmTestnet,

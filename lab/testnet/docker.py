@@ -2,15 +2,14 @@
 
 :class:`DockerTestnet` wraps the repository's ``docker-compose.yml`` (or any compose file
 built the same way: one service per node, a ``powlab.role`` label on each, the JSON-RPC on
-container port 18443 published on the host, credentials in ``POWLAB_RPC_USER`` /
-``POWLAB_RPC_PASSWORD``). It works with Compose v2 (``docker compose``) and v1.29
-(``docker-compose``), whichever answers, and finds everything else through Docker labels,
-so it needs no YAML parser and no state of its own.
+container port 18443 published on the host, credentials each node's own cookie, or
+``POWLAB_RPC_USER`` / ``POWLAB_RPC_PASSWORD``). It works with Compose v2 (``docker compose``)
+and v1.29 (``docker-compose``), whichever answers, and finds everything else through Docker
+labels, so it needs no YAML parser and no state of its own.
 
-Partitions are real network partitions: the containers of every group but the largest are
-taken off the compose network (a lone node is left with no network at all, several nodes
-get a private bridge of their own). While a node is cut off, its published RPC port is
-unreachable, so RPC calls fall back to ``docker exec`` inside the container.
+Partitions are the nodes' own bans over RPC, as on a swarm and on processes (nothing about
+Docker networking changes). A container cut off at the network level by hand answers RPC
+through ``docker exec`` inside it, and ``heal`` puts it back.
 
 At top level this module imports only the standard library and the lab's RPC client (itself
 standard library until its first call): the image's HEALTHCHECK runs
@@ -65,6 +64,7 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 NETWORK_LABEL = "com.docker.compose.network"
 ROLE_ORDER = ("miner", "merchant", "attacker", "observer")
+BAN_SECONDS = 24 * 3600  # a partition's bans; `heal` lifts them
 # Per-node RPC credentials. A compose node (docker-compose.yml) configures none, so it uses
 # its cookie, a random password it writes to its own volume at each start (COOKIE_PATH),
 # which the lab reads with `docker exec`. A swarm node, which the lab may not reach with
@@ -804,6 +804,7 @@ class DockerTestnet:
         hashrate, up (plus container, health and networks)."""
         main = self._main_network_name()
         rows = []
+        project: set[str] | None = None
         for c in self.containers():
             row: dict[str, Any] = {
                 "node": c.node, "role": c.role, "rpc": c.rpc_url, "height": None,
@@ -813,9 +814,9 @@ class DockerTestnet:
             }
             if c.running:
                 try:
-                    info, peers, mempool, mining = self._calls(c, [
+                    info, peers, mempool, mining, banned = self._calls(c, [
                         ("getblockchaininfo", []), ("getpeerinfo", []), ("getmempoolinfo", []),
-                        ("getmininginfo", []),
+                        ("getmininginfo", []), ("listbanned", []),
                     ], timeout=10)
                 except (*RPC_FAILURES, DockerError):
                     pass
@@ -828,6 +829,9 @@ class DockerTestnet:
                         hashrate=(mining.get("hashrate") or 0.0) if mining.get("mining") else 0.0,
                         up=True,
                     )
+                    project = project if project is not None else self._project_addresses()
+                    if any(str(b.get("address", "")).split("/")[0] in project for b in banned):
+                        row["partitioned"] = True
             rows.append(row)
         return rows
 
@@ -851,50 +855,79 @@ class DockerTestnet:
     def partition(self, groups: Sequence[Sequence[str]]) -> None:
         """Split the network: nodes in different groups can no longer reach each other.
 
-        The largest group (the first of equals) stays on the compose network, together
-        with every node no group names; each other group is moved to an internal bridge of
-        its own (a group of one is simply disconnected). Any earlier partition is healed
-        first.
+        Through the nodes' own controls, as on a swarm and in scenarios: each node bans the
+        compose-network addresses of the nodes in other groups (``setban``) and drops those
+        peers. Nothing about Docker networking changes, so every node keeps its RPC port and
+        its place on the network. A node no group names joins the first group. Any earlier
+        partition is healed first.
         """
-        by_node = {c.node: c for c in self.containers()}
-        groups, _ = check_groups(groups, by_node)
-        if self._partition_networks() or any(
-            self._main_network_name() not in c.networks for c in by_node.values()
-        ):
-            self.heal()
-            by_node = {c.node: c for c in self.containers()}
+        found = {c.node: c for c in self.containers() if c.running}
+        groups, seen = check_groups(groups, found)
+        self.heal(reconnect=False)
+        found = {c.node: c for c in self.containers() if c.running}
+        groups[0] += [n for n in found if n not in seen]
         main = self._main_network_name()
-        stay = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
-        moved: list[NodeContainer] = []
-        private_groups: list[tuple[str, list[str]]] = []
-        for index, group in enumerate(groups):
-            if index == stay:
-                continue
-            private = None
-            if len(group) > 1:
-                private = f"{self.project}_partition{index}"
-                # --internal isolates it with iptables rules; inhibit_ipv4 leaves the host
-                # without an address on the bridge, so nothing is routed through the host
-                # to the other bridges even where dockerd runs with --iptables=false.
-                _run(["docker", "network", "create", "--driver", "bridge", "--internal",
-                      "-o", "com.docker.network.bridge.inhibit_ipv4=true",
-                      "--label", f"{PARTITION_LABEL}={self.project}", private])
-                private_groups.append((private, group))
-            for name in group:
-                c = by_node[name]
-                moved.append(c)
-                if main in c.networks:
-                    _run(["docker", "network", "disconnect", main, c.id])
-                if private is not None:
-                    _run(["docker", "network", "connect", "--alias", c.service, private, c.id])
-        self._drop_stale_peers(moved)
-        for private, group in private_groups:
-            # The moved nodes have new addresses: introduce them to each other.
-            self.reconnect_peers(network=private, nodes=group)
+        ip = {n: c.networks.get(main, "") for n, c in found.items()}
+        failed = self.ban_across(found, groups, ip)
+        if failed:
+            raise DockerError("the partition is not in force on every node (`testnet heal` "
+                              "lifts what was set): " + "; ".join(failed))
         self.log("partitioned: " + " | ".join(",".join(g) for g in groups))
 
+    def ban_across(self, found: Mapping[str, NodeContainer], groups: Sequence[Sequence[str]],
+                   ip: Mapping[str, str],
+                   before: Callable[[str, list[str]], None] | None = None) -> list[str]:
+        """Each node in `found` bans the addresses (`ip`) of the nodes in the other groups
+        and drops those peers; `before(node, hosts)` is told first (to record them). Returns
+        what failed, one line per node or ban."""
+        group_of = {n: i for i, g in enumerate(groups) for n in g}
+        failed: list[str] = []
+        for name, c in found.items():
+            banned = [ip[o] for o in found if group_of[o] != group_of[name] and ip[o]]
+            if before is not None:
+                before(name, banned)
+            try:
+                results = self._calls(c, [("setban", [h, "add", BAN_SECONDS]) for h in banned],
+                                      timeout=10, errors="return")
+            except (*RPC_FAILURES, DockerError) as exc:
+                failed.append(f"{name}: {exc}")
+                continue
+            failed += [f"{name}: setban {h}: {r}" for h, r in zip(banned, results, strict=True)
+                       if isinstance(r, RPCError)]
+            self._drop_peers(c, set(banned))
+        return failed
+
+    def _drop_peers(self, c: NodeContainer, hosts: set[str]) -> None:
+        try:
+            peers = self._calls(c, [("getpeerinfo", [])], timeout=10)[0]
+        except (*RPC_FAILURES, DockerError):
+            return
+        stale = [p["id"] for p in peers if str(p.get("addr", "")).rsplit(":", 1)[0] in hosts]
+        if stale:
+            self._calls(c, [("disconnectnode", ["", pid]) for pid in stale], timeout=10,
+                        errors="return")
+
+    def _project_addresses(self) -> set[str]:
+        main = self._main_network_name()
+        return {c.networks[main] for c in self.containers() if c.networks.get(main)}
+
+    def _lift_bans(self, found: Sequence[NodeContainer]) -> None:
+        """Every ban a node holds on a node of this project (what :meth:`partition` sets)."""
+        project = self._project_addresses()
+        for c in found:
+            try:
+                banned = self._calls(c, [("listbanned", [])], timeout=10)[0]
+            except (*RPC_FAILURES, DockerError):
+                continue
+            hosts = [str(b.get("address", "")).split("/")[0] for b in banned]
+            lift = [h for h in hosts if h in project]
+            if lift:
+                self._calls(c, [("setban", [h, "remove"]) for h in lift], timeout=10,
+                            errors="return")
+
     def heal(self, reconnect: bool = True) -> None:
-        """Undo :meth:`partition`: every node back on the compose network, peers redialled."""
+        """Undo :meth:`partition`: the bans between the project's nodes lifted, peers
+        redialled (and any node an older version moved off the compose network put back)."""
         main = self._main_network_name()
         private = set(self._partition_networks())
         moved: list[NodeContainer] = []
@@ -927,9 +960,11 @@ class DockerTestnet:
             self.wait_ready(90)
         if moved:
             self._drop_stale_peers(moved)
-            if reconnect:
-                self.reconnect_peers()
             self.log("healed: " + ", ".join(c.node for c in moved) + " back on " + main)
+        self._lift_bans([c for c in self.containers() if c.running])
+        if reconnect:
+            self.reconnect_peers()
+            self.log("healed: bans lifted, peers redialled")
 
     def _drop_stale_peers(self, moved: Sequence[NodeContainer]) -> None:
         """Forget peer links that a move made dead, on both ends.

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.client import RPCError
 from lab.testnet.docker import (
     P2P_PORT,
     PASSWORD_FILE_ENV,
@@ -68,7 +67,6 @@ __all__ = [
 STACK_LABEL = "com.docker.stack.namespace"
 NETWORK_KEY = "powlab"
 RPC_USER = "powlab"
-BAN_SECONDS = 24 * 3600
 REGTEST_HASHES_PER_BLOCK = 2.0  # regtest's target: about two hashes per block
 ENTRYPOINT = [
     "sh", "-c",
@@ -543,41 +541,21 @@ class SwarmTestnet(DockerTestnet):
         groups[0] += [n for n in found if n not in seen]
         main = self._main_network_name()
         ip = {n: c.networks.get(main, "") for n, c in found.items()}
-        group_of = {n: i for i, g in enumerate(groups) for n in g}
         # Recorded before each node's bans go in, so `heal` lifts whatever was set even if
         # the partition stops half-way (a node that does not answer).
         state = self._state()
         state["partition"] = groups
         state["bans"] = {}
-        failed: list[str] = []
-        for name, c in found.items():
-            banned = [ip[o] for o in found if group_of[o] != group_of[name] and ip[o]]
-            state["bans"][name] = banned
+
+        def record(name: str, hosts: list[str]) -> None:
+            state["bans"][name] = hosts
             self._save_state(state)
-            try:
-                results = self._calls(c, [("setban", [h, "add", BAN_SECONDS]) for h in banned],
-                                      timeout=10, errors="return")
-            except (*RPC_FAILURES, DockerError) as exc:
-                failed.append(f"{name}: {exc}")
-                continue
-            # "already banned" is fine (a ban set by hand before); anything else is not.
-            failed += [f"{name}: setban {h}: {r}" for h, r in zip(banned, results, strict=True)
-                       if isinstance(r, RPCError) and "already" not in str(r).lower()]
-            self._drop_peers(c, set(banned))
+
+        failed = self.ban_across(found, groups, ip, before=record)
         if failed:
             raise DockerError("the partition is not in force on every node (`testnet heal` "
                               "lifts what was set): " + "; ".join(failed))
         self.log("partitioned: " + " | ".join(",".join(g) for g in groups))
-
-    def _drop_peers(self, c: NodeContainer, hosts: set[str]) -> None:
-        try:
-            peers = self._calls(c, [("getpeerinfo", [])], timeout=10)[0]
-        except (*RPC_FAILURES, DockerError):
-            return
-        stale = [p["id"] for p in peers if str(p.get("addr", "")).rsplit(":", 1)[0] in hosts]
-        if stale:
-            self._calls(c, [("disconnectnode", ["", pid]) for pid in stale], timeout=10,
-                        errors="return")
 
     def heal(self, reconnect: bool = True) -> None:
         """Lifts the bans :meth:`partition` set and has every node redial the others."""
