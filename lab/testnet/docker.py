@@ -251,7 +251,10 @@ def check_engine() -> None:
     """Raise :class:`DockerError` unless a Docker engine answers."""
     if shutil.which("docker") is None:
         raise DockerError(f"the docker command is not installed: {SETUP_HINT}")
-    probe = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False)
+    # As long as any command: an engine busy with a large stack (300 services being
+    # deployed) took over 30 s to answer `docker info`; one that is down fails at once.
+    probe = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=DOCKER_TIMEOUT,
+                 check=False)
     if probe.returncode != 0 or not probe.stdout.strip():
         detail = (probe.stderr or "").strip().splitlines()
         raise DockerError(
