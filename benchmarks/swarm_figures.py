@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab import waiting
 from lab.testnet.cli import compose_testnet
 from lab.testnet.figures import mean_max, memory_kb, parse_iso, spread
 
@@ -87,8 +88,16 @@ def measure(directory: Path, idle: float) -> dict[str, Any]:
     origin: float | None = time.time()
     block = net.rpc(miner.node, "generatetoaddress", 1, address)[0]
     net.wait_converged(60)
-    time.sleep(2)  # let the log lines reach the engine
-    seen_at = {c.node: _log_time(net.stack, c.node, block) for c in nodes}
+
+    def logged() -> dict[str, float | None] | None:
+        # The engine collects service logs a little after they are written.
+        times = {c.node: _log_time(net.stack, c.node, block) for c in nodes}
+        return times if all(t is not None for t in times.values()) else None
+
+    try:
+        seen_at = waiting.wait_until(logged, 30, "every node's block_connected line", 1.0)
+    except TimeoutError:  # reported as missing
+        seen_at = {c.node: _log_time(net.stack, c.node, block) for c in nodes}
     known = [t for t in seen_at.values() if t is not None]
     first = min(known) if known else None
     delays, spreads = [], []

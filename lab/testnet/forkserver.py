@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +164,11 @@ def stop_server(directory: Path, timeout: float = 10.0) -> str:
         return "was down"
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while server_pid(directory) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
     outcome = "stopped"
-    if server_pid(directory) is not None:
+    try:
+        waiting.wait_until(lambda: server_pid(directory) is None, timeout, "the fork server",
+                           0.05)
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         outcome = "killed"

@@ -30,12 +30,12 @@ import contextlib
 import json
 import socket
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import waiting
 from lab.testnet.docker import (
     P2P_PORT,
     PASSWORD_FILE_ENV,
@@ -395,22 +395,19 @@ class SwarmTestnet(DockerTestnet):
         volumes on this engine and the passwords."""
         self.remove_extra()
         _run(["docker", "stack", "rm", self.stack], check=False, timeout=120)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            left = _run(["docker", "ps", "-a", "-q", "--filter",
-                         f"label={STACK_LABEL}={self.stack}"]).stdout.split()
-            if not left:
-                break
-            time.sleep(1.0)
+        with contextlib.suppress(TimeoutError):  # what is left is reported by `status`
+            waiting.wait_until(lambda: not _run(["docker", "ps", "-a", "-q", "--filter",
+                                                 f"label={STACK_LABEL}={self.stack}"]
+                                                ).stdout.split(), 90, "the stack's containers",
+                               1.0)
         if purge:
             # Volumes on other engines stay there: `docker volume rm` on each of them.
             vols = _run(["docker", "volume", "ls", "-q", "--filter",
                          f"label={STACK_LABEL}={self.stack}"]).stdout.split()
-            for _ in range(10):
-                if not vols or _run(["docker", "volume", "rm", *vols],
-                                    check=False).returncode == 0:
-                    break
-                time.sleep(1.0)
+            with contextlib.suppress(TimeoutError):  # a volume still held stays, as before
+                waiting.wait_until(lambda: not vols or _run(
+                    ["docker", "volume", "rm", *vols], check=False).returncode == 0,
+                    10, "the stack's volumes", 1.0)
             for path in (self.directory / "secrets").glob("*"):
                 path.unlink()
             with contextlib.suppress(OSError):
