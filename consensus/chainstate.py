@@ -735,7 +735,9 @@ class ChainState:
         if jobs:
             for ok, (tx, n) in zip(self.verify_batch(jobs), job_owner, strict=True):
                 if not ok:
-                    raise ConsensusError("bad-txns-bad-signature", f"tx {tx.txid.hex()} input {n}")
+                    raise ConsensusError(
+                        "bad-txns-bad-signature", f"tx {tx.txid.hex()} signature {n}"
+                    )
             for tx, _ in job_owner:
                 cache.add(tx.txid)
         coinbase = block.txs[0]

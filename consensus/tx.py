@@ -1,9 +1,15 @@
 """Transactions in a UTXO model, with one canonical msgpack encoding.
 
-A transaction is ``[version, [[prev_txid, prev_index, pubkey, signature], …], [[amount, pkh], …],
-locktime]``. Its id is the double SHA-256 of that encoding, signatures included; decoding accepts
-only the canonical bytes and Ed25519 signatures are not malleable, so nobody but the signer can
-produce another valid encoding of the same payment.
+A transaction is ``[version, [input, …], [[amount, pkh], …], locktime]``. An input is
+``[prev_txid, prev_index, pubkey, signature]`` when it spends a one-key lock, or
+``[prev_txid, prev_index, multisig_script, [slot₁, …, slotₙ]]`` when it spends an m-of-n lock
+(`consensus.multisig`; each slot is a signature or empty). A fifth element, the input's sequence
+number, is present only when it is not `SEQUENCE_FINAL`, so transactions that never use it keep
+the encoding they always had. Its id is the double SHA-256 of that encoding, signatures included;
+decoding accepts only the canonical bytes and Ed25519 signatures are not malleable, so nobody but
+the signers can produce another valid encoding of the same payment. (A co-signer holding more than
+m signatures of a multisig input can choose which m to publish, as with Bitcoin's legacy
+multisig; each choice has its own txid.)
 """
 
 from __future__ import annotations
@@ -17,12 +23,18 @@ import msgpack
 from consensus.errors import DecodeError
 from consensus.hashing import HASH_SIZE, ZERO_HASH, sha256d
 from consensus.keys import PUBKEY_HASH_SIZE, PUBKEY_SIZE, SIGNATURE_SIZE, PrivateKey
+from consensus.multisig import MultisigScript, decode_multisig_script
 
 U32_MAX = 0xFFFFFFFF
 COINBASE_INDEX = U32_MAX
 COINBASE_HEIGHT_SIZE = 4
 MAX_COINBASE_DATA = 100
 SIGHASH_TAG = b"powlab-sighash"
+# As in Bitcoin: an input whose sequence is final opts out of the transaction's lock time; a
+# transaction whose inputs are all final is final whatever its lock time says.
+SEQUENCE_FINAL = U32_MAX
+# Below this a lock time is a block height, from it on a Unix time compared with median time past.
+LOCKTIME_THRESHOLD = 500_000_000
 
 
 class OutPoint(NamedTuple):
@@ -34,14 +46,33 @@ class OutPoint(NamedTuple):
 
 
 class TxIn(NamedTuple):
+    """One input. A one-key spend fills `pubkey` and `signature`; a multisig spend fills
+    `multisig` and `signature_slots` (one per key, empty where that key did not sign) and leaves
+    the other two empty. Unsigned inputs (createrawtransaction) carry neither."""
+
     prev_txid: bytes
     prev_index: int
     pubkey: bytes
     signature: bytes
+    sequence: int = SEQUENCE_FINAL
+    multisig: MultisigScript | None = None
+    signature_slots: tuple[bytes, ...] = ()
 
     @property
     def outpoint(self) -> OutPoint:
         return OutPoint(self.prev_txid, self.prev_index)
+
+    def encoded_fields(self, blank_signatures: bool = False) -> list[Any]:
+        if self.multisig is not None:
+            lock: bytes = self.multisig.encode()
+            proof: Any = b"" if blank_signatures else list(self.signature_slots)
+        else:
+            lock = self.pubkey
+            proof = b"" if blank_signatures else self.signature
+        fields = [self.prev_txid, self.prev_index, lock, proof]
+        if self.sequence != SEQUENCE_FINAL:
+            fields.append(self.sequence)
+        return fields
 
 
 class TxOut(NamedTuple):
@@ -75,10 +106,7 @@ class Transaction:
     def _as_lists(self, blank_signatures: bool = False) -> list[Any]:
         return [
             self.version,
-            [
-                [i.prev_txid, i.prev_index, i.pubkey, b"" if blank_signatures else i.signature]
-                for i in self.inputs
-            ],
+            [i.encoded_fields(blank_signatures) for i in self.inputs],
             [[o.amount, o.pkh] for o in self.outputs],
             self.locktime,
         ]
@@ -112,6 +140,10 @@ class Transaction:
         body = msgpack.packb(self._as_lists(blank_signatures=True), use_bin_type=True)
         return hashlib.sha256(SIGHASH_TAG + genesis_hash + body).digest()
 
+    def with_inputs(self, inputs: Sequence[TxIn]) -> Transaction:
+        """The same transaction with other inputs (keys, signatures), outputs and lock time kept."""
+        return Transaction(inputs, self.outputs, self.version, self.locktime)
+
     def total_out(self) -> int:
         return sum(o.amount for o in self.outputs)
 
@@ -134,9 +166,9 @@ class Transaction:
             "locktime": self.locktime,
             "coinbase": self.is_coinbase,
             "vin": [
-                {"coinbase": i.signature.hex()}
+                {"coinbase": i.signature.hex(), "sequence": i.sequence}
                 if self.is_coinbase
-                else {"txid": i.prev_txid.hex(), "vout": i.prev_index, "pubkey": i.pubkey.hex()}
+                else _input_json(i)
                 for i in self.inputs
             ],
             "vout": [
@@ -148,6 +180,24 @@ class Transaction:
                 for n, o in enumerate(self.outputs)
             ],
         }
+
+
+def _input_json(txin: TxIn) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "txid": txin.prev_txid.hex(),
+        "vout": txin.prev_index,
+        "sequence": txin.sequence,
+    }
+    if txin.multisig is None:
+        view["pubkey"] = txin.pubkey.hex()
+    else:
+        view["multisig"] = {
+            "required": txin.multisig.required,
+            "pubkeys": [key.hex() for key in txin.multisig.pubkeys],
+            "redeemScript": txin.multisig.encode().hex(),
+        }
+        view["signatures"] = sum(1 for slot in txin.signature_slots if slot)
+    return view
 
 
 def make_coinbase(height: int, outputs: Sequence[TxOut], extra: bytes = b"") -> Transaction:
@@ -168,27 +218,19 @@ def coinbase_height(tx: Transaction) -> int | None:
 def sign_transaction(
     unsigned: Transaction, keys: Sequence[PrivateKey], genesis_hash: bytes
 ) -> Transaction:
-    """Sign every input; `keys[i]` owns input i (its public key is filled in here)."""
+    """Sign every input with one key; `keys[i]` owns input i (its public key is filled in
+    here). Sequence numbers and lock time are kept; they are signed like everything else."""
     if len(keys) != len(unsigned.inputs):
         raise ValueError("one key per input is needed")
-    with_keys = Transaction(
+    with_keys = unsigned.with_inputs(
         [
-            TxIn(i.prev_txid, i.prev_index, k.public_key, b"")
+            i._replace(pubkey=k.public_key, signature=b"", multisig=None, signature_slots=())
             for i, k in zip(unsigned.inputs, keys, strict=True)
-        ],
-        unsigned.outputs,
-        unsigned.version,
-        unsigned.locktime,
+        ]
     )
     digest = with_keys.sighash(genesis_hash)
-    return Transaction(
-        [
-            TxIn(i.prev_txid, i.prev_index, i.pubkey, k.sign(digest))
-            for i, k in zip(with_keys.inputs, keys, strict=True)
-        ],
-        with_keys.outputs,
-        with_keys.version,
-        with_keys.locktime,
+    return with_keys.with_inputs(
+        [i._replace(signature=k.sign(digest)) for i, k in zip(with_keys.inputs, keys, strict=True)]
     )
 
 
@@ -234,25 +276,46 @@ def transaction_from_lists(obj: Any) -> Transaction:
         raise DecodeError("version and locktime must be unsigned 32-bit integers")
     if type(raw_inputs) is not list or type(raw_outputs) is not list:
         raise DecodeError("inputs and outputs must be lists")
-    inputs = []
-    for raw in raw_inputs:
-        if type(raw) is not list or len(raw) != 4:
-            raise DecodeError("an input is a list of 4 fields")
-        prev_txid = _bytes_field(raw[0], (HASH_SIZE,), "prev_txid")
-        if not _is_u32(raw[1]):
-            raise DecodeError("prev_index must be an unsigned 32-bit integer")
-        coinbase = prev_txid == ZERO_HASH and raw[1] == COINBASE_INDEX
-        # Unsigned transactions (createrawtransaction) carry neither key nor signature yet.
-        pubkey = _bytes_field(raw[2], (0,) if coinbase else (0, PUBKEY_SIZE), "pubkey")
-        sig_sizes = range(MAX_COINBASE_DATA + 1) if coinbase else (0, SIGNATURE_SIZE)
-        signature = _bytes_field(raw[3], sig_sizes, "signature")
-        inputs.append(TxIn(prev_txid, raw[1], pubkey, signature))
+    inputs = [_input_from_list(raw) for raw in raw_inputs]
     outputs = []
     for raw in raw_outputs:
         if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int or raw[0] < 0:
             raise DecodeError("an output is [amount >= 0, pubkey_hash]")
         outputs.append(TxOut(raw[0], _bytes_field(raw[1], (PUBKEY_HASH_SIZE,), "pubkey_hash")))
     return Transaction(inputs, outputs, version, locktime)
+
+
+def _input_from_list(raw: Any) -> TxIn:
+    if type(raw) is not list or len(raw) not in (4, 5):
+        raise DecodeError("an input is a list of 4 fields, or 5 with a sequence number")
+    prev_txid = _bytes_field(raw[0], (HASH_SIZE,), "prev_txid")
+    if not _is_u32(raw[1]):
+        raise DecodeError("prev_index must be an unsigned 32-bit integer")
+    sequence = SEQUENCE_FINAL
+    if len(raw) == 5:
+        if not _is_u32(raw[4]):
+            raise DecodeError("sequence must be an unsigned 32-bit integer")
+        sequence = raw[4]
+    coinbase = prev_txid == ZERO_HASH and raw[1] == COINBASE_INDEX
+    if type(raw[3]) is list and not coinbase:
+        return _multisig_input(prev_txid, raw[1], raw[2], raw[3], sequence)
+    # Unsigned transactions (createrawtransaction) carry neither key nor signature yet.
+    pubkey = _bytes_field(raw[2], (0,) if coinbase else (0, PUBKEY_SIZE), "pubkey")
+    sig_sizes = range(MAX_COINBASE_DATA + 1) if coinbase else (0, SIGNATURE_SIZE)
+    signature = _bytes_field(raw[3], sig_sizes, "signature")
+    return TxIn(prev_txid, raw[1], pubkey, signature, sequence)
+
+
+def _multisig_input(
+    prev_txid: bytes, prev_index: int, raw_script: Any, raw_slots: list[Any], sequence: int
+) -> TxIn:
+    script = decode_multisig_script(raw_script)
+    if len(raw_slots) != script.size:
+        raise DecodeError(
+            f"a multisig input has one signature slot per key ({script.size}), got {len(raw_slots)}"
+        )
+    slots = tuple(_bytes_field(slot, (0, SIGNATURE_SIZE), "signature slot") for slot in raw_slots)
+    return TxIn(prev_txid, prev_index, b"", b"", sequence, script, slots)
 
 
 def decode_transaction(data: bytes, max_size: int) -> Transaction:

@@ -19,9 +19,12 @@ from consensus.params import COIN, ChainParams
 from consensus.pow import bits_to_target, hash_meets_target
 from consensus.tx import (
     COINBASE_HEIGHT_SIZE,
+    LOCKTIME_THRESHOLD,
     MAX_COINBASE_DATA,
+    SEQUENCE_FINAL,
     OutPoint,
     Transaction,
+    TxIn,
     coinbase_height,
 )
 
@@ -73,8 +76,63 @@ def _check_transaction(tx: Transaction, params: ChainParams) -> None:
     for txin in tx.inputs:
         if txin.prev_txid == ZERO_HASH:
             raise ConsensusError("bad-txns-prevout-null")
-        if len(txin.pubkey) != PUBKEY_SIZE or len(txin.signature) != SIGNATURE_SIZE:
+        if txin.multisig is not None:
+            _check_multisig_input(txin)
+        elif len(txin.pubkey) != PUBKEY_SIZE or len(txin.signature) != SIGNATURE_SIZE:
             raise ConsensusError("bad-txns-unsigned", f"input {txin.outpoint} carries no signature")
+
+
+def _check_multisig_input(txin: TxIn) -> None:
+    """Exactly m signatures, one slot per key: the same bounds decoding enforces, for inputs
+    built as objects (a local wallet's) rather than decoded."""
+    script = txin.multisig
+    assert script is not None
+    try:
+        script.check()
+    except ValueError as exc:
+        raise ConsensusError("bad-multisig-script", f"input {txin.outpoint}: {exc}") from None
+    if txin.pubkey or txin.signature or len(txin.signature_slots) != script.size:
+        raise ConsensusError(
+            "bad-multisig-slots", f"input {txin.outpoint}: one signature slot per key is needed"
+        )
+    signed = 0
+    for slot in txin.signature_slots:
+        if len(slot) not in (0, SIGNATURE_SIZE):
+            raise ConsensusError("bad-multisig-slots", f"input {txin.outpoint}: bad signature size")
+        signed += bool(slot)
+    if signed < script.required:
+        raise ConsensusError(
+            "bad-multisig-too-few-signatures",
+            f"input {txin.outpoint} has {signed} of the {script.required} signatures required",
+        )
+    if signed > script.required:
+        raise ConsensusError(
+            "bad-multisig-too-many-signatures",
+            f"input {txin.outpoint} has {signed} signatures, exactly {script.required} required",
+        )
+
+
+def is_final_tx(tx: Transaction, height: int, block_time: int) -> bool:
+    """Bitcoin's IsFinalTx: may `tx` be in a block at `height` whose lock-time clock reads
+    `block_time` (the median time past of its parent, BIP113)? A lock time names the first
+    height or time at which the transaction may be mined; inputs all at `SEQUENCE_FINAL`
+    disable it."""
+    if tx.locktime == 0:
+        return True
+    clock = height if tx.locktime < LOCKTIME_THRESHOLD else block_time
+    if tx.locktime < clock:
+        return True
+    return all(txin.sequence == SEQUENCE_FINAL for txin in tx.inputs)
+
+
+def check_final(tx: Transaction, height: int, block_time: int) -> None:
+    if not is_final_tx(tx, height, block_time):
+        kind = "height" if tx.locktime < LOCKTIME_THRESHOLD else "median time past"
+        now = height if tx.locktime < LOCKTIME_THRESHOLD else block_time
+        raise ConsensusError(
+            "bad-txns-nonfinal",
+            f"non-final: locked until {kind} {tx.locktime} (exclusive), now {now}",
+        )
 
 
 def check_tx_inputs(
@@ -149,9 +207,23 @@ def signature_jobs(
     digest = tx.sighash(genesis_hash)
     jobs = []
     for n, (txin, coin) in enumerate(zip(tx.inputs, coins, strict=True)):
-        if pubkey_hash(txin.pubkey) != coin.pkh:
-            raise ConsensusError("bad-txns-pubkey-mismatch", f"input {n} key does not own the coin")
-        jobs.append((txin.pubkey, txin.signature, digest))
+        script = txin.multisig
+        if script is None:
+            if pubkey_hash(txin.pubkey) != coin.pkh:
+                raise ConsensusError(
+                    "bad-txns-pubkey-mismatch", f"input {n} key does not own the coin"
+                )
+            jobs.append((txin.pubkey, txin.signature, digest))
+            continue
+        if script.script_hash != coin.pkh:
+            raise ConsensusError(
+                "bad-txns-pubkey-mismatch", f"input {n} multisig script does not own the coin"
+            )
+        jobs.extend(
+            (key, slot, digest)
+            for key, slot in zip(script.pubkeys, txin.signature_slots, strict=True)
+            if slot
+        )
     return jobs
 
 
@@ -166,7 +238,7 @@ def check_tx_signatures(
         return
     for n, (pubkey, signature, digest) in enumerate(signature_jobs(tx, coins, genesis_hash)):
         if not verify_signature(pubkey, signature, digest):
-            raise ConsensusError("bad-txns-bad-signature", f"input {n}")
+            raise ConsensusError("bad-txns-bad-signature", f"signature {n}")
     if cache is not None:
         cache.add(tx.txid)
 

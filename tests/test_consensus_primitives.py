@@ -15,6 +15,7 @@ from consensus.coins import Coin
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH, merkle_root
 from consensus.keys import AddressError, decode_address, encode_address, pubkey_hash
+from consensus.multisig import MAX_MULTISIG_KEYS, MultisigScript
 from consensus.params import (
     ADDRESS_PREFIXES,
     REGTEST,
@@ -309,13 +310,30 @@ def test_address_must_be_a_string() -> None:
 
 hashes = st.binary(min_size=32, max_size=32)
 u32 = st.integers(min_value=0, max_value=U32_MAX)
-tx_inputs = st.builds(
+single_key_inputs = st.builds(
     TxIn,
     hashes.filter(lambda h: h != ZERO_HASH),
     u32,
     st.sampled_from([b"", bytes(range(32))]),
     st.one_of(st.just(b""), st.binary(min_size=64, max_size=64)),
+    u32,
+    st.none(),
+    st.just(()),
 )
+
+
+@st.composite
+def multisig_inputs(draw: st.DrawFn) -> TxIn:
+    n = draw(st.integers(min_value=1, max_value=MAX_MULTISIG_KEYS))
+    keys = draw(st.lists(hashes, min_size=n, max_size=n, unique=True))
+    script = MultisigScript.build(draw(st.integers(min_value=1, max_value=n)), keys)
+    slot = st.one_of(st.just(b""), st.binary(min_size=64, max_size=64))
+    slots = tuple(draw(st.lists(slot, min_size=n, max_size=n)))
+    txid = draw(hashes.filter(lambda h: h != ZERO_HASH))
+    return TxIn(txid, draw(u32), b"", b"", draw(u32), script, slots)
+
+
+tx_inputs = st.one_of(single_key_inputs, multisig_inputs())
 tx_outputs = st.builds(
     TxOut, st.integers(min_value=0, max_value=(1 << 64) - 1), st.binary(min_size=20, max_size=20)
 )
