@@ -31,6 +31,7 @@ from consensus.pow import (
 )
 from consensus.tx import (
     COINBASE_INDEX,
+    SEQUENCE_FINAL,
     U32_MAX,
     Transaction,
     TxIn,
@@ -660,3 +661,42 @@ def test_block_reward_halves() -> None:
     assert p.block_reward(p.halving_interval - 1) == p.initial_reward
     assert p.block_reward(p.halving_interval) == p.initial_reward // 2
     assert p.block_reward(p.halving_interval * 64) == 0
+
+
+# ------------------------------------------------------------------ input sequence numbers
+
+
+def _one_input_tx(sequence: int) -> Transaction:
+    return Transaction([TxIn(b"\x01" * 32, 0, b"", b"", sequence)], [TxOut(1, b"\x02" * 20)])
+
+
+def test_a_final_sequence_keeps_the_four_field_encoding() -> None:
+    """Transactions that never set a sequence encode (and hash) exactly as before it existed."""
+    tx = _one_input_tx(SEQUENCE_FINAL)
+    assert msgpack.unpackb(tx.encode())[1][0] == [b"\x01" * 32, 0, b"", b""]
+    assert decode_transaction(tx.encode(), MAX).inputs[0].sequence == SEQUENCE_FINAL
+
+
+def test_a_sequence_is_a_fifth_field_and_is_signed() -> None:
+    tx = _one_input_tx(7)
+    assert msgpack.unpackb(tx.encode())[1][0][4] == 7
+    assert decode_transaction(tx.encode(), MAX) == tx
+    assert tx.sighash(ZERO_HASH) != _one_input_tx(8).sighash(ZERO_HASH)
+    signed = sign_transaction(tx, [key(1)], ZERO_HASH)
+    assert signed.inputs[0].sequence == 7 and signed.locktime == tx.locktime
+
+
+def test_a_spelled_out_final_sequence_is_not_canonical() -> None:
+    """A fifth field holding SEQUENCE_FINAL would give the same payment a second txid."""
+    obj = msgpack.unpackb(_one_input_tx(SEQUENCE_FINAL).encode())
+    obj[1][0].append(SEQUENCE_FINAL)
+    with pytest.raises(DecodeError, match="non-canonical"):
+        decode_transaction(msgpack.packb(obj, use_bin_type=True), MAX)
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 32, "7", None, 1.5])
+def test_a_bad_sequence_is_refused(bad: object) -> None:
+    obj = msgpack.unpackb(_one_input_tx(7).encode())
+    obj[1][0][4] = bad
+    with pytest.raises(DecodeError, match="sequence"):
+        decode_transaction(msgpack.packb(obj, use_bin_type=True), MAX)
