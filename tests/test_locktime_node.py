@@ -4,8 +4,12 @@ transaction, removal on a reorg, and hostile parameters."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,17 @@ def block_with(node: NodeProcess, address: str, raw_txs: list[str]) -> Block:
     return block
 
 
+@contextlib.contextmanager
+def tx_status_events(node: NodeProcess) -> Iterator[Any]:
+    """The node's /events stream of tx_status events (reads time out after 30 s)."""
+    assert node.auth is not None
+    token = base64.b64encode(f"{node.auth[0]}:{node.auth[1]}".encode()).decode()
+    request = urllib.request.Request(node.url + "events?types=tx_status")
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        yield stream
+
+
 def test_time_locks_on_a_node(node: NodeProcess) -> None:
     address = node.rpc("getnewaddress")
     payee = node.rpc("getnewaddress")
@@ -145,7 +160,16 @@ def test_time_locks_on_a_node(node: NodeProcess) -> None:
     # A reorg back below both locks removes them, and their status says they left the mempool;
     # what the disconnected blocks held and is still final comes back.
     tip = node.rpc("getbestblockhash")
-    node.rpc("invalidateblock", mocked[0])
+    with tx_status_events(node) as stream:
+        node.rpc("invalidateblock", mocked[0])
+        removed = {at_mtp_txid, by_height}
+        seen: dict[str, str] = {}
+        while not removed <= seen.keys():
+            line = stream.readline().decode()
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                seen[event["txid"]] = event["status"]
+        assert {seen[t] for t in removed} == {"unknown"}
     assert node.rpc("getblockchaininfo")["mediantime"] == mtp
     pool = node.rpc("getrawmempool")
     assert at_mtp_txid not in pool and by_height not in pool
