@@ -198,4 +198,9 @@ def test_createrawtransaction_hostile_params(node: NodeProcess) -> None:
         raw = node.rpc("createrawtransaction", [{**coin, "sequence": sequence}], outputs, locktime)
         decoded = node.rpc("decoderawtransaction", raw)
         assert decoded["locktime"] == locktime and decoded["vin"][0]["sequence"] == sequence
+    # null means the default, as in bitcoind: no lock, final sequences.
+    unlocked = node.rpc(
+        "decoderawtransaction", node.rpc("createrawtransaction", [coin], outputs, None)
+    )
+    assert unlocked["locktime"] == 0 and unlocked["vin"][0]["sequence"] == SEQUENCE_FINAL
     assert node.rpc("getblockcount") == 0  # still serving
