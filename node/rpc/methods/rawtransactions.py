@@ -24,6 +24,10 @@ from node.rpc.errors import (
 from node.rpc.methods.common import address_encoder, address_pkh, decode_tx, hash_param
 from node.rpc.registry import rpc_method
 
+# bitcoind's default sequence for inputs of a time-locked transaction: not final, so the lock
+# time applies.
+MAX_SEQUENCE_NONFINAL = SEQUENCE_FINAL - 1
+
 
 def _mempool_entry(node: NodeAPI, txid: bytes) -> dict[str, Any]:
     entry = node.mempool.get(txid)
@@ -124,7 +128,7 @@ def createrawtransaction(
         raise RPCError(
             RPC_INVALID_PARAMETER, f"Invalid parameter, locktime out of range (0 to {U32_MAX})"
         )
-    default_sequence = SEQUENCE_FINAL - 1 if locktime else SEQUENCE_FINAL
+    default_sequence = MAX_SEQUENCE_NONFINAL if locktime else SEQUENCE_FINAL
     txins = []
     for item in inputs:
         if not isinstance(item, dict) or "txid" not in item or "vout" not in item:
