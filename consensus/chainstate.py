@@ -32,6 +32,7 @@ from consensus.validation import (
     SignatureCache,
     SignatureJob,
     check_block,
+    check_block_final,
     check_block_merkle,
     check_coinbase_height,
     check_header_context,
@@ -350,6 +351,13 @@ class ChainState:
         earliest = self.median_time_past(prev) + 1
         return earliest if floor is None else max(earliest, floor)
 
+    def lock_time_clock(self, prev: BlockIndex | None = None) -> tuple[int, int]:
+        """The height of a block on `prev` (default: the tip) and the clock its transactions'
+        time locks are read against: `prev`'s median time past (BIP113). The mempool uses
+        the tip's, so that what it holds is final in the next block."""
+        prev = prev or self.tip
+        return prev.height + 1, self.median_time_past(prev)
+
     def next_bits(self, prev: BlockIndex) -> int:
         """The `bits` a block on top of `prev` must carry."""
         params = self.params
@@ -581,6 +589,9 @@ class ChainState:
         try:
             check_block(block, self.params)
             check_coinbase_height(block, entry.height)
+            parent = entry.prev
+            assert parent is not None
+            check_block_final(block, entry.height, lambda: self.median_time_past(parent))
         except ConsensusError as exc:
             self._mark_failed(entry, BlockStatus.FAILED)
             result.status, result.reason = "invalid", exc.reason

@@ -47,9 +47,13 @@ from consensus.validation import (
     check_transaction,
     check_tx_inputs,
     check_tx_signatures,
+    is_final_tx,
+    nonfinal_detail,
 )
 
 MISSING_INPUTS = "bad-txns-inputs-missingorspent"
+# Bitcoin Core's reject reason for a transaction that could not be in the next block yet.
+NON_FINAL = "non-final"
 
 # Rough CPython footprint of an entry beyond its encoded bytes (entry object, decoded inputs and
 # outputs, index slots); only feeds the `usage` estimate.
@@ -69,6 +73,8 @@ class ChainView(Protocol):
     def tx_block(self, txid: bytes) -> Any: ...
 
     def spender(self, outpoint: OutPoint) -> bytes | None: ...
+
+    def lock_time_clock(self) -> tuple[int, int]: ...
 
 
 class MempoolConflict(ConsensusError):
@@ -280,6 +286,14 @@ class Mempool:
             raise ConsensusError("coinbase", "a coinbase is only valid in a block")
         if chain.tx_block(txid) is not None:
             raise ConsensusError("txn-already-known", "already confirmed in the active chain")
+        if tx.locktime:
+            # Final in the next block, or not at all: a block may only hold final transactions,
+            # so everything in the pool can go into the next one (Bitcoin Core's CheckFinalTx).
+            lock_height, lock_clock = chain.lock_time_clock()
+            if not is_final_tx(tx, lock_height, lock_clock):
+                raise ConsensusError(
+                    NON_FINAL, nonfinal_detail(tx, lock_height, lock_clock, "the next block")
+                )
 
         spend_height = chain.height + 1
         found, parents, conflicts, missing = self._find_inputs(tx, chain, spend_height)
@@ -753,16 +767,28 @@ class Mempool:
 
     # ----------------------------------------------------------------- block templates
 
-    def select_for_block(self, max_bytes: int) -> tuple[list[Transaction], int]:
+    def select_for_block(
+        self, max_bytes: int, final_at: tuple[int, int] | None = None
+    ) -> tuple[list[Transaction], int]:
         """Transactions for a block template, at most `max_bytes` in total, and their fees.
 
         Ancestor-package selection as in Bitcoin Core: repeatedly take the entry whose package
         (itself plus its not-yet-selected ancestors) pays the best fee rate, with that package,
-        parents first. A high-fee child thereby pulls in its low-fee parent.
+        parents first. A high-fee child thereby pulls in its low-fee parent. With `final_at`
+        (the block's height and lock-time clock, `ChainState.lock_time_clock`) a package with a
+        transaction not final there is left out, as Core's TestPackageTransactions does: the
+        pool only holds transactions final on its tip, but a template may be for another block.
         """
         entries = self._entries
         if not entries:
             return [], 0
+        locked: set[bytes] = set()
+        if final_at is not None:
+            locked = {
+                txid
+                for txid, e in entries.items()
+                if e.tx.locktime and not is_final_tx(e.tx, *final_at)
+            }
         ancestors: dict[bytes, set[bytes]] = {}
         pkg_fee: dict[bytes, int] = {}
         pkg_size: dict[bytes, int] = {}
@@ -784,6 +810,8 @@ class Mempool:
             if txid in selected or neg_rate != -pkg_fee[txid] / pkg_size[txid]:
                 continue  # taken already, or a stale key from before an ancestor was taken
             if total_size + pkg_size[txid] > max_bytes:
+                continue
+            if locked and (txid in locked or not locked.isdisjoint(ancestors[txid])):
                 continue
             package = sorted(
                 (entries[t] for t in ancestors[txid] | {txid} if t not in selected),

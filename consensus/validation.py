@@ -125,14 +125,42 @@ def is_final_tx(tx: Transaction, height: int, block_time: int) -> bool:
     return all(txin.sequence == SEQUENCE_FINAL for txin in tx.inputs)
 
 
+def nonfinal_detail(
+    tx: Transaction, height: int, block_time: int, block: str = "this block"
+) -> str:
+    """Why `tx` may not be in `block` (at `height`, lock-time clock `block_time`), and from
+    when it may: a lock time is the last height (or time) at which it is still locked."""
+    if tx.locktime < LOCKTIME_THRESHOLD:
+        return (
+            f"locktime {tx.locktime} is a block height: mined from height {tx.locktime + 1} "
+            f"on; {block} is at height {height}"
+        )
+    return (
+        f"locktime {tx.locktime} is a time: mined once the median time past of the block's "
+        f"parent is above it; for {block} it is {block_time}"
+    )
+
+
 def check_final(tx: Transaction, height: int, block_time: int) -> None:
     if not is_final_tx(tx, height, block_time):
-        kind = "height" if tx.locktime < LOCKTIME_THRESHOLD else "median time past"
-        now = height if tx.locktime < LOCKTIME_THRESHOLD else block_time
         raise ConsensusError(
-            "bad-txns-nonfinal",
-            f"non-final: locked until {kind} {tx.locktime} (exclusive), now {now}",
+            "bad-txns-nonfinal", f"non-final: {nonfinal_detail(tx, height, block_time)}"
         )
+
+
+def check_block_final(block: Block, height: int, median_time_past: Callable[[], int]) -> None:
+    """Every transaction of a block at `height`, coinbase included, must be final with the
+    median time past of its parent as the clock (BIP113). `median_time_past` is only asked
+    for when some transaction has a lock time at all."""
+    if all(tx.locktime == 0 for tx in block.txs):
+        return
+    clock = median_time_past()
+    for tx in block.txs:
+        if not is_final_tx(tx, height, clock):
+            raise ConsensusError(
+                "bad-txns-nonfinal",
+                f"non-final: tx {tx.txid.hex()}: {nonfinal_detail(tx, height, clock)}",
+            )
 
 
 def check_tx_inputs(

@@ -489,6 +489,11 @@ class Node:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:
                 self._watch(txid)
+            for txid in update.removed:
+                # No longer valid on the new tip (non-final there, say): watched, so that its
+                # status event says it left the mempool.
+                log.info("mempool_tx_removed", txid=txid.hex(), reason=update.removed_reasons[txid])
+                self._watch(txid)
             self._prove_reorg_conflicts(update.conflicted_with)
             if self.p2p is not None:
                 # Transactions back from disconnected blocks may be news to peers that were on

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import structlog
 
+from consensus.mempool import NON_FINAL
 from p2p.actions import PeerPenalised
 from p2p.config import Address
 from p2p.core import ProtocolCore
@@ -58,6 +59,8 @@ HARMLESS_TX_REASONS = frozenset(
         "mempool-full",
         "mempool-min-fee-not-met",
         "too-long-mempool-chain",
+        # Final soon, perhaps at the next block; Bitcoin Core does not punish it either.
+        NON_FINAL,
     }
 )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from consensus.errors import ConsensusError, DecodeError
+from consensus.mempool import NON_FINAL
 from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
@@ -316,6 +317,10 @@ class Relay(ProtocolCore):
         try:
             outcome = self.node.submit_transaction(tx)
         except ConsensusError as exc:
+            if exc.reason == NON_FINAL:
+                # It may be final at the next block: not remembered as rejected (Bitcoin Core
+                # forgets its rejects at every new tip).
+                self._seen_txs.discard(txid)
             if exc.reason not in HARMLESS_TX_REASONS:
                 self._penalise(peer.addr, "invalid-tx", now)
             return

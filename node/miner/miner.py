@@ -21,6 +21,7 @@ from consensus.blockbuild import assemble_block
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target
 from consensus.tx import OutPoint, Transaction
+from consensus.validation import check_final
 from node.interface import MiningHost
 from node.miner.hashing import NONCE_SPACE, make_scanner
 from node.miner.pool import Exhausted, Found, MinerPool, fork_is_safe
@@ -140,7 +141,9 @@ class Miner:
 
     def template(self, payout_pkh: bytes | None = None, extra_nonce: int = 0) -> Block:
         node = self.node
-        txs, fees = node.mempool.select_for_block(node.params.max_block_size - COINBASE_RESERVE)
+        txs, fees = node.mempool.select_for_block(
+            node.params.max_block_size - COINBASE_RESERVE, node.chain.lock_time_clock()
+        )
         return assemble_block(
             node.chain, txs, fees, payout_pkh or self.payout_pkh, node.now(), extra_nonce
         )
@@ -220,6 +223,11 @@ class Miner:
 
     async def _solve(self, payout_pkh: bytes, txs: Sequence[Transaction] | None) -> Block:
         node = self.node
+        if txs is not None:
+            # Refused before any hashing, with the reason: the block would be invalid.
+            lock_height, lock_clock = node.chain.lock_time_clock()
+            for tx in txs:
+                check_final(tx, lock_height, lock_clock)
         for extra_nonce in range(MAX_GENERATE_TRIES):
             if txs is None:
                 template = self.template(payout_pkh, extra_nonce)

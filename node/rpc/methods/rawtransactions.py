@@ -11,7 +11,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError
 from consensus.mempool import MempoolConflict
-from consensus.tx import Transaction, TxIn, TxOut
+from consensus.tx import SEQUENCE_FINAL, U32_MAX, Transaction, TxIn, TxOut
 from node.interface import NodeAPI
 from node.rpc.errors import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -23,6 +23,10 @@ from node.rpc.errors import (
 )
 from node.rpc.methods.common import address_encoder, address_pkh, decode_tx, hash_param
 from node.rpc.registry import rpc_method
+
+# bitcoind's default sequence for inputs of a time-locked transaction: not final, so the lock
+# time applies.
+MAX_SEQUENCE_NONFINAL = SEQUENCE_FINAL - 1
 
 
 def _mempool_entry(node: NodeAPI, txid: bytes) -> dict[str, Any]:
@@ -115,9 +119,16 @@ def decoderawtransaction(node: NodeAPI, hexstring: str) -> dict[str, Any]:
 
 @rpc_method
 def createrawtransaction(
-    node: NodeAPI, inputs: list[dict[str, Any]], outputs: dict[str, Any]
+    node: NodeAPI, inputs: list[dict[str, Any]], outputs: dict[str, Any], locktime: int = 0
 ) -> str:
-    """An unsigned transaction spending `inputs` [{txid, vout}] to {address: amount}."""
+    """An unsigned transaction spending `inputs` [{txid, vout, sequence?}] to {address: amount}
+    with `locktime` (a height below 500000000, else a Unix time; 0: none). An input without a
+    sequence gets 4294967295, or 4294967294 when locktime is set so that the lock applies."""
+    if not 0 <= locktime <= U32_MAX:
+        raise RPCError(
+            RPC_INVALID_PARAMETER, f"Invalid parameter, locktime out of range (0 to {U32_MAX})"
+        )
+    default_sequence = MAX_SEQUENCE_NONFINAL if locktime else SEQUENCE_FINAL
     txins = []
     for item in inputs:
         if not isinstance(item, dict) or "txid" not in item or "vout" not in item:
@@ -125,7 +136,13 @@ def createrawtransaction(
         vout = item["vout"]
         if type(vout) is not int or vout < 0:
             raise RPCError(RPC_INVALID_PARAMETER, "vout must be a non-negative integer")
-        txins.append(TxIn(hash_param(item["txid"], "txid"), vout, b"", b""))
+        sequence = item.get("sequence", default_sequence)
+        if type(sequence) is not int or not 0 <= sequence <= U32_MAX:
+            raise RPCError(
+                RPC_INVALID_PARAMETER,
+                f"Invalid parameter, sequence number is out of range (an integer 0 to {U32_MAX})",
+            )
+        txins.append(TxIn(hash_param(item["txid"], "txid"), vout, b"", b"", sequence))
     txouts = []
     for address, amount in outputs.items():
         if type(amount) is not int or amount <= 0:
@@ -134,7 +151,7 @@ def createrawtransaction(
                 f"amount for {address} must be a positive integer (smallest units)",
             )
         txouts.append(TxOut(amount, address_pkh(node, address)))
-    return Transaction(txins, txouts).encode().hex()
+    return Transaction(txins, txouts, locktime=locktime).encode().hex()
 
 
 @rpc_method
