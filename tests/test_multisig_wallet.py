@@ -132,6 +132,11 @@ def test_two_of_three_escrow_signed_in_turn_and_in_parallel(net: Net) -> None:
     info = net.rpc("b", "getaddressinfo", address)
     assert info["isscript"] and info["iswatchonly"] and not info["ismine"]
     assert info["pubkeys"] == keys and info["sigsrequired"] == 2 and info["keysheld"] == 1
+    assert net.rpc("b", "validateaddress", address) == {
+        "isvalid": True,
+        "address": address,
+        "ismine": False,
+    }
     assert info["hex"] == created["redeemScript"] and info["solvable"]
 
     coin = net.fund("a", address)
@@ -206,6 +211,7 @@ def test_a_wallet_holding_m_keys_spends_alone_and_its_watch_persists(
     assert created == net.rpc("b", "createmultisig", 2, [keys[0], own_key, keys[2]])
     info = net.rpc("a", "getaddressinfo", created["address"])
     assert info["ismine"] and not info["iswatchonly"] and info["keysheld"] == 2
+    assert net.rpc("a", "validateaddress", created["address"])["ismine"] is True
     coin = net.fund("a", created["address"])
     [listed] = [u for u in net.rpc("a", "listunspent") if u["address"] == created["address"]]
     assert listed["spendable"]

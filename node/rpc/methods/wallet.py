@@ -20,7 +20,7 @@ from node.rpc.errors import (
 from node.rpc.methods.common import address_encoder, address_pkh, hash_param
 from node.rpc.registry import rpc_method
 from node.wallet import InsufficientFunds, WalletError
-from node.wallet_multisig import watched_coins
+from node.wallet_multisig import can_sign_alone, watched_coins
 
 
 @rpc_method
@@ -118,4 +118,7 @@ def validateaddress(node: NodeAPI, address: str) -> dict[str, Any]:
         pkh = node.wallet.decode(address)
     except WalletError as exc:
         return {"isvalid": False, "error": str(exc)}
-    return {"isvalid": True, "address": address, "ismine": node.wallet.is_mine(pkh)}
+    script = node.wallet.multisig.get(pkh)
+    # As getaddressinfo: a watched multisig address is mine when the wallet can spend it alone.
+    mine = node.wallet.is_mine(pkh) or (script is not None and can_sign_alone(node.wallet, script))
+    return {"isvalid": True, "address": address, "ismine": mine}
