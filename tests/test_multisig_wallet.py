@@ -366,3 +366,39 @@ def test_signing_reports_inputs_it_cannot_sign(net: Net) -> None:
         "complete": True,
         "errors": [],
     }
+
+
+@pytest.mark.parametrize(
+    ("header", "keys", "slots"),
+    [
+        ((1, 17), [K[0]] * 17, 17),  # n > 16
+        ((3, 2), K[:2], 2),  # m > n
+        ((0, 2), K[:2], 2),  # m < 1
+        ((1, 2), [K[0], K[0]], 2),  # duplicate keys
+        ((1, 3), K[:2], 2),  # declares 3 keys, carries 2
+        ((1, 2), K[:2], 3),  # a slot more than keys
+    ],
+)
+def test_raw_transactions_with_bad_multisig_inputs_are_refused(
+    net: Net, header: tuple[int, int], keys: list[str], slots: int
+) -> None:
+    def encode(script: bytes, slots: int) -> str:
+        return str(
+            msgpack.packb(
+                [1, [[b"\x11" * 32, 0, script, [b""] * slots]], [[1_000, b"\x22" * 20]], 0],
+                use_bin_type=True,
+            ).hex()
+        )
+
+    # The same shape with a good script decodes: only the flaw makes the difference.
+    good = bytes((1, 2)) + bytes.fromhex(K[0] + K[1])
+    assert net.rpc("a", "decoderawtransaction", encode(good, 2))["vin"][0]["signatures"] == 0
+    raw = encode(bytes(header) + b"".join(bytes.fromhex(k) for k in keys), slots)
+    for method, args in (
+        ("sendrawtransaction", [raw]),
+        ("decoderawtransaction", [raw]),
+        ("signrawtransactionwithwallet", [raw]),
+        ("combinerawtransaction", [[raw]]),
+    ):
+        error = net.error("a", method, *args)
+        assert error.code == RPC_DESERIALIZATION_ERROR and "TX decode failed" in error.message
