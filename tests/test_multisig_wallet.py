@@ -12,10 +12,15 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from consensus.coins import Coin
+from consensus.keys import PrivateKey, pubkey_hash
 from consensus.mempool import Mempool
-from consensus.multisig import MultisigScript
-from consensus.tx import OutPoint, decode_transaction
+from consensus.multisig import MAX_MULTISIG_KEYS, MultisigScript
+from consensus.tx import OutPoint, Transaction, TxIn, TxOut, decode_transaction
+from consensus.validation import check_transaction, check_tx_signatures
 from node import wallet_multisig
 from node.rpc.errors import (
     INVALID_PARAMS,
@@ -31,6 +36,12 @@ from node.wallet import WALLET_FILE, Wallet
 from tests.helpers import ChainBuilder, key, regtest
 
 PARAMS = regtest(coinbase_maturity=1)
+DETERMINISTIC = settings(
+    derandomize=True,
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 FEE = 100_000
 FUNDING = 10 * 10**8
 
@@ -402,3 +413,60 @@ def test_raw_transactions_with_bad_multisig_inputs_are_refused(
     ):
         error = net.error("a", method, *args)
         assert error.code == RPC_DESERIALIZATION_ERROR and "TX decode failed" in error.message
+
+
+# ------------------------------------------------------------------ signing across wallets
+
+WALLETS = 3
+NOBODY = WALLETS  # an owner index for keys no wallet holds
+PROP_KEYS = tuple(PrivateKey(bytes([i + 1]) * 32) for i in range(MAX_MULTISIG_KEYS))
+
+
+@DETERMINISTIC
+@given(st.data())
+def test_any_split_of_the_keys_across_wallets_signs_to_exactly_m(data: st.DataObject) -> None:
+    """n keys spread over three wallets (some held by nobody); signed in turn in a random order,
+    or in parallel and combined: the result has min(m, keys held) signatures, never more than
+    m, and is complete, and valid by consensus, exactly when the wallets hold m keys between
+    them."""
+    n = data.draw(st.integers(1, MAX_MULTISIG_KEYS))
+    m = data.draw(st.integers(1, n))
+    owners = data.draw(st.lists(st.integers(0, NOBODY), min_size=n, max_size=n))
+    script = MultisigScript.build(m, [k.public_key for k in PROP_KEYS[:n]])
+    wallets = []
+    for w in range(WALLETS):
+        wallet = Wallet(Path("/nonexistent"), PARAMS)  # never saved: nothing touches the disk
+        wallet.keys = {
+            pubkey_hash(PROP_KEYS[i].public_key): PROP_KEYS[i] for i in range(n) if owners[i] == w
+        }
+        wallet.multisig = {script.script_hash: script}
+        wallets.append(wallet)
+    coin = Coin(10_000, script.script_hash, 1, False)
+    prev = OutPoint(b"\x33" * 32, 0)
+    unsigned = Transaction([TxIn(prev.txid, 0, b"", b"")], [TxOut(9_000, b"\x44" * 20)])
+    held = sum(1 for o in owners if o != NOBODY)
+    expected = min(m, held)
+
+    def lookup(outpoint: OutPoint) -> Coin | None:
+        return coin if outpoint == prev else None
+
+    def valid(tx: Transaction) -> bool:
+        try:
+            check_transaction(tx, PARAMS)
+            check_tx_signatures(tx, [coin], PARAMS.genesis_hash)
+        except Exception:
+            return False
+        return True
+
+    tx = unsigned
+    for w in data.draw(st.permutations(range(WALLETS))):
+        result = wallet_multisig.sign_with_wallet(wallets[w], tx, lookup)
+        tx = result.tx
+    filled = sum(1 for slot in tx.inputs[0].signature_slots if slot)
+    assert filled == expected
+    assert result.complete == (held >= m) == valid(tx)
+
+    parallel = [wallet_multisig.sign_with_wallet(wallet, unsigned, lookup).tx for wallet in wallets]
+    merged = wallet_multisig.combine(parallel, PARAMS.genesis_hash, lookup)
+    assert sum(1 for slot in merged.inputs[0].signature_slots if slot) == expected
+    assert valid(merged) == (held >= m)
