@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import pubkey_hash, verify_signature
 from consensus.multisig import MultisigScript
 from consensus.tx import OutPoint, Transaction, TxIn
-
-if TYPE_CHECKING:
-    from node.wallet import Wallet, WalletCoin
+from node.wallet import Wallet, WalletCoin
 
 # Scripts addmultisigaddress may make the wallet watch (each is saved in wallet.dat and checked
 # against every coin of the UTXO set by listunspent).
@@ -86,8 +84,6 @@ def watched_coins(wallet: Wallet, chain: ChainState, mempool: Any) -> list[Walle
     """Coins locked to a watched script, confirmed or in the mempool. `spendable` means the
     wallet could spend it alone: it holds m of the keys, and the coin is mature and not already
     spent by a mempool transaction."""
-    from node.wallet import WalletCoin
-
     if not wallet.multisig:
         return []
     result = []
