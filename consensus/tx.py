@@ -62,13 +62,16 @@ class TxIn(NamedTuple):
     def outpoint(self) -> OutPoint:
         return OutPoint(self.prev_txid, self.prev_index)
 
-    def encoded_fields(self, blank_signatures: bool = False) -> list[Any]:
-        if self.multisig is not None:
-            lock: bytes = self.multisig.encode()
-            proof: Any = b"" if blank_signatures else list(self.signature_slots)
+    def encoded_fields(self, blank_unlocking: bool = False) -> list[Any]:
+        lock: bytes
+        proof: Any
+        if blank_unlocking:
+            # The sighash form: no key, script or signature of any input (see `sighash`).
+            lock, proof = b"", b""
+        elif self.multisig is not None:
+            lock, proof = self.multisig.encode(), list(self.signature_slots)
         else:
-            lock = self.pubkey
-            proof = b"" if blank_signatures else self.signature
+            lock, proof = self.pubkey, self.signature
         fields = [self.prev_txid, self.prev_index, lock, proof]
         if self.sequence != SEQUENCE_FINAL:
             fields.append(self.sequence)
@@ -103,10 +106,10 @@ class Transaction:
         # transaction reused in a block (compact relay) need not be checked again.
         self.checked_with: object = None
 
-    def _as_lists(self, blank_signatures: bool = False) -> list[Any]:
+    def _as_lists(self, blank_unlocking: bool = False) -> list[Any]:
         return [
             self.version,
-            [i.encoded_fields(blank_signatures) for i in self.inputs],
+            [i.encoded_fields(blank_unlocking) for i in self.inputs],
             [[o.amount, o.pkh] for o in self.outputs],
             self.locktime,
         ]
@@ -135,9 +138,16 @@ class Transaction:
         )
 
     def sighash(self, genesis_hash: bytes) -> bytes:
-        """The digest every input signs: the whole transaction minus signatures, bound to one
-        network by its genesis hash so a signature cannot be replayed on another network."""
-        body = msgpack.packb(self._as_lists(blank_signatures=True), use_bin_type=True)
+        """The digest every input signs: the whole transaction (every outpoint and sequence,
+        every output, version, lock time) minus every input's unlocking data (public key or
+        multisig script, and signatures), bound to one network by its genesis hash so a
+        signature cannot be replayed on another network.
+
+        Leaving out the keys and scripts is what lets co-signers of different inputs sign in any
+        order (as Bitcoin's SIGHASH_ALL does not cover other inputs' scriptSigs), and it is sound
+        because each coin's lock hash, fixed by the signed outpoint, pins the one key or script
+        that may be revealed for it."""
+        body = msgpack.packb(self._as_lists(blank_unlocking=True), use_bin_type=True)
         return hashlib.sha256(SIGHASH_TAG + genesis_hash + body).digest()
 
     def with_inputs(self, inputs: Sequence[TxIn]) -> Transaction:
@@ -222,15 +232,14 @@ def sign_transaction(
     here). Sequence numbers and lock time are kept; they are signed like everything else."""
     if len(keys) != len(unsigned.inputs):
         raise ValueError("one key per input is needed")
-    with_keys = unsigned.with_inputs(
+    digest = unsigned.sighash(genesis_hash)
+    return unsigned.with_inputs(
         [
-            i._replace(pubkey=k.public_key, signature=b"", multisig=None, signature_slots=())
+            i._replace(
+                pubkey=k.public_key, signature=k.sign(digest), multisig=None, signature_slots=()
+            )
             for i, k in zip(unsigned.inputs, keys, strict=True)
         ]
-    )
-    digest = with_keys.sighash(genesis_hash)
-    return with_keys.with_inputs(
-        [i._replace(signature=k.sign(digest)) for i, k in zip(with_keys.inputs, keys, strict=True)]
     )
 
 

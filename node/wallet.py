@@ -17,6 +17,7 @@ import msgpack
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
+from consensus.multisig import MultisigScript, decode_multisig_script
 from consensus.params import ADDRESS_PREFIXES, ChainParams
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
 from storage.files import write_atomic
@@ -49,6 +50,8 @@ class Wallet:
         self.params = params
         self.keys: dict[bytes, PrivateKey] = {}  # pkh -> key
         self.txs: dict[bytes, tuple[bytes, int]] = {}  # txid -> (encoded tx, time)
+        # Watched m-of-n scripts by script hash (node.wallet_multisig; addmultisigaddress).
+        self.multisig: dict[bytes, MultisigScript] = {}
         self.fee_rate = DEFAULT_WALLET_FEE_RATE
 
     @classmethod
@@ -70,6 +73,10 @@ class Wallet:
                 key = PrivateKey(seed)
                 self.keys[pubkey_hash(key.public_key)] = key
             self.txs = {txid: (raw, t) for txid, (raw, t) in data.get("txs", {}).items()}
+            # Absent from wallets written before multisig existed.
+            for raw_script in data.get("multisig", []):
+                script = decode_multisig_script(raw_script)
+                self.multisig[script.script_hash] = script
         except WalletError:
             raise
         except Exception as exc:
@@ -83,6 +90,7 @@ class Wallet:
             "network": self.params.name,
             "keys": [k.seed for k in self.keys.values()],
             "txs": {txid: [raw, t] for txid, (raw, t) in self.txs.items()},
+            "multisig": [script.encode() for script in self.multisig.values()],
         }
         write_atomic(self.path, msgpack.packb(data, use_bin_type=True), 0o600)
 
@@ -147,21 +155,6 @@ class Wallet:
         )
 
     # ----------------------------------------------------------------- spending
-
-    def sign(self, tx: Transaction, chain: ChainState, mempool: Any) -> tuple[Transaction, bool]:
-        """Sign every input we hold the key for; `complete` says whether all were ours."""
-        keys = []
-        for txin in tx.inputs:
-            coin = chain.coin(txin.outpoint)
-            if coin is None:
-                parent = mempool.get(txin.prev_txid) if txin.prev_txid in mempool else None
-                if parent is not None and txin.prev_index < len(parent.tx.outputs):
-                    out = parent.tx.outputs[txin.prev_index]
-                    coin = Coin(out.amount, out.pkh, chain.height + 1, False)
-            if coin is None or coin.pkh not in self.keys:
-                return tx, False
-            keys.append(self.keys[coin.pkh])
-        return sign_transaction(tx, keys, self.params.genesis_hash), True
 
     def create_payment(
         self,

@@ -94,6 +94,9 @@ EXPECTED_GROUPS = {
     },
     "control": {"help", "uptime", "stop", "setmocktime"},
     "mining": {"generatetoaddress", "generateblock", "getmininginfo", "setmining"},
+    "multisig": {
+        "createmultisig", "addmultisigaddress", "getaddressinfo", "combinerawtransaction",
+    },
     "network": {
         "getpeerinfo", "getconnectioncount", "addnode", "getaddednodeinfo", "getnodeaddresses",
         "disconnectnode",

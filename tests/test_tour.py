@@ -97,6 +97,12 @@ def test_the_tour_works_literally(tmp_path: Path) -> None:
     def step(prefix: str) -> str:
         return next(body for head, body in steps if head.startswith(prefix))
 
+    escrow = json.loads(step("powlab rpc --node n1 createmultisig 2"))
+    assert escrow["descriptor"].startswith("multi(2,") and escrow["redeemScript"]
+    half = json.loads(step('powlab rpc --node n1 signrawtransactionwithwallet "$RAW"'))
+    assert half["complete"] is False and "1 of the 2" in half["errors"][0]["error"]
+    refused = step('powlab rpc --node n3 sendrawtransaction "$HALF"')
+    assert "bad-multisig-too-few-signatures" in refused
     assert "BOTH-HALVES-MINED" in step("powlab testnet partition n1,n2 n3,n4")
     majority = json.loads(step("powlab attack majority --hashrate-share 0.7 --json"))
     assert majority["success"], majority["verdict"]

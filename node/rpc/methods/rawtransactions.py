@@ -23,6 +23,7 @@ from node.rpc.errors import (
 )
 from node.rpc.methods.common import address_encoder, address_pkh, decode_tx, hash_param
 from node.rpc.registry import rpc_method
+from node.wallet_multisig import coin_lookup, sign_with_wallet
 
 # bitcoind's default sequence for inputs of a time-locked transaction: not final, so the lock
 # time applies.
@@ -156,6 +157,10 @@ def createrawtransaction(
 
 @rpc_method
 def signrawtransactionwithwallet(node: NodeAPI, hexstring: str) -> dict[str, Any]:
-    """Sign the inputs the wallet holds keys for."""
-    tx, complete = node.wallet.sign(decode_tx(node, hexstring), node.chain, node.mempool)
-    return {"hex": tx.encode().hex(), "complete": complete}
+    """Sign the inputs the wallet can: one-key inputs it holds the key for, and inputs of
+    watched multisig scripts (its own keys' slots, at most m in total). {hex, complete, errors}:
+    complete is false while any input still lacks signatures, which stay in hex for the other
+    signers; errors says why, per input."""
+    tx = decode_tx(node, hexstring)
+    result = sign_with_wallet(node.wallet, tx, coin_lookup(node.chain, node.mempool))
+    return {"hex": result.tx.encode().hex(), "complete": result.complete, "errors": result.errors}

@@ -20,6 +20,7 @@ from node.rpc.errors import (
 from node.rpc.methods.common import address_encoder, address_pkh, hash_param
 from node.rpc.registry import rpc_method
 from node.wallet import InsufficientFunds, WalletError
+from node.wallet_multisig import can_sign_alone, watched_coins
 
 
 @rpc_method
@@ -36,8 +37,10 @@ def getbalance(node: NodeAPI, minconf: int = 1) -> int:
 
 @rpc_method
 def listunspent(node: NodeAPI, minconf: int = 1) -> list[dict[str, Any]]:
-    """The wallet's unspent outputs with at least `minconf` confirmations."""
+    """The wallet's unspent outputs with at least `minconf` confirmations, and those of watched
+    multisig addresses (with redeemScript; spendable only if the wallet holds m keys)."""
     encode = address_encoder(node)
+    wallet = node.wallet
     return [
         {
             "txid": c.outpoint.txid.hex(),
@@ -47,8 +50,17 @@ def listunspent(node: NodeAPI, minconf: int = 1) -> list[dict[str, Any]]:
             "confirmations": c.confirmations,
             "coinbase": c.coin.is_coinbase,
             "spendable": c.spendable,
+            "solvable": True,
+            **(
+                {"redeemScript": wallet.multisig[c.coin.pkh].encode().hex()}
+                if c.coin.pkh in wallet.multisig
+                else {}
+            ),
         }
-        for c in node.wallet.coins(node.chain, node.mempool)
+        for c in [
+            *wallet.coins(node.chain, node.mempool),
+            *watched_coins(wallet, node.chain, node.mempool),
+        ]
         if c.confirmations >= minconf
     ]
 
@@ -106,4 +118,7 @@ def validateaddress(node: NodeAPI, address: str) -> dict[str, Any]:
         pkh = node.wallet.decode(address)
     except WalletError as exc:
         return {"isvalid": False, "error": str(exc)}
-    return {"isvalid": True, "address": address, "ismine": node.wallet.is_mine(pkh)}
+    script = node.wallet.multisig.get(pkh)
+    # As getaddressinfo: a watched multisig address is mine when the wallet can spend it alone.
+    mine = node.wallet.is_mine(pkh) or (script is not None and can_sign_alone(node.wallet, script))
+    return {"isvalid": True, "address": address, "ismine": mine}
