@@ -1,8 +1,9 @@
 """The node's wallet: Ed25519 keys in the data directory, coin selection, signing.
 
 Balances are read from the chain state's UTXO set and the mempool (no separate wallet database
-to drift out of step across reorgs); the wallet file holds the keys and the transactions the
-wallet sent, so their status can be reported even after they are conflicted away.
+to drift out of step across reorgs); the wallet file holds the keys and the transactions that
+concern the wallet (node.wallet_history), so their status can be reported even after they are
+conflicted away, and the inputs of its unconfirmed payments stay locked across a crash.
 """
 
 from __future__ import annotations
@@ -12,27 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
 from consensus.params import ADDRESS_PREFIXES, ChainParams
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
-from storage.files import write_atomic
+from node.wallet_errors import InsufficientFunds, WalletError, WalletWriteError
+from node.wallet_file import WALLET_FILE, WALLET_VERSION, read_wallet_file, write_wallet_file
+from node.wallet_history import MAX_WALLET_TXS, IsConfirmed, TxHistory, WalletTx
 
-WALLET_FILE = "wallet.dat"
-WALLET_VERSION = 1
+__all__ = [
+    "MAX_WALLET_TXS",
+    "WALLET_FILE",
+    "WALLET_VERSION",
+    "InsufficientFunds",
+    "Wallet",
+    "WalletCoin",
+    "WalletError",
+    "WalletWriteError",
+]
+
 DEFAULT_WALLET_FEE_RATE = 2  # smallest units per byte: above the default relay minimum
-MAX_WALLET_TXS = 10_000
-
-
-class WalletError(Exception):
-    """Not enough funds, an unknown address, a corrupt wallet file, ..."""
-
-
-class InsufficientFunds(WalletError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class WalletCoin:
     outpoint: OutPoint
     coin: Coin
     confirmations: int  # 0 for an output of a mempool transaction
-    spendable: bool  # mature and not already spent by a mempool transaction
+    spendable: bool  # mature, not spent by a mempool transaction nor by a pending payment
 
 
 class Wallet:
@@ -48,7 +49,10 @@ class Wallet:
         self.path = path
         self.params = params
         self.keys: dict[bytes, PrivateKey] = {}  # pkh -> key
-        self.txs: dict[bytes, tuple[bytes, int]] = {}  # txid -> (encoded tx, time)
+        self.history = TxHistory()
+        # (height, hash) of the last block whose transactions the wallet has looked at: a
+        # start-up rescans from there (None: from genesis).
+        self.scanned: tuple[int, bytes] | None = None
         self.fee_rate = DEFAULT_WALLET_FEE_RATE
 
     @classmethod
@@ -60,38 +64,44 @@ class Wallet:
 
     def _load(self) -> None:
         try:
-            data = msgpack.unpackb(self.path.read_bytes())
-            if data.get("version") != WALLET_VERSION or data.get("network") != self.params.name:
-                raise WalletError(
-                    f"wallet {self.path} is for network {data.get('network')!r} "
-                    f"(version {data.get('version')}), not {self.params.name!r}"
-                )
+            data = read_wallet_file(self.path, self.params.name)
             for seed in data["keys"]:
                 key = PrivateKey(seed)
                 self.keys[pubkey_hash(key.public_key)] = key
-            self.txs = {txid: (raw, t) for txid, (raw, t) in data.get("txs", {}).items()}
-        except WalletError:
-            raise
+            max_size = self.params.max_block_size
+            self.history.load_records(data.get("txs", {}), max_size)
+            self.history.load_v1(data.get("txs_v1", {}), max_size)
+            scanned = data.get("scanned")
+            self.scanned = (int(scanned[0]), bytes(scanned[1])) if scanned else None
         except Exception as exc:
             raise WalletError(
                 f"wallet file {self.path} is unreadable ({exc}); it was left as it is"
             ) from None
 
     def save(self) -> None:
-        data = {
-            "version": WALLET_VERSION,
+        """Write and fsync wallet.dat; WalletWriteError (the old file intact) when it cannot."""
+        content = {
             "network": self.params.name,
             "keys": [k.seed for k in self.keys.values()],
-            "txs": {txid: [raw, t] for txid, (raw, t) in self.txs.items()},
+            "txs": self.history.to_records(),
+            "scanned": list(self.scanned) if self.scanned else None,
         }
-        write_atomic(self.path, msgpack.packb(data, use_bin_type=True), 0o600)
+        try:
+            write_wallet_file(self.path, content)
+        except OSError as exc:
+            raise WalletWriteError(f"could not write {self.path}: {exc}") from exc
 
     # ----------------------------------------------------------------- keys and addresses
 
     def new_address(self) -> str:
         key = PrivateKey(os.urandom(32))
-        self.keys[pubkey_hash(key.public_key)] = key
-        self.save()
+        pkh = pubkey_hash(key.public_key)
+        self.keys[pkh] = key
+        try:
+            self.save()
+        except WalletWriteError:
+            del self.keys[pkh]  # never hand out an address whose key a restart would lose
+            raise
         return key.address(self.params.address_prefix)
 
     def address_of(self, pkh: bytes) -> str:
@@ -120,11 +130,12 @@ class Wallet:
         result = []
         tip_height = chain.height
         maturity = self.params.coinbase_maturity
+        locked = self.locked_outpoints(chain)
         for outpoint, coin in chain.iter_utxos():
             if coin.pkh not in self.keys:
                 continue
             mature = not coin.is_coinbase or tip_height + 1 - coin.height >= maturity
-            unspent = mempool.spender_of(outpoint) is None
+            unspent = mempool.spender_of(outpoint) is None and outpoint not in locked
             result.append(
                 WalletCoin(outpoint, coin, tip_height - coin.height + 1, mature and unspent)
             )
@@ -220,12 +231,76 @@ class Wallet:
             fee = needed
         return None
 
-    def remember(self, tx: Transaction, now: int) -> None:
-        self.txs[tx.txid] = (tx.encode(), now)
-        while len(self.txs) > MAX_WALLET_TXS:
-            del self.txs[next(iter(self.txs))]
+    # ----------------------------------------------------------------- transactions
+
+    def confirmed_in(self, chain: ChainState) -> IsConfirmed:
+        return lambda txid: chain.tx_block(txid) is not None
+
+    def locked_outpoints(self, chain: ChainState) -> set[OutPoint]:
+        """Inputs of our payments that are neither confirmed nor abandoned, in the mempool or
+        not: coin selection never spends them twice."""
+        return self.history.locked_outpoints(self.confirmed_in(chain))
+
+    def record_payment(self, tx: Transaction, now: int, chain: ChainState) -> None:
+        """Write the payment we created to wallet.dat and fsync it; it must be on disk before
+        it is relayed. On WalletWriteError nothing was recorded."""
+        change = 1 if len(tx.outputs) > 1 else None  # _build puts the change second
+        coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
+        fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
+        record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
+        self.history.add(record, self.confirmed_in(chain))
+        try:
+            self.save()
+        except WalletWriteError:
+            self.history.drop(tx.txid)
+            raise
+
+    def note_tx(self, tx: Transaction, now: int, chain: ChainState) -> bool:
+        """Remember a transaction seen in a block or the mempool when it pays us or spends one
+        of our outputs; True when it is new to the wallet (the caller saves)."""
+        if tx.txid in self.history:
+            return False
+        ours = [out.pkh in self.keys for out in tx.outputs]
+        spends: list[int | None] = []
+        for txin in tx.inputs:
+            prev = self.history.get(txin.prev_txid)
+            if prev is None or txin.prev_index >= len(prev.tx.outputs):
+                spends.append(None)
+                continue
+            out = prev.tx.outputs[txin.prev_index]
+            spends.append(out.amount if out.pkh in self.keys else None)
+        from_me = any(a is not None for a in spends)
+        if not any(ours) and not from_me:
+            return False
+        fee = None
+        if from_me and all(a is not None for a in spends) and not tx.is_coinbase:
+            fee = sum(a for a in spends if a is not None) - tx.total_out()
+        record = WalletTx(tx, now, sent=False, fee=fee)
+        try:
+            self.history.add(record, self.confirmed_in(chain))
+        except WalletError:
+            return False  # full of pending payments: a received one cannot be listed
+        return True
+
+    def abandon(self, txid: bytes) -> list[bytes]:
+        """Mark our transaction (and its wallet descendants) abandoned and save; the caller
+        has checked it is neither confirmed nor in the mempool."""
+        marked = self.history.abandon(txid)
+        try:
+            self.save()
+        except WalletWriteError:
+            for t in marked:
+                record = self.history.get(t)
+                if record is not None:
+                    record.abandoned = False
+            raise
+        return marked
+
+    def forget_refused(self, txid: bytes) -> None:
+        """A payment the mempool refused: it never went out, its inputs are free again."""
+        self.history.drop(txid)
         self.save()
 
     def known_tx(self, txid: bytes) -> bytes | None:
-        entry = self.txs.get(txid)
-        return entry[0] if entry else None
+        record = self.history.get(txid)
+        return record.raw if record else None

@@ -107,7 +107,7 @@ EXPECTED_GROUPS = {
     },
     "wallet": {
         "getnewaddress", "getbalance", "listunspent", "sendtoaddress", "gettransaction",
-        "validateaddress",
+        "validateaddress", "abandontransaction", "listtransactions",
     },
 }
 
