@@ -20,7 +20,7 @@ from consensus.params import ADDRESS_PREFIXES, ChainParams
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
 from node.wallet_errors import InsufficientFunds, WalletError, WalletWriteError
 from node.wallet_file import WALLET_FILE, WALLET_VERSION, read_wallet_file, write_wallet_file
-from node.wallet_history import MAX_WALLET_TXS, IsConfirmed, TxHistory, WalletTx
+from node.wallet_history import MAX_WALLET_TXS, Settled, TxHistory, WalletTx
 
 __all__ = [
     "MAX_WALLET_TXS",
@@ -233,13 +233,22 @@ class Wallet:
 
     # ----------------------------------------------------------------- transactions
 
-    def confirmed_in(self, chain: ChainState) -> IsConfirmed:
-        return lambda txid: chain.tx_block(txid) is not None
+    def settled_in(self, chain: ChainState) -> Settled:
+        def settled(tx: Transaction) -> bool:
+            if chain.tx_block(tx.txid) is not None:
+                return True
+            for txin in tx.inputs:
+                spender = chain.spender(txin.outpoint)
+                if spender is not None and spender != tx.txid:
+                    return True
+            return False
+
+        return settled
 
     def locked_outpoints(self, chain: ChainState) -> set[OutPoint]:
-        """Inputs of our payments that are neither confirmed nor abandoned, in the mempool or
-        not: coin selection never spends them twice."""
-        return self.history.locked_outpoints(self.confirmed_in(chain))
+        """Inputs of our payments that are neither confirmed, conflicted nor abandoned, in the
+        mempool or not: coin selection never spends them twice."""
+        return self.history.locked_outpoints(self.settled_in(chain))
 
     def record_payment(self, tx: Transaction, now: int, chain: ChainState) -> None:
         """Write the payment we created to wallet.dat and fsync it; it must be on disk before
@@ -248,7 +257,7 @@ class Wallet:
         coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
         fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
         record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
-        self.history.add(record, self.confirmed_in(chain))
+        self.history.add(record, self.settled_in(chain))
         try:
             self.save()
         except WalletWriteError:
@@ -277,7 +286,7 @@ class Wallet:
             fee = sum(a for a in spends if a is not None) - tx.total_out()
         record = WalletTx(tx, now, sent=False, fee=fee)
         try:
-            self.history.add(record, self.confirmed_in(chain))
+            self.history.add(record, self.settled_in(chain))
         except WalletError:
             return False  # full of pending payments: a received one cannot be listed
         return True

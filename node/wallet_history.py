@@ -21,7 +21,9 @@ from node.wallet_errors import WalletError
 # that a peer may still hold a spend of.
 MAX_WALLET_TXS = 10_000
 
-IsConfirmed = Callable[[bytes], bool]
+# Whether a payment is settled: confirmed, or conflicted by a confirmed spend of one of its
+# inputs. Either way its inputs need no lock.
+Settled = Callable[[Transaction], bool]
 
 
 @dataclass
@@ -93,34 +95,34 @@ class TxHistory:
 
     # ----------------------------------------------------------------- pending and locked
 
-    def is_pending(self, record: WalletTx, confirmed: IsConfirmed) -> bool:
-        return record.sent and not record.abandoned and not confirmed(record.tx.txid)
+    def is_pending(self, record: WalletTx, settled: Settled) -> bool:
+        return record.sent and not record.abandoned and not settled(record.tx)
 
-    def pending(self, confirmed: IsConfirmed) -> list[WalletTx]:
-        """Our unconfirmed, unabandoned payments, oldest first (parents before children)."""
-        return [r for r in self.records.values() if self.is_pending(r, confirmed)]
+    def pending(self, settled: Settled) -> list[WalletTx]:
+        """Our payments neither settled nor abandoned, oldest first (parents first)."""
+        return [r for r in self.records.values() if self.is_pending(r, settled)]
 
-    def locked_outpoints(self, confirmed: IsConfirmed) -> set[OutPoint]:
-        return {i.outpoint for r in self.pending(confirmed) for i in r.tx.inputs}
+    def locked_outpoints(self, settled: Settled) -> set[OutPoint]:
+        return {i.outpoint for r in self.pending(settled) for i in r.tx.inputs}
 
     # ----------------------------------------------------------------- changes
 
-    def add(self, record: WalletTx, confirmed: IsConfirmed) -> None:
+    def add(self, record: WalletTx, settled: Settled) -> None:
         """Remember `record`, forgetting the oldest settled transactions beyond the bound;
         refuses (WalletError) when every remembered transaction is a pending payment."""
         txid = record.tx.txid
         if txid in self.records:
             return
         if len(self.records) >= self.limit:
-            self._evict(len(self.records) - self.limit + 1, confirmed)
+            self._evict(len(self.records) - self.limit + 1, settled)
         self.records[txid] = record
 
-    def _evict(self, count: int, confirmed: IsConfirmed) -> None:
+    def _evict(self, count: int, settled: Settled) -> None:
         victims = []
         for txid, record in self.records.items():
             if len(victims) == count:
                 break
-            if not self.is_pending(record, confirmed):
+            if not self.is_pending(record, settled):
                 victims.append(txid)
         if len(victims) < count:
             raise WalletError(

@@ -59,7 +59,7 @@ def resubmit(node: Any) -> dict[str, int]:
     first, and announce again those it holds. Returns counts for the log."""
     wallet: Wallet = node.wallet
     counts = {"accepted": 0, "announced": 0, "refused": 0}
-    for record in wallet.history.pending(wallet.confirmed_in(node.chain)):
+    for record in wallet.history.pending(wallet.settled_in(node.chain)):
         tx = record.tx
         if tx.txid in node.mempool:
             if node.p2p is not None:
