@@ -39,6 +39,7 @@ DASHBOARD_20 = 12  # and its 20-node testnet
 DASHBOARD_RUN = 13  # scripts/run with the dashboard (tests/test_dashboard.py)
 DASHBOARD_10K = 14  # a real 10,000-block chain (tests/test_dashboard_browser.py)
 SCALE = 15  # tests/test_scale.py: a forked testnet on a random graph
+WALLET_DISK_FULL = 16  # tests/test_wallet_disk_full.py
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:
