@@ -32,7 +32,10 @@ log = structlog.get_logger("powlab.wallet")
 @rpc_method
 def getnewaddress(node: NodeAPI) -> str:
     """A new address of this node's wallet."""
-    return node.wallet.new_address()
+    try:
+        return node.wallet.new_address()
+    except WalletWriteError as exc:
+        raise RPCError(RPC_WALLET_ERROR, f"{exc}; no address was made") from None
 
 
 @rpc_method
