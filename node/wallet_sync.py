@@ -5,13 +5,12 @@ its unconfirmed payments (bitcoind's ResubmitWalletTransactions).
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 
 from consensus.block import Block
 from consensus.chainstate import ChainState
 from consensus.errors import ConsensusError
+from node.interface import NodeAPI
 from node.wallet import Wallet
 
 log = structlog.get_logger("powlab.wallet")
@@ -54,7 +53,7 @@ def rescan(wallet: Wallet, chain: ChainState) -> tuple[int, bool]:
     return max(0, chain.height + 1 - start), found
 
 
-def resubmit(node: Any) -> dict[str, int]:
+def resubmit(node: NodeAPI) -> dict[str, int]:
     """Offer the mempool every unconfirmed, unabandoned payment of ours that it lacks, oldest
     first, and announce again those it holds. Returns counts for the log."""
     wallet: Wallet = node.wallet

@@ -28,7 +28,7 @@ from node.rpc.errors import (
 )
 from node.rpc.methods import build_registry
 from node.wallet import WALLET_FILE, WALLET_VERSION, Wallet
-from node.wallet_errors import WalletError
+from node.wallet_errors import WalletError, WalletWriteError
 from node.wallet_history import TxHistory, WalletTx
 from tests.helpers import key
 
@@ -451,3 +451,24 @@ async def test_hostile_params_get_clear_errors(
     err = await Rpc(node).error(method, *params)
     assert err.code == code and err.message
     assert await Rpc(node)("getblockcount") == 0
+
+
+async def test_a_failed_wallet_save_after_a_block_is_a_warning_until_a_save_succeeds(
+    node: Node, monkeypatch: Any
+) -> None:
+    rpc = Rpc(node)
+    address = await rpc("getnewaddress")
+    real = node.wallet.save
+
+    def full() -> None:
+        raise WalletWriteError("could not write wallet.dat: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(node.wallet, "save", full)
+    await rpc("generatetoaddress", 1, address)  # a reward of ours: the wallet must save
+    assert "could not save the wallet" in (await rpc("getblockchaininfo"))["warnings"]
+    err = await rpc.error("getnewaddress")
+    assert err.code == RPC_WALLET_ERROR and "no address was made" in err.message
+    monkeypatch.setattr(node.wallet, "save", real)
+    await rpc("generatetoaddress", 1, address)
+    assert (await rpc("getblockchaininfo"))["warnings"] == ""
+    assert len(await rpc("listtransactions", "*", 100)) == 2
