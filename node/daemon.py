@@ -455,8 +455,12 @@ class Node:
     async def _save_mempool_periodically(self) -> None:
         while True:
             await asyncio.sleep(MEMPOOL_SAVE_INTERVAL)
-            for what, save in (("mempool", self._save_mempool), ("peers", self._save_peers),
-                               ("wallet", self.wallet.save)):
+            saves = (
+                ("mempool", self._save_mempool),
+                ("peers", self._save_peers),
+                ("wallet", self.wallet.save),
+            )
+            for what, save in saves:
                 try:
                     save()
                 except (OSError, WalletWriteError) as exc:
