@@ -87,5 +87,9 @@ def test_kill_9_during_payment_bursts(tmp_path: Path) -> None:
         assert set(returned) <= {e["txid"] for e in sends}
         assert len(returned) >= KILLS  # every burst completed at least one payment
         assert node.stop() == 0
+        print(
+            f"{KILLS} kills: {len(returned)} returned payments, {len(sends)} wallet sends, "
+            "all confirmed"
+        )
     finally:
         node.ensure_dead()

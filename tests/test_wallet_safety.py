@@ -30,6 +30,7 @@ from node.rpc.methods import build_registry
 from node.wallet import WALLET_FILE, WALLET_VERSION, Wallet
 from node.wallet_errors import WalletError, WalletWriteError
 from node.wallet_history import TxHistory, WalletTx
+from tests.async_wait import wait_until_async
 from tests.helpers import key
 
 MATURITY = REGTEST.coinbase_maturity
@@ -472,3 +473,22 @@ async def test_a_failed_wallet_save_after_a_block_is_a_warning_until_a_save_succ
     await rpc("generatetoaddress", 1, address)
     assert (await rpc("getblockchaininfo"))["warnings"] == ""
     assert len(await rpc("listtransactions", "*", 100)) == 2
+
+
+async def test_the_rebroadcast_task_runs_at_the_configured_interval(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    config = NodeConfig(
+        datadir=tmp_path / "n",
+        p2p_bind="127.0.0.1:0",
+        rpc_bind="127.0.0.1:0",
+        wallet_rebroadcast_interval=0.01,
+    )
+    node = Node(config, REGTEST)
+    calls: list[int] = []
+    monkeypatch.setattr(node, "resubmit_wallet_transactions", lambda: calls.append(1))
+    await node.start()
+    try:
+        await wait_until_async(lambda: len(calls) >= 2, 10, "two rebroadcast rounds")
+    finally:
+        await node.stop()
