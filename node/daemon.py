@@ -217,10 +217,10 @@ class Node:
         log.info("wallet_synced", rescanned_blocks=scanned, found=found, **counts)
 
     def _save_wallet(self, what: str) -> bool:
-        """Save the wallet, turning a write failure into a logged, visible warning: used
+        """Flush the wallet, turning a write failure into a logged, visible warning: used
         where the change is already done (a block connected, a payment went out)."""
         try:
-            self.wallet.save()
+            self.wallet.flush()
         except WalletWriteError as exc:
             self.note_save_failure(what, str(exc))
             return False
@@ -383,7 +383,7 @@ class Node:
                 await self.rpc.stop()
             self.events.close()
             self._save_at_stop("mempool", self._save_mempool)
-            self._save_at_stop("wallet", self.wallet.save)
+            self._save_at_stop("wallet", self.wallet.flush)
             self._save_at_stop("block store", self._close_state)
         finally:
             self._remove_runtime_files()
@@ -458,7 +458,7 @@ class Node:
             saves = (
                 ("mempool", self._save_mempool),
                 ("peers", self._save_peers),
-                ("wallet", self.wallet.save),
+                ("wallet", self.wallet.flush),
             )
             for what, save in saves:
                 try:
@@ -582,8 +582,8 @@ class Node:
                 self.p2p.flush()
 
     def _wallet_note_blocks(self, result: AcceptResult) -> None:
-        """Note the connected blocks' wallet transactions; the wallet file is written only
-        when one concerns it (the scan marker is saved with the mempool, and a start-up
+        """Note the connected blocks' wallet transactions; the wallet's journal is appended to
+        only when one concerns it (the scan marker is flushed with the mempool, and a start-up
         rescans from it)."""
         found = False
         for _entry, block in result.connected:

@@ -21,6 +21,7 @@ from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
 from node.wallet_errors import InsufficientFunds, WalletError, WalletWriteError
 from node.wallet_file import WALLET_FILE, WALLET_VERSION, read_wallet_file, write_wallet_file
 from node.wallet_history import MAX_WALLET_TXS, Settled, TxHistory, WalletTx
+from node.wallet_journal import JOURNAL_FILE, MAX_JOURNAL_BYTES, Journal
 
 __all__ = [
     "MAX_WALLET_TXS",
@@ -54,6 +55,11 @@ class Wallet:
         # start-up rescans from there (None: from genesis).
         self.scanned: tuple[int, bytes] | None = None
         self.fee_rate = DEFAULT_WALLET_FEE_RATE
+        # Changes since wallet.dat was written (node.wallet_journal); what is noted in memory
+        # only (received transactions, the scan marker) goes there at the next flush.
+        self.journal = Journal(path.with_name(JOURNAL_FILE))
+        self._unflushed: list[bytes] = []
+        self._flushed_scan: tuple[int, bytes] | None = None
 
     @classmethod
     def open(cls, datadir: Path, params: ChainParams) -> Wallet:
@@ -73,13 +79,64 @@ class Wallet:
             self.history.load_v1(data.get("txs_v1", {}), max_size)
             scanned = data.get("scanned")
             self.scanned = (int(scanned[0]), bytes(scanned[1])) if scanned else None
+            for entry in self.journal.read():
+                self._replay(entry)
+            self._flushed_scan = self.scanned
         except Exception as exc:
             raise WalletError(
                 f"wallet file {self.path} is unreadable ({exc}); it was left as it is"
             ) from None
 
+    def _replay(self, entry: dict[str, Any]) -> None:
+        """One journal entry, as `_append` wrote it. Replaying an entry wallet.dat already
+        holds changes nothing (the journal is emptied after wallet.dat is written, but a
+        crash can come between)."""
+        max_size = self.params.max_block_size
+        if "key" in entry:
+            key = PrivateKey(entry["key"])
+            self.keys[pubkey_hash(key.public_key)] = key
+        if "tx" in entry:
+            self.history.restore(WalletTx.from_record(entry["tx"], max_size))
+        for txid in entry.get("abandon", ()):
+            record = self.history.get(txid)
+            if record is not None:
+                record.abandoned = True
+        if "drop" in entry:
+            self.history.drop(entry["drop"])
+        if "scanned" in entry:
+            height, block_hash = entry["scanned"]
+            self.scanned = (int(height), bytes(block_hash))
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        """Make `entries` durable: appended to the journal and fsynced (the first write of a
+        new wallet, and a journal past MAX_JOURNAL_BYTES, rewrite wallet.dat instead)."""
+        if not self.path.exists() or self.journal.size > MAX_JOURNAL_BYTES:
+            self.save()
+            return
+        try:
+            self.journal.append(entries)
+        except OSError as exc:
+            raise WalletWriteError(f"could not write {self.journal.path}: {exc}") from exc
+
+    def flush(self) -> None:
+        """Make what was noted in memory only (received transactions, the scan marker)
+        durable; WalletWriteError when it cannot (it stays noted for the next flush)."""
+        entries: list[dict[str, Any]] = []
+        for txid in self._unflushed:
+            record = self.history.get(txid)
+            if record is not None:
+                entries.append({"tx": record.to_record()})
+        if self.scanned != self._flushed_scan and self.scanned is not None:
+            entries.append({"scanned": list(self.scanned)})
+        if not entries:
+            return
+        self._append(entries)
+        self._unflushed = []
+        self._flushed_scan = self.scanned
+
     def save(self) -> None:
-        """Write and fsync wallet.dat; WalletWriteError (the old file intact) when it cannot."""
+        """Write and fsync wallet.dat whole, then empty the journal; WalletWriteError (the old
+        file intact) when it cannot."""
         content = {
             "network": self.params.name,
             "keys": [k.seed for k in self.keys.values()],
@@ -88,8 +145,11 @@ class Wallet:
         }
         try:
             write_wallet_file(self.path, content)
+            self.journal.clear()
         except OSError as exc:
             raise WalletWriteError(f"could not write {self.path}: {exc}") from exc
+        self._unflushed = []
+        self._flushed_scan = self.scanned
 
     # ----------------------------------------------------------------- keys and addresses
 
@@ -98,7 +158,7 @@ class Wallet:
         pkh = pubkey_hash(key.public_key)
         self.keys[pkh] = key
         try:
-            self.save()
+            self._append([{"key": key.seed}])
         except WalletWriteError:
             del self.keys[pkh]  # never hand out an address whose key a restart would lose
             raise
@@ -251,22 +311,22 @@ class Wallet:
         return self.history.locked_outpoints(self.settled_in(chain))
 
     def record_payment(self, tx: Transaction, now: int, chain: ChainState) -> None:
-        """Write the payment we created to wallet.dat and fsync it; it must be on disk before
-        it is relayed. On WalletWriteError nothing was recorded."""
+        """Write the payment we created to the wallet's files and fsync it; it must be on disk
+        before it is relayed. On WalletWriteError nothing was recorded."""
         change = 1 if len(tx.outputs) > 1 else None  # _build puts the change second
         coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
         fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
         record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
         self.history.add(record, self.settled_in(chain))
         try:
-            self.save()
+            self._append([{"tx": record.to_record()}])
         except WalletWriteError:
             self.history.drop(tx.txid)
             raise
 
     def note_tx(self, tx: Transaction, now: int, chain: ChainState) -> bool:
         """Remember a transaction seen in a block or the mempool when it pays us or spends one
-        of our outputs; True when it is new to the wallet (the caller saves)."""
+        of our outputs; True when it is new to the wallet (the caller flushes)."""
         if tx.txid in self.history:
             return False
         ours = [out.pkh in self.keys for out in tx.outputs]
@@ -289,6 +349,7 @@ class Wallet:
             self.history.add(record, self.settled_in(chain))
         except WalletError:
             return False  # full of pending payments: a received one cannot be listed
+        self._unflushed.append(tx.txid)
         return True
 
     def abandon(self, txid: bytes) -> list[bytes]:
@@ -296,7 +357,7 @@ class Wallet:
         has checked it is neither confirmed nor in the mempool."""
         marked = self.history.abandon(txid)
         try:
-            self.save()
+            self._append([{"abandon": marked}])
         except WalletWriteError:
             for t in marked:
                 record = self.history.get(t)
@@ -308,7 +369,7 @@ class Wallet:
     def forget_refused(self, txid: bytes) -> None:
         """A payment the mempool refused: it never went out, its inputs are free again."""
         self.history.drop(txid)
-        self.save()
+        self._append([{"drop": txid}])
 
     def known_tx(self, txid: bytes) -> bytes | None:
         record = self.history.get(txid)

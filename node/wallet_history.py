@@ -133,6 +133,11 @@ class TxHistory:
         for txid in victims:
             del self.records[txid]
 
+    def restore(self, record: WalletTx) -> None:
+        """Put back a record from the wallet's files as it was, bound or not: which settled
+        ones to forget was decided when it was first added, against the chain of the time."""
+        self.records.setdefault(record.tx.txid, record)
+
     def drop(self, txid: bytes) -> WalletTx | None:
         return self.records.pop(txid, None)
 

@@ -5,6 +5,7 @@ relay, a failed store write during generatetoaddress, a stop on a full disk, hos
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from node.rpc.errors import (
 )
 from node.rpc.methods import build_registry
 from node.wallet import WALLET_FILE, WALLET_VERSION, Wallet
-from node.wallet_errors import WalletError, WalletWriteError
+from node.wallet_errors import WalletError
 from node.wallet_history import TxHistory, WalletTx
+from node.wallet_journal import Journal
 from tests.async_wait import wait_until_async
 from tests.helpers import key
 
@@ -218,14 +220,21 @@ def test_the_history_bound_forgets_settled_transactions_never_pending_ones() -> 
 # ----------------------------------------------------------------------------- write failures
 
 
-async def test_a_wallet_write_failure_sends_nothing(node: Node, monkeypatch: Any) -> None:
-    rpc = await funded(node)
-    before = node.wallet.path.read_bytes()
+def fill_disk(monkeypatch: Any) -> None:
+    """Every file write of the node fails as on a full disk (SQLite aside)."""
 
     def full(*_: Any) -> None:
         raise FULL
 
     monkeypatch.setattr("node.wallet_file.write_atomic", full)
+    monkeypatch.setattr("node.daemon.write_atomic", full)
+    monkeypatch.setattr(os, "pwrite", full)
+
+
+async def test_a_wallet_write_failure_sends_nothing(node: Node, monkeypatch: Any) -> None:
+    rpc = await funded(node)
+    before = node.wallet.path.read_bytes(), node.wallet.journal.path.read_bytes()
+    fill_disk(monkeypatch)
     err = await rpc.error("sendtoaddress", key(7).address(REGTEST.address_prefix), 5000)
     assert err.code == RPC_WALLET_ERROR and "nothing was sent" in err.message
     assert "No space left" in err.message
@@ -233,7 +242,7 @@ async def test_a_wallet_write_failure_sends_nothing(node: Node, monkeypatch: Any
     assert len(node.wallet.history) == 0 or all(
         not r.sent for r in node.wallet.history.records.values()
     )
-    assert node.wallet.path.read_bytes() == before
+    assert (node.wallet.path.read_bytes(), node.wallet.journal.path.read_bytes()) == before
     assert node.wallet.locked_outpoints(node.chain) == set()
 
 
@@ -301,12 +310,9 @@ async def test_a_stop_on_a_full_disk_removes_runtime_files_and_says_what_was_los
     datadir = node.datadir
     for name in (".cookie", "rpc.url", "p2p.addr"):
         assert (datadir / name).exists()
-
-    def full(*_: Any) -> None:
-        raise FULL
-
-    monkeypatch.setattr("node.daemon.write_atomic", full)
-    monkeypatch.setattr("node.wallet_file.write_atomic", full)
+    # A block that pays someone else: the wallet's scan marker moves, in memory only.
+    await Rpc(node)("generatetoaddress", 1, key(7).address(REGTEST.address_prefix))
+    fill_disk(monkeypatch)
     await node.stop()
     for name in (".cookie", "rpc.url", "p2p.addr"):
         assert not (datadir / name).exists()
@@ -366,7 +372,7 @@ async def test_received_payments_seen_while_down_are_found_by_the_start_up_resca
     node.wallet.history.records.clear()
     node.wallet.save()
     node.wallet.scanned = (node.chain.height, node.chain.tip.hash)
-    node.wallet.save = lambda: None  # type: ignore[method-assign]  # the kill: nothing more
+    node.wallet.flush = lambda: None  # type: ignore[method-assign]  # the kill: nothing more
     await node.stop()
     node = make_node(tmp_path / "n")
     await node.start()
@@ -389,16 +395,17 @@ async def test_a_version_1_wallet_opens_and_keeps_its_sent_payments(tmp_path: Pa
     payee = key(7).address(REGTEST.address_prefix)
     txid = await rpc("sendtoaddress", payee, 4000)
     await node.stop()
-    # The same wallet as version 1 wrote it: keys and sent payments only.
-    path = tmp_path / "n" / WALLET_FILE
-    data = msgpack.unpackb(path.read_bytes())
+    # The same wallet as version 1 wrote it: keys and sent payments only, no journal.
+    wallet = Wallet.open(tmp_path / "n", REGTEST)
     v1 = {
         "version": 1,
-        "network": data["network"],
-        "keys": data["keys"],
-        "txs": {t: [r["raw"], r["time"]] for t, r in data["txs"].items() if r["sent"]},
+        "network": REGTEST.name,
+        "keys": [k.seed for k in wallet.keys.values()],
+        "txs": {t: [r.raw, r.time] for t, r in wallet.history.records.items() if r.sent},
     }
+    path = tmp_path / "n" / WALLET_FILE
     path.write_bytes(msgpack.packb(v1, use_bin_type=True))
+    wallet.journal.path.unlink()
     node = make_node(tmp_path / "n")
     await node.start()
     try:
@@ -410,6 +417,7 @@ async def test_a_version_1_wallet_opens_and_keeps_its_sent_payments(tmp_path: Pa
         assert [e["category"] for e in entries if e["txid"] == txid] == ["send"]
         # The rescan from genesis found the block rewards the old file never listed.
         assert sum(e["category"] in ("generate", "immature") for e in entries) == MATURITY + 1
+        node.wallet.save()
         assert msgpack.unpackb(path.read_bytes())["version"] == WALLET_VERSION
     finally:
         await node.stop()
@@ -459,17 +467,18 @@ async def test_a_failed_wallet_save_after_a_block_is_a_warning_until_a_save_succ
 ) -> None:
     rpc = Rpc(node)
     address = await rpc("getnewaddress")
-    real = node.wallet.save
+    keys = dict(node.wallet.keys)
 
-    def full() -> None:
-        raise WalletWriteError("could not write wallet.dat: [Errno 28] No space left on device")
+    def full(*_: Any) -> None:
+        raise FULL
 
-    monkeypatch.setattr(node.wallet, "save", full)
-    await rpc("generatetoaddress", 1, address)  # a reward of ours: the wallet must save
-    assert "could not save the wallet" in (await rpc("getblockchaininfo"))["warnings"]
-    err = await rpc.error("getnewaddress")
-    assert err.code == RPC_WALLET_ERROR and "no address was made" in err.message
-    monkeypatch.setattr(node.wallet, "save", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(node.wallet.journal, "append", full)
+        await rpc("generatetoaddress", 1, address)  # a reward of ours: the wallet must save
+        assert "could not save the wallet" in (await rpc("getblockchaininfo"))["warnings"]
+        err = await rpc.error("getnewaddress")
+        assert err.code == RPC_WALLET_ERROR and "no address was made" in err.message
+        assert node.wallet.keys == keys
     await rpc("generatetoaddress", 1, address)
     assert (await rpc("getblockchaininfo"))["warnings"] == ""
     assert len(await rpc("listtransactions", "*", 100)) == 2
@@ -492,3 +501,78 @@ async def test_the_rebroadcast_task_runs_at_the_configured_interval(
         await wait_until_async(lambda: len(calls) >= 2, 10, "two rebroadcast rounds")
     finally:
         await node.stop()
+
+
+# ----------------------------------------------------------------------------- wallet.log
+
+
+def test_the_journal_ignores_a_torn_tail_and_cuts_it_off_before_appending(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "wallet.log")
+    journal.append([{"drop": b"a"}, {"drop": b"b"}])
+    whole = journal.size
+    with open(journal.path, "ab") as fh:
+        fh.write(b"\x00\x00\x01\x00torn")  # a frame a crash cut short
+    reread = Journal(journal.path)
+    assert reread.read() == [{"drop": b"a"}, {"drop": b"b"}] and reread.size == whole
+    reread.append([{"drop": b"c"}])
+    assert [e["drop"] for e in Journal(journal.path).read()] == [b"a", b"b", b"c"]
+
+
+def test_a_journal_append_that_fills_the_disk_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    journal = Journal(tmp_path / "wallet.log")
+    journal.append([{"drop": b"a"}])
+    before = journal.path.read_bytes()
+    real = os.pwrite
+
+    def half_then_full(fd: int, data: bytes, offset: int) -> int:
+        if len(data) > 4:
+            return real(fd, data[: len(data) // 2], offset)
+        raise FULL
+
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(OSError):
+        journal.append([{"drop": b"b" * 100}])
+    monkeypatch.undo()
+    assert journal.path.read_bytes() == before
+    journal.append([{"drop": b"c"}])
+    assert [e["drop"] for e in Journal(journal.path).read()] == [b"a", b"c"]
+
+
+async def test_payments_append_to_the_journal_and_a_large_one_is_folded_into_wallet_dat(
+    node: Node, monkeypatch: Any
+) -> None:
+    rpc = await funded(node)
+    snapshot = node.wallet.path.read_bytes()
+    payee = key(7).address(REGTEST.address_prefix)
+    txid = await rpc("sendtoaddress", payee, 5000)
+    # An append, not a rewrite: wallet.dat is untouched, the journal holds the payment.
+    assert node.wallet.path.read_bytes() == snapshot
+    assert any(
+        e.get("tx", {}).get("raw") == node.wallet.known_tx(bytes.fromhex(txid))
+        for e in Journal(node.wallet.journal.path).read()
+    )
+    monkeypatch.setattr("node.wallet.MAX_JOURNAL_BYTES", 0)
+    second = await rpc("sendtoaddress", payee, 6000)
+    assert node.wallet.journal.path.stat().st_size == 0
+    reopened = Wallet.open(node.datadir, REGTEST)
+    assert {txid, second} <= {t.hex() for t in reopened.history.records}
+    assert reopened.keys.keys() == node.wallet.keys.keys()
+
+
+async def test_a_crash_between_wallet_dat_and_emptying_the_journal_replays_harmlessly(
+    node: Node, monkeypatch: Any
+) -> None:
+    rpc = await funded(node)
+    payee = key(7).address(REGTEST.address_prefix)
+    txid = await rpc("sendtoaddress", payee, 5000)
+    lose_mempool(node)
+    await rpc("abandontransaction", txid)
+    monkeypatch.setattr(node.wallet.journal, "clear", lambda: None)
+    node.wallet.save()  # wallet.dat has it all; the journal still does too
+    reopened = Wallet.open(node.datadir, REGTEST)
+    assert reopened.history.records.keys() == node.wallet.history.records.keys()
+    record = reopened.history.get(bytes.fromhex(txid))
+    assert record is not None and record.abandoned
+    assert reopened.scanned == node.wallet.scanned
