@@ -66,8 +66,8 @@ def listunspent(node: NodeAPI, minconf: int = 1) -> list[dict[str, Any]]:
 @rpc_method
 def sendtoaddress(node: NodeAPI, address: str, amount: int) -> str:
     """Pay `amount` (smallest units) to `address`, with change and a fee. The payment is in
-    wallet.dat (fsynced) before it is relayed; its inputs stay locked until it confirms or
-    is abandoned."""
+    the wallet's files (fsynced) before it is relayed; its inputs stay locked until it
+    confirms or is abandoned."""
     pkh = address_pkh(node, address)
     wallet = node.wallet
     try:
