@@ -16,6 +16,7 @@ import pytest
 from consensus.errors import ConsensusError
 from consensus.mempool import Mempool
 from consensus.params import REGTEST
+from consensus.tx import Transaction, TxIn, TxOut
 from node.config import NodeConfig
 from node.daemon import MEMPOOL_FILE, Node, stop_message
 from node.rpc.errors import (
@@ -92,7 +93,6 @@ async def test_inputs_stay_locked_when_the_mempool_is_lost_and_resubmission_rest
     node: Node,
 ) -> None:
     rpc = await funded(node)
-    other = Wallet(Path("/nonexistent"), REGTEST)
     payee = key(7).address(REGTEST.address_prefix)
     first = await rpc("sendtoaddress", payee, 10**8)
     balance = await rpc("getbalance")
@@ -103,7 +103,7 @@ async def test_inputs_stay_locked_when_the_mempool_is_lost_and_resubmission_rest
     assert not inputs_of(node, first) & inputs_of(node, second)
     assert node.resubmit_wallet_transactions()["accepted"] == 1
     assert set(await rpc("getrawmempool")) == {first, second}
-    await rpc("generatetoaddress", 1, other.address_of(b"\x01" * 20))
+    await rpc("generatetoaddress", 1, payee)
     for txid in (first, second):
         assert (await rpc("gettransaction", txid))["status"] == "confirmed"
     # Confirmed: nothing pending, nothing locked.
@@ -118,14 +118,8 @@ async def test_a_conflicting_confirmed_spend_unlocks_and_settles_the_payment(nod
     assert record is not None
     lose_mempool(node)
     # Someone (the wallet's owner elsewhere) spends the same coin, and it confirms.
-    conflict = record.tx.__class__(
-        record.tx.inputs,
-        [
-            record.tx.outputs[0].__class__(
-                sum(o.amount for o in record.tx.outputs) - 1000, record.tx.outputs[0].pkh
-            )
-        ],
-    )
+    total = sum(o.amount for o in record.tx.outputs)
+    conflict = Transaction(record.tx.inputs, [TxOut(total - 1000, record.tx.outputs[0].pkh)])
     signed, complete = node.wallet.sign(conflict, node.chain, node.mempool)
     assert complete
     await rpc("generateblock", payee, [signed.encode().hex()])
@@ -182,12 +176,10 @@ async def test_abandontransaction(node: Node) -> None:
     assert err.code == RPC_INVALID_ADDRESS_OR_KEY
 
 
-async def test_abandon_takes_the_wallets_descendants_along() -> None:
+def test_abandon_takes_the_wallets_descendants_along() -> None:
     history = TxHistory()
     parent = payment(1)
-    child_tx = parent.tx.__class__(
-        [parent.tx.inputs[0].__class__(parent.tx.txid, 1, b"", b"")], parent.tx.outputs[:1]
-    )
+    child_tx = Transaction([TxIn(parent.tx.txid, 1, b"", b"")], parent.tx.outputs[:1])
     history.add(parent, lambda tx: False)
     history.add(WalletTx(child_tx, 2, sent=True), lambda tx: False)
     assert history.abandon(parent.tx.txid) == [parent.tx.txid, child_tx.txid]
@@ -195,8 +187,6 @@ async def test_abandon_takes_the_wallets_descendants_along() -> None:
 
 
 def payment(n: int) -> WalletTx:
-    from consensus.tx import Transaction, TxIn, TxOut
-
     tx = Transaction(
         [TxIn(bytes([n]) * 32, 0, b"", b"")], [TxOut(100, b"\x02" * 20), TxOut(50, b"\x03" * 20)]
     )
