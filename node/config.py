@@ -107,6 +107,9 @@ class NodeConfig:
     assumed_attacker_share: float = 0.1
     double_spend_alerts: bool = False
     listening_period: float = 0.0
+    # Seconds between rebroadcasts of the wallet's unconfirmed payments (bitcoind waits 12 to
+    # 36 hours; a lab network is smaller and faster).
+    wallet_rebroadcast_interval: float = 300.0
     # A plain dict rather than a read-only proxy so the config stays picklable for
     # miner worker processes.
     params: dict[str, ParamValue] = field(default_factory=dict)
@@ -203,6 +206,8 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("listening_period", "seconds",
             "merchant setting: seconds a 0-confirmation payment must go unchallenged before "
             "it counts as accepted"),
+    _Option("wallet_rebroadcast_interval", "positive_float",
+            "seconds between rebroadcasts of the wallet's unconfirmed payments"),
 )
 _OPTIONS: dict[str, _Option] = {opt.name: opt for opt in _OPTION_LIST}
 _DEFAULTS: dict[str, Any] = {

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,11 +52,12 @@ from node.rpc.cookie import delete_cookie, write_cookie
 from node.rpc.methods import build_registry
 from node.rpc.server import RPCServer
 from node.verify import ParallelVerifier
-from node.wallet import Wallet
+from node.wallet import Wallet, WalletWriteError
+from node.wallet_sync import note_block, rescan, resubmit
 from p2p.config import P2PConfig
 from p2p.protocol import DoubleSpendSeen, Event, P2PProtocol, PeerConnected, PeerDisconnected
 from p2p.transport import P2PService
-from storage import open_store
+from storage import StorageError, open_store
 from storage.files import write_atomic
 
 log = structlog.get_logger("powlab.node")
@@ -113,6 +115,12 @@ class Node:
         self.miner: Miner
         self.rpc: RPCServer | None = None
         self.rpc_url = ""
+        # What the node could not save, by name (wallet, mempool, ...): shown in
+        # getblockchaininfo.warnings until a later save succeeds.
+        self._save_failures: dict[str, str] = {}
+        # Why the node stopped itself (a store write failed), for the exit message.
+        self.failure: str | None = None
+        self.unsaved: list[str] = []  # what the last stop could not save
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -150,9 +158,11 @@ class Node:
             if self.p2p is not None:
                 await self.p2p.close()
             self._close_state()
+            self._remove_runtime_files()
             self._lock.release()
             raise
         self._tasks.append(asyncio.create_task(self._save_mempool_periodically()))
+        self._tasks.append(asyncio.create_task(self._rebroadcast_wallet_periodically()))
         if self.config.loadblock:
             self._tasks.append(asyncio.create_task(
                 load_block_files(self, self.config.loadblock, self.params.max_block_size)
@@ -186,7 +196,7 @@ class Node:
             signature_cache=sigcache,
         )
         self.wallet = Wallet.open(self.datadir, self.params)
-        for txid in self.wallet.txs:
+        for txid in self.wallet.history.records:
             self._watch(txid)
         self._load_mempool()
         payout = (
@@ -195,6 +205,47 @@ class Node:
             else self.wallet.default_pkh()
         )
         self.miner = Miner(self, payout, self.config.miner_processes)
+        self._sync_wallet_at_start()
+
+    def _sync_wallet_at_start(self) -> None:
+        """After the mempool file: catch up on blocks the wallet missed (a kill -9 can leave
+        its scan marker behind), then resubmit its unconfirmed payments, which the mempool
+        file may not hold (it is written only every MEMPOOL_SAVE_INTERVAL)."""
+        scanned, found = rescan(self.wallet, self.chain)
+        self._save_wallet("wallet")
+        counts = resubmit(self)
+        log.info("wallet_synced", rescanned_blocks=scanned, found=found, **counts)
+
+    def _save_wallet(self, what: str) -> bool:
+        """Flush the wallet, turning a write failure into a logged, visible warning: used
+        where the change is already done (a block connected, a payment went out)."""
+        try:
+            self.wallet.flush()
+        except WalletWriteError as exc:
+            self.note_save_failure(what, str(exc))
+            return False
+        self._save_failures.pop(what, None)
+        return True
+
+    def note_save_failure(self, what: str, error: str) -> None:
+        """Log a failed save and show it in getblockchaininfo.warnings until one succeeds."""
+        log.error("save_failed", what=what, error=error)
+        self._save_failures[what] = f"could not save the {what}: {error}"
+
+    def storage_warnings(self) -> list[str]:
+        """Saves that failed and have not succeeded since (a full disk)."""
+        return list(self._save_failures.values())
+
+    def resubmit_wallet_transactions(self) -> dict[str, int]:
+        """bitcoind's ResubmitWalletTransactions: what the periodic task does, on demand."""
+        counts = resubmit(self)
+        log.info("wallet_resubmitted", **counts)
+        return counts
+
+    async def _rebroadcast_wallet_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.wallet_rebroadcast_interval)
+            self.resubmit_wallet_transactions()
 
     async def _start_p2p(self) -> None:
         cfg = self.config
@@ -314,28 +365,44 @@ class Node:
         await self._stop_event.wait()
 
     async def stop(self) -> None:
+        """Close everything; a save that fails (a full disk) is logged and listed in
+        `unsaved`, and the runtime files (.cookie, rpc.url, p2p.addr) go whatever happens."""
         log.info("node_stopping")
-        await self.miner.close()
-        if self.p2p is not None:
-            self._save_peers()
-            await self.p2p.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.rpc is not None:
-            await self.rpc.stop()
-        self.events.close()
-        self._save_mempool()
-        self._close_state()
+        self.unsaved = []
+        try:
+            await self.miner.close()
+            if self.p2p is not None:
+                self._save_at_stop("peers", self._save_peers)
+                await self.p2p.close()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.rpc is not None:
+                await self.rpc.stop()
+            self.events.close()
+            self._save_at_stop("mempool", self._save_mempool)
+            self._save_at_stop("wallet", self.wallet.flush)
+            self._save_at_stop("block store", self._close_state)
+        finally:
+            self._remove_runtime_files()
+            self._lock.release()
+        log.info("node_stopped", unsaved=self.unsaved, failure=self.failure)
+
+    def _save_at_stop(self, what: str, save: Callable[[], None]) -> None:
+        try:
+            save()
+        except (OSError, WalletWriteError, StorageError) as exc:
+            log.error("save_failed_at_stop", what=what, error=str(exc))
+            self.unsaved.append(f"{what} ({exc})")
+
+    def _remove_runtime_files(self) -> None:
         if not self.config.rpc_user:
             delete_cookie(self.datadir)
         for name in ("rpc.url", "p2p.addr"):
             with contextlib.suppress(FileNotFoundError):
                 (self.datadir / name).unlink()
-        self._lock.release()
-        log.info("node_stopped")
 
     def _close_state(self) -> None:
         self.verifier.close()
@@ -353,6 +420,7 @@ class Node:
             # Memory is now ahead of disk: carrying on would serve a state that a restart
             # cannot reproduce. Stop; the store still holds the last committed tip.
             log.critical("store_write_failed", error=str(exc))
+            self.failure = f"could not write the block store ({exc})"
             self.request_stop()
             raise
 
@@ -387,8 +455,18 @@ class Node:
     async def _save_mempool_periodically(self) -> None:
         while True:
             await asyncio.sleep(MEMPOOL_SAVE_INTERVAL)
-            self._save_mempool()
-            self._save_peers()
+            saves = (
+                ("mempool", self._save_mempool),
+                ("peers", self._save_peers),
+                ("wallet", self.wallet.flush),
+            )
+            for what, save in saves:
+                try:
+                    save()
+                except (OSError, WalletWriteError) as exc:
+                    self.note_save_failure(what, str(exc))
+                else:
+                    self._save_failures.pop(what, None)
 
     # ----------------------------------------------------------------- address book persistence
 
@@ -485,6 +563,7 @@ class Node:
         if result.finality_refused:
             self._report_refused_reorgs(result.finality_refused)
         self._commit()
+        self._wallet_note_blocks(result)
         if result.connected or result.disconnected:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:
@@ -507,6 +586,18 @@ class Node:
             if self.p2p is not None:
                 self.p2p.flush()
 
+    def _wallet_note_blocks(self, result: AcceptResult) -> None:
+        """Note the connected blocks' wallet transactions; the wallet's journal is appended to
+        only when one concerns it (the scan marker is flushed with the mempool, and a start-up
+        rescans from it)."""
+        found = False
+        for _entry, block in result.connected:
+            found = note_block(self.wallet, block, self.chain) or found
+        if result.connected or result.disconnected:
+            self.wallet.scanned = (self.chain.height, self.chain.tip.hash)
+        if found:
+            self._save_wallet("wallet")
+
     # ----------------------------------------------------------------- transactions
 
     def submit_transaction(self, tx: Transaction) -> Any:
@@ -522,6 +613,8 @@ class Node:
             entry = self.mempool.get(txid)
             if entry is not None:
                 self._remember_tx(entry.tx)
+                # In memory only: what a crash loses here comes back when it confirms.
+                self.wallet.note_tx(entry.tx, self.now(), self.chain)
                 if self.p2p is not None:
                     self.protocol.announce_tx(entry.tx, self.clock())
         if self.p2p is not None:
@@ -735,7 +828,18 @@ async def run_node(config: NodeConfig, params: ChainParams) -> int:
         await node.wait_stopped()
     finally:
         await node.stop()
-    return 0
+    if node.failure is None and not node.unsaved:
+        return 0
+    print(f"powlab node: {stop_message(node.failure, node.unsaved)}", file=sys.stderr, flush=True)
+    return 1
+
+
+def stop_message(failure: str | None, unsaved: list[str]) -> str:
+    """The one line a node that stopped on a storage failure leaves on stderr."""
+    parts = [f"stopped: {failure}" if failure else "stopped"]
+    if unsaved:
+        parts.append("could not save " + "; ".join(unsaved))
+    return ", ".join(parts) + "; the store holds the last committed tip"
 
 
 def _is_ip(host: str) -> bool:

@@ -1,8 +1,9 @@
 """The node's wallet: Ed25519 keys in the data directory, coin selection, signing.
 
 Balances are read from the chain state's UTXO set and the mempool (no separate wallet database
-to drift out of step across reorgs); the wallet file holds the keys and the transactions the
-wallet sent, so their status can be reported even after they are conflicted away.
+to drift out of step across reorgs); the wallet file holds the keys and the transactions that
+concern the wallet (node.wallet_history), so their status can be reported even after they are
+conflicted away, and the inputs of its unconfirmed payments stay locked across a crash.
 """
 
 from __future__ import annotations
@@ -12,28 +13,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
 from consensus.multisig import MultisigScript, decode_multisig_script
 from consensus.params import ADDRESS_PREFIXES, ChainParams
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
-from storage.files import write_atomic
+from node.wallet_errors import InsufficientFunds, WalletError, WalletWriteError
+from node.wallet_file import WALLET_FILE, WALLET_VERSION, read_wallet_file, write_wallet_file
+from node.wallet_history import MAX_WALLET_TXS, Settled, TxHistory, WalletTx
+from node.wallet_journal import JOURNAL_FILE, MAX_JOURNAL_BYTES, Journal
 
-WALLET_FILE = "wallet.dat"
-WALLET_VERSION = 1
+__all__ = [
+    "MAX_WALLET_TXS",
+    "WALLET_FILE",
+    "WALLET_VERSION",
+    "InsufficientFunds",
+    "Wallet",
+    "WalletCoin",
+    "WalletError",
+    "WalletWriteError",
+]
+
 DEFAULT_WALLET_FEE_RATE = 2  # smallest units per byte: above the default relay minimum
-MAX_WALLET_TXS = 10_000
-
-
-class WalletError(Exception):
-    """Not enough funds, an unknown address, a corrupt wallet file, ..."""
-
-
-class InsufficientFunds(WalletError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class WalletCoin:
     outpoint: OutPoint
     coin: Coin
     confirmations: int  # 0 for an output of a mempool transaction
-    spendable: bool  # mature and not already spent by a mempool transaction
+    spendable: bool  # mature, not spent by a mempool transaction nor by a pending payment
 
 
 class Wallet:
@@ -49,10 +51,18 @@ class Wallet:
         self.path = path
         self.params = params
         self.keys: dict[bytes, PrivateKey] = {}  # pkh -> key
-        self.txs: dict[bytes, tuple[bytes, int]] = {}  # txid -> (encoded tx, time)
+        self.history = TxHistory()
+        # (height, hash) of the last block whose transactions the wallet has looked at: a
+        # start-up rescans from there (None: from genesis).
+        self.scanned: tuple[int, bytes] | None = None
         # Watched m-of-n scripts by script hash (node.wallet_multisig; addmultisigaddress).
         self.multisig: dict[bytes, MultisigScript] = {}
         self.fee_rate = DEFAULT_WALLET_FEE_RATE
+        # Changes since wallet.dat was written (node.wallet_journal); what is noted in memory
+        # only (received transactions, the scan marker) goes there at the next flush.
+        self.journal = Journal(path.with_name(JOURNAL_FILE))
+        self._unflushed: list[bytes] = []
+        self._flushed_scan: tuple[int, bytes] | None = None
 
     @classmethod
     def open(cls, datadir: Path, params: ChainParams) -> Wallet:
@@ -63,43 +73,103 @@ class Wallet:
 
     def _load(self) -> None:
         try:
-            data = msgpack.unpackb(self.path.read_bytes())
-            if data.get("version") != WALLET_VERSION or data.get("network") != self.params.name:
-                raise WalletError(
-                    f"wallet {self.path} is for network {data.get('network')!r} "
-                    f"(version {data.get('version')}), not {self.params.name!r}"
-                )
+            data = read_wallet_file(self.path, self.params.name)
             for seed in data["keys"]:
                 key = PrivateKey(seed)
                 self.keys[pubkey_hash(key.public_key)] = key
-            self.txs = {txid: (raw, t) for txid, (raw, t) in data.get("txs", {}).items()}
+            max_size = self.params.max_block_size
+            self.history.load_records(data.get("txs", {}), max_size)
+            self.history.load_v1(data.get("txs_v1", {}), max_size)
+            scanned = data.get("scanned")
+            self.scanned = (int(scanned[0]), bytes(scanned[1])) if scanned else None
             # Absent from wallets written before multisig existed.
             for raw_script in data.get("multisig", []):
                 script = decode_multisig_script(raw_script)
                 self.multisig[script.script_hash] = script
-        except WalletError:
-            raise
+            for entry in self.journal.read():
+                self._replay(entry)
+            self._flushed_scan = self.scanned
         except Exception as exc:
             raise WalletError(
                 f"wallet file {self.path} is unreadable ({exc}); it was left as it is"
             ) from None
 
+    def _replay(self, entry: dict[str, Any]) -> None:
+        """One journal entry, as `_append` wrote it. Replaying an entry wallet.dat already
+        holds changes nothing (the journal is emptied after wallet.dat is written, but a
+        crash can come between)."""
+        max_size = self.params.max_block_size
+        if "key" in entry:
+            key = PrivateKey(entry["key"])
+            self.keys[pubkey_hash(key.public_key)] = key
+        if "tx" in entry:
+            self.history.restore(WalletTx.from_record(entry["tx"], max_size))
+        for txid in entry.get("abandon", ()):
+            record = self.history.get(txid)
+            if record is not None:
+                record.abandoned = True
+        if "drop" in entry:
+            self.history.drop(entry["drop"])
+        if "scanned" in entry:
+            height, block_hash = entry["scanned"]
+            self.scanned = (int(height), bytes(block_hash))
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        """Make `entries` durable: appended to the journal and fsynced (the first write of a
+        new wallet, and a journal past MAX_JOURNAL_BYTES, rewrite wallet.dat instead)."""
+        if not self.path.exists() or self.journal.size > MAX_JOURNAL_BYTES:
+            self.save()
+            return
+        try:
+            self.journal.append(entries)
+        except OSError as exc:
+            raise WalletWriteError(f"could not write {self.journal.path}: {exc}") from exc
+
+    def flush(self) -> None:
+        """Make what was noted in memory only (received transactions, the scan marker)
+        durable; WalletWriteError when it cannot (it stays noted for the next flush)."""
+        entries: list[dict[str, Any]] = []
+        for txid in self._unflushed:
+            record = self.history.get(txid)
+            if record is not None:
+                entries.append({"tx": record.to_record()})
+        if self.scanned != self._flushed_scan and self.scanned is not None:
+            entries.append({"scanned": list(self.scanned)})
+        if not entries:
+            return
+        self._append(entries)
+        self._unflushed = []
+        self._flushed_scan = self.scanned
+
     def save(self) -> None:
-        data = {
-            "version": WALLET_VERSION,
+        """Write and fsync wallet.dat whole, then empty the journal; WalletWriteError (the old
+        file intact) when it cannot."""
+        content = {
             "network": self.params.name,
             "keys": [k.seed for k in self.keys.values()],
-            "txs": {txid: [raw, t] for txid, (raw, t) in self.txs.items()},
+            "txs": self.history.to_records(),
+            "scanned": list(self.scanned) if self.scanned else None,
             "multisig": [script.encode() for script in self.multisig.values()],
         }
-        write_atomic(self.path, msgpack.packb(data, use_bin_type=True), 0o600)
+        try:
+            write_wallet_file(self.path, content)
+            self.journal.clear()
+        except OSError as exc:
+            raise WalletWriteError(f"could not write {self.path}: {exc}") from exc
+        self._unflushed = []
+        self._flushed_scan = self.scanned
 
     # ----------------------------------------------------------------- keys and addresses
 
     def new_address(self) -> str:
         key = PrivateKey(os.urandom(32))
-        self.keys[pubkey_hash(key.public_key)] = key
-        self.save()
+        pkh = pubkey_hash(key.public_key)
+        self.keys[pkh] = key
+        try:
+            self._append([{"key": key.seed}])
+        except WalletWriteError:
+            del self.keys[pkh]  # never hand out an address whose key a restart would lose
+            raise
         return key.address(self.params.address_prefix)
 
     def address_of(self, pkh: bytes) -> str:
@@ -128,11 +198,12 @@ class Wallet:
         result = []
         tip_height = chain.height
         maturity = self.params.coinbase_maturity
+        locked = self.locked_outpoints(chain)
         for outpoint, coin in chain.iter_utxos():
             if coin.pkh not in self.keys:
                 continue
             mature = not coin.is_coinbase or tip_height + 1 - coin.height >= maturity
-            unspent = mempool.spender_of(outpoint) is None
+            unspent = mempool.spender_of(outpoint) is None and outpoint not in locked
             result.append(
                 WalletCoin(outpoint, coin, tip_height - coin.height + 1, mature and unspent)
             )
@@ -213,12 +284,86 @@ class Wallet:
             fee = needed
         return None
 
-    def remember(self, tx: Transaction, now: int) -> None:
-        self.txs[tx.txid] = (tx.encode(), now)
-        while len(self.txs) > MAX_WALLET_TXS:
-            del self.txs[next(iter(self.txs))]
-        self.save()
+    # ----------------------------------------------------------------- transactions
+
+    def settled_in(self, chain: ChainState) -> Settled:
+        def settled(tx: Transaction) -> bool:
+            if chain.tx_block(tx.txid) is not None:
+                return True
+            for txin in tx.inputs:
+                spender = chain.spender(txin.outpoint)
+                if spender is not None and spender != tx.txid:
+                    return True
+            return False
+
+        return settled
+
+    def locked_outpoints(self, chain: ChainState) -> set[OutPoint]:
+        """Inputs of our payments that are neither confirmed, conflicted nor abandoned, in the
+        mempool or not: coin selection never spends them twice."""
+        return self.history.locked_outpoints(self.settled_in(chain))
+
+    def record_payment(self, tx: Transaction, now: int, chain: ChainState) -> None:
+        """Write the payment we created to the wallet's files and fsync it; it must be on disk
+        before it is relayed. On WalletWriteError nothing was recorded."""
+        change = 1 if len(tx.outputs) > 1 else None  # _build puts the change second
+        coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
+        fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
+        record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
+        self.history.add(record, self.settled_in(chain))
+        try:
+            self._append([{"tx": record.to_record()}])
+        except WalletWriteError:
+            self.history.drop(tx.txid)
+            raise
+
+    def note_tx(self, tx: Transaction, now: int, chain: ChainState) -> bool:
+        """Remember a transaction seen in a block or the mempool when it pays us or spends one
+        of our outputs; True when it is new to the wallet (the caller flushes)."""
+        if tx.txid in self.history:
+            return False
+        ours = [out.pkh in self.keys for out in tx.outputs]
+        spends: list[int | None] = []
+        for txin in tx.inputs:
+            prev = self.history.get(txin.prev_txid)
+            if prev is None or txin.prev_index >= len(prev.tx.outputs):
+                spends.append(None)
+                continue
+            out = prev.tx.outputs[txin.prev_index]
+            spends.append(out.amount if out.pkh in self.keys else None)
+        from_me = any(a is not None for a in spends)
+        if not any(ours) and not from_me:
+            return False
+        fee = None
+        if from_me and all(a is not None for a in spends) and not tx.is_coinbase:
+            fee = sum(a for a in spends if a is not None) - tx.total_out()
+        record = WalletTx(tx, now, sent=False, fee=fee)
+        try:
+            self.history.add(record, self.settled_in(chain))
+        except WalletError:
+            return False  # full of pending payments: a received one cannot be listed
+        self._unflushed.append(tx.txid)
+        return True
+
+    def abandon(self, txid: bytes) -> list[bytes]:
+        """Mark our transaction (and its wallet descendants) abandoned and save; the caller
+        has checked it is neither confirmed nor in the mempool."""
+        marked = self.history.abandon(txid)
+        try:
+            self._append([{"abandon": marked}])
+        except WalletWriteError:
+            for t in marked:
+                record = self.history.get(t)
+                if record is not None:
+                    record.abandoned = False
+            raise
+        return marked
+
+    def forget_refused(self, txid: bytes) -> None:
+        """A payment the mempool refused: it never went out, its inputs are free again."""
+        self.history.drop(txid)
+        self._append([{"drop": txid}])
 
     def known_tx(self, txid: bytes) -> bytes | None:
-        entry = self.txs.get(txid)
-        return entry[0] if entry else None
+        record = self.history.get(txid)
+        return record.raw if record else None

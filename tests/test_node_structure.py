@@ -110,7 +110,7 @@ EXPECTED_GROUPS = {
     },
     "wallet": {
         "getnewaddress", "getbalance", "listunspent", "sendtoaddress", "gettransaction",
-        "validateaddress",
+        "validateaddress", "abandontransaction", "listtransactions",
     },
 }
 

@@ -38,6 +38,15 @@ class MinerError(Exception):
     pass
 
 
+class GenerateFailed(MinerError):
+    """`generate` stopped partway: `committed` holds the hashes of the blocks it had already
+    submitted (they stay in the chain)."""
+
+    def __init__(self, message: str, committed: list[bytes]) -> None:
+        super().__init__(message)
+        self.committed = committed
+
+
 def solve_fast(template: Block) -> Block | None:
     """The template with the lowest winning nonce, searched with the pool's midstate scanner
     (about 20x `consensus.blockbuild.solve_block`, so `generate` copes with testnet
@@ -206,14 +215,21 @@ class Miner:
         self, count: int, payout_pkh: bytes, txs: Sequence[Transaction] | None = None
     ) -> list[bytes]:
         """Mine `count` blocks now; with `txs`, one block of exactly those transactions."""
-        hashes = []
+        hashes: list[bytes] = []
         for _ in range(count):
-            block = await self._solve(payout_pkh, txs)
-            result = self.node.submit_block(block)
+            try:
+                block = await self._solve(payout_pkh, txs)
+                result = self.node.submit_block(block)
+            except Exception as exc:
+                # A store write that fails (a full disk) stops the node; the caller must
+                # still learn which blocks made it before.
+                raise GenerateFailed(f"{type(exc).__name__}: {exc}", hashes) from exc
             # A peer's block may win the race while we solve: ours is then a valid stale block,
             # still returned (as bitcoind does); only a rejected block is an error.
             if result.status not in ("connected", "side-branch"):
-                raise MinerError(f"generated block rejected: {result.reason or result.status}")
+                raise GenerateFailed(
+                    f"generated block rejected: {result.reason or result.status}", hashes
+                )
             hashes.append(block.hash)
         return hashes
 

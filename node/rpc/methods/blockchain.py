@@ -49,7 +49,8 @@ def _header_json(node: NodeAPI, entry: BlockIndex) -> dict[str, Any]:
 @rpc_method
 def getblockchaininfo(node: NodeAPI) -> dict[str, Any]:
     """Chain, height, best block, work, difficulty, median time and finality depth;
-    `warnings` names any heavier branch refused beyond finality (a chain split)."""
+    `warnings` names any heavier branch refused beyond finality (a chain split) and any
+    save that failed (a full disk)."""
     params = node.params
     chain = node.chain
     tip = chain.tip
@@ -67,7 +68,10 @@ def getblockchaininfo(node: NodeAPI) -> dict[str, Any]:
         "genesis": params.genesis_hash.hex(),
         "orphan_blocks": chain.orphan_count(),
         # bitcoind's field: a string, empty when all is well.
-        "warnings": " ".join(c.warning() for c in chain.finality_conflicts()),
+        # Saves that failed on a full disk are listed too, as bitcoind lists its own.
+        "warnings": " ".join(
+            [c.warning() for c in chain.finality_conflicts()] + node.storage_warnings()
+        ),
         "finality_conflicts": [c.to_json() for c in chain.finality_conflicts()],
     }
 

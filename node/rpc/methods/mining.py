@@ -11,7 +11,7 @@ from typing import Any
 from consensus.errors import ConsensusError
 from consensus.pow import bits_to_target, difficulty
 from node.interface import NodeAPI
-from node.miner.miner import MinerError
+from node.miner.miner import GenerateFailed, MinerError
 from node.rpc.errors import (
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
@@ -25,12 +25,21 @@ from node.rpc.registry import rpc_method
 
 @rpc_method
 async def generatetoaddress(node: NodeAPI, nblocks: int, address: str) -> list[str]:
-    """Mine `nblocks` blocks to `address` now (whether or not continuous mining is on)."""
+    """Mine `nblocks` blocks to `address` now (whether or not continuous mining is on). On a
+    failure partway the error's data lists the hashes of the blocks already committed."""
     if nblocks < 0 or nblocks > 10_000:
         raise RPCError(RPC_INVALID_PARAMETER, "nblocks must be between 0 and 10000")
     pkh = address_pkh(node, address)
     try:
         return [h.hex() for h in await node.miner.generate(nblocks, pkh)]
+    except GenerateFailed as exc:
+        # Blocks submitted before the failure stay in the chain: say which (in `data`).
+        committed = [h.hex() for h in exc.committed]
+        raise RPCError(
+            RPC_MISC_ERROR,
+            f"{len(committed)} of {nblocks} blocks were committed before a failure: {exc}",
+            data={"committed": committed},
+        ) from None
     except MinerError as exc:
         raise RPCError(RPC_MISC_ERROR, str(exc)) from None
 

@@ -9,24 +9,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from consensus.errors import ConsensusError
 from node.interface import NodeAPI
 from node.rpc.errors import (
+    RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_VERIFY_REJECTED,
+    RPC_WALLET_ERROR,
     RPC_WALLET_INSUFFICIENT_FUNDS,
     RPCError,
 )
 from node.rpc.methods.common import address_encoder, address_pkh, hash_param
 from node.rpc.registry import rpc_method
-from node.wallet import InsufficientFunds, WalletError
+from node.wallet import InsufficientFunds, WalletError, WalletWriteError
+from node.wallet_listing import list_transactions
 from node.wallet_multisig import can_sign_alone, watched_coins
+
+log = structlog.get_logger("powlab.wallet")
 
 
 @rpc_method
 def getnewaddress(node: NodeAPI) -> str:
     """A new address of this node's wallet."""
-    return node.wallet.new_address()
+    try:
+        return node.wallet.new_address()
+    except WalletWriteError as exc:
+        raise RPCError(RPC_WALLET_ERROR, f"{exc}; no address was made") from None
 
 
 @rpc_method
@@ -67,21 +77,95 @@ def listunspent(node: NodeAPI, minconf: int = 1) -> list[dict[str, Any]]:
 
 @rpc_method
 def sendtoaddress(node: NodeAPI, address: str, amount: int) -> str:
-    """Pay `amount` (smallest units) to `address`, with change and a fee."""
+    """Pay `amount` (smallest units) to `address`, with change and a fee. The payment is in
+    the wallet's files (fsynced) before it is relayed; its inputs stay locked until it
+    confirms or is abandoned."""
     pkh = address_pkh(node, address)
+    wallet = node.wallet
     try:
-        tx = node.wallet.create_payment(node.chain, node.mempool, pkh, amount)
+        tx = wallet.create_payment(node.chain, node.mempool, pkh, amount)
+        # On disk before anyone can see it: a crash from here on leaves a record that the
+        # next start resubmits, never a payment the wallet forgot and whose coins it reuses.
+        wallet.record_payment(tx, node.now(), node.chain)
     except InsufficientFunds as exc:
         raise RPCError(RPC_WALLET_INSUFFICIENT_FUNDS, str(exc)) from None
+    except WalletWriteError as exc:
+        raise RPCError(RPC_WALLET_ERROR, f"{exc}; nothing was sent") from None
     except WalletError as exc:
         raise RPCError(RPC_INVALID_PARAMETER, str(exc)) from None
     try:
         node.submit_transaction(tx)
     except ConsensusError as exc:
+        _forget_refused(node, tx.txid)
         raise RPCError(RPC_VERIFY_REJECTED, str(exc)) from None
-    node.wallet.remember(tx, node.now())
+    except Exception as exc:
+        if tx.txid not in node.mempool:
+            _forget_refused(node, tx.txid)
+            raise
+        # Accepted, so it may have gone out: report the txid, never a failure that would
+        # invite the caller to pay again.
+        log.warning("payment_sent_with_error", txid=tx.txid.hex(), error=str(exc))
+        node.note_save_failure("payment bookkeeping", f"{tx.txid.hex()}: {exc}")
     node.watch(tx.txid)
     return tx.txid.hex()
+
+
+def _forget_refused(node: NodeAPI, txid: bytes) -> None:
+    """The mempool refused our payment: it never went out, so free its inputs."""
+    try:
+        node.wallet.forget_refused(txid)
+    except WalletWriteError as exc:
+        # Still on disk: the next start offers it again, and the user can abandon it.
+        node.note_save_failure("wallet", f"refused payment {txid.hex()} not dropped: {exc}")
+
+
+@rpc_method
+def abandontransaction(node: NodeAPI, txid: str) -> None:
+    """Mark a wallet transaction that is neither confirmed nor in the mempool abandoned (and
+    the wallet's transactions spending it): its inputs are free again and it is no longer
+    resubmitted."""
+    raw_txid = hash_param(txid, "txid")
+    record = node.wallet.history.get(raw_txid)
+    if record is None:
+        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Invalid or non-wallet transaction id")
+    if node.chain.tx_block(raw_txid) is not None:
+        reason = "it is confirmed"
+    elif raw_txid in node.mempool:
+        reason = "it is in the mempool"
+    elif record.abandoned:
+        reason = "it is abandoned already"
+    else:
+        reason = ""
+    if reason:
+        raise RPCError(RPC_INVALID_PARAMETER, f"Transaction not eligible for abandonment: {reason}")
+    try:
+        marked = node.wallet.abandon(raw_txid)
+    except WalletWriteError as exc:
+        raise RPCError(RPC_WALLET_ERROR, f"{exc}; the transaction was not abandoned") from None
+    log.info("wallet_tx_abandoned", txids=[t.hex() for t in marked])
+
+
+@rpc_method
+def listtransactions(
+    node: NodeAPI, label: str = "*", count: int = 10, skip: int = 0
+) -> list[dict[str, Any]]:
+    """The wallet's most recent transactions, sent and received, newest last: `count` entries
+    after skipping the `skip` most recent. powlab has no labels: "*" and "" (every
+    address's label) list all, any other label nothing."""
+    if count < 0:
+        raise RPCError(RPC_INVALID_PARAMETER, "Negative count")
+    if skip < 0:
+        raise RPCError(RPC_INVALID_PARAMETER, "Negative from")
+    if label not in ("*", ""):
+        return []
+    return list_transactions(
+        node.wallet,
+        node.tx_status,
+        address_encoder(node),
+        node.params.coinbase_maturity,
+        count,
+        skip,
+    )
 
 
 @rpc_method
@@ -92,6 +176,7 @@ def gettransaction(node: NodeAPI, txid: str) -> dict[str, Any]:
     raw_txid = hash_param(txid, "txid")
     node.watch(raw_txid)
     status = node.tx_status(raw_txid)
+    record = node.wallet.history.get(raw_txid)
     q = node.config.assumed_attacker_share
     seen = node.double_spends_of(raw_txid)
     conflicts = node.finality_conflicts_of(raw_txid, status)
@@ -108,6 +193,10 @@ def gettransaction(node: NodeAPI, txid: str) -> dict[str, Any]:
         # holds it: "final" here is only this node's view of a split network.
         "finality_conflict": conflicts[0] if conflicts else None,
         "warnings": " ".join(c["warning"] for c in conflicts),
+        # bitcoind's flag; an abandoned payment that confirmed anyway is just confirmed.
+        "abandoned": record is not None
+        and record.abandoned
+        and status.status not in ("confirmed", "final"),
     }
 
 
