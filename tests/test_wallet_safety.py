@@ -33,6 +33,7 @@ from node.wallet import WALLET_FILE, WALLET_VERSION, Wallet
 from node.wallet_errors import WalletError
 from node.wallet_history import TxHistory, WalletTx
 from node.wallet_journal import Journal
+from node.wallet_multisig import coin_lookup, sign_with_wallet
 from tests.async_wait import wait_until_async
 from tests.helpers import key
 
@@ -120,8 +121,9 @@ async def test_a_conflicting_confirmed_spend_unlocks_and_settles_the_payment(nod
     # Someone (the wallet's owner elsewhere) spends the same coin, and it confirms.
     total = sum(o.amount for o in record.tx.outputs)
     conflict = Transaction(record.tx.inputs, [TxOut(total - 1000, record.tx.outputs[0].pkh)])
-    signed, complete = node.wallet.sign(conflict, node.chain, node.mempool)
-    assert complete
+    result = sign_with_wallet(node.wallet, conflict, coin_lookup(node.chain, node.mempool))
+    assert result.complete
+    signed = result.tx
     await rpc("generateblock", payee, [signed.encode().hex()])
     assert (await rpc("gettransaction", txid))["status"] == "conflicted"
     assert node.wallet.locked_outpoints(node.chain) == set()
