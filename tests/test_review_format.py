@@ -14,6 +14,7 @@ import pytest
 
 from consensus.errors import ConsensusError, DecodeError
 from consensus.keys import PrivateKey, pubkey_hash
+from consensus.mempool import NON_FINAL
 from consensus.multisig import MAX_MULTISIG_KEYS, MultisigScript
 from consensus.tx import (
     SEQUENCE_FINAL,
@@ -25,6 +26,7 @@ from consensus.tx import (
     sign_transaction,
 )
 from consensus.validation import check_transaction
+from tests.test_locktime import locked
 from tests.test_mempool import KEY, PARAMS, PKH, REWARD, Env
 
 KEYS = [PrivateKey(bytes([n]) * 32) for n in range(1, MAX_MULTISIG_KEYS + 2)]
@@ -280,3 +282,31 @@ def test_mutated_multisig_transactions_raise_only_decode_or_consensus_errors() -
             continue
         seen_valid += 1
     assert seen_valid > 0  # the mutations are not all caught by decoding
+
+
+# ------------------------------------------------------------------ time locks across a reorg
+
+
+def test_reorg_to_a_longer_branch_with_an_earlier_clock_removes_time_locked_entries() -> None:
+    """A longer branch whose median time past lags the old tip's: a time lock final on the old
+    tip is not final on the new one, though the chain grew."""
+    env = Env(blocks=12)
+    fork = env.block_at(env.chain.height - 2)
+    old_mtp = env.chain.median_time_past(env.chain.tip)
+    by_time = locked([env.coinbase(1)], old_mtp - 1)
+    env.accept(by_time)
+    prev, result = fork, None
+    for _ in range(3):
+        block = env.make_block(prev=prev, timestamp=env.chain.median_time_past(prev) + 1)
+        result = env.chain.accept_block(block, env.now)
+        prev = env.chain.get(block.hash)
+    assert result is not None and result.disconnected and env.chain.tip is prev
+    new_height, new_mtp = env.chain.lock_time_clock()
+    assert new_mtp <= by_time.locktime
+    update = env.pool.update_for_chain(result, env.chain, env.now)
+    assert update.removed == [by_time.txid]
+    assert update.removed_reasons[by_time.txid] == NON_FINAL
+    assert by_time.txid not in env.pool
+    # And a template on the new tip cannot pick it up.
+    taken, _ = env.pool.select_for_block(PARAMS.max_block_size, (new_height, new_mtp))
+    assert by_time.txid not in {t.txid for t in taken}
