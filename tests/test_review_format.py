@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from consensus.blockbuild import assemble_block, solve_block
 from consensus.errors import ConsensusError, DecodeError
 from consensus.keys import PrivateKey, pubkey_hash
 from consensus.mempool import NON_FINAL
@@ -26,8 +27,9 @@ from consensus.tx import (
     sign_transaction,
 )
 from consensus.validation import check_transaction
+from node.miner.miner import COINBASE_RESERVE
 from tests.test_locktime import locked
-from tests.test_mempool import KEY, PARAMS, PKH, REWARD, Env
+from tests.test_mempool import KEY, PARAMS, PKH, REWARD, Env, out, spend
 
 KEYS = [PrivateKey(bytes([n]) * 32) for n in range(1, MAX_MULTISIG_KEYS + 2)]
 FEE = 2_000
@@ -310,3 +312,34 @@ def test_reorg_to_a_longer_branch_with_an_earlier_clock_removes_time_locked_entr
     # And a template on the new tip cannot pick it up.
     taken, _ = env.pool.select_for_block(PARAMS.max_block_size, (new_height, new_mtp))
     assert by_time.txid not in {t.txid for t in taken}
+
+
+# ------------------------------------------------------------------ block templates
+
+
+def test_a_template_full_of_small_transactions_fits_in_a_block() -> None:
+    """The miner's template counts each transaction's framing in the block's encoding (a bin
+    header of 2 to 5 bytes): with ~200-byte transactions that is 1 % of the block, far more than
+    the coinbase reserve, and the block the miner solved was refused (`bad-blk-length`)."""
+    params = PARAMS.with_overrides({"max_block_size": 100_000})
+    env = Env(params, blocks=4)
+    n = 700
+    each = (REWARD - 100_000) // n
+    fan = spend([env.coinbase(1)], [each] * n, params=params)
+    env.accept(fan)
+    env.mine_and_update([fan])
+    for i in range(n):
+        env.accept(spend([out(fan, i)], [each - 1_000], params=params))
+    assert env.pool.bytes > params.max_block_size
+    txs, fees = env.pool.select_for_block(
+        params.max_block_size - COINBASE_RESERVE, env.chain.lock_time_clock()
+    )
+    block = solve_block(assemble_block(env.chain, txs, fees, PKH, env.time + 20))
+    assert block is not None
+    assert block.size <= params.max_block_size
+    result = env.chain.accept_block(block, env.now + 20)
+    assert result.status == "connected", result.reason
+    # And the budget is used: no further transaction would have fitted.
+    left = [e for t in env.pool.txids() if (e := env.pool.get(t)) and e.tx not in txs]
+    assert left
+    assert block.size + min(e.size for e in left) + 2 > params.max_block_size - COINBASE_RESERVE
