@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from consensus.block import tx_space_in_block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.errors import ConsensusError, DecodeError
 from consensus.keys import PrivateKey, pubkey_hash
@@ -343,3 +344,8 @@ def test_a_template_full_of_small_transactions_fits_in_a_block() -> None:
     left = [e for t in env.pool.txids() if (e := env.pool.get(t)) and e.tx not in txs]
     assert left
     assert block.size + min(e.size for e in left) + 2 > params.max_block_size - COINBASE_RESERVE
+
+
+def test_tx_space_in_block_is_msgpacks_framing() -> None:
+    for size in (0, 1, 170, 255, 256, 65_535, 65_536, 1_000_000):
+        assert tx_space_in_block(size) == len(msgpack.packb(bytes(size), use_bin_type=True))
