@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from consensus.block import Block
+from consensus.block import Block, tx_space_in_block
 from consensus.chainstate import AcceptResult, BlockIndex
 from consensus.coins import Coin
 from consensus.errors import ConsensusError
@@ -770,7 +770,8 @@ class Mempool:
     def select_for_block(
         self, max_bytes: int, final_at: tuple[int, int] | None = None
     ) -> tuple[list[Transaction], int]:
-        """Transactions for a block template, at most `max_bytes` in total, and their fees.
+        """Transactions for a block template, taking at most `max_bytes` of the block's encoding
+        (`tx_space_in_block`: each with its framing), and their fees.
 
         Ancestor-package selection as in Bitcoin Core: repeatedly take the entry whose package
         (itself plus its not-yet-selected ancestors) pays the best fee rate, with that package,
@@ -792,16 +793,17 @@ class Mempool:
         ancestors: dict[bytes, set[bytes]] = {}
         pkg_fee: dict[bytes, int] = {}
         pkg_size: dict[bytes, int] = {}
+        space = {txid: tx_space_in_block(e.size) for txid, e in entries.items()}
         heap: list[tuple[float, int, bytes]] = []
         for txid, e in entries.items():
             anc = self._ancestors(e.parents) if e.parents else set()
             ancestors[txid] = anc
             fee = e.fee + sum(entries[a].fee for a in anc)
-            size = e.size + sum(entries[a].size for a in anc)
+            size = space[txid] + sum(space[a] for a in anc)
             pkg_fee[txid], pkg_size[txid] = fee, size
             heap.append((-fee / size, e.seq, txid))
         heapq.heapify(heap)
-        smallest = min(e.size for e in entries.values())
+        smallest = min(space.values())
         selected: set[bytes] = set()
         chosen: list[MempoolEntry] = []
         total_size = total_fee = 0
@@ -820,13 +822,13 @@ class Mempool:
             for e in package:
                 selected.add(e.txid)
                 chosen.append(e)
-                total_size += e.size
+                total_size += space[e.txid]
                 total_fee += e.fee
                 for d in self._descendants(e.txid):
                     if d in selected:
                         continue
                     pkg_fee[d] -= e.fee
-                    pkg_size[d] -= e.size
+                    pkg_size[d] -= space[e.txid]
                     heapq.heappush(heap, (-pkg_fee[d] / pkg_size[d], entries[d].seq, d))
         return [e.tx for e in chosen], total_fee
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import consensus.validation
-from consensus.block import Block
+from consensus.block import Block, tx_space_in_block
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.chainstate import AcceptResult, BlockIndex, ChainState
 from consensus.errors import ConsensusError
@@ -268,7 +268,7 @@ def test_select_orders_by_fee_rate_and_child_pays_for_parent() -> None:
     txs, fees = env.pool.select_for_block(room)
     assert txs == [parent, child] and fees == 20_250
     # Room for one: the child cannot go without its parent, so `mid` wins.
-    txs, _ = env.pool.select_for_block(max(mid.size, parent.size))
+    txs, _ = env.pool.select_for_block(tx_space_in_block(max(mid.size, parent.size)))
     assert txs == [mid]
     assert env.pool.select_for_block(10) == ([], 0)
 
