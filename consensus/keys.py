@@ -22,12 +22,41 @@ CHECKSUM_SIZE = 4
 ADDRESS_SEPARATOR = "1"
 
 
+# Ed25519's field prime, and the y coordinates (either sign of x) of the points of small order,
+# as in libsodium's blocklist: under such a "public key" one signature verifies for many
+# messages, so whoever offers one has in effect signed everything in advance.
+_FIELD_PRIME = 2**255 - 19
+_SMALL_ORDER_Y = frozenset(
+    {
+        0,
+        1,
+        _FIELD_PRIME - 1,
+        int.from_bytes(
+            bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+            "little",
+        ),
+        int.from_bytes(
+            bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+            "little",
+        ),
+    }
+)
+
+
 class AddressError(ValueError):
     """A string that is not a valid address of the expected network."""
 
 
 def pubkey_hash(pubkey: bytes) -> bytes:
     return hashlib.sha256(b"powlab-pkh" + pubkey).digest()[:PUBKEY_HASH_SIZE]
+
+
+def is_weak_public_key(pubkey: bytes) -> bool:
+    """A key of small order, or a non-canonical encoding (y not below the field prime, so that
+    one point has two spellings). Wallet policy, not a consensus rule: the RPCs that take other
+    people's keys refuse these."""
+    y = int.from_bytes(pubkey, "little") & ((1 << 255) - 1)
+    return y >= _FIELD_PRIME or y in _SMALL_ORDER_Y
 
 
 def verify_signature(pubkey: bytes, signature: bytes, message: bytes) -> bool:

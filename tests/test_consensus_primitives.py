@@ -14,7 +14,14 @@ from consensus.block import HEADER_SIZE, Block, BlockHeader, decode_block, decod
 from consensus.coins import Coin
 from consensus.errors import ConsensusError, DecodeError
 from consensus.hashing import ZERO_HASH, merkle_root
-from consensus.keys import AddressError, decode_address, encode_address, pubkey_hash
+from consensus.keys import (
+    AddressError,
+    decode_address,
+    encode_address,
+    is_weak_public_key,
+    pubkey_hash,
+    verify_signature,
+)
 from consensus.multisig import MAX_MULTISIG_KEYS, MultisigScript
 from consensus.params import (
     ADDRESS_PREFIXES,
@@ -700,3 +707,17 @@ def test_a_bad_sequence_is_refused(bad: object) -> None:
     obj[1][0][4] = bad
     with pytest.raises(DecodeError, match="sequence"):
         decode_transaction(msgpack.packb(obj, use_bin_type=True), MAX)
+
+
+def test_weak_public_keys_are_recognised() -> None:
+    """Small-order points verify one signature for many messages (checked here with the
+    identity: the same signature verifies two different messages)."""
+    identity = b"\x01" + b"\x00" * 31
+    forged = (b"\x01" + b"\x00" * 31) + b"\x00" * 32  # R = identity, S = 0
+    assert verify_signature(identity, forged, b"pay me") and verify_signature(
+        identity, forged, b"pay you"
+    )
+    assert is_weak_public_key(identity)
+    assert is_weak_public_key(b"\xee" + b"\xff" * 30 + b"\x7f")  # y = p + 1: non-canonical
+    assert is_weak_public_key(b"\x00" * 31 + b"\x80")  # y = 0 with the sign bit: order 4
+    assert not any(is_weak_public_key(key(n).public_key) for n in range(4))

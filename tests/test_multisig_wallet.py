@@ -286,6 +286,12 @@ K = [key(n).public_key.hex() for n in range(4)]
         ((1, [K[0][:62]]), RPC_INVALID_ADDRESS_OR_KEY, ""),
         ((1, [K[0] + "00"]), RPC_INVALID_ADDRESS_OR_KEY, ""),
         ((1, ["zz" * 32]), RPC_INVALID_ADDRESS_OR_KEY, "not hex"),
+        # The identity point (anyone's signature verifies), an order-8 point, and the identity
+        # spelled non-canonically (y = p + 1).
+        ((1, [K[0], "01" + "00" * 31]), RPC_INVALID_ADDRESS_OR_KEY, "small order"),
+        ((1, [K[0], "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"]),
+         RPC_INVALID_ADDRESS_OR_KEY, "small order"),
+        ((1, [K[0], "ee" + "ff" * 30 + "7f"]), RPC_INVALID_ADDRESS_OR_KEY, "non-canonical"),
         ((1, K[0]), INVALID_PARAMS, "list"),
         ((1, [1, 2]), INVALID_PARAMS, ""),
         (("2", K[:2]), INVALID_PARAMS, ""),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.keys import PUBKEY_SIZE
+from consensus.keys import PUBKEY_SIZE, is_weak_public_key
 from consensus.multisig import MAX_MULTISIG_KEYS, MultisigError, MultisigScript
 from node.interface import NodeAPI
 from node.rpc.errors import (
@@ -45,6 +45,12 @@ def _pubkey(text: str) -> bytes:
             RPC_INVALID_ADDRESS_OR_KEY,
             f"Invalid public key: {text[:80]!r} is {len(raw)} bytes, an Ed25519 key is"
             f" {PUBKEY_SIZE} (64 hex characters)",
+        )
+    if is_weak_public_key(raw):
+        raise RPCError(
+            RPC_INVALID_ADDRESS_OR_KEY,
+            f"Invalid public key: {text[:80]!r} is a point of small order or a non-canonical"
+            " encoding; a signature under it proves nothing",
         )
     return raw
 
