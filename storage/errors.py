@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from consensus.addressindex import (
+    AddressDelta,
+    AddressDeltaKey,
+    AddressUnspent,
+    AddressUnspentKey,
+)
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate, IndexRecord
@@ -102,6 +108,43 @@ def check_update(update: ChainUpdate) -> None:
             _check_hash(spender, f"spends[{outpoint}]")
     if update.tip is not None:
         _check_hash(update.tip, "the tip")
+    _check_address_rows(update)
+
+
+def _check_address_rows(update: ChainUpdate) -> None:
+    if update.address_tip is not None:
+        _check_hash(update.address_tip, "the address index tip")
+    if type(update.address_reset) is not bool:
+        raise StorageError(f"address_reset must be a bool, got {_describe(update.address_reset)}")
+    for key, delta in update.address_deltas.items():
+        if not isinstance(key, AddressDeltaKey):
+            raise StorageError(
+                f"an address_deltas key must be an AddressDeltaKey, got {_describe(key)}"
+            )
+        _check_blob(key.pkh, "an address_deltas key's pkh")
+        _check_int(key.height, "an address_deltas key's height", _I64_LIMIT)
+        _check_int(key.blockindex, "an address_deltas key's blockindex", _U32_LIMIT)
+        if type(key.spending) is not bool:
+            raise StorageError(f"address_deltas[{key}].spending must be a bool")
+        _check_int(key.index, "an address_deltas key's index", _U32_LIMIT)
+        if delta is not None:
+            if not isinstance(delta, AddressDelta):
+                raise StorageError(f"address_deltas[{key}] must be an AddressDelta or None")
+            _check_hash(delta.txid, f"address_deltas[{key}].txid")
+            if type(delta.satoshis) is not int or not -_I64_LIMIT < delta.satoshis < _I64_LIMIT:
+                raise StorageError(f"address_deltas[{key}].satoshis must be a 64-bit integer")
+    for ukey, row in update.address_unspent.items():
+        if not isinstance(ukey, AddressUnspentKey):
+            raise StorageError(
+                f"an address_unspent key must be an AddressUnspentKey, got {_describe(ukey)}"
+            )
+        _check_blob(ukey.pkh, "an address_unspent key's pkh")
+        _check_outpoint(ukey.outpoint, "an address_unspent key's outpoint")
+        if row is not None:
+            if not isinstance(row, AddressUnspent):
+                raise StorageError(f"address_unspent[{ukey}] must be an AddressUnspent or None")
+            _check_int(row.satoshis, f"address_unspent[{ukey}].satoshis", _I64_LIMIT)
+            _check_int(row.height, f"address_unspent[{ukey}].height", _I64_LIMIT)
 
 
 def _check_index_rows(index: Mapping[bytes, IndexRecord | None]) -> None:
@@ -127,7 +170,10 @@ def _check_utxo_rows(utxo: Mapping[OutPoint, Coin | None]) -> None:
 
 
 # The chain keys; the node keeps its own entries (peers, settings) beside them.
-RESERVED_META_KEYS = frozenset({"schema_version", "network", "genesis_hash", "tip"})
+ADDRESS_TIP_KEY = "address_index_tip"
+RESERVED_META_KEYS = frozenset(
+    {"schema_version", "network", "genesis_hash", "tip", ADDRESS_TIP_KEY}
+)
 
 
 def check_meta(key: object, value: object) -> None:

@@ -23,9 +23,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from consensus.addressindex import (
+    AddressDelta,
+    AddressDeltaKey,
+    AddressIndexEntry,
+    AddressUnspent,
+    AddressUnspentKey,
+    AddressUtxo,
+)
 from consensus.coins import decode_coin, decode_outpoint, encode_coin, encode_outpoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
-from storage.errors import StorageError, check_meta, check_update
+from storage.errors import ADDRESS_TIP_KEY, StorageError, check_meta, check_update
 
 SCHEMA_VERSION = 1
 FILENAME = "chain.sqlite3"
@@ -68,6 +76,38 @@ _SCHEMA: tuple[str, ...] = (
 )
 
 _KEY_COLUMN = {name: columns[0] for name, columns in _COLUMNS.items()}
+
+# The optional address index (consensus/addressindex.py). Its tables are created at every open
+# when absent, so a file written before they existed opens unchanged and keeps schema version 1:
+# a powlab that does not know them ignores them, and the meta key `address_index_tip` (the block
+# the rows are valid for) tells the next --addressindex start whether they are stale. The key
+# leads with the address, so one address's rows are one contiguous range of the b-tree, already
+# in chain order.
+_ADDRESS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "address_deltas": ("pkh", "height", "blockindex", "spending", "idx", "txid", "satoshis"),
+    "address_unspent": ("pkh", "outpoint", "satoshis", "height"),
+}
+_ADDRESS_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS address_deltas (pkh BLOB NOT NULL, height INTEGER NOT NULL,"
+    " blockindex INTEGER NOT NULL, spending INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " txid BLOB NOT NULL, satoshis INTEGER NOT NULL,"
+    " PRIMARY KEY (pkh, height, blockindex, spending, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS address_unspent (pkh BLOB NOT NULL, outpoint BLOB NOT NULL,"
+    " satoshis INTEGER NOT NULL, height INTEGER NOT NULL, PRIMARY KEY (pkh, outpoint))"
+    " WITHOUT ROWID",
+)
+_DELTA_DELETE = (
+    "DELETE FROM address_deltas WHERE pkh = ? AND height = ? AND blockindex = ?"
+    " AND spending = ? AND idx = ?"
+)
+_DELTA_UPSERT = (
+    "INSERT OR REPLACE INTO address_deltas (pkh, height, blockindex, spending, idx, txid,"
+    " satoshis) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UNSPENT_DELETE = "DELETE FROM address_unspent WHERE pkh = ? AND outpoint = ?"
+_UNSPENT_UPSERT = (
+    "INSERT OR REPLACE INTO address_unspent (pkh, outpoint, satoshis, height) VALUES (?, ?, ?, ?)"
+)
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
 
@@ -137,7 +177,38 @@ def _encode_update(update: ChainUpdate) -> list[_Statement]:
     ]
     if update.tip is not None:
         statements.append((_upsert("meta"), [("tip", update.tip)]))
+    statements.extend(_encode_address_rows(update))
     return [(sql, rows) for sql, rows in statements if rows]
+
+
+def _encode_address_rows(update: ChainUpdate) -> list[_Statement]:
+    statements: list[_Statement] = []
+    if update.address_reset:
+        statements += [("DELETE FROM address_deltas", [()]), ("DELETE FROM address_unspent", [()])]
+    deletes: list[tuple[Any, ...]] = []
+    upserts: list[tuple[Any, ...]] = []
+    for key, delta in update.address_deltas.items():
+        row = (key.pkh, key.height, key.blockindex, int(key.spending), key.index)
+        if delta is None:
+            deletes.append(row)
+        else:
+            upserts.append((*row, delta.txid, delta.satoshis))
+    # Inserting in key order keeps each page of the b-tree hot while it is filled.
+    upserts.sort()
+    statements += [(_DELTA_DELETE, deletes), (_DELTA_UPSERT, upserts)]
+    unspent_deletes: list[tuple[Any, ...]] = []
+    unspent_upserts: list[tuple[Any, ...]] = []
+    for ukey, value in update.address_unspent.items():
+        urow = (ukey.pkh, encode_outpoint(ukey.outpoint))
+        if value is None:
+            unspent_deletes.append(urow)
+        else:
+            unspent_upserts.append((*urow, value.satoshis, value.height))
+    unspent_upserts.sort()
+    statements += [(_UNSPENT_DELETE, unspent_deletes), (_UNSPENT_UPSERT, unspent_upserts)]
+    if update.address_tip is not None:
+        statements.append((_upsert("meta"), [(ADDRESS_TIP_KEY, update.address_tip)]))
+    return statements
 
 
 def _check_existing(path: Path, network: str, genesis_hash: bytes) -> bool:
@@ -202,8 +273,10 @@ def _check_contents(
             f" (genesis {genesis_hash.hex()}); it was left as it is — use another data"
             " directory for this network"
         )
-    for table, expected in _COLUMNS.items():
+    for table, expected in (_COLUMNS | _ADDRESS_COLUMNS).items():
         if table not in tables:
+            if table in _ADDRESS_COLUMNS:
+                continue  # created by the open that follows
             raise _corrupt(path, f"table {table} is missing")
         found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         if found != expected:
@@ -279,6 +352,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             if not initialised:
                 cls._initialise(conn, path, network, genesis_hash)
+            for statement in _ADDRESS_SCHEMA:
+                conn.execute(statement)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -382,6 +457,57 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot close {self.path}: {exc}") from exc
 
+    # -- address index ----------------------------------------------------------------------
+
+    def address_index_tip(self) -> bytes | None:
+        """The block the address rows are valid for (None: never built)."""
+        value = self._get("SELECT value FROM meta WHERE key = ?", ADDRESS_TIP_KEY)
+        return None if value is None else bytes(value)
+
+    def address_deltas(
+        self, pkhs: list[bytes], start: int, end: int, limit: int
+    ) -> list[AddressIndexEntry]:
+        """Rows of `pkhs` at heights start..end (inclusive) in chain order, at most `limit`."""
+        marks = ", ".join("?" for _ in pkhs)
+        rows = self._query(
+            "SELECT pkh, height, blockindex, spending, idx, txid, satoshis FROM address_deltas"
+            f" WHERE pkh IN ({marks}) AND height BETWEEN ? AND ?"
+            " ORDER BY height, blockindex, spending, idx, pkh LIMIT ?",
+            (*pkhs, start, end, limit),
+        )
+        return [
+            AddressIndexEntry(
+                AddressDeltaKey(pkh, height, blockindex, bool(spending), idx),
+                AddressDelta(txid, satoshis),
+            )
+            for pkh, height, blockindex, spending, idx, txid, satoshis in rows
+        ]
+
+    def address_balance(self, pkh: bytes) -> tuple[int, int]:
+        """(balance, received): the sum of the address's deltas, and of its positive ones."""
+        rows = self._query(
+            "SELECT coalesce(sum(satoshis), 0),"
+            " coalesce(sum(CASE WHEN satoshis > 0 THEN satoshis ELSE 0 END), 0)"
+            " FROM address_deltas WHERE pkh = ?",
+            (pkh,),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
+        """Unspent outputs of `pkhs`, oldest first, at most `limit`."""
+        marks = ", ".join("?" for _ in pkhs)
+        rows = self._query(
+            "SELECT pkh, outpoint, satoshis, height FROM address_unspent"
+            f" WHERE pkh IN ({marks}) ORDER BY height, outpoint, pkh LIMIT ?",
+            (*pkhs, limit),
+        )
+        return [
+            AddressUtxo(
+                AddressUnspentKey(pkh, decode_outpoint(outpoint)), AddressUnspent(amount, height)
+            )
+            for pkh, outpoint, amount, height in rows
+        ]
+
     # -- node metadata ----------------------------------------------------------------------
 
     def put_meta(self, key: str, value: bytes | None) -> None:
@@ -417,6 +543,14 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read {self.path}: {exc}") from exc
         return None if row is None else row[0]
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
 
     def _write(self, statements: list[_Statement], action: str) -> None:
         with self._lock:
