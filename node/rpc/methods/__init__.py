@@ -17,10 +17,18 @@ only through :class:`node.interface.NodeAPI`.
 from __future__ import annotations
 
 from node.interface import NodeAPI
-from node.rpc.methods import blockchain, control, mining, network, rawtransactions, wallet
+from node.rpc.methods import (
+    addressindex,
+    blockchain,
+    control,
+    mining,
+    network,
+    rawtransactions,
+    wallet,
+)
 from node.rpc.registry import MethodRegistry
 
-CATEGORY_MODULES = (blockchain, control, mining, network, rawtransactions, wallet)
+CATEGORY_MODULES = (addressindex, blockchain, control, mining, network, rawtransactions, wallet)
 
 
 def build_registry(node: NodeAPI) -> MethodRegistry:
