@@ -41,13 +41,27 @@ def _index(node: NodeAPI) -> AddressIndexReader:
     return index
 
 
-def _addresses(node: NodeAPI, request: Request) -> tuple[list[bytes], dict[bytes, str]]:
-    """The distinct pubkey hashes the request names, in its order, and their address text."""
+_ADDRESSES_ONLY = frozenset({"addresses"})
+_WITH_RANGE = frozenset({"addresses", "start", "end"})
+
+
+def _addresses(
+    node: NodeAPI, request: Request, keys: frozenset[str] = _ADDRESSES_ONLY
+) -> tuple[list[bytes], dict[bytes, str]]:
+    """The distinct pubkey hashes the request names, in its order, and their address text;
+    `keys` are the request keys the method takes (anything else is refused, not ignored)."""
     raw: object = request
+    if not isinstance(request, dict | str):
+        raise RPCError(
+            RPC_INVALID_PARAMETER,
+            f'expected {{"addresses": [...]}} or an address string, got {type(request).__name__}',
+        )
     if isinstance(request, dict):
-        unknown = sorted(set(request) - {"addresses", "start", "end", "chainInfo"})
+        unknown = sorted(str(k)[:40] for k in set(request) - keys)
         if unknown:
-            raise RPCError(RPC_INVALID_PARAMETER, f"unknown keys {unknown}")
+            raise RPCError(
+                RPC_INVALID_PARAMETER, f"unknown keys {unknown}: this method takes {sorted(keys)}"
+            )
         if "addresses" not in request:
             raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Addresses is expected to be an array")
         raw = request["addresses"]
@@ -105,7 +119,7 @@ def _too_many(what: str) -> RPCError:
 
 
 def _deltas(node: NodeAPI, request: Request) -> tuple[list[AddressIndexEntry], dict[bytes, str]]:
-    pkhs, names = _addresses(node, request)
+    pkhs, names = _addresses(node, request, _WITH_RANGE)
     start, end = _height_range(node, request)
     rows = _index(node).address_deltas(pkhs, start, end, MAX_ADDRESS_RESULTS + 1)
     if len(rows) > MAX_ADDRESS_RESULTS:
