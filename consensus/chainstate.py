@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from consensus.addressindex import DeltaRows, UnspentRows, index_block, unindex_block
+from consensus.addressindex import DeltaRows, index_block, unindex_block
 from consensus.block import Block, BlockHeader, decode_block, decode_header
 from consensus.coins import Coin, decode_undo, encode_undo
 from consensus.errors import ConsensusError
@@ -818,7 +818,7 @@ class ChainState:
 
     def _index_addresses(
         self,
-        rows_of: Callable[[Block, int, list[Coin], DeltaRows, UnspentRows], None],
+        rows_of: Callable[[Block, int, list[Coin], DeltaRows], None],
         block: Block,
         height: int,
         undo: list[Coin],
@@ -826,7 +826,7 @@ class ChainState:
     ) -> None:
         journal = self._update
         try:
-            rows_of(block, height, undo, journal.address_deltas, journal.address_unspent)
+            rows_of(block, height, undo, journal.address_deltas)
         except ValueError as exc:
             raise ConsensusError("bad-undo", f"block {block.hash.hex()}: {exc}") from exc
         journal.address_tip = new_tip

@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consensus.addressindex import (
-    AddressIndexEntry,
-    AddressUtxo,
-    DeltaRows,
-    UnspentRows,
-)
+from consensus.addressindex import AddressIndexEntry, AddressUtxo, DeltaRows
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 
@@ -47,13 +42,12 @@ class ChainUpdate:
     # which the index is valid after this update; a store records it with the rows, so a node
     # that ran without the index (and moved the tip) is detected at its next start.
     address_deltas: DeltaRows = field(default_factory=dict)
-    address_unspent: UnspentRows = field(default_factory=dict)
     address_tip: bytes | None = None
     address_reset: bool = False  # drop every address row before applying this update's
 
     def is_empty(self) -> bool:
         address_empty = not (
-            self.address_deltas or self.address_unspent or self.address_tip or self.address_reset
+            self.address_deltas or self.address_tip or self.address_reset
         )
         return (
             address_empty

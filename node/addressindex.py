@@ -84,13 +84,7 @@ def _index_range(
         block = chain.get_block(entry.hash)
         if block is None:
             raise RuntimeError(f"block {entry.hash.hex()} of the active chain is not stored")
-        index_block(
-            block,
-            height,
-            chain.block_undo(entry.hash),
-            update.address_deltas,
-            update.address_unspent,
-        )
+        index_block(block, height, chain.block_undo(entry.hash), update.address_deltas)
         update.address_tip = entry.hash
         if height == end or (height - start + 1) % batch_blocks == 0:
             store.apply(update)

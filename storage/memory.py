@@ -6,14 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TypeVar
 
-from consensus.addressindex import (
-    AddressDelta,
-    AddressDeltaKey,
-    AddressIndexEntry,
-    AddressUnspent,
-    AddressUnspentKey,
-    AddressUtxo,
-)
+from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressIndexEntry, AddressUtxo
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
@@ -52,7 +45,6 @@ class MemoryStore:
         self._spends: dict[OutPoint, bytes] = {}
         self._tip: bytes | None = None
         self._address_deltas: dict[AddressDeltaKey, AddressDelta] = {}
-        self._address_unspent: dict[AddressUnspentKey, AddressUnspent] = {}
         self._address_tip: bytes | None = None
         self._meta: dict[str, bytes] = {}
         self._closed = False
@@ -83,9 +75,7 @@ class MemoryStore:
             self._tip = update.tip
         if update.address_reset:
             self._address_deltas.clear()
-            self._address_unspent.clear()
         _merge(self._address_deltas, update.address_deltas)
-        _merge(self._address_unspent, update.address_unspent)
         if update.address_tip is not None:
             self._address_tip = update.address_tip
 
@@ -118,10 +108,14 @@ class MemoryStore:
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
         self._check_open()
         wanted = set(pkhs)
-        rows = sorted(
-            (AddressUtxo(k, v) for k, v in self._address_unspent.items() if k.pkh in wanted),
-            key=lambda u: (u.value.height, u.key.outpoint.txid, u.key.outpoint.index, u.key.pkh),
-        )
+        rows = [
+            AddressUtxo(k.pkh, outpoint, d.satoshis, k.height)
+            for k, d in self._address_deltas.items()
+            if k.pkh in wanted
+            and not k.spending
+            and (outpoint := OutPoint(d.txid, k.index)) not in self._spends
+        ]
+        rows.sort(key=lambda u: (u.height, u.outpoint.txid, u.outpoint.index, u.pkh))
         return rows[:limit]
 
     def get_block_bytes(self, block_hash: bytes) -> bytes | None:

@@ -23,15 +23,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from consensus.addressindex import (
-    AddressDelta,
-    AddressDeltaKey,
-    AddressIndexEntry,
-    AddressUnspent,
-    AddressUnspentKey,
-    AddressUtxo,
-)
+from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressIndexEntry, AddressUtxo
 from consensus.coins import decode_coin, decode_outpoint, encode_coin, encode_outpoint
+from consensus.tx import OutPoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
 from storage.errors import ADDRESS_TIP_KEY, StorageError, check_meta, check_update
 
@@ -85,16 +79,12 @@ _KEY_COLUMN = {name: columns[0] for name, columns in _COLUMNS.items()}
 # in chain order.
 _ADDRESS_COLUMNS: dict[str, tuple[str, ...]] = {
     "address_deltas": ("pkh", "height", "blockindex", "spending", "idx", "txid", "satoshis"),
-    "address_unspent": ("pkh", "outpoint", "satoshis", "height"),
 }
 _ADDRESS_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS address_deltas (pkh BLOB NOT NULL, height INTEGER NOT NULL,"
     " blockindex INTEGER NOT NULL, spending INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " txid BLOB NOT NULL, satoshis INTEGER NOT NULL,"
     " PRIMARY KEY (pkh, height, blockindex, spending, idx)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS address_unspent (pkh BLOB NOT NULL, outpoint BLOB NOT NULL,"
-    " satoshis INTEGER NOT NULL, height INTEGER NOT NULL, PRIMARY KEY (pkh, outpoint))"
-    " WITHOUT ROWID",
 )
 _DELTA_DELETE = (
     "DELETE FROM address_deltas WHERE pkh = ? AND height = ? AND blockindex = ?"
@@ -104,9 +94,12 @@ _DELTA_UPSERT = (
     "INSERT OR REPLACE INTO address_deltas (pkh, height, blockindex, spending, idx, txid,"
     " satoshis) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_UNSPENT_DELETE = "DELETE FROM address_unspent WHERE pkh = ? AND outpoint = ?"
-_UNSPENT_UPSERT = (
-    "INSERT OR REPLACE INTO address_unspent (pkh, outpoint, satoshis, height) VALUES (?, ?, ?, ?)"
+# An address's unspent outputs: its receiving rows whose outpoint the spends table lacks.
+_UTXO_QUERY = (
+    "SELECT pkh, txid, idx, satoshis, height FROM address_deltas AS d"
+    " WHERE pkh IN ({marks}) AND spending = 0 AND NOT EXISTS"
+    " (SELECT 1 FROM spends WHERE outpoint = powlab_outpoint(d.txid, d.idx))"
+    " ORDER BY height, txid, idx, pkh LIMIT ?"
 )
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
@@ -181,31 +174,25 @@ def _encode_update(update: ChainUpdate) -> list[_Statement]:
     return [(sql, rows) for sql, rows in statements if rows]
 
 
+def _outpoint_key(txid: bytes, index: int) -> bytes:
+    return encode_outpoint(OutPoint(txid, index))
+
+
 def _encode_address_rows(update: ChainUpdate) -> list[_Statement]:
     statements: list[_Statement] = []
     if update.address_reset:
-        statements += [("DELETE FROM address_deltas", [()]), ("DELETE FROM address_unspent", [()])]
+        statements.append(("DELETE FROM address_deltas", [()]))
     deletes: list[tuple[Any, ...]] = []
     upserts: list[tuple[Any, ...]] = []
+    # The key's fields are the columns in order (sqlite3 stores the bool `spending` as 0/1).
     for key, delta in update.address_deltas.items():
-        row = (key.pkh, key.height, key.blockindex, int(key.spending), key.index)
         if delta is None:
-            deletes.append(row)
+            deletes.append(key)
         else:
-            upserts.append((*row, delta.txid, delta.satoshis))
+            upserts.append(key + delta)
     # Inserting in key order keeps each page of the b-tree hot while it is filled.
     upserts.sort()
     statements += [(_DELTA_DELETE, deletes), (_DELTA_UPSERT, upserts)]
-    unspent_deletes: list[tuple[Any, ...]] = []
-    unspent_upserts: list[tuple[Any, ...]] = []
-    for ukey, value in update.address_unspent.items():
-        urow = (ukey.pkh, encode_outpoint(ukey.outpoint))
-        if value is None:
-            unspent_deletes.append(urow)
-        else:
-            unspent_upserts.append((*urow, value.satoshis, value.height))
-    unspent_upserts.sort()
-    statements += [(_UNSPENT_DELETE, unspent_deletes), (_UNSPENT_UPSERT, unspent_upserts)]
     if update.address_tip is not None:
         statements.append((_upsert("meta"), [(ADDRESS_TIP_KEY, update.address_tip)]))
     return statements
@@ -350,6 +337,7 @@ class SQLiteStore:
                 )
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.create_function("powlab_outpoint", 2, _outpoint_key, deterministic=True)
             if not initialised:
                 cls._initialise(conn, path, network, genesis_hash)
             for statement in _ADDRESS_SCHEMA:
@@ -496,16 +484,10 @@ class SQLiteStore:
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
         """Unspent outputs of `pkhs`, oldest first, at most `limit`."""
         marks = ", ".join("?" for _ in pkhs)
-        rows = self._query(
-            "SELECT pkh, outpoint, satoshis, height FROM address_unspent"
-            f" WHERE pkh IN ({marks}) ORDER BY height, outpoint, pkh LIMIT ?",
-            (*pkhs, limit),
-        )
+        rows = self._query(_UTXO_QUERY.format(marks=marks), (*pkhs, limit))
         return [
-            AddressUtxo(
-                AddressUnspentKey(pkh, decode_outpoint(outpoint)), AddressUnspent(amount, height)
-            )
-            for pkh, outpoint, amount, height in rows
+            AddressUtxo(pkh, OutPoint(txid, idx), amount, height)
+            for pkh, txid, idx, amount, height in rows
         ]
 
     # -- node metadata ----------------------------------------------------------------------

@@ -20,12 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus.addressindex import (
-    AddressDelta,
-    AddressDeltaKey,
-    AddressUnspent,
-    AddressUnspentKey,
-)
+from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressUtxo
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate
 from node.addressindex import sync_address_index
@@ -43,11 +38,11 @@ SETTINGS = settings(
 )
 
 
-def dump(store: Any) -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
-    """Every address row of the known owners, as the store's queries return them."""
+def dump(store: Any) -> tuple[list[Any], list[tuple[int, int]]]:
+    """Every address row of the known owners, as the store's queries return them (unspent
+    outputs are derived from the chain's spends index, checked against the UTXO set apart)."""
     return (
         store.address_deltas(OWNERS, 0, EVERYTHING, EVERYTHING),
-        store.address_utxos(OWNERS, EVERYTHING),
         [store.address_balance(p) for p in OWNERS],
     )
 
@@ -57,13 +52,8 @@ def check_index(b: ChainBuilder) -> None:
     fresh = MemoryStore()
     assert sync_address_index(fresh, b.chain, rebuild=True) == "rebuilt"
     assert dump(b.store) == dump(fresh)
-    utxos = {
-        (u.key.pkh, u.key.outpoint): u.value for u in b.store.address_utxos(OWNERS, EVERYTHING)
-    }
-    expected = {
-        (coin.pkh, op): AddressUnspent(coin.amount, coin.height)
-        for op, coin in b.chain.utxo.items()
-    }
+    utxos = set(b.store.address_utxos(OWNERS, EVERYTHING))
+    expected = {AddressUtxo(c.pkh, op, c.amount, c.height) for op, c in b.chain.utxo.items()}
     assert utxos == expected
     balances = {p: b.store.address_balance(p)[0] for p in OWNERS}
     for p in OWNERS:
@@ -165,7 +155,6 @@ def test_a_file_without_the_address_tables_opens_and_gets_them(tmp_path: Path) -
     store.close()
     conn = sqlite3.connect(tmp_path / "chain.sqlite3")
     conn.execute("DROP TABLE address_deltas")
-    conn.execute("DROP TABLE address_unspent")
     conn.commit()
     conn.close()
     store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
@@ -192,9 +181,8 @@ TXID = bytes(32)
         ChainUpdate(
             address_deltas={AddressDeltaKey(pkh(0), 1, 0, False, 0): AddressDelta(TXID, 1 << 63)}
         ),
-        ChainUpdate(address_unspent={AddressUnspentKey(pkh(0), "op"): None}),  # type: ignore[arg-type]
         ChainUpdate(
-            address_unspent={AddressUnspentKey(pkh(0), OutPoint(TXID, 0)): AddressUnspent(-1, 0)}
+            address_deltas={AddressDeltaKey(pkh(0), 1, 0, False, 1 << 32): AddressDelta(TXID, 1)}
         ),
     ],
 )

@@ -179,11 +179,11 @@ def getaddressutxos(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
         raise _too_many("unspent outputs")
     return [
         {
-            "address": names[row.key.pkh],
-            "txid": row.key.outpoint.txid.hex(),
-            "outputIndex": row.key.outpoint.index,
-            "satoshis": row.value.satoshis,
-            "height": row.value.height,
+            "address": names[row.pkh],
+            "txid": row.outpoint.txid.hex(),
+            "outputIndex": row.outpoint.index,
+            "satoshis": row.satoshis,
+            "height": row.height,
         }
         for row in rows
     ]
