@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,9 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressUtxo
+from consensus.keys import AddressError, decode_address, encode_address
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate
 from node.addressindex import sync_address_index
+from node.rpc.errors import RPCError
+from node.wallet import WalletError
 from storage import MemoryStore, SQLiteStore, StorageError
 from tests.helpers import ChainBuilder, pkh
 from tests.test_chain_properties import PARAMS, build_tree
@@ -215,3 +219,39 @@ def test_query_limits_and_ranges(tmp_path: Path) -> None:
         received = sum(r.delta.satoshis for r in rows if r.delta.satoshis > 0)
         assert store.address_balance(pkh(0)) == (sum(r.delta.satoshis for r in rows), received)
         store.close()
+
+
+class _Wallet:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def decode(self, address: str) -> bytes:
+        try:
+            return decode_address(address, self.prefix)
+        except AddressError as exc:
+            raise WalletError(str(exc)) from None
+
+
+def test_rpc_result_bound_asks_for_a_height_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.rpc.methods import addressindex as rpc
+
+    b = indexed_builder(MemoryStore())
+    spend_chain(b, 6)
+    node = SimpleNamespace(
+        address_index=b.store, wallet=_Wallet(PARAMS.address_prefix), chain=b.chain
+    )
+    address = encode_address(PARAMS.address_prefix, pkh(0))
+    everything = rpc.getaddressdeltas(node, {"addresses": [address]})
+    monkeypatch.setattr(rpc, "MAX_ADDRESS_RESULTS", len(everything) - 1)
+    for method in (rpc.getaddressdeltas, rpc.getaddresstxids):
+        with pytest.raises(RPCError) as err:
+            method(node, {"addresses": [address]})
+        assert err.value.code == -8 and "start/end" in err.value.message
+    narrower = rpc.getaddressdeltas(node, {"addresses": [address], "start": 2, "end": 3})
+    assert narrower == [d for d in everything if 2 <= d["height"] <= 3]
+    monkeypatch.setattr(rpc, "MAX_ADDRESS_RESULTS", len(rpc.getaddressutxos(node, address)) - 1)
+    with pytest.raises(RPCError, match="unspent outputs"):
+        rpc.getaddressutxos(node, address)
+    node.address_index = None
+    with pytest.raises(RPCError, match="--addressindex"):
+        rpc.getaddressbalance(node, address)

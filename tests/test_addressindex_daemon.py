@@ -27,6 +27,13 @@ pytestmark = pytest.mark.slow
 
 MATURITY = 100
 TIMEOUT = 60
+METHODS = (
+    "getaddresstxids",
+    "getaddressdeltas",
+    "getaddressbalance",
+    "getaddressutxos",
+    "getaddressmempool",
+)
 
 
 def free_port(host: str) -> int:
@@ -132,7 +139,10 @@ def test_payments_between_two_nodes_reorg_and_restarts(
     b.stop()
     b.args.remove("--addressindex")
     b.start()
-    assert b.rpc_error("getaddressbalance", payee).message == NOT_ENABLED
+    for method in METHODS:
+        for request in (payee, {"addresses": ["garbage"]}):
+            error = b.rpc_error(method, request)
+            assert (error.code, error.message) == (-1, NOT_ENABLED)
     a.rpc("generatetoaddress", 2, payee)
     synced(a, b)
     b.stop()
@@ -181,13 +191,7 @@ def test_hostile_inputs_get_clear_errors(tmp_path: Path) -> None:
             {"addresses": ["x" * 100_000]},
             {"addresses": {"a": 1}},
         ]
-        for method in (
-            "getaddresstxids",
-            "getaddressdeltas",
-            "getaddressbalance",
-            "getaddressutxos",
-            "getaddressmempool",
-        ):
+        for method in METHODS:
             for request in bad_requests:
                 with pytest.raises(RPCError) as err:
                     node.rpc(method, request)

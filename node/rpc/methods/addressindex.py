@@ -119,9 +119,10 @@ def _too_many(what: str) -> RPCError:
 
 
 def _deltas(node: NodeAPI, request: Request) -> tuple[list[AddressIndexEntry], dict[bytes, str]]:
+    index = _index(node)
     pkhs, names = _addresses(node, request, _WITH_RANGE)
     start, end = _height_range(node, request)
-    rows = _index(node).address_deltas(pkhs, start, end, MAX_ADDRESS_RESULTS + 1)
+    rows = index.address_deltas(pkhs, start, end, MAX_ADDRESS_RESULTS + 1)
     if len(rows) > MAX_ADDRESS_RESULTS:
         raise _too_many("entries")
     return rows, names
@@ -160,8 +161,8 @@ def getaddressdeltas(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
 @rpc_method
 def getaddressbalance(node: NodeAPI, request: Request) -> dict[str, int]:
     """The addresses' confirmed balance and everything they ever received (change included)."""
-    pkhs, _ = _addresses(node, request)
     index = _index(node)
+    pkhs, _ = _addresses(node, request)
     balance = received = 0
     for pkh in pkhs:
         b, r = index.address_balance(pkh)
@@ -173,8 +174,9 @@ def getaddressbalance(node: NodeAPI, request: Request) -> dict[str, int]:
 def getaddressutxos(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
     """The addresses' confirmed unspent outputs, oldest first: {address, txid, outputIndex,
     satoshis, height}."""
+    index = _index(node)
     pkhs, names = _addresses(node, request)
-    rows = _index(node).address_utxos(pkhs, MAX_ADDRESS_RESULTS + 1)
+    rows = index.address_utxos(pkhs, MAX_ADDRESS_RESULTS + 1)
     if len(rows) > MAX_ADDRESS_RESULTS:
         raise _too_many("unspent outputs")
     return [
@@ -193,8 +195,8 @@ def getaddressutxos(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
 def getaddressmempool(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
     """Unconfirmed changes to the addresses, in mempool arrival order: {address, txid, index,
     satoshis (negative when spending), timestamp, and for spends prevtxid, prevout}."""
-    pkhs, names = _addresses(node, request)
     _index(node)  # the same switch as the confirmed history, as in Bitcore
+    pkhs, names = _addresses(node, request)
     wanted = set(pkhs)
     mempool = node.mempool
     found: list[dict[str, Any]] = []
