@@ -78,7 +78,12 @@ class BlockReader(Protocol):
 
 
 class AddressIndexReader(Protocol):
-    """Queries of the address index, answered from disk (the index is never loaded whole)."""
+    """Queries of the address index, answered from disk (the index is never loaded whole).
+
+    `address_deltas` and `address_utxos` return every match in chain order when at most `limit`
+    match, else `limit` of them: callers ask for one more row than they serve, to detect that.
+    `address_balance` is (balance, received): the sum of the deltas and of the positive ones.
+    """
 
     def address_index_tip(self) -> bytes | None: ...
 

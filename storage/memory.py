@@ -108,15 +108,15 @@ class MemoryStore:
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
         self._check_open()
         wanted = set(pkhs)
-        rows = [
-            AddressUtxo(k.pkh, outpoint, d.satoshis, k.height)
+        rows = sorted(
+            (k.height, k.blockindex, k.index, k.pkh, d.txid, d.satoshis)
             for k, d in self._address_deltas.items()
-            if k.pkh in wanted
-            and not k.spending
-            and (outpoint := OutPoint(d.txid, k.index)) not in self._spends
+            if k.pkh in wanted and not k.spending and OutPoint(d.txid, k.index) not in self._spends
+        )
+        return [
+            AddressUtxo(pkh, OutPoint(txid, index), satoshis, height)
+            for height, _, index, pkh, txid, satoshis in rows[:limit]
         ]
-        rows.sort(key=lambda u: (u.height, u.outpoint.txid, u.outpoint.index, u.pkh))
-        return rows[:limit]
 
     def get_block_bytes(self, block_hash: bytes) -> bytes | None:
         self._check_open()

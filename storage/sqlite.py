@@ -96,10 +96,10 @@ _DELTA_UPSERT = (
 )
 # An address's unspent outputs: its receiving rows whose outpoint the spends table lacks.
 _UTXO_QUERY = (
-    "SELECT pkh, txid, idx, satoshis, height FROM address_deltas AS d"
-    " WHERE pkh IN ({marks}) AND spending = 0 AND NOT EXISTS"
+    "SELECT height, blockindex, idx, txid, satoshis FROM address_deltas AS d"
+    " WHERE pkh = ? AND spending = 0 AND NOT EXISTS"
     " (SELECT 1 FROM spends WHERE outpoint = powlab_outpoint(d.txid, d.idx))"
-    " ORDER BY height, txid, idx, pkh LIMIT ?"
+    " ORDER BY height, blockindex, spending, idx LIMIT ?"
 )
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
@@ -172,6 +172,11 @@ def _encode_update(update: ChainUpdate) -> list[_Statement]:
         statements.append((_upsert("meta"), [("tip", update.tip)]))
     statements.extend(_encode_address_rows(update))
     return [(sql, rows) for sql, rows in statements if rows]
+
+
+def _chain_order(entry: AddressIndexEntry) -> tuple[Any, ...]:
+    key = entry.key
+    return (key.height, key.blockindex, key.spending, key.index, key.pkh)
 
 
 def _outpoint_key(txid: bytes, index: int) -> bytes:
@@ -455,21 +460,32 @@ class SQLiteStore:
     def address_deltas(
         self, pkhs: list[bytes], start: int, end: int, limit: int
     ) -> list[AddressIndexEntry]:
-        """Rows of `pkhs` at heights start..end (inclusive) in chain order, at most `limit`."""
-        marks = ", ".join("?" for _ in pkhs)
-        rows = self._query(
-            "SELECT pkh, height, blockindex, spending, idx, txid, satoshis FROM address_deltas"
-            f" WHERE pkh IN ({marks}) AND height BETWEEN ? AND ?"
-            " ORDER BY height, blockindex, spending, idx, pkh LIMIT ?",
-            (*pkhs, start, end, limit),
-        )
-        return [
-            AddressIndexEntry(
-                AddressDeltaKey(pkh, height, blockindex, bool(spending), idx),
-                AddressDelta(txid, satoshis),
+        """Rows of `pkhs` at heights start..end (inclusive) in chain order, if at most `limit`
+        match; else `limit` of them (callers ask for one more than they serve, to detect that).
+
+        One query per address, each walking its range of the primary key in order and stopping
+        at the limit: never more than `limit` rows are read, however busy the addresses.
+        """
+        found: list[AddressIndexEntry] = []
+        for pkh in pkhs:
+            rows = self._query(
+                "SELECT height, blockindex, spending, idx, txid, satoshis FROM address_deltas"
+                " WHERE pkh = ? AND height BETWEEN ? AND ?"
+                " ORDER BY height, blockindex, spending, idx LIMIT ?",
+                (pkh, start, end, limit - len(found)),
             )
-            for pkh, height, blockindex, spending, idx, txid, satoshis in rows
-        ]
+            found.extend(
+                AddressIndexEntry(
+                    AddressDeltaKey(pkh, height, blockindex, bool(spending), idx),
+                    AddressDelta(txid, satoshis),
+                )
+                for height, blockindex, spending, idx, txid, satoshis in rows
+            )
+            if len(found) >= limit:
+                break
+        if len(pkhs) > 1:  # one address's rows come in chain order already
+            found.sort(key=_chain_order)
+        return found
 
     def address_balance(self, pkh: bytes) -> tuple[int, int]:
         """(balance, received): the sum of the address's deltas, and of its positive ones."""
@@ -482,13 +498,21 @@ class SQLiteStore:
         return int(rows[0][0]), int(rows[0][1])
 
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
-        """Unspent outputs of `pkhs`, oldest first, at most `limit`."""
-        marks = ", ".join("?" for _ in pkhs)
-        rows = self._query(_UTXO_QUERY.format(marks=marks), (*pkhs, limit))
-        return [
-            AddressUtxo(pkh, OutPoint(txid, idx), amount, height)
-            for pkh, txid, idx, amount, height in rows
-        ]
+        """Unspent outputs of `pkhs` in chain order, if at most `limit`; else `limit` of them."""
+        found: list[tuple[tuple[Any, ...], AddressUtxo]] = []
+        for pkh in pkhs:
+            rows = self._query(_UTXO_QUERY, (pkh, limit - len(found)))
+            found.extend(
+                (
+                    (height, blockindex, idx, pkh),
+                    AddressUtxo(pkh, OutPoint(txid, idx), amount, height),
+                )
+                for height, blockindex, idx, txid, amount in rows
+            )
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda pair: pair[0])
+        return [utxo for _, utxo in found]
 
     # -- node metadata ----------------------------------------------------------------------
 
