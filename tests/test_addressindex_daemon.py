@@ -230,6 +230,23 @@ def test_cli_history_and_watch_through_a_reorg(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         shown = json.loads(done.stdout)
+        bad = subprocess.run(
+            [sys.executable, "-m", "lab", "address", "history", "rpow1nonsense", *endpoint],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=REPO,
+        )
+        assert bad.returncode == 1 and "Invalid address" in bad.stderr
+        text = subprocess.run(
+            [sys.executable, "-m", "lab", "address", "history", payee, *endpoint],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=REPO,
+        )
+        assert text.returncode == 0 and f"{first}  +3000  height {MATURITY + 2}" in text.stdout
+        assert "6 conf  final" in text.stdout
         assert shown["address"] == payee and shown["finality_depth"] == 6
         [entry] = shown["entries"]
         assert entry == {
