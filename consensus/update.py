@@ -46,9 +46,7 @@ class ChainUpdate:
     address_reset: bool = False  # drop every address row before applying this update's
 
     def is_empty(self) -> bool:
-        address_empty = not (
-            self.address_deltas or self.address_tip or self.address_reset
-        )
+        address_empty = not (self.address_deltas or self.address_tip or self.address_reset)
         return (
             address_empty
             and not (

@@ -15,6 +15,8 @@ Around every commit it prints::
     committed <height> <tip hash hex>    (`store.apply` returned)
 
 and ``done`` at the end, so the parent knows which tips the store may hold after a SIGKILL.
+With ``--addressindex`` after DATADIR it also keeps the address index, as the node does (its log
+then goes to stderr).
 """
 
 from __future__ import annotations
