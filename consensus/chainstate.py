@@ -13,9 +13,10 @@ shorter chain of harder blocks beats a longer chain of easy ones.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from consensus.addressindex import DeltaRows, index_block, unindex_block
 from consensus.block import Block, BlockHeader, decode_block, decode_header
 from consensus.coins import Coin, decode_undo, encode_undo
 from consensus.errors import ConsensusError
@@ -189,6 +190,9 @@ class ChainState:
         self.check_pow = check_pow
         self.finality_depth = finality_depth or params.finality_depth
         self.enforce_finality = enforce_finality
+        # Journal address-index rows with every connect/disconnect. The node switches it on only
+        # once the stored index matches the tip (see node/addressindex.py), never at load.
+        self.address_index = False
         self.max_orphan_blocks = max_orphan_blocks
         self.signature_cache = (
             signature_cache
@@ -781,6 +785,8 @@ class ChainState:
                     self.spends[txin.outpoint] = txid
                     journal.spends[txin.outpoint] = txid
         journal.undo[entry.hash] = encode_undo(undo)
+        if self.address_index:
+            self._index_addresses(index_block, block, entry.height, undo, entry.hash)
         self._remember_undo(entry.hash, undo)
         entry.status |= BlockStatus.VALID
         self._dirty.add(entry)
@@ -799,6 +805,8 @@ class ChainState:
             raise ConsensusError("invalid-genesis", "cannot disconnect the genesis block")
         block = self._load_block(entry.hash)
         undo = self._load_undo(entry.hash)
+        if self.address_index:
+            self._index_addresses(unindex_block, block, entry.height, undo, entry.prev.hash)
         utxo, journal = self.utxo, self._update
         for tx in reversed(block.txs):
             txid = tx.txid
@@ -820,6 +828,25 @@ class ChainState:
             raise ConsensusError("bad-undo", f"undo data of {entry.hash.hex()} does not match")
         self.active.pop()
         journal.tip = entry.prev.hash
+
+    def _index_addresses(
+        self,
+        rows_of: Callable[[Block, int, list[Coin], DeltaRows], None],
+        block: Block,
+        height: int,
+        undo: list[Coin],
+        new_tip: bytes,
+    ) -> None:
+        journal = self._update
+        try:
+            rows_of(block, height, undo, journal.address_deltas)
+        except ValueError as exc:
+            raise ConsensusError("bad-undo", f"block {block.hash.hex()}: {exc}") from exc
+        journal.address_tip = new_tip
+
+    def block_undo(self, block_hash: bytes) -> list[Coin]:
+        """The coins the block's inputs spent, in input order (from the store or the cache)."""
+        return self._load_undo(block_hash)
 
     def _mark_failed(self, entry: BlockIndex, flag: int) -> None:
         entry.status |= flag

@@ -126,6 +126,12 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_address(args: argparse.Namespace) -> int:
+    from lab.address import history_command
+
+    return history_command(_endpoint(args), args.address, args.watch, args.json, args.interval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="powlab",
@@ -164,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
     watch.add_argument("--timeout", type=float, help="give up after this many seconds")
     watch.set_defaults(func=_cmd_watch)
+
+    address = sub.add_parser("address", help="an address's history (needs --addressindex)")
+    asub = address.add_subparsers(dest="address_command", required=True, metavar="ACTION")
+    history = asub.add_parser(
+        "history", help="transactions of ADDR with confirmations, final/pending; --watch follows"
+        " reorgs live"
+    )
+    add_endpoint_arguments(history)
+    history.add_argument("address")
+    history.add_argument("--watch", action="store_true",
+                         help="keep following the address (reorgs included) until Ctrl-C")
+    history.add_argument("--json", action="store_true", help="JSON: one object, or one per line"
+                         " with --watch")
+    history.add_argument("--interval", type=float, default=0.5,
+                         help="seconds between polls with --watch")
+    address.set_defaults(func=_cmd_address)
 
     from lab.simulate.cli import add_simulate_parser
 

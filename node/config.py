@@ -89,6 +89,8 @@ class NodeConfig:
     mining_address: str | None = None
     finality_depth: int | None = None
     enforce_finality: bool = False
+    addressindex: bool = False
+    reindex_addresses: bool = False
     log_format: LogFormat | None = None
     log_level: LogLevel = "info"
     rpc_user: str | None = None
@@ -178,6 +180,11 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("enforce_finality", "bool",
             "refuse reorganisations that would disconnect finality-depth or more blocks "
             "(revert a final transaction)"),
+    _Option("addressindex", "bool",
+            "keep an index of every address's history on disk (getaddress* RPCs); built from "
+            "the stored blocks at start when missing or stale"),
+    _Option("reindex_addresses", "bool",
+            "rebuild the address index from scratch at start (implies --addressindex)"),
     _Option("log_format", "choice",
             "log format (default: console on a terminal, json otherwise)", choices=LOG_FORMATS),
     _Option("log_level", "choice", "minimum log level", choices=LOG_LEVELS),

@@ -37,11 +37,13 @@ from consensus.mempool import Mempool, MempoolConflict
 from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE, ChainParams
 from consensus.tx import OutPoint, Transaction, decode_transaction
 from consensus.txstatus import TxStatus, transaction_status
+from consensus.update import AddressIndexReader
 from consensus.validation import (
     SignatureCache,
     check_transaction,
     check_tx_signatures,
 )
+from node.addressindex import sync_address_index
 from node.config import NodeConfig, parse_host_port, parse_peer
 from node.datadir import DataDirLock
 from node.events import EventHub
@@ -109,6 +111,8 @@ class Node:
         self._recent: OrderedDict[bytes, Transaction] = OrderedDict()
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None
+        # The store, when --addressindex keeps the address index current (else None).
+        self.address_index: AddressIndexReader | None = None
         self.chain: ChainState
         self.mempool: Mempool
         self.wallet: Wallet
@@ -189,6 +193,10 @@ class Node:
             verify_batch=self.verifier,
         )
         self._commit()
+        if self.config.addressindex or self.config.reindex_addresses:
+            sync_address_index(self.store, self.chain, rebuild=self.config.reindex_addresses)
+            self.chain.address_index = True
+            self.address_index = self.store
         self.mempool = Mempool(
             self.params,
             max_bytes=self.config.max_mempool_bytes,
@@ -406,6 +414,7 @@ class Node:
 
     def _close_state(self) -> None:
         self.verifier.close()
+        self.address_index = None
         if self.store is not None:
             self.store.close()
             self.store = None

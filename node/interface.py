@@ -20,6 +20,7 @@ from consensus.mempool import AcceptOutcome, Mempool
 from consensus.params import ChainParams
 from consensus.tx import Transaction
 from consensus.txstatus import TxStatus
+from consensus.update import AddressIndexReader
 from node.config import NodeConfig
 from node.miner.pool import MinerPool
 from node.wallet import Wallet
@@ -88,6 +89,10 @@ class NodeAPI(MiningHost, Protocol):
 
     @property
     def finality_depth(self) -> int: ...
+
+    @property
+    def address_index(self) -> AddressIndexReader | None:
+        """The on-disk address index when the node runs with --addressindex, else None."""
 
     # -- time
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from consensus.addressindex import AddressDelta, AddressDeltaKey
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate, IndexRecord
@@ -102,6 +103,37 @@ def check_update(update: ChainUpdate) -> None:
             _check_hash(spender, f"spends[{outpoint}]")
     if update.tip is not None:
         _check_hash(update.tip, "the tip")
+    _check_address_rows(update)
+
+
+def _check_address_rows(update: ChainUpdate) -> None:
+    if update.address_tip is not None:
+        _check_hash(update.address_tip, "the address index tip")
+    if type(update.address_reset) is not bool:
+        raise StorageError(f"address_reset must be a bool, got {_describe(update.address_reset)}")
+    # A block writes hundreds of rows: each is checked with cheap tests inline and only a
+    # failure is described (naming a row costs more than checking it).
+    for key, delta in update.address_deltas.items():
+        if not (
+            type(key) is AddressDeltaKey
+            and type(key.pkh) is bytes
+            and type(key.height) is int
+            and 0 <= key.height < _I64_LIMIT
+            and type(key.blockindex) is int
+            and 0 <= key.blockindex < _U32_LIMIT
+            and type(key.spending) is bool
+            and type(key.index) is int
+            and 0 <= key.index < _U32_LIMIT
+        ):
+            raise StorageError(f"malformed address_deltas key {_describe(key)}")
+        if delta is not None and not (
+            type(delta) is AddressDelta
+            and type(delta.txid) is bytes
+            and len(delta.txid) == HASH_SIZE
+            and type(delta.satoshis) is int
+            and -_I64_LIMIT < delta.satoshis < _I64_LIMIT
+        ):
+            raise StorageError(f"malformed address_deltas[{key}]: {_describe(delta)}")
 
 
 def _check_index_rows(index: Mapping[bytes, IndexRecord | None]) -> None:
@@ -127,7 +159,10 @@ def _check_utxo_rows(utxo: Mapping[OutPoint, Coin | None]) -> None:
 
 
 # The chain keys; the node keeps its own entries (peers, settings) beside them.
-RESERVED_META_KEYS = frozenset({"schema_version", "network", "genesis_hash", "tip"})
+ADDRESS_TIP_KEY = "address_index_tip"
+RESERVED_META_KEYS = frozenset(
+    {"schema_version", "network", "genesis_hash", "tip", ADDRESS_TIP_KEY}
+)
 
 
 def check_meta(key: object, value: object) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TypeVar
 
+from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressIndexEntry, AddressUtxo
 from consensus.coins import Coin
 from consensus.tx import OutPoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
@@ -43,6 +44,8 @@ class MemoryStore:
         self._tx_index: dict[bytes, bytes] = {}
         self._spends: dict[OutPoint, bytes] = {}
         self._tip: bytes | None = None
+        self._address_deltas: dict[AddressDeltaKey, AddressDelta] = {}
+        self._address_tip: bytes | None = None
         self._meta: dict[str, bytes] = {}
         self._closed = False
 
@@ -70,6 +73,50 @@ class MemoryStore:
         _merge(self._spends, update.spends)
         if update.tip is not None:
             self._tip = update.tip
+        if update.address_reset:
+            self._address_deltas.clear()
+        _merge(self._address_deltas, update.address_deltas)
+        if update.address_tip is not None:
+            self._address_tip = update.address_tip
+
+    # -- address index (scans: fine for tests, which is all this store is for) -----------------
+
+    def address_index_tip(self) -> bytes | None:
+        self._check_open()
+        return self._address_tip
+
+    def address_deltas(
+        self, pkhs: list[bytes], start: int, end: int, limit: int
+    ) -> list[AddressIndexEntry]:
+        self._check_open()
+        wanted = set(pkhs)
+        rows = sorted(
+            (
+                AddressIndexEntry(k, d)
+                for k, d in self._address_deltas.items()
+                if k.pkh in wanted and start <= k.height <= end
+            ),
+            key=lambda e: (e.key.height, e.key.blockindex, e.key.spending, e.key.index, e.key.pkh),
+        )
+        return rows[:limit]
+
+    def address_balance(self, pkh: bytes) -> tuple[int, int]:
+        self._check_open()
+        amounts = [d.satoshis for k, d in self._address_deltas.items() if k.pkh == pkh]
+        return sum(amounts), sum(a for a in amounts if a > 0)
+
+    def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
+        self._check_open()
+        wanted = set(pkhs)
+        rows = sorted(
+            (k.height, k.blockindex, k.index, k.pkh, d.txid, d.satoshis)
+            for k, d in self._address_deltas.items()
+            if k.pkh in wanted and not k.spending and OutPoint(d.txid, k.index) not in self._spends
+        )
+        return [
+            AddressUtxo(pkh, OutPoint(txid, index), satoshis, height)
+            for height, _, index, pkh, txid, satoshis in rows[:limit]
+        ]
 
     def get_block_bytes(self, block_hash: bytes) -> bytes | None:
         self._check_open()

@@ -23,9 +23,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressIndexEntry, AddressUtxo
 from consensus.coins import decode_coin, decode_outpoint, encode_coin, encode_outpoint
+from consensus.tx import OutPoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
-from storage.errors import StorageError, check_meta, check_update
+from storage.errors import ADDRESS_TIP_KEY, StorageError, check_meta, check_update
 
 SCHEMA_VERSION = 1
 FILENAME = "chain.sqlite3"
@@ -68,6 +70,37 @@ _SCHEMA: tuple[str, ...] = (
 )
 
 _KEY_COLUMN = {name: columns[0] for name, columns in _COLUMNS.items()}
+
+# The optional address index (consensus/addressindex.py). Its tables are created at every open
+# when absent, so a file written before they existed opens unchanged and keeps schema version 1:
+# a powlab that does not know them ignores them, and the meta key `address_index_tip` (the block
+# the rows are valid for) tells the next --addressindex start whether they are stale. The key
+# leads with the address, so one address's rows are one contiguous range of the b-tree, already
+# in chain order.
+_ADDRESS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "address_deltas": ("pkh", "height", "blockindex", "spending", "idx", "txid", "satoshis"),
+}
+_ADDRESS_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS address_deltas (pkh BLOB NOT NULL, height INTEGER NOT NULL,"
+    " blockindex INTEGER NOT NULL, spending INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " txid BLOB NOT NULL, satoshis INTEGER NOT NULL,"
+    " PRIMARY KEY (pkh, height, blockindex, spending, idx)) WITHOUT ROWID",
+)
+_DELTA_DELETE = (
+    "DELETE FROM address_deltas WHERE pkh = ? AND height = ? AND blockindex = ?"
+    " AND spending = ? AND idx = ?"
+)
+_DELTA_UPSERT = (
+    "INSERT OR REPLACE INTO address_deltas (pkh, height, blockindex, spending, idx, txid,"
+    " satoshis) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# An address's unspent outputs: its receiving rows whose outpoint the spends table lacks.
+_UTXO_QUERY = (
+    "SELECT height, blockindex, idx, txid, satoshis FROM address_deltas AS d"
+    " WHERE pkh = ? AND spending = 0 AND NOT EXISTS"
+    " (SELECT 1 FROM spends WHERE outpoint = powlab_outpoint(d.txid, d.idx))"
+    " ORDER BY height, blockindex, spending, idx LIMIT ?"
+)
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
 
@@ -137,7 +170,37 @@ def _encode_update(update: ChainUpdate) -> list[_Statement]:
     ]
     if update.tip is not None:
         statements.append((_upsert("meta"), [("tip", update.tip)]))
+    statements.extend(_encode_address_rows(update))
     return [(sql, rows) for sql, rows in statements if rows]
+
+
+def _chain_order(entry: AddressIndexEntry) -> tuple[Any, ...]:
+    key = entry.key
+    return (key.height, key.blockindex, key.spending, key.index, key.pkh)
+
+
+def _outpoint_key(txid: bytes, index: int) -> bytes:
+    return encode_outpoint(OutPoint(txid, index))
+
+
+def _encode_address_rows(update: ChainUpdate) -> list[_Statement]:
+    statements: list[_Statement] = []
+    if update.address_reset:
+        statements.append(("DELETE FROM address_deltas", [()]))
+    deletes: list[tuple[Any, ...]] = []
+    upserts: list[tuple[Any, ...]] = []
+    # The key's fields are the columns in order (sqlite3 stores the bool `spending` as 0/1).
+    for key, delta in update.address_deltas.items():
+        if delta is None:
+            deletes.append(key)
+        else:
+            upserts.append(key + delta)
+    # Inserting in key order keeps each page of the b-tree hot while it is filled.
+    upserts.sort()
+    statements += [(_DELTA_DELETE, deletes), (_DELTA_UPSERT, upserts)]
+    if update.address_tip is not None:
+        statements.append((_upsert("meta"), [(ADDRESS_TIP_KEY, update.address_tip)]))
+    return statements
 
 
 def _check_existing(path: Path, network: str, genesis_hash: bytes) -> bool:
@@ -202,8 +265,10 @@ def _check_contents(
             f" (genesis {genesis_hash.hex()}); it was left as it is — use another data"
             " directory for this network"
         )
-    for table, expected in _COLUMNS.items():
+    for table, expected in (_COLUMNS | _ADDRESS_COLUMNS).items():
         if table not in tables:
+            if table in _ADDRESS_COLUMNS:
+                continue  # created by the open that follows
             raise _corrupt(path, f"table {table} is missing")
         found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         if found != expected:
@@ -277,8 +342,11 @@ class SQLiteStore:
                 )
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.create_function("powlab_outpoint", 2, _outpoint_key, deterministic=True)
             if not initialised:
                 cls._initialise(conn, path, network, genesis_hash)
+            for statement in _ADDRESS_SCHEMA:
+                conn.execute(statement)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -382,6 +450,70 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot close {self.path}: {exc}") from exc
 
+    # -- address index ----------------------------------------------------------------------
+
+    def address_index_tip(self) -> bytes | None:
+        """The block the address rows are valid for (None: never built)."""
+        value = self._get("SELECT value FROM meta WHERE key = ?", ADDRESS_TIP_KEY)
+        return None if value is None else bytes(value)
+
+    def address_deltas(
+        self, pkhs: list[bytes], start: int, end: int, limit: int
+    ) -> list[AddressIndexEntry]:
+        """Rows of `pkhs` at heights start..end (inclusive) in chain order, if at most `limit`
+        match; else `limit` of them (callers ask for one more than they serve, to detect that).
+
+        One query per address, each walking its range of the primary key in order and stopping
+        at the limit: never more than `limit` rows are read, however busy the addresses.
+        """
+        found: list[AddressIndexEntry] = []
+        for pkh in pkhs:
+            rows = self._query(
+                "SELECT height, blockindex, spending, idx, txid, satoshis FROM address_deltas"
+                " WHERE pkh = ? AND height BETWEEN ? AND ?"
+                " ORDER BY height, blockindex, spending, idx LIMIT ?",
+                (pkh, start, end, limit - len(found)),
+            )
+            found.extend(
+                AddressIndexEntry(
+                    AddressDeltaKey(pkh, height, blockindex, bool(spending), idx),
+                    AddressDelta(txid, satoshis),
+                )
+                for height, blockindex, spending, idx, txid, satoshis in rows
+            )
+            if len(found) >= limit:
+                break
+        if len(pkhs) > 1:  # one address's rows come in chain order already
+            found.sort(key=_chain_order)
+        return found
+
+    def address_balance(self, pkh: bytes) -> tuple[int, int]:
+        """(balance, received): the sum of the address's deltas, and of its positive ones."""
+        rows = self._query(
+            "SELECT coalesce(sum(satoshis), 0),"
+            " coalesce(sum(CASE WHEN satoshis > 0 THEN satoshis ELSE 0 END), 0)"
+            " FROM address_deltas WHERE pkh = ?",
+            (pkh,),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
+        """Unspent outputs of `pkhs` in chain order, if at most `limit`; else `limit` of them."""
+        found: list[tuple[tuple[Any, ...], AddressUtxo]] = []
+        for pkh in pkhs:
+            rows = self._query(_UTXO_QUERY, (pkh, limit - len(found)))
+            found.extend(
+                (
+                    (height, blockindex, idx, pkh),
+                    AddressUtxo(pkh, OutPoint(txid, idx), amount, height),
+                )
+                for height, blockindex, idx, txid, amount in rows
+            )
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda pair: pair[0])
+        return [utxo for _, utxo in found]
+
     # -- node metadata ----------------------------------------------------------------------
 
     def put_meta(self, key: str, value: bytes | None) -> None:
@@ -417,6 +549,14 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read {self.path}: {exc}") from exc
         return None if row is None else row[0]
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
 
     def _write(self, statements: list[_Statement], action: str) -> None:
         with self._lock:

@@ -15,6 +15,8 @@ Around every commit it prints::
     committed <height> <tip hash hex>    (`store.apply` returned)
 
 and ``done`` at the end, so the parent knows which tips the store may hold after a SIGKILL.
+With ``--addressindex`` after DATADIR it also keeps the address index, as the node does (its log
+then goes to stderr).
 """
 
 from __future__ import annotations
@@ -152,11 +154,16 @@ def build_script(seed: int = SCRIPT_SEED, steps: int = STEPS) -> Script:
     return _ScriptWriter(seed).write(steps)
 
 
-def main(datadir: Path) -> None:
+def main(datadir: Path, addressindex: bool = False) -> None:
     script = build_script()
     with open_store(datadir, PARAMS) as store:
         chain = ChainState(PARAMS, store, store.load())
         store.apply(chain.take_update())  # genesis, on a fresh store
+        if addressindex:  # as the node does with --addressindex (tests/test_addressindex_crash)
+            from node.addressindex import sync_address_index
+
+            sync_address_index(store, chain)
+            chain.address_index = True
         for block in script.blocks:
             # Blocks committed before a restart come back as duplicates with an empty update.
             chain.accept_block(block, NOW)
@@ -171,4 +178,9 @@ def main(datadir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if "--addressindex" in sys.argv[2:]:
+        import structlog
+
+        # The parent reads this process's stdout line by line: the log goes elsewhere.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    main(Path(sys.argv[1]), "--addressindex" in sys.argv[2:])

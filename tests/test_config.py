@@ -103,6 +103,8 @@ PRECEDENCE_CASES = {
                        ("addr-f", "addr-e", "addr-a")),
     "finality_depth": ("6", "10", ["--finality-depth", "100"], (6, 10, 100)),
     "enforce_finality": ("true", "no", ["--enforce-finality"], (True, False, True)),
+    "addressindex": ("true", "no", ["--addressindex"], (True, False, True)),
+    "reindex_addresses": ("true", "no", ["--reindex-addresses"], (True, False, True)),
     "log_format": ('"json"', "console", ["--log-format", "json"],
                    ("json", "console", "json")),
     "log_level": ('"debug"', "warning", ["--log-level", "error"],

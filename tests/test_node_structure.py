@@ -88,6 +88,10 @@ async def test_node_and_miner_implement_the_protocols(tmp_path: Path) -> None:
 
 # The `help` groups as they were when the methods lived in one closure: unchanged.
 EXPECTED_GROUPS = {
+    "addressindex": {
+        "getaddresstxids", "getaddressbalance", "getaddressutxos", "getaddressdeltas",
+        "getaddressmempool",
+    },
     "blockchain": {
         "getblockchaininfo", "getblockcount", "getbestblockhash", "getblockhash", "getblock",
         "getblockheader", "getchaintips", "invalidateblock", "reconsiderblock", "submitblock",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from node.interface import NodeAPI
 from node.rpc.methods import (
+    addressindex,
     blockchain,
     control,
     mining,
@@ -28,7 +29,16 @@ from node.rpc.methods import (
 )
 from node.rpc.registry import MethodRegistry
 
-CATEGORY_MODULES = (blockchain, control, mining, multisig, network, rawtransactions, wallet)
+CATEGORY_MODULES = (
+    addressindex,
+    blockchain,
+    control,
+    mining,
+    multisig,
+    network,
+    rawtransactions,
+    wallet,
+)
 
 
 def build_registry(node: NodeAPI) -> MethodRegistry:
