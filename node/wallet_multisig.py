@@ -22,6 +22,7 @@ from consensus.keys import pubkey_hash, verify_signature
 from consensus.multisig import MultisigScript
 from consensus.tx import OutPoint, Transaction, TxIn
 from node.wallet import Wallet, WalletCoin
+from node.wallet_errors import WalletWriteError
 
 # Scripts addmultisigaddress may make the wallet watch (each is saved in wallet.dat and checked
 # against every coin of the UTXO set by listunspent).
@@ -53,7 +54,11 @@ def watch(wallet: Wallet, script: MultisigScript) -> None:
             f"the wallet already watches {MAX_WATCHED_SCRIPTS} multisig scripts (the limit)"
         )
     wallet.multisig[lock] = script
-    wallet.save()
+    try:
+        wallet.save()
+    except WalletWriteError:
+        del wallet.multisig[lock]  # never watch in memory what a restart would forget
+        raise
 
 
 def held_keys(wallet: Wallet, script: MultisigScript) -> int:
