@@ -221,6 +221,9 @@ def _unsigned_reason(txin: TxIn, coin: Coin, digest: bytes) -> str | None:
         if txin.multisig.script_hash != coin.pkh:
             return "Multisig script does not match the coin's address"
         filled = sum(1 for s in valid_slots(txin.multisig, txin.signature_slots, digest) if s)
+        if filled != sum(1 for s in txin.signature_slots if s):
+            # Consensus checks every filled slot: one bad signature spoils the input.
+            return "A signature slot holds a signature that does not verify for its key"
         if filled != txin.multisig.required:
             return (
                 f"Signing incomplete: {filled} valid of the {txin.multisig.required}"
