@@ -4,11 +4,19 @@ bug that was found and fixed, or a suspicion that was checked and ruled out."""
 from __future__ import annotations
 
 import errno
+import struct
+import zlib
+from pathlib import Path
 from typing import Any
+
+import msgpack
+import pytest
 
 from consensus.tx import decode_transaction
 from node.rpc.errors import RPC_VERIFY_REJECTED, RPC_WALLET_ERROR
 from node.wallet import Wallet
+from node.wallet_errors import WalletError
+from node.wallet_journal import JOURNAL_FILE
 from tests.test_multisig_wallet import PARAMS, Net, escrow, net, spend_raw
 
 __all__ = ["net"]  # the fixture, used by name
@@ -58,3 +66,38 @@ def test_a_foreign_signature_in_a_spare_slot_is_not_reported_complete(net: Net) 
         fixed = net.rpc("c", "signrawtransactionwithwallet", hexed)
         assert fixed["complete"] is True and fixed["hex"] == done
     assert net.rpc("d", "sendrawtransaction", done) == tx.txid.hex()
+
+
+def _frame(entry: object) -> bytes:
+    payload = msgpack.packb(entry, use_bin_type=True)
+    return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_a_corrupt_journal_frame_followed_by_others_is_refused_not_cut_off(
+    tmp_path: Path,
+) -> None:
+    """A torn append leaves only the last frame short; a bad frame with entries after it is
+    corruption, and cutting it off at the next append would lose the keys that follow."""
+    wallet = Wallet.open(tmp_path, PARAMS)
+    wallet.new_address()  # the first write makes wallet.dat
+    keys = [wallet.decode(wallet.new_address()) for _ in range(3)]
+    log = tmp_path / JOURNAL_FILE
+    good = log.read_bytes()
+    assert Wallet.open(tmp_path, PARAMS).keys.keys() >= set(keys)
+
+    corrupt = bytearray(good)
+    corrupt[12] ^= 0xFF  # inside the first frame's payload
+    wrong_type = _frame([1, 2]) + good  # checksummed, but not an entry
+    for hostile in (bytes(corrupt), wrong_type):
+        log.write_bytes(hostile)
+        with pytest.raises(WalletError, match="corrupt at byte 0"):
+            Wallet.open(tmp_path, PARAMS)
+        assert log.read_bytes() == hostile  # left as it is
+
+    # A torn last frame (short, or a length running past the end) is still just ignored.
+    for tail in (_frame({"drop": b"x" * 40})[:-3], struct.pack(">II", 0xFFFFFFFF, 0) + b"ab"):
+        log.write_bytes(good + tail)
+        reopened = Wallet.open(tmp_path, PARAMS)
+        assert reopened.keys.keys() >= set(keys)
+        reopened.new_address()
+        assert log.read_bytes().startswith(good) and tail not in log.read_bytes()
