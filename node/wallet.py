@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
@@ -34,6 +36,8 @@ __all__ = [
     "WalletError",
     "WalletWriteError",
 ]
+
+log = structlog.get_logger("powlab.wallet")
 
 DEFAULT_WALLET_FEE_RATE = 2  # smallest units per byte: above the default relay minimum
 
@@ -116,14 +120,24 @@ class Wallet:
 
     def _append(self, entries: list[dict[str, Any]]) -> None:
         """Make `entries` durable: appended to the journal and fsynced (the first write of a
-        new wallet, and a journal past MAX_JOURNAL_BYTES, rewrite wallet.dat instead)."""
-        if not self.path.exists() or self.journal.size > MAX_JOURNAL_BYTES:
+        new wallet rewrites wallet.dat instead); past MAX_JOURNAL_BYTES the journal is then
+        folded into wallet.dat."""
+        if not self.path.exists():
             self.save()
             return
         try:
             self.journal.append(entries)
         except OSError as exc:
             raise WalletWriteError(f"could not write {self.journal.path}: {exc}") from exc
+        if self.journal.size > MAX_JOURNAL_BYTES:
+            # Folded only once the entries are in the journal too: a crash before the journal
+            # is emptied replays it over wallet.dat, and it must end in the state wallet.dat
+            # holds (an earlier drop of a payment made again must not win).
+            try:
+                self.save()
+            except WalletWriteError as exc:
+                # The entries are durable in the journal; the next write folds again.
+                log.warning("wallet_fold_failed", error=str(exc))
 
     def flush(self) -> None:
         """Make what was noted in memory only (received transactions, the scan marker)

@@ -13,13 +13,16 @@ import msgpack
 import pytest
 
 from consensus.tx import decode_transaction
+from node.daemon import Node
 from node.rpc.errors import RPC_VERIFY_REJECTED, RPC_WALLET_ERROR
 from node.wallet import Wallet
 from node.wallet_errors import WalletError
 from node.wallet_journal import JOURNAL_FILE
+from tests.helpers import key
 from tests.test_multisig_wallet import PARAMS, Net, escrow, net, spend_raw
+from tests.test_wallet_safety import funded, node
 
-__all__ = ["net"]  # the fixture, used by name
+__all__ = ["net", "node"]  # the fixtures, used by name
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
 
@@ -101,3 +104,24 @@ def test_a_corrupt_journal_frame_followed_by_others_is_refused_not_cut_off(
         assert reopened.keys.keys() >= set(keys)
         reopened.new_address()
         assert log.read_bytes().startswith(good) and tail not in log.read_bytes()
+
+
+async def test_a_crash_after_a_fold_does_not_replay_a_stale_drop_over_wallet_dat(
+    node: Node, monkeypatch: Any
+) -> None:
+    """A payment refused (dropped) and then made again, identical (same coins, deterministic
+    signatures), by the write that folds the journal into wallet.dat: a crash before the
+    journal is emptied must not replay the old drop over the payment wallet.dat holds."""
+    await funded(node)
+    wallet, chain = node.wallet, node.chain
+    payment = wallet.create_payment(chain, node.mempool, key(7).public_key[:20], 5000)
+    wallet.record_payment(payment, 1, chain)
+    wallet.forget_refused(payment.txid)  # as sendtoaddress does when the mempool refuses
+    again = wallet.create_payment(chain, node.mempool, key(7).public_key[:20], 5000)
+    assert again.txid == payment.txid
+    monkeypatch.setattr("node.wallet.MAX_JOURNAL_BYTES", 0)  # this write folds
+    monkeypatch.setattr(wallet.journal, "clear", lambda: None)  # killed before emptying
+    wallet.record_payment(again, 2, chain)
+    reopened = Wallet.open(node.datadir, node.params)
+    assert payment.txid in reopened.history
+    assert reopened.locked_outpoints(chain) == {i.outpoint for i in payment.inputs}
