@@ -107,7 +107,11 @@ class Wallet:
             key = PrivateKey(entry["key"])
             self.keys[pubkey_hash(key.public_key)] = key
         if "tx" in entry:
-            self.history.restore(WalletTx.from_record(entry["tx"], max_size))
+            record = WalletTx.from_record(entry["tx"], max_size)
+            if record.sent:
+                # Journalled each time it is made: the latest entry undoes an earlier abandon.
+                self.history.drop(record.tx.txid)
+            self.history.restore(record)
         for txid in entry.get("abandon", ()):
             record = self.history.get(txid)
             if record is not None:
@@ -324,11 +328,16 @@ class Wallet:
         coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
         fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
         record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
-        self.history.add(record, self.settled_in(chain))
+        # An abandoned payment made again, identical (its inputs were freed, coin selection
+        # and signatures are deterministic): it is a pending payment anew, not abandoned.
+        previous = self.history.drop(tx.txid)
         try:
+            self.history.add(record, self.settled_in(chain))
             self._append([{"tx": record.to_record()}])
-        except WalletWriteError:
+        except WalletError:
             self.history.drop(tx.txid)
+            if previous is not None:
+                self.history.restore(previous)
             raise
 
     def note_tx(self, tx: Transaction, now: int, chain: ChainState) -> bool:

@@ -12,15 +12,17 @@ from typing import Any
 import msgpack
 import pytest
 
+from consensus.params import REGTEST
 from consensus.tx import decode_transaction
 from node.daemon import Node
 from node.rpc.errors import RPC_VERIFY_REJECTED, RPC_WALLET_ERROR
 from node.wallet import Wallet
 from node.wallet_errors import WalletError
 from node.wallet_journal import JOURNAL_FILE
+from node.wallet_sync import resubmit
 from tests.helpers import key
 from tests.test_multisig_wallet import PARAMS, Net, escrow, net, spend_raw
-from tests.test_wallet_safety import funded, node
+from tests.test_wallet_safety import funded, inputs_of, lose_mempool, node
 
 __all__ = ["net", "node"]  # the fixtures, used by name
 
@@ -125,3 +127,28 @@ async def test_a_crash_after_a_fold_does_not_replay_a_stale_drop_over_wallet_dat
     reopened = Wallet.open(node.datadir, node.params)
     assert payment.txid in reopened.history
     assert reopened.locked_outpoints(chain) == {i.outpoint for i in payment.inputs}
+
+
+async def test_an_abandoned_payment_made_again_identical_is_pending_not_abandoned(
+    node: Node,
+) -> None:
+    """Abandoning frees the inputs; the next payment of the same amount to the same payee
+    picks the same coins and signs deterministically, so it has the abandoned one's txid. It
+    went out, so it must be locked and resubmitted, in memory and after a restart."""
+    rpc = await funded(node)
+    payee = key(7).address(REGTEST.address_prefix)
+    txid = await rpc("sendtoaddress", payee, 5000)
+    lose_mempool(node)
+    await rpc("abandontransaction", txid)
+    assert node.wallet.locked_outpoints(node.chain) == set()
+    assert await rpc("sendtoaddress", payee, 5000) == txid
+    for wallet in (node.wallet, Wallet.open(node.datadir, REGTEST)):
+        record = wallet.history.get(bytes.fromhex(txid))
+        assert record is not None and not record.abandoned
+        assert wallet.locked_outpoints(node.chain) == inputs_of(node, txid)
+    assert not (await rpc("gettransaction", txid))["abandoned"]
+    lose_mempool(node)
+    # Not spent twice: the next payment picks other coins, and the first is offered again.
+    other = await rpc("sendtoaddress", payee, 5000)
+    assert not inputs_of(node, other) & inputs_of(node, txid)
+    assert resubmit(node)["accepted"] == 1 and txid in await rpc("getrawmempool")
