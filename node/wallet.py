@@ -305,14 +305,29 @@ class Wallet:
     # ----------------------------------------------------------------- transactions
 
     def settled_in(self, chain: ChainState) -> Settled:
-        def settled(tx: Transaction) -> bool:
-            if chain.tx_block(tx.txid) is not None:
-                return True
-            for txin in tx.inputs:
-                spender = chain.spender(txin.outpoint)
-                if spender is not None and spender != tx.txid:
-                    return True
+        def conflicted(tx: Transaction) -> bool:
+            # A confirmed spend of one of its inputs, or of an input of an unconfirmed
+            # ancestor the wallet knows (a payment of a coin whose receipt was double-spent
+            # away can never confirm either: bitcoind's MarkConflicted does the same).
+            todo, seen = [tx], {tx.txid}
+            while todo:
+                current = todo.pop()
+                for txin in current.inputs:
+                    spender = chain.spender(txin.outpoint)
+                    if spender is not None and spender != current.txid:
+                        return True
+                    parent = self.history.get(txin.prev_txid)
+                    if (
+                        parent is not None
+                        and txin.prev_txid not in seen
+                        and chain.tx_block(txin.prev_txid) is None
+                    ):
+                        seen.add(txin.prev_txid)
+                        todo.append(parent.tx)
             return False
+
+        def settled(tx: Transaction) -> bool:
+            return chain.tx_block(tx.txid) is not None or conflicted(tx)
 
         return settled
 

@@ -13,11 +13,12 @@ import msgpack
 import pytest
 
 from consensus.params import REGTEST
-from consensus.tx import decode_transaction
+from consensus.tx import OutPoint, Transaction, TxIn, TxOut, decode_transaction
 from node.daemon import Node
 from node.rpc.errors import RPC_VERIFY_REJECTED, RPC_WALLET_ERROR
 from node.wallet import Wallet
 from node.wallet_errors import WalletError
+from node.wallet_history import WalletTx
 from node.wallet_journal import JOURNAL_FILE
 from node.wallet_sync import resubmit
 from tests.helpers import key
@@ -152,3 +153,42 @@ async def test_an_abandoned_payment_made_again_identical_is_pending_not_abandone
     other = await rpc("sendtoaddress", payee, 5000)
     assert not inputs_of(node, other) & inputs_of(node, txid)
     assert resubmit(node)["accepted"] == 1 and txid in await rpc("getrawmempool")
+
+
+class _Chain:
+    """What settling looks at: which block holds a transaction, which spends an outpoint."""
+
+    def __init__(self, blocks: dict[bytes, bytes], spends: dict[OutPoint, bytes]) -> None:
+        self.blocks, self.spends = blocks, spends
+
+    def tx_block(self, txid: bytes) -> bytes | None:
+        return self.blocks.get(txid)
+
+    def spender(self, outpoint: OutPoint) -> bytes | None:
+        return self.spends.get(outpoint)
+
+
+def test_a_payment_of_a_coin_whose_receipt_was_double_spent_away_settles(
+    tmp_path: Path,
+) -> None:
+    """We received X, paid P1 out of it and P2 out of P1's change; a reorg confirmed X', a
+    double spend of X's input, instead. P1 and P2 can never confirm: settled (conflicted), not
+    locked nor resubmitted every interval for ever, nor holding MAX_WALLET_TXS slots."""
+    wallet = Wallet.open(tmp_path, REGTEST)
+    ours = wallet.decode(wallet.new_address())
+    funding = OutPoint(b"\x01" * 32, 0)
+    x = Transaction([TxIn(funding.txid, 0, b"", b"")], [TxOut(10_000, ours)])
+    p1 = Transaction([TxIn(x.txid, 0, b"", b"")], [TxOut(4_000, b"\x07" * 20), TxOut(5_000, ours)])
+    p2 = Transaction([TxIn(p1.txid, 1, b"", b"")], [TxOut(4_000, b"\x07" * 20)])
+    x_block: Any = _Chain({x.txid: b"\xbb" * 32}, {funding: x.txid})
+    wallet.note_tx(x, 1, x_block)
+    for payment in (p1, p2):
+        wallet.history.add(WalletTx(payment, 2, sent=True), wallet.settled_in(x_block))
+    assert len(wallet.history.pending(wallet.settled_in(x_block))) == 2
+
+    double_spent: Any = _Chain({}, {funding: b"\x0d" * 32})
+    assert wallet.history.pending(wallet.settled_in(double_spent)) == []
+    assert wallet.locked_outpoints(double_spent) == set()
+    # Unconfirmed but unconflicted (the reorg only put X back in the mempool): still pending.
+    back_in_mempool: Any = _Chain({}, {})
+    assert len(wallet.history.pending(wallet.settled_in(back_in_mempool))) == 2
