@@ -15,14 +15,19 @@ import pytest
 from consensus.params import REGTEST
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, decode_transaction
 from node.daemon import Node
-from node.rpc.errors import RPC_VERIFY_REJECTED, RPC_WALLET_ERROR
+from node.rpc.errors import (
+    RPC_INVALID_PARAMETER,
+    RPC_VERIFY_REJECTED,
+    RPC_WALLET_ERROR,
+    RPC_WALLET_INSUFFICIENT_FUNDS,
+)
 from node.wallet import Wallet
 from node.wallet_errors import WalletError
 from node.wallet_history import WalletTx
 from node.wallet_journal import JOURNAL_FILE
 from node.wallet_sync import resubmit
 from tests.helpers import key
-from tests.test_multisig_wallet import PARAMS, Net, escrow, net, spend_raw
+from tests.test_multisig_wallet import FUNDING, PARAMS, Net, escrow, net, spend_raw
 from tests.test_wallet_safety import funded, inputs_of, lose_mempool, node
 
 __all__ = ["net", "node"]  # the fixtures, used by name
@@ -192,3 +197,65 @@ def test_a_payment_of_a_coin_whose_receipt_was_double_spent_away_settles(
     # Unconfirmed but unconflicted (the reorg only put X back in the mempool): still pending.
     back_in_mempool: Any = _Chain({}, {})
     assert len(wallet.history.pending(wallet.settled_in(back_in_mempool))) == 2
+
+
+# ----------------------------------------------------------------------------- ruled out
+
+
+def test_a_multisig_coin_the_wallet_could_spend_alone_is_not_in_its_balance(net: Net) -> None:
+    keys = [net.pubkey("b"), net.pubkey("b"), net.pubkey("c")]
+    created = net.rpc("b", "addmultisigaddress", 2, keys)
+    assert net.rpc("b", "getaddressinfo", created["address"])["ismine"]
+    net.fund("a", created["address"])
+    [listed] = [u for u in net.rpc("b", "listunspent") if u["address"] == created["address"]]
+    assert listed["spendable"] and listed["amount"] == FUNDING
+    assert net.rpc("b", "getbalance") == 0 and net.rpc("b", "getbalance", 0) == 0
+    error = net.error("b", "sendtoaddress", net.rpc("c", "getnewaddress"), 1000)
+    assert error.code == RPC_WALLET_INSUFFICIENT_FUNDS
+
+
+def test_combine_refuses_copies_differing_only_in_a_sequence_or_the_lock_time(net: Net) -> None:
+    created, _ = escrow(net)
+    coin = net.fund("a", created["address"])
+    raw = spend_raw(net, coin)
+    by_a = net.rpc("a", "signrawtransactionwithwallet", raw)["hex"]
+    by_b = net.rpc("b", "signrawtransactionwithwallet", raw)["hex"]
+    tx = decode_transaction(bytes.fromhex(by_b), PARAMS.max_block_size)
+    variants = (
+        tx.with_inputs([tx.inputs[0]._replace(sequence=7)]),
+        Transaction(tx.inputs, tx.outputs, tx.version, locktime=1),
+        Transaction(tx.inputs, tx.outputs, version=2, locktime=tx.locktime),
+        Transaction(tx.inputs, [tx.outputs[0]._replace(amount=tx.outputs[0].amount - 1)]),
+    )
+    for variant in variants:
+        error = net.error("a", "combinerawtransaction", [by_a, variant.encode().hex()])
+        assert error.code == RPC_INVALID_PARAMETER and "not the same transaction" in error.message
+        # b's signature does not carry over to the variant: not complete, refused on relay.
+        combined = net.rpc("a", "combinerawtransaction", [variant.encode().hex()])
+        signed = decode_transaction(bytes.fromhex(combined), PARAMS.max_block_size)
+        assert sum(1 for slot in signed.inputs[0].signature_slots if slot) == 0
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"tx": 5},
+        {"tx": {"raw": b"garbage", "time": 1}},
+        {"tx": {"raw": None, "time": 1}},
+        {"abandon": 5},
+        {"key": b"short"},
+        {"scanned": "ab"},
+        {"scanned": [1]},
+    ],
+)
+def test_hostile_journal_entries_refuse_the_wallet_with_a_clear_error(
+    tmp_path: Path, entry: dict[str, Any]
+) -> None:
+    wallet = Wallet.open(tmp_path, PARAMS)
+    wallet.new_address()
+    with open(tmp_path / JOURNAL_FILE, "ab") as fh:
+        fh.write(_frame(entry))
+    before = (tmp_path / JOURNAL_FILE).read_bytes()
+    with pytest.raises(WalletError, match="unreadable"):
+        Wallet.open(tmp_path, PARAMS)
+    assert (tmp_path / JOURNAL_FILE).read_bytes() == before
