@@ -73,6 +73,13 @@ class Wallet:
         wallet = cls(datadir / WALLET_FILE, params)
         if wallet.path.exists():
             wallet._load()
+        elif wallet.journal.path.exists() and wallet.journal.path.stat().st_size > 0:
+            # Never left by a crash (wallet.dat is written before any append): the first
+            # write of a new wallet would empty it, keys and all.
+            raise WalletError(
+                f"{wallet.journal.path} holds wallet changes but {wallet.path} is missing;"
+                " both were left as they are"
+            )
         return wallet
 
     def _load(self) -> None:

@@ -21,7 +21,7 @@ from node.rpc.errors import (
     RPC_WALLET_ERROR,
     RPC_WALLET_INSUFFICIENT_FUNDS,
 )
-from node.wallet import Wallet
+from node.wallet import WALLET_FILE, Wallet
 from node.wallet_errors import WalletError
 from node.wallet_history import WalletTx
 from node.wallet_journal import JOURNAL_FILE
@@ -259,3 +259,18 @@ def test_hostile_journal_entries_refuse_the_wallet_with_a_clear_error(
     with pytest.raises(WalletError, match="unreadable"):
         Wallet.open(tmp_path, PARAMS)
     assert (tmp_path / JOURNAL_FILE).read_bytes() == before
+
+
+def test_a_journal_without_its_wallet_dat_is_refused_not_emptied(tmp_path: Path) -> None:
+    """A user who removed or failed to restore wallet.dat: the first write of a new wallet
+    would otherwise empty wallet.log and the keys in it."""
+    wallet = Wallet.open(tmp_path, PARAMS)
+    wallet.new_address()
+    wallet.new_address()  # in the journal only
+    (tmp_path / WALLET_FILE).unlink()
+    before = (tmp_path / JOURNAL_FILE).read_bytes()
+    with pytest.raises(WalletError, match="is missing"):
+        Wallet.open(tmp_path, PARAMS)
+    assert (tmp_path / JOURNAL_FILE).read_bytes() == before
+    (tmp_path / JOURNAL_FILE).write_bytes(b"")  # an empty journal is nothing to lose
+    assert Wallet.open(tmp_path, PARAMS).keys == {}
