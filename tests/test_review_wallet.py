@@ -274,3 +274,27 @@ def test_a_journal_without_its_wallet_dat_is_refused_not_emptied(tmp_path: Path)
     assert (tmp_path / JOURNAL_FILE).read_bytes() == before
     (tmp_path / JOURNAL_FILE).write_bytes(b"")  # an empty journal is nothing to lose
     assert Wallet.open(tmp_path, PARAMS).keys == {}
+
+
+async def test_a_fold_that_fails_after_the_append_still_sends_and_keeps_the_payment(
+    node: Node, monkeypatch: Any
+) -> None:
+    """The payment is durable once appended; a full disk during the fold that follows must
+    not report "nothing was sent" for a payment a restart would resubmit."""
+    rpc = await funded(node)
+    payee = key(7).address(REGTEST.address_prefix)
+    monkeypatch.setattr("node.wallet.MAX_JOURNAL_BYTES", 0)
+
+    def full(*_: Any) -> None:
+        raise FULL
+
+    monkeypatch.setattr("node.wallet_file.write_atomic", full)
+    txid = await rpc("sendtoaddress", payee, 5000)
+    assert txid in await rpc("getrawmempool")
+    assert node.wallet.journal.path.stat().st_size > 0  # not folded
+    assert bytes.fromhex(txid) in Wallet.open(node.datadir, REGTEST).history
+    monkeypatch.undo()
+    monkeypatch.setattr("node.wallet.MAX_JOURNAL_BYTES", 0)
+    await rpc("getnewaddress")  # the next write folds
+    assert node.wallet.journal.path.stat().st_size == 0
+    assert bytes.fromhex(txid) in Wallet.open(node.datadir, REGTEST).history
