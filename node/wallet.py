@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
@@ -34,6 +36,8 @@ __all__ = [
     "WalletError",
     "WalletWriteError",
 ]
+
+log = structlog.get_logger("powlab.wallet")
 
 DEFAULT_WALLET_FEE_RATE = 2  # smallest units per byte: above the default relay minimum
 
@@ -69,6 +73,13 @@ class Wallet:
         wallet = cls(datadir / WALLET_FILE, params)
         if wallet.path.exists():
             wallet._load()
+        elif wallet.journal.path.exists() and wallet.journal.path.stat().st_size > 0:
+            # Never left by a crash (wallet.dat is written before any append): the first
+            # write of a new wallet would empty it, keys and all.
+            raise WalletError(
+                f"{wallet.journal.path} holds wallet changes but {wallet.path} is missing;"
+                " both were left as they are"
+            )
         return wallet
 
     def _load(self) -> None:
@@ -103,7 +114,11 @@ class Wallet:
             key = PrivateKey(entry["key"])
             self.keys[pubkey_hash(key.public_key)] = key
         if "tx" in entry:
-            self.history.restore(WalletTx.from_record(entry["tx"], max_size))
+            record = WalletTx.from_record(entry["tx"], max_size)
+            if record.sent:
+                # Journalled each time it is made: the latest entry undoes an earlier abandon.
+                self.history.drop(record.tx.txid)
+            self.history.restore(record)
         for txid in entry.get("abandon", ()):
             record = self.history.get(txid)
             if record is not None:
@@ -116,14 +131,24 @@ class Wallet:
 
     def _append(self, entries: list[dict[str, Any]]) -> None:
         """Make `entries` durable: appended to the journal and fsynced (the first write of a
-        new wallet, and a journal past MAX_JOURNAL_BYTES, rewrite wallet.dat instead)."""
-        if not self.path.exists() or self.journal.size > MAX_JOURNAL_BYTES:
+        new wallet rewrites wallet.dat instead); past MAX_JOURNAL_BYTES the journal is then
+        folded into wallet.dat."""
+        if not self.path.exists():
             self.save()
             return
         try:
             self.journal.append(entries)
         except OSError as exc:
             raise WalletWriteError(f"could not write {self.journal.path}: {exc}") from exc
+        if self.journal.size > MAX_JOURNAL_BYTES:
+            # Folded only once the entries are in the journal too: a crash before the journal
+            # is emptied replays it over wallet.dat, and it must end in the state wallet.dat
+            # holds (an earlier drop of a payment made again must not win).
+            try:
+                self.save()
+            except WalletWriteError as exc:
+                # The entries are durable in the journal; the next write folds again.
+                log.warning("wallet_fold_failed", error=str(exc))
 
     def flush(self) -> None:
         """Make what was noted in memory only (received transactions, the scan marker)
@@ -287,14 +312,29 @@ class Wallet:
     # ----------------------------------------------------------------- transactions
 
     def settled_in(self, chain: ChainState) -> Settled:
-        def settled(tx: Transaction) -> bool:
-            if chain.tx_block(tx.txid) is not None:
-                return True
-            for txin in tx.inputs:
-                spender = chain.spender(txin.outpoint)
-                if spender is not None and spender != tx.txid:
-                    return True
+        def conflicted(tx: Transaction) -> bool:
+            # A confirmed spend of one of its inputs, or of an input of an unconfirmed
+            # ancestor the wallet knows (a payment of a coin whose receipt was double-spent
+            # away can never confirm either: bitcoind's MarkConflicted does the same).
+            todo, seen = [tx], {tx.txid}
+            while todo:
+                current = todo.pop()
+                for txin in current.inputs:
+                    spender = chain.spender(txin.outpoint)
+                    if spender is not None and spender != current.txid:
+                        return True
+                    parent = self.history.get(txin.prev_txid)
+                    if (
+                        parent is not None
+                        and txin.prev_txid not in seen
+                        and chain.tx_block(txin.prev_txid) is None
+                    ):
+                        seen.add(txin.prev_txid)
+                        todo.append(parent.tx)
             return False
+
+        def settled(tx: Transaction) -> bool:
+            return chain.tx_block(tx.txid) is not None or conflicted(tx)
 
         return settled
 
@@ -310,11 +350,16 @@ class Wallet:
         coins = [chain.coin(i.outpoint) for i in tx.inputs]  # create_payment spends confirmed
         fee = sum(c.amount for c in coins if c is not None) - tx.total_out()
         record = WalletTx(tx, now, sent=True, change_vout=change, fee=fee)
-        self.history.add(record, self.settled_in(chain))
+        # An abandoned payment made again, identical (its inputs were freed, coin selection
+        # and signatures are deterministic): it is a pending payment anew, not abandoned.
+        previous = self.history.drop(tx.txid)
         try:
+            self.history.add(record, self.settled_in(chain))
             self._append([{"tx": record.to_record()}])
-        except WalletWriteError:
+        except WalletError:
             self.history.drop(tx.txid)
+            if previous is not None:
+                self.history.restore(previous)
             raise
 
     def note_tx(self, tx: Transaction, now: int, chain: ChainState) -> bool:

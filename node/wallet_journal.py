@@ -37,7 +37,8 @@ class Journal:
         self.size = 0  # bytes of whole, valid frames: where the next append goes
 
     def read(self) -> list[dict[str, Any]]:
-        """The entries up to the first torn or corrupt frame."""
+        """The entries up to a torn last frame; ValueError when a frame before the last one is
+        corrupt (a torn append only ever leaves the last one short or mismatched)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -48,11 +49,20 @@ class Journal:
         while offset + _FRAME.size <= len(data):
             length, crc = _FRAME.unpack_from(data, offset)
             start, end = offset + _FRAME.size, offset + _FRAME.size + length
-            if end > len(data) or zlib.crc32(data[start:end]) != crc:
+            if end > len(data):
+                break
+            if zlib.crc32(data[start:end]) != crc:
+                if end < len(data):
+                    # Not a torn tail: cutting here at the next append would silently throw
+                    # away the acknowledged entries (keys, payments) that follow.
+                    raise ValueError(
+                        f"{self.path.name} is corrupt at byte {offset} (checksum mismatch, "
+                        f"{len(data) - end} bytes follow)"
+                    )
                 break
             entry = msgpack.unpackb(data[start:end])
             if not isinstance(entry, dict):
-                break
+                raise ValueError(f"{self.path.name} is corrupt at byte {offset} (not an entry)")
             entries.append(entry)
             offset = end
         self.size = offset

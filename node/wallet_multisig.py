@@ -22,6 +22,7 @@ from consensus.keys import pubkey_hash, verify_signature
 from consensus.multisig import MultisigScript
 from consensus.tx import OutPoint, Transaction, TxIn
 from node.wallet import Wallet, WalletCoin
+from node.wallet_errors import WalletWriteError
 
 # Scripts addmultisigaddress may make the wallet watch (each is saved in wallet.dat and checked
 # against every coin of the UTXO set by listunspent).
@@ -53,7 +54,11 @@ def watch(wallet: Wallet, script: MultisigScript) -> None:
             f"the wallet already watches {MAX_WATCHED_SCRIPTS} multisig scripts (the limit)"
         )
     wallet.multisig[lock] = script
-    wallet.save()
+    try:
+        wallet.save()
+    except WalletWriteError:
+        del wallet.multisig[lock]  # never watch in memory what a restart would forget
+        raise
 
 
 def held_keys(wallet: Wallet, script: MultisigScript) -> int:
@@ -216,6 +221,9 @@ def _unsigned_reason(txin: TxIn, coin: Coin, digest: bytes) -> str | None:
         if txin.multisig.script_hash != coin.pkh:
             return "Multisig script does not match the coin's address"
         filled = sum(1 for s in valid_slots(txin.multisig, txin.signature_slots, digest) if s)
+        if filled != sum(1 for s in txin.signature_slots if s):
+            # Consensus checks every filled slot: one bad signature spoils the input.
+            return "A signature slot holds a signature that does not verify for its key"
         if filled != txin.multisig.required:
             return (
                 f"Signing incomplete: {filled} valid of the {txin.multisig.required}"

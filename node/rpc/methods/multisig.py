@@ -21,6 +21,7 @@ from node.rpc.errors import (
 )
 from node.rpc.methods.common import address_encoder, address_pkh, decode_tx
 from node.rpc.registry import rpc_method
+from node.wallet_errors import WalletWriteError
 from node.wallet_multisig import (
     MAX_COMBINE_TRANSACTIONS,
     MultisigWalletError,
@@ -115,6 +116,8 @@ def addmultisigaddress(node: NodeAPI, nrequired: int, keys: list[str]) -> dict[s
         watch(wallet, script)
     except MultisigWalletError as exc:
         raise RPCError(RPC_WALLET_ERROR, str(exc)) from None
+    except WalletWriteError as exc:
+        raise RPCError(RPC_WALLET_ERROR, f"{exc}; the address is not watched") from None
     return _describe(node, script)
 
 
