@@ -11,7 +11,10 @@ entered its mempool), which leaves storage and bookkeeping, so the index's share
 
 Lookup: an address with 10,000 index rows (5,000 payments at distinct heights, 5,000 spends)
 beside the rows of the 112 blocks; timed `address_deltas` (the rows getaddressdeltas and
-getaddresstxids read) and `address_balance` (getaddressbalance) through the store.
+getaddresstxids read), `address_balance` (getaddressbalance) and `address_utxos`
+(getaddressutxos) through the store, with the rows folded into `address_deltas` and with them
+staged (storage/addressstaging.py); and a lookup of an address without rows while the staging
+table is full, the search every query pays.
 
 Usage: python benchmarks/bench_addressindex.py [--repeat N]
 """

@@ -28,7 +28,7 @@ from consensus.update import ChainUpdate
 
 # The bound on staged rows (not counting one update's own rows, which are staged before the fold
 # that follows them): it bounds what a query scans beyond an address's folded rows (at most
-# ADDRESS_STAGING_ROWS * STAGED_ROW.size = 1.4 MB of blobs, searched in C) and what a fold holds
+# ADDRESS_STAGING_ROWS * STAGED_ROW.size = 1.5 MB of blobs, searched in C) and what a fold holds
 # in memory, and spaces folds far enough apart that the pages of `address_deltas` they dirty
 # take many rows each (figures in docs/performance.md).
 ADDRESS_STAGING_ROWS = 20_000
@@ -107,7 +107,7 @@ def write(conn: sqlite3.Connection, update: ChainUpdate, state: Staging, bound: 
         folded, staged, recorded = -1, 0, False
     deletes: list[Row] = []
     upserts: list[Row] = []
-    by_height: dict[int, dict[Row, tuple[bytes, int] | None]] = {}
+    by_height: dict[int, dict[AddressDeltaKey, AddressDelta | None]] = {}
     for key, delta in update.address_deltas.items():
         if is_staged(key, folded):
             by_height.setdefault(key.height, {})[key] = delta
@@ -127,15 +127,20 @@ def write(conn: sqlite3.Connection, update: ChainUpdate, state: Staging, bound: 
     return Staging(folded, staged, recorded)
 
 
-def _restage(conn: sqlite3.Connection, height: int, changes: dict[Any, AddressDelta | None]) -> int:
+def _restage(
+    conn: sqlite3.Connection, height: int, changes: dict[AddressDeltaKey, AddressDelta | None]
+) -> int:
     """Apply `changes` to the rows staged at `height`; return the change in their number."""
     found = conn.execute("SELECT data FROM address_staging WHERE height = ?", (height,)).fetchone()
-    rows: dict[Any, AddressDelta | None] = {}
-    if found is not None:  # a reorg or a rebuild batch: a block connected at a staged height
-        for row in decode(height, found[0]):
-            rows[AddressDeltaKey._make(row[:5])] = AddressDelta._make(row[5:])
-    before = len(rows)
-    rows.update(changes)
+    if found is None:
+        rows, before = changes, 0
+    else:  # a reorg: rows of a block disconnected, or connected again
+        rows = {
+            AddressDeltaKey._make(row[:5]): AddressDelta._make(row[5:])
+            for row in decode(height, found[0])
+        }
+        before = len(rows)
+        rows.update(changes)
     pack = STAGED_ROW.pack
     # Chain order within the height, so a query returns a height's rows as they lie.
     packed = sorted(
@@ -156,7 +161,7 @@ def _restage(conn: sqlite3.Connection, height: int, changes: dict[Any, AddressDe
 def _fold(conn: sqlite3.Connection, folded: int) -> int:
     """Move every staged row into address_deltas; return the new `folded`."""
     rows: list[Row] = []
-    for height, data in conn.execute("SELECT height, data FROM address_staging"):
+    for height, data in conn.execute("SELECT height, data FROM address_staging ORDER BY height"):
         rows.extend(decode(height, data))
         folded = max(folded, height)
     # Key order (the tuples are the columns, key first), so each page is filled while hot.
