@@ -11,7 +11,10 @@ entered its mempool), which leaves storage and bookkeeping, so the index's share
 
 Lookup: an address with 10,000 index rows (5,000 payments at distinct heights, 5,000 spends)
 beside the rows of the 112 blocks; timed `address_deltas` (the rows getaddressdeltas and
-getaddresstxids read) and `address_balance` (getaddressbalance) through the store.
+getaddresstxids read), `address_balance` (getaddressbalance) and `address_utxos`
+(getaddressutxos) through the store, with the rows folded into `address_deltas` and with them
+staged (storage/addressstaging.py); and a lookup of an address without rows while the staging
+table is full, the search every query pays.
 
 Usage: python benchmarks/bench_addressindex.py [--repeat N]
 """
@@ -47,6 +50,7 @@ from node.addressindex import sync_address_index
 from node.rpc.methods.addressindex import MAX_ADDRESS_RESULTS
 from node.verify import ParallelVerifier
 from storage import SQLiteStore, open_store
+from storage.addressstaging import ADDRESS_STAGING_ROWS
 
 NOW = PARAMS.genesis_timestamp + 1_000_000
 FUNDING_BLOCKS = 11
@@ -150,7 +154,12 @@ def rebuild_seconds(blocks: Sequence[Block]) -> float:
         scratch.cleanup()
 
 
-def lookup(blocks: Sequence[Block], repeat: int) -> tuple[float, float, float, int]:
+def lookup(
+    blocks: Sequence[Block], repeat: int, staged: bool
+) -> tuple[float, float, float, int, float]:
+    """Median seconds of address_deltas, address_balance and address_utxos for an address with
+    LOOKUP_ENTRIES rows, all in address_deltas or (`staged`) all in the staging table; the row
+    count; and the seconds to look up an address without rows among a full staging table."""
     _, store, _, scratch = connect_all(blocks, True, None)
     try:
         target = address(-1)
@@ -164,6 +173,11 @@ def lookup(blocks: Sequence[Block], repeat: int) -> tuple[float, float, float, i
             update.address_deltas[AddressDeltaKey(target, 200 + n + 1, 2, True, 0)] = AddressDelta(
                 hashlib.sha256(b"spend %d" % n).digest(), -(1_000 + n)
             )
+        # Fold every row staged so far (a no-op delete is enough to trigger it), then write the
+        # target's rows: staged, or folded at once.
+        store.staging_bound = 0
+        store.apply(ChainUpdate(address_deltas={AddressDeltaKey(target, 0, 0, False, 0): None}))
+        store.staging_bound = ADDRESS_STAGING_ROWS if staged else 0
         store.apply(update)
         deltas_times, balance_times, utxo_times = [], [], []
         rows = 0
@@ -177,11 +191,26 @@ def lookup(blocks: Sequence[Block], repeat: int) -> tuple[float, float, float, i
             t0 = time.perf_counter()
             store.address_utxos([target], MAX_ADDRESS_RESULTS + 1)
             utxo_times.append(time.perf_counter() - t0)
+        # Fill the staging table to its bound with other addresses' rows (it keeps the target's
+        # when `staged`), 300 to a height as in a block, and look up an address that has none.
+        store.staging_bound = ADDRESS_STAGING_ROWS
+        filler = ChainUpdate()
+        for n in range(ADDRESS_STAGING_ROWS - store.address_rows_staged):
+            key = AddressDeltaKey(address(10**6 + n), 10**5 + n // 300, n % 300, False, 0)
+            filler.address_deltas[key] = AddressDelta(bytes(32), 1)
+        store.apply(filler)
+        assert store.address_rows_staged == ADDRESS_STAGING_ROWS
+        absent = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            store.address_deltas([address(-2)], 0, 1 << 62, MAX_ADDRESS_RESULTS + 1)
+            absent.append(time.perf_counter() - t0)
         return (
             statistics.median(deltas_times),
             statistics.median(balance_times),
             statistics.median(utxo_times),
             rows,
+            statistics.median(absent),
         )
     finally:
         store.close()
@@ -212,12 +241,14 @@ def main() -> None:
         f" ratio {hot:.3f} ({1000 * (indexed - plain) / len(blocks):.2f} ms per block)"
     )
 
-    deltas, balance, utxos, rows = lookup(blocks, max(args.repeat, 5))
-    print(
-        f"address with {rows} rows: address_deltas {1000 * deltas:.1f} ms,"
-        f" address_balance {1000 * balance:.1f} ms,"
-        f" address_utxos (5,000 unspent) {1000 * utxos:.1f} ms"
-    )
+    for staged in (False, True):
+        deltas, balance, utxos, rows, absent = lookup(blocks, max(args.repeat, 5), staged)
+        print(
+            f"address with {rows} rows {'staged' if staged else 'folded'}:"
+            f" address_deltas {1000 * deltas:.1f} ms, address_balance {1000 * balance:.1f} ms,"
+            f" address_utxos (5,000 unspent) {1000 * utxos:.1f} ms;"
+            f" an address without rows among {ADDRESS_STAGING_ROWS} staged: {1000 * absent:.1f} ms"
+        )
     rebuild = rebuild_seconds(blocks)
     print(f"rebuild from the stored blocks: {rebuild:.3f} s ({len(blocks) / rebuild:.0f} blocks/s)")
     print(

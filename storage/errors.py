@@ -160,8 +160,9 @@ def _check_utxo_rows(utxo: Mapping[OutPoint, Coin | None]) -> None:
 
 # The chain keys; the node keeps its own entries (peers, settings) beside them.
 ADDRESS_TIP_KEY = "address_index_tip"
+ADDRESS_FOLDED_KEY = "address_index_folded"  # SQLiteStore's staging boundary (storage/sqlite.py)
 RESERVED_META_KEYS = frozenset(
-    {"schema_version", "network", "genesis_hash", "tip", ADDRESS_TIP_KEY}
+    {"schema_version", "network", "genesis_hash", "tip", ADDRESS_TIP_KEY, ADDRESS_FOLDED_KEY}
 )
 
 

@@ -17,17 +17,25 @@ read-only connection, and only a database that passes every check is opened for 
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from consensus.addressindex import AddressDelta, AddressDeltaKey, AddressIndexEntry, AddressUtxo
 from consensus.coins import decode_coin, decode_outpoint, encode_coin, encode_outpoint
 from consensus.tx import OutPoint
 from consensus.update import ChainSnapshot, ChainUpdate, IndexRecord
-from storage.errors import ADDRESS_TIP_KEY, StorageError, check_meta, check_update
+from storage import addressstaging
+from storage.errors import (
+    ADDRESS_FOLDED_KEY,
+    ADDRESS_TIP_KEY,
+    StorageError,
+    check_meta,
+    check_update,
+)
 
 SCHEMA_VERSION = 1
 FILENAME = "chain.sqlite3"
@@ -74,25 +82,20 @@ _KEY_COLUMN = {name: columns[0] for name, columns in _COLUMNS.items()}
 # The optional address index (consensus/addressindex.py). Its tables are created at every open
 # when absent, so a file written before they existed opens unchanged and keeps schema version 1:
 # a powlab that does not know them ignores them, and the meta key `address_index_tip` (the block
-# the rows are valid for) tells the next --addressindex start whether they are stale. The key
-# leads with the address, so one address's rows are one contiguous range of the b-tree, already
-# in chain order.
+# the rows are valid for) tells the next --addressindex start whether they are stale. The key of
+# `address_deltas` leads with the address, so one address's rows are one contiguous range of the
+# b-tree, already in chain order; the most recent rows wait in `address_staging` to be folded
+# into it in bulk (storage/addressstaging.py explains why and how).
 _ADDRESS_COLUMNS: dict[str, tuple[str, ...]] = {
     "address_deltas": ("pkh", "height", "blockindex", "spending", "idx", "txid", "satoshis"),
+    "address_staging": addressstaging.COLUMNS,
 }
 _ADDRESS_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS address_deltas (pkh BLOB NOT NULL, height INTEGER NOT NULL,"
     " blockindex INTEGER NOT NULL, spending INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " txid BLOB NOT NULL, satoshis INTEGER NOT NULL,"
     " PRIMARY KEY (pkh, height, blockindex, spending, idx)) WITHOUT ROWID",
-)
-_DELTA_DELETE = (
-    "DELETE FROM address_deltas WHERE pkh = ? AND height = ? AND blockindex = ?"
-    " AND spending = ? AND idx = ?"
-)
-_DELTA_UPSERT = (
-    "INSERT OR REPLACE INTO address_deltas (pkh, height, blockindex, spending, idx, txid,"
-    " satoshis) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    addressstaging.SCHEMA,
 )
 # An address's unspent outputs: its receiving rows whose outpoint the spends table lacks.
 _UTXO_QUERY = (
@@ -103,6 +106,8 @@ _UTXO_QUERY = (
 )
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
+_T = TypeVar("_T")
+_MAX_HEIGHT = (1 << 63) - 1  # every height a row may have (SQLite's largest integer)
 
 
 def _corrupt(path: Path, detail: str) -> StorageError:
@@ -170,7 +175,8 @@ def _encode_update(update: ChainUpdate) -> list[_Statement]:
     ]
     if update.tip is not None:
         statements.append((_upsert("meta"), [("tip", update.tip)]))
-    statements.extend(_encode_address_rows(update))
+    if update.address_tip is not None:
+        statements.append((_upsert("meta"), [(ADDRESS_TIP_KEY, update.address_tip)]))
     return [(sql, rows) for sql, rows in statements if rows]
 
 
@@ -183,24 +189,9 @@ def _outpoint_key(txid: bytes, index: int) -> bytes:
     return encode_outpoint(OutPoint(txid, index))
 
 
-def _encode_address_rows(update: ChainUpdate) -> list[_Statement]:
-    statements: list[_Statement] = []
-    if update.address_reset:
-        statements.append(("DELETE FROM address_deltas", [()]))
-    deletes: list[tuple[Any, ...]] = []
-    upserts: list[tuple[Any, ...]] = []
-    # The key's fields are the columns in order (sqlite3 stores the bool `spending` as 0/1).
-    for key, delta in update.address_deltas.items():
-        if delta is None:
-            deletes.append(key)
-        else:
-            upserts.append(key + delta)
-    # Inserting in key order keeps each page of the b-tree hot while it is filled.
-    upserts.sort()
-    statements += [(_DELTA_DELETE, deletes), (_DELTA_UPSERT, upserts)]
-    if update.address_tip is not None:
-        statements.append((_upsert("meta"), [(ADDRESS_TIP_KEY, update.address_tip)]))
-    return statements
+def _spent(conn: sqlite3.Connection, txid: bytes, index: int) -> bool:
+    found = conn.execute("SELECT 1 FROM spends WHERE outpoint = ?", (_outpoint_key(txid, index),))
+    return found.fetchone() is not None
 
 
 def _check_existing(path: Path, network: str, genesis_hash: bytes) -> bool:
@@ -305,6 +296,10 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
         self.path = path
+        # Read once here, then kept by `apply`, the only writer of the address tables; the
+        # bound is an attribute so that tests can make folds frequent.
+        self.staging_bound = addressstaging.ADDRESS_STAGING_ROWS
+        self._staging = self._read_staging_state(conn)
 
     @classmethod
     def open(
@@ -347,12 +342,21 @@ class SQLiteStore:
                 cls._initialise(conn, path, network, genesis_hash)
             for statement in _ADDRESS_SCHEMA:
                 conn.execute(statement)
+            return cls(conn, path)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
+                if _is_corruption(exc):
+                    raise _corrupt(path, str(exc)) from exc
                 raise StorageError(f"cannot prepare {path}: {exc}") from exc
             raise
-        return cls(conn, path)
+
+    def _read_staging_state(self, conn: sqlite3.Connection) -> addressstaging.Staging:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (ADDRESS_FOLDED_KEY,)).fetchone()
+        try:
+            return addressstaging.read_state(conn, None if row is None else row[0])
+        except addressstaging.StagingCorrupt as exc:
+            raise _corrupt(self.path, str(exc)) from exc
 
     @staticmethod
     def _initialise(
@@ -433,7 +437,21 @@ class SQLiteStore:
     def apply(self, update: ChainUpdate) -> None:
         """Write the whole update in one transaction, or nothing of it (StorageError)."""
         check_update(update)
-        self._write(_encode_update(update), "apply an update to")
+        statements = _encode_update(update)
+        if not (update.address_deltas or update.address_reset):
+            self._write(statements, "apply an update to")
+            return
+        with self._lock:
+            before = self._staging
+
+            def write_address_rows(conn: sqlite3.Connection) -> addressstaging.Staging:
+                after = addressstaging.write(conn, update, before, self.staging_bound)
+                if after.folded != before.folded or not after.recorded:
+                    folded = addressstaging.encode_height(after.folded)
+                    conn.execute(_upsert("meta"), (ADDRESS_FOLDED_KEY, folded))
+                return after._replace(recorded=True)
+
+            self._staging = self._write_locked(statements, "apply an update to", write_address_rows)
 
     def get_block_bytes(self, block_hash: bytes) -> bytes | None:
         return self._get("SELECT data FROM blocks WHERE hash = ?", block_hash)
@@ -457,29 +475,45 @@ class SQLiteStore:
         value = self._get("SELECT value FROM meta WHERE key = ?", ADDRESS_TIP_KEY)
         return None if value is None else bytes(value)
 
+    @property
+    def address_rows_staged(self) -> int:
+        """Address rows waiting in the staging table to be folded (storage/addressstaging.py)."""
+        return self._staging.staged
+
     def address_deltas(
         self, pkhs: list[bytes], start: int, end: int, limit: int
     ) -> list[AddressIndexEntry]:
         """Rows of `pkhs` at heights start..end (inclusive) in chain order, if at most `limit`
         match; else `limit` of them (callers ask for one more than they serve, to detect that).
 
-        One query per address, each walking its range of the primary key in order and stopping
-        at the limit: never more than `limit` rows are read, however busy the addresses.
+        Per address, one query walking its range of address_deltas' key in order and stopping at
+        the limit, then (below the limit) its staged rows, which lie at greater heights: never
+        more than `limit` rows are built, and at most the staging bound's rows searched.
         """
         found: list[AddressIndexEntry] = []
         for pkh in pkhs:
-            rows = self._query(
-                "SELECT height, blockindex, spending, idx, txid, satoshis FROM address_deltas"
-                " WHERE pkh = ? AND height BETWEEN ? AND ?"
-                " ORDER BY height, blockindex, spending, idx LIMIT ?",
-                (pkh, start, end, limit - len(found)),
-            )
+            with self._lock:
+                conn = self._require_open()
+                try:
+                    rows = conn.execute(
+                        "SELECT pkh, height, blockindex, spending, idx, txid, satoshis"
+                        " FROM address_deltas WHERE pkh = ? AND height BETWEEN ? AND ?"
+                        " ORDER BY height, blockindex, spending, idx LIMIT ?",
+                        (pkh, start, end, limit - len(found)),
+                    ).fetchall()
+                    if len(found) + len(rows) < limit:
+                        staged = addressstaging.rows_of(conn, pkh, start, end)
+                        rows += itertools.islice(staged, limit - len(found) - len(rows))
+                except sqlite3.Error as exc:
+                    raise StorageError(f"cannot read {self.path}: {exc}") from exc
+                except addressstaging.StagingCorrupt as exc:
+                    raise _corrupt(self.path, str(exc)) from exc
             found.extend(
                 AddressIndexEntry(
                     AddressDeltaKey(pkh, height, blockindex, bool(spending), idx),
                     AddressDelta(txid, satoshis),
                 )
-                for height, blockindex, spending, idx, txid, satoshis in rows
+                for pkh, height, blockindex, spending, idx, txid, satoshis in rows
             )
             if len(found) >= limit:
                 break
@@ -495,13 +529,19 @@ class SQLiteStore:
             " FROM address_deltas WHERE pkh = ?",
             (pkh,),
         )
-        return int(rows[0][0]), int(rows[0][1])
+        balance, received = int(rows[0][0]), int(rows[0][1])
+        for row in self._staged_rows(pkh):
+            balance += row[6]
+            received += max(row[6], 0)
+        return balance, received
 
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
         """Unspent outputs of `pkhs` in chain order, if at most `limit`; else `limit` of them."""
         found: list[tuple[tuple[Any, ...], AddressUtxo]] = []
         for pkh in pkhs:
             rows = self._query(_UTXO_QUERY, (pkh, limit - len(found)))
+            if len(found) + len(rows) < limit:
+                rows += self._unspent_staged(pkh, limit - len(found) - len(rows))
             found.extend(
                 (
                     (height, blockindex, idx, pkh),
@@ -513,6 +553,37 @@ class SQLiteStore:
                 break
         found.sort(key=lambda pair: pair[0])
         return [utxo for _, utxo in found]
+
+    def _staged_rows(self, pkh: bytes) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return list(addressstaging.rows_of(conn, pkh, 0, _MAX_HEIGHT))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
+            except addressstaging.StagingCorrupt as exc:
+                raise _corrupt(self.path, str(exc)) from exc
+
+    def _unspent_staged(self, pkh: bytes, limit: int) -> list[tuple[Any, ...]]:
+        """(height, blockindex, idx, txid, satoshis) of the staged outputs to `pkh` that the
+        spends table lacks, in chain order, at most `limit`."""
+        unspent: list[tuple[Any, ...]] = []
+        with self._lock:
+            conn = self._require_open()
+            try:
+                for _, height, blockindex, spending, idx, txid, amount in addressstaging.rows_of(
+                    conn, pkh, 0, _MAX_HEIGHT
+                ):
+                    if spending or _spent(conn, txid, idx):
+                        continue
+                    unspent.append((height, blockindex, idx, txid, amount))
+                    if len(unspent) >= limit:
+                        break
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read {self.path}: {exc}") from exc
+            except addressstaging.StagingCorrupt as exc:
+                raise _corrupt(self.path, str(exc)) from exc
+        return unspent
 
     # -- node metadata ----------------------------------------------------------------------
 
@@ -560,19 +631,32 @@ class SQLiteStore:
 
     def _write(self, statements: list[_Statement], action: str) -> None:
         with self._lock:
-            conn = self._require_open()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for sql, rows in statements:
-                    conn.executemany(sql, rows)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback(conn)
-                if isinstance(exc, Exception):
-                    raise StorageError(
-                        f"cannot {action} {self.path} (nothing was written): {exc}"
-                    ) from exc
-                raise
+            self._write_locked(statements, action, None)
+
+    def _write_locked(
+        self,
+        statements: list[_Statement],
+        action: str,
+        then: Callable[[sqlite3.Connection], _T] | None,
+    ) -> _T | None:
+        """Run `statements`, then `then` (which may read what they wrote), in one transaction."""
+        conn = self._require_open()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
+            result = None if then is None else then(conn)
+            conn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, addressstaging.StagingCorrupt):
+                raise _corrupt(self.path, str(exc)) from exc
+            if isinstance(exc, Exception):
+                raise StorageError(
+                    f"cannot {action} {self.path} (nothing was written): {exc}"
+                ) from exc
+            raise
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if not conn.in_transaction:

@@ -29,6 +29,7 @@ from node.addressindex import sync_address_index
 from node.rpc.errors import RPCError
 from node.wallet import WalletError
 from storage import MemoryStore, SQLiteStore, StorageError
+from storage.addressstaging import STAGED_ROW
 from tests.helpers import ChainBuilder, pkh
 from tests.test_chain_properties import PARAMS, build_tree
 
@@ -200,13 +201,18 @@ def test_malformed_address_rows_are_refused_by_both_stores(
         store.close()
 
 
-def test_the_address_tip_meta_key_is_reserved() -> None:
+@pytest.mark.parametrize("key", ["address_index_tip", "address_index_folded"])
+def test_the_address_index_meta_keys_are_reserved(key: str) -> None:
     with pytest.raises(StorageError, match="owned by the store"):
-        MemoryStore().put_meta("address_index_tip", bytes(32))
+        MemoryStore().put_meta(key, bytes(32))
 
 
-def test_query_limits_and_ranges(tmp_path: Path) -> None:
-    for store in (MemoryStore(), SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)):
+@pytest.mark.parametrize("staging_bound", [None, 3])
+def test_query_limits_and_ranges(tmp_path: Path, staging_bound: int | None) -> None:
+    sqlite = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    if staging_bound is not None:  # rows split between address_deltas and the staging table
+        sqlite.staging_bound = staging_bound
+    for store in (MemoryStore(), sqlite):
         b = indexed_builder(store)
         spend_chain(b, 6)
         rows = store.address_deltas([pkh(0)], 0, EVERYTHING, EVERYTHING)
@@ -255,3 +261,103 @@ def test_rpc_result_bound_asks_for_a_height_range(monkeypatch: pytest.MonkeyPatc
     node.address_index = None
     with pytest.raises(RPCError, match="--addressindex"):
         rpc.getaddressbalance(node, address)
+
+
+# -- SQLiteStore's staging table (storage/addressstaging.py) ---------------------------------
+
+
+def staged_count(store: SQLiteStore) -> int:
+    conn = store._conn
+    assert conn is not None
+    size = conn.execute("SELECT coalesce(sum(length(data)), 0) FROM address_staging").fetchone()
+    return int(size[0]) // STAGED_ROW.size
+
+
+def folded_rows(store: SQLiteStore) -> int:
+    conn = store._conn
+    assert conn is not None
+    return int(conn.execute("SELECT count(*) FROM address_deltas").fetchone()[0])
+
+
+@settings(SETTINGS, max_examples=40)
+@given(st.data())
+def test_incremental_index_equals_rebuild_when_folding_at_most_commits(
+    data: st.DataObject,
+) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = SQLiteStore.open(Path(scratch), PARAMS.name, PARAMS.genesis_hash)
+        store.staging_bound = data.draw(st.integers(0, 6), label="staging bound")
+        try:
+            run_random_tree(indexed_builder(store), data, 10)
+        finally:
+            store.close()
+
+
+def test_staging_is_bounded_folds_and_survives_reopening(tmp_path: Path) -> None:
+    store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    store.staging_bound = 7
+    b = indexed_builder(store)
+    folds = 0
+    for _ in range(12):
+        before = folded_rows(store)
+        spend_chain(b, 1)
+        # Each block writes 2-4 rows: after a commit at most the bound plus its own are staged.
+        assert staged_count(store) <= 7 + 4
+        folds += folded_rows(store) > before
+        check_index(b)
+    assert folds >= 2 and staged_count(store) > 0
+    store.close()
+    store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    store.staging_bound = 7
+    b.store = store
+    b.chain.reader = store
+    check_index(b)
+    spend_chain(b, 6)
+    check_index(b)
+    store.close()
+
+
+def test_a_file_without_the_staging_table_opens_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    store.staging_bound = 0  # every commit folds: all rows end in address_deltas
+    b = indexed_builder(store)
+    spend_chain(b, 4)
+    before = dump(store)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "chain.sqlite3")
+    conn.execute("DROP TABLE address_staging")
+    conn.execute("DELETE FROM meta WHERE key = 'address_index_folded'")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    assert dump(store) == before
+    b.store = store
+    b.chain.reader = store
+    spend_chain(b, 3)
+    check_index(b)
+    assert staged_count(store) > 0  # rows above the old rows' heights are staged
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE address_staging SET data = substr(data, 2)",
+        "UPDATE meta SET value = X'ff' WHERE key = 'address_index_folded'",
+    ],
+)
+def test_a_damaged_staging_table_is_reported_as_corrupt(tmp_path: Path, damage: str) -> None:
+    import sqlite3
+
+    store = SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
+    spend_chain(indexed_builder(store), 3)
+    assert staged_count(store) > 0
+    store.close()
+    conn = sqlite3.connect(tmp_path / "chain.sqlite3")
+    conn.execute(damage)
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="corrupt"):
+        SQLiteStore.open(tmp_path, PARAMS.name, PARAMS.genesis_hash)
