@@ -253,7 +253,11 @@ class Node:
     async def _rebroadcast_wallet_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.config.wallet_rebroadcast_interval)
-            self.resubmit_wallet_transactions()
+            try:
+                self.resubmit_wallet_transactions()
+            except Exception:
+                # One bad round must not end rebroadcasting for the life of the node.
+                log.exception("wallet_rebroadcast_failed")
 
     async def _start_p2p(self) -> None:
         cfg = self.config

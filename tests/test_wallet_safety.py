@@ -476,7 +476,7 @@ async def test_a_failed_wallet_save_after_a_block_is_a_warning_until_a_save_succ
     assert len(await rpc("listtransactions", "*", 100)) == 2
 
 
-async def test_the_rebroadcast_task_runs_at_the_configured_interval(
+async def test_the_rebroadcast_task_runs_at_the_configured_interval_and_survives_a_failure(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     config = NodeConfig(
@@ -487,10 +487,16 @@ async def test_the_rebroadcast_task_runs_at_the_configured_interval(
     )
     node = Node(config, REGTEST)
     calls: list[int] = []
-    monkeypatch.setattr(node, "resubmit_wallet_transactions", lambda: calls.append(1))
+
+    def resubmit() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("one bad round")  # logged; the task goes on
+
+    monkeypatch.setattr(node, "resubmit_wallet_transactions", resubmit)
     await node.start()
     try:
-        await wait_until_async(lambda: len(calls) >= 2, 10, "two rebroadcast rounds")
+        await wait_until_async(lambda: len(calls) >= 3, 10, "rebroadcast rounds after a failure")
     finally:
         await node.stop()
 
