@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from lab.client import NodeEndpoint, RPCConnectionError, RPCError
+from lab.text import plural
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -108,7 +109,8 @@ def print_history(history: History, as_json: bool, out: Callable[[str], None] = 
         )
         return
     out(
-        f"{history.address}: {len(history.entries)} transactions at height {history.height}"
+        f"{history.address}: {plural(len(history.entries), 'transaction')}"
+        f" at height {history.height}"
         f" (final at {history.finality_depth} confirmations)"
     )
     for entry in history.entries:

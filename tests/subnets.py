@@ -41,6 +41,7 @@ DASHBOARD_10K = 14  # a real 10,000-block chain (tests/test_dashboard_browser.py
 SCALE = 15  # tests/test_scale.py: a forked testnet on a random graph
 MULTISIG = 16  # tests/test_multisig_daemons.py
 WALLET_DISK_FULL = 17  # tests/test_wallet_disk_full.py
+ADDRESS_TESTNET = 18  # tests/test_addressindex_testnet.py
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:

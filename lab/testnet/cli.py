@@ -103,6 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if existing is not None:
         manifest = load_manifest(directory)
         _warn_if_layout_differs(args, manifest)
+        _apply_new_node_options(args, manifest)
     else:
         manifest = _new_process_manifest(args, directory)
 
@@ -221,6 +222,24 @@ def _new_process_manifest(args: argparse.Namespace, directory: Path) -> Manifest
         write_node_config(manifest, entry)
     manifest.save()
     return manifest
+
+
+def _apply_new_node_options(args: argparse.Namespace, manifest: Manifest) -> None:
+    """`--node-option` on an existing testnet adds to (or changes) its options: every node
+    started from here on runs with them; one still running keeps its old ones until restarted."""
+    given = collect_node_options(args)
+    if not given:
+        return
+    parse_node_options(given)  # refuse bad options before changing anything
+    manifest.node_options.update(given)
+    manifest.save()
+    running = [e.name for e in manifest.nodes if node_alive(e)]
+    if running:
+        console().print(
+            f"[yellow]{', '.join(running)} already running with the options they started with;"
+            " `powlab testnet down` then `up` to restart them with "
+            + ", ".join(f"{k}={v}" for k, v in given.items())
+        )
 
 
 def _warn_if_layout_differs(args: argparse.Namespace, manifest: Manifest) -> None:
