@@ -35,6 +35,7 @@ from consensus.params import (
     DEFAULT_MAX_MEMPOOL_DESCENDANTS,
     DEFAULT_MAX_ORPHAN_TX_SIZE,
     DEFAULT_MAX_ORPHAN_TXS,
+    DEFAULT_MAX_STANDARD_TX_SIZE,
     DEFAULT_MEMPOOL_FEE_HALFLIFE,
     DEFAULT_MIN_RELAY_FEE_RATE,
     DEFAULT_ORPHAN_TX_EXPIRY,
@@ -54,6 +55,8 @@ from consensus.validation import (
 MISSING_INPUTS = "bad-txns-inputs-missingorspent"
 # Bitcoin Core's reject reason for a transaction that could not be in the next block yet.
 NON_FINAL = "non-final"
+# Its reason for a transaction above the standard size.
+TX_SIZE = "tx-size"
 
 # Rough CPython footprint of an entry beyond its encoded bytes (entry object, decoded inputs and
 # outputs, index slots); only feeds the `usage` estimate.
@@ -161,8 +164,10 @@ class Mempool:
         incremental_fee_rate: int = DEFAULT_INCREMENTAL_RELAY_FEE_RATE,
         fee_halflife: int = DEFAULT_MEMPOOL_FEE_HALFLIFE,
         max_orphan_size: int = DEFAULT_MAX_ORPHAN_TX_SIZE,
+        max_standard_size: int = DEFAULT_MAX_STANDARD_TX_SIZE,
     ) -> None:
         self.params = params
+        self.max_standard_size = max_standard_size
         self.max_bytes = max_bytes
         self.min_relay_fee_rate = min_fee_rate
         self.max_orphans = max_orphans
@@ -282,6 +287,12 @@ class Mempool:
         if txid in entries:
             raise ConsensusError("txn-already-in-mempool", txid.hex())
         check_transaction(tx, params)
+        if tx.size > self.max_standard_size and not bypass_limits:
+            # A transaction near the block size would crowd out everything else, or fit in no
+            # template at all beside the coinbase, and sit in the pool for ever.
+            raise ConsensusError(
+                TX_SIZE, f"{tx.size} bytes, the most relayed is {self.max_standard_size}"
+            )
         if tx.is_coinbase:
             raise ConsensusError("coinbase", "a coinbase is only valid in a block")
         if chain.tx_block(txid) is not None:

@@ -36,7 +36,11 @@ DEFAULT_INCREMENTAL_RELAY_FEE_RATE = 1  # units/byte the mempool floor rises abo
 DEFAULT_MEMPOOL_FEE_HALFLIFE = 12 * 60 * 60  # seconds for a raised mempool floor to halve
 DEFAULT_MAX_MEMPOOL_ANCESTORS = 25  # in-mempool ancestors of one entry, itself included
 DEFAULT_MAX_MEMPOOL_DESCENDANTS = 25  # in-mempool descendants of one entry, itself included
-DEFAULT_MAX_ORPHAN_TX_SIZE = 100_000  # bytes: bigger orphans are refused, their inputs unchecked
+# Bytes: bigger transactions are not taken into the mempool or relayed (Bitcoin Core's
+# MAX_STANDARD_TX_WEIGHT, 400,000 weight units); a block may still hold one, up to its own size.
+DEFAULT_MAX_STANDARD_TX_SIZE = 100_000
+# Bigger orphans are refused, their inputs unchecked.
+DEFAULT_MAX_ORPHAN_TX_SIZE = DEFAULT_MAX_STANDARD_TX_SIZE
 DEFAULT_SIGNATURE_CACHE_SIZE = 100_000
 DEFAULT_ASSUMED_ATTACKER_SHARE = 0.1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import structlog
 
-from consensus.mempool import NON_FINAL
+from consensus.mempool import NON_FINAL, TX_SIZE
 from p2p.actions import PeerPenalised
 from p2p.config import Address
 from p2p.core import ProtocolCore
@@ -61,6 +61,8 @@ HARMLESS_TX_REASONS = frozenset(
         "too-long-mempool-chain",
         # Final soon, perhaps at the next block; Bitcoin Core does not punish it either.
         NON_FINAL,
+        # Policy, not a rule: a block may hold it (Bitcoin Core does not punish it either).
+        TX_SIZE,
     }
 )
 

@@ -715,3 +715,19 @@ def test_property_no_double_spends_and_inputs_exist(
             if rival is not None:
                 assert rival.txid not in env.pool
         _check_invariants(env)
+
+
+def test_a_transaction_above_the_standard_size_is_refused_but_valid_in_a_block() -> None:
+    """Policy, as Bitcoin Core's MAX_STANDARD_TX_WEIGHT: never relayed, yet a block may hold it
+    (so a peer relaying one is not punished: tests/test_p2p_protocol.py's harmless reasons)."""
+    env = Env(max_standard_size=600)
+    big = split(env.coinbase(1), REWARD, 10_000, outputs=20)
+    assert big.size > 600
+    with pytest.raises(ConsensusError) as info:
+        env.accept(big)
+    assert info.value.reason == "tx-size" and "600" in info.value.detail
+    assert big.txid not in env.pool
+    env.mine([big])
+    assert env.chain.tx_block(big.txid) is not None
+    small = split(env.coinbase(2), REWARD, 1000)
+    assert env.accept(small).accepted == [small.txid]
