@@ -37,13 +37,21 @@ import structlog
 # Allow running from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_reorg import FEE, KEY, PARAMS, PKH, link, make_block
+from benchmarks.bench_reorg import (
+    FEE,
+    FUNDING_BLOCKS,
+    KEY,
+    PARAMS,
+    funded_history,
+    link,
+    make_block,
+)
 from consensus.addressindex import AddressDelta, AddressDeltaKey
 from consensus.block import Block
 from consensus.chainstate import ChainState
 from consensus.keys import PUBKEY_HASH_SIZE
 from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE
-from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
+from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from consensus.update import ChainUpdate
 from consensus.validation import SignatureCache
 from node.addressindex import sync_address_index
@@ -53,8 +61,6 @@ from storage import SQLiteStore, open_store
 from storage.addressstaging import ADDRESS_STAGING_ROWS
 
 NOW = PARAMS.genesis_timestamp + 1_000_000
-FUNDING_BLOCKS = 11
-FAN_OUT = 1000
 BLOCKS = 100
 TXS_PER_BLOCK = 100
 LOOKUP_ENTRIES = 10_000
@@ -66,24 +72,7 @@ def address(n: int) -> bytes:
 
 
 def build_blocks() -> list[Block]:
-    genesis = PARAMS.genesis_block
-    parent = (genesis.hash, 0, genesis.header.timestamp)
-    blocks: list[Block] = []
-    for n in range(FUNDING_BLOCKS):
-        blocks.append(make_block(parent, [], 0, n))
-        parent = link(blocks[-1], n + 1)
-    fan_outs = []
-    for block in list(blocks):
-        coinbase = block.txs[0]
-        amount = (coinbase.outputs[0].amount - FEE) // FAN_OUT
-        unsigned = Transaction([TxIn(coinbase.txid, 0, b"", b"")], [TxOut(amount, PKH)] * FAN_OUT)
-        fan_outs.append(sign_transaction(unsigned, [KEY], PARAMS.genesis_hash))
-    fees = sum(
-        b.txs[0].outputs[0].amount - t.total_out() for b, t in zip(blocks, fan_outs, strict=True)
-    )
-    blocks.append(make_block(parent, fan_outs, fees, 99))
-    parent = link(blocks[-1], FUNDING_BLOCKS + 1)
-    coins = [(OutPoint(t.txid, n), o.amount) for t in fan_outs for n, o in enumerate(t.outputs)]
+    blocks, parent, coins = funded_history()
     payee = 0
     for i in range(BLOCKS):
         txs = []

@@ -101,8 +101,9 @@ def link(parent: Block, height: int) -> Parent:
     return (parent.hash, height, parent.header.timestamp)
 
 
-def build_blocks() -> tuple[list[Block], list[Block], list[Block]]:
-    """(common history 1-12, active chain 13-112, competing branch 13-113), deterministically."""
+def funded_history() -> tuple[list[Block], Parent, list[tuple[OutPoint, int]]]:
+    """Blocks 1-12: eleven coinbases, then one block fanning each out into FAN_OUT coins of KEY's
+    (the coins every benchmark spends); with the tip to build on and those coins."""
     common: list[Block] = []
     genesis = PARAMS.genesis_block
     parent: Parent = (genesis.hash, 0, genesis.header.timestamp)
@@ -119,8 +120,13 @@ def build_blocks() -> tuple[list[Block], list[Block], list[Block]]:
         b.txs[0].outputs[0].amount - t.total_out() for b, t in zip(common, fan_outs, strict=True)
     )
     common.append(make_block(parent, fan_outs, fees, 99))
-    fork = link(common[-1], FUNDING_BLOCKS + 1)
     coins = [(OutPoint(t.txid, n), o.amount) for t in fan_outs for n, o in enumerate(t.outputs)]
+    return common, link(common[-1], FUNDING_BLOCKS + 1), coins
+
+
+def build_blocks() -> tuple[list[Block], list[Block], list[Block]]:
+    """(common history 1-12, active chain 13-112, competing branch 13-113), deterministically."""
+    common, fork, coins = funded_history()
 
     def branch(length: int, variant: int) -> list[Block]:
         blocks: list[Block] = []
