@@ -133,19 +133,30 @@ class MempoolEntry:
 
 
 @dataclass
-class AcceptOutcome:
+class ReplacementRecord:
+    """Pool transactions a replacement pushed out (direct conflicts and their descendants)."""
+
+    replaced: dict[bytes, bytes] = field(default_factory=dict)  # txid -> replacing txid
+    replaced_txs: dict[bytes, Transaction] = field(default_factory=dict)  # gone from the pool
+
+    def note(self, removed: list[MempoolEntry], by: bytes) -> None:
+        for entry in removed:
+            self.replaced[entry.txid] = by
+            self.replaced_txs[entry.txid] = entry.tx
+
+
+@dataclass
+class AcceptOutcome(ReplacementRecord):
     accepted: list[bytes] = field(default_factory=list)  # the transaction, then adopted orphans
     orphan: bool = False
     missing_parents: list[bytes] = field(default_factory=list)
     evicted: list[bytes] = field(default_factory=list)  # pushed out to make room
     orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
-    # Pool transactions a replacement pushed out (direct conflicts and their descendants),
-    # each with the txid of the transaction that replaced it, parents first.
-    replaced: dict[bytes, bytes] = field(default_factory=dict)
+    # (`replaced`: what the transaction, or an orphan it let in, replaced; parents first.)
 
 
 @dataclass
-class MempoolUpdate:
+class MempoolUpdate(ReplacementRecord):
     """What a chain change did to the pool."""
 
     included: list[bytes] = field(default_factory=list)  # now confirmed
@@ -157,7 +168,7 @@ class MempoolUpdate:
     evicted: list[bytes] = field(default_factory=list)  # over the byte budget afterwards
     orphans_accepted: list[bytes] = field(default_factory=list)
     orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
-    replaced: dict[bytes, bytes] = field(default_factory=dict)  # by adopted orphans, as in accept
+    # (`replaced`: what adopted orphans replaced, as in `AcceptOutcome`.)
 
 
 @dataclass(eq=False, slots=True)
@@ -286,7 +297,7 @@ class Mempool:
         outcome = AcceptOutcome()
         missing = self._accept_one(
             tx, chain, now if entry_time is None else entry_time, outcome.evicted,
-            orphan_time=now, replaced=outcome.replaced,
+            orphan_time=now, replaced=outcome,
         )
         if missing:
             outcome.orphan, outcome.missing_parents = True, missing
@@ -294,7 +305,7 @@ class Mempool:
         outcome.accepted.append(tx.txid)
         self._retry_orphans(
             [tx.txid], chain, now, outcome.accepted, outcome.orphans_rejected, outcome.evicted,
-            outcome.replaced,
+            outcome,
         )
         return outcome
 
@@ -307,7 +318,7 @@ class Mempool:
         *,
         orphan_time: int | None,
         bypass_limits: bool = False,
-        replaced: dict[bytes, bytes] | None = None,
+        replaced: ReplacementRecord | None = None,
     ) -> list[bytes]:
         """Add `tx` (returns []) or park it as an orphan (returns its missing parents; only when
         `orphan_time` is given). Raises `ConsensusError` otherwise. Only with `replaced` may it
@@ -369,8 +380,10 @@ class Mempool:
         # Last, as the most expensive check: cheap policy refusals must not cost a verification.
         check_tx_signatures(tx, coins, params.genesis_hash, self.signature_cache)
 
-        if replaced is not None:
-            replaced.update(dict.fromkeys(self._remove_set(doomed), txid))
+        if replaced is not None and doomed:
+            removed = [entries[t] for t in sorted(doomed, key=lambda t: entries[t].seq)]
+            self._remove_set(doomed)
+            replaced.note(removed, txid)
         self._insert(tx, txid, fee, size, entry_time, parents, ancestors)
         if plan:
             evicted.extend(self._remove_set(plan))
@@ -722,7 +735,7 @@ class Mempool:
         accepted: list[bytes],
         rejected: list[tuple[bytes, str]],
         evicted: list[bytes],
-        replaced: dict[bytes, bytes] | None,
+        replaced: ReplacementRecord | None,
     ) -> None:
         queue = list(parents)
         while queue:
@@ -771,7 +784,7 @@ class Mempool:
         self._drop_orphans_for_blocks([block for _, block in result.connected])
         self._retry_orphans(
             retry, chain, now, update.orphans_accepted, update.orphans_rejected, update.evicted,
-            update.replaced,
+            update,
         )
         return update
 
