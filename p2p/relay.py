@@ -28,7 +28,7 @@ from p2p.messages import (
     TxMsg,
 )
 from p2p.peer import BoundedSet, Peer, PeerStatus
-from p2p.penalties import HARMLESS_TX_REASONS
+from p2p.penalties import HARMLESS_TX_REASONS, REPLACEMENT_REJECT_REASONS
 from p2p.ratelimit import TokenBucket
 from p2p.wire import MAX_DATAGRAM_SIZE
 
@@ -321,7 +321,9 @@ class Relay(ProtocolCore):
                 # It may be final at the next block: not remembered as rejected (Bitcoin Core
                 # forgets its rejects at every new tip).
                 self._seen_txs.discard(txid)
-            if exc.reason not in HARMLESS_TX_REASONS:
+            if exc.reason in REPLACEMENT_REJECT_REASONS:
+                self._penalise(peer.addr, "replacement-rejected", now)
+            elif exc.reason not in HARMLESS_TX_REASONS:
                 self._penalise(peer.addr, "invalid-tx", now)
             return
         if getattr(outcome, "orphan", False):
