@@ -42,6 +42,9 @@ INSUFFICIENT_FEE = "insufficient fee"
 TOO_MANY_REPLACEMENTS = "too many potential replacements"
 ADDS_UNCONFIRMED = "replacement-adds-unconfirmed"
 SPENDS_CONFLICTING = "bad-txns-spends-conflicting-tx"
+# A replacement that the rules refused though it could be valid: still a double spend of the
+# pool transactions it conflicts with (the node's alerts), and a peer relaying one is charged.
+REFUSED_REPLACEMENT_REASONS = frozenset({INSUFFICIENT_FEE, TOO_MANY_REPLACEMENTS, ADDS_UNCONFIRMED})
 
 
 def signals_opt_in(tx: Transaction) -> bool:

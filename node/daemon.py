@@ -35,6 +35,7 @@ from consensus.errors import ConsensusError
 from consensus.keys import PrivateKey
 from consensus.mempool import Mempool, MempoolConflict, ReplacementRecord
 from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE, ChainParams
+from consensus.replacement import REFUSED_REPLACEMENT_REASONS
 from consensus.tx import OutPoint, Transaction, decode_transaction
 from consensus.txstatus import TxStatus, transaction_status
 from consensus.update import AddressIndexReader
@@ -621,11 +622,14 @@ class Node:
     def submit_transaction(self, tx: Transaction) -> Any:
         try:
             outcome = self.mempool.accept(tx, self.chain, self.now())
-        except MempoolConflict as exc:
-            for txid in exc.conflicting:
-                entry = self.mempool.get(txid)
-                if entry is not None:
-                    self._record_double_spend(entry.tx, tx, relay=True)
+        except ConsensusError as exc:
+            # A conflict the policy does not replace, or a replacement its rules refused: a
+            # double spend of the pool transactions either way.
+            if isinstance(exc, MempoolConflict) or exc.reason in REFUSED_REPLACEMENT_REASONS:
+                for txid in self.mempool.conflicts_of(tx):
+                    entry = self.mempool.get(txid)
+                    if entry is not None:
+                        self._record_double_spend(entry.tx, tx, relay=True)
             raise
         self._note_replacements(outcome)
         for txid in outcome.accepted:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import structlog
 
 from consensus.mempool import NON_FINAL, TX_SIZE
-from consensus.replacement import ADDS_UNCONFIRMED, INSUFFICIENT_FEE, TOO_MANY_REPLACEMENTS
 from p2p.actions import PeerPenalised
 from p2p.config import Address
 from p2p.core import ProtocolCore
@@ -42,9 +41,11 @@ PENALTY = {
     "getdata-flood": 20,
     "headers-flood": 20,
     "low-work-headers": 20,
-    # A little for each replacement our rules refused: an honest peer with another view of the
-    # mempool sends few, a flood (cycling or pinning) is cut off after `threshold` of them, each
-    # having cost us at most the rule 5 bound of work and no signature check.
+    # A little for each replacement our rules refused (consensus.replacement's
+    # REFUSED_REPLACEMENT_REASONS): an honest peer with another view of the mempool sends few, a
+    # flood (cycling or pinning) is cut off after `threshold` of them, each having cost us at
+    # most the rule 5 bound of work and no signature check. A conflict our policy does not
+    # replace at all (`txn-mempool-conflict`) costs nothing: the peer may run another policy.
     "replacement-rejected": 1,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
@@ -70,11 +71,6 @@ HARMLESS_TX_REASONS = frozenset(
         TX_SIZE,
     }
 )
-
-# Transaction rejections that are a refused replacement (BIP125's fee and size rules): charged
-# "replacement-rejected". A conflict our policy does not replace at all (`txn-mempool-conflict`:
-# first-seen, or no BIP125 signal) costs nothing: the peer may just run another policy.
-REPLACEMENT_REJECT_REASONS = frozenset({INSUFFICIENT_FEE, TOO_MANY_REPLACEMENTS, ADDS_UNCONFIRMED})
 
 
 class Penalties(ProtocolCore):

@@ -14,6 +14,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError, DecodeError
 from consensus.mempool import NON_FINAL
+from consensus.replacement import REFUSED_REPLACEMENT_REASONS
 from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
@@ -28,7 +29,7 @@ from p2p.messages import (
     TxMsg,
 )
 from p2p.peer import BoundedSet, Peer, PeerStatus
-from p2p.penalties import HARMLESS_TX_REASONS, REPLACEMENT_REJECT_REASONS
+from p2p.penalties import HARMLESS_TX_REASONS
 from p2p.ratelimit import TokenBucket
 from p2p.wire import MAX_DATAGRAM_SIZE
 
@@ -321,7 +322,7 @@ class Relay(ProtocolCore):
                 # It may be final at the next block: not remembered as rejected (Bitcoin Core
                 # forgets its rejects at every new tip).
                 self._seen_txs.discard(txid)
-            if exc.reason in REPLACEMENT_REJECT_REASONS:
+            if exc.reason in REFUSED_REPLACEMENT_REASONS:
                 self._penalise(peer.addr, "replacement-rejected", now)
             elif exc.reason not in HARMLESS_TX_REASONS:
                 self._penalise(peer.addr, "invalid-tx", now)

@@ -140,7 +140,10 @@ async def test_a_refused_replacement_says_why(started: Node) -> None:
     cheap = respend(node, paid, fee)
     error = await rpc.error("sendrawtransaction", cheap.encode().hex())
     assert error.code == RPC_VERIFY_REJECTED and "insufficient fee" in error.message
-    assert (await rpc("gettransaction", paid))["status"] == "mempool"
+    # Refused, yet still a proven double spend of the payment: the alert machinery fires.
+    status = await rpc("gettransaction", paid)
+    assert status["seen_double_spends"] == [cheap.txid.hex()]
+    assert status["status"] == "conflicted" and status["double_spend_alert"] is True
 
 
 @pytest.mark.parametrize("started", ["first-seen"], indirect=True)
