@@ -18,6 +18,7 @@ from consensus.tx import Transaction, TxOut
 from node.config import NodeConfig
 from node.daemon import Node
 from node.events import Subscription
+from node.replacements import ReplacementLog
 from node.rpc.errors import RPC_INVALID_ADDRESS_OR_KEY, RPC_VERIFY_REJECTED
 from node.wallet_multisig import coin_lookup, sign_with_wallet
 from tests.helpers import key
@@ -197,3 +198,21 @@ async def test_opt_in_replaces_a_signalling_transaction(started: Node) -> None:
     status = await rpc("gettransaction", first.txid.hex())
     assert status["status"] == "replaced" and status["replaced_by_txid"] == second.txid.hex()
     assert (await rpc("getmempoolinfo"))["mempoolfullrbf"] is False
+
+
+# ----------------------------------------------------------------------------- the log
+
+
+def test_the_replacement_log_is_bounded_and_follows_a_line_of_replacements() -> None:
+    log = ReplacementLog(capacity=3)
+    a, b, c, d, e = (bytes([n]) * 32 for n in range(5))
+    log.note({a: b})
+    log.note({b: c})
+    # a was replaced by b, b by c: while c holds the slot, a and b are replaced by a live one.
+    assert log.holder(a, lambda t: t == c) == c and log.replaced_by(a) == b
+    assert log.holder(a, lambda t: False) is None
+    log.note({c: a})  # a cycle (a back in, replacing c): the walk still ends
+    assert log.holder(a, lambda t: False) is None
+    log.note({d: e})
+    assert len(log) == 3 and log.replaced_by(a) is None  # the oldest went
+    assert log.replaced_by(d) == e
