@@ -456,7 +456,8 @@ class Mempool:
         if added:
             raise ConsensusError(
                 ADDS_UNCONFIRMED,
-                f"replacement {txid.hex()} adds unconfirmed input, idx {added[0].hex()}",
+                f"replacement {txid.hex()} adds an unconfirmed input, from pool transaction "
+                f"{added[0].hex()}",
             )
         if not parents.isdisjoint(doomed):
             raise ConsensusError(
