@@ -669,6 +669,7 @@ class Node:
                 self._record_double_spend(
                     record.replaced_txs[txid], replacement.tx, relay=True, replaced_under=policy
                 )
+        self._publish_tx_statuses()  # the replaced ones' `replaced`, proof or not
 
     def replacement_holder(self, txid: bytes) -> bytes | None:
         """The replacement of `txid` (or of that one, and so on) that is in the mempool or
