@@ -3,7 +3,8 @@
 Pure policy and state: the node hands in the chain state and the time; nothing here touches I/O.
 Validity is exactly the chain's (`check_transaction`, `check_tx_inputs`, `check_tx_signatures`
 against the tip's UTXO set plus the outputs of pool transactions, spend height = tip + 1); on top
-of that come the relay policies: first-seen wins on conflicts, a minimum fee rate, limits on
+of that come the relay policies: a replacement policy for conflicts (first-seen wins, BIP125
+opt-in or full replace-by-fee: `consensus.replacement`), a minimum fee rate, limits on
 chains of unconfirmed transactions, a byte budget enforced by evicting the lowest fee rates, and a
 small pool of orphans waiting for their parents.
 
@@ -41,6 +42,18 @@ from consensus.params import (
     DEFAULT_ORPHAN_TX_EXPIRY,
     DEFAULT_SIGNATURE_CACHE_SIZE,
     ChainParams,
+)
+from consensus.replacement import (
+    ADDS_UNCONFIRMED,
+    DEFAULT_REPLACEMENT_POLICY,
+    FIRST_SEEN,
+    FULL,
+    MAX_REPLACEMENT_CANDIDATES,
+    SPENDS_CONFLICTING,
+    ReplacementPolicy,
+    check_replacement,
+    signals_opt_in,
+    too_many_replacements,
 )
 from consensus.tx import OutPoint, Transaction
 from consensus.validation import (
@@ -81,7 +94,8 @@ class ChainView(Protocol):
 
 
 class MempoolConflict(ConsensusError):
-    """The transaction spends an output a pool transaction already spends (first seen wins)."""
+    """The transaction spends an output a pool transaction already spends, and the replacement
+    policy does not let it replace that one (first seen wins, or it does not signal)."""
 
     def __init__(self, conflicting: list[bytes]) -> None:
         self.conflicting = conflicting
@@ -119,16 +133,30 @@ class MempoolEntry:
 
 
 @dataclass
-class AcceptOutcome:
+class ReplacementRecord:
+    """Pool transactions a replacement pushed out (direct conflicts and their descendants)."""
+
+    replaced: dict[bytes, bytes] = field(default_factory=dict)  # txid -> replacing txid
+    replaced_txs: dict[bytes, Transaction] = field(default_factory=dict)  # gone from the pool
+
+    def note(self, removed: list[MempoolEntry], by: bytes) -> None:
+        for entry in removed:
+            self.replaced[entry.txid] = by
+            self.replaced_txs[entry.txid] = entry.tx
+
+
+@dataclass
+class AcceptOutcome(ReplacementRecord):
     accepted: list[bytes] = field(default_factory=list)  # the transaction, then adopted orphans
     orphan: bool = False
     missing_parents: list[bytes] = field(default_factory=list)
     evicted: list[bytes] = field(default_factory=list)  # pushed out to make room
     orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
+    # (`replaced`: what the transaction, or an orphan it let in, replaced; parents first.)
 
 
 @dataclass
-class MempoolUpdate:
+class MempoolUpdate(ReplacementRecord):
     """What a chain change did to the pool."""
 
     included: list[bytes] = field(default_factory=list)  # now confirmed
@@ -140,6 +168,7 @@ class MempoolUpdate:
     evicted: list[bytes] = field(default_factory=list)  # over the byte budget afterwards
     orphans_accepted: list[bytes] = field(default_factory=list)
     orphans_rejected: list[tuple[bytes, str]] = field(default_factory=list)
+    # (`replaced`: what adopted orphans replaced, as in `AcceptOutcome`.)
 
 
 @dataclass(eq=False, slots=True)
@@ -165,8 +194,10 @@ class Mempool:
         fee_halflife: int = DEFAULT_MEMPOOL_FEE_HALFLIFE,
         max_orphan_size: int = DEFAULT_MAX_ORPHAN_TX_SIZE,
         max_standard_size: int = DEFAULT_MAX_STANDARD_TX_SIZE,
+        replacement_policy: ReplacementPolicy = DEFAULT_REPLACEMENT_POLICY,
     ) -> None:
         self.params = params
+        self.replacement_policy = replacement_policy
         self.max_standard_size = max_standard_size
         self.max_bytes = max_bytes
         self.min_relay_fee_rate = min_fee_rate
@@ -231,6 +262,14 @@ class Mempool:
                 found.append(spender)
         return found
 
+    def signals_replaceable(self, txid: bytes) -> bool:
+        """BIP125's `bip125-replaceable`: the entry or one of its in-pool ancestors signals
+        (whatever the policy: under full RBF everything is replaceable, signalling or not)."""
+        entry = self._entries[txid]
+        if signals_opt_in(entry.tx):
+            return True
+        return any(signals_opt_in(self._entries[a].tx) for a in self._ancestors(entry.parents))
+
     def spender_of(self, outpoint: OutPoint) -> bytes | None:
         return self._spenders.get(outpoint)
 
@@ -258,14 +297,15 @@ class Mempool:
         outcome = AcceptOutcome()
         missing = self._accept_one(
             tx, chain, now if entry_time is None else entry_time, outcome.evicted,
-            orphan_time=now,
+            orphan_time=now, replaced=outcome,
         )
         if missing:
             outcome.orphan, outcome.missing_parents = True, missing
             return outcome
         outcome.accepted.append(tx.txid)
         self._retry_orphans(
-            [tx.txid], chain, now, outcome.accepted, outcome.orphans_rejected, outcome.evicted
+            [tx.txid], chain, now, outcome.accepted, outcome.orphans_rejected, outcome.evicted,
+            outcome,
         )
         return outcome
 
@@ -278,9 +318,11 @@ class Mempool:
         *,
         orphan_time: int | None,
         bypass_limits: bool = False,
+        replaced: ReplacementRecord | None = None,
     ) -> list[bytes]:
         """Add `tx` (returns []) or park it as an orphan (returns its missing parents; only when
-        `orphan_time` is given). Raises `ConsensusError` otherwise."""
+        `orphan_time` is given). Raises `ConsensusError` otherwise. Only with `replaced` may it
+        replace conflicting entries under the pool's policy; what it evicts so goes in there."""
         params = self.params
         entries = self._entries
         txid = tx.txid
@@ -308,7 +350,7 @@ class Mempool:
 
         spend_height = chain.height + 1
         found, parents, conflicts, missing = self._find_inputs(tx, chain, spend_height)
-        if conflicts:
+        if conflicts and (replaced is None or not self._may_replace(conflicts)):
             raise MempoolConflict(conflicts)
         if missing and orphan_time is not None:
             # An orphan only if no parent is known: a confirmed parent means the output is
@@ -324,18 +366,24 @@ class Mempool:
         size = tx.size
         if not bypass_limits:
             self._check_fee_rate(fee, size)
+        doomed = self._check_replacement(txid, fee, size, conflicts, parents)
 
         ancestors = self._ancestors(parents)
         plan: set[bytes] = set()
         plan_score = 0.0
         if not bypass_limits:
-            self._check_chain_limits(ancestors)
-            if self._bytes + size > self.max_bytes:
-                plan, plan_score = self._plan_eviction(fee, size, ancestors)
+            self._check_chain_limits(ancestors, doomed)
+            doomed_bytes = sum(entries[t].size for t in doomed)
+            if self._bytes - doomed_bytes + size > self.max_bytes:
+                plan, plan_score = self._plan_eviction(fee, size, ancestors, doomed)
 
         # Last, as the most expensive check: cheap policy refusals must not cost a verification.
         check_tx_signatures(tx, coins, params.genesis_hash, self.signature_cache)
 
+        if replaced is not None and doomed:
+            removed = [entries[t] for t in sorted(doomed, key=lambda t: entries[t].seq)]
+            self._remove_set(doomed)
+            replaced.note(removed, txid)
         self._insert(tx, txid, fee, size, entry_time, parents, ancestors)
         if plan:
             evicted.extend(self._remove_set(plan))
@@ -375,6 +423,57 @@ class Mempool:
                 found[outpoint] = coin
         return found, parents, conflicts, missing
 
+    def _may_replace(self, conflicts: list[bytes]) -> bool:
+        """Whether the policy lets a newcomer try to replace these direct conflicts at all."""
+        policy = self.replacement_policy
+        if policy == FULL:
+            return True
+        if policy == FIRST_SEEN:
+            return False
+        return all(self.signals_replaceable(c) for c in conflicts)
+
+    def _check_replacement(
+        self, txid: bytes, fee: int, size: int, conflicts: list[bytes], parents: set[bytes]
+    ) -> set[bytes]:
+        """BIP125 rules 2 to 5 and Core's fee rate check, in Core's order: what the replacement
+        would evict (its direct conflicts and their descendants), or `ConsensusError`."""
+        if not conflicts:
+            return set()
+        entries = self._entries
+        # Rule 5 before any walk of descendants, on the (over-)count the entries carry, so that
+        # a refused replacement costs O(conflicts) however big the pool.
+        bound = sum(entries[c].descendant_count for c in conflicts)
+        if bound > MAX_REPLACEMENT_CANDIDATES:
+            raise too_many_replacements(txid, bound)
+        doomed: set[bytes] = set()
+        for c in conflicts:
+            doomed |= self._descendants(c)
+        # Rule 2: no unconfirmed input that one of the replaced transactions did not spend.
+        spent_by_conflicts: set[bytes] = set()
+        for c in conflicts:
+            spent_by_conflicts |= entries[c].parents
+        added = sorted(parents - spent_by_conflicts)
+        if added:
+            raise ConsensusError(
+                ADDS_UNCONFIRMED,
+                f"replacement {txid.hex()} adds an unconfirmed input, from pool transaction "
+                f"{added[0].hex()}",
+            )
+        if not parents.isdisjoint(doomed):
+            raise ConsensusError(
+                SPENDS_CONFLICTING,
+                f"{txid.hex()} spends an output of a transaction it would replace",
+            )
+        check_replacement(
+            txid=txid,
+            fee=fee,
+            size=size,
+            direct=[(c, entries[c].fee, entries[c].size) for c in conflicts],
+            replaced_fee=sum(entries[t].fee for t in doomed),
+            incremental_fee_rate=self.incremental_fee_rate,
+        )
+        return doomed
+
     def _check_fee_rate(self, fee: int, size: int) -> None:
         """The relay minimum and, while the pool is full, its current floor."""
         if fee < self.min_relay_fee_rate * size:
@@ -388,9 +487,9 @@ class Mempool:
                 f"fee rate {fee / size:.3f} < current mempool minimum {self._floor:.3f}",
             )
 
-    def _check_chain_limits(self, ancestors: set[bytes]) -> None:
+    def _check_chain_limits(self, ancestors: set[bytes], leaving: set[bytes]) -> None:
         """A new entry with these ancestors stays within max_ancestors and leaves each of them
-        within max_descendants."""
+        within max_descendants, not counting the descendants `leaving` (being replaced)."""
         entries = self._entries
         if len(ancestors) + 1 > self.max_ancestors:
             raise ConsensusError(
@@ -398,7 +497,10 @@ class Mempool:
                 f"{len(ancestors) + 1} ancestors > limit {self.max_ancestors}",
             )
         for a in ancestors:
-            if entries[a].descendant_count + 1 > self.max_descendants:
+            count = entries[a].descendant_count
+            if leaving and count + 1 > self.max_descendants:
+                count -= len(self._descendants(a) & leaving)
+            if count + 1 > self.max_descendants:
                 raise ConsensusError(
                     "too-long-mempool-chain",
                     f"{a.hex()} would exceed {self.max_descendants} descendants",
@@ -483,10 +585,11 @@ class Mempool:
         return None
 
     def _plan_eviction(
-        self, fee: int, size: int, ancestors: set[bytes]
+        self, fee: int, size: int, ancestors: set[bytes], replacing: set[bytes]
     ) -> tuple[set[bytes], float]:
         """What to evict to fit a newcomer (and the best score among it), or `mempool-full` if
-        that would give up fees."""
+        that would give up fees. What it replaces (`replacing`) leaves anyway: it frees its
+        bytes and is not part of the plan."""
         if size > self.max_bytes:
             raise ConsensusError("mempool-full", f"{size} bytes exceed the whole pool")
         entries = self._entries
@@ -495,8 +598,8 @@ class Mempool:
         package_size = size + sum(entries[a].size for a in ancestors)
         newcomer_rate = min(fee / size, package_fee / package_size)
         need = self._bytes + size - self.max_bytes
-        doomed: set[bytes] = set()
-        freed = 0
+        doomed: set[bytes] = set(replacing)
+        freed = sum(entries[t].size for t in replacing)
         best = 0.0
         popped: list[tuple[float, int, bytes]] = []
         try:
@@ -524,7 +627,7 @@ class Mempool:
                 heapq.heappush(self._evict_heap, key)
         if freed < need:
             raise ConsensusError("mempool-full", "not enough evictable entries")
-        return doomed, best
+        return doomed - replacing, best
 
     def _trim(self, evicted: list[bytes]) -> None:
         """Evict lowest descendant scores (with their descendants) until within the budget."""
@@ -633,6 +736,7 @@ class Mempool:
         accepted: list[bytes],
         rejected: list[tuple[bytes, str]],
         evicted: list[bytes],
+        replaced: ReplacementRecord | None,
     ) -> None:
         queue = list(parents)
         while queue:
@@ -647,7 +751,8 @@ class Mempool:
                 orphan = self._drop_orphan(txid)
                 try:
                     missing = self._accept_one(
-                        orphan.tx, chain, now, evicted, orphan_time=orphan.time
+                        orphan.tx, chain, now, evicted, orphan_time=orphan.time,
+                        replaced=replaced,
                     )
                 except ConsensusError as exc:
                     rejected.append((txid, exc.reason))
@@ -679,7 +784,8 @@ class Mempool:
         retry += update.returned
         self._drop_orphans_for_blocks([block for _, block in result.connected])
         self._retry_orphans(
-            retry, chain, now, update.orphans_accepted, update.orphans_rejected, update.evicted
+            retry, chain, now, update.orphans_accepted, update.orphans_rejected, update.evicted,
+            update,
         )
         return update
 

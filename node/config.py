@@ -23,6 +23,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from consensus.replacement import (
+    DEFAULT_REPLACEMENT_POLICY,
+    REPLACEMENT_POLICIES,
+    ReplacementPolicy,
+)
 from node.rpc.limits import (
     DEFAULT_MAX_RPC_BATCH,
     DEFAULT_MAX_RPC_CONNECTIONS,
@@ -102,6 +107,7 @@ class NodeConfig:
     max_rpc_connections: int = DEFAULT_MAX_RPC_CONNECTIONS
     max_mempool_bytes: int = 50_000_000
     max_orphan_txs: int = 100
+    mempool_replacement: ReplacementPolicy = DEFAULT_REPLACEMENT_POLICY
     max_inbound: int = 32
     max_outbound: int = 8
     allow_peer: tuple[str, ...] = ()
@@ -201,6 +207,10 @@ _OPTION_LIST: tuple[_Option, ...] = (
             "most simultaneous RPC connections, event streams included", flag=False, minimum=1),
     _Option("max_mempool_bytes", "int", "mempool size limit in bytes", minimum=1),
     _Option("max_orphan_txs", "int", "orphan transaction pool limit", flag=False, minimum=0),
+    _Option("mempool_replacement", "choice",
+            "what a conflicting transaction may do to the one in the mempool: first-seen (never "
+            "replace it), opt-in (BIP125: replace it if it signals) or full (replace-by-fee, "
+            "Bitcoin Core's default since v28)", choices=REPLACEMENT_POLICIES),
     _Option("max_inbound", "int", "maximum inbound peer connections", minimum=0),
     _Option("max_outbound", "int", "maximum outbound peer connections", minimum=0),
     _Option("allow_peer", "nodeid_list",

@@ -33,8 +33,9 @@ from consensus.chainstate import AcceptResult, ChainState
 from consensus.coins import Coin
 from consensus.errors import ConsensusError
 from consensus.keys import PrivateKey
-from consensus.mempool import Mempool, MempoolConflict
+from consensus.mempool import Mempool, MempoolConflict, ReplacementRecord
 from consensus.params import DEFAULT_SIGNATURE_CACHE_SIZE, ChainParams
+from consensus.replacement import REFUSED_REPLACEMENT_REASONS
 from consensus.tx import OutPoint, Transaction, decode_transaction
 from consensus.txstatus import TxStatus, transaction_status
 from consensus.update import AddressIndexReader
@@ -50,6 +51,7 @@ from node.events import EventHub
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
 from node.miner.miner import Miner
+from node.replacements import ReplacementLog
 from node.rpc.cookie import delete_cookie, write_cookie
 from node.rpc.methods import build_registry
 from node.rpc.server import RPCServer
@@ -109,6 +111,7 @@ class Node:
         self._alerted: OrderedDict[OutPoint, None] = OrderedDict()
         self._double_spend_seen_at: dict[bytes, float] = {}  # txid -> first proof, clock time
         self._recent: OrderedDict[bytes, Transaction] = OrderedDict()
+        self.replacements = ReplacementLog(MAX_WATCHED_TXS)
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None
         # The store, when --addressindex keeps the address index current (else None).
@@ -202,8 +205,10 @@ class Node:
             max_bytes=self.config.max_mempool_bytes,
             max_orphans=self.config.max_orphan_txs,
             signature_cache=sigcache,
+            replacement_policy=self.config.mempool_replacement,
         )
         self.wallet = Wallet.open(self.datadir, self.params)
+        self.wallet.replaced = lambda txid: self.replacement_holder(txid) is not None
         for txid in self.wallet.history.records:
             self._watch(txid)
         self._load_mempool()
@@ -581,6 +586,7 @@ class Node:
             update = self.mempool.update_for_chain(result, self.chain, self.now())
             for txid in update.conflicted:
                 self._watch(txid)
+            self._note_replacements(update)
             for txid in update.removed:
                 # No longer valid on the new tip (non-final there, say): watched, so that its
                 # status event says it left the mempool.
@@ -616,12 +622,16 @@ class Node:
     def submit_transaction(self, tx: Transaction) -> Any:
         try:
             outcome = self.mempool.accept(tx, self.chain, self.now())
-        except MempoolConflict as exc:
-            for txid in exc.conflicting:
-                entry = self.mempool.get(txid)
-                if entry is not None:
-                    self._record_double_spend(entry.tx, tx, relay=True)
+        except ConsensusError as exc:
+            # A conflict the policy does not replace, or a replacement its rules refused: a
+            # double spend of the pool transactions either way.
+            if isinstance(exc, MempoolConflict) or exc.reason in REFUSED_REPLACEMENT_REASONS:
+                for txid in self.mempool.conflicts_of(tx):
+                    entry = self.mempool.get(txid)
+                    if entry is not None:
+                        self._record_double_spend(entry.tx, tx, relay=True)
             raise
+        self._note_replacements(outcome)
         for txid in outcome.accepted:
             entry = self.mempool.get(txid)
             if entry is not None:
@@ -639,6 +649,35 @@ class Node:
             self._watched[tx.txid] = ("mempool", 0)
         self.miner.on_mempool_changed()
         return outcome
+
+    def _note_replacements(self, record: ReplacementRecord) -> None:
+        """Pool transactions a replacement pushed out: status `replaced`, a double-spend proof
+        saying which policy let the replacement in, and the body kept for gettransaction."""
+        if not record.replaced:
+            return
+        self.replacements.note(record.replaced)
+        policy = self.mempool.replacement_policy
+        for txid, by in record.replaced.items():
+            self._remember_tx(record.replaced_txs[txid])
+            self._watch(txid)
+            log.info("mempool_tx_replaced", txid=txid.hex(), replaced_by=by.hex(), policy=policy)
+        for txid, by in record.replaced.items():
+            replacement = self.mempool.get(by)
+            if replacement is not None:
+                # A descendant shares no input with the replacement: only direct conflicts
+                # make a proof, the others are skipped inside.
+                self._record_double_spend(
+                    record.replaced_txs[txid], replacement.tx, relay=True, replaced_under=policy
+                )
+        self._publish_tx_statuses()  # the replaced ones' `replaced`, proof or not
+
+    def replacement_holder(self, txid: bytes) -> bytes | None:
+        """The replacement of `txid` (or of that one, and so on) that is in the mempool or
+        confirmed, if `txid` was replaced in our mempool."""
+        chain, mempool = self.chain, self.mempool
+        return self.replacements.holder(
+            txid, lambda t: t in mempool or chain.tx_block(t) is not None
+        )
 
     # ----------------------------------------------------------------- double spends
 
@@ -682,7 +721,11 @@ class Node:
         out = parent.outputs[outpoint.index]
         return Coin(out.amount, out.pkh, self.chain.height + 1, parent.is_coinbase)
 
-    def _record_double_spend(self, tx_a: Transaction, tx_b: Transaction, relay: bool) -> None:
+    def _record_double_spend(
+        self, tx_a: Transaction, tx_b: Transaction, relay: bool, replaced_under: str | None = None
+    ) -> None:
+        """`replaced_under`: the replacement policy that let `tx_b` replace `tx_a` in our
+        mempool (a replacement is still a double spend), named in the log and the event."""
         if not self._proves_double_spend(tx_a, tx_b):
             return
         new = tx_b.txid not in self._double_spends.get(tx_a.txid, set())
@@ -696,9 +739,11 @@ class Node:
             forgotten, _ = self._double_spends.popitem(last=False)
             self._double_spend_seen_at.pop(forgotten, None)
         if new:
-            log.warning("double_spend_seen", txid=tx_a.txid.hex(), conflicting=tx_b.txid.hex())
+            replacement = {} if replaced_under is None else {"replaced_under": replaced_under}
+            log.warning("double_spend_seen", txid=tx_a.txid.hex(), conflicting=tx_b.txid.hex(),
+                        **replacement)
             self.events.publish({"type": "double_spend", "txid": tx_a.txid.hex(),
-                                 "conflicting": tx_b.txid.hex()})
+                                 "conflicting": tx_b.txid.hex(), **replacement})
         shared = {i.outpoint for i in tx_a.inputs} & {i.outpoint for i in tx_b.inputs}
         fresh = [op for op in shared if op not in self._alerted]
         if relay and fresh and self.config.double_spend_alerts and self.p2p is not None:
@@ -783,8 +828,10 @@ class Node:
     def tx_status(self, txid: bytes) -> TxStatus:
         tx = None if self.chain.tx_block(txid) else self.find_transaction(txid)
         alerts = self._double_spends.get(txid, ()) if self.config.double_spend_alerts else ()
+        by = self.replacements.replaced_by(txid)
         return transaction_status(
-            txid, tx, self.chain, self.mempool, self.finality_depth, known_conflicts=alerts
+            txid, tx, self.chain, self.mempool, self.finality_depth, known_conflicts=alerts,
+            replaced_by=None if by is None else (by, self.replacement_holder(txid)),
         )
 
     def accepted_zero_conf(self, status: TxStatus) -> bool:
@@ -819,12 +866,16 @@ class Node:
             current = (status.status, status.confirmations)
             if current != previous:
                 self._watched[txid] = current
+                replaced = (
+                    {"replaced_by_txid": status.replaced_by.hex()} if status.replaced_by else {}
+                )
                 self.events.publish(
                     {
                         "type": "tx_status",
                         "txid": txid.hex(),
                         "status": status.status,
                         "confirmations": status.confirmations,
+                        **replaced,
                     }
                 )
 

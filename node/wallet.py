@@ -9,6 +9,7 @@ conflicted away, and the inputs of its unconfirmed payments stay locked across a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ class Wallet:
         self.journal = Journal(path.with_name(JOURNAL_FILE))
         self._unflushed: list[bytes] = []
         self._flushed_scan: tuple[int, bytes] | None = None
+        # Whether a replacement still holds the mempool slot of this transaction (the daemon
+        # sets it: node.replacements): such a payment is settled like a conflicted one.
+        self.replaced: Callable[[bytes], bool] = _never_replaced
 
     @classmethod
     def open(cls, datadir: Path, params: ChainParams) -> Wallet:
@@ -334,7 +338,7 @@ class Wallet:
             return False
 
         def settled(tx: Transaction) -> bool:
-            return chain.tx_block(tx.txid) is not None or conflicted(tx)
+            return chain.tx_block(tx.txid) is not None or conflicted(tx) or self.replaced(tx.txid)
 
         return settled
 
@@ -412,3 +416,7 @@ class Wallet:
     def known_tx(self, txid: bytes) -> bytes | None:
         record = self.history.get(txid)
         return record.raw if record else None
+
+
+def _never_replaced(txid: bytes) -> bool:
+    return False

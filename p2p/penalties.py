@@ -41,6 +41,12 @@ PENALTY = {
     "getdata-flood": 20,
     "headers-flood": 20,
     "low-work-headers": 20,
+    # A little for each replacement our rules refused (consensus.replacement's
+    # REFUSED_REPLACEMENT_REASONS): an honest peer with another view of the mempool sends few, a
+    # flood (cycling or pinning) is cut off after `threshold` of them, each having cost us at
+    # most the rule 5 bound of work and no signature check. A conflict our policy does not
+    # replace at all (`txn-mempool-conflict`) costs nothing: the peer may run another policy.
+    "replacement-rejected": 1,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in
 # transit, or the block is only early.

@@ -14,6 +14,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError, DecodeError
 from consensus.mempool import NON_FINAL
+from consensus.replacement import REFUSED_REPLACEMENT_REASONS
 from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
@@ -321,7 +322,9 @@ class Relay(ProtocolCore):
                 # It may be final at the next block: not remembered as rejected (Bitcoin Core
                 # forgets its rejects at every new tip).
                 self._seen_txs.discard(txid)
-            if exc.reason not in HARMLESS_TX_REASONS:
+            if exc.reason in REFUSED_REPLACEMENT_REASONS:
+                self._penalise(peer.addr, "replacement-rejected", now)
+            elif exc.reason not in HARMLESS_TX_REASONS:
                 self._penalise(peer.addr, "invalid-tx", now)
             return
         if getattr(outcome, "orphan", False):

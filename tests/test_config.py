@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert cfg.max_rpc_body_bytes == 1_000_000
     assert cfg.max_mempool_bytes == 50_000_000
     assert cfg.max_orphan_txs == 100
+    assert cfg.mempool_replacement == "first-seen"
     assert (cfg.max_inbound, cfg.max_outbound, cfg.ban_seconds) == (32, 8, 86400)
     assert cfg.params == {}
 
@@ -111,6 +112,8 @@ PRECEDENCE_CASES = {
                   ("debug", "warning", "error")),
     "max_mempool_bytes": ("1", "2", ["--max-mempool-bytes", "3"], (1, 2, 3)),
     "max_inbound": ("1", "2", ["--max-inbound", "3"], (1, 2, 3)),
+    "mempool_replacement": ('"full"', "Opt-In", ["--mempool-replacement", "first-seen"],
+                            ("full", "opt-in", "first-seen")),
     "max_outbound": ("1", "2", ["--max-outbound", "3"], (1, 2, 3)),
     "allow_peer": ('["aa"]', "bb,cc", ["--allow-peer", "DD"], (("aa",), ("bb", "cc"), ("dd",))),
     "ban_seconds": ("1", "2", ["--ban-seconds", "3"], (1, 2, 3)),
@@ -312,6 +315,7 @@ BAD_VALUES = [
     ("network", '"mainnet"', "mainnet", "one of regtest, testnet"),
     ("log_format", '"xml"', "xml", "one of json, console"),
     ("log_level", '"trace"', "trace", "one of debug, info, warning, error"),
+    ("mempool_replacement", '"rbf"', "fullrbf", "one of first-seen, opt-in, full"),
     ("p2p_bind", '"localhost"', "localhost", "HOST:PORT"),
     ("p2p_bind", '"127.0.0.1:65536"', "127.0.0.1:70000", "HOST:PORT"),
     ("rpc_bind", '"127.0.0.1:port"', ":8080", "HOST:PORT"),
@@ -464,6 +468,7 @@ def test_to_toml_round_trip_everything_set() -> None:
         max_rpc_body_bytes=5,
         max_mempool_bytes=6,
         max_orphan_txs=0,
+        mempool_replacement="opt-in",
         max_inbound=0,
         max_outbound=1,
         allow_peer=("ab01", "ff"),

@@ -11,6 +11,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError
 from consensus.mempool import MempoolConflict
+from consensus.replacement import FULL
 from consensus.tx import SEQUENCE_FINAL, U32_MAX, Transaction, TxIn, TxOut
 from node.interface import NodeAPI
 from node.rpc.errors import (
@@ -41,6 +42,9 @@ def _mempool_entry(node: NodeAPI, txid: bytes) -> dict[str, Any]:
         "time": entry.time,
         "depends": [p.hex() for p in entry.parents],
         "spentby": [c.hex() for c in entry.children],
+        # BIP125 signalling, by itself or an unconfirmed ancestor, as bitcoind reports it
+        # whatever the policy (under full RBF every entry is replaceable anyway).
+        "bip125-replaceable": node.mempool.signals_replaceable(txid),
     }
 
 
@@ -60,7 +64,8 @@ def getmempoolentry(node: NodeAPI, txid: str) -> dict[str, Any]:
 
 @rpc_method
 def getmempoolinfo(node: NodeAPI) -> dict[str, Any]:
-    """Mempool size, bytes, memory usage, limit and current minimum fee rate."""
+    """Mempool size, bytes, memory usage, limit, current minimum fee rate and replacement
+    policy (`mempoolfullrbf` as bitcoind; `replacement_policy` first-seen, opt-in or full)."""
     mp = node.mempool
     return {
         "size": len(mp),
@@ -69,6 +74,9 @@ def getmempoolinfo(node: NodeAPI) -> dict[str, Any]:
         "maxmempool": node.config.max_mempool_bytes,
         "minfee": mp.min_fee_rate,
         "orphans": mp.orphan_count(),
+        "incrementalrelayfee": mp.incremental_fee_rate,
+        "mempoolfullrbf": mp.replacement_policy == FULL,
+        "replacement_policy": mp.replacement_policy,
     }
 
 
