@@ -1,0 +1,90 @@
+"""Hostile review of the address index: each test pins a bug the review found."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.testnet.processes import NodeProcess
+from tests.daemon_harness import REPO
+
+MATURITY = 100
+TIMEOUT = 60
+
+
+def _watch(datadir: Path, address: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "address",
+            "history",
+            address,
+            "--watch",
+            "--json",
+            "--interval",
+            "0.1",
+            "--datadir",
+            str(datadir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert watcher.stdout is not None
+    stdout = watcher.stdout
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    return watcher, lines
+
+
+def _next_event(lines: queue.Queue[str], kind: str) -> dict[str, Any]:
+    """The next event of `kind` (the watcher may repeat "unreachable" while it waits)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        event: dict[str, Any] = json.loads(lines.get(timeout=left))
+        if event.get("event") == kind:
+            return event
+    raise AssertionError(f"no {kind!r} event within {TIMEOUT}s")
+
+
+@pytest.mark.slow
+def test_watch_follows_a_node_that_restarts_with_a_new_port_and_cookie(tmp_path: Path) -> None:
+    # The node picks a fresh RPC port and cookie at every start; a watcher that kept the ones
+    # it read at its own start could never reach the restarted node again.
+    node = NodeProcess(tmp_path / "n", args=["--addressindex"]).start()
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        miner = node.rpc("getnewaddress")
+        node.rpc("generatetoaddress", MATURITY + 1, miner)
+        payee = node.rpc("getnewaddress")
+        watcher, lines = _watch(node.datadir, payee)
+        assert json.loads(lines.get(timeout=TIMEOUT))["entries"] == []
+        node.stop()
+        assert _next_event(lines, "unreachable")["error"]
+        node.start()
+        paid = node.rpc("sendtoaddress", payee, 2_500)
+        event = _next_event(lines, "pending")
+        assert (event["txid"], event["amount"]) == (paid, 2_500)
+        node.kill()  # gone for good: the watcher keeps saying so, and exits cleanly on Ctrl-C
+        _next_event(lines, "unreachable")
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(TIMEOUT) == 0
+        assert watcher.stderr is not None
+        assert "Traceback" not in watcher.stderr.read()
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        node.ensure_dead()
