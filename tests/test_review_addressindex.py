@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
+from consensus.tx import OutPoint
+from consensus.update import ChainUpdate
 from lab.testnet.processes import NodeProcess
+from node.addressindex import sync_address_index
+from storage import MemoryStore
 from tests.daemon_harness import REPO
+from tests.helpers import ChainBuilder, pkh
+from tests.test_chain_properties import PARAMS
 
 MATURITY = 100
 TIMEOUT = 60
@@ -88,3 +94,42 @@ def test_watch_follows_a_node_that_restarts_with_a_new_port_and_cookie(tmp_path:
             watcher.kill()
             watcher.wait()
         node.ensure_dead()
+
+
+class RecordingStore(MemoryStore):
+    """A store that remembers how many address rows each update carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows_per_update: list[int] = []
+
+    def apply(self, update: ChainUpdate) -> None:
+        self.rows_per_update.append(len(update.address_deltas))
+        super().apply(update)
+
+
+def test_a_rebuild_bounds_the_rows_of_one_transaction_not_only_its_blocks() -> None:
+    # A batch of REBUILD_BATCH_BLOCKS full blocks of many-output transactions is millions of
+    # rows (~400 bytes each in the journal, then again in a fold): the rows bound the batch too.
+    b = ChainBuilder(PARAMS)
+    outputs = 40
+    for _ in range(12):
+        txs = []
+        if b.chain.height >= 1:
+            cb = b.block_at(b.chain.height).txs[0]
+            total = b.outputs[OutPoint(cb.txid, 0)].amount
+            amounts = [total // outputs] * outputs
+            txs.append(b.spend([OutPoint(cb.txid, 0)], amounts, to=pkh(3)))
+        b.mine(1, txs=txs)
+    per_block = 2 + outputs + 1  # the coinbase output, the input, the outputs (+ a fee output)
+    store = RecordingStore()
+    assert sync_address_index(store, b.chain, batch_rows=100) == "rebuilt"
+    assert max(store.rows_per_update) <= 100 + per_block
+    assert len(store.rows_per_update) > 2
+    whole = MemoryStore()
+    sync_address_index(whole, b.chain, rebuild=True)
+    owners = [pkh(n) for n in range(6)]
+    assert store.address_deltas(owners, 0, 1 << 40, 1 << 40) == whole.address_deltas(
+        owners, 0, 1 << 40, 1 << 40
+    )
+    assert store.address_index_tip() == b.chain.tip.hash
