@@ -12,12 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from consensus.tx import OutPoint
 from consensus.update import ChainUpdate
 from lab.testnet.processes import NodeProcess
 from node.addressindex import sync_address_index
+from node.events import EventHub
+from node.rpc.registry import MethodRegistry
+from node.rpc.server import RPCServer
 from storage import MemoryStore
 from tests.daemon_harness import REPO
 from tests.helpers import ChainBuilder, pkh
@@ -133,3 +137,40 @@ def test_a_rebuild_bounds_the_rows_of_one_transaction_not_only_its_blocks() -> N
         owners, 0, 1 << 40, 1 << 40
     )
     assert store.address_index_tip() == b.chain.tip.hash
+
+
+async def test_a_batch_of_large_address_replies_is_bounded_in_bytes() -> None:
+    # An address RPC may answer MAX_ADDRESS_RESULTS rows (about 9 MB of JSON); the request that
+    # asks for it is ~100 bytes, so a batch of max_batch of them in one 100 kB POST would make
+    # the node build gigabytes of reply. The batch's reply is bounded in bytes instead: requests
+    # past the bound are not run and each gets an error naming it.
+    ran: list[int] = []
+
+    def big(n: int) -> str:
+        ran.append(n)
+        return "x" * 100_000
+
+    registry = MethodRegistry()
+    registry.register("big", big)
+    hub = EventHub()
+    server = RPCServer(registry, hub, None, auth_failure_delay=0.0, max_batch_reply_bytes=1_000_000)
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        batch = [{"jsonrpc": "2.0", "id": n, "method": "big", "params": [n]} for n in range(50)]
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(f"http://{host}:{port}/", json=batch) as resp,
+        ):
+            body = await resp.read()
+        replies = json.loads(body)
+        assert [r["id"] for r in replies] == list(range(50))
+        served = [r for r in replies if "result" in r]
+        refused = [r for r in replies if "error" in r]
+        assert len(body) < 1_000_000 + 2 * 100_100
+        assert 0 < len(served) <= 11 and len(served) + len(refused) == 50
+        assert ran == [r["id"] for r in served]
+        assert "batch reply" in refused[0]["error"]["message"]
+    finally:
+        await server.stop()
+        hub.close()
