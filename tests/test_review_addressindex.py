@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -174,3 +175,22 @@ async def test_a_batch_of_large_address_replies_is_bounded_in_bytes() -> None:
     finally:
         await server.stop()
         hub.close()
+
+
+def test_an_invalid_address_is_not_echoed_whole_into_the_error_and_the_log() -> None:
+    # The error reply is also logged (rpc_error, info): a 1 MB "address" made a 1 MB log line
+    # per request. Other invalid items were already cut to 80 characters.
+    from node.rpc.errors import RPCError
+    from node.rpc.methods import addressindex as methods
+    from node.wallet import WalletError
+
+    class Wallet:
+        def decode(self, address: str) -> bytes:
+            raise WalletError(f"invalid address {address!r}: wrong length or case")
+
+    node: Any = SimpleNamespace(address_index=object(), wallet=Wallet())
+    for method in (methods.getaddressbalance, methods.getaddressutxos, methods.getaddressdeltas):
+        with pytest.raises(RPCError) as err:
+            method(node, {"addresses": ["x" * 1_000_000]})
+        assert err.value.message.startswith("Invalid address: invalid address 'xxx")
+        assert len(err.value.message) <= 300
