@@ -141,7 +141,7 @@ def test_a_rebuild_bounds_the_rows_of_one_transaction_not_only_its_blocks() -> N
 
 
 async def test_a_batch_of_large_address_replies_is_bounded_in_bytes() -> None:
-    # An address RPC may answer MAX_ADDRESS_RESULTS rows (about 9 MB of JSON); the request that
+    # An address RPC may answer MAX_ADDRESS_RESULTS rows (about 10 MB of JSON); the request that
     # asks for it is ~100 bytes, so a batch of max_batch of them in one 100 kB POST would make
     # the node build gigabytes of reply. The batch's reply is bounded in bytes instead: requests
     # past the bound are not run and each gets an error naming it.
