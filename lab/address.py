@@ -4,7 +4,7 @@ Each confirmed transaction is shown with its height, net amount for the address 
 confirmations, marked ``final`` once it has the node's finality depth (getblockchaininfo), else
 ``confirmed``; mempool entries are ``pending``. With ``--watch`` the history is re-read whenever
 the tip or the mempool changes; a transaction that leaves the index (a reorg) is reported and
-classified with ``gettransaction``/``getrawmempool``: back in the mempool (``pending``),
+classified with ``gettransaction``/``getmempoolentry``: back in the mempool (``pending``),
 ``conflicted`` (a conflicting spend confirmed instead), or ``gone``. Runs until Ctrl-C.
 """
 
@@ -92,9 +92,12 @@ def classify_vanished(endpoint: NodeEndpoint, txid: str) -> tuple[str, int]:
         return "conflicted", confirmations
     if state in ("confirmed", "final") and confirmations > 0:
         return "confirmed", confirmations  # already back in a block of the new chain
-    if txid in endpoint.call("getrawmempool"):
-        return "pending", 0
-    return "gone", 0
+    # One entry, not getrawmempool: that answers every txid of the pool, once per transaction.
+    try:
+        endpoint.call("getmempoolentry", txid)
+    except RPCError:
+        return "gone", 0
+    return "pending", 0
 
 
 def _line(entry: Entry) -> str:

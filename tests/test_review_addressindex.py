@@ -194,3 +194,31 @@ def test_an_invalid_address_is_not_echoed_whole_into_the_error_and_the_log() -> 
             method(node, {"addresses": ["x" * 1_000_000]})
         assert err.value.message.startswith("Invalid address: invalid address 'xxx")
         assert len(err.value.message) <= 300
+
+
+def test_classifying_a_reorged_transaction_does_not_fetch_the_whole_mempool() -> None:
+    # getrawmempool answers every txid in the pool (250,000 txids is a 17 MB reply, built on
+    # the node's event loop), once per transaction a reorg took out of the address's history.
+    from lab.address import classify_vanished
+    from lab.client import RPCError as ClientRPCError
+
+    pool = {"aa" * 32}
+    called: list[str] = []
+
+    class Endpoint:
+        def call(self, method: str, *params: Any) -> Any:
+            called.append(method)
+            if method == "gettransaction":
+                raise ClientRPCError(-5, "Invalid or non-wallet transaction id")
+            if method == "getmempoolentry":
+                if params[0] in pool:
+                    return {"fees": {"base": 1}}
+                raise ClientRPCError(-5, "Transaction not in mempool")
+            if method == "getrawmempool":
+                return sorted(pool) + [f"{n:064x}" for n in range(250_000)]
+            raise AssertionError(method)
+
+    endpoint: Any = Endpoint()
+    assert classify_vanished(endpoint, "aa" * 32) == ("pending", 0)
+    assert classify_vanished(endpoint, "bb" * 32) == ("gone", 0)
+    assert "getrawmempool" not in called
