@@ -4,19 +4,27 @@ Each confirmed transaction is shown with its height, net amount for the address 
 confirmations, marked ``final`` once it has the node's finality depth (getblockchaininfo), else
 ``confirmed``; mempool entries are ``pending``. With ``--watch`` the history is re-read whenever
 the tip or the mempool changes; a transaction that leaves the index (a reorg) is reported and
-classified with ``gettransaction``/``getrawmempool``: back in the mempool (``pending``),
+classified with ``gettransaction``/``getmempoolentry``: back in the mempool (``pending``),
 ``conflicted`` (a conflicting spend confirmed instead), or ``gone``. Runs until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from lab.client import NodeEndpoint, RPCConnectionError, RPCError
+from lab.client import (
+    CookieError,
+    EndpointError,
+    NodeEndpoint,
+    RPCAuthError,
+    RPCConnectionError,
+    RPCError,
+)
 from lab.text import plural
 
 EXIT_OK = 0
@@ -85,9 +93,12 @@ def classify_vanished(endpoint: NodeEndpoint, txid: str) -> tuple[str, int]:
         return "conflicted", confirmations
     if state in ("confirmed", "final") and confirmations > 0:
         return "confirmed", confirmations  # already back in a block of the new chain
-    if txid in endpoint.call("getrawmempool"):
-        return "pending", 0
-    return "gone", 0
+    # One entry, not getrawmempool: that answers every txid of the pool, once per transaction.
+    try:
+        endpoint.call("getmempoolentry", txid)
+    except RPCError:
+        return "gone", 0
+    return "pending", 0
 
 
 def _line(entry: Entry) -> str:
@@ -130,8 +141,11 @@ def watch_history(
     as_json: bool,
     interval: float = 0.5,
     out: Callable[[str], None] = print,
+    reconnect: Callable[[], NodeEndpoint] | None = None,
 ) -> int:
-    """Print the history, then every change to it until interrupted (Ctrl-C: exit 0)."""
+    """Print the history, then every change to it until interrupted (Ctrl-C: exit 0).
+    `reconnect` names the node again while it is unreachable: a restarted node listens on a
+    new RPC port with a new cookie, which only its data directory tells."""
     try:
         history = fetch_history(endpoint, address)
         print_history(history, as_json, out)
@@ -139,12 +153,16 @@ def watch_history(
             time.sleep(interval)  # a poll period, not a synchronisation wait
             try:
                 history = _follow(endpoint, address, history, as_json, out)
-            except RPCConnectionError as exc:
+            except (RPCConnectionError, RPCAuthError) as exc:
                 out(
                     json.dumps({"event": "unreachable", "error": str(exc)})
                     if as_json
                     else f"node unreachable: {exc}"
                 )
+                if reconnect is not None:
+                    # Not back yet (no cookie while it is down): try again at the next poll.
+                    with contextlib.suppress(CookieError, EndpointError, OSError):
+                        endpoint = reconnect()
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -185,13 +203,18 @@ def _follow(
 
 
 def history_command(
-    endpoint: NodeEndpoint, address: str, watch: bool, as_json: bool, interval: float
+    endpoint: NodeEndpoint,
+    address: str,
+    watch: bool,
+    as_json: bool,
+    interval: float,
+    reconnect: Callable[[], NodeEndpoint] | None = None,
 ) -> int:
     try:
         if watch:
-            return watch_history(endpoint, address, as_json, interval)
+            return watch_history(endpoint, address, as_json, interval, reconnect=reconnect)
         print_history(fetch_history(endpoint, address), as_json)
-    except (RPCError, RPCConnectionError) as exc:
+    except (RPCError, RPCConnectionError, RPCAuthError) as exc:
         print(f"powlab address history: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK

@@ -129,7 +129,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_address(args: argparse.Namespace) -> int:
     from lab.address import history_command
 
-    return history_command(_endpoint(args), args.address, args.watch, args.json, args.interval)
+    return history_command(
+        _endpoint(args), args.address, args.watch, args.json, args.interval,
+        reconnect=lambda: _endpoint(args),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,10 @@ log = structlog.get_logger("powlab.node")
 # Blocks indexed per store transaction while (re)building: large enough that the per-commit cost
 # vanishes, small enough that an interrupted rebuild loses little and memory stays bounded.
 REBUILD_BATCH_BLOCKS = 200
+# Address rows per store transaction while (re)building: 200 full blocks of many-output
+# transactions would be millions of rows, held in the journal (~400 bytes each) and again by the
+# fold that follows; this caps one batch near 20 MB of journal whatever the blocks hold.
+REBUILD_BATCH_ROWS = 50_000
 # Seconds between two progress events in the log.
 PROGRESS_INTERVAL = 5.0
 
@@ -46,6 +50,7 @@ def sync_address_index(
     *,
     rebuild: bool = False,
     batch_blocks: int = REBUILD_BATCH_BLOCKS,
+    batch_rows: int = REBUILD_BATCH_ROWS,
 ) -> SyncOutcome:
     """Make `store`'s address index match `chain`'s active chain; say what that took."""
     tip = chain.tip
@@ -69,13 +74,18 @@ def sync_address_index(
         genesis = chain.active[0].hash  # the genesis block pays nobody an indexed coin
         store.apply(ChainUpdate(address_reset=True, address_tip=genesis))
         start, outcome = 1, "rebuilt"
-    _index_range(store, chain, start, tip.height, batch_blocks)
+    _index_range(store, chain, start, tip.height, batch_blocks, batch_rows)
     log.info("address_index_ready", outcome=outcome, height=tip.height)
     return outcome
 
 
 def _index_range(
-    store: _IndexStore, chain: ChainState, start: int, end: int, batch_blocks: int
+    store: _IndexStore,
+    chain: ChainState,
+    start: int,
+    end: int,
+    batch_blocks: int,
+    batch_rows: int,
 ) -> None:
     update = ChainUpdate()
     last_report = time.monotonic()
@@ -86,7 +96,11 @@ def _index_range(
             raise RuntimeError(f"block {entry.hash.hex()} of the active chain is not stored")
         index_block(block, height, chain.block_undo(entry.hash), update.address_deltas)
         update.address_tip = entry.hash
-        if height == end or (height - start + 1) % batch_blocks == 0:
+        if (
+            height == end
+            or (height - start + 1) % batch_blocks == 0
+            or len(update.address_deltas) >= batch_rows
+        ):
             store.apply(update)
             update = ChainUpdate()
             now = time.monotonic()

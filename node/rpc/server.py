@@ -71,6 +71,7 @@ from node.rpc.limits import (
     DEFAULT_MAX_RPC_BATCH,
     DEFAULT_MAX_RPC_CONNECTIONS,
     DEFAULT_RPC_HEADER_TIMEOUT,
+    MAX_RPC_BATCH_REPLY_BYTES,
 )
 from node.rpc.registry import MethodRegistry
 
@@ -222,6 +223,8 @@ class RPCServer:
     ``shutdown_timeout``: how long :meth:`stop` waits for in-flight handlers.
     ``event_queue_size``: per-stream subscriber buffer; slow stream clients are dropped.
     ``max_batch``: most requests in one batch (option ``max_rpc_batch``).
+    ``max_batch_reply_bytes``: reply size past which a batch's further requests get an
+    INVALID_REQUEST error each instead of being run.
     ``header_timeout``: seconds to send complete request headers, and the keep-alive idle
     timeout (option ``rpc_header_timeout``).
     ``max_connections``: most simultaneous connections (option ``max_rpc_connections``).
@@ -241,6 +244,7 @@ class RPCServer:
         shutdown_timeout: float = 5.0,
         event_queue_size: int = 1000,
         max_batch: int = DEFAULT_MAX_RPC_BATCH,
+        max_batch_reply_bytes: int = MAX_RPC_BATCH_REPLY_BYTES,
         header_timeout: float = DEFAULT_RPC_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_RPC_CONNECTIONS,
     ) -> None:
@@ -259,6 +263,7 @@ class RPCServer:
         self._shutdown_timeout = shutdown_timeout
         self._event_queue_size = event_queue_size
         self._max_batch = max_batch
+        self._max_batch_reply_bytes = max_batch_reply_bytes
         self._header_timeout = header_timeout
         self._max_connections = max_connections
         self._guards: dict[asyncio.BaseTransport, _ConnectionGuard] = {}
@@ -490,17 +495,34 @@ class RPCServer:
             )
             return 200, self._error_response(INVALID_REQUEST, msg)
         parts: list[str] = []
+        reply_bytes = 0
         for i, item in enumerate(payload):
             if i:
                 # Methods are mostly synchronous: without this a whole batch would run in one
                 # go and stall every other client and the P2P loop until it is done.
                 await asyncio.sleep(0)
-            out = await self._process_one(item)
+            if reply_bytes > self._max_batch_reply_bytes:
+                out = self._refuse_past_reply_bound(item)
+            else:
+                out = await self._process_one(item)
             if out is not None:
                 parts.append(out[0])
+                reply_bytes += len(out[0])
         if not parts:
             return 204, None
         return 200, "[" + ",".join(parts) + "]"
+
+    def _refuse_past_reply_bound(self, req: Any) -> tuple[str, int] | None:
+        envelope = self._envelope(req)
+        if not isinstance(envelope, _Envelope):
+            return envelope
+        if envelope.notification:
+            return None
+        msg = (
+            f"batch reply over {self._max_batch_reply_bytes} bytes: request not run;"
+            " send it in a smaller batch"
+        )
+        return self._error_response(INVALID_REQUEST, msg, envelope.req_id, envelope.v2), 200
 
     async def _process_one(self, req: Any) -> tuple[str, int] | None:
         """Handle one request object. Returns (response JSON, HTTP status) or None."""

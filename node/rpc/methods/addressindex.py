@@ -83,7 +83,9 @@ def _addresses(
         try:
             pkh = node.wallet.decode(item)
         except WalletError as exc:
-            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, f"Invalid address: {exc}") from None
+            # Cut, as above: the message quotes the input, and the reply is logged.
+            message = f"Invalid address: {str(exc)[:200]}"
+            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, message) from None
         if pkh not in names:
             pkhs.append(pkh)
             names[pkh] = item
