@@ -12,7 +12,7 @@ import pytest
 from consensus.replacement import FIRST_SEEN, FULL
 from node.replacements import MAX_REPLACEMENT_LINE, ReplacementLog
 from tests.p2p_helpers import fund, info_of, link, network, pay, run_until
-from tests.test_replacement_node import PAYEE, funded, make_node, respend
+from tests.test_replacement_node import PAYEE, drain, funded, make_node, respend
 
 CYCLES = 3 * MAX_REPLACEMENT_LINE
 
@@ -93,3 +93,26 @@ def test_the_replacement_walk_stops_at_its_bound() -> None:
     seen.clear()
     assert log.holder(line[0], lambda t: seen.append(t) or t == last) is None
     assert len(seen) == MAX_REPLACEMENT_LINE
+
+
+async def test_the_replacements_own_status_event_says_what_gettransaction_says(
+    tmp_path: Path,
+) -> None:
+    # With double-spend alerts on, a replacement in the mempool is `conflicted` (the node holds
+    # the proof). Its status pass said so, then the arrival's event said `mempool` regardless,
+    # so a subscriber's last word on it contradicted gettransaction (until the next block).
+    node = make_node(tmp_path / "n", "full")
+    await node.start()
+    try:
+        rpc = await funded(node)
+        paid = await rpc("sendtoaddress", PAYEE, 10**8)
+        fee = node.mempool.get(bytes.fromhex(paid)).fee  # type: ignore[union-attr]
+        sub = node.events.subscribe(types=["tx_status"])
+        replacement = respend(node, paid, fee + 10_000)
+        await rpc("sendrawtransaction", replacement.encode().hex())
+        events = [e for e in drain(sub) if e["txid"] == replacement.txid.hex()]
+        status = await rpc("gettransaction", replacement.txid.hex())
+        assert status["status"] == "conflicted"
+        assert events and events[-1]["status"] == status["status"]
+    finally:
+        await node.stop()
