@@ -51,6 +51,7 @@ from consensus.replacement import (
     MAX_REPLACEMENT_CANDIDATES,
     SPENDS_CONFLICTING,
     ReplacementPolicy,
+    check_pays_more_than_conflicts,
     check_replacement,
     signals_opt_in,
     too_many_replacements,
@@ -440,6 +441,10 @@ class Mempool:
         if not conflicts:
             return set()
         entries = self._entries
+        direct = [(c, entries[c].fee, entries[c].size) for c in conflicts]
+        # Core's order: the fee rate first, so that the loser of a race (not charged to the peer
+        # that relays it) costs no walk either.
+        check_pays_more_than_conflicts(txid, fee, size, direct)
         # Rule 5 before any walk of descendants, on the (over-)count the entries carry, so that
         # a refused replacement costs O(conflicts) however big the pool.
         bound = sum(entries[c].descendant_count for c in conflicts)
@@ -468,7 +473,7 @@ class Mempool:
             txid=txid,
             fee=fee,
             size=size,
-            direct=[(c, entries[c].fee, entries[c].size) for c in conflicts],
+            direct=direct,
             replaced_fee=sum(entries[t].fee for t in doomed),
             incremental_fee_rate=self.incremental_fee_rate,
         )

@@ -52,6 +52,27 @@ def signals_opt_in(tx: Transaction) -> bool:
     return any(txin.sequence <= MAX_BIP125_RBF_SEQUENCE for txin in tx.inputs)
 
 
+class NoBetterFeeRate(ConsensusError):
+    """`insufficient fee` because the newcomer pays no higher a fee rate than a transaction it
+    conflicts with (Core's PaysMoreThanConflicts). That is the loser of a race, which an honest
+    peer holding it (first-seen, or the original reached it first) relays: not charged."""
+
+
+def check_pays_more_than_conflicts(
+    txid: bytes, fee: int, size: int, direct: Iterable[tuple[bytes, int, int]]
+) -> None:
+    """Raises `NoBetterFeeRate` unless `fee` for `size` bytes is a higher fee rate than each
+    direct conflict's, given as (txid, fee, size). O(conflicts): Core checks it first."""
+    for other, other_fee, other_size in direct:
+        # Cross-multiplied: exact in integers, where fee / size would round.
+        if fee * other_size <= other_fee * size:
+            raise NoBetterFeeRate(
+                INSUFFICIENT_FEE,
+                f"rejecting replacement {txid.hex()}; new feerate {fee / size:.3f} <= old "
+                f"feerate {other_fee / other_size:.3f} of {other.hex()}",
+            )
+
+
 def check_replacement(
     *,
     txid: bytes,
@@ -68,14 +89,7 @@ def check_replacement(
     Raises `ConsensusError("insufficient fee")` if it pays no higher a fee rate than a direct
     conflict (Core's PaysMoreThanConflicts), less in total than what it evicts (BIP125 rule 3),
     or too little on top to pay for its own relay at the incremental rate (rule 4)."""
-    for other, other_fee, other_size in direct:
-        # Cross-multiplied: exact in integers, where fee / size would round.
-        if fee * other_size <= other_fee * size:
-            raise ConsensusError(
-                INSUFFICIENT_FEE,
-                f"rejecting replacement {txid.hex()}; new feerate {fee / size:.3f} <= old "
-                f"feerate {other_fee / other_size:.3f} of {other.hex()}",
-            )
+    check_pays_more_than_conflicts(txid, fee, size, direct)
     if fee < replaced_fee:
         raise ConsensusError(
             INSUFFICIENT_FEE,

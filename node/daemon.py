@@ -642,11 +642,14 @@ class Node:
                     self.protocol.announce_tx(entry.tx, self.clock())
         if self.p2p is not None:
             self.p2p.flush()
-        # Only the new arrival changed: report it, not every watched transaction.
-        self.events.publish({"type": "tx_status", "txid": tx.txid.hex(), "status": "mempool",
-                             "confirmations": 0})
+        # Only the new arrival changed: report it, not every watched transaction. As its status
+        # says: `conflicted` rather than `mempool` when the node holds proof of its double spend
+        # (a replacement, with alerts on).
+        status = self.tx_status(tx.txid)
+        self.events.publish({"type": "tx_status", "txid": tx.txid.hex(), "status": status.status,
+                             "confirmations": status.confirmations})
         if tx.txid in self._watched:
-            self._watched[tx.txid] = ("mempool", 0)
+            self._watched[tx.txid] = (status.status, status.confirmations)
         self.miner.on_mempool_changed()
         return outcome
 

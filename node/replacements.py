@@ -12,6 +12,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+# The most steps a status takes down a line of replacements to find the one holding the slot.
+# Every status pass walks each watched replaced transaction: unbounded, a peer cycling one coin
+# through N replacements made each pass cost N²/2 steps. A transaction replaced longer ago than
+# that is no longer `replaced` (it shows conflicted by the live one, as after a restart).
+MAX_REPLACEMENT_LINE = 25
+
 
 class ReplacementLog:
     """Replaced txid -> the txid that replaced it, the most recent `capacity` of them."""
@@ -36,11 +42,10 @@ class ReplacementLog:
 
     def holder(self, txid: bytes, holds: Callable[[bytes], bool]) -> bytes | None:
         """The first transaction down `txid`'s line of replacements that `holds` (is in the
-        mempool or confirmed), or None."""
+        mempool or confirmed), within MAX_REPLACEMENT_LINE steps, or None."""
         seen = {txid}
         current = self._by.get(txid)
-        # Each step is a distinct logged txid, so the walk ends within `capacity` steps.
-        while current is not None and current not in seen:
+        while current is not None and current not in seen and len(seen) <= MAX_REPLACEMENT_LINE:
             if holds(current):
                 return current
             seen.add(current)

@@ -45,7 +45,9 @@ PENALTY = {
     # REFUSED_REPLACEMENT_REASONS): an honest peer with another view of the mempool sends few, a
     # flood (cycling or pinning) is cut off after `threshold` of them, each having cost us at
     # most the rule 5 bound of work and no signature check. A conflict our policy does not
-    # replace at all (`txn-mempool-conflict`) costs nothing: the peer may run another policy.
+    # replace at all (`txn-mempool-conflict`) costs nothing: the peer may run another policy;
+    # nor does one paying no higher a fee rate than what it conflicts with (`NoBetterFeeRate`,
+    # the loser of a race that an honest peer saw first).
     "replacement-rejected": 1,
 }
 # Block rejections that say nothing bad about the sender: the body may have been mangled in

@@ -14,7 +14,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError, DecodeError
 from consensus.mempool import NON_FINAL
-from consensus.replacement import REFUSED_REPLACEMENT_REASONS
+from consensus.replacement import REFUSED_REPLACEMENT_REASONS, NoBetterFeeRate
 from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
@@ -322,7 +322,9 @@ class Relay(ProtocolCore):
                 # It may be final at the next block: not remembered as rejected (Bitcoin Core
                 # forgets its rejects at every new tip).
                 self._seen_txs.discard(txid)
-            if exc.reason in REFUSED_REPLACEMENT_REASONS:
+            if isinstance(exc, NoBetterFeeRate):
+                pass  # the loser of a race: an honest peer relays what it saw first
+            elif exc.reason in REFUSED_REPLACEMENT_REASONS:
                 self._penalise(peer.addr, "replacement-rejected", now)
             elif exc.reason not in HARMLESS_TX_REASONS:
                 self._penalise(peer.addr, "invalid-tx", now)
