@@ -75,6 +75,23 @@ def query(node: NodeProcess, address: str) -> dict[str, Any]:
     }
 
 
+
+def start_watch(address: str, *endpoint: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`powlab address history ADDRESS --watch --json` in the background, its lines queued."""
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "lab", "address", "history", address, "--watch", "--json",
+         "--interval", "0.1", *endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert watcher.stdout is not None
+    stdout = watcher.stdout
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    return watcher, lines
+
 def test_payments_between_two_nodes_reorg_and_restarts(
     pair: tuple[NodeProcess, NodeProcess],
 ) -> None:
@@ -257,29 +274,7 @@ def test_cli_history_and_watch_through_a_reorg(tmp_path: Path) -> None:
             "state": "final",
         }
 
-        watcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lab",
-                "address",
-                "history",
-                payee,
-                "--watch",
-                "--json",
-                "--interval",
-                "0.1",
-                *endpoint,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        assert watcher.stdout is not None
-        stdout = watcher.stdout
-        threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+        watcher, lines = start_watch(payee, *endpoint)
 
         def next_event() -> dict[str, Any]:
             return json.loads(lines.get(timeout=TIMEOUT))

@@ -6,8 +6,6 @@ import json
 import queue
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,8 +22,8 @@ from node.events import EventHub
 from node.rpc.registry import MethodRegistry
 from node.rpc.server import RPCServer
 from storage import MemoryStore
-from tests.daemon_harness import REPO
 from tests.helpers import ChainBuilder, pkh
+from tests.test_addressindex_daemon import start_watch
 from tests.test_chain_properties import PARAMS
 
 MATURITY = 100
@@ -33,31 +31,7 @@ TIMEOUT = 60
 
 
 def _watch(datadir: Path, address: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    watcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "address",
-            "history",
-            address,
-            "--watch",
-            "--json",
-            "--interval",
-            "0.1",
-            "--datadir",
-            str(datadir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert watcher.stdout is not None
-    stdout = watcher.stdout
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-    return watcher, lines
+    return start_watch(address, "--datadir", str(datadir))
 
 
 def _next_event(lines: queue.Queue[str], kind: str) -> dict[str, Any]:
