@@ -21,7 +21,7 @@ from consensus.coins import Coin
 from consensus.keys import AddressError, PrivateKey, decode_address, pubkey_hash
 from consensus.multisig import MultisigScript, decode_multisig_script
 from consensus.params import ADDRESS_PREFIXES, ChainParams
-from consensus.tx import OutPoint, Transaction, TxIn, TxOut, sign_transaction
+from consensus.tx import SEQUENCE_FINAL, OutPoint, Transaction, TxIn, TxOut, sign_transaction
 from node.wallet_errors import InsufficientFunds, WalletError, WalletWriteError
 from node.wallet_file import WALLET_FILE, WALLET_VERSION, read_wallet_file, write_wallet_file
 from node.wallet_history import MAX_WALLET_TXS, Settled, TxHistory, WalletTx
@@ -263,8 +263,10 @@ class Wallet:
         payee_pkh: bytes,
         amount: int,
         fee_rate: int | None = None,
+        sequence: int = SEQUENCE_FINAL,
     ) -> Transaction:
-        """A signed payment with change back to us; largest coins first."""
+        """A signed payment with change back to us; largest coins first; every input with
+        `sequence` (MAX_BIP125_RBF_SEQUENCE signals replaceability)."""
         if amount <= 0:
             raise WalletError("amount must be positive")
         fee_rate = fee_rate or self.fee_rate
@@ -278,7 +280,7 @@ class Wallet:
         for coin in candidates:
             chosen.append(coin)
             total += coin.coin.amount
-            tx = self._build(chosen, payee_pkh, amount, change_pkh, total, fee_rate)
+            tx = self._build(chosen, payee_pkh, amount, change_pkh, total, fee_rate, sequence)
             if tx is not None:
                 return tx
         available = sum(c.coin.amount for c in candidates)
@@ -294,9 +296,10 @@ class Wallet:
         change_pkh: bytes,
         total: int,
         fee_rate: int,
+        sequence: int,
     ) -> Transaction | None:
         keys = [self.keys[c.coin.pkh] for c in chosen]
-        inputs = [TxIn(c.outpoint.txid, c.outpoint.index, b"", b"") for c in chosen]
+        inputs = [TxIn(c.outpoint.txid, c.outpoint.index, b"", b"", sequence) for c in chosen]
         fee = 0
         # The size depends on the fee through the change amount's width: iterate to a fixpoint.
         for _ in range(4):

@@ -11,7 +11,7 @@ from typing import Any
 
 from consensus.errors import ConsensusError
 from consensus.mempool import MempoolConflict
-from consensus.replacement import FULL
+from consensus.replacement import FULL, MAX_BIP125_RBF_SEQUENCE
 from consensus.tx import SEQUENCE_FINAL, U32_MAX, Transaction, TxIn, TxOut
 from node.interface import NodeAPI
 from node.rpc.errors import (
@@ -128,16 +128,24 @@ def decoderawtransaction(node: NodeAPI, hexstring: str) -> dict[str, Any]:
 
 @rpc_method
 def createrawtransaction(
-    node: NodeAPI, inputs: list[dict[str, Any]], outputs: dict[str, Any], locktime: int = 0
+    node: NodeAPI,
+    inputs: list[dict[str, Any]],
+    outputs: dict[str, Any],
+    locktime: int = 0,
+    replaceable: bool = False,
 ) -> str:
     """An unsigned transaction spending `inputs` [{txid, vout, sequence?}] to {address: amount}
     with `locktime` (a height below 500000000, else a Unix time; 0: none). An input without a
-    sequence gets 4294967295, or 4294967294 when locktime is set so that the lock applies."""
+    sequence gets 4294967293 when `replaceable` (BIP125 signalling, as bitcoind), else
+    4294967295, or 4294967294 when locktime is set so that the lock applies."""
     if not 0 <= locktime <= U32_MAX:
         raise RPCError(
             RPC_INVALID_PARAMETER, f"Invalid parameter, locktime out of range (0 to {U32_MAX})"
         )
-    default_sequence = MAX_SEQUENCE_NONFINAL if locktime else SEQUENCE_FINAL
+    if replaceable:
+        default_sequence = MAX_BIP125_RBF_SEQUENCE
+    else:
+        default_sequence = MAX_SEQUENCE_NONFINAL if locktime else SEQUENCE_FINAL
     txins = []
     for item in inputs:
         if not isinstance(item, dict) or "txid" not in item or "vout" not in item:

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from consensus.errors import ConsensusError
+from consensus.tx import Transaction
 from node.interface import NodeAPI
 from node.rpc.errors import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -24,6 +25,7 @@ from node.rpc.errors import (
 from node.rpc.methods.common import address_encoder, address_pkh, hash_param
 from node.rpc.registry import rpc_method
 from node.wallet import InsufficientFunds, WalletError, WalletWriteError
+from node.wallet_bumpfee import MAX_FEE_RATE, BumpError, build_bump, sequence_for
 from node.wallet_listing import list_transactions
 from node.wallet_multisig import can_sign_alone, watched_coins
 
@@ -76,19 +78,47 @@ def listunspent(node: NodeAPI, minconf: int = 1) -> list[dict[str, Any]]:
 
 
 @rpc_method
-def sendtoaddress(node: NodeAPI, address: str, amount: int) -> str:
+def sendtoaddress(
+    node: NodeAPI,
+    address: str,
+    amount: int,
+    comment: str = "",
+    comment_to: str = "",
+    subtractfeefromamount: bool = False,
+    replaceable: bool = False,
+) -> str:
     """Pay `amount` (smallest units) to `address`, with change and a fee. The payment is in
     the wallet's files (fsynced) before it is relayed; its inputs stay locked until it
-    confirms or is abandoned."""
+    confirms or is abandoned. `replaceable` (bitcoind's sixth positional argument): its inputs
+    signal BIP125 (sequence 0xFFFFFFFD), so that bumpfee can replace it under the opt-in
+    policy. `comment`, `comment_to` and `subtractfeefromamount` hold bitcoind's positions;
+    powlab's wallet stores no comments and cannot take the fee from the amount, so only their
+    empty/false values are accepted."""
+    if comment or comment_to:
+        raise RPCError(RPC_INVALID_PARAMETER, "comment and comment_to are not supported (empty)")
+    if subtractfeefromamount:
+        raise RPCError(RPC_INVALID_PARAMETER, "subtractfeefromamount is not supported (false)")
     pkh = address_pkh(node, address)
     wallet = node.wallet
     try:
-        tx = wallet.create_payment(node.chain, node.mempool, pkh, amount)
+        tx = wallet.create_payment(
+            node.chain, node.mempool, pkh, amount, sequence=sequence_for(replaceable)
+        )
+    except InsufficientFunds as exc:
+        raise RPCError(RPC_WALLET_INSUFFICIENT_FUNDS, str(exc)) from None
+    except WalletError as exc:
+        raise RPCError(RPC_INVALID_PARAMETER, str(exc)) from None
+    return _record_and_submit(node, tx)
+
+
+def _record_and_submit(node: NodeAPI, tx: Transaction) -> str:
+    """Journal our payment, then relay it; its txid, or the RPC error saying why it was not
+    sent (then the wallet forgot it again)."""
+    wallet = node.wallet
+    try:
         # On disk before anyone can see it: a crash from here on leaves a record that the
         # next start resubmits, never a payment the wallet forgot and whose coins it reuses.
         wallet.record_payment(tx, node.now(), node.chain)
-    except InsufficientFunds as exc:
-        raise RPCError(RPC_WALLET_INSUFFICIENT_FUNDS, str(exc)) from None
     except WalletWriteError as exc:
         raise RPCError(RPC_WALLET_ERROR, f"{exc}; nothing was sent") from None
     except WalletError as exc:
@@ -108,6 +138,59 @@ def sendtoaddress(node: NodeAPI, address: str, amount: int) -> str:
         node.note_save_failure("payment bookkeeping", f"{tx.txid.hex()}: {exc}")
     node.watch(tx.txid)
     return tx.txid.hex()
+
+
+# bitcoind's bumpfee options powlab takes (conf_target and estimate_mode need a fee estimator).
+BUMPFEE_OPTIONS = frozenset({"fee_rate", "replaceable"})
+_BUMP_ERROR_CODES = {
+    "invalid_key": RPC_INVALID_ADDRESS_OR_KEY,
+    "parameter": RPC_INVALID_PARAMETER,
+    "wallet": RPC_WALLET_ERROR,
+}
+
+
+@rpc_method
+def bumpfee(node: NodeAPI, txid: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Replace the wallet's unconfirmed payment `txid` (in the mempool, no descendants) with
+    one paying a higher fee: {txid, origfee, fee, errors}. options: `fee_rate` (smallest units
+    per byte; default the original's rate plus the incremental relay fee rate, at least the
+    wallet's), `replaceable` (default true: the replacement signals BIP125 too). The fee comes
+    out of the change, else from added coins. Refused (RPC_WALLET_ERROR) when the node's
+    replacement policy would not take it: first-seen, or opt-in and the original does not
+    signal."""
+    raw_txid = hash_param(txid, "txid")
+    options = options or {}
+    unknown = sorted(set(options) - BUMPFEE_OPTIONS)
+    if unknown:
+        raise RPCError(RPC_INVALID_PARAMETER, f"Unexpected key {unknown[0]}")
+    fee_rate = options.get("fee_rate")
+    if fee_rate is not None and (type(fee_rate) is not int or not 0 < fee_rate <= MAX_FEE_RATE):
+        raise RPCError(
+            RPC_INVALID_PARAMETER,
+            f"fee_rate must be an integer from 1 to {MAX_FEE_RATE} (smallest units per byte)",
+        )
+    replaceable = options.get("replaceable")
+    if replaceable is None:  # null is the default, as for a positional argument
+        replaceable = True
+    if type(replaceable) is not bool:
+        raise RPCError(RPC_INVALID_PARAMETER, "replaceable must be true or false")
+    wallet = node.wallet
+    try:
+        bump = build_bump(
+            wallet,
+            node.chain,
+            node.mempool,
+            raw_txid,
+            fee_rate,
+            replaceable,
+        )
+    except BumpError as exc:
+        raise RPCError(_BUMP_ERROR_CODES[exc.kind], str(exc)) from None
+    new_txid = _record_and_submit(node, bump.tx)
+    log.info(
+        "wallet_fee_bumped", txid=txid, replaced_by=new_txid, origfee=bump.origfee, fee=bump.fee
+    )
+    return {"txid": new_txid, "origfee": bump.origfee, "fee": bump.fee, "errors": []}
 
 
 def _forget_refused(node: NodeAPI, txid: bytes) -> None:
