@@ -114,7 +114,7 @@ EXPECTED_GROUPS = {
     },
     "wallet": {
         "getnewaddress", "getbalance", "listunspent", "sendtoaddress", "gettransaction",
-        "validateaddress", "abandontransaction", "listtransactions",
+        "validateaddress", "abandontransaction", "listtransactions", "bumpfee",
     },
 }
 
