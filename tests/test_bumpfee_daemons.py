@@ -1,0 +1,79 @@
+"""bumpfee between two real nodes running the same replacement policy: under full RBF (a
+payment that does not signal) and opt-in (a replaceable one) the bump replaces the payment on
+both nodes; under first-seen the wallet refuses to bump and both keep the payment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.client import RPCError
+from lab.testnet.processes import NodeProcess
+from node.rpc.errors import RPC_WALLET_ERROR
+from tests import subnets
+from tests.daemon_harness import wait_for
+from tests.test_double_spend_alerts import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("policy", "replaceable"), [("full", False), ("opt-in", True), ("first-seen", True)]
+)
+def test_bumpfee_across_two_nodes(tmp_path: Path, policy: str, replaceable: bool) -> None:
+    host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
+    port = free_port(host_a)
+    receiver = NodeProcess(
+        tmp_path / "receiver",
+        args=["--p2p-bind", f"{host_a}:{port}", "--mempool-replacement", policy],
+    )
+    sender = NodeProcess(
+        tmp_path / "sender",
+        args=[
+            "--p2p-bind",
+            f"{host_b}:{port}",
+            "--connect",
+            f"{host_a}:{port}",
+            "--mempool-replacement",
+            policy,
+        ],
+    )
+    try:
+        receiver.start()
+        sender.start()
+        wait_for(lambda: receiver.rpc("getconnectioncount") == 1, 30, "peers")
+        sender.rpc("generatetoaddress", 101, sender.rpc("getnewaddress"))
+        wait_for(lambda: receiver.rpc("getblockcount") == 101, 30, "sync")
+        payee = receiver.rpc("getnewaddress")
+        paid = sender.rpc("sendtoaddress", payee, 10**8, "", "", False, replaceable)
+        wait_for(lambda: paid in receiver.rpc("getrawmempool"), 30, "the payment")
+        assert receiver.rpc("getmempoolentry", paid)["bip125-replaceable"] is replaceable
+
+        if policy == "first-seen":
+            with pytest.raises(RPCError) as info:
+                sender.rpc("bumpfee", paid)
+            assert info.value.code == RPC_WALLET_ERROR and "first-seen" in info.value.message
+            assert sender.rpc("getrawmempool") == [paid]
+            assert receiver.rpc("getrawmempool") == [paid]
+            return
+
+        bump = sender.rpc("bumpfee", paid)
+        assert bump["fee"] > bump["origfee"] and bump["errors"] == []
+        assert sender.rpc("getrawmempool") == [bump["txid"]]
+        wait_for(lambda: receiver.rpc("getrawmempool") == [bump["txid"]], 30, "the bump")
+        for node in (sender, receiver):
+            status = node.rpc("gettransaction", paid)
+            assert status["status"] == "replaced" and status["replaced_by_txid"] == bump["txid"]
+        # The payee is paid the same by the bump, which confirms.
+        receiver.rpc("generatetoaddress", 1, payee)
+        wait_for(lambda: sender.rpc("getblockcount") == 102, 30, "the block")
+        assert sender.rpc("gettransaction", bump["txid"])["confirmations"] == 1
+        assert sender.rpc("gettransaction", paid)["status"] == "conflicted"
+        paid_to_payee = [u for u in receiver.rpc("listunspent") if u["txid"] == bump["txid"]]
+        assert [u["amount"] for u in paid_to_payee] == [10**8]
+        (peer,) = receiver.rpc("getpeerinfo")
+        assert peer["misbehavior"] == 0
+    finally:
+        receiver.ensure_dead()
+        sender.ensure_dead()
