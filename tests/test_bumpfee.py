@@ -273,3 +273,30 @@ async def test_createrawtransaction_and_sendtoaddress_replaceable(started: Node)
     for bad in ("yes", 1, [True], {"a": 1}):
         await rpc.error("sendtoaddress", PAYEE, 5000, "", "", False, bad)
     assert await rpc("getrawmempool") == [two]
+
+
+@pytest.mark.parametrize("started", ["full"], indirect=True)
+async def test_after_a_restart_the_bump_holds_the_slot(started: Node, tmp_path: Path) -> None:
+    node = started
+    rpc = await funded(node)
+    paid = await pay(rpc, replaceable=False)
+    bump = (await rpc("bumpfee", paid))["txid"]
+    await node.stop()
+
+    # The replacement log is in memory only: the restarted wallet sees the original as a
+    # pending payment again, offers it, and the mempool (which kept the bump) refuses it.
+    again = make_node(tmp_path / "n", "full")
+    await again.start()
+    try:
+        rpc = Rpc(again)
+        assert await rpc("getrawmempool") == [bump]
+        err = await rpc.error("bumpfee", paid)
+        assert err.code == RPC_WALLET_ERROR and "not in the mempool" in err.message
+        bumped = tx_of(again, bump)
+        assert again.wallet.locked_outpoints(again.chain) == {i.outpoint for i in bumped.inputs}
+        await rpc("generatetoaddress", 1, PAYEE)
+        assert (await rpc("gettransaction", paid))["status"] == "conflicted"
+        assert (await rpc("gettransaction", bump))["confirmations"] == 1
+        assert again.wallet.locked_outpoints(again.chain) == set()
+    finally:
+        await again.stop()
