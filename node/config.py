@@ -115,6 +115,9 @@ class NodeConfig:
     assumed_attacker_share: float = 0.1
     double_spend_alerts: bool = False
     listening_period: float = 0.0
+    # bitcoind's walletrbf: whether sendtoaddress signals BIP125 when its caller does not say
+    # (bitcoind's default is on since v23; off here so that earlier results stay reproducible).
+    wallet_rbf: bool = False
     # Seconds between rebroadcasts of the wallet's unconfirmed payments (bitcoind waits 12 to
     # 36 hours; a lab network is smaller and faster).
     wallet_rebroadcast_interval: float = 300.0
@@ -223,6 +226,9 @@ _OPTION_LIST: tuple[_Option, ...] = (
     _Option("listening_period", "seconds",
             "merchant setting: seconds a 0-confirmation payment must go unchallenged before "
             "it counts as accepted"),
+    _Option("wallet_rbf", "bool",
+            "sendtoaddress payments signal BIP125 replaceability unless its replaceable "
+            "argument says otherwise (bitcoind's walletrbf)"),
     _Option("wallet_rebroadcast_interval", "positive_float",
             "seconds between rebroadcasts of the wallet's unconfirmed payments"),
 )

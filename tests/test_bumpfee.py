@@ -5,6 +5,7 @@ wallet locks the right inputs; each refusal says why, with bitcoind's error code
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,15 @@ async def test_after_a_restart_the_bump_holds_the_slot(started: Node, tmp_path: 
         assert again.wallet.locked_outpoints(again.chain) == set()
     finally:
         await again.stop()
+
+
+@pytest.mark.parametrize("started", ["opt-in"], indirect=True)
+async def test_wallet_rbf_sets_the_default_of_sendtoaddress(started: Node) -> None:
+    node = started
+    rpc = await funded(node)
+    node.config = dataclasses.replace(node.config, wallet_rbf=True)
+    signalling = await rpc("sendtoaddress", PAYEE, 5000)
+    assert (await rpc("getmempoolentry", signalling))["bip125-replaceable"] is True
+    final = await rpc("sendtoaddress", PAYEE, 5000, "", "", False, False)
+    assert (await rpc("getmempoolentry", final))["bip125-replaceable"] is False
+    assert (await rpc("bumpfee", signalling))["fee"] > 0

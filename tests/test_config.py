@@ -121,6 +121,7 @@ PRECEDENCE_CASES = {
                                (0.2, 0.3, 0.4)),
     "double_spend_alerts": ("true", "0", ["--double-spend-alerts"], (True, False, True)),
     "listening_period": ("1.5", "2", ["--listening-period", "3"], (1.5, 2.0, 3.0)),
+    "wallet_rbf": ("true", "0", ["--wallet-rbf"], (True, False, True)),
     "wallet_rebroadcast_interval": ("1.5", "2", ["--wallet-rebroadcast-interval", "3"],
                                     (1.5, 2.0, 3.0)),
     "rpc_user": ('"fu"', "eu", ["--rpc-user", "au"], ("fu", "eu", "au")),

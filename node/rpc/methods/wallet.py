@@ -85,19 +85,21 @@ def sendtoaddress(
     comment: str = "",
     comment_to: str = "",
     subtractfeefromamount: bool = False,
-    replaceable: bool = False,
+    replaceable: bool | None = None,
 ) -> str:
     """Pay `amount` (smallest units) to `address`, with change and a fee. The payment is in
     the wallet's files (fsynced) before it is relayed; its inputs stay locked until it
-    confirms or is abandoned. `replaceable` (bitcoind's sixth positional argument): its inputs
-    signal BIP125 (sequence 0xFFFFFFFD), so that bumpfee can replace it under the opt-in
-    policy. `comment`, `comment_to` and `subtractfeefromamount` hold bitcoind's positions;
-    powlab's wallet stores no comments and cannot take the fee from the amount, so only their
-    empty/false values are accepted."""
+    confirms or is abandoned. `replaceable` (bitcoind's sixth positional argument; default the
+    node's `wallet_rbf`): its inputs signal BIP125 (sequence 0xFFFFFFFD), so that bumpfee can
+    replace it under the opt-in policy. `comment`, `comment_to` and `subtractfeefromamount`
+    hold bitcoind's positions; powlab's wallet stores no comments and cannot take the fee from
+    the amount, so only their empty/false values are accepted."""
     if comment or comment_to:
         raise RPCError(RPC_INVALID_PARAMETER, "comment and comment_to are not supported (empty)")
     if subtractfeefromamount:
         raise RPCError(RPC_INVALID_PARAMETER, "subtractfeefromamount is not supported (false)")
+    if replaceable is None:
+        replaceable = node.config.wallet_rbf
     pkh = address_pkh(node, address)
     wallet = node.wallet
     try:
