@@ -22,6 +22,7 @@ from consensus.multisig import MAX_MULTISIG_KEYS, MultisigScript
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut, decode_transaction
 from consensus.validation import check_transaction, check_tx_signatures
 from node import wallet_multisig
+from node.config import NodeConfig
 from node.rpc.errors import (
     INVALID_PARAMS,
     RPC_DESERIALIZATION_ERROR,
@@ -61,6 +62,7 @@ class Net:
         (self.tmp / name).mkdir(exist_ok=True)
         node = types.SimpleNamespace(
             params=PARAMS,
+            config=NodeConfig(datadir=self.tmp / name),
             wallet=Wallet.open(self.tmp / name, PARAMS),
             chain=self.b.chain,
             mempool=self.mempool,
