@@ -24,6 +24,9 @@ from node.wallet_errors import WalletError
 # How often the size/fee fixpoint is iterated (signatures are fixed-size; only the widths of the
 # change amount and of added inputs move the size), as Wallet._build.
 _FIXPOINT_ROUNDS = 6
+# The most coins a bump adds to pay its fee: each one re-signs the whole transaction, so the
+# work is quadratic in what is added (a wallet of many small coins); past this it gives up.
+MAX_ADDED_INPUTS = 100
 # The highest fee rate bumpfee takes (smallest units per byte), so that a typo cannot spend
 # a fortune in fees: bitcoind's -maxtxfee guard in spirit.
 MAX_FEE_RATE = 5_000 * DEFAULT_WALLET_FEE_RATE
@@ -113,6 +116,12 @@ def build_bump(
                 "wallet",
                 "Insufficient funds: the change and the wallet's spendable confirmed coins "
                 "cannot pay the higher fee",
+            )
+        if len(inputs) - len(original.inputs) >= MAX_ADDED_INPUTS:
+            raise BumpError(
+                "wallet",
+                f"Paying the higher fee would take more than {MAX_ADDED_INPUTS} added coins "
+                "(MAX_ADDED_INPUTS); consolidate the wallet's coins first",
             )
         extra = spare.pop(0)
         inputs.append(TxIn(extra.outpoint.txid, extra.outpoint.index, b"", b"", sequence))

@@ -168,6 +168,30 @@ async def test_bumpfee_adds_a_coin_when_the_change_cannot_pay(started: Node) -> 
 
 
 @pytest.mark.parametrize("started", ["full"], indirect=True)
+async def test_bumpfee_stops_at_the_added_input_bound_and_at_the_wallet_s_funds(
+    started: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = started
+    rpc = await funded(node)
+    coins = [u["amount"] for u in await rpc("listunspent") if u["spendable"]]
+    assert len(coins) >= 2
+    small_change = await pay(rpc, replaceable=True, amount=max(coins) - 2_000)
+    with monkeypatch.context() as patch:
+        patch.setattr("node.wallet_bumpfee.MAX_ADDED_INPUTS", 0)
+        err = await rpc.error("bumpfee", small_change, {"fee_rate": 100})
+    assert err.code == RPC_WALLET_ERROR and "MAX_ADDED_INPUTS" in err.message
+    assert await rpc("getrawmempool") == [small_change]
+
+    # Everything else spent too: no coin is left to add.
+    rest = sum(u["amount"] for u in await rpc("listunspent") if u["spendable"])
+    everything = await pay(rpc, replaceable=True, amount=rest - 5_000)
+    assert not [u for u in await rpc("listunspent") if u["spendable"] and u["confirmations"]]
+    err = await rpc.error("bumpfee", everything, {"fee_rate": 1_000})
+    assert err.code == RPC_WALLET_ERROR and "Insufficient funds" in err.message
+    assert set(await rpc("getrawmempool")) == {small_change, everything}
+
+
+@pytest.mark.parametrize("started", ["full"], indirect=True)
 async def test_bumpfee_refusals_and_hostile_params(started: Node) -> None:
     node = started
     rpc = await funded(node)
