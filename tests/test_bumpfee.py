@@ -15,7 +15,7 @@ import pytest
 from consensus.errors import ConsensusError
 from consensus.params import REGTEST
 from consensus.replacement import MAX_BIP125_RBF_SEQUENCE
-from consensus.tx import SEQUENCE_FINAL, Transaction
+from consensus.tx import SEQUENCE_FINAL, Transaction, decode_transaction
 from node.daemon import Node
 from node.rpc.errors import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -165,6 +165,33 @@ async def test_bumpfee_adds_a_coin_when_the_change_cannot_pay(started: Node) -> 
     assert bumped.outputs[0] == original.outputs[0]
     assert result["fee"] >= 100 * entry_of(node, result["txid"]).size
     assert node.wallet.locked_outpoints(node.chain) == {i.outpoint for i in bumped.inputs}
+
+
+@pytest.mark.parametrize("started", ["full"], indirect=True)
+async def test_a_payment_without_change_gets_a_coin_and_a_change_output(started: Node) -> None:
+    node = started
+    rpc = await funded(node)
+    coin = max((u for u in await rpc("listunspent") if u["spendable"]), key=lambda u: u["amount"])
+    raw = await rpc(
+        "createrawtransaction",
+        [{"txid": coin["txid"], "vout": coin["vout"]}],
+        {PAYEE: coin["amount"] - 1_000},
+        0,
+        True,
+    )
+    signed = (await rpc("signrawtransactionwithwallet", raw))["hex"]
+    tx = decode_transaction(bytes.fromhex(signed), REGTEST.max_block_size)
+    # Recorded as the wallet's own payment (sendtoaddress's path), with no change output.
+    node.wallet.record_payment(tx, node.now(), node.chain)
+    paid = await rpc("sendrawtransaction", tx.encode().hex())
+    result = await rpc("bumpfee", paid)
+    bumped = tx_of(node, result["txid"])
+    assert len(bumped.inputs) == 2 and bumped.outputs[0] == tx.outputs[0]
+    assert len(bumped.outputs) == 2 and node.wallet.is_mine(bumped.outputs[1].pkh)
+    assert result["fee"] == entry_of(node, result["txid"]).fee
+    assert result["origfee"] == 1_000
+    record = node.wallet.history.get(bumped.txid)
+    assert record is not None and record.change_vout == 1
 
 
 @pytest.mark.parametrize("started", ["full"], indirect=True)

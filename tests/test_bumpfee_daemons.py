@@ -1,6 +1,7 @@
-"""bumpfee between two real nodes running the same replacement policy: under full RBF (a
-payment that does not signal) and opt-in (a replaceable one) the bump replaces the payment on
-both nodes; under first-seen the wallet refuses to bump and both keep the payment."""
+"""bumpfee between two real nodes: under full RBF (a payment that does not signal) and opt-in
+(a replaceable one) the bump replaces the payment on both nodes; under first-seen the wallet
+refuses to bump and both keep the payment; a full-RBF sender's bump stops at a first-seen
+receiver, which keeps the payment, sees the double spend and does not blame the sender."""
 
 from __future__ import annotations
 
@@ -19,14 +20,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
-    ("policy", "replaceable"), [("full", False), ("opt-in", True), ("first-seen", True)]
+    ("policy", "receiver_policy", "replaceable"),
+    [
+        ("full", "full", False),
+        ("opt-in", "opt-in", True),
+        ("first-seen", "first-seen", True),
+        ("full", "first-seen", True),
+    ],
 )
-def test_bumpfee_across_two_nodes(tmp_path: Path, policy: str, replaceable: bool) -> None:
+def test_bumpfee_across_two_nodes(
+    tmp_path: Path, policy: str, receiver_policy: str, replaceable: bool
+) -> None:
     host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
     port = free_port(host_a)
     receiver = NodeProcess(
         tmp_path / "receiver",
-        args=["--p2p-bind", f"{host_a}:{port}", "--mempool-replacement", policy],
+        args=["--p2p-bind", f"{host_a}:{port}", "--mempool-replacement", receiver_policy],
     )
     sender = NodeProcess(
         tmp_path / "sender",
@@ -61,6 +70,17 @@ def test_bumpfee_across_two_nodes(tmp_path: Path, policy: str, replaceable: bool
         bump = sender.rpc("bumpfee", paid)
         assert bump["fee"] > bump["origfee"] and bump["errors"] == []
         assert sender.rpc("getrawmempool") == [bump["txid"]]
+        if receiver_policy == "first-seen":
+            wait_for(
+                lambda: bump["txid"] in receiver.rpc("gettransaction", paid)["seen_double_spends"],
+                30,
+                "the bump to reach the receiver",
+            )
+            assert receiver.rpc("getrawmempool") == [paid]
+            assert receiver.rpc("gettransaction", paid)["status"] == "mempool"
+            (peer,) = receiver.rpc("getpeerinfo")
+            assert peer["misbehavior"] == 0
+            return
         wait_for(lambda: receiver.rpc("getrawmempool") == [bump["txid"]], 30, "the bump")
         for node in (sender, receiver):
             status = node.rpc("gettransaction", paid)
