@@ -155,11 +155,10 @@ _BUMP_ERROR_CODES = {
 def bumpfee(node: NodeAPI, txid: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replace the wallet's unconfirmed payment `txid` (in the mempool, no descendants) with
     one paying a higher fee: {txid, origfee, fee, errors}. options: `fee_rate` (smallest units
-    per byte; default the original's rate plus the incremental relay fee rate, at least the
-    wallet's), `replaceable` (default true: the replacement signals BIP125 too). The fee comes
-    out of the change, else from added coins. Refused (RPC_WALLET_ERROR) when the node's
-    replacement policy would not take it: first-seen, or opt-in and the original does not
-    signal."""
+    per byte; by default the least the replacement rules allow, at least the wallet's rate),
+    `replaceable` (default true: the replacement signals BIP125 too). The fee comes out of the
+    change, else from added coins. Refused (RPC_WALLET_ERROR) when the node's replacement
+    policy would not take it: first-seen, or opt-in and the original does not signal."""
     raw_txid = hash_param(txid, "txid")
     options = options or {}
     unknown = sorted(set(options) - BUMPFEE_OPTIONS)
