@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from lab.client import RPCError
-from lab.testnet.processes import NodeProcess
 from node.rpc.errors import RPC_WALLET_ERROR
-from tests import subnets
 from tests.daemon_harness import wait_for
-from tests.test_double_spend_alerts import free_port
+from tests.test_replacement_daemons import node_pair
 
 pytestmark = pytest.mark.slow
 
@@ -31,23 +29,7 @@ pytestmark = pytest.mark.slow
 def test_bumpfee_across_two_nodes(
     tmp_path: Path, policy: str, receiver_policy: str, replaceable: bool
 ) -> None:
-    host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
-    port = free_port(host_a)
-    receiver = NodeProcess(
-        tmp_path / "receiver",
-        args=["--p2p-bind", f"{host_a}:{port}", "--mempool-replacement", receiver_policy],
-    )
-    sender = NodeProcess(
-        tmp_path / "sender",
-        args=[
-            "--p2p-bind",
-            f"{host_b}:{port}",
-            "--connect",
-            f"{host_a}:{port}",
-            "--mempool-replacement",
-            policy,
-        ],
-    )
+    receiver, sender = node_pair(tmp_path, policy, receiver_policy)
     try:
         receiver.start()
         sender.start()

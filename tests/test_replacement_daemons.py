@@ -15,10 +15,11 @@ from tests.test_double_spend_alerts import free_port
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("receiver_policy", ["full", "first-seen"])
-def test_a_replacement_crosses_two_nodes_under_full_rbf_only(
-    tmp_path: Path, receiver_policy: str
-) -> None:
+def node_pair(
+    tmp_path: Path, sender_policy: str, receiver_policy: str
+) -> tuple[NodeProcess, NodeProcess]:
+    """(receiver, sender), not started: the sender connects to the receiver, each with its own
+    replacement policy."""
     host_a, host_b = subnets.host(0, subnets.P2P_TESTS), subnets.host(1, subnets.P2P_TESTS)
     port = free_port(host_a)
     receiver = NodeProcess(
@@ -27,15 +28,17 @@ def test_a_replacement_crosses_two_nodes_under_full_rbf_only(
     )
     sender = NodeProcess(
         tmp_path / "sender",
-        args=[
-            "--p2p-bind",
-            f"{host_b}:{port}",
-            "--connect",
-            f"{host_a}:{port}",
-            "--mempool-replacement",
-            "full",
-        ],
+        args=["--p2p-bind", f"{host_b}:{port}", "--connect", f"{host_a}:{port}",
+              "--mempool-replacement", sender_policy],
     )
+    return receiver, sender
+
+
+@pytest.mark.parametrize("receiver_policy", ["full", "first-seen"])
+def test_a_replacement_crosses_two_nodes_under_full_rbf_only(
+    tmp_path: Path, receiver_policy: str
+) -> None:
+    receiver, sender = node_pair(tmp_path, "full", receiver_policy)
     try:
         receiver.start()
         sender.start()
