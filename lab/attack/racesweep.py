@@ -23,7 +23,6 @@ import argparse
 import time
 from typing import Any
 
-from lab.attack.options import DEFAULT_AMOUNT
 from lab.attack.race import RacePlan, race_trial
 from lab.attack.replacement import FIRST_SEEN, FULL, OPT_IN, apply_policies, fraction
 from lab.scenario import Network, ScenarioError
@@ -32,6 +31,10 @@ from lab.stats import percentile, wilson_interval
 DEFAULT_SHARES = (0.0, 0.1, 0.5, 1.0)
 DEFENCES = ("off", "on")
 MAX_TRIALS = 1000  # per cell: a sweep is bounded in time and in coins spent
+# Small, so that the attacker's coins last: every trial the victim's payment wins costs the
+# attacker the amount (tx2 winning gives the whole coin back).
+SWEEP_AMOUNT = 10_000_000
+FEE_ALLOWANCE = 20_000  # the larger of the two spends' fees (lab.scenario's double spend)
 
 
 def shares(text: str) -> tuple[float, ...]:
@@ -65,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", type=float, default=1.0, metavar="S",
                         help="seconds after tx2 before the block, on top of the listening "
                              "period when defences are on (default 1)")
-    parser.add_argument("--amount", type=int, default=DEFAULT_AMOUNT,
-                        help=f"the payment in smallest units (default {DEFAULT_AMOUNT})")
+    parser.add_argument("--amount", type=int, default=SWEEP_AMOUNT,
+                        help=f"the payment in smallest units (default {SWEEP_AMOUNT})")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds for any one step (default 60)")
 
@@ -86,6 +89,11 @@ def run(net: Network) -> None:
     if not net.roles.honest:
         raise ScenarioError("the race needs at least one honest miner (see --honest)")
     chosen = DEFENCES if args.defences == "compare" else (args.defences,)
+    count = len(chosen) * len(args.shares) * args.trials
+    balance = int(net.roles.attacker.call("getbalance"))
+    if balance < count * (args.amount + FEE_ALLOWANCE):
+        raise ScenarioError(f"{net.roles.attacker.name} holds {balance}, not enough for "
+                            f"{count} payments of {args.amount}: lower --amount or fund it")
     trials: list[dict[str, Any]] = []
     with net.staged():
         for defences in chosen:
