@@ -115,14 +115,6 @@ def test_outbidding_succeeds_under_full_rbf_and_the_victim_sees_the_replacement(
 
 @pytest.mark.slow
 def test_mixed_network_timeline_shows_who_held_which(testnet: Path) -> None:
-    data = attack(testnet, "--outbid", "--replacement", "opt-in", "--full-rbf-nodes", "n1,n2",
-                  "--seed", "3")
-    assert data["replacement_policies"] == {"n1": "full", "n2": "full", "n3": "opt-in",
-                                            "n4": "opt-in"}
-    # tx1 signals BIP125 because opt-in nodes take part: they replace it too.
-    assert data["tx1_bip125"] and data["success"]
-    for node in ("n1", "n2", "n3", "n4"):
-        assert held_before_block(data, node) == ["tx1", "tx2"], node
     data = attack(testnet, "--outbid", "--full-rbf-nodes", "n1,n2", "--seed", "4")
     assert data["replacement_policies"] == {"n1": "full", "n2": "full", "n3": "first-seen",
                                             "n4": "first-seen"}
@@ -141,16 +133,20 @@ def test_mixed_network_timeline_shows_who_held_which(testnet: Path) -> None:
 def test_sweep_smallest_mode(testnet: Path) -> None:
     result = run_powlab("scenario", "run", "examples/scenarios/race_rbf.py", "--dir",
                         str(testnet), "--json", "--seed", "5", "--", "--trials", "1",
-                        "--shares", "0,1", "--defences", "on", "--listening-period", "1",
-                        timeout=300)
+                        "--shares", "0,1", "--defences", "on", "--listening-period", "3",
+                        "--base", "opt-in", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     cells = {c["share"]: c for c in data["cells"]}
     assert set(cells) == {0.0, 1.0}
-    # First-seen everywhere: tx2 refused, but the alerts reach the merchant in its
-    # listening period. Full RBF everywhere: tx2 mined, the merchant saw tx1 replaced in time.
-    assert cells[0.0]["tx2_mined"]["k"] == 0 and cells[0.0]["warned"]["k"] == 1
-    assert cells[1.0]["tx2_mined"]["k"] == 1 and cells[1.0]["defrauded"]["k"] == 0
+    # Opt-in everywhere (tx1 signals, so it is replaced) and full RBF everywhere: tx2 mined,
+    # but the merchant saw tx1 replaced within its listening period and never accepted it
+    # (3 s: tx1 crosses the line to n1 and tx2 comes back in about 1 s, 2 s under load).
+    for c in cells.values():
+        assert c["tx2_mined"]["k"] == 1 and c["warned"]["k"] == 1
+        assert c["defrauded"]["k"] == 0
+    assert [t["mined"] for t in data["trials"]] == ["tx2", "tx2"]
+    assert cells[0.0]["mean_full_rbf_nodes"] == 0
     assert cells[1.0]["mean_full_rbf_nodes"] == 4
     for c in cells.values():
         assert c["tx2_mined"]["ci95"][0] <= c["tx2_mined"]["rate"] <= c["tx2_mined"]["ci95"][1]
@@ -158,7 +154,8 @@ def test_sweep_smallest_mode(testnet: Path) -> None:
     trial_events = [e for e in data["timeline"] if e["event"] == "trial"]
     assert [e["share"] for e in trial_events] == [0.0, 1.0]
     restarted = [e for e in data["timeline"] if e["event"] == "restarted"]
-    assert all(e["double_spend_alerts"] and e["listening_period"] == 1 for e in restarted)
+    assert all(e["double_spend_alerts"] and e["listening_period"] == 3 for e in restarted)
+    assert [e["mempool_replacement"] for e in restarted] == ["opt-in"] * 4 + ["full"] * 4
     assert set(policies_now(testnet).values()) == {"first-seen"}
 
 
@@ -199,6 +196,14 @@ def test_policy_names_match_the_node() -> None:
     from consensus.replacement import REPLACEMENT_POLICIES
 
     assert set(POLICIES) == set(REPLACEMENT_POLICIES)
+
+
+def test_tx1_signals_bip125_when_an_opt_in_node_takes_part() -> None:
+    args = parser().parse_args(["--outbid"])
+    assert race.plan_of(args, {"n1": "full", "n2": "opt-in"}).replaceable
+    assert not race.plan_of(args, {"n1": "full", "n2": "first-seen"}).replaceable
+    with pytest.raises(ScenarioError):
+        race.plan_of(parser().parse_args(["--outbid", "--delay", "-1"]), {})
 
 
 def test_default_keeps_the_nodes_as_they_run() -> None:
