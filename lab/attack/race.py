@@ -188,7 +188,9 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     tl.mark(victim.name, "victim's view before any block", status=before.get("status"),
             confirmations=before.get("confirmations"), alert=detected_in(before),
             accepted_zero_conf=before.get("accepted_zero_conf"))
-    miner_view = {h.name: holdings.last.get(h.name, ("unknown",))[0] for h in roles.honest}
+    # Per honest miner, the spends in its mempool (a list, as the --json has always had it).
+    miner_view = {h.name: [held] if (held := holdings.last.get(h.name, ("none",))[0]) in (
+        "tx1", "tx2") else [] for h in roles.honest}
     tl.mark("*", "miners' mempools", holds=miner_view)
 
     blocks: list[str] = []
