@@ -243,3 +243,81 @@ def test_reversal_risk_summary_reads_as_the_issue_describes() -> None:
     assert TxStatus(b"t", "mempool", 0).risk_summary(0.1).endswith("risk 100% at q = 10%")
     assert TxStatus(b"t", "conflicted", -2).reversal_risk(0.1) == 1.0
     assert TxStatus(b"t", "confirmed", 1).risk_summary(0.25).startswith("1 confirmation —")
+
+
+# --------------------------------------------------------------------------- zero-conf RBF
+
+
+@pytest.mark.parametrize("model", ["catch-up", "overtake", "premined"])
+@pytest.mark.parametrize(("q", "full_rbf"), [(0.0, 0.0), (0.0, 0.1), (0.0, 0.5), (0.1, 0.5),
+                                             (0.3, 1.0), (0.2, 0.0)])
+def test_zero_conf_full_rbf_matches_its_exact_value(q: float, full_rbf: float,
+                                                    model: str) -> None:
+    from lab.simulate.doublespend import zero_conf_exact
+
+    data = simulate_doublespend([q], [0], 4000, seed=3, model=model, full_rbf=full_rbf)
+    row = data["rows"][0]
+    assert row["exact"] == pytest.approx(zero_conf_exact(q, full_rbf, model))
+    lo, hi = wilson_interval(row["successes"], row["trials"], z=3.29)  # 99.9 %
+    assert lo <= row["exact"] <= hi
+    # By hand: q + p·F + p·(1 − F)·(catching up from one block behind, model's offset).
+    p = 1 - q
+    catch = catch_up_probability(q, 1 + {"catch-up": 0, "overtake": 1, "premined": -1}[model])
+    assert row["exact"] == pytest.approx(q + p * full_rbf + p * (1 - full_rbf) * catch)
+    if q == 0 and model != "premined":
+        assert row["exact"] == pytest.approx(full_rbf)  # the live race: only honest miners
+
+
+def test_zero_conf_full_rbf_needs_a_big_enough_bump_and_leaves_z_above_0_alone() -> None:
+    from consensus.params import DEFAULT_INCREMENTAL_RELAY_FEE_RATE
+
+    base = simulate_doublespend([0.1, 0.3], [0, 1, 2], 2000, seed=4, model="overtake")
+    rbf = simulate_doublespend([0.1, 0.3], [0, 1, 2], 2000, seed=4, model="overtake",
+                               full_rbf=0.5)
+    small = simulate_doublespend([0.1, 0.3], [0, 1, 2], 2000, seed=4, model="overtake",
+                                 full_rbf=0.5,
+                                 fee_bump=DEFAULT_INCREMENTAL_RELAY_FEE_RATE - 0.5)
+    assert rbf["replaces"] and not small["replaces"]
+    for b, r, s in zip(base["rows"], rbf["rows"], small["rows"], strict=True):
+        if b["z"] > 0:
+            assert b == r == s  # same numbers, same generator
+        else:
+            assert r["exact"] > s["exact"]
+            # Too small a bump: nobody replaces, the first block holds tx1 unless the
+            # attacker finds it.
+            assert s["exact"] == pytest.approx(b["q"] + (1 - b["q"]) * (b["q"] / (1 - b["q"])) ** 2)
+    exact_bump = simulate_doublespend([0.0], [0], 500, seed=4, full_rbf=1.0,
+                                      fee_bump=DEFAULT_INCREMENTAL_RELAY_FEE_RATE)
+    assert exact_bump["replaces"] and exact_bump["rows"][0]["successes"] == 500
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"full_rbf": 1.5}, r"share in \[0, 1\]"),
+    ({"full_rbf": -0.1}, r"share in \[0, 1\]"),
+    ({"full_rbf": float("nan")}, r"share in \[0, 1\]"),
+    ({"full_rbf": 0.5, "fee_bump": -1.0}, "--fee-bump"),
+    ({"full_rbf": 0.5, "fee_bump": float("nan")}, "--fee-bump"),
+    ({"full_rbf": 0.5, "fee_bump": float("inf")}, "--fee-bump"),
+    ({"fee_bump": 5.0}, "--fee-bump"),
+    ({"full_rbf": 0.5, "give_up": 3}, "do not combine"),
+])
+def test_zero_conf_full_rbf_refuses_bad_settings(kwargs: dict[str, float],
+                                                 message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        simulate_doublespend([0.1], [0, 1], 10, seed=1, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="include 0"):
+        simulate_doublespend([0.1], [1, 2], 10, seed=1, full_rbf=0.5)
+
+
+def test_simulate_cli_full_rbf() -> None:
+    out = subprocess.run([sys.executable, "-m", "lab", "simulate", "doublespend", "--q", "0",
+                          "--z", "0", "--full-rbf", "0.5", "--trials", "400", "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["full_rbf"] == 0.5 and data["fee_bump"] == 50.0 and data["replaces"]
+    assert data["rows"][0]["exact"] == 0.5
+    for bad in (["--full-rbf", "2"], ["--full-rbf", "x"], ["--full-rbf", "0.5", "--z", "1"]):
+        out = subprocess.run([sys.executable, "-m", "lab", "simulate", "doublespend", *bad],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, bad

@@ -886,9 +886,10 @@ class DoubleSpend:
 
 
 def make_double_spend(attacker: NetNode, victim: NetNode, amount: int,
-                      rng: random.Random) -> DoubleSpend:
+                      rng: random.Random, replaceable: bool = False) -> DoubleSpend:
     """tx1 pays `amount` to a fresh victim address (change to the attacker); tx2 sends the
-    whole coin to a fresh attacker address. Both are signed by the attacker's wallet."""
+    whole coin to a fresh attacker address. Both are signed by the attacker's wallet;
+    `replaceable`: tx1 signals BIP125 (what an opt-in node needs to let tx2 replace it)."""
     coins = [c for c in attacker.call("listunspent", 1)
              if c.get("spendable", True) and c["amount"] > amount + DOUBLE_SPEND_FEE]
     if not coins:
@@ -906,7 +907,8 @@ def make_double_spend(attacker: NetNode, victim: NetNode, amount: int,
     rest = coin["amount"] - amount - PAYMENT_FEE
     if rest > 0:
         outputs1[change] = rest
-    raw1 = attacker.call("createrawtransaction", outpoint, outputs1)
+    raw1 = (attacker.call("createrawtransaction", outpoint, outputs1, 0, True) if replaceable
+            else attacker.call("createrawtransaction", outpoint, outputs1))
     raw2 = attacker.call("createrawtransaction", outpoint,
                          {back: coin["amount"] - DOUBLE_SPEND_FEE})
     signed1 = attacker.call("signrawtransactionwithwallet", raw1)

@@ -242,11 +242,13 @@ class Network:
         return str(txid)
 
     def double_spend(self, attacker: str | NetNode, victim: str | NetNode,
-                     amount: int) -> DoubleSpend:
+                     amount: int, replaceable: bool = False) -> DoubleSpend:
         """Two signed, conflicting spends of one of `attacker`'s coins, not yet sent: tx1
-        pays `amount` to `victim`, tx2 sends the coin back to the attacker with a higher fee.
+        pays `amount` to `victim`, tx2 sends the coin back to the attacker with a higher fee
+        (enough to replace tx1 under the BIP125 rules). `replaceable`: tx1 signals BIP125.
         Both are tracked in the timeline as tx1 and tx2."""
-        ds = engine.make_double_spend(self.node(attacker), self.node(victim), amount, self.rng)
+        ds = engine.make_double_spend(self.node(attacker), self.node(victim), amount, self.rng,
+                                      replaceable)
         self.track("tx1", ds.txid1)
         self.track("tx2", ds.txid2)
         return ds

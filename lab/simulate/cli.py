@@ -125,6 +125,13 @@ def _add_doublespend(ssub: Any) -> None:
                          "majority --give-up N` is `--model catch-up --give-up N+1` here (its "
                          "branch starts with the double spend mined for free; see "
                          "lab/attack/majority.py theory() and docs/attacks.md)")
+    ds.add_argument("--full-rbf", type=float, default=None, metavar="F",
+                    help="zero confirmations under replacement: the share F in [0, 1] of the "
+                         "honest hash power that runs full RBF and mines tx2 in place of tx1 "
+                         "(changes the z = 0 rows only; default: no replacement model)")
+    ds.add_argument("--fee-bump", type=float, default=None, metavar="R",
+                    help="units/byte tx2 pays above tx1 (with --full-rbf; below the incremental "
+                         "relay fee rate no miner replaces; default 50, the live race's)")
     _common(ds)
     ds.set_defaults(func=_cmd_doublespend)
 
@@ -308,12 +315,15 @@ def _cmd_doublespend(args: argparse.Namespace) -> int:
 
     try:
         data = simulate_doublespend(args.q, args.z, args.trials, args.seed, args.model,
-                                    args.give_up)
+                                    args.give_up, args.full_rbf, args.fee_bump)
     except ValueError as exc:
         print(f"powlab simulate doublespend: {exc}", file=sys.stderr)
         return 2
     give_up = "never gives up" if args.give_up is None else f"gives up {args.give_up} behind"
-    table = Table(title=f"double spend, model {args.model}, attacker {give_up}, "
+    rbf = "" if data["full_rbf"] is None else (
+        f", z = 0 with {data['full_rbf']:.0%} full-RBF honest hash power and a fee bump of "
+        f"{data['fee_bump']:g}/byte ({'replaces' if data['replaces'] else 'too small to replace'})")
+    table = Table(title=f"double spend, model {args.model}, attacker {give_up}{rbf}, "
                         f"{args.trials} trials per cell, seed {args.seed}",
                   caption=data["model_notes"])
     columns = ["q", "z", "successes", "empirical", "95% CI", "nakamoto", "exact"]
