@@ -31,7 +31,8 @@ from collections.abc import Callable
 
 import structlog
 
-from consensus.update import ChainStore, ChainUpdate
+from consensus.addressindex import AddressIndexEntry, AddressUtxo
+from consensus.update import AddressIndexReader, ChainStore, ChainUpdate
 from storage import StorageError
 
 log = structlog.get_logger("powlab.node.storewriter")
@@ -71,8 +72,9 @@ class StoreWriter:
         # What the bound cost: submits that had to wait for room, and the time they waited.
         self.full_waits = 0
         self.full_wait_seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        # Started by the first submit, not here: the node forks its miner workers after opening
+        # the store, and a fork is only safe while the process has a single thread.
+        self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- the loop's side
 
@@ -91,6 +93,9 @@ class StoreWriter:
             self._submitted += 1
             self._pending.append((self._submitted, update))
             self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+                self._thread.start()
             return self._submitted
 
     def _refuse_if_failed(self) -> None:
@@ -158,7 +163,8 @@ class StoreWriter:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             self.store.close()
         finally:
@@ -229,3 +235,40 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
 
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
         loop.call_soon_threadsafe(resolve)
+
+
+class WrittenAddressIndex:
+    """The store's address index, read only once everything the chain accepted is written.
+
+    The index lives on disk alone, so a query while commits are queued would miss their rows:
+    each query first hands over the node's deferred update (`flush`), then waits for the
+    writer to be idle. Only address-index RPCs pay this wait, and only while commits are queued.
+    """
+
+    def __init__(
+        self, writer: StoreWriter, index: AddressIndexReader, flush: Callable[[], None]
+    ) -> None:
+        self._writer = writer
+        self._index = index
+        self._flush = flush
+
+    def _settle(self) -> AddressIndexReader:
+        self._flush()
+        self._writer.wait_idle()
+        if self._writer.failed:
+            raise StorageError("the block store could not be written: the address index is stale")
+        return self._index
+
+    def address_index_tip(self) -> bytes | None:
+        return self._settle().address_index_tip()
+
+    def address_deltas(
+        self, pkhs: list[bytes], start: int, end: int, limit: int
+    ) -> list[AddressIndexEntry]:
+        return self._settle().address_deltas(pkhs, start, end, limit)
+
+    def address_balance(self, pkh: bytes) -> tuple[int, int]:
+        return self._settle().address_balance(pkh)
+
+    def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
+        return self._settle().address_utxos(pkhs, limit)
