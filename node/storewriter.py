@@ -72,6 +72,7 @@ class StoreWriter:
         # What the bound cost: submits that had to wait for room, and the time they waited.
         self.full_waits = 0
         self.full_wait_seconds = 0.0
+        self.blocks_written = 0  # block bodies written (a batched commit holds several)
         # Started by the first submit, not here: the node forks its miner workers after opening
         # the store, and a fork is only safe while the process has a single thread.
         self._thread: threading.Thread | None = None
@@ -165,6 +166,8 @@ class StoreWriter:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
+        log.info("store_writer_closed", commits=self._written, blocks=self.blocks_written,
+                 full_waits=self.full_waits, full_wait_s=round(self.full_wait_seconds, 3))
         try:
             self.store.close()
         finally:
@@ -210,6 +213,7 @@ class StoreWriter:
             with self._cond:
                 self._pending.popleft()
                 self._written = seq
+                self.blocks_written += len(update.blocks)
                 self._cond.notify_all()
                 ready = [w for w in self._waiters if w[0] <= seq]
                 self._waiters = [w for w in self._waiters if w[0] > seq]
