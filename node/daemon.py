@@ -489,7 +489,11 @@ class Node:
         self._handed_height = self.chain.height
         if update.is_empty() or self.writer is None:
             return
-        self.writer.submit(update)
+        try:
+            self.writer.submit(update)
+        except StorageError:
+            self._store_failed()  # now, should the writer's callback still be on its way
+            raise
 
     async def committed(self) -> None:
         """Until everything the chain accepted so far is on disk; StorageError if a commit
@@ -497,7 +501,11 @@ class Node:
         if self.writer is None:
             raise StorageError("the block store is closed")
         self._commit_now()
-        await self.writer.wait_written()
+        try:
+            await self.writer.wait_written()
+        except StorageError:
+            self._store_failed()  # the node stops before the caller hears of the failure
+            raise
 
     def _on_store_failure(self, exc: BaseException) -> None:
         """In the writer thread: a commit failed; the loop learns it next."""
