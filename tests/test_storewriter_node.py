@@ -183,3 +183,37 @@ async def test_stop_drains_queued_commits(tmp_path: Path, held: list[HeldStore])
         assert await call(node, "getbestblockhash") == blocks[-1].hex()
     finally:
         await node.stop()
+
+
+async def test_a_reorg_reads_undo_data_still_queued(tmp_path: Path, held: list[HeldStore]) -> None:
+    """Blocks connected and not yet written, evicted from the chain's memory caches: undoing
+    them reads their bodies and undo data from the writer's queue."""
+    node = await started(tmp_path / "n")
+    store = held[0]
+    try:
+        first = await call(node, "generatetoaddress", 1, PAYEE)
+        store.gate.clear()
+        queued = []
+        for _ in range(3):
+            block = await node.miner.solve(bytes(20), None)
+            assert node.submit_block(block).status == "connected"
+            queued.append(block.hash)
+        await asyncio.to_thread(store.holding.wait, WAIT)
+        assert all(node.store.get_undo_bytes(h) is None for h in queued[1:])  # not on disk
+        node.chain._blocks.clear()  # as if evicted by later blocks
+        node.chain._undo.clear()
+        await call(node, "invalidateblock", queued[0].hex())
+        assert await call(node, "getbestblockhash") == first[0]
+        await call(node, "reconsiderblock", queued[0].hex())
+        assert await call(node, "getbestblockhash") == queued[-1].hex()
+        store.gate.set()
+        await asyncio.wait_for(node.committed(), WAIT)
+    finally:
+        store.gate.set()
+        await node.stop()
+    assert node.failure is None and node.unsaved == []
+    node = await started(tmp_path / "n")
+    try:
+        assert await call(node, "getbestblockhash") == queued[-1].hex()
+    finally:
+        await node.stop()
