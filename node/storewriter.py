@@ -241,12 +241,20 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
         loop.call_soon_threadsafe(resolve)
 
 
+# Turns of the event loop an address query spends waiting, without holding the loop, for the
+# writer to be idle; a sync that keeps the queue busy past that is then waited for on the loop,
+# for what it queued during the last turn only, rather than starving the query.
+SETTLE_ROUNDS = 8
+
+
 class WrittenAddressIndex:
     """The store's address index, read only once everything the chain accepted is written.
 
     The index lives on disk alone, so a query while commits are queued would miss their rows:
     each query first hands over the node's deferred update (`flush`), then waits for the
-    writer to be idle. Only address-index RPCs pay this wait, and only while commits are queued.
+    writer to be idle. The RPCs wait with `settled`, which leaves the event loop free; the
+    synchronous methods below block their caller instead. Only address queries pay this wait,
+    and only while commits are queued.
     """
 
     def __init__(
@@ -255,6 +263,16 @@ class WrittenAddressIndex:
         self._writer = writer
         self._index = index
         self._flush = flush
+
+    async def settled(self) -> AddressIndexReader:
+        """The index, once every update the chain has made is written: read it at once, with
+        no await in between, and it matches the chain in memory (only the loop submits)."""
+        for _ in range(SETTLE_ROUNDS):
+            self._flush()
+            if self._writer.pending == 0:
+                break
+            await self._writer.wait_written()  # StorageError if a commit failed
+        return self._settle()
 
     def _settle(self) -> AddressIndexReader:
         self._flush()
