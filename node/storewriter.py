@@ -38,8 +38,9 @@ from storage import StorageError
 log = structlog.get_logger("powlab.node.storewriter")
 
 # Updates handed to the writer and not yet written. During a sync an update holds up to
-# MAX_BLOCKS_PER_COMMIT blocks (node/daemon.py), so this also bounds the block data held twice
-# (in the queue and, until written, nowhere else on disk) to 16 batches.
+# MAX_BLOCKS_PER_COMMIT blocks (node/daemon.py), or the run of blocks one accepted block
+# connects (at most the download window), so this also bounds the block data held twice (in
+# the queue and, until written, nowhere else on disk) to 16 batches.
 MAX_PENDING_COMMITS = 16
 
 
