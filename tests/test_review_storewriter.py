@@ -6,6 +6,7 @@ Waits are on events and conditions with timeouts; nothing measures time."""
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,11 @@ from node.config import NodeConfig
 from node.daemon import Node
 from node.rpc.methods import build_registry
 from storage import open_store
+from tests import crash_harness
+from tests.chain_crash_child import PARAMS as CRASH_PARAMS
+from tests.chain_crash_child import build_script
 from tests.helpers import key, pkh
+from tests.test_chain_crash import Tip, check_store
 from tests.test_storewriter_node import HeldStore
 
 WAIT = 20.0
@@ -107,3 +112,72 @@ async def test_an_address_query_does_not_hold_the_event_loop_while_a_commit_hang
             watchdog.stop()
         await node.stop()
     assert node.failure is None and node.unsaved == []
+
+
+# -- kill -9 with the writer thread, on the crash test's script of reorgs, orphans and an
+# invalid heavier branch (tests/chain_crash_child.py --writer)
+
+KILLS = 5
+
+
+def writer_tips(lines: list[str], previous: Tip) -> tuple[set[Tip], int]:
+    """The tips the store may hold after a kill (the last commit the child reported, or the
+    next, committed but not yet reported) and the deepest the queue got. Checks on the way
+    that the commits came in the order of the hand-overs."""
+    submitted: list[Tip] = []
+    committed = 0
+    deepest = 0
+    for line in lines:
+        kind, *rest = line.split()
+        if kind == "submitted":
+            submitted.append((int(rest[0]), bytes.fromhex(rest[1])))
+        elif kind == "committed":
+            assert committed < len(submitted), "a commit of an update never handed over"
+            assert submitted[committed][1].hex() == rest[0], "commits out of order"
+            committed += 1
+        deepest = max(deepest, len(submitted) - committed)
+    after = [previous, *submitted]
+    return set(after[committed : committed + 2]), deepest
+
+
+@crash_harness.needs_sigkill
+def test_a_killed_writer_thread_leaves_a_prefix_of_the_handed_over_updates(
+    tmp_path: Path,
+) -> None:
+    """Not a bug: pins what the writer thread keeps under SIGKILL on the script that the crash
+    test runs (reorganisations whose undo data is still queued, orphans, an invalid heavier
+    branch), which the other kill tests (one linear sync) do not reach: the store holds the
+    state after a prefix of the updates, in order, equal to replaying its active chain."""
+    rng = random.Random(9_017)
+    tip: Tip = (0, CRASH_PARAMS.genesis_hash)
+    kills = deepest = 0
+    for _ in range(KILLS):
+        kill_after = rng.randrange(1, 60)
+        seen = 0
+
+        def due(line: str, count: int = kill_after) -> bool:
+            nonlocal seen
+            seen += line.startswith("submitted")
+            return seen >= count
+
+        run = crash_harness.run_child(
+            "tests.chain_crash_child", [str(tmp_path), "--writer"], due, rng.uniform(0.0, 0.003)
+        )
+        assert run.killed or run.lines[-1] == "done"
+        allowed, depth = writer_tips(run.lines, tip)
+        deepest = max(deepest, depth)
+        tip = check_store(tmp_path, allowed)
+        kills += run.killed
+        if not run.killed:
+            break
+    assert kills >= 3, "the script ended too early to test much"
+    run = crash_harness.run_child("tests.chain_crash_child", [str(tmp_path), "--writer"], None, 0)
+    assert not run.killed and run.lines[-1] == "done"
+    allowed, depth = writer_tips(run.lines, tip)
+    deepest = max(deepest, depth)
+    tip = check_store(tmp_path, allowed)
+    builder = build_script().builder
+    assert builder is not None
+    assert tip == (builder.chain.tip.height, builder.chain.tip.hash)
+    print(f"deepest queue seen: {deepest}")
+    assert deepest >= 2, "the writer never fell behind: no queue was tested"
