@@ -475,11 +475,18 @@ class Node:
                 self._commit_scheduled = True
                 self._loop.call_soon(self._deferred_commit)
             return
-        self._commit_now()
+        self._hand_over()
 
     def _deferred_commit(self) -> None:
         self._commit_scheduled = False
         if self.writer is not None and not self.writer.failed:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """`_commit_now` after a chain change. A failed store is reported there (the node
+        stops) and not raised into whoever changed the chain: a peer's message handler, the
+        block import task (whose exception `stop` would re-raise), the miner, a loop callback."""
+        with contextlib.suppress(StorageError):
             self._commit_now()
 
     def _commit_now(self) -> None:

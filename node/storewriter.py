@@ -149,7 +149,10 @@ class StoreWriter:
         if future is not None:
             await future
         if self._written < target:
-            raise StorageError(f"a commit failed before this one was written ({self._error})")
+            raise StorageError(
+                "the block store is no longer written: a commit failed before this one was"
+                f" written ({self._error})"
+            )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or a commit failed; False on timeout. For callers that

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 
 import node.daemon as daemon
+from consensus.blockbuild import assemble_block, solve_block
+from consensus.chainstate import ChainState
 from consensus.params import REGTEST
 from node.config import NodeConfig
 from node.daemon import Node
 from node.rpc.methods import build_registry
-from storage import open_store
+from storage import MemoryStore, open_store
 from tests import crash_harness
 from tests.chain_crash_child import PARAMS as CRASH_PARAMS
 from tests.chain_crash_child import build_script
@@ -181,3 +184,39 @@ def test_a_killed_writer_thread_leaves_a_prefix_of_the_handed_over_updates(
     assert tip == (builder.chain.tip.height, builder.chain.tip.hash)
     print(f"deepest queue seen: {deepest}")
     assert deepest >= 2, "the writer never fell behind: no queue was tested"
+
+
+# -- a store failure during --loadblock
+
+
+def blocks_file(path: Path, count: int) -> Path:
+    """`count` regtest blocks on genesis, one hex line each, timestamped just before now."""
+    store = MemoryStore()
+    chain = ChainState(REGTEST, store, store.load())
+    start = int(time.time()) - 2 * count
+    lines = []
+    for i in range(count):
+        block = solve_block(assemble_block(chain, [], 0, pkh(3), start + i))
+        assert block is not None and chain.accept_block(block, start + i).status == "connected"
+        lines.append(block.encode().hex())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_a_store_failure_during_loadblock_stops_the_node_cleanly(
+    tmp_path: Path, held: list[HeldStore]
+) -> None:
+    """Was: once a commit had failed, `submit_block` raised StorageError; the import task died
+    of it, and `stop()`, awaiting its tasks, re-raised it: the node quit with a traceback,
+    without saving the mempool and wallet or closing the store, instead of the one-line exit 1
+    of a store failure."""
+    source = blocks_file(tmp_path / "blocks.hex", 40)
+    node = await started(tmp_path / "n", loadblock=[str(source)])
+    store = held[0]
+    store.fail = True  # before the import task first runs: every commit of it fails
+    await asyncio.wait_for(node.wait_stopped(), WAIT)
+    await node.stop()
+    assert node.failure is not None and "database or disk is full" in node.failure
+    assert node.unsaved == []
+    assert not (tmp_path / "n" / "rpc.url").exists()
+    assert (tmp_path / "n" / "mempool.dat").exists()  # the rest of the stop ran
