@@ -370,7 +370,11 @@ class SQLiteStore:
             for statement in _ADDRESS_SCHEMA:
                 conn.execute(statement)
             reader = cls._open_reader(path)
-            return cls(conn, path, reader)
+            try:
+                return cls(conn, path, reader)
+            except BaseException:
+                reader.close()
+                raise
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from consensus.params import REGTEST
 from node.config import NodeConfig
 from node.daemon import Node
 from node.rpc.methods import build_registry
-from storage import MemoryStore, open_store
+from storage import MemoryStore, SQLiteStore, StorageError, open_store
 from tests import crash_harness
 from tests.chain_crash_child import PARAMS as CRASH_PARAMS
 from tests.chain_crash_child import build_script
@@ -220,3 +221,32 @@ async def test_a_store_failure_during_loadblock_stops_the_node_cleanly(
     assert node.unsaved == []
     assert not (tmp_path / "n" / "rpc.url").exists()
     assert (tmp_path / "n" / "mempool.dat").exists()  # the rest of the stop ran
+
+
+# -- SQLiteStore.open's second connection
+
+
+def test_a_store_that_fails_to_open_closes_its_reading_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the reading connection was opened before the store's state was read, and a state
+    that did not read (a corrupt staging marker) closed only the writing one: the reader stayed
+    open, its file descriptor held until the garbage collector found it."""
+    opened: list[sqlite3.Connection] = []
+    real_open_reader = SQLiteStore._open_reader
+
+    def recording(path: Path) -> sqlite3.Connection:
+        reader = real_open_reader(path)
+        opened.append(reader)
+        return reader
+
+    def corrupt(self: SQLiteStore, conn: sqlite3.Connection) -> Any:
+        raise StorageError("address staging marker does not decode")
+
+    monkeypatch.setattr(SQLiteStore, "_open_reader", staticmethod(recording))
+    monkeypatch.setattr(SQLiteStore, "_read_staging_state", corrupt)
+    with pytest.raises(StorageError, match="does not decode"):
+        SQLiteStore.open(tmp_path, "regtest", bytes(32))
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
