@@ -20,9 +20,11 @@ import node.daemon as daemon
 from consensus.blockbuild import assemble_block, solve_block
 from consensus.chainstate import ChainState
 from consensus.params import REGTEST
+from consensus.update import ChainUpdate
 from node.config import NodeConfig
-from node.daemon import Node
+from node.daemon import MAX_BLOCKS_PER_COMMIT, Node
 from node.rpc.methods import build_registry
+from p2p.compact import CATCHING_UP_BLOCKS
 from storage import MemoryStore, SQLiteStore, StorageError, open_store
 from tests import crash_harness
 from tests.chain_crash_child import PARAMS as CRASH_PARAMS
@@ -250,3 +252,51 @@ def test_a_store_that_fails_to_open_closes_its_reading_connection(
     assert len(opened) == 1
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         opened[0].execute("SELECT 1")
+
+
+# -- the named bound of a batched commit
+
+
+async def test_a_catching_up_node_hands_over_at_most_max_blocks_per_commit(
+    tmp_path: Path,
+) -> None:
+    """Not a bug: pins MAX_BLOCKS_PER_COMMIT, which no test checked (the sync kill test only
+    sees fewer commits than blocks). Blocks delivered in one turn of the loop to a node whose
+    best header is far ahead are handed over in batches of at most that many."""
+    count = 3 * MAX_BLOCKS_PER_COMMIT + 8
+    store = MemoryStore()
+    chain = ChainState(REGTEST, store, store.load())
+    start = int(time.time()) - 2 * count
+    blocks = []
+    for i in range(count):
+        block = solve_block(assemble_block(chain, [], 0, pkh(3), start + i))
+        assert block is not None and chain.accept_block(block, start + i).status == "connected"
+        blocks.append(block)
+    node = await started(tmp_path / "n")
+    try:
+        assert node.writer is not None
+        sizes: list[int] = []
+        real_submit = node.writer.submit
+
+        def recording(update: ChainUpdate) -> int:
+            sizes.append(len(update.blocks))
+            return real_submit(update)
+
+        node.writer.submit = recording  # type: ignore[method-assign]
+        for block in blocks:
+            node.accept_header(block.header)
+        for block in blocks:  # one turn of the loop: no await in between
+            assert node.submit_block(block).status == "connected"
+        await asyncio.wait_for(node.committed(), WAIT)
+        assert sum(sizes) == count
+        assert max(sizes) == MAX_BLOCKS_PER_COMMIT  # batched, and never more
+        # The last CATCHING_UP_BLOCKS blocks are no longer a catch-up: one commit each.
+        assert sizes[-CATCHING_UP_BLOCKS:] == [1] * CATCHING_UP_BLOCKS
+    finally:
+        await node.stop()
+    assert node.failure is None and node.unsaved == []
+    node = await started(tmp_path / "n")
+    try:
+        assert await call(node, "getbestblockhash") == blocks[-1].hash.hex()
+    finally:
+        await node.stop()
