@@ -186,7 +186,7 @@ class _Announced:
         return getattr(self.store, name)
 
 
-def main_with_writer(datadir: Path) -> None:
+def main_with_writer(datadir: Path, addressindex: bool = False) -> None:
     """As the node does since issue 17: the chain reads through a `StoreWriter` (queued blocks
     and undo data come from its queue) and hands each update to it; its thread commits them.
     Prints ``submitted <height> <tip>`` per hand-over and ``committed <tip>`` per commit."""
@@ -197,6 +197,12 @@ def main_with_writer(datadir: Path) -> None:
     writer = StoreWriter(_Announced(store), max_pending=WRITER_QUEUE)  # type: ignore[arg-type]
     chain = ChainState(PARAMS, writer, store.load())
     store.apply(chain.take_update())  # genesis, on a fresh store (before the thread starts)
+    if addressindex:  # as in `main`
+        from node.addressindex import sync_address_index
+
+        store.staging_bound = CRASH_STAGING_ROWS
+        sync_address_index(store, chain)
+        chain.address_index = True
     for block in script.blocks:
         chain.accept_block(block, NOW)
         update = chain.take_update()
@@ -235,12 +241,13 @@ def main(datadir: Path, addressindex: bool = False) -> None:
     print("done", flush=True)
 
 
-if __name__ == "__main__" and "--writer" in sys.argv[2:]:
-    main_with_writer(Path(sys.argv[1]))
-elif __name__ == "__main__":
-    if "--addressindex" in sys.argv[2:]:
-        import structlog
+if __name__ == "__main__":
+    # The parent reads this process's stdout line by line: the log goes elsewhere.
+    import structlog
 
-        # The parent reads this process's stdout line by line: the log goes elsewhere.
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    main(Path(sys.argv[1]), "--addressindex" in sys.argv[2:])
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    indexed = "--addressindex" in sys.argv[2:]
+    if "--writer" in sys.argv[2:]:
+        main_with_writer(Path(sys.argv[1]), indexed)
+    else:
+        main(Path(sys.argv[1]), indexed)

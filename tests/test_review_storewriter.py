@@ -30,7 +30,8 @@ from tests import crash_harness
 from tests.chain_crash_child import PARAMS as CRASH_PARAMS
 from tests.chain_crash_child import build_script
 from tests.helpers import key, pkh
-from tests.test_chain_crash import Tip, check_store
+from tests.test_addressindex_crash import check_index
+from tests.test_chain_crash import Tip, _after_commits, check_store
 from tests.test_storewriter_node import HeldStore
 
 WAIT = 20.0
@@ -300,3 +301,29 @@ async def test_a_catching_up_node_hands_over_at_most_max_blocks_per_commit(
         assert await call(node, "getbestblockhash") == blocks[-1].hash.hex()
     finally:
         await node.stop()
+
+
+@crash_harness.needs_sigkill
+def test_a_killed_writer_thread_keeps_the_address_index_marker_with_its_tip(
+    tmp_path: Path,
+) -> None:
+    """Not a bug: the address index through the writer thread under SIGKILL (the crash test of
+    the index runs without the writer). After every kill the index marker is the store's tip,
+    moved in the same commit as the rows: the index is current, never caught up or rebuilt,
+    and equals a rebuild from scratch."""
+    rng = random.Random(17_017)
+    args = [str(tmp_path), "--writer", "--addressindex"]
+    outcomes: list[str] = []
+    kills = 0
+    for _ in range(KILLS):
+        due = _after_commits(rng.randrange(1, 40))
+        run = crash_harness.run_child("tests.chain_crash_child", args, due, rng.uniform(0, 0.003))
+        outcomes.append(check_index(tmp_path, was_indexed=bool(outcomes)))
+        kills += run.killed
+        if not run.killed:
+            break
+    assert kills >= 3, "the script ended too early to test much"
+    assert set(outcomes[1:]) == {"current"}, outcomes
+    run = crash_harness.run_child("tests.chain_crash_child", args, None, 0)
+    assert not run.killed and run.lines[-1] == "done"
+    assert check_index(tmp_path, was_indexed=True) == "current"
