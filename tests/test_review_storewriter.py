@@ -24,6 +24,7 @@ from consensus.update import ChainUpdate
 from node.config import NodeConfig
 from node.daemon import MAX_BLOCKS_PER_COMMIT, Node
 from node.rpc.methods import build_registry
+from node.storewriter import SETTLE_ROUNDS, StoreWriter, WrittenAddressIndex
 from p2p.compact import CATCHING_UP_BLOCKS
 from storage import MemoryStore, SQLiteStore, StorageError, open_store
 from tests import crash_harness
@@ -32,6 +33,7 @@ from tests.chain_crash_child import build_script
 from tests.helpers import key, pkh
 from tests.test_addressindex_crash import check_index
 from tests.test_chain_crash import Tip, _after_commits, check_store
+from tests.test_storewriter import GatedStore, block_update
 from tests.test_storewriter_node import HeldStore
 
 WAIT = 20.0
@@ -188,6 +190,50 @@ def test_a_killed_writer_thread_leaves_a_prefix_of_the_handed_over_updates(
     assert tip == (builder.chain.tip.height, builder.chain.tip.hash)
     print(f"deepest queue seen: {deepest}")
     assert deepest >= 2, "the writer never fell behind: no queue was tested"
+
+
+class PermitStore(GatedStore):
+    """Each apply waits for a permit: the test decides when each update may be written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits = threading.Semaphore(0)
+
+    def apply(self, update: ChainUpdate) -> None:
+        if not self.permits.acquire(timeout=WAIT):
+            raise AssertionError("no permit to write")
+        super().apply(update)
+
+
+async def test_an_address_query_under_a_queue_that_never_empties_waits_a_bounded_number_of_turns(
+) -> None:
+    """SETTLE_ROUNDS, the fix's named bound: a sync that hands over an update at every turn
+    of the loop cannot starve an address query; after SETTLE_ROUNDS turns it waits on the loop
+    for what is left and answers from the written index."""
+    store = PermitStore()
+    writer = StoreWriter(store)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    handed: list[int] = []
+
+    def flush() -> None:
+        # As a sync does: one more update at every hand-over, still queued when the query
+        # looks (its permit comes with the loop's next turn); the one handed over after the
+        # last round is written at once, since the loop then waits for it.
+        handed.append(writer.submit(block_update(len(handed) + 1)))
+        if len(handed) <= SETTLE_ROUNDS:
+            loop.call_soon(store.permits.release)
+        else:
+            store.permits.release()
+
+    index = WrittenAddressIndex(writer, store.inner, flush)
+    try:
+        settled = await asyncio.wait_for(index.settled(), WAIT)
+        assert settled is store.inner
+        assert len(handed) == SETTLE_ROUNDS + 1
+        assert writer.pending == 0 and writer.written == len(handed)
+    finally:
+        store.permits.release(SETTLE_ROUNDS + 2)
+        writer.close()
 
 
 # -- a store failure during --loadblock
