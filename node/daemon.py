@@ -55,9 +55,11 @@ from node.replacements import ReplacementLog
 from node.rpc.cookie import delete_cookie, write_cookie
 from node.rpc.methods import build_registry
 from node.rpc.server import RPCServer
+from node.storewriter import StoreWriter, WrittenAddressIndex
 from node.verify import ParallelVerifier
 from node.wallet import Wallet, WalletWriteError
 from node.wallet_sync import note_block, rescan, resubmit
+from p2p.compact import CATCHING_UP_BLOCKS
 from p2p.config import P2PConfig
 from p2p.protocol import DoubleSpendSeen, Event, P2PProtocol, PeerConnected, PeerDisconnected
 from p2p.transport import P2PService
@@ -77,6 +79,10 @@ PEER_NAME_RECHECK = 15.0  # seconds between re-resolving names that did resolve
 MAX_WATCHED_TXS = 10_000
 MAX_RECENT_TXS = 10_000
 MEMPOOL_SAVE_INTERVAL = 60.0  # seconds: bounds what a SIGKILL can lose
+# While catching up, the chain's changes are handed to the store writer once per received batch
+# (one stream read) or once this many blocks have piled up, whichever comes first: fewer, larger
+# transactions, and a kill -9 loses at most that many blocks more (docs/storage.md).
+MAX_BLOCKS_PER_COMMIT = 64
 
 
 class NodeError(Exception):
@@ -114,6 +120,12 @@ class Node:
         self.replacements = ReplacementLog(MAX_WATCHED_TXS)
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None
+        # Applies the chain's updates to `store` in its own thread (node/storewriter.py).
+        self.writer: StoreWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._commit_scheduled = False  # a deferred commit (catching up) waits in the loop
+        self._handed_height = 0  # the chain's height at the last hand-over to the writer
         # The store, when --addressindex keeps the address index current (else None).
         self.address_index: AddressIndexReader | None = None
         self.chain: ChainState
@@ -186,20 +198,26 @@ class Node:
     def _open_state(self) -> None:
         sigcache = SignatureCache(DEFAULT_SIGNATURE_CACHE_SIZE)
         self.store = open_store(self.datadir, self.params)
+        with contextlib.suppress(RuntimeError):  # None only for callers outside a loop
+            self._loop = asyncio.get_running_loop()
+        self.writer = StoreWriter(self.store, self._on_store_failure)
         self.chain = ChainState(
             self.params,
-            self.store,
+            self.writer,  # reads blocks and undo data still queued from the queue
             self.store.load(),
             finality_depth=self.finality_depth,
             enforce_finality=self.config.enforce_finality,
             signature_cache=sigcache,
             verify_batch=self.verifier,
         )
-        self._commit()
+        # Written here, without the writer's thread: the miner may fork its workers next, which
+        # is only safe in a single-threaded process (the thread starts with the first commit).
+        self.store.apply(self.chain.take_update())
+        self._handed_height = self.chain.height
         if self.config.addressindex or self.config.reindex_addresses:
             sync_address_index(self.store, self.chain, rebuild=self.config.reindex_addresses)
             self.chain.address_index = True
-            self.address_index = self.store
+            self.address_index = WrittenAddressIndex(self.writer, self.store, self._commit_now)
         self.mempool = Mempool(
             self.params,
             max_bytes=self.config.max_mempool_bytes,
@@ -386,6 +404,7 @@ class Node:
         `unsaved`, and the runtime files (.cookie, rpc.url, p2p.addr) go whatever happens."""
         log.info("node_stopping")
         self.unsaved = []
+        self._stopping = True  # a commit failing from here on is reported in `unsaved`
         try:
             await self.miner.close()
             if self.p2p is not None:
@@ -401,6 +420,7 @@ class Node:
             self.events.close()
             self._save_at_stop("mempool", self._save_mempool)
             self._save_at_stop("wallet", self.wallet.flush)
+            await self._drain_store()
             self._save_at_stop("block store", self._close_state)
         finally:
             self._remove_runtime_files()
@@ -424,23 +444,94 @@ class Node:
     def _close_state(self) -> None:
         self.verifier.close()
         self.address_index = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        writer, self.writer = self.writer, None
+        store, self.store = self.store, None
+        if writer is not None:
+            writer.close()  # writes what is queued, then closes the store
+        elif store is not None:
+            store.close()
+
+    async def _drain_store(self) -> None:
+        """Hand over what the chain holds back and wait, off the loop, until it is written;
+        a failure is reported by `_close_state` (in `unsaved`)."""
+        if self.writer is None:
+            return
+        with contextlib.suppress(StorageError):
+            self._commit_now()
+            await self.writer.wait_written()
 
     def _commit(self) -> None:
+        """After a chain change: hand the update to the store writer. While the node is catching
+        up, once per received batch instead (the deferred commit runs when the loop has handled
+        the current input), or every MAX_BLOCKS_PER_COMMIT blocks."""
+        chain = self.chain
+        if (
+            self._loop is not None
+            and self.p2p is not None
+            and chain.best_header.height - chain.height > CATCHING_UP_BLOCKS
+            and abs(chain.height - self._handed_height) < MAX_BLOCKS_PER_COMMIT
+        ):
+            if not self._commit_scheduled:
+                self._commit_scheduled = True
+                self._loop.call_soon(self._deferred_commit)
+            return
+        self._hand_over()
+
+    def _deferred_commit(self) -> None:
+        self._commit_scheduled = False
+        if self.writer is not None and not self.writer.failed:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """`_commit_now` after a chain change. A failed store is reported there (the node
+        stops) and not raised into whoever changed the chain: a peer's message handler, the
+        block import task (whose exception `stop` would re-raise), the miner, a loop callback."""
+        with contextlib.suppress(StorageError):
+            self._commit_now()
+
+    def _commit_now(self) -> None:
+        """Queue the chain's update behind the earlier ones (waiting if MAX_PENDING_COMMITS are
+        queued already). StorageError once a commit failed: the node is stopping then."""
         update = self.chain.take_update()
-        if update.is_empty():
+        self._handed_height = self.chain.height
+        if update.is_empty() or self.writer is None:
             return
         try:
-            self.store.apply(update)
-        except Exception as exc:
-            # Memory is now ahead of disk: carrying on would serve a state that a restart
-            # cannot reproduce. Stop; the store still holds the last committed tip.
-            log.critical("store_write_failed", error=str(exc))
-            self.failure = f"could not write the block store ({exc})"
-            self.request_stop()
+            self.writer.submit(update)
+        except StorageError:
+            self._store_failed()  # now, should the writer's callback still be on its way
             raise
+
+    async def committed(self) -> None:
+        """Until everything the chain accepted so far is on disk; StorageError if a commit
+        failed (generatetoaddress reports which of its blocks were written)."""
+        if self.writer is None:
+            raise StorageError("the block store is closed")
+        self._commit_now()
+        try:
+            await self.writer.wait_written()
+        except StorageError:
+            self._store_failed()  # the node stops before the caller hears of the failure
+            raise
+
+    def _on_store_failure(self, exc: BaseException) -> None:
+        """In the writer thread: a commit failed; the loop learns it next."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: close() reports it
+                self._loop.call_soon_threadsafe(self._store_failed)
+
+    def _store_failed(self) -> None:
+        writer = self.writer
+        if self._stopping or writer is None:
+            return  # reported by _close_state, in `unsaved`
+        error = writer.take_error()
+        if error is None:
+            return
+        # Memory is now ahead of disk: carrying on would serve a state that a restart
+        # cannot reproduce. Stop; the store still holds the last committed tip.
+        log.critical("store_write_failed", error=str(error))
+        self.failure = f"could not write the block store ({error})"
+        self.request_stop()
 
     # ----------------------------------------------------------------- mempool persistence
 

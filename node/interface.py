@@ -45,6 +45,10 @@ class MiningHost(Protocol):
 
     def submit_block(self, block: Block) -> AcceptResult: ...
 
+    async def committed(self) -> None:
+        """Until every change accepted so far is written to the store (StorageError if a
+        commit failed): the store commits off the event loop."""
+
 
 class MinerAPI(Protocol):
     """What the RPC methods (and metrics) use of the miner."""

@@ -17,10 +17,12 @@ read-only connection, and only a database that passes every check is opened for 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -107,6 +109,7 @@ _UTXO_QUERY = (
 
 _Statement = tuple[str, Sequence[tuple[Any, ...]]]
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 _MAX_HEIGHT = (1 << 63) - 1  # every height a row may have (SQLite's largest integer)
 
 
@@ -283,18 +286,42 @@ def _check_schema_version(path: Path, raw: object) -> None:
         )
 
 
+def _one_snapshot(method: _F) -> _F:
+    """Run a read of several statements in one read transaction of the reading connection."""
+
+    @functools.wraps(method)
+    def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        if self._read_lock is None:
+            return method(self, *args, **kwargs)
+        with self._reading():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class SQLiteStore:
     """Implements `ChainStore` on `<datadir>/chain.sqlite3`; open it with `SQLiteStore.open`.
 
-    One connection, shared by all threads under a lock: the node may run `apply` in a worker
-    thread (asyncio.to_thread) so that a large commit does not stall the event loop, which is the
-    reason for ``check_same_thread=False``. SQLite itself keeps the file consistent if a second
-    process writes to it, but keeping that from happening is the node's lock file's job.
+    Two connections, each usable from any thread under its own lock (hence
+    ``check_same_thread=False``): one writes (`apply`, `put_meta`) and loads, the other only
+    reads (blocks, undo data, meta, the address index). The node applies updates in a writer
+    thread (node/storewriter.py); with WAL a read on the other connection sees the last commit
+    and never waits for the one in progress, so serving a block never stalls the event loop
+    behind a commit. A read that takes several statements runs in one read transaction, so it
+    sees one commit. SQLite itself keeps the file consistent if a second process writes to it,
+    but keeping that from happening is the node's lock file's job.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, reader: sqlite3.Connection | None = None
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
+        # Without a reader connection (a caller that built the store by hand) reads share the
+        # writing one, under its lock.
+        self._reader: sqlite3.Connection | None = reader if reader is not None else conn
+        self._read_lock = threading.RLock() if reader is not None else None
+        self._read_depth = 0
         self.path = path
         # Read once here, then kept by `apply`, the only writer of the address tables; the
         # bound is an attribute so that tests can make folds frequent.
@@ -342,7 +369,12 @@ class SQLiteStore:
                 cls._initialise(conn, path, network, genesis_hash)
             for statement in _ADDRESS_SCHEMA:
                 conn.execute(statement)
-            return cls(conn, path)
+            reader = cls._open_reader(path)
+            try:
+                return cls(conn, path, reader)
+            except BaseException:
+                reader.close()
+                raise
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -350,6 +382,20 @@ class SQLiteStore:
                     raise _corrupt(path, str(exc)) from exc
                 raise StorageError(f"cannot prepare {path}: {exc}") from exc
             raise
+
+    @staticmethod
+    def _open_reader(path: Path) -> sqlite3.Connection:
+        reader = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+        )
+        try:
+            reader.execute("PRAGMA query_only=1")  # this connection never writes
+            reader.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            reader.create_function("powlab_outpoint", 2, _outpoint_key, deterministic=True)
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def _read_staging_state(self, conn: sqlite3.Connection) -> addressstaging.Staging:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (ADDRESS_FOLDED_KEY,)).fetchone()
@@ -460,13 +506,15 @@ class SQLiteStore:
         return self._get("SELECT data FROM undo WHERE hash = ?", block_hash)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_locked():
             conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot close {self.path}: {exc}") from exc
+            reader, self._reader = self._reader, None
+        for each in (reader, conn) if reader is not conn else (conn,):
+            if each is not None:
+                try:
+                    each.close()
+                except sqlite3.Error as exc:
+                    raise StorageError(f"cannot close {self.path}: {exc}") from exc
 
     # -- address index ----------------------------------------------------------------------
 
@@ -480,6 +528,7 @@ class SQLiteStore:
         """Address rows waiting in the staging table to be folded (storage/addressstaging.py)."""
         return self._staging.staged
 
+    @_one_snapshot
     def address_deltas(
         self, pkhs: list[bytes], start: int, end: int, limit: int
     ) -> list[AddressIndexEntry]:
@@ -492,8 +541,7 @@ class SQLiteStore:
         """
         found: list[AddressIndexEntry] = []
         for pkh in pkhs:
-            with self._lock:
-                conn = self._require_open()
+            with self._reading() as conn:
                 try:
                     rows = conn.execute(
                         "SELECT pkh, height, blockindex, spending, idx, txid, satoshis"
@@ -521,6 +569,7 @@ class SQLiteStore:
             found.sort(key=_chain_order)
         return found
 
+    @_one_snapshot
     def address_balance(self, pkh: bytes) -> tuple[int, int]:
         """(balance, received): the sum of the address's deltas, and of its positive ones."""
         rows = self._query(
@@ -535,6 +584,7 @@ class SQLiteStore:
             received += max(row[6], 0)
         return balance, received
 
+    @_one_snapshot
     def address_utxos(self, pkhs: list[bytes], limit: int) -> list[AddressUtxo]:
         """Unspent outputs of `pkhs` in chain order, if at most `limit`; else `limit` of them."""
         found: list[tuple[tuple[Any, ...], AddressUtxo]] = []
@@ -555,8 +605,7 @@ class SQLiteStore:
         return [utxo for _, utxo in found]
 
     def _staged_rows(self, pkh: bytes) -> list[tuple[Any, ...]]:
-        with self._lock:
-            conn = self._require_open()
+        with self._reading() as conn:
             try:
                 return list(addressstaging.rows_of(conn, pkh, 0, _MAX_HEIGHT))
             except sqlite3.Error as exc:
@@ -568,8 +617,7 @@ class SQLiteStore:
         """(height, blockindex, idx, txid, satoshis) of the staged outputs to `pkh` that the
         spends table lacks, in chain order, at most `limit`."""
         unspent: list[tuple[Any, ...]] = []
-        with self._lock:
-            conn = self._require_open()
+        with self._reading() as conn:
             try:
                 for _, height, blockindex, spending, idx, txid, amount in addressstaging.rows_of(
                     conn, pkh, 0, _MAX_HEIGHT
@@ -613,8 +661,7 @@ class SQLiteStore:
         return self._conn
 
     def _get(self, sql: str, key: Any) -> Any:
-        with self._lock:
-            conn = self._require_open()
+        with self._reading() as conn:
             try:
                 row = conn.execute(sql, (key,)).fetchone()
             except sqlite3.Error as exc:
@@ -622,12 +669,44 @@ class SQLiteStore:
         return None if row is None else row[0]
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
-            conn = self._require_open()
+        with self._reading() as conn:
             try:
                 return conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read_locked(self) -> Iterator[None]:
+        lock = self._read_lock if self._read_lock is not None else contextlib.nullcontext()
+        with lock:
+            yield
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection, inside one read transaction however deeply nested: every
+        statement of the outermost `with` sees the same commit."""
+        if self._read_lock is None:  # reads share the writing connection and its lock
+            with self._lock:
+                yield self._require_open()
+            return
+        with self._read_lock:
+            conn = self._reader
+            if conn is None:
+                raise StorageError(f"the store {self.path} is closed")
+            outermost = self._read_depth == 0
+            if outermost:
+                try:
+                    conn.execute("BEGIN")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"cannot read {self.path}: {exc}") from exc
+            self._read_depth += 1
+            try:
+                yield conn
+            finally:
+                self._read_depth -= 1
+                if outermost and conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("COMMIT")
 
     def _write(self, statements: list[_Statement], action: str) -> None:
         with self._lock:

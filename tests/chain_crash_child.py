@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from consensus.block import Block
 from consensus.chainstate import ChainState
 from consensus.coins import Coin
 from consensus.params import ChainParams
 from consensus.tx import OutPoint, Transaction
+from consensus.update import ChainUpdate
 from storage import open_store
 from tests.helpers import CLOCK_OFFSET, ChainBuilder, pkh, regtest
 
@@ -157,6 +160,61 @@ def build_script(seed: int = SCRIPT_SEED, steps: int = STEPS) -> Script:
 CRASH_STAGING_ROWS = 5
 
 
+# With --writer: the queue of the node's store writer, kept short so that it fills.
+WRITER_QUEUE = 4
+_SAY = threading.Lock()  # two threads print: whole lines only
+
+
+def _say(line: str) -> None:
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class _Announced:
+    """The store as the writer thread sees it: says which update each commit wrote."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def apply(self, update: ChainUpdate) -> None:
+        self.store.apply(update)
+        assert update.tip is not None
+        _say(f"committed {update.tip.hex()}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def main_with_writer(datadir: Path, addressindex: bool = False) -> None:
+    """As the node does since issue 17: the chain reads through a `StoreWriter` (queued blocks
+    and undo data come from its queue) and hands each update to it; its thread commits them.
+    Prints ``submitted <height> <tip>`` per hand-over and ``committed <tip>`` per commit."""
+    from node.storewriter import StoreWriter
+
+    script = build_script()
+    store = open_store(datadir, PARAMS)
+    writer = StoreWriter(_Announced(store), max_pending=WRITER_QUEUE)  # type: ignore[arg-type]
+    chain = ChainState(PARAMS, writer, store.load())
+    store.apply(chain.take_update())  # genesis, on a fresh store (before the thread starts)
+    if addressindex:  # as in `main`
+        from node.addressindex import sync_address_index
+
+        store.staging_bound = CRASH_STAGING_ROWS
+        sync_address_index(store, chain)
+        chain.address_index = True
+    for block in script.blocks:
+        chain.accept_block(block, NOW)
+        update = chain.take_update()
+        if update.is_empty():
+            continue
+        update.tip = chain.tip.hash  # named in every update, so each commit says what it wrote
+        _say(f"submitted {chain.tip.height} {chain.tip.hash.hex()}")
+        writer.submit(update)
+    writer.close()
+    _say("done")
+
+
 def main(datadir: Path, addressindex: bool = False) -> None:
     script = build_script()
     with open_store(datadir, PARAMS) as store:
@@ -184,9 +242,12 @@ def main(datadir: Path, addressindex: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    if "--addressindex" in sys.argv[2:]:
-        import structlog
+    # The parent reads this process's stdout line by line: the log goes elsewhere.
+    import structlog
 
-        # The parent reads this process's stdout line by line: the log goes elsewhere.
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    main(Path(sys.argv[1]), "--addressindex" in sys.argv[2:])
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    indexed = "--addressindex" in sys.argv[2:]
+    if "--writer" in sys.argv[2:]:
+        main_with_writer(Path(sys.argv[1]), indexed)
+    else:
+        main(Path(sys.argv[1]), indexed)

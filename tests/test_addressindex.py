@@ -12,6 +12,7 @@ Hypothesis runs derandomized, so the suite is deterministic.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -247,20 +248,23 @@ def test_rpc_result_bound_asks_for_a_height_range(monkeypatch: pytest.MonkeyPatc
         address_index=b.store, wallet=_Wallet(PARAMS.address_prefix), chain=b.chain
     )
     address = encode_address(PARAMS.address_prefix, pkh(0))
-    everything = rpc.getaddressdeltas(node, {"addresses": [address]})
+    everything = asyncio.run(rpc.getaddressdeltas(node, {"addresses": [address]}))
     monkeypatch.setattr(rpc, "MAX_ADDRESS_RESULTS", len(everything) - 1)
     for method in (rpc.getaddressdeltas, rpc.getaddresstxids):
         with pytest.raises(RPCError) as err:
-            method(node, {"addresses": [address]})
+            asyncio.run(method(node, {"addresses": [address]}))
         assert err.value.code == -8 and "start/end" in err.value.message
-    narrower = rpc.getaddressdeltas(node, {"addresses": [address], "start": 2, "end": 3})
+    narrower = asyncio.run(
+        rpc.getaddressdeltas(node, {"addresses": [address], "start": 2, "end": 3})
+    )
     assert narrower == [d for d in everything if 2 <= d["height"] <= 3]
-    monkeypatch.setattr(rpc, "MAX_ADDRESS_RESULTS", len(rpc.getaddressutxos(node, address)) - 1)
+    utxos = asyncio.run(rpc.getaddressutxos(node, address))
+    monkeypatch.setattr(rpc, "MAX_ADDRESS_RESULTS", len(utxos) - 1)
     with pytest.raises(RPCError, match="unspent outputs"):
-        rpc.getaddressutxos(node, address)
+        asyncio.run(rpc.getaddressutxos(node, address))
     node.address_index = None
     with pytest.raises(RPCError, match="--addressindex"):
-        rpc.getaddressbalance(node, address)
+        asyncio.run(rpc.getaddressbalance(node, address))
 
 
 # -- SQLiteStore's staging table (storage/addressstaging.py) ---------------------------------

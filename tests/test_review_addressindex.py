@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import signal
@@ -165,7 +166,7 @@ def test_an_invalid_address_is_not_echoed_whole_into_the_error_and_the_log() -> 
     node: Any = SimpleNamespace(address_index=object(), wallet=Wallet())
     for method in (methods.getaddressbalance, methods.getaddressutxos, methods.getaddressdeltas):
         with pytest.raises(RPCError) as err:
-            method(node, {"addresses": ["x" * 1_000_000]})
+            asyncio.run(method(node, {"addresses": ["x" * 1_000_000]}))
         assert err.value.message.startswith("Invalid address: invalid address 'xxx")
         assert len(err.value.message) <= 300
 

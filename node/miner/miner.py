@@ -220,6 +220,9 @@ class Miner:
             try:
                 block = await self._solve(payout_pkh, txs)
                 result = self.node.submit_block(block)
+                # Commits are written off the loop: wait for this one, so that on a failure
+                # `hashes` names exactly the blocks on disk.
+                await self.node.committed()
             except Exception as exc:
                 # A store write that fails (a full disk) stops the node; the caller must
                 # still learn which blocks made it before.

@@ -21,6 +21,7 @@ from node.rpc.errors import (
     RPCError,
 )
 from node.rpc.registry import rpc_method
+from node.storewriter import WrittenAddressIndex
 from node.wallet import WalletError
 
 # Addresses one request may name: each is a separate range of the index to read.
@@ -38,6 +39,15 @@ def _index(node: NodeAPI) -> AddressIndexReader:
     index = node.address_index
     if index is None:
         raise RPCError(RPC_MISC_ERROR, NOT_ENABLED)
+    return index
+
+
+async def _written_index(node: NodeAPI) -> AddressIndexReader:
+    """The index once the store writer has written every block the chain connected, waited
+    for without holding the event loop (a commit can take long, or hang on a sick disk)."""
+    index = _index(node)
+    if isinstance(index, WrittenAddressIndex):
+        return await index.settled()
     return index
 
 
@@ -120,10 +130,13 @@ def _too_many(what: str) -> RPCError:
     )
 
 
-def _deltas(node: NodeAPI, request: Request) -> tuple[list[AddressIndexEntry], dict[bytes, str]]:
-    index = _index(node)
+async def _deltas(
+    node: NodeAPI, request: Request
+) -> tuple[list[AddressIndexEntry], dict[bytes, str]]:
+    _index(node)
     pkhs, names = _addresses(node, request, _WITH_RANGE)
     start, end = _height_range(node, request)
+    index = await _written_index(node)
     rows = index.address_deltas(pkhs, start, end, MAX_ADDRESS_RESULTS + 1)
     if len(rows) > MAX_ADDRESS_RESULTS:
         raise _too_many("entries")
@@ -131,11 +144,11 @@ def _deltas(node: NodeAPI, request: Request) -> tuple[list[AddressIndexEntry], d
 
 
 @rpc_method
-def getaddresstxids(node: NodeAPI, request: Request) -> list[str]:
+async def getaddresstxids(node: NodeAPI, request: Request) -> list[str]:
     """Txids of the confirmed transactions paying to or spending from the addresses, in chain
     order. request: {"addresses": [...], "start": h, "end": h} (heights inclusive) or an
     address."""
-    rows, _ = _deltas(node, request)
+    rows, _ = await _deltas(node, request)
     seen: dict[bytes, None] = {}
     for row in rows:
         seen.setdefault(row.delta.txid, None)
@@ -143,10 +156,10 @@ def getaddresstxids(node: NodeAPI, request: Request) -> list[str]:
 
 
 @rpc_method
-def getaddressdeltas(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
+async def getaddressdeltas(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
     """Every confirmed change to the addresses' balances, in chain order: {satoshis (negative
     when spending), txid, index (output or input), blockindex, height, address}."""
-    rows, names = _deltas(node, request)
+    rows, names = await _deltas(node, request)
     return [
         {
             "satoshis": row.delta.satoshis,
@@ -161,10 +174,11 @@ def getaddressdeltas(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
 
 
 @rpc_method
-def getaddressbalance(node: NodeAPI, request: Request) -> dict[str, int]:
+async def getaddressbalance(node: NodeAPI, request: Request) -> dict[str, int]:
     """The addresses' confirmed balance and everything they ever received (change included)."""
-    index = _index(node)
+    _index(node)
     pkhs, _ = _addresses(node, request)
+    index = await _written_index(node)
     balance = received = 0
     for pkh in pkhs:
         b, r = index.address_balance(pkh)
@@ -173,11 +187,12 @@ def getaddressbalance(node: NodeAPI, request: Request) -> dict[str, int]:
 
 
 @rpc_method
-def getaddressutxos(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
+async def getaddressutxos(node: NodeAPI, request: Request) -> list[dict[str, Any]]:
     """The addresses' confirmed unspent outputs, oldest first: {address, txid, outputIndex,
     satoshis, height}."""
-    index = _index(node)
+    _index(node)
     pkhs, names = _addresses(node, request)
+    index = await _written_index(node)
     rows = index.address_utxos(pkhs, MAX_ADDRESS_RESULTS + 1)
     if len(rows) > MAX_ADDRESS_RESULTS:
         raise _too_many("unspent outputs")
