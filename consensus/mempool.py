@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -243,6 +243,11 @@ class Mempool:
     def txids(self) -> list[bytes]:
         """All txids in arrival order (parents before children)."""
         return list(self._entries)
+
+    def transactions(self) -> Iterator[tuple[bytes, Transaction]]:
+        """(txid, transaction) of every entry, in arrival order; the pool must not change
+        while this is iterated."""
+        return ((txid, entry.tx) for txid, entry in self._entries.items())
 
     @property
     def usage(self) -> int:

@@ -1,0 +1,108 @@
+"""The shortcuts that trim a relaying node's work per block (benchmarks/bench_hop.py) give the
+same answers as the long way round, and serve nothing stale."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import p2p.shortids
+from consensus.tx import Transaction
+from p2p.messages import U64_MAX, short_tx_id
+from p2p.shortids import MempoolShortIds, short_ids_of
+from tests.p2p_helpers import Traffic, config, fund, line, network, pay, run_until
+
+
+def _pool_pairs(node) -> dict[bytes, Transaction]:  # type: ignore[no-untyped-def]
+    return dict(node.mempool.transactions())
+
+
+@pytest.mark.parametrize("salt", [0, 1, 0x0123456789ABCDEF, U64_MAX])
+def test_short_ids_of_matches_short_tx_id_for_every_salt(salt: int) -> None:
+    rng = random.Random(salt & 0xFFFF)
+    txids = [rng.randbytes(32) for _ in range(50)]
+    index = short_ids_of(salt, ((t, t) for t in txids))  # type: ignore[misc]
+    assert index == {short_tx_id(salt, t): t for t in txids}
+
+
+@pytest.mark.parametrize("salt", [-1, U64_MAX + 1])
+def test_short_ids_of_refuses_a_salt_outside_u64(salt: int) -> None:
+    with pytest.raises(ValueError, match="u64"):
+        short_ids_of(salt, [])
+
+
+def test_of_two_transactions_with_one_short_id_the_later_is_kept() -> None:
+    """As the dict the receiver used to build: a collision is resolved the same way."""
+    first, second = b"\x01" * 32, b"\x02" * 32
+    index = short_ids_of(7, [(first, "a"), (first, "b"), (second, "c")])  # type: ignore[list-item]
+    assert index[short_tx_id(7, first)] == "b"
+
+
+def _three_with_pool(seed: int, txs: int = 3):  # type: ignore[no-untyped-def]
+    # No dialling of gossiped addresses: the line stays a line, so message counts are exact.
+    strict = config(connect_only=True)
+    net, nodes = network(3, seed=seed, configs=dict.fromkeys(range(3), strict))
+    line(net, nodes)
+    coins = fund(nodes[0], txs)
+    run_until(net, net.converged, 10, "funding blocks")
+    a = nodes[0]
+    for coin in coins:
+        a.submit_transaction(pay(a, coin, nodes[2].payout_pkh))
+    net.flush(a)
+    run_until(net, lambda: all(len(n.mempool) == txs for n in nodes), 5, "tx relay")
+    return net, nodes
+
+
+def test_the_index_is_the_mempool_now_never_what_it_was() -> None:
+    """Built per compact block from the pool as it is: a transaction confirmed (so gone from
+    the pool) or replaced since an earlier block is not in a later block's index."""
+    net, nodes = _three_with_pool(5)
+    b = nodes[1]
+    before = MempoolShortIds(b.mempool, 99)
+    pool = _pool_pairs(b)
+    for txid, tx in pool.items():
+        assert before.get(short_tx_id(99, txid)) is tx
+    nodes[0].mine()
+    run_until(net, net.converged, 5, "block relay")
+    assert len(b.mempool) == 0
+    after = MempoolShortIds(b.mempool, 99)
+    assert all(after.get(short_tx_id(99, txid)) is None for txid in pool)
+    # The earlier index is a snapshot of its own block's reconstruction, not a cache.
+    assert all(before.get(short_tx_id(99, txid)) is not None for txid in pool)
+
+
+def test_an_evicted_or_replaced_transaction_is_not_served() -> None:
+    _net, nodes = _three_with_pool(6)
+    b = nodes[1]
+    victim_id, _ = next(iter(b.mempool.transactions()))
+    b.mempool._remove_entry(victim_id)  # as eviction or a replacement would
+    index = MempoolShortIds(b.mempool, 3)
+    assert index.get(short_tx_id(3, victim_id)) is None
+    assert len(short_ids_of(3, b.mempool.transactions())) == 2
+
+
+def test_a_coinbase_only_compact_block_hashes_no_mempool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to look up, nothing hashed: the index is built on the first lookup only. A
+    block with transactions still is rebuilt from the mempool."""
+    net, nodes = _three_with_pool(7)
+    calls: list[int] = []
+    real = p2p.shortids.short_ids_of
+
+    def counting(salt: int, txs):  # type: ignore[no-untyped-def]
+        calls.append(salt)
+        return real(salt, txs)
+
+    monkeypatch.setattr(p2p.shortids, "short_ids_of", counting)
+    traffic = Traffic(net)
+    a = nodes[0]
+    a.mine(txs=False)
+    run_until(net, net.converged, 5, "coinbase-only block relay")
+    assert traffic.counts()["cmpctblock"] == 2
+    assert calls == []
+    assert all(len(n.mempool) == 3 for n in nodes)
+    a.mine()
+    run_until(net, net.converged, 5, "block relay")
+    assert len(calls) == 2  # b and c, once each
+    assert all(len(n.mempool) == 0 for n in nodes)
+    assert traffic.counts()["getblocktxn"] == 0
