@@ -730,7 +730,7 @@ class ChainState:
         jobs: list[SignatureJob] = []
         job_owner: list[tuple[Transaction, int]] = []
         for tx in block.txs[1:]:
-            outpoints = [txin.outpoint for txin in tx.inputs]
+            outpoints = tx.outpoints
             for outpoint in outpoints:
                 if outpoint in spent:
                     raise ConsensusError(
@@ -781,9 +781,9 @@ class ChainState:
             self.tx_index[txid] = entry.hash
             journal.tx_index[txid] = entry.hash
             if tx is not coinbase:
-                for txin in tx.inputs:
-                    self.spends[txin.outpoint] = txid
-                    journal.spends[txin.outpoint] = txid
+                for outpoint in tx.outpoints:
+                    self.spends[outpoint] = txid
+                    journal.spends[outpoint] = txid
         journal.undo[entry.hash] = encode_undo(undo)
         if self.address_index:
             self._index_addresses(index_block, block, entry.height, undo, entry.hash)

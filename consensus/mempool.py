@@ -408,8 +408,7 @@ class Mempool:
         parents: set[bytes] = set()
         conflicts: list[bytes] = []
         missing: list[OutPoint] = []
-        for txin in tx.inputs:
-            outpoint = txin.outpoint
+        for outpoint in tx.outpoints:
             spender = spenders.get(outpoint)
             if spender is not None and spender not in conflicts:
                 conflicts.append(spender)
@@ -536,8 +535,8 @@ class Mempool:
         for p in parents:
             entries[p].children.add(txid)
         spenders = self._spenders
-        for txin in tx.inputs:
-            spenders[txin.outpoint] = txid
+        for outpoint in tx.outpoints:
+            spenders[outpoint] = txid
         for a in ancestors:
             ae = entries[a]
             ae.descendant_count += 1
@@ -666,9 +665,9 @@ class Mempool:
         entries = self._entries
         entry = entries.pop(txid)
         spenders = self._spenders
-        for txin in entry.tx.inputs:
-            if spenders.get(txin.outpoint) == txid:
-                del spenders[txin.outpoint]
+        for outpoint in entry.tx.outpoints:
+            if spenders.get(outpoint) == txid:
+                del spenders[outpoint]
         for c in entry.children:
             entries[c].parents.discard(txid)
         for p in entry.parents:
@@ -806,8 +805,8 @@ class Mempool:
         for _, block in connected:
             for tx in block.txs[1:]:
                 txid = tx.txid
-                for txin in tx.inputs:
-                    spender = spenders.get(txin.outpoint)
+                for outpoint in tx.outpoints:
+                    spender = spenders.get(outpoint)
                     if spender is not None and spender != txid:
                         for t in self._remove_set(self._descendants(spender)):
                             update.conflicted.append(t)

@@ -86,7 +86,10 @@ class TxOut(NamedTuple):
 class Transaction:
     """An immutable transaction; encoding and id are computed once."""
 
-    __slots__ = ("_encoded", "_txid", "checked_with", "inputs", "locktime", "outputs", "version")
+    __slots__ = (
+        "_encoded", "_outpoints", "_txid", "checked_with", "inputs", "locktime", "outputs",
+        "version",
+    )
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Transaction:
         self.locktime = locktime
         self._encoded = _encoded
         self._txid: bytes | None = None
+        self._outpoints: tuple[OutPoint, ...] | None = None
         # The params this transaction passed the context-free checks with: a mempool
         # transaction reused in a block (compact relay) need not be checked again.
         self.checked_with: object = None
@@ -124,6 +128,16 @@ class Transaction:
         if self._txid is None:
             self._txid = sha256d(self.encode())
         return self._txid
+
+    @property
+    def outpoints(self) -> tuple[OutPoint, ...]:
+        """The outpoints its inputs spend, in input order: made once, then shared by the
+        mempool's and the block's checks and by the indexes keyed by them."""
+        if self._outpoints is None:
+            self._outpoints = tuple(
+                OutPoint(txin.prev_txid, txin.prev_index) for txin in self.inputs
+            )
+        return self._outpoints
 
     @property
     def size(self) -> int:

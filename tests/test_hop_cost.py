@@ -3,12 +3,16 @@ same answers as the long way round, and serve nothing stale."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
+import msgpack
 import pytest
 
 import p2p.shortids
-from consensus.tx import Transaction
+from consensus.coins import Coin, decode_undo, encode_undo
+from consensus.hashing import merkle_root
+from consensus.tx import Transaction, TxIn, TxOut
 from p2p.messages import U64_MAX, short_tx_id
 from p2p.shortids import MempoolShortIds, short_ids_of
 from tests.p2p_helpers import Traffic, config, fund, line, network, pay, run_until
@@ -106,3 +110,50 @@ def test_a_coinbase_only_compact_block_hashes_no_mempool(monkeypatch: pytest.Mon
     assert len(calls) == 2  # b and c, once each
     assert all(len(n.mempool) == 0 for n in nodes)
     assert traffic.counts()["getblocktxn"] == 0
+
+
+# ------------------------------------------------------------------ the same bytes, sooner
+
+
+def _merkle_reference(leaves: list[bytes]) -> bytes:
+    """The tree as docs/consensus.md defines it, pair by index (the code before the trim)."""
+    if not leaves:
+        return bytes(32)
+    level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
+    while len(level) > 1:
+        paired = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return hashlib.sha256(len(leaves).to_bytes(4, "big") + level[0]).digest()
+
+
+@pytest.mark.parametrize("count", [*range(0, 18), 31, 32, 33, 1001])
+def test_merkle_root_is_the_reference_tree(count: int) -> None:
+    rng = random.Random(count)
+    leaves = [rng.randbytes(32) for _ in range(count)]
+    assert merkle_root(leaves) == _merkle_reference(leaves)
+
+
+def test_outpoints_are_the_inputs_outpoints_made_once() -> None:
+    rng = random.Random(3)
+    tx = Transaction(
+        [TxIn(rng.randbytes(32), n, b"", b"") for n in range(5)], [TxOut(1, bytes(20))]
+    )
+    assert list(tx.outpoints) == [txin.outpoint for txin in tx.inputs]
+    assert tx.outpoints is tx.outpoints
+    # Another transaction with other inputs has its own.
+    other = tx.with_inputs(tx.inputs[:2])
+    assert list(other.outpoints) == [txin.outpoint for txin in tx.inputs[:2]]
+
+
+def test_undo_encoding_is_unchanged_and_round_trips() -> None:
+    rng = random.Random(4)
+    coins = [Coin(rng.randrange(2**50), rng.randbytes(20), rng.randrange(10**6), n % 3 == 0)
+             for n in range(300)]
+    assert encode_undo(coins) == msgpack.packb([list(c) for c in coins], use_bin_type=True)
+    assert decode_undo(encode_undo(coins)) == coins
+    assert encode_undo([]) == msgpack.packb([], use_bin_type=True)
