@@ -212,6 +212,9 @@ class ChainState:
         self._next_sequence = 1
         self._update = ChainUpdate()
         self._dirty: set[BlockIndex] = set()
+        # Undo data of blocks connected since the last take_update, encoded only there: the
+        # encoding is for the store, and a relaying node has passed the block on by then.
+        self._unencoded_undo: dict[bytes, list[Coin]] = {}
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._undo: OrderedDict[bytes, list[Coin]] = OrderedDict()
         if snapshot is None or not snapshot.index:
@@ -440,13 +443,17 @@ class ChainState:
         update = self._update
         for entry in self._dirty:
             update.index[entry.hash] = entry.record()
+        for block_hash, undo in self._unencoded_undo.items():
+            update.undo[block_hash] = encode_undo(undo)
         self._dirty = set()
+        self._unencoded_undo = {}
         self._update = ChainUpdate()
         return update
 
     def discard_update(self) -> None:
         """Drop the journal without building records (for callers that persist nothing)."""
         self._dirty = set()
+        self._unencoded_undo = {}
         self._update = ChainUpdate()
 
     def accept_header(
@@ -784,7 +791,7 @@ class ChainState:
                 for outpoint in tx.outpoints:
                     self.spends[outpoint] = txid
                     journal.spends[outpoint] = txid
-        journal.undo[entry.hash] = encode_undo(undo)
+        self._unencoded_undo[entry.hash] = undo
         if self.address_index:
             self._index_addresses(index_block, block, entry.height, undo, entry.hash)
         self._remember_undo(entry.hash, undo)
@@ -900,6 +907,8 @@ class ChainState:
 
     def _load_undo(self, block_hash: bytes) -> list[Coin]:
         undo = self._undo.get(block_hash)
+        if undo is None:
+            undo = self._unencoded_undo.get(block_hash)
         if undo is not None:
             return list(undo)
         data = self._update.undo.get(block_hash) or self.reader.get_undo_bytes(block_hash)

@@ -10,11 +10,13 @@ import msgpack
 import pytest
 
 import p2p.shortids
+from consensus.block import Block
 from consensus.coins import Coin, decode_undo, encode_undo
 from consensus.hashing import merkle_root
 from consensus.tx import Transaction, TxIn, TxOut
 from p2p.messages import U64_MAX, short_tx_id
 from p2p.shortids import MempoolShortIds, short_ids_of
+from tests.helpers import ChainBuilder, coinbase_outpoint, regtest
 from tests.p2p_helpers import Traffic, config, fund, line, network, pay, run_until
 
 
@@ -157,3 +159,58 @@ def test_undo_encoding_is_unchanged_and_round_trips() -> None:
     assert encode_undo(coins) == msgpack.packb([list(c) for c in coins], use_bin_type=True)
     assert decode_undo(encode_undo(coins)) == coins
     assert encode_undo([]) == msgpack.packb([], use_bin_type=True)
+
+
+# ------------------------------------------------------------------ undo encoded for the store
+
+
+def _spending_block(builder: ChainBuilder) -> Block:
+    """A block on the tip that spends the oldest mature coinbase (so its undo is not empty)."""
+    spendable = builder.block_at(1)
+    tx = builder.spend([coinbase_outpoint(spendable)], fee=1000)
+    return builder.block(txs=[tx])
+
+
+def test_undo_reaches_the_store_with_the_update_that_connected_its_block() -> None:
+    builder = ChainBuilder(regtest(coinbase_maturity=1))
+    builder.mine(2)
+    block = _spending_block(builder)
+    builder.chain.accept_block(block, builder.now)
+    update = builder.chain.take_update()
+    assert decode_undo(update.undo[block.hash]) == builder.chain.block_undo(block.hash)
+    assert len(update.undo[block.hash]) > 1  # one spent coin, encoded
+    builder.store.apply(update)
+    assert builder.chain.take_update().undo == {}  # handed over once
+
+
+def test_a_block_disconnected_before_the_commit_still_has_its_undo() -> None:
+    """A reorg inside one update: the undo data the disconnection needs is the unencoded one,
+    even once the decoded-undo cache no longer holds it."""
+    builder = ChainBuilder(regtest(coinbase_maturity=1))
+    builder.mine(2)
+    fork_point = builder.chain.tip.hash
+    block = _spending_block(builder)
+    chain = builder.chain
+    chain.accept_block(block, builder.now)
+    chain._undo.clear()  # as if evicted from the bounded cache
+    assert chain.block_undo(block.hash)  # served from the update not yet taken
+    heavier = builder.branch(2, fork_point)
+    for b in heavier:
+        builder.record(b)
+        chain.accept_block(b, builder.now)
+    assert chain.tip.hash == heavier[-1].hash
+    spent = coinbase_outpoint(builder.block_at(1))
+    assert chain.coin(spent) is not None  # given back by the disconnection
+    update = chain.take_update()
+    assert block.hash in update.undo and heavier[-1].hash in update.undo
+    builder.store.apply(update)
+    assert decode_undo(builder.store.get_undo_bytes(block.hash) or b"") != []
+
+
+def test_discarding_the_update_discards_the_unencoded_undo() -> None:
+    builder = ChainBuilder(regtest(coinbase_maturity=1))
+    builder.mine(2)
+    block = _spending_block(builder)
+    builder.chain.accept_block(block, builder.now)
+    builder.chain.discard_update()
+    assert builder.chain.take_update().undo == {}
