@@ -4,7 +4,12 @@ same answers as the long way round, and serve nothing stale."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -14,8 +19,10 @@ from consensus.block import Block
 from consensus.coins import Coin, decode_undo, encode_undo
 from consensus.hashing import merkle_root
 from consensus.tx import Transaction, TxIn, TxOut
+from lab.testnet.processes import NodeProcess
 from p2p.messages import U64_MAX, short_tx_id
 from p2p.shortids import MempoolShortIds, short_ids_of
+from tests.daemon_harness import REPO, wait_for
 from tests.helpers import ChainBuilder, coinbase_outpoint, regtest
 from tests.p2p_helpers import Traffic, config, fund, line, network, pay, run_until
 
@@ -214,3 +221,49 @@ def test_discarding_the_update_discards_the_unencoded_undo() -> None:
     builder.chain.accept_block(block, builder.now)
     builder.chain.discard_update()
     assert builder.chain.take_update().undo == {}
+
+
+# ------------------------------------------------------------------ the collector and the node
+
+
+_FREEZE_CHILD = """
+import gc
+from node.gcpolicy import freeze_loaded_state
+
+loaded = [[n] for n in range(10_000)]
+frozen = freeze_loaded_state()
+assert frozen >= 10_000, frozen
+# What is made afterwards is collected as before: a cycle made now goes at the next collection.
+cycle = []
+cycle.append(cycle)
+del cycle
+assert gc.collect() >= 1
+assert gc.get_freeze_count() == frozen
+print("ok")
+"""
+
+
+def test_freezing_takes_what_is_loaded_out_of_collection_and_nothing_later() -> None:
+    """In a child: a freeze is for the life of the process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FREEZE_CHILD], cwd=REPO, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_a_node_process_freezes_its_loaded_state_once_started(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "n1").start()
+    try:
+        def frozen() -> list[dict[str, object]]:
+            lines = node.log_path.read_text().splitlines()
+            return [json.loads(x) for x in lines if '"loaded_state_frozen"' in x]
+
+        wait_for(lambda: frozen(), timeout=30, what="the loaded_state_frozen log line")
+        (event,) = frozen()
+        assert isinstance(event["objects"], int) and event["objects"] > 10_000
+        assert node.rpc("getblockcount") == 0  # and it serves as before
+    finally:
+        node.ensure_dead()
