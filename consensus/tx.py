@@ -87,8 +87,8 @@ class Transaction:
     """An immutable transaction; encoding and id are computed once."""
 
     __slots__ = (
-        "_encoded", "_outpoints", "_txid", "checked_with", "inputs", "locktime", "outputs",
-        "version",
+        "_encoded", "_outpoints", "_total_out", "_txid", "checked_with", "inputs", "locktime",
+        "outputs", "version",
     )
 
     def __init__(
@@ -106,6 +106,7 @@ class Transaction:
         self._encoded = _encoded
         self._txid: bytes | None = None
         self._outpoints: tuple[OutPoint, ...] | None = None
+        self._total_out: int | None = None
         # The params this transaction passed the context-free checks with: a mempool
         # transaction reused in a block (compact relay) need not be checked again.
         self.checked_with: object = None
@@ -169,7 +170,10 @@ class Transaction:
         return Transaction(inputs, self.outputs, self.version, self.locktime)
 
     def total_out(self) -> int:
-        return sum(o.amount for o in self.outputs)
+        """The sum of its outputs (made once: the mempool and the block both ask)."""
+        if self._total_out is None:
+            self._total_out = sum(o.amount for o in self.outputs)
+        return self._total_out
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Transaction) and self.encode() == other.encode()

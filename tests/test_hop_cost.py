@@ -18,7 +18,7 @@ import p2p.shortids
 from consensus.block import Block
 from consensus.coins import Coin, decode_undo, encode_undo
 from consensus.hashing import merkle_root
-from consensus.tx import Transaction, TxIn, TxOut
+from consensus.tx import OutPoint, Transaction, TxIn, TxOut
 from lab.testnet.processes import NodeProcess
 from p2p.messages import U64_MAX, short_tx_id
 from p2p.shortids import MempoolShortIds, short_ids_of
@@ -267,3 +267,27 @@ def test_a_node_process_freezes_its_loaded_state_once_started(tmp_path: Path) ->
         assert node.rpc("getblockcount") == 0  # and it serves as before
     finally:
         node.ensure_dead()
+
+
+def test_connected_outputs_are_real_outpoints_and_coins() -> None:
+    """Made with tuple.__new__: still the named tuples, equal and hashing as the ones made the
+    usual way (the UTXO set is looked up with OutPoints built from inputs)."""
+    builder = ChainBuilder(regtest(coinbase_maturity=1))
+    builder.mine(2)
+    block = _spending_block(builder)
+    builder.accept(block)
+    spend = block.txs[1]
+    made = OutPoint(spend.txid, 0)
+    coin = builder.chain.coin(made)
+    assert coin is not None and type(coin) is Coin
+    assert coin == Coin(spend.outputs[0].amount, spend.outputs[0].pkh, 3, False)
+    (key,) = [k for k in builder.chain.utxo if k == made]
+    assert type(key) is OutPoint and key.txid == spend.txid and key.index == 0
+    assert hash(key) == hash(made)
+
+
+def test_total_out_is_the_sum_of_the_outputs_made_once() -> None:
+    tx = Transaction([TxIn(bytes(32), 1, b"", b"")], [TxOut(a, bytes(20)) for a in (3, 4, 5)])
+    assert tx.total_out() == 12
+    assert tx.total_out() == 12  # the cached answer
+    assert tx.with_inputs(tx.inputs).total_out() == 12
