@@ -26,15 +26,11 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """
     if not leaves:
         return ZERO_HASH
-    sha256 = hashlib.sha256
-    level = [sha256(_LEAF + leaf).digest() for leaf in leaves]
+    level = [hashlib.sha256(_LEAF + leaf).digest() for leaf in leaves]
     while len(level) > 1:
-        # zip over one iterator pairs neighbours without indexing: a third faster at 1000
-        # leaves, and a relaying node computes this for every block before passing it on.
-        pairs = iter(level)
-        paired = [  # not strict: an odd last node is left over, and promoted below
-            sha256(_NODE + left + right).digest()
-            for left, right in zip(pairs, pairs, strict=False)
+        paired = [
+            hashlib.sha256(_NODE + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
         ]
         if len(level) % 2:
             paired.append(level[-1])

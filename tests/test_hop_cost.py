@@ -3,7 +3,6 @@ same answers as the long way round, and serve nothing stale."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -17,7 +16,6 @@ import pytest
 import p2p.shortids
 from consensus.block import Block
 from consensus.coins import Coin, decode_undo, encode_undo
-from consensus.hashing import merkle_root
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut
 from lab.testnet.processes import NodeProcess
 from p2p.messages import U64_MAX, short_tx_id
@@ -122,29 +120,6 @@ def test_a_coinbase_only_compact_block_hashes_no_mempool(monkeypatch: pytest.Mon
 
 
 # ------------------------------------------------------------------ the same bytes, sooner
-
-
-def _merkle_reference(leaves: list[bytes]) -> bytes:
-    """The tree as docs/consensus.md defines it, pair by index (the code before the trim)."""
-    if not leaves:
-        return bytes(32)
-    level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
-    while len(level) > 1:
-        paired = [
-            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-            for i in range(0, len(level) - 1, 2)
-        ]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return hashlib.sha256(len(leaves).to_bytes(4, "big") + level[0]).digest()
-
-
-@pytest.mark.parametrize("count", [*range(0, 18), 31, 32, 33, 1001])
-def test_merkle_root_is_the_reference_tree(count: int) -> None:
-    rng = random.Random(count)
-    leaves = [rng.randbytes(32) for _ in range(count)]
-    assert merkle_root(leaves) == _merkle_reference(leaves)
 
 
 def test_outpoints_are_the_inputs_outpoints_made_once() -> None:
