@@ -532,6 +532,8 @@ class Mempool:
         )
         self._next_seq += 1
         entries[txid] = entry
+        # Its merkle leaf hashed now, not while the block that confirms it is being relayed.
+        tx.merkle_leaf  # noqa: B018
         for p in parents:
             entries[p].children.add(txid)
         spenders = self._spenders

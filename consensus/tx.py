@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from consensus.errors import DecodeError
-from consensus.hashing import HASH_SIZE, ZERO_HASH, sha256d
+from consensus.hashing import HASH_SIZE, ZERO_HASH, merkle_leaf, sha256d
 from consensus.keys import PUBKEY_HASH_SIZE, PUBKEY_SIZE, SIGNATURE_SIZE, PrivateKey
 from consensus.multisig import MultisigScript, decode_multisig_script
 
@@ -87,8 +87,8 @@ class Transaction:
     """An immutable transaction; encoding and id are computed once."""
 
     __slots__ = (
-        "_encoded", "_outpoints", "_total_out", "_txid", "checked_with", "inputs", "locktime",
-        "outputs", "version",
+        "_encoded", "_leaf", "_outpoints", "_total_out", "_txid", "checked_with", "inputs",
+        "locktime", "outputs", "version",
     )
 
     def __init__(
@@ -107,6 +107,7 @@ class Transaction:
         self._txid: bytes | None = None
         self._outpoints: tuple[OutPoint, ...] | None = None
         self._total_out: int | None = None
+        self._leaf: bytes | None = None
         # The params this transaction passed the context-free checks with: a mempool
         # transaction reused in a block (compact relay) need not be checked again.
         self.checked_with: object = None
@@ -129,6 +130,14 @@ class Transaction:
         if self._txid is None:
             self._txid = sha256d(self.encode())
         return self._txid
+
+    @property
+    def merkle_leaf(self) -> bytes:
+        """Its leaf in a block's merkle tree, hashed once: a mempool transaction has it before
+        the block that confirms it arrives, and half the tree's hashes are leaves."""
+        if self._leaf is None:
+            self._leaf = merkle_leaf(self.txid)
+        return self._leaf
 
     @property
     def outpoints(self) -> tuple[OutPoint, ...]:

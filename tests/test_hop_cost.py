@@ -14,8 +14,9 @@ import msgpack
 import pytest
 
 import p2p.shortids
-from consensus.block import Block
+from consensus.block import Block, BlockHeader
 from consensus.coins import Coin, decode_undo, encode_undo
+from consensus.hashing import merkle_leaf, merkle_root, merkle_root_of_leaf_hashes
 from consensus.tx import OutPoint, Transaction, TxIn, TxOut
 from lab.testnet.processes import NodeProcess
 from p2p.messages import U64_MAX, short_tx_id
@@ -266,3 +267,18 @@ def test_total_out_is_the_sum_of_the_outputs_made_once() -> None:
     assert tx.total_out() == 12
     assert tx.total_out() == 12  # the cached answer
     assert tx.with_inputs(tx.inputs).total_out() == 12
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 7, 8, 33, 1001])
+def test_the_merkle_root_from_cached_leaves_is_the_merkle_root(count: int) -> None:
+    rng = random.Random(count)
+    txs = [
+        Transaction([TxIn(rng.randbytes(32), 0, b"", b"")], [TxOut(n + 1, bytes(20))])
+        for n in range(count)
+    ]
+    txids = [tx.txid for tx in txs]
+    assert merkle_root_of_leaf_hashes([tx.merkle_leaf for tx in txs]) == merkle_root(txids)
+    assert all(tx.merkle_leaf == merkle_leaf(tx.txid) for tx in txs)
+    if txs:
+        block = Block(BlockHeader(1, bytes(32), bytes(32), 0, 0, 0), txs)
+        assert block.computed_merkle_root() == merkle_root(txids)
