@@ -12,7 +12,7 @@ coinbase-only block) hashes nothing at all, since the index is only built on the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from consensus.tx import Transaction
@@ -43,17 +43,19 @@ class MempoolShortIds:
     Meant to live for one compact block's reconstruction, which does not change the mempool:
     the index is a snapshot of the mempool at the first lookup and is never kept beyond it."""
 
-    __slots__ = ("_index", "_mempool", "_salt")
+    __slots__ = ("_index", "_mempool", "_salt", "get")
 
     def __init__(self, mempool: TransactionSource, salt: int) -> None:
         self._mempool = mempool
         self._salt = salt
         self._index: dict[bytes, Transaction] | None = None
+        # `get(short_id)`: the first call builds the index, then `get` is the dict's own (a
+        # thousand lookups per block need not each go through a Python method).
+        self.get: Callable[[bytes], Transaction | None] = self._first_get
 
-    def get(self, short_id: bytes) -> Transaction | None:
-        index = self._index
-        if index is None:
-            index = self._index = short_ids_of(self._salt, self._mempool.transactions())
+    def _first_get(self, short_id: bytes) -> Transaction | None:
+        index = self._index = short_ids_of(self._salt, self._mempool.transactions())
+        self.get = index.get
         return index.get(short_id)
 
     @property
