@@ -20,7 +20,7 @@ only ever goes in after all its in-pool parents.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -674,7 +674,8 @@ class Mempool:
             entries[c].parents.discard(txid)
         for p in entry.parents:
             entries[p].children.discard(txid)
-        for a in self._ancestors(entry.parents):
+        # A confirmed entry is a root (no parents): no ancestors' totals to lower.
+        for a in self._ancestors(entry.parents) if entry.parents else ():
             ae = entries[a]
             ae.descendant_count -= 1
             ae.descendant_size -= entry.size
@@ -749,9 +750,11 @@ class Mempool:
         evicted: list[bytes],
         replaced: ReplacementRecord | None,
     ) -> None:
-        queue = list(parents)
+        if not self._orphans:
+            return  # nobody waits on anything (a block's thousand txids need no look-ups)
+        queue = deque(parents)
         while queue:
-            parent = queue.pop(0)
+            parent = queue.popleft()
             waiting = self._orphans_by_parent.get(parent)
             if not waiting:
                 continue
