@@ -362,6 +362,7 @@ def main() -> int:
         hop = Hop(datadir, args.txs, args.seed)
         profilers = {c: cProfile.Profile() for c in ("small", "small-busy", "big")}
         try:
+            # Not reported: the first hops of a process pay for cold caches and lazy imports.
             run_case(hop, "warm", [], 0, args.reps, False, None)
             busy = run_case(hop, "small-busy", [], 0, args.reps, False,
                             profilers["small-busy"] if args.profile == "small-busy" else None)
