@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 
 from consensus.errors import DecodeError
-from consensus.hashing import merkle_root, sha256d
+from consensus.hashing import merkle_root_of_leaf_hashes, sha256d
 from consensus.tx import Transaction, _unpack, decode_transaction
 
 HEADER_STRUCT = struct.Struct(">I32s32sIII")
@@ -102,7 +102,7 @@ class Block:
 
     def computed_merkle_root(self) -> bytes:
         if self._merkle is None:
-            self._merkle = merkle_root([tx.txid for tx in self.txs])
+            self._merkle = merkle_root_of_leaf_hashes([tx.merkle_leaf for tx in self.txs])
         return self._merkle
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from consensus.block import Block, BlockHeader
 from consensus.chainstate import BlockIndex, ChainState
-from consensus.hashing import merkle_root
+from consensus.hashing import merkle_root_of_leaf_hashes
 from consensus.pow import bits_to_target, hash_meets_target
 from consensus.tx import Transaction, TxOut, make_coinbase
 
@@ -38,7 +38,7 @@ def assemble_block(
     header = BlockHeader(
         version=BLOCK_VERSION,
         prev_hash=prev.hash,
-        merkle_root=merkle_root([tx.txid for tx in all_txs]),
+        merkle_root=merkle_root_of_leaf_hashes([tx.merkle_leaf for tx in all_txs]),
         timestamp=block_timestamp(chain, prev, now),
         bits=chain.next_bits(prev),
         nonce=0,

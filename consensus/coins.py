@@ -37,7 +37,8 @@ def decode_outpoint(data: bytes) -> OutPoint:
 
 def encode_undo(spent: list[Coin]) -> bytes:
     """Coins a block spent, in the order its inputs spent them."""
-    return msgpack.packb([list(c) for c in spent], use_bin_type=True)
+    # A Coin is a tuple, which msgpack packs as the same array a list would give.
+    return msgpack.packb(spent, use_bin_type=True)
 
 
 def decode_undo(data: bytes) -> list[Coin]:

@@ -24,9 +24,19 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     An odd node is promoted to the next level unchanged instead of being paired with a copy of
     itself, so repeating trailing transactions always changes the root.
     """
-    if not leaves:
+    return merkle_root_of_leaf_hashes([merkle_leaf(leaf) for leaf in leaves])
+
+
+def merkle_leaf(leaf: bytes) -> bytes:
+    """A leaf's hash in the tree of `merkle_root` (a transaction keeps its own: `merkle_leaf`)."""
+    return hashlib.sha256(_LEAF + leaf).digest()
+
+
+def merkle_root_of_leaf_hashes(hashed: Sequence[bytes]) -> bytes:
+    """`merkle_root` of the leaves whose `merkle_leaf` hashes these are, in order."""
+    if not hashed:
         return ZERO_HASH
-    level = [hashlib.sha256(_LEAF + leaf).digest() for leaf in leaves]
+    level = list(hashed)
     while len(level) > 1:
         paired = [
             hashlib.sha256(_NODE + level[i] + level[i + 1]).digest()
@@ -35,4 +45,4 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
         if len(level) % 2:
             paired.append(level[-1])
         level = paired
-    return hashlib.sha256(len(leaves).to_bytes(4, "big") + level[0]).digest()
+    return hashlib.sha256(len(hashed).to_bytes(4, "big") + level[0]).digest()

@@ -20,8 +20,8 @@ only ever goes in after all its in-pool parents.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -244,6 +244,11 @@ class Mempool:
         """All txids in arrival order (parents before children)."""
         return list(self._entries)
 
+    def transactions(self) -> Iterator[tuple[bytes, Transaction]]:
+        """(txid, transaction) of every entry, in arrival order; the pool must not change
+        while this is iterated."""
+        return ((txid, entry.tx) for txid, entry in self._entries.items())
+
     @property
     def usage(self) -> int:
         """Estimated memory use in bytes."""
@@ -403,8 +408,7 @@ class Mempool:
         parents: set[bytes] = set()
         conflicts: list[bytes] = []
         missing: list[OutPoint] = []
-        for txin in tx.inputs:
-            outpoint = txin.outpoint
+        for outpoint in tx.outpoints:
             spender = spenders.get(outpoint)
             if spender is not None and spender not in conflicts:
                 conflicts.append(spender)
@@ -528,11 +532,13 @@ class Mempool:
         )
         self._next_seq += 1
         entries[txid] = entry
+        # Its merkle leaf hashed now, not while the block that confirms it is being relayed.
+        tx.merkle_leaf  # noqa: B018
         for p in parents:
             entries[p].children.add(txid)
         spenders = self._spenders
-        for txin in tx.inputs:
-            spenders[txin.outpoint] = txid
+        for outpoint in tx.outpoints:
+            spenders[outpoint] = txid
         for a in ancestors:
             ae = entries[a]
             ae.descendant_count += 1
@@ -661,14 +667,15 @@ class Mempool:
         entries = self._entries
         entry = entries.pop(txid)
         spenders = self._spenders
-        for txin in entry.tx.inputs:
-            if spenders.get(txin.outpoint) == txid:
-                del spenders[txin.outpoint]
+        for outpoint in entry.tx.outpoints:
+            if spenders.get(outpoint) == txid:
+                del spenders[outpoint]
         for c in entry.children:
             entries[c].parents.discard(txid)
         for p in entry.parents:
             entries[p].children.discard(txid)
-        for a in self._ancestors(entry.parents):
+        # A confirmed entry is a root (no parents): no ancestors' totals to lower.
+        for a in self._ancestors(entry.parents) if entry.parents else ():
             ae = entries[a]
             ae.descendant_count -= 1
             ae.descendant_size -= entry.size
@@ -743,9 +750,11 @@ class Mempool:
         evicted: list[bytes],
         replaced: ReplacementRecord | None,
     ) -> None:
-        queue = list(parents)
+        if not self._orphans:
+            return  # nobody waits on anything (a block's thousand txids need no look-ups)
+        queue = deque(parents)
         while queue:
-            parent = queue.pop(0)
+            parent = queue.popleft()
             waiting = self._orphans_by_parent.get(parent)
             if not waiting:
                 continue
@@ -801,8 +810,8 @@ class Mempool:
         for _, block in connected:
             for tx in block.txs[1:]:
                 txid = tx.txid
-                for txin in tx.inputs:
-                    spender = spenders.get(txin.outpoint)
+                for outpoint in tx.outpoints:
+                    spender = spenders.get(outpoint)
                     if spender is not None and spender != txid:
                         for t in self._remove_set(self._descendants(spender)):
                             update.conflicted.append(t)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from consensus.errors import DecodeError
-from consensus.hashing import HASH_SIZE, ZERO_HASH, sha256d
+from consensus.hashing import HASH_SIZE, ZERO_HASH, merkle_leaf, sha256d
 from consensus.keys import PUBKEY_HASH_SIZE, PUBKEY_SIZE, SIGNATURE_SIZE, PrivateKey
 from consensus.multisig import MultisigScript, decode_multisig_script
 
@@ -86,7 +86,10 @@ class TxOut(NamedTuple):
 class Transaction:
     """An immutable transaction; encoding and id are computed once."""
 
-    __slots__ = ("_encoded", "_txid", "checked_with", "inputs", "locktime", "outputs", "version")
+    __slots__ = (
+        "_encoded", "_leaf", "_outpoints", "_total_out", "_txid", "checked_with", "inputs",
+        "locktime", "outputs", "version",
+    )
 
     def __init__(
         self,
@@ -102,6 +105,9 @@ class Transaction:
         self.locktime = locktime
         self._encoded = _encoded
         self._txid: bytes | None = None
+        self._outpoints: tuple[OutPoint, ...] | None = None
+        self._total_out: int | None = None
+        self._leaf: bytes | None = None
         # The params this transaction passed the context-free checks with: a mempool
         # transaction reused in a block (compact relay) need not be checked again.
         self.checked_with: object = None
@@ -124,6 +130,24 @@ class Transaction:
         if self._txid is None:
             self._txid = sha256d(self.encode())
         return self._txid
+
+    @property
+    def merkle_leaf(self) -> bytes:
+        """Its leaf in a block's merkle tree, hashed once: a mempool transaction has it before
+        the block that confirms it arrives, and half the tree's hashes are leaves."""
+        if self._leaf is None:
+            self._leaf = merkle_leaf(self.txid)
+        return self._leaf
+
+    @property
+    def outpoints(self) -> tuple[OutPoint, ...]:
+        """The outpoints its inputs spend, in input order: made once, then shared by the
+        mempool's and the block's checks and by the indexes keyed by them."""
+        if self._outpoints is None:
+            self._outpoints = tuple(
+                OutPoint(txin.prev_txid, txin.prev_index) for txin in self.inputs
+            )
+        return self._outpoints
 
     @property
     def size(self) -> int:
@@ -155,7 +179,10 @@ class Transaction:
         return Transaction(inputs, self.outputs, self.version, self.locktime)
 
     def total_out(self) -> int:
-        return sum(o.amount for o in self.outputs)
+        """The sum of its outputs (made once: the mempool and the block both ask)."""
+        if self._total_out is None:
+            self._total_out = sum(o.amount for o in self.outputs)
+        return self._total_out
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Transaction) and self.encode() == other.encode()

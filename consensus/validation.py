@@ -61,7 +61,7 @@ def _check_transaction(tx: Transaction, params: ChainParams) -> None:
         total += out.amount
         if total > MAX_MONEY:
             raise ConsensusError("bad-txns-txouttotal-toolarge")
-    if len({i.outpoint for i in tx.inputs}) != len(tx.inputs):
+    if len(set(tx.outpoints)) != len(tx.inputs):
         raise ConsensusError("bad-txns-inputs-duplicate")
     if tx.is_coinbase:
         # The same bounds decoding enforces: a block held as objects (a local miner's) must not
@@ -173,10 +173,10 @@ def check_tx_inputs(
     """
     coins = []
     value_in = 0
-    for txin in tx.inputs:
-        coin = lookup(txin.outpoint)
+    for outpoint in tx.outpoints:
+        coin = lookup(outpoint)
         if coin is None:
-            raise ConsensusError("bad-txns-inputs-missingorspent", f"input {txin.outpoint}")
+            raise ConsensusError("bad-txns-inputs-missingorspent", f"input {outpoint}")
         if coin.is_coinbase and spend_height - coin.height < params.coinbase_maturity:
             raise ConsensusError(
                 "bad-txns-premature-spend-of-coinbase",

@@ -48,6 +48,7 @@ from node.addressindex import sync_address_index
 from node.config import NodeConfig, parse_host_port, parse_peer
 from node.datadir import DataDirLock
 from node.events import EventHub
+from node.gcpolicy import freeze_loaded_state
 from node.loadblock import load_block_files
 from node.metrics import NodeMetrics
 from node.miner.miner import Miner
@@ -978,6 +979,8 @@ async def run_node(config: NodeConfig, params: ChainParams) -> int:
     """Run until SIGINT/SIGTERM or RPC `stop`; returns the process exit code."""
     node = Node(config, params)
     await node.start()
+    # Here, not in Node.start: the process lives exactly as long as this node (node/gcpolicy.py).
+    log.info("loaded_state_frozen", objects=freeze_loaded_state())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop)

@@ -34,6 +34,7 @@ from p2p.messages import (
 )
 from p2p.peer import PartialBlock, Peer
 from p2p.penalties import HARMLESS_BLOCK_REASONS
+from p2p.shortids import MempoolShortIds
 
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 # More headers than blocks by this much: the node is catching up and announces nothing. Well
@@ -163,14 +164,9 @@ class CompactBlocks(ProtocolCore):
             return
         self._finish_compact(peer, msg.header, txs, now)
 
-    def _mempool_short_ids(self, salt: int) -> dict[bytes, Transaction]:
-        mempool = self.node.mempool
-        result = {}
-        for txid in mempool.txids():
-            entry = mempool.get(txid)
-            if entry is not None:
-                result[short_tx_id(salt, txid)] = entry.tx
-        return result
+    def _mempool_short_ids(self, salt: int) -> MempoolShortIds:
+        """The mempool by short id under `salt`, hashed on the first lookup (p2p/shortids.py)."""
+        return MempoolShortIds(self.node.mempool, salt)
 
     def _finish_compact(
         self, peer: Peer, raw_header: bytes, txs: list[Transaction | bytes | None], now: float
