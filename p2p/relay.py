@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consensus.chainstate import BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.mempool import NON_FINAL
 from consensus.replacement import REFUSED_REPLACEMENT_REASONS, NoBetterFeeRate
@@ -19,12 +20,14 @@ from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
 from p2p.messages import (
+    INV_CMPCT_BLOCK,
     INV_TX,
     BlockMsg,
     DoubleSpendAlert,
     GetData,
     Inv,
     InvItem,
+    Message,
     NotFound,
     TxMsg,
 )
@@ -245,12 +248,24 @@ class Relay(ProtocolCore):
             return
         missing = []
         for item in items:
+            reply: Message | None = None
             if item.kind == INV_TX:
                 self._tx_unrequested.pop((peer.id, item.hash), None)
                 entry = self.node.mempool.get(item.hash)
                 raw = None if entry is None else entry.tx.encode()
+            elif item.kind == INV_CMPCT_BLOCK:
+                block = self._servable_block(item.hash)
+                reply = None if block is None else self._compact_reply(peer, block)
+                raw = None if reply is None else self._encode(reply)
             else:
-                raw = self.node.chain.get_block_bytes(item.hash)
+                # Only a block that is not known to be invalid (one passed on before
+                # validation that failed is never served); never an unchecked orphan.
+                entry = self.node.chain.index.get(item.hash)
+                raw = (
+                    None
+                    if entry is None or entry.failed or not entry.status & BlockStatus.HAVE_DATA
+                    else self.node.chain.get_block_bytes(item.hash)
+                )
             if raw is None:
                 missing.append(item)
                 continue
@@ -261,6 +276,8 @@ class Relay(ProtocolCore):
             peer.known.add(item.hash)
             if item.kind == INV_TX:
                 self._send(peer, TxMsg(raw))
+            elif reply is not None:  # INV_CMPCT_BLOCK
+                self._send(peer, reply, stream=True)
             else:
                 self._send(peer, BlockMsg(raw), stream=True)
         if not missing:
