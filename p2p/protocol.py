@@ -312,6 +312,9 @@ class P2PProtocol(
                 "user_agent": p.user_agent,
                 "stream": p.stream_id is not None,
                 "blocks_in_flight": p.blocks_in_flight,
+                # As Bitcoin Core: we push new blocks to it / asked it to push them to us.
+                "bip152_hb_to": p.hb_to,
+                "bip152_hb_from": p.hb_from,
                 "session": self.sessions.info(p.addr),
             }
             for p in self.peers.values()

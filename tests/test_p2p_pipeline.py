@@ -232,6 +232,8 @@ def test_at_most_three_peers_push_and_outbound_peers_are_chosen_first() -> None:
     assert {p.name for p in peers if peer_of(p, h).hb_to} == chosen
     # Every peer has one peer (h), so each asks h to push: h pushes to all five.
     assert all(peer_of(h, p).hb_to and peer_of(p, h).hb_from for p in peers)
+    rows = h.p2p.peer_info()  # getpeerinfo shows both directions, as Bitcoin Core
+    assert sum(r["bip152_hb_from"] for r in rows) == 3 and all(r["bip152_hb_to"] for r in rows)
 
 
 def test_low_bandwidth_peers_announce_every_block_by_header_and_h_fetches_it() -> None:
