@@ -16,6 +16,7 @@ from consensus.block import Block
 from consensus.keys import PrivateKey
 from consensus.pow import bits_to_target, hash_meets_target
 from p2p.bandwidth import MAX_HIGH_BANDWIDTH_PEERS
+from p2p.core import COMPACT_TRIED_MEMORY
 from p2p.memory import MemoryNetwork, MemoryNode
 from p2p.messages import (
     COMPACT_VERSION,
@@ -365,3 +366,20 @@ def test_a_flagged_push_excuses_only_a_peer_we_asked_to_push() -> None:
     ms[2].send(envelope(n, CompactBlock(unsolved_header(n), 1, (), (), 1)))
     assert penalties(n, ms[2]) == ["invalid-header"]
     assert n.chain.height == 0 and n.p2p.handler_failures == 0
+
+
+def test_a_compact_block_that_cannot_be_completed_is_fetched_in_full() -> None:
+    net, (n,) = network(1, seed=212)
+    m = stranger(net, n, "127.0.9.1")
+    traffic = Traffic(net)
+    block = build_block(n)
+    # A short id that matches nothing in n's mempool: n asks for the transaction, m never
+    # answers (it has no protocol behind it).
+    m.send(envelope(n, CompactBlock(block.header.encode(), 9, (b"\x01" * 6,),
+                                    (PrefilledTx(0, block.txs[0].encode()),))))
+    assert [s.msg.NAME for s in traffic.sent] == ["getblocktxn"]
+    net.run(n.p2p.config.block_stall_timeout + 2)
+    kinds = [i.kind for s in traffic.messages("getdata") for i in s.msg.items]
+    assert kinds and set(kinds) == {INV_BLOCK}  # the retry is the full block, not compact again
+    assert block.hash in n.p2p._compact_tried
+    assert n.p2p._compact_tried.limit == COMPACT_TRIED_MEMORY  # bounded: the oldest go first
