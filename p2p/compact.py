@@ -304,14 +304,17 @@ class CompactBlocks(ProtocolCore):
             partial.txs[index] = raw
         self._finish_compact(peer, partial.header, partial.txs, now, partial.relayed)
 
-    def _servable_block(self, block_hash: bytes) -> Block | None:
-        """A block we may hand to peers: stored in the index and not known to be invalid (a
-        block passed on before validation that failed is never served; nor is an orphan,
-        which nothing has checked yet)."""
+    def _servable(self, block_hash: bytes) -> bool:
+        """Whether we may hand a block to peers (getdata, getblocktxn): stored in the index
+        and not known to be invalid. A block passed on before validation that failed is never
+        served; nor is an orphan, which nothing has checked yet."""
         entry = self.node.chain.index.get(block_hash)
-        if entry is None or entry.failed or not entry.status & BlockStatus.HAVE_DATA:
-            return None
-        return self.node.chain.get_block(block_hash)
+        return entry is not None and not entry.failed and bool(
+            entry.status & BlockStatus.HAVE_DATA
+        )
+
+    def _servable_block(self, block_hash: bytes) -> Block | None:
+        return self.node.chain.get_block(block_hash) if self._servable(block_hash) else None
 
     def _expire_compact(self, peer: Peer, now: float) -> None:
         """Give up on compact blocks whose missing transactions did not come in time."""

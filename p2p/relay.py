@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.chainstate import BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.mempool import NON_FINAL
 from consensus.replacement import REFUSED_REPLACEMENT_REASONS, NoBetterFeeRate
@@ -258,14 +257,8 @@ class Relay(ProtocolCore):
                 reply = None if block is None else self._compact_reply(peer, block)
                 raw = None if reply is None else self._encode(reply)
             else:
-                # Only a block that is not known to be invalid (one passed on before
-                # validation that failed is never served); never an unchecked orphan.
-                entry = self.node.chain.index.get(item.hash)
-                raw = (
-                    None
-                    if entry is None or entry.failed or not entry.status & BlockStatus.HAVE_DATA
-                    else self.node.chain.get_block_bytes(item.hash)
-                )
+                servable = self._servable(item.hash)
+                raw = self.node.chain.get_block_bytes(item.hash) if servable else None
             if raw is None:
                 missing.append(item)
                 continue
