@@ -14,7 +14,8 @@ Measures, all in this run on this machine:
       (all processes share the machine's clock).
   (b) the same with FULL-block relay: there is no switch to turn compact blocks off, so the
       nodes of this variant are started through a shim in this script (`--_relay-shim MODE`)
-      that replaces `P2PProtocol.announce_block`. MODE "full" (the default comparison)
+      that replaces `P2PProtocol.announce_block` (and turns off compact fetches and relay
+      ahead of validation). MODE "full" (the default comparison)
       announces the header (`Headers`), and the peer fetches the block with `GetData` as it
       does during sync — Bitcoin's `sendheaders` relay; MODE "push" sends the whole block
       (`BlockMsg`) unsolicited. Everything else is the real daemon. Goal: compact ÷ full
