@@ -69,9 +69,6 @@ class HighBandwidth(ProtocolCore):
                 peer.hb_from = want
                 self._send(peer, SendCmpct(int(want), COMPACT_VERSION))
 
-    def _hb_from_count(self) -> int:
-        return sum(1 for p in self.peers.values() if p.established and p.hb_from)
-
     def _hb_to_count(self) -> int:
         return sum(1 for p in self.peers.values() if p.established and p.hb_to)
 
