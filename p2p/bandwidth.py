@@ -1,4 +1,4 @@
-"""Compact-block bandwidth modes (BIP152) and relay ahead of validation.
+"""Compact-block bandwidth modes (BIP152), and who pays for a block relayed before validation.
 
 A node asks at most MAX_HIGH_BANDWIDTH_PEERS peers to push new blocks to it as compact blocks
 without announcing them first (`sendcmpct` 1, *high bandwidth*); it tells the others to
@@ -9,12 +9,12 @@ nobody has (a peer we reach by our own choice is harder for an attacker to hold)
 
 To a high-bandwidth peer a node passes a new block on as soon as its header is checked and
 the block rebuilt with a matching merkle root, before full validation (Bitcoin Core's
-`NewPoWValidBlock`), flagged `pipelined` on the wire. If the block turns out invalid, a peer
-that pushed it flagged, because we asked it to, only relayed it: it is not penalised but loses
-its high-bandwidth slot until it next delivers a valid block (Core does not punish a peer
-for an invalid block received as a compact block either). A block sent unflagged, as a
-reply to our getdata, or by a peer we did not ask to push, carries its sender's word that it
-was validated, and an invalid one costs `invalid-block` as before.
+`NewPoWValidBlock`; p2p.compact `_pipeline`), flagged `pipelined` on the wire. If the block
+turns out invalid, a peer that pushed it flagged, because we asked it to, only relayed it: it
+is not penalised but loses its high-bandwidth slot until it next delivers a valid block (Core
+does not punish a peer for an invalid block received as a compact block either). A block sent
+unflagged, as a reply to our getdata, or by a peer we did not ask to push, carries its
+sender's word that it was validated, and an invalid one costs `invalid-block` as before.
 
 The other direction: a peer is pushed to from its establishment (every node of this network
 says which mode it wants at once, so this only covers the moment before its `sendcmpct`
@@ -41,7 +41,7 @@ MAX_HIGH_BANDWIDTH_PEERS = 3
 
 class HighBandwidth(ProtocolCore):
     """Choosing the peers that push blocks to us, honouring those that ask us to push, and
-    passing blocks on to them before validation."""
+    what a peer that pushed an invalid block before validation loses."""
 
     refused_high_bandwidth = 0  # sendcmpct 1 requests past max_high_bandwidth_to
 
