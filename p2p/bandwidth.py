@@ -67,6 +67,8 @@ class HighBandwidth(ProtocolCore):
             want = peer.id in wanted
             if want != peer.hb_from or peer is tell:
                 peer.hb_from = want
+                # Until our `sendcmpct` 0 reaches it (a datagram), it pushes as before.
+                peer.hb_excuse = not want
                 self._send(peer, SendCmpct(int(want), COMPACT_VERSION))
 
     def _hb_to_count(self) -> int:
@@ -91,6 +93,19 @@ class HighBandwidth(ProtocolCore):
         peer.hb_lost = True
         peer.last_block_at = 0.0
         self._select_high_bandwidth(now)
+        peer.hb_excuse = False  # used up: the next one costs `invalid-block`
+
+    def _relayed_push(self, peer: Peer, flagged: bool, asked: bool) -> bool:
+        """Whether a compact block from `peer` was only relayed (excused if invalid). The flag
+        excuses it only when a peer we asked to push pushed it, or one we told to stop that
+        may not have heard yet (`hb_excuse`, once): a reply to our getdata, or a push we never
+        asked for, vouches for the block. A push from a peer we told to stop means it has not
+        heard our `sendcmpct` 0 (a lost datagram): it is said again, the excuse not renewed."""
+        if asked:
+            return False
+        if not peer.hb_from:
+            self._send(peer, SendCmpct(0, COMPACT_VERSION))
+        return flagged and (peer.hb_from or peer.hb_excuse)
 
     # ----------------------------------------------------------------- the peers that ask us
 

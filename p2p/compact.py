@@ -190,12 +190,10 @@ class CompactBlocks(ProtocolCore):
         block_hash = header.hash
         peer.known.add(block_hash)
         chain = self.node.chain
+        asked = self._blocks_in_flight.get(block_hash, (None,))[0] == peer.id
+        relayed = self._relayed_push(peer, bool(msg.pipelined), asked)
         if chain.has_block(block_hash):
             return
-        # The pipelined flag excuses an invalid block only when a peer we asked to push pushed
-        # it: a reply to our getdata, or a push we never asked for, vouches for the block.
-        asked = self._blocks_in_flight.get(block_hash, (None,))[0] == peer.id
-        relayed = bool(msg.pipelined) and peer.hb_from and not asked
         self._compact_tried.add(block_hash)
         parent = chain.index.get(header.prev_hash)
         if parent is None:

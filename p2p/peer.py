@@ -108,6 +108,9 @@ class Peer:
     hb_from: bool = False  # we asked it to push new blocks to us unannounced
     hb_lost: bool = False  # it pushed us an invalid pipelined block: not re-selected until it
     # delivers a valid new block
+    # We told it `sendcmpct` 0, which may be lost or cross a push of its own: it may still
+    # push to us in good faith, so one flagged invalid push from it is excused all the same.
+    hb_excuse: bool = False
     last_block_at: float = 0.0  # when it last delivered a block that became our new tip
 
     def __post_init__(self) -> None:

@@ -1,0 +1,91 @@
+"""An independent hostile review of relay ahead of validation (BIP152 high bandwidth, issue 17).
+
+Each test is one bug the review found, over the in-memory network; see also
+tests/test_p2p_pipeline.py for the author's own stories.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from consensus.block import Block
+from consensus.keys import PrivateKey
+from p2p.memory import MemoryNetwork, MemoryNode
+from p2p.messages import CompactBlock, Message, PrefilledTx, SendCmpct
+from p2p.peer import Peer
+from tests.p2p_helpers import (
+    PORT,
+    FakePeer,
+    build_block,
+    config,
+    envelope,
+    established,
+    fake_peer,
+    link,
+    network,
+    peer_of,
+    run_until,
+)
+
+
+def strict(count: int) -> dict[int, Any]:
+    """Configs that dial no gossiped address: the topology stays the one a test links."""
+    return {i: config(max_outbound=0) for i in range(count)}
+
+
+def flagged_push(block: Block, pipelined: int) -> CompactBlock:
+    """`block` as a compact block with every transaction prefilled (nothing to fetch)."""
+    prefilled = tuple(PrefilledTx(i, tx.encode()) for i, tx in enumerate(block.txs))
+    return CompactBlock(block.header.encode(), 7, (), prefilled, pipelined)
+
+
+def stranger(net: MemoryNetwork, target: MemoryNode, host: str) -> FakePeer:
+    return fake_peer(net, target, (host, PORT), PrivateKey(random.Random(host).randbytes(32)))
+
+
+def penalties(node: MemoryNode, other: MemoryNode | FakePeer) -> list[str]:
+    return [p.reason for p in node.p2p.book.recent_penalties(other.addr)]
+
+
+def drop_sendcmpct(node: MemoryNode, to: MemoryNode) -> list[Message]:
+    """Lose every `sendcmpct` datagram `node` sends `to` (a datagram may be lost); returns
+    the list the dropped messages are recorded in."""
+    dropped: list[Message] = []
+    send = node.p2p._send
+
+    def lossy(peer: Peer, msg: Message, stream: bool = False) -> None:
+        if isinstance(msg, SendCmpct) and peer.addr == to.addr:
+            dropped.append(msg)
+            return
+        send(peer, msg, stream)
+
+    node.p2p._send = lossy  # type: ignore[method-assign]
+    return dropped
+
+
+def test_an_honest_relayer_whose_low_bandwidth_request_was_lost_is_not_banned() -> None:
+    """c has three high-bandwidth peers when a connects, so it tells a `sendcmpct` 0; that
+    datagram is lost, so a still pushes to c, as it does to every peer until told otherwise.
+    An attacker m pushes a an invalid block; a passes it on to c before validating it, flagged,
+    exactly as it would to a peer that asked. a only relayed it: c must not ban it."""
+    net, nodes = network(5, seed=301, configs=strict(5))
+    c, p1, p2, p3, a = nodes
+    for p in (p1, p2, p3):
+        link(net, c, p)
+    dropped = drop_sendcmpct(c, a)
+    link(net, c, a)
+    run_until(net, lambda: len(dropped) >= 1, 2, "c's sendcmpct 0 to a (lost)")
+    assert [m.high_bandwidth for m in dropped] == [0]
+    assert not peer_of(c, a).hb_from and peer_of(a, c).hb_to  # the views disagree
+
+    m = stranger(net, a, "127.0.9.1")
+    assert peer_of(a, c).hb_from and a.p2p.by_addr[m.addr].hb_from  # a has two peers: both
+    bad = build_block(a, fees=1)  # proof of work and link fine, coinbase pays too much
+    m.send(envelope(a, flagged_push(bad, 1)))
+    net.run(1)
+
+    assert a.chain.index[bad.hash].failed and c.chain.index[bad.hash].failed
+    assert a.p2p.pipelined_blocks == 1  # a relayed it ahead of validation, flagged
+    assert penalties(c, a) == [], "c punished a relayer for a block it did not author"
+    assert established(c, a)
