@@ -51,7 +51,11 @@ class HighBandwidth(ProtocolCore):
         """A new peer: pushed to (within the bound) until it asks otherwise, and told at once
         whether we want pushes from it."""
         peer.hb_to = self._hb_to_count() < self.config.max_high_bandwidth_to
+        # A host that lost its slot does not win it back by reconnecting, nor a fresh excuse.
+        peer.hb_lost = _host(peer) in self._hb_lost_hosts
         self._select_high_bandwidth(now, tell=peer)
+        if peer.hb_lost:
+            peer.hb_excuse = False
 
     def _select_high_bandwidth(self, now: float, tell: Peer | None = None) -> None:
         """Ask the best MAX_HIGH_BANDWIDTH_PEERS peers to push, and the others not to; a
@@ -78,6 +82,7 @@ class HighBandwidth(ProtocolCore):
         """`peer` handed us a block that became our new tip: it ranks first now."""
         peer.last_block_at = now
         peer.hb_lost = False
+        self._hb_lost_hosts.discard(_host(peer))
         self._select_high_bandwidth(now)
 
     def _lose_high_bandwidth(self, peer: Peer, block: Block, reason: str, now: float) -> None:
@@ -91,6 +96,7 @@ class HighBandwidth(ProtocolCore):
             reason=reason,
         )
         peer.hb_lost = True
+        self._hb_lost_hosts.add(_host(peer))
         peer.last_block_at = 0.0
         self._select_high_bandwidth(now)
         peer.hb_excuse = False  # used up: the next one costs `invalid-block`
@@ -123,6 +129,11 @@ class HighBandwidth(ProtocolCore):
             self.refused_high_bandwidth += 1
             return
         peer.hb_to = True
+
+
+def _host(peer: Peer) -> bytes:
+    """What a lost slot is remembered by: the host, as penalties are (any port, any key)."""
+    return peer.addr[0].encode()
 
 
 #: The messages this part handles (`P2PProtocol._handlers` merges every part's table).

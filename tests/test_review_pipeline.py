@@ -89,3 +89,23 @@ def test_an_honest_relayer_whose_low_bandwidth_request_was_lost_is_not_banned() 
     assert a.p2p.pipelined_blocks == 1  # a relayed it ahead of validation, flagged
     assert penalties(c, a) == [], "c punished a relayer for a block it did not author"
     assert established(c, a)
+
+
+def test_reconnecting_does_not_win_back_a_lost_high_bandwidth_slot() -> None:
+    """The slot lost for a flagged invalid block is "not chosen again until it delivers a
+    valid new block" (docs/p2p.md): reconnecting must not be a way around it, or an author
+    pushes every invalid block it mines flagged, for the price of a reconnection."""
+    net, (n,) = network(1, seed=302)
+    m = stranger(net, n, "127.0.9.1")
+    assert n.p2p.by_addr[m.addr].hb_from  # n's only peer: asked to push
+    m.send(envelope(n, flagged_push(build_block(n, fees=1), 1)))
+    assert penalties(n, m) == [] and n.p2p.by_addr[m.addr].hb_lost  # excused once
+
+    n.p2p.disconnect(n.p2p.by_addr[m.addr].id, net.now)
+    net.flush(n)
+    m = stranger(net, n, "127.0.9.1")  # the same host and identity, a new connection
+    again = n.p2p.by_addr[m.addr]
+    assert again.established and not again.hb_from and again.hb_lost
+    m.send(envelope(n, flagged_push(build_block(n, fees=2), 1)))
+    assert penalties(n, m) == ["invalid-block"]
+    assert n.chain.height == 0 and n.p2p.handler_failures == 0
