@@ -71,9 +71,11 @@ class HighBandwidth(ProtocolCore):
             want = peer.id in wanted
             if want != peer.hb_from or peer is tell:
                 peer.hb_from = want
-                # Until our `sendcmpct` 0 reaches it (a datagram), it pushes as before.
+                # Until our `sendcmpct` 0 reaches it, it pushes as before.
                 peer.hb_excuse = not want
-                self._send(peer, SendCmpct(int(want), COMPACT_VERSION))
+                # On the stream: in order (a 0 then a 1 moments later, as deliveries re-rank
+                # the peers, must not arrive the other way round) and never lost.
+                self._send(peer, SendCmpct(int(want), COMPACT_VERSION), stream=True)
 
     def _hb_to_count(self) -> int:
         return sum(1 for p in self.peers.values() if p.established and p.hb_to)
@@ -110,7 +112,7 @@ class HighBandwidth(ProtocolCore):
         if asked:
             return False
         if not peer.hb_from:
-            self._send(peer, SendCmpct(0, COMPACT_VERSION))
+            self._send(peer, SendCmpct(0, COMPACT_VERSION), stream=True)
         return flagged and (peer.hb_from or peer.hb_excuse)
 
     # ----------------------------------------------------------------- the peers that ask us

@@ -11,7 +11,7 @@ from typing import Any
 
 from consensus.block import Block
 from consensus.keys import PrivateKey
-from p2p.memory import MemoryNetwork, MemoryNode
+from p2p.memory import LinkModel, MemoryNetwork, MemoryNode
 from p2p.messages import CompactBlock, Message, PrefilledTx, SendCmpct
 from p2p.peer import Peer
 from tests.p2p_helpers import (
@@ -49,8 +49,9 @@ def penalties(node: MemoryNode, other: MemoryNode | FakePeer) -> list[str]:
 
 
 def drop_sendcmpct(node: MemoryNode, to: MemoryNode) -> list[Message]:
-    """Lose every `sendcmpct` datagram `node` sends `to` (a datagram may be lost); returns
-    the list the dropped messages are recorded in."""
+    """Hold back every `sendcmpct` `node` sends `to`: what `to` does before one arrives (it
+    was a datagram, which may be lost; on the stream it can still cross a push). Returns the
+    list the held messages are recorded in."""
     dropped: list[Message] = []
     send = node.p2p._send
 
@@ -65,8 +66,9 @@ def drop_sendcmpct(node: MemoryNode, to: MemoryNode) -> list[Message]:
 
 
 def test_an_honest_relayer_whose_low_bandwidth_request_was_lost_is_not_banned() -> None:
-    """c has three high-bandwidth peers when a connects, so it tells a `sendcmpct` 0; that
-    datagram is lost, so a still pushes to c, as it does to every peer until told otherwise.
+    """c has three high-bandwidth peers when a connects, so it tells a `sendcmpct` 0; until
+    that arrives (lost as a datagram, or crossing on the wire) a pushes to c, as it does to
+    every peer until told otherwise.
     An attacker m pushes a an invalid block; a passes it on to c before validating it, flagged,
     exactly as it would to a peer that asked. a only relayed it: c must not ban it."""
     net, nodes = network(5, seed=301, configs=strict(5))
@@ -75,7 +77,7 @@ def test_an_honest_relayer_whose_low_bandwidth_request_was_lost_is_not_banned() 
         link(net, c, p)
     dropped = drop_sendcmpct(c, a)
     link(net, c, a)
-    run_until(net, lambda: len(dropped) >= 1, 2, "c's sendcmpct 0 to a (lost)")
+    run_until(net, lambda: len(dropped) >= 1, 2, "c's sendcmpct 0 to a (held back)")
     assert [m.high_bandwidth for m in dropped] == [0]
     assert not peer_of(c, a).hb_from and peer_of(a, c).hb_to  # the views disagree
 
@@ -109,3 +111,25 @@ def test_reconnecting_does_not_win_back_a_lost_high_bandwidth_slot() -> None:
     m.send(envelope(n, flagged_push(build_block(n, fees=2), 1)))
     assert penalties(n, m) == ["invalid-block"]
     assert n.chain.height == 0 and n.p2p.handler_failures == 0
+
+
+def test_in_a_mesh_with_jitter_both_ends_agree_on_who_pushes() -> None:
+    """Eight nodes, every pair linked, blocks from random miners: a node re-picks its three
+    high-bandwidth peers as deliveries change, so a peer may be told 0 then 1 moments apart.
+    Datagrams reorder under jitter; the last word must still be the one that holds, or a
+    peer we count on to push only announces (a round trip per block, for good)."""
+    net, nodes = network(8, seed=5, configs=strict(8))
+    for i, left in enumerate(nodes):
+        for right in nodes[i + 1:]:
+            link(net, left, right)
+    net.link = LinkModel(latency=0.005, jitter=0.01)
+    rng = random.Random(5)
+    for k in range(30):
+        block = rng.choice(nodes).mine(txs=False)
+        run_until(net, lambda b=block: {n.chain.tip.hash for n in nodes} == {b.hash}, 30,
+                  f"block {k} everywhere")
+    net.run(2)
+    disagree = [(n.name, m.name) for n in nodes for m in nodes if m is not n
+                and peer_of(n, m).hb_from != peer_of(m, n).hb_to]
+    assert disagree == []
+    assert all(sum(p.hb_from for p in n.p2p.peers.values()) == 3 for n in nodes)
