@@ -133,3 +133,37 @@ def test_in_a_mesh_with_jitter_both_ends_agree_on_who_pushes() -> None:
                 and peer_of(n, m).hb_from != peer_of(m, n).hb_to]
     assert disagree == []
     assert all(sum(p.hb_from for p in n.p2p.peers.values()) == 3 for n in nodes)
+
+
+def test_an_invalid_pipelined_block_does_not_hold_up_the_valid_one_at_its_height() -> None:
+    """Ruled out: m pushes b an invalid block that b passes down the line before validating;
+    a valid block at the same height, mined next, still reaches everyone, pipelined too."""
+    net, nodes = network(3, seed=303, configs=strict(3))
+    a, b, c = nodes
+    link(net, a, b)
+    link(net, b, c)
+    m = stranger(net, b, "127.0.9.1")
+    bad = build_block(a, fees=1)
+    m.send(envelope(b, flagged_push(bad, 1)))
+    net.run(1)
+    assert b.chain.index[bad.hash].failed and c.chain.index[bad.hash].failed
+    assert b.p2p.pipelined_blocks == 1 and c.chain.height == 0
+    good = a.mine(txs=False)  # the same height
+    run_until(net, lambda: {n.chain.tip.hash for n in nodes} == {good.hash}, 5, "good block")
+    assert b.p2p.pipelined_blocks == 2  # passed on ahead of validation as well
+    assert penalties(c, b) == [] and established(b, c)
+
+
+def test_a_compact_block_whose_transactions_do_not_decode_is_never_pipelined() -> None:
+    """Ruled out: garbage in a prefilled transaction is caught before anything is passed on."""
+    net, nodes = network(2, seed=304, configs=strict(2))
+    b, c = nodes
+    link(net, b, c)
+    m = stranger(net, b, "127.0.9.1")
+    block = build_block(b)
+    garbage = CompactBlock(block.header.encode(), 7, (),
+                           (PrefilledTx(0, block.txs[0].encode()[:-3]),), 1)
+    m.send(envelope(b, garbage))
+    net.run(1)
+    assert penalties(b, m) == ["malformed-tx"]
+    assert b.p2p.pipelined_blocks == 0 and block.hash not in c.chain.index
