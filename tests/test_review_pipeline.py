@@ -6,6 +6,7 @@ tests/test_p2p_pipeline.py for the author's own stories.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -167,3 +168,27 @@ def test_a_compact_block_whose_transactions_do_not_decode_is_never_pipelined() -
     net.run(1)
     assert penalties(b, m) == ["malformed-tx"]
     assert b.p2p.pipelined_blocks == 0 and block.hash not in c.chain.index
+
+
+def test_after_an_invalid_block_crosses_a_line_every_node_still_gets_the_next_one() -> None:
+    """What one invalid block with good proof of work costs honest relayers (docs/p2p.md):
+    each passes it on before validating, so each loses its slot at the next node (the last
+    node is left with no peer asked to push). The next valid block still crosses the line,
+    announced by header and fetched compact, and gives every relayer its slot back."""
+    net, nodes = network(5, seed=305, configs=strict(5))
+    for left, right in itertools.pairwise(nodes):
+        link(net, left, right)
+    m = stranger(net, nodes[0], "127.0.9.1")
+    bad = build_block(nodes[0], fees=1)
+    m.send(envelope(nodes[0], flagged_push(bad, 1)))
+    net.run(1)
+    assert all(n.chain.index[bad.hash].failed for n in nodes)  # it crossed the whole line
+    downstream = list(itertools.pairwise(nodes))
+    assert all(peer_of(lo, up).hb_lost and not peer_of(lo, up).hb_from for up, lo in downstream)
+    assert not any(p.hb_from for p in nodes[-1].p2p.peers.values())  # the end: nobody pushes
+    assert all(penalties(lo, up) == [] for up, lo in downstream)
+
+    good = nodes[0].mine(txs=False)
+    run_until(net, lambda: {n.chain.tip.hash for n in nodes} == {good.hash}, 5, "next block")
+    run_until(net, lambda: all(peer_of(lo, up).hb_from and peer_of(up, lo).hb_to
+                               for up, lo in downstream), 2, "slots back")
