@@ -14,7 +14,8 @@ Measures, all in this run on this machine:
       (all processes share the machine's clock).
   (b) the same with FULL-block relay: there is no switch to turn compact blocks off, so the
       nodes of this variant are started through a shim in this script (`--_relay-shim MODE`)
-      that replaces `P2PProtocol.announce_block`. MODE "full" (the default comparison)
+      that replaces `P2PProtocol.announce_block` (and turns off compact fetches and relay
+      ahead of validation). MODE "full" (the default comparison)
       announces the header (`Headers`), and the peer fetches the block with `GetData` as it
       does during sync — Bitcoin's `sendheaders` relay; MODE "push" sends the whole block
       (`BlockMsg`) unsolicited. Everything else is the real daemon. Goal: compact ÷ full
@@ -662,11 +663,14 @@ def profile_relay(workdir: Path, rounds: int, ntxs: int, burst_chunk: int) -> No
 
 def run_shimmed_node(mode: str, argv: list[str]) -> int:
     """The real daemon with compact-block announcements replaced (`mode` "full" or "push")."""
+    import p2p.sync
     from node.main import main as node_main
     from p2p.messages import BlockMsg, Headers
     from p2p.protocol import P2PProtocol
 
-    def announce_block_full(self: P2PProtocol, block: Block, now: float) -> None:
+    def announce_block_full(
+        self: P2PProtocol, block: Block, now: float, pipelined: bool = False
+    ) -> None:
         block_hash = block.hash
         msg: BlockMsg | Headers | None = None
         for peer in self.peers.values():
@@ -681,6 +685,10 @@ def run_shimmed_node(mode: str, argv: list[str]) -> int:
             self._send(peer, msg, stream=mode == "push")
 
     P2PProtocol.announce_block = announce_block_full  # type: ignore[method-assign]
+    # Full relay throughout: no compact block fetched for a header announcement, none
+    # passed on before validation.
+    p2p.sync.INV_CMPCT_BLOCK = p2p.sync.INV_BLOCK  # type: ignore[misc]
+    P2PProtocol._pipeline = lambda self, block, now: None  # type: ignore[method-assign]
     return node_main(argv)
 
 

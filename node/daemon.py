@@ -605,6 +605,7 @@ class Node:
     # ----------------------------------------------------------------- chain changes
 
     def submit_block(self, block: Block) -> AcceptResult:
+        self.p2p_flush()  # a block passed on before validation (BIP152) leaves first
         result = self.chain.accept_block(block, self.now())
         self._after_chain_change(result)
         if result.status == "invalid":

@@ -23,7 +23,11 @@ class NodeInterface(Protocol):
     chain: ChainState
     mempool: Any
 
-    def submit_block(self, block: Block) -> AcceptResult: ...
+    def submit_block(self, block: Block) -> AcceptResult:
+        """Validate and store `block`. Carry out the actions the protocol queued first: a
+        block passed on before validation (p2p.compact `_pipeline`) must leave before the
+        node spends its time validating it."""
+        ...
 
     def submit_transaction(self, tx: Transaction) -> Any: ...
 

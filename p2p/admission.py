@@ -230,6 +230,7 @@ class Admission(ProtocolCore):
             self._actions.append(OpenStream(peer.addr))
         if not self.connect_only:
             self._send(peer, GetAddr())
+        self._hb_peer_established(peer, now)
         self._maybe_request_headers(peer, now)
 
     def _handshake_timer(self, peer: Peer, now: float) -> None:

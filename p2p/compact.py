@@ -1,6 +1,10 @@
 """Compact blocks: a new block travels as its header and a short id per transaction.
 
-A node that connects a new block pushes it to every peer that lacks it as a `cmpctblock`: the
+A node that connects a new block pushes it to every high-bandwidth peer that lacks it
+(p2p/bandwidth.py: at most three ask us, as BIP152) as a `cmpctblock`, and announces it to the
+others by its header; they fetch the `cmpctblock` with a getdata (INV_CMPCT_BLOCK) if they want
+it. A block that would become our new tip is pushed to the high-bandwidth peers even before we
+have validated it, flagged `pipelined` (`_pipeline`). A compact block is the
 header, a fresh salt, a 6-byte short id per transaction and the coinbase in full, plus in full
 each transaction this peer is not known to have (neither announced by it nor announced to it:
 one still queued for the next `inv` counts as unknown), up to PREFILL_MAX_BYTES, as BIP 152
@@ -17,7 +21,7 @@ import secrets
 from typing import Any
 
 from consensus.block import Block, decode_header
-from consensus.chainstate import AcceptResult
+from consensus.chainstate import AcceptResult, BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.tx import Transaction, decode_transaction
 from p2p.core import ProtocolCore
@@ -27,6 +31,8 @@ from p2p.messages import (
     CompactBlock,
     GetBlockTxn,
     GetData,
+    Headers,
+    Inv,
     InvItem,
     NotFound,
     PrefilledTx,
@@ -44,41 +50,109 @@ CATCHING_UP_BLOCKS = 16
 # Transactions sent in full with a compact block, per peer, at most (encoded bytes); the rest
 # go as short ids, fetched with getblocktxn if the peer lacks them.
 PREFILL_MAX_BYTES = 20_000
+# A block in the index with these flags is stored already, or known to be invalid.
+_STORED_OR_FAILED = BlockStatus.HAVE_DATA | BlockStatus.FAILED_MASK
+
+
+class _CompactBuilder:
+    """One block's compact forms: one salt and short-id list, one message per distinct set of
+    prefilled transactions (usually one or two per block, whatever the number of peers)."""
+
+    def __init__(self, block: Block, pipelined: int) -> None:
+        self.block = block
+        self.pipelined = pipelined
+        self.encoded: dict[int, bytes] = {}  # transaction index -> encoding, shared by peers
+        self._messages: dict[tuple[int, ...], CompactBlock] = {}
+        self._salt: int | None = None
+        self._short_ids: list[bytes] = []
+
+    def message(self, prefill: tuple[int, ...]) -> CompactBlock:
+        msg = self._messages.get(prefill)
+        if msg is not None:
+            return msg
+        txs = self.block.txs
+        if self._salt is None:
+            # From the OS CSPRNG: a peer that could predict the salt could craft short-id
+            # collisions (the protocol's rng is a seeded Mersenne Twister).
+            self._salt = secrets.randbits(64)
+            self._short_ids = [short_tx_id(self._salt, tx.txid) for tx in txs]
+        encoded = self.encoded
+        if 0 not in encoded:
+            encoded[0] = txs[0].encode()
+        full = set(prefill)
+        msg = self._messages[prefill] = CompactBlock(
+            self.block.header.encode(),
+            self._salt,
+            tuple(self._short_ids[i] for i in range(1, len(txs)) if i not in full),
+            tuple(PrefilledTx(i, encoded[i]) for i in (0, *prefill)),
+            self.pipelined,
+        )
+        return msg
 
 
 class CompactBlocks(ProtocolCore):
     """Announcing blocks, and reconstructing the ones announced to us."""
 
-    def announce_block(self, block: Block, now: float) -> None:
-        """Push a compact form of a newly connected block to every peer that lacks it."""
+    pipelined_blocks = 0  # blocks passed on before validation
+
+    def announce_block(self, block: Block, now: float, pipelined: bool = False) -> None:
+        """Pass a block on to every peer that lacks it: pushed as a compact block to the peers
+        that asked for that (high bandwidth), announced by its header to the others. A
+        `pipelined` block (not validated yet) goes to the high-bandwidth peers only, flagged."""
         block_hash = block.hash
-        # One message per distinct set of prefilled transactions (usually one or two).
-        messages: dict[tuple[int, ...], CompactBlock] = {}
-        salt = 0
-        short_ids: list[bytes] = []
-        encoded: dict[int, bytes] = {}
+        builder = _CompactBuilder(block, int(pipelined))
         # A copy: a send may drop a peer (its stream queue overflowing).
         for peer in list(self.peers.values()):
             if not peer.established or block_hash in peer.known:
                 continue
-            if not messages:
-                # From the OS CSPRNG: a peer that could predict the salt could craft short-id
-                # collisions (self.rng is a seeded Mersenne Twister, for non-security choices).
-                salt = secrets.randbits(64)
-                short_ids = [short_tx_id(salt, tx.txid) for tx in block.txs]
-                encoded[0] = block.txs[0].encode()
-            prefill = self._prefill_for(peer, block, encoded)
-            msg = messages.get(prefill)
-            if msg is None:
-                full = set(prefill)
-                msg = messages[prefill] = CompactBlock(
-                    block.header.encode(),
-                    salt,
-                    tuple(short_ids[i] for i in range(1, len(block.txs)) if i not in full),
-                    tuple(PrefilledTx(i, encoded[i]) for i in (0, *prefill)),
-                )
-            peer.known.add(block_hash)
-            self._send(peer, msg, stream=True)
+            if peer.hb_to:
+                peer.known.add(block_hash)
+                self._send(peer, builder.message(self._prefill_for(peer, block, builder.encoded)),
+                           stream=True)
+            elif not pipelined:
+                self._announce_header(peer, block)
+
+    def _announce_header(self, peer: Peer, block: Block) -> None:
+        """Low bandwidth: the header alone, which the peer can connect (it has the parent's
+        header), else an inv that makes it ask for headers; it fetches the block if it wants it."""
+        block_hash = block.hash
+        prev = block.header.prev_hash
+        peer.known.add(block_hash)
+        if prev in peer.known or prev == peer.tip:
+            self._send(peer, Headers((block.header.encode(),)))
+        else:
+            self._send(peer, Inv((InvItem(INV_BLOCK, block_hash),)))
+
+    def _compact_reply(self, peer: Peer, block: Block) -> CompactBlock:
+        """The compact block a getdata (INV_CMPCT_BLOCK) is answered with: a validated block,
+        so never flagged."""
+        builder = _CompactBuilder(block, 0)
+        return builder.message(self._prefill_for(peer, block, builder.encoded))
+
+    def _pipeline(self, block: Block, now: float) -> None:
+        """Pass `block` (its header accepted, rebuilt with a matching merkle root) on to our
+        high-bandwidth peers before validating it, if it would become our new tip, as Bitcoin
+        Core's NewPoWValidBlock. The caller validates it right after; the node sends what is
+        queued first (see NodeInterface.submit_block)."""
+        chain = self.node.chain
+        entry = chain.index.get(block.hash)
+        tip = chain.tip
+        if entry is None or entry.prev is not tip or entry.status & _STORED_OR_FAILED:
+            return  # not the next block on our tip, or already stored (or failed)
+        if entry.chainwork <= tip.chainwork:
+            return
+        if chain.best_header.height - tip.height > CATCHING_UP_BLOCKS:
+            return  # catching up: no relay at all until we reach the tip
+        if not any(
+            p.established and p.hb_to and block.hash not in p.known for p in self.peers.values()
+        ):
+            return
+        # A block whose transaction list repeats itself can have the right merkle root
+        # (CVE-2012-2459) and still not be the block that was mined: never pass that on.
+        if len({tx.txid for tx in block.txs}) != len(block.txs):
+            return
+        self.pipelined_blocks += 1
+        self.announce_block(block, now, pipelined=True)
 
     def _prefill_for(self, peer: Peer, block: Block, encoded: dict[int, bytes]) -> tuple[int, ...]:
         """Indexes (after the coinbase) of the block's transactions that `peer` is not known to
@@ -117,8 +191,11 @@ class CompactBlocks(ProtocolCore):
         block_hash = header.hash
         peer.known.add(block_hash)
         chain = self.node.chain
+        asked = self._blocks_in_flight.get(block_hash, (None,))[0] == peer.id
+        relayed = self._relayed_push(peer, bool(msg.pipelined), asked)
         if chain.has_block(block_hash):
             return
+        self._compact_tried.add(block_hash)
         parent = chain.index.get(header.prev_hash)
         if parent is None:
             self._send_getheaders(peer, chain.best_header, now)
@@ -159,18 +236,26 @@ class CompactBlocks(ProtocolCore):
                     txs[index] = tx
         self._block_requested(block_hash, peer, now)
         if missing:
-            peer.pending_compact[block_hash] = PartialBlock(msg.header, txs, missing, now)
+            peer.pending_compact[block_hash] = PartialBlock(
+                msg.header, txs, missing, now, relayed
+            )
             self._send(peer, GetBlockTxn(block_hash, tuple(missing)))
             return
-        self._finish_compact(peer, msg.header, txs, now)
+        self._finish_compact(peer, msg.header, txs, now, relayed)
 
     def _mempool_short_ids(self, salt: int) -> MempoolShortIds:
         """The mempool by short id under `salt`, hashed on the first lookup (p2p/shortids.py)."""
         return MempoolShortIds(self.node.mempool, salt)
 
     def _finish_compact(
-        self, peer: Peer, raw_header: bytes, txs: list[Transaction | bytes | None], now: float
+        self,
+        peer: Peer,
+        raw_header: bytes,
+        txs: list[Transaction | bytes | None],
+        now: float,
+        relayed: bool = False,
     ) -> None:
+        """`relayed`: pushed flagged by a peer we asked to push (see `_on_compact_block`)."""
         header = decode_header(raw_header)
         # Mempool transactions are used as they are; only what came over the wire is decoded.
         try:
@@ -188,10 +273,11 @@ class CompactBlocks(ProtocolCore):
             self._block_requested(header.hash, peer, now)
             self._send(peer, GetData((InvItem(INV_BLOCK, header.hash),)))
             return
-        self._process_block(peer, block, now, pushed=True)
+        self._pipeline(block, now)
+        self._process_block(peer, block, now, pushed=True, relayed=relayed)
 
     def _on_getblocktxn(self, peer: Peer, msg: GetBlockTxn, now: float) -> None:
-        block = self.node.chain.get_block(msg.block_hash)
+        block = self._servable_block(msg.block_hash)
         if block is None or (msg.indexes and msg.indexes[-1] >= len(block.txs)):
             self._send(peer, NotFound((InvItem(INV_BLOCK, msg.block_hash),)))
             return
@@ -210,7 +296,19 @@ class CompactBlocks(ProtocolCore):
             return
         for index, raw in zip(partial.missing, msg.txs, strict=True):
             partial.txs[index] = raw
-        self._finish_compact(peer, partial.header, partial.txs, now)
+        self._finish_compact(peer, partial.header, partial.txs, now, partial.relayed)
+
+    def _servable(self, block_hash: bytes) -> bool:
+        """Whether we may hand a block to peers (getdata, getblocktxn): stored in the index
+        and not known to be invalid. A block passed on before validation that failed is never
+        served; nor is an orphan, which nothing has checked yet."""
+        entry = self.node.chain.index.get(block_hash)
+        return entry is not None and not entry.failed and bool(
+            entry.status & BlockStatus.HAVE_DATA
+        )
+
+    def _servable_block(self, block_hash: bytes) -> Block | None:
+        return self.node.chain.get_block(block_hash) if self._servable(block_hash) else None
 
     def _expire_compact(self, peer: Peer, now: float) -> None:
         """Give up on compact blocks whose missing transactions did not come in time."""

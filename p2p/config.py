@@ -81,3 +81,6 @@ class P2PConfig:
     max_discouraged: int = 10_000  # discouraged hosts remembered (setban bans are not counted)
     # A host's score and penalties are dropped this long after its last penalty.
     penalty_expiry_seconds: float = 24 * 60 * 60
+    # Peers whose request to have blocks pushed to them unannounced (sendcmpct high-bandwidth)
+    # we honour; a request past it is served low-bandwidth (header, then getdata) instead.
+    max_high_bandwidth_to: int = 16

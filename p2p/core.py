@@ -44,6 +44,12 @@ log = structlog.get_logger("powlab.p2p")
 DIAL_FAILURES = frozenset({"handshake-timeout", "handshake-refused", "wrong-node-id",
                            "not-allowed"})
 MIN_OUTBOUND_FOR_FAILURES = 2
+# How many recent compact blocks are remembered so that a retry fetches the full block
+# (`_compact_tried`): far more than are ever in flight at once.
+COMPACT_TRIED_MEMORY = 256
+# Hosts that lost their high-bandwidth slot for a flagged invalid block (p2p/bandwidth.py),
+# remembered across reconnections so that reconnecting does not win the slot back.
+HB_LOST_MEMORY = 1_000
 
 #: The largest envelope sent as a datagram: with the session's header and tag it is one
 #: MAX_DATAGRAM_SIZE datagram.
@@ -128,6 +134,9 @@ class ProtocolCore:
         self._tx_unrequested: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._seen_txs = BoundedSet(config.max_seen)  # rejected or already processed
         self._download_queue: list[BlockIndex] = []
+        # Blocks we had as compact blocks (pushed or fetched): fetched in full if ever again.
+        self._compact_tried = BoundedSet(COMPACT_TRIED_MEMORY)
+        self._hb_lost_hosts = BoundedSet(HB_LOST_MEMORY)
         self._download_for: bytes | None = None
         # A block arrived: ask for more once the current input (often a dozen blocks in one
         # stream read) is handled, so a sync sends one getdata per batch, not one per block.

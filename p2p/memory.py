@@ -79,6 +79,7 @@ class MemoryNode:
     # NodeInterface ------------------------------------------------------------------
 
     def submit_block(self, block: Block) -> AcceptResult:
+        self.network.flush(self)  # a block passed on before validation leaves first
         result = self.chain.accept_block(block, int(self.now))
         self.store.apply(self.chain.take_update())
         if result.connected or result.disconnected:

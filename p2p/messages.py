@@ -28,7 +28,12 @@ SHORT_ID_SIZE = 6
 
 INV_TX = 1
 INV_BLOCK = 2
-INV_KINDS = frozenset({INV_TX, INV_BLOCK})
+# A getdata for a block answered with a `cmpctblock` rather than the full block (BIP152's
+# MSG_CMPCT_BLOCK): how a node fetches a block a low-bandwidth peer announced by its header.
+INV_CMPCT_BLOCK = 3
+INV_KINDS = frozenset({INV_TX, INV_BLOCK, INV_CMPCT_BLOCK})
+# The compact-block protocol version `sendcmpct` names; a request for another is ignored.
+COMPACT_VERSION = 1
 
 MAX_USER_AGENT = 64  # characters
 MAX_HOST_LEN = 64  # characters: a DNS name or an IP literal
@@ -174,6 +179,7 @@ def _strictly_increasing(where: str, values: list[int]) -> None:
 
 
 _U32 = _UInt(U32_MAX)
+_FLAG = _OneOf(frozenset({0, 1}))
 _U64 = _UInt(U64_MAX)
 _HASH = _Bytes(HASH_SIZE)
 _TX = _Bytes(max_len=MAX_TX_BYTES)
@@ -388,12 +394,16 @@ class CompactBlock(Message):
         ("salt", _U64),
         ("short_ids", _List(_Bytes(SHORT_ID_SIZE), MAX_BLOCK_TXS)),
         ("prefilled", _List(_PREFILLED, MAX_BLOCK_TXS)),
+        ("pipelined", _FLAG),
     )
 
     header: bytes
     salt: int  # keys short_tx_id for this block
     short_ids: tuple[bytes, ...]
     prefilled: tuple[PrefilledTx, ...]  # absolute indexes, strictly increasing
+    # 1: pushed to a high-bandwidth peer before the sender had validated the block (BIP152's
+    # relay ahead of validation); 0: the sender connected it, so it vouches for it.
+    pipelined: int = 0
 
     def _check_extra(self) -> None:
         _strictly_increasing(f"{self.NAME}.prefilled", [p.index for p in self.prefilled])
@@ -447,6 +457,19 @@ class Goodbye(Message):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SendCmpct(Message):
+    """BIP152's `sendcmpct`: `high_bandwidth` 1 asks the peer to push new blocks to us as
+    compact blocks without announcing them first, 0 to announce them by their header."""
+
+    TYPE: ClassVar[int] = 20
+    NAME: ClassVar[str] = "sendcmpct"
+    _SPEC: ClassVar[tuple[tuple[str, _Check], ...]] = (("high_bandwidth", _FLAG), ("version", _U32))
+
+    high_bandwidth: int
+    version: int
+
+
 def _build_table(*classes: type[Message]) -> dict[int, type[Message]]:
     table: dict[int, type[Message]] = {}
     for cls in classes:
@@ -463,6 +486,7 @@ def _build_table(*classes: type[Message]) -> dict[int, type[Message]]:
 MESSAGE_TYPES: dict[int, type[Message]] = _build_table(
     Hello, Ping, Pong, GetAddr, Addr, Inv, GetData, NotFound, TxMsg, BlockMsg,
     GetHeaders, Headers, CompactBlock, GetBlockTxn, BlockTxn, DoubleSpendAlert, Goodbye,
+    SendCmpct,
 )  # fmt: skip
 
 

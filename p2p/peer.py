@@ -50,6 +50,7 @@ class PartialBlock:
     txs: list[Any]  # Transaction from our mempool, bytes from the wire, None while missing
     missing: list[int]
     requested_at: float
+    relayed: bool = False  # pushed flagged pipelined by a peer we asked to push
 
 
 @dataclass(eq=False)
@@ -102,6 +103,15 @@ class Peer:
     presync: list[bytes] = field(default_factory=list)  # low-work headers held, not yet stored
     presync_tail: bytes = b""  # the last of them
     presync_work: int = 0  # the chainwork they claim to reach
+    # Compact-block bandwidth modes (BIP152, p2p/bandwidth.py).
+    hb_to: bool = False  # it asked us to push new blocks to it unannounced (we honour it)
+    hb_from: bool = False  # we asked it to push new blocks to us unannounced
+    hb_lost: bool = False  # it pushed us an invalid pipelined block: not re-selected until it
+    # delivers a valid new block
+    # We told it `sendcmpct` 0, which may be lost or cross a push of its own: it may still
+    # push to us in good faith, so one flagged invalid push from it is excused all the same.
+    hb_excuse: bool = False
+    last_block_at: float = 0.0  # when it last delivered a block that became our new tip
 
     def __post_init__(self) -> None:
         self.known = BoundedSet(self.config.max_known_inventory)

@@ -15,7 +15,8 @@ a peer that is ahead is asked for headers at the next ping.
 The state machine is one class made of one part per concern, each a mixin over the shared state
 in `p2p/core.py` (`ProtocolCore`): `admission.py` (dialling, sessions becoming peers, hello),
 `streams.py` (the per-peer TCP stream), `sync.py` (headers and block download), `compact.py`
-(compact blocks), `relay.py` (transactions, getdata, double-spend alerts) and `penalties.py`.
+(compact blocks), `bandwidth.py` (BIP152 high/low-bandwidth modes), `relay.py` (transactions,
+getdata, double-spend alerts) and `penalties.py`.
 This module combines them and keeps what ties them together: the control calls, input and
 dispatch, liveness and address gossip, the timer, reporting. The actions and events it emits
 are in `p2p/actions.py` and importable from here.
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from p2p import compact, relay, sync
+from p2p import bandwidth, compact, relay, sync
 from p2p.actions import (
     Action,
     CloseStream,
@@ -44,6 +45,7 @@ from p2p.actions import (
     SendStream,
 )
 from p2p.admission import Admission
+from p2p.bandwidth import HighBandwidth
 from p2p.compact import CompactBlocks
 from p2p.config import Address
 from p2p.core import MAX_DATAGRAM_ENVELOPE
@@ -85,7 +87,9 @@ ADDR_PER_DATAGRAM = 10  # keeps an Addr message inside one datagram
 IDLE_TIMER_INTERVAL = 1.0
 
 
-class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penalties):
+class P2PProtocol(
+    Admission, Streams, HeaderSync, CompactBlocks, HighBandwidth, Relay, Penalties
+):
     """The whole protocol: construct with (params, node key, config, node, rng, now)."""
 
     # ----------------------------------------------------------------- control
@@ -228,6 +232,7 @@ class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penaltie
                 self._expire_compact(peer, now)
                 self._resume_headers(peer, now)
         self._check_stalls(now)
+        self._select_high_bandwidth(now)  # a high-bandwidth peer may have gone
         self._retry_txs(now)
         self._expire_streams(now)
         self._dial(now)
@@ -307,6 +312,9 @@ class P2PProtocol(Admission, Streams, HeaderSync, CompactBlocks, Relay, Penaltie
                 "user_agent": p.user_agent,
                 "stream": p.stream_id is not None,
                 "blocks_in_flight": p.blocks_in_flight,
+                # As Bitcoin Core: we push new blocks to it / asked it to push them to us.
+                "bip152_hb_to": p.hb_to,
+                "bip152_hb_from": p.hb_from,
                 "session": self.sessions.info(p.addr),
             }
             for p in self.peers.values()
@@ -331,5 +339,6 @@ P2PProtocol._handlers = {
     **_OWN_HANDLERS,
     **sync.HANDLERS,
     **compact.HANDLERS,
+    **bandwidth.HANDLERS,
     **relay.HANDLERS,
 }

@@ -19,12 +19,14 @@ from consensus.tx import Transaction, decode_transaction
 from p2p.actions import DoubleSpendSeen
 from p2p.core import ProtocolCore
 from p2p.messages import (
+    INV_CMPCT_BLOCK,
     INV_TX,
     BlockMsg,
     DoubleSpendAlert,
     GetData,
     Inv,
     InvItem,
+    Message,
     NotFound,
     TxMsg,
 )
@@ -245,12 +247,18 @@ class Relay(ProtocolCore):
             return
         missing = []
         for item in items:
+            reply: Message | None = None
             if item.kind == INV_TX:
                 self._tx_unrequested.pop((peer.id, item.hash), None)
                 entry = self.node.mempool.get(item.hash)
                 raw = None if entry is None else entry.tx.encode()
+            elif item.kind == INV_CMPCT_BLOCK:
+                block = self._servable_block(item.hash)
+                reply = None if block is None else self._compact_reply(peer, block)
+                raw = None if reply is None else self._encode(reply)
             else:
-                raw = self.node.chain.get_block_bytes(item.hash)
+                servable = self._servable(item.hash)
+                raw = self.node.chain.get_block_bytes(item.hash) if servable else None
             if raw is None:
                 missing.append(item)
                 continue
@@ -261,6 +269,8 @@ class Relay(ProtocolCore):
             peer.known.add(item.hash)
             if item.kind == INV_TX:
                 self._send(peer, TxMsg(raw))
+            elif reply is not None:  # INV_CMPCT_BLOCK
+                self._send(peer, reply, stream=True)
             else:
                 self._send(peer, BlockMsg(raw), stream=True)
         if not missing:

@@ -22,6 +22,7 @@ from consensus.validation import check_header_pow
 from p2p.core import ProtocolCore
 from p2p.messages import (
     INV_BLOCK,
+    INV_CMPCT_BLOCK,
     MAX_HEADERS,
     MAX_LOCATOR,
     BlockMsg,
@@ -283,6 +284,17 @@ class HeaderSync(ProtocolCore):
             # instead of a message (and a wakeup on both sides) per block.
             return
         requests: dict[int, list[InvItem]] = {}
+        # The one block on our tip that a low-bandwidth peer announced: fetch it compact
+        # (BIP152), which costs a few bytes per transaction we already have.
+        # Only once: a retry (after a stall, or a compact block that could not be completed)
+        # fetches the full block, which needs no further round trip.
+        queue = self._download_queue
+        compact = (
+            not in_flight_now
+            and len(queue) == 1
+            and queue[0].prev is chain.tip
+            and queue[0].hash not in self._compact_tried
+        )
         peers = [p for p in self.peers.values() if p.established]
         self.rng.shuffle(peers)
         in_flight = self._blocks_in_flight
@@ -304,7 +316,8 @@ class HeaderSync(ProtocolCore):
             load[peer.id] += 1
             free -= 1
             self._block_requested(entry.hash, peer, now)
-            requests.setdefault(peer.id, []).append(InvItem(INV_BLOCK, entry.hash))
+            kind = INV_CMPCT_BLOCK if compact else INV_BLOCK
+            requests.setdefault(peer.id, []).append(InvItem(kind, entry.hash))
         for peer_id, items in requests.items():
             self._send(self.peers[peer_id], GetData(tuple(items)))
 
@@ -330,9 +343,13 @@ class HeaderSync(ProtocolCore):
             return
         self._process_block(peer, block, now)
 
-    def _process_block(self, peer: Peer, block: Block, now: float, pushed: bool = False) -> None:
+    def _process_block(
+        self, peer: Peer, block: Block, now: float, pushed: bool = False, relayed: bool = False
+    ) -> None:
         """`pushed`: a compact block (in flight only while we fetched its transactions), so
-        as unrequested as a full block nobody asked for."""
+        as unrequested as a full block nobody asked for. `relayed`: pushed before the sender
+        validated it, at our request (p2p/bandwidth.py): if invalid, the sender only relayed
+        it and loses its high-bandwidth slot instead of being penalised."""
         block_hash = block.hash
         requested = self._block_landed(block_hash)
         peer.known.add(block_hash)
@@ -340,9 +357,14 @@ class HeaderSync(ProtocolCore):
         if requested is None and self.node.chain.has_block(block_hash):
             self._count_unhelpful(peer, now)
             return
+        tip = self.node.chain.tip
         result = self.node.submit_block(block)
         if result.status == "invalid":
-            if result.reason not in HARMLESS_BLOCK_REASONS:
+            if result.reason in HARMLESS_BLOCK_REASONS:
+                return
+            if relayed:
+                self._lose_high_bandwidth(peer, block, result.reason or "", now)
+            else:
                 self._penalise(peer.addr, "invalid-block", now)
             return
         if result.status == "orphan":
@@ -353,6 +375,9 @@ class HeaderSync(ProtocolCore):
             entry = self.node.chain.get(block_hash)
             if entry is not None:
                 peer.best_header_work = max(peer.best_header_work, entry.chainwork)
+            if entry is not None and entry.prev is tip and pushed:
+                # It brought us a new tip first: a high-bandwidth candidate (BIP152).
+                self._block_delivered(peer, now)
         self._block_requests_due = True
 
     def _helps(self, result: AcceptResult) -> bool:

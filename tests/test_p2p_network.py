@@ -293,6 +293,22 @@ def test_line_of_six_with_two_miners_converges(line: Line) -> None:
         assert [t["hash"] for t in active] == [tip]
 
 
+def test_every_peer_on_the_line_pushes_blocks_to_its_neighbours(line: Line) -> None:
+    # At most three high-bandwidth peers (BIP152): on a line every node has two at most, so
+    # each asks both neighbours to push and pushes to both, as before bandwidth modes.
+    nodes = line.nodes
+    line.wait_converged()
+    for node in nodes:
+        rows = peers(node)
+        assert rows and all(p["bip152_hb_from"] and p["bip152_hb_to"] for p in rows), rows
+    block = nodes[0].rpc("generatetoaddress", 1, line.wallet[0])[0]
+    line.wait(lambda: all(n.rpc("getbestblockhash") == block for n in nodes), 30,
+              "the block at the far end of the line")
+    # Relayed ahead of validation along the way: valid, so nobody was penalised for it.
+    reasons = {x["reason"] for n in nodes for p in peers(n) for x in p["penalties"]}
+    assert "invalid-block" not in reasons
+
+
 def test_partition_both_halves_mine_then_heal(line: Line) -> None:
     nodes = line.nodes
     left, right = nodes[:3], nodes[3:]

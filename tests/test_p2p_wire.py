@@ -47,6 +47,7 @@ from p2p.messages import (
     Ping,
     Pong,
     PrefilledTx,
+    SendCmpct,
     TxMsg,
     short_tx_id,
 )
@@ -138,11 +139,13 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         increasing.flatmap(
             lambda idx: st.tuples(*(st.builds(PrefilledTx, st.just(i), tx_bytes) for i in idx))
         ),
+        st.sampled_from([0, 1]),
     ),
     GetBlockTxn: st.builds(GetBlockTxn, hashes, increasing),
     BlockTxn: st.builds(BlockTxn, hashes, st.lists(tx_bytes, max_size=5)),
     DoubleSpendAlert: st.builds(DoubleSpendAlert, tx_bytes, tx_bytes),
     Goodbye: st.builds(Goodbye, st.text(max_size=200)),
+    SendCmpct: st.builds(SendCmpct, st.sampled_from([0, 1]), st.integers(0, 2**32 - 1)),
 }
 any_message = st.one_of(*STRATEGIES.values())
 
@@ -168,7 +171,7 @@ def sample_hello(**changes: Any) -> Hello:
 def test_message_table_is_fixed_and_complete() -> None:
     # 2 (verack) and 17 (streamhello) were retired with the clear-text handshake: the
     # session layer authenticates peers and streams now.
-    assert sorted(MESSAGE_TYPES) == [n for n in range(1, 20) if n not in (2, 17)]
+    assert sorted(MESSAGE_TYPES) == [n for n in range(1, 21) if n not in (2, 17)]
     for type_num, cls in MESSAGE_TYPES.items():
         assert type_num == cls.TYPE
     assert set(STRATEGIES) == set(MESSAGE_TYPES.values())
@@ -265,7 +268,7 @@ def test_oversize_is_checked_before_parsing() -> None:
     assert decode(data, max_size=len(data)) == BlockMsg(b"\x00" * 2000)
 
 
-@pytest.mark.parametrize("type_num", [0, 20, 255, 10**6, -1])
+@pytest.mark.parametrize("type_num", [0, 21, 255, 10**6, -1])
 def test_unknown_type(type_num: int) -> None:
     assert reason_of(envelope(type_num, [])) == "unknown-type"
 
@@ -364,7 +367,8 @@ BAD_FIELDS: list[tuple[type[Message], Any, str]] = [
     (Addr, [[["h", 1, H]]], "addr.addrs[0]"),
     (Addr, [["h"]], "addr.addrs[0]"),
     (Addr, [b"not a list"], "addr.addrs"),
-    (Inv, [[[3, H]]], "inv.items[0].kind"),
+    (Inv, [[[4, H]]], "inv.items[0].kind"),
+    (GetData, [[[0, H]]], "getdata.items[0].kind"),
     (GetData, [[[INV_TX, H[:31]]]], "getdata.items[0].hash"),
     (NotFound, [[[INV_BLOCK, H]] * (MAX_INV + 1)], "notfound.items"),
     (TxMsg, [b"\x00" * (MAX_TX_BYTES + 1)], "tx.tx"),
@@ -373,10 +377,23 @@ BAD_FIELDS: list[tuple[type[Message], Any, str]] = [
     (GetHeaders, [[H, H[:1]], H], "getheaders.locator[1]"),
     (Headers, [[b"\x00" * (HEADER_SIZE - 1)]], "headers.headers[0]"),
     (Headers, [[b"\x00" * HEADER_SIZE] * (MAX_HEADERS + 1)], "headers.headers"),
-    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [b"\x00" * 5], []], "cmpctblock.short_ids[0]"),
-    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [[2, b""], [2, b""]]], "cmpctblock.prefilled"),
-    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [[MAX_BLOCK_TXS, b""]]], "cmpctblock.prefilled"),
-    (CompactBlock, [b"\x00" * 81, 0, [], []], "cmpctblock.header"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [b"\x00" * 5], [], 0], "cmpctblock.short_ids[0]"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [[2, b""], [2, b""]], 0],
+     "cmpctblock.prefilled"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [[MAX_BLOCK_TXS, b""]], 0],
+     "cmpctblock.prefilled"),
+    (CompactBlock, [b"\x00" * 81, 0, [], [], 0], "cmpctblock.header"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [], 2], "cmpctblock.pipelined"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [], True], "cmpctblock.pipelined"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], [], b"\x01"], "cmpctblock.pipelined"),
+    (CompactBlock, [b"\x00" * HEADER_SIZE, 0, [], []], "cmpctblock"),  # the old four fields
+    (SendCmpct, [2, 1], "sendcmpct.high_bandwidth"),
+    (SendCmpct, [-1, 1], "sendcmpct.high_bandwidth"),
+    (SendCmpct, [False, 1], "sendcmpct.high_bandwidth"),
+    (SendCmpct, [1, 2**32], "sendcmpct.version"),
+    (SendCmpct, [1, "1"], "sendcmpct.version"),
+    (SendCmpct, [1], "sendcmpct"),
+    (SendCmpct, [1, 1, 1], "sendcmpct"),
     (GetBlockTxn, [H, [1, 3, 2]], "getblocktxn.indexes"),
     (GetBlockTxn, [H, [1, 1]], "getblocktxn.indexes"),
     (GetBlockTxn, [H, [-1]], "getblocktxn.indexes[0]"),
