@@ -24,6 +24,7 @@ from consensus.block import Block, decode_header
 from consensus.chainstate import AcceptResult, BlockStatus
 from consensus.errors import ConsensusError, DecodeError
 from consensus.tx import Transaction, decode_transaction
+from consensus.validation import check_block
 from p2p.core import ProtocolCore
 from p2p.messages import (
     INV_BLOCK,
@@ -36,11 +37,10 @@ from p2p.messages import (
     InvItem,
     NotFound,
     PrefilledTx,
-    short_tx_id,
 )
 from p2p.peer import PartialBlock, Peer
 from p2p.penalties import HARMLESS_BLOCK_REASONS
-from p2p.shortids import MempoolShortIds
+from p2p.shortids import MempoolShortIds, short_ids_for
 
 MAX_ANNOUNCE_BLOCKS = 10  # a long reorg is announced by its tip only
 # More headers than blocks by this much: the node is catching up and announces nothing. Well
@@ -75,7 +75,7 @@ class _CompactBuilder:
             # From the OS CSPRNG: a peer that could predict the salt could craft short-id
             # collisions (the protocol's rng is a seeded Mersenne Twister).
             self._salt = secrets.randbits(64)
-            self._short_ids = [short_tx_id(self._salt, tx.txid) for tx in txs]
+            self._short_ids = short_ids_for(self._salt, (tx.txid for tx in txs))
         encoded = self.encoded
         if 0 not in encoded:
             encoded[0] = txs[0].encode()
@@ -150,6 +150,13 @@ class CompactBlocks(ProtocolCore):
         # A block whose transaction list repeats itself can have the right merkle root
         # (CVE-2012-2459) and still not be the block that was mined: never pass that on.
         if len({tx.txid for tx in block.txs}) != len(block.txs):
+            return
+        # Core's CheckBlock before NewPoWValidBlock: size, one coinbase first, each transaction's
+        # own rules. Cached on the block and its (mostly mempool) transactions, so the
+        # validation right after does not repeat it; a failure is left to that validation.
+        try:
+            check_block(block, self.params)
+        except ConsensusError:
             return
         self.pipelined_blocks += 1
         self.announce_block(block, now, pipelined=True)

@@ -33,6 +33,19 @@ def short_ids_of(salt: int, txs: Iterable[tuple[bytes, Transaction]]) -> dict[by
     return index
 
 
+def short_ids_for(salt: int, txids: Iterable[bytes]) -> list[bytes]:
+    """`[short_tx_id(salt, txid) for txid in txids]`, the sender's side, hashing the salt once."""
+    if not 0 <= salt <= U64_MAX:
+        raise ValueError("salt must be a u64")
+    salted = hashlib.sha256(salt.to_bytes(8, "big"))
+    ids = []
+    for txid in txids:
+        h = salted.copy()
+        h.update(txid)
+        ids.append(h.digest()[:SHORT_ID_SIZE])
+    return ids
+
+
 class TransactionSource(Protocol):
     def transactions(self) -> Iterator[tuple[bytes, Transaction]]: ...
 

@@ -137,6 +137,32 @@ def test_a_new_block_leaves_the_relay_before_the_relay_has_validated_it() -> Non
     assert counts["cmpctblock"] == 2 and counts["block"] == 0 and counts["getdata"] == 0
 
 
+def test_a_block_that_fails_the_context_free_checks_is_not_pipelined() -> None:
+    # Core runs CheckBlock before NewPoWValidBlock: a block with a second coinbase has valid
+    # proof of work and a matching merkle root, but b must not pass it on before validating.
+    net, nodes = network(3, seed=211, configs=strict(3))
+    a, b, c = nodes
+    line(net, nodes)
+    a.mine(txs=False)
+    a.mine(txs=False)
+    run_until(net, lambda: len(tips(nodes)) == 1, 5, "synced")
+    tip = c.chain.tip.hash
+    old_coinbase = a.chain.get_block(a.chain.tip.prev.hash).txs[0]
+    traffic = Traffic(net)
+    before = b.p2p.pipelined_blocks
+
+    bad = build_block(a, [old_coinbase])
+    a.p2p.announce_block(bad, net.now)
+    net.flush(a)
+    net.run(2)
+
+    assert b.p2p.pipelined_blocks == before
+    assert [s.sender for s in traffic.messages("cmpctblock")] == ["a"]
+    assert penalties(b, a) == ["invalid-block"]
+    assert b.chain.index[bad.hash].failed and b.chain.tip.hash == tip == c.chain.tip.hash
+    assert bad.hash not in c.chain.index
+
+
 def test_a_block_that_would_not_be_the_new_tip_is_not_pipelined() -> None:
     net, nodes = network(3, seed=202, configs=strict(3))
     a, b, c = nodes

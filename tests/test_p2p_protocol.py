@@ -420,7 +420,7 @@ def test_compact_block_falls_back_to_the_full_block_on_a_short_id_collision(
     # Each has a transaction of its own; every short id collides with every other.
     a.mempool.accept(pay(a, coins[0], a.payout_pkh), a.chain, int(net.now))
     b.mempool.accept(pay(a, coins[1], b.payout_pkh), b.chain, int(net.now))
-    monkeypatch.setattr(compact, "short_tx_id", lambda salt, txid: b"\x00" * 6)
+    monkeypatch.setattr(compact, "short_ids_for", lambda salt, txids: [b"\x00" * 6 for _ in txids])
     # The receiver's side of the same collision (p2p/shortids.py indexes the mempool by it).
     monkeypatch.setattr(shortids, "short_ids_of", _all_under_one_short_id)
     monkeypatch.setattr(compact, "PREFILL_MAX_BYTES", 0)  # a's transaction as a short id too
