@@ -88,7 +88,7 @@ from litecoind import (
     ltc_wait_block,
     ltc_wait_height,
 )
-from txflow import BatchRPC, FlowResult, flow_summary, measure_flow
+from txflow import DRAIN_TIMEOUT_S, BatchRPC, FlowResult, flow_summary, measure_flow
 
 from lab.stats import percentile
 from lab.testnet.manifest import DEFAULT_P2P_PORT, DEFAULT_RPC_PORT, check_subnet
@@ -155,6 +155,7 @@ class Options:
     flow_seconds: float
     flow_txs: int
     sync_blocks: int
+    flow_drain: float = DRAIN_TIMEOUT_S
 
 
 def wait_mempools_full(sizes: Callable[[], list[int]], ntxs: int, what: str) -> None:
@@ -237,7 +238,8 @@ def powlab_line(workdir: Path, opts: Options, parts: set[str]) -> LineResult:
             try:
                 settle()
                 assert last.client is not None
-                result.flow = measure_flow(first, last.client, pool, opts.flow_seconds)
+                result.flow = measure_flow(first, last.client, pool, opts.flow_seconds,
+                                           drain_timeout=opts.flow_drain)
             finally:
                 first.close()
     return result
@@ -296,7 +298,8 @@ def ltc_line(
             try:
                 settle()
                 assert last.client is not None
-                result.flow = measure_flow(first, last.client, pool, opts.flow_seconds)
+                result.flow = measure_flow(first, last.client, pool, opts.flow_seconds,
+                                           drain_timeout=opts.flow_drain)
             finally:
                 first.close()
     return result
@@ -412,6 +415,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flow-txs", type=int, default=0,
                         help="pre-signed transactions for the throughput run (default: "
                              "2,000 per second of window)")
+    parser.add_argument("--flow-drain", type=float, default=DRAIN_TIMEOUT_S,
+                        help="after the window, follow the last node's mempool at most this "
+                             "long (it also stops after 10 s without a new transaction)")
     parser.add_argument("--sync-blocks", type=int, default=5000)
     parser.add_argument("--only", default="",
                         help=f"comma-separated parts of {','.join(PARTS)} (default: all but "
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every node is stopped
     opts = Options(args.nodes, args.rounds, args.large_rounds, args.txs, args.flow_seconds,
-                   args.flow_txs, args.sync_blocks)
+                   args.flow_txs, args.sync_blocks, args.flow_drain)
     parts: set[str] = args.parts
     subnet = pick_subnet(args.nodes)
     bench_p2p.SUBNET = subnet  # bench_p2p's networks bind the same range

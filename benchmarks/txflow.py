@@ -22,7 +22,7 @@ from bench_p2p import KeepAliveRPC
 SAMPLE_EVERY_S = 1.0
 # After the window: stop following the last node once it has gained nothing for this long.
 DRAIN_STALL_S = 10.0
-DRAIN_TIMEOUT_S = 120.0
+DRAIN_TIMEOUT_S = 120.0  # the default; measure_flow's `drain_timeout`
 
 
 class BatchRPC(KeepAliveRPC):
@@ -74,7 +74,7 @@ def mempool_size(client: KeepAliveRPC) -> int:
 
 def measure_flow(
     first: BatchRPC, last: KeepAliveRPC, hexes: Sequence[str], seconds: float,
-    batch: int = 100,
+    batch: int = 100, drain_timeout: float = DRAIN_TIMEOUT_S,
 ) -> FlowResult:
     """Submit `hexes` to `first` for `seconds` (or until they run out); see the module doc."""
     base = mempool_size(last)
@@ -103,17 +103,19 @@ def measure_flow(
     samples.append((window, at_last))
     result = FlowResult(window, offered, accepted, errors, at_last, offered >= len(hexes)
                         and window < seconds, samples)
-    result.drained, result.drain_s = _drain(last, base, accepted, end)
+    result.drained, result.drain_s = _drain(last, base, accepted, end, drain_timeout)
     return result
 
 
-def _drain(last: KeepAliveRPC, base: int, accepted: int, end: float) -> tuple[int, float]:
+def _drain(
+    last: KeepAliveRPC, base: int, accepted: int, end: float, timeout: float
+) -> tuple[int, float]:
     """Follow the last node until it holds `accepted` transactions or stops gaining."""
     seen = mempool_size(last) - base
     gained_at = time.monotonic()
     while seen < accepted:
         now = time.monotonic()
-        if now - gained_at > DRAIN_STALL_S or now - end > DRAIN_TIMEOUT_S:
+        if now - gained_at > min(DRAIN_STALL_S, timeout) or now - end > timeout:
             break
         time.sleep(0.1)  # polling a condition, with the two deadlines above
         size = mempool_size(last) - base
