@@ -220,11 +220,9 @@ def powlab_line(workdir: Path, opts: Options, parts: set[str]) -> LineResult:
         spend_sets = powlab_fund(nodes, widths)
         print(f"  (powlab: {sum(widths):,} transactions funded and signed in "
               f"{time.perf_counter() - t0:.1f} s)", flush=True)
-        miner.call("generatetoaddress", WARMUP_BLOCKS, BURN)
-        wait_height(nodes, miner.call("getblockcount"), 60)
+        for _ in range(WARMUP_BLOCKS):
+            powlab_block(nodes, miner)
         if "blocks" in parts:
-            settle()
-            powlab_block(nodes, miner)  # warm-up
             for _ in range(opts.rounds):
                 settle()
                 result.small.append(powlab_block(nodes, miner))
