@@ -43,6 +43,7 @@ MULTISIG = 16  # tests/test_multisig_daemons.py
 WALLET_DISK_FULL = 17  # tests/test_wallet_disk_full.py
 ADDRESS_TESTNET = 18  # tests/test_addressindex_testnet.py
 RACE_REPLACEMENT = 21  # tests/test_race_replacement.py
+BENCH_LITECOIND = 19  # tests/test_bench_litecoind.py: both daemons side by side
 
 
 def _is_free(subnet: str, hosts: int = 8) -> bool:
