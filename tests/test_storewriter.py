@@ -5,6 +5,8 @@ Every wait is on an event or condition with a timeout; no test measures time."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from consensus.update import ChainSnapshot, ChainUpdate
-from node.storewriter import MAX_PENDING_COMMITS, StoreWriter
+from node.storewriter import MAX_PENDING_COMMITS, WRITER_NICE_INCREMENT, StoreWriter
 from storage import MemoryStore, SQLiteStore, StorageError
 from tests.async_wait import wait_until_async
 
@@ -130,6 +132,8 @@ async def test_a_failed_commit_stops_every_later_one_and_is_reported_once() -> N
     assert store.applied == [(1).to_bytes(32, "big")]
     assert store.inner.load().tip == (1).to_bytes(32, "big")
     assert writer.failed and writer.wait_idle(WAIT)
+    # The callback runs in the writer thread just after the failure is recorded.
+    await wait_until_async(lambda: failures, WAIT, "the failure callback")
     assert len(failures) == 1 and "disk full" in str(failures[0])
     with pytest.raises(StorageError, match="no longer written"):
         writer.submit(block_update(5))
@@ -230,3 +234,27 @@ def test_sqlite_writer_thread_and_reader_agree(tmp_path: Path) -> None:
     with SQLiteStore.open(tmp_path, "regtest", GENESIS) as again:
         assert again.load().tip == (100).to_bytes(32, "big")
         assert again.get_undo_bytes((57).to_bytes(32, "big")) == b"undo 57"
+
+
+class PriorityRecordingStore(GatedStore):
+    """Records the nice value of the thread that applies each update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nice: list[int] = []
+
+    def apply(self, update: ChainUpdate) -> None:
+        self.nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        super().apply(update)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_the_writer_thread_runs_at_a_lower_priority_than_the_loop() -> None:
+    store = PriorityRecordingStore()
+    writer = StoreWriter(store)  # type: ignore[arg-type]
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    await writer.wait_written(writer.submit(block_update(1)))
+    writer.close()
+    assert store.nice == [min(19, loop_nice + WRITER_NICE_INCREMENT)]
+    # The loop's own thread is untouched.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
