@@ -26,7 +26,7 @@ from consensus.params import REGTEST, ChainParams
 from consensus.tx import Transaction, TxIn, TxOut, sign_transaction
 from p2p.config import PROTOCOL_VERSION, Address, P2PConfig
 from p2p.memory import LinkModel, MemoryNetwork, MemoryNode
-from p2p.messages import Hello, Message
+from p2p.messages import CompactBlock, Hello, Message, PrefilledTx
 from p2p.peer import Peer
 from p2p.protocol import MAX_DATAGRAM_ENVELOPE, SendDatagram
 from p2p.session import SessionTable
@@ -292,3 +292,22 @@ class LogRecorder:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [f for e, f in self.records if e == name]
+
+
+def strict(count: int) -> dict[int, Any]:
+    """Configs that dial no gossiped address: the topology stays the one a test links."""
+    return {i: config(max_outbound=0) for i in range(count)}
+
+
+def flagged_push(block: Block, pipelined: int) -> CompactBlock:
+    """`block` as a compact block with every transaction prefilled (nothing to fetch)."""
+    prefilled = tuple(PrefilledTx(i, tx.encode()) for i, tx in enumerate(block.txs))
+    return CompactBlock(block.header.encode(), 7, (), prefilled, pipelined)
+
+
+def stranger(net: MemoryNetwork, target: MemoryNode, host: str) -> FakePeer:
+    return fake_peer(net, target, (host, PORT), PrivateKey(random.Random(host).randbytes(32)))
+
+
+def penalties(node: MemoryNode, other: MemoryNode | FakePeer) -> list[str]:
+    return [p.reason for p in node.p2p.book.recent_penalties(other.addr)]

@@ -7,13 +7,11 @@ push blocks, the others announcing by header; and hostile `sendcmpct` and flagge
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import msgpack
 
 from consensus.block import Block
-from consensus.keys import PrivateKey
 from consensus.pow import bits_to_target, hash_meets_target
 from p2p.bandwidth import MAX_HIGH_BANDWIDTH_PEERS
 from p2p.core import COMPACT_TRIED_MEMORY
@@ -32,14 +30,12 @@ from p2p.messages import (
 from p2p.protocol import PeerPenalised
 from p2p.wire import checksum
 from tests.p2p_helpers import (
-    PORT,
-    FakePeer,
     Traffic,
     build_block,
     config,
     envelope,
     established,
-    fake_peer,
+    flagged_push,
     fund,
     key_of,
     line,
@@ -47,24 +43,12 @@ from tests.p2p_helpers import (
     network,
     pay,
     peer_of,
+    penalties,
     run_until,
+    stranger,
+    strict,
     tips,
 )
-
-
-def strict(count: int) -> dict[int, Any]:
-    """Configs that dial no gossiped address: the topology stays the one a test links."""
-    return {i: config(max_outbound=0) for i in range(count)}
-
-
-def flagged_push(block: Block, pipelined: int) -> CompactBlock:
-    """`block` as a compact block with every transaction prefilled (nothing to fetch)."""
-    prefilled = tuple(PrefilledTx(i, tx.encode()) for i, tx in enumerate(block.txs))
-    return CompactBlock(block.header.encode(), 7, (), prefilled, pipelined)
-
-
-def stranger(net: MemoryNetwork, target: MemoryNode, host: str) -> FakePeer:
-    return fake_peer(net, target, (host, PORT), PrivateKey(random.Random(host).randbytes(32)))
 
 
 def raw_envelope(node: MemoryNode, type_num: int, fields: list[Any]) -> bytes:
@@ -84,12 +68,6 @@ def unsolved_header(node: MemoryNode) -> bytes:
             return candidate.encode()
     raise AssertionError("every nonce met the target")
 
-
-def penalties(node: MemoryNode, other: MemoryNode | FakePeer) -> list[str]:
-    return [p.reason for p in node.p2p.book.recent_penalties(other.addr)]
-
-
-# ============================================================================ pipelining
 
 
 def test_a_new_block_leaves_the_relay_before_the_relay_has_validated_it() -> None:

@@ -8,45 +8,23 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any
 
-from consensus.block import Block
-from consensus.keys import PrivateKey
-from p2p.memory import LinkModel, MemoryNetwork, MemoryNode
+from p2p.memory import LinkModel, MemoryNode
 from p2p.messages import CompactBlock, Message, PrefilledTx, SendCmpct
 from p2p.peer import Peer
 from tests.p2p_helpers import (
-    PORT,
-    FakePeer,
     build_block,
-    config,
     envelope,
     established,
-    fake_peer,
+    flagged_push,
     link,
     network,
     peer_of,
+    penalties,
     run_until,
+    stranger,
+    strict,
 )
-
-
-def strict(count: int) -> dict[int, Any]:
-    """Configs that dial no gossiped address: the topology stays the one a test links."""
-    return {i: config(max_outbound=0) for i in range(count)}
-
-
-def flagged_push(block: Block, pipelined: int) -> CompactBlock:
-    """`block` as a compact block with every transaction prefilled (nothing to fetch)."""
-    prefilled = tuple(PrefilledTx(i, tx.encode()) for i, tx in enumerate(block.txs))
-    return CompactBlock(block.header.encode(), 7, (), prefilled, pipelined)
-
-
-def stranger(net: MemoryNetwork, target: MemoryNode, host: str) -> FakePeer:
-    return fake_peer(net, target, (host, PORT), PrivateKey(random.Random(host).randbytes(32)))
-
-
-def penalties(node: MemoryNode, other: MemoryNode | FakePeer) -> list[str]:
-    return [p.reason for p in node.p2p.book.recent_penalties(other.addr)]
 
 
 def drop_sendcmpct(node: MemoryNode, to: MemoryNode) -> list[Message]:
