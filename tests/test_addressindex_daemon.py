@@ -76,6 +76,10 @@ def query(node: NodeProcess, address: str) -> dict[str, Any]:
 
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_watch(address: str, *endpoint: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
     """`powlab address history ADDRESS --watch --json` in the background, its lines queued."""
     watcher = subprocess.Popen(
@@ -85,6 +89,10 @@ def start_watch(address: str, *endpoint: str) -> tuple[subprocess.Popen[str], qu
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        # Ctrl-C as a user's terminal delivers it, even when this suite was started in the
+        # background of a non-interactive shell (which leaves SIGINT ignored, and an ignored
+        # SIGINT is inherited: the watcher would never see the test's Ctrl-C).
+        preexec_fn=_default_sigint,
     )
     lines: queue.Queue[str] = queue.Queue()
     assert watcher.stdout is not None
