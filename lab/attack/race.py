@@ -10,6 +10,7 @@ policy lets it; the timeline shows which spend each node held."""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -76,11 +77,26 @@ class RacePlan:
     timeout: float = 60.0
 
 
-def plan_of(args: argparse.Namespace, policies: dict[str, str]) -> RacePlan:
+def check_durations(**values: float) -> None:
+    """Refuses a duration that is not a finite number (argparse's float takes nan and inf: a
+    nan --wait would keep the observation window open for ever)."""
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise ScenarioError(f"{', '.join(bad)} must be finite numbers of seconds")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The race's own numbers, checked before any node is touched."""
+    check_durations(**{"--delay": args.delay, "--wait": args.wait,
+                       "--victim-latency": args.victim_latency, "--timeout": args.timeout})
     if args.outbid and args.delay < 0:
         raise ScenarioError("--outbid sends tx2 after tx1: --delay must be 0 or more")
     if args.wait < 0 or args.victim_latency < 0:
         raise ScenarioError("--wait and --victim-latency must be 0 or more")
+
+
+def plan_of(args: argparse.Namespace, policies: dict[str, str]) -> RacePlan:
+    check_args(args)
     return RacePlan(amount=args.amount, delay=args.delay, wait=args.wait,
                     victim_latency=args.victim_latency,
                     blocks=max(1, args.confirmations or 1), outbid=args.outbid,

@@ -23,7 +23,7 @@ import argparse
 import time
 from typing import Any
 
-from lab.attack.race import RacePlan, race_trial
+from lab.attack.race import RacePlan, check_durations, race_trial
 from lab.attack.replacement import FIRST_SEEN, FULL, OPT_IN, apply_policies, fraction
 from lab.scenario import Network, ScenarioError
 from lab.stats import percentile, wilson_interval
@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> None:
     if not 1 <= args.trials <= MAX_TRIALS:
         raise ScenarioError(f"--trials must be 1..{MAX_TRIALS}")
+    check_durations(**{"--listening-period": args.listening_period, "--wait": args.wait,
+                       "--delay": args.delay, "--timeout": args.timeout})
     if args.listening_period < 0 or args.wait < 0 or args.delay < 0:
         raise ScenarioError("--listening-period, --wait and --delay must be 0 or more")
     if args.amount <= 0:

@@ -1,0 +1,43 @@
+"""Hostile review of the race under replacement policies (issue 18 part 3): values the option
+parsers let through (nan, inf) must be refused before any node is touched, and the full-RBF
+share draw must round the same way for every share. No nodes: each test takes milliseconds."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lab.attack import race, racesweep
+from lab.scenario import ScenarioError
+
+
+def race_args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(exit_on_error=False)
+    race.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def sweep_args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(exit_on_error=False)
+    racesweep.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+# argparse's float() takes these; a nan --wait made the observation loop spin for ever
+# (`monotonic() >= nan` is never true) and a nan --delay crashed time.sleep mid-race.
+NOT_FINITE = ("nan", "inf", "-inf")
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+@pytest.mark.parametrize("option", ["--wait", "--delay", "--victim-latency", "--timeout"])
+def test_race_refuses_non_finite_durations(option: str, value: str) -> None:
+    with pytest.raises(ScenarioError):
+        race.plan_of(race_args(f"{option}={value}"), {})
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+@pytest.mark.parametrize("option", ["--wait", "--delay", "--listening-period", "--timeout"])
+def test_sweep_refuses_non_finite_durations(option: str, value: str) -> None:
+    with pytest.raises(ScenarioError):
+        racesweep.check(sweep_args(f"{option}={value}"))
