@@ -5,6 +5,10 @@ share draw must round the same way for every share. No nodes: each test takes mi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -41,3 +45,31 @@ def test_race_refuses_non_finite_durations(option: str, value: str) -> None:
 def test_sweep_refuses_non_finite_durations(option: str, value: str) -> None:
     with pytest.raises(ScenarioError):
         racesweep.check(sweep_args(f"{option}={value}"))
+
+
+class FakeNet:
+    """Just enough of a Network for `race.run` to reach its staging."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.nodes = dict.fromkeys(["n1", "n2", "n3", "n4"])
+        self.rng = random.Random(1)
+        self.roles = argparse.Namespace(honest=["n1"], attacker="n3", victim="n4")
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[FakeNet]:
+        yield self
+
+
+@pytest.mark.parametrize("argv", [
+    ("--replacement", "full", "--outbid", "--delay", "-1"),
+    ("--replacement", "full", "--wait", "-1"),
+    ("--full-rbf-nodes", "n1", "--wait", "nan"),
+])
+def test_bad_race_values_are_refused_before_any_restart(
+        argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    staged: list[Any] = []
+    monkeypatch.setattr(race, "apply_policies", lambda *a, **k: staged.append(a))
+    with pytest.raises(ScenarioError):
+        race.run(FakeNet(race_args(*argv)))  # type: ignore[arg-type]
+    assert staged == [], "nodes were restarted for a run that its own arguments refuse"

@@ -109,6 +109,7 @@ def run(net: Network) -> None:
     roles, args = net.roles, net.args
     if not roles.honest:
         raise ScenarioError("the race needs at least one honest miner (see --honest)")
+    check_args(args)  # before any node is restarted for a run its own arguments refuse
     with net.staged():
         staging = apply_policies(net, wanted_policies(net, args))
         if staging.restarted:
