@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lab.attack import race, racesweep
+from lab.attack.replacement import pick_share
 from lab.scenario import ScenarioError
 
 
@@ -73,3 +74,14 @@ def test_bad_race_values_are_refused_before_any_restart(
     with pytest.raises(ScenarioError):
         race.run(FakeNet(race_args(*argv)))  # type: ignore[arg-type]
     assert staged == [], "nodes were restarted for a run that its own arguments refuse"
+
+
+@pytest.mark.parametrize(("share", "nodes", "count"), [
+    # F·N exactly halfway: always up (Python's round() sends 0.5 to 0 but 1.5 to 2).
+    (0.125, 4, 1), (0.375, 4, 2), (0.625, 4, 3), (0.875, 4, 4), (0.5, 1, 1), (0.25, 2, 1),
+    (0.1, 4, 0), (0.9, 4, 4), (0.0, 4, 0), (1.0, 4, 4),
+])
+def test_full_rbf_share_rounds_half_up(share: float, nodes: int, count: int) -> None:
+    net = argparse.Namespace(nodes=dict.fromkeys(f"n{i}" for i in range(1, nodes + 1)),
+                             rng=random.Random(3))
+    assert len(pick_share(net, share)) == count  # type: ignore[arg-type]
