@@ -85,3 +85,46 @@ def test_full_rbf_share_rounds_half_up(share: float, nodes: int, count: int) -> 
     net = argparse.Namespace(nodes=dict.fromkeys(f"n{i}" for i in range(1, nodes + 1)),
                              rng=random.Random(3))
     assert len(pick_share(net, share)) == count  # type: ignore[arg-type]
+
+
+class SweepNet:
+    """Just enough of a Network for `racesweep.run`: a rich attacker, a recording report."""
+
+    def __init__(self, *argv: str) -> None:
+        self.args = sweep_args(*argv)
+        attacker = argparse.Namespace(name="n3", call=lambda method: 10**12)
+        self.roles = argparse.Namespace(honest=["n1"], attacker=attacker)
+        self.reported: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[SweepNet]:
+        yield self
+
+    def report(self, **fields: Any) -> None:
+        self.reported = fields
+
+
+@pytest.mark.parametrize("failure", [ScenarioError("tx1 never reached n2"), KeyboardInterrupt()])
+def test_a_failing_trial_keeps_the_finished_ones_in_the_report(
+        failure: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
+    done: list[int] = []
+
+    def one_trial(net: Any, share: float, defences: str, options: Any, first: bool,
+                  number: int) -> dict[str, Any]:
+        if len(done) == 3:
+            raise failure
+        done.append(number)
+        return {"defences": defences, "share": share, "number": number, "full_rbf": [],
+                "tx2_mined": share > 0, "defrauded": share > 0, "warned": False,
+                "seconds": 1.0}
+
+    monkeypatch.setattr(racesweep, "one_trial", one_trial)
+    net = SweepNet("--trials", "2", "--shares", "0,1", "--defences", "off")
+    with pytest.raises(type(failure)):
+        racesweep.run(net)  # type: ignore[arg-type]
+    cells = net.reported["cells"]
+    # Three trials finished (two at share 0, one at share 1); the fourth is not counted.
+    assert [(c["share"], c["trials"]) for c in cells] == [(0.0, 2), (1.0, 1)]
+    assert cells[1]["tx2_mined"]["n"] == 1 and len(net.reported["trials"]) == 3
+    assert "trial 2 of share 1" in net.reported["verdict"] and "not counted" in (
+        net.reported["verdict"])

@@ -97,18 +97,34 @@ def run(net: Network) -> None:
         raise ScenarioError(f"{net.roles.attacker.name} holds {balance}, not enough for "
                             f"{count} payments of {args.amount}: lower --amount or fund it")
     trials: list[dict[str, Any]] = []
-    with net.staged():
-        for defences in chosen:
-            options = defence_options(defences, args.listening_period)
-            first = True
-            for share in args.shares:
-                for k in range(args.trials):
-                    trials.append(one_trial(net, share, defences, options, first, k + 1))
-                    first = False
-    cells = [summary([t for t in trials if t["defences"] == d and t["share"] == s], d, s)
-             for d in chosen for s in args.shares]
-    net.report(verdict=verdict(cells, args), success=any(t["defrauded"] for t in trials),
-               cells=cells, trials=trials, table=table(cells))
+    current, stopped = "", None
+    try:
+        with net.staged():
+            for defences in chosen:
+                options = defence_options(defences, args.listening_period)
+                first = True
+                for share in args.shares:
+                    for k in range(args.trials):
+                        current = f"trial {k + 1} of share {share:g} (defences {defences})"
+                        trials.append(one_trial(net, share, defences, options, first, k + 1))
+                        first = False
+    except BaseException as exc:
+        # A trial that errors (a timeout, a node down, Ctrl-C) ends the sweep; the finished
+        # trials are still reported (the runner keeps them next to the error), it is not.
+        stopped = f"stopped at {current}, not counted: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        report(net, trials, chosen, stopped)
+
+
+def report(net: Network, trials: list[dict[str, Any]], chosen: tuple[str, ...],
+           stopped: str | None) -> None:
+    args = net.args
+    cells = [summary(cell, d, s) for d in chosen for s in args.shares
+             if (cell := [t for t in trials if t["defences"] == d and t["share"] == s])]
+    text = verdict(cells, args) + (f"\n{stopped}" if stopped else "")
+    net.report(verdict=text, success=any(t["defrauded"] for t in trials), cells=cells,
+               trials=trials, table=table(cells), **({"stopped": stopped} if stopped else {}))
 
 
 def defence_options(defences: str, listening_period: float) -> dict[str, Any]:
