@@ -26,6 +26,7 @@ from typing import Any
 from lab.attack.race import RacePlan, check_durations, race_trial
 from lab.attack.replacement import FIRST_SEEN, FULL, OPT_IN, apply_policies, fraction
 from lab.scenario import Network, ScenarioError
+from lab.scenario.engine import DOUBLE_SPEND_FEE
 from lab.stats import percentile, wilson_interval
 
 DEFAULT_SHARES = (0.0, 0.1, 0.5, 1.0)
@@ -34,7 +35,6 @@ MAX_TRIALS = 1000  # per cell: a sweep is bounded in time and in coins spent
 # Small, so that the attacker's coins last: every trial the victim's payment wins costs the
 # attacker the amount (tx2 winning gives the whole coin back).
 SWEEP_AMOUNT = 10_000_000
-FEE_ALLOWANCE = 20_000  # the larger of the two spends' fees (lab.scenario's double spend)
 
 
 def shares(text: str) -> tuple[float, ...]:
@@ -93,7 +93,8 @@ def run(net: Network) -> None:
     chosen = DEFENCES if args.defences == "compare" else (args.defences,)
     count = len(chosen) * len(args.shares) * args.trials
     balance = int(net.roles.attacker.call("getbalance"))
-    if balance < count * (args.amount + FEE_ALLOWANCE):
+    # Per trial at most the payment plus the larger of the two spends' fees.
+    if balance < count * (args.amount + DOUBLE_SPEND_FEE):
         raise ScenarioError(f"{net.roles.attacker.name} holds {balance}, not enough for "
                             f"{count} payments of {args.amount}: lower --amount or fund it")
     trials: list[dict[str, Any]] = []
