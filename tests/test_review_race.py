@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lab.attack import race, racesweep
-from lab.attack.replacement import pick_share
+from lab.attack.replacement import Holdings, pick_share
 from lab.scenario import ScenarioError
 
 
@@ -128,3 +128,43 @@ def test_a_failing_trial_keeps_the_finished_ones_in_the_report(
     assert cells[1]["tx2_mined"]["n"] == 1 and len(net.reported["trials"]) == 3
     assert "trial 2 of share 1" in net.reported["verdict"] and "not counted" in (
         net.reported["verdict"])
+
+
+def test_holdings_keep_a_replacement_that_fell_between_two_looks() -> None:
+    """A node that took tx1 and had it replaced by tx2 within one 0.1 s look says so itself
+    (tx1 `replaced`): its history must not read as if it had only ever held tx2."""
+    class Node:
+        name = "a"
+
+        def __init__(self) -> None:
+            self.pool: list[str] = []
+            self.statuses: dict[str, str] = {}
+
+        def try_call(self, method: str, *params: Any) -> Any:
+            if method == "getrawmempool":
+                return self.pool
+            return {"status": self.statuses.get(params[0], "unknown")}
+
+    class Net:
+        timeline = argparse.Namespace(mark=lambda *a, **k: None)
+
+    a = Node()
+    h = Holdings(Net(), "t1", "t2", [a])  # type: ignore[arg-type]
+    h.poll()
+    a.pool, a.statuses = ["t2"], {"t1": "replaced", "t2": "mempool"}
+    h.poll()
+    a.pool, a.statuses = [], {"t1": "conflicted", "t2": "confirmed"}
+    h.poll()
+    assert h.history["a"] == ["tx1", "tx2", "mined tx2"]
+    # Straight to the block: still a replacement it made before it.
+    b = Node()
+    b.pool, b.statuses = [], {"t1": "replaced", "t2": "confirmed"}
+    h2 = Holdings(Net(), "t1", "t2", [b])  # type: ignore[arg-type]
+    h2.poll()
+    assert h2.history["a"] == ["tx1", "mined tx2"]
+    # Without the replacement (a first-seen node never held tx1), nothing is invented.
+    c = Node()
+    c.pool, c.statuses = ["t2"], {"t1": "unknown", "t2": "mempool"}
+    h3 = Holdings(Net(), "t1", "t2", [c])  # type: ignore[arg-type]
+    h3.poll()
+    assert h3.history["a"] == ["tx2"]

@@ -170,6 +170,10 @@ class Holdings:
             self.net.timeline.mark(node.name, "holds", holds=held, tx1=s1, tx2=s2)
             line = self.history.setdefault(node.name, [])
             shown = mined_label(state) or held
+            if s1 == "replaced" and shown != "tx1" and "tx1" not in line:
+                # tx1 came and was replaced between two looks: the node's own status says it
+                # held tx1 first, so the history does not skip that step.
+                line.append("tx1")
             # Before a spend reaches a node it holds none: not worth a step in the history.
             if (line and line[-1] != shown) or (not line and shown != "none"):
                 line.append(shown)
