@@ -168,3 +168,16 @@ def test_holdings_keep_a_replacement_that_fell_between_two_looks() -> None:
     h3 = Holdings(Net(), "t1", "t2", [c])  # type: ignore[arg-type]
     h3.poll()
     assert h3.history["a"] == ["tx2"]
+
+
+def test_a_sweep_stopped_before_its_first_trial_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> dict[str, Any]:
+        raise ScenarioError("n2 did not come back")
+
+    monkeypatch.setattr(racesweep, "one_trial", refuse)
+    net = SweepNet("--trials", "1", "--shares", "0", "--defences", "on")
+    with pytest.raises(ScenarioError):
+        racesweep.run(net)  # type: ignore[arg-type]
+    assert net.reported["cells"] == [] and net.reported["trials"] == []
+    assert "stopped at trial 1 of share 0 (defences on)" in net.reported["stopped"]
+    assert "0 of 0 trials" in net.reported["verdict"]

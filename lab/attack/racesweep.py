@@ -98,7 +98,7 @@ def run(net: Network) -> None:
         raise ScenarioError(f"{net.roles.attacker.name} holds {balance}, not enough for "
                             f"{count} payments of {args.amount}: lower --amount or fund it")
     trials: list[dict[str, Any]] = []
-    current, stopped = "", None
+    current, stopped = "the setup, before any trial", None
     try:
         with net.staged():
             for defences in chosen:
