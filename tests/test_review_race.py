@@ -181,3 +181,74 @@ def test_a_sweep_stopped_before_its_first_trial_says_so(monkeypatch: pytest.Monk
     assert net.reported["cells"] == [] and net.reported["trials"] == []
     assert "stopped at trial 1 of share 0 (defences on)" in net.reported["stopped"]
     assert "0 of 0 trials" in net.reported["verdict"]
+
+
+class RaceNode:
+    """A node whose wallet knows tx1 (in its mempool, then mined) and nothing of tx2."""
+
+    def __init__(self, name: str, net: RaceNet) -> None:
+        self.name, self.net = name, net
+
+    def call(self, method: str, *params: Any) -> Any:
+        return self.try_call(method, *params)
+
+    def try_call(self, method: str, *params: Any) -> Any:
+        if method == "getrawmempool":
+            return [] if self.net.mined else ["new1"]
+        if method == "gettransaction":
+            if params[0] != "new1":
+                return {"status": "unknown"}
+            return ({"status": "confirmed", "confirmations": 1} if self.net.mined else
+                    {"status": "mempool", "confirmations": 0, "accepted_zero_conf": True})
+        return {}
+
+
+class RaceNet:
+    """Enough of a Network for one `race_trial`: the previous trial's tx1 (still labelled tx1
+    until the new double spend is tracked) shows up conflicted on the victim after t0."""
+
+    def __init__(self) -> None:
+        self.clock = 0.0
+        self.events: list[dict[str, Any]] = []
+        self.timeline = argparse.Namespace(now=self.now, mark=self.mark, events=self.events)
+        self.mined = False
+        self.nodes = {n: RaceNode(n, self) for n in ("n1", "n2", "n3", "n4")}
+        self.roles = argparse.Namespace(attacker=self.nodes["n3"], victim=self.nodes["n4"],
+                                        honest=[self.nodes["n1"]], nodes=list(self.nodes))
+        self.rng = random.Random(1)
+        self.monitor = argparse.Namespace(poll=lambda: None)
+
+    def now(self) -> float:
+        self.clock += 0.01
+        return self.clock
+
+    def mark(self, node: str, event: str, **extra: Any) -> None:
+        self.events.append({"t": self.now(), "node": node, "event": event, **extra})
+
+    def sync_blocks(self, *args: Any, **kwargs: Any) -> None:
+        # The monitor's look at the old tx1 (the victim restarted for this trial's policy
+        # forgot the alert it had recorded for it): after t0, before the new spends exist.
+        self.mark("n4", "tx1", txid="old1"[:16], status="conflicted", confirmations=-1)
+
+    def double_spend(self, *args: Any, **kwargs: Any) -> Any:
+        return argparse.Namespace(txid1="new1", txid2="new2", tx1="aa", tx2="bb",
+                                  coin={"txid": "c0", "vout": 0})
+
+    def send(self, node: Any, raw: str, label: str) -> None:
+        self.mark(node.name, f"{label} sent")
+
+    def mine(self, node: Any) -> list[str]:
+        self.mined = True
+        self.mark(node.name, "block mined", hash="00ff")
+        return ["00ff"]
+
+    def wait_tip(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_an_old_tx1_event_is_not_this_trials_warning() -> None:
+    net = RaceNet()
+    result = race.race_trial(net, race.RacePlan(amount=1, wait=0.0), {})  # type: ignore[arg-type]
+    assert result["mined"] == "tx1" and not result["success"]
+    assert not result["detected"], result["verdict"]
+    assert "never reported a conflict" in result["verdict"]

@@ -140,6 +140,12 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
             coin=f"{ds.coin['txid'][:16]}:{ds.coin['vout']}", tx1_bip125=plan.replaceable)
     holdings = Holdings(net, ds.txid1, ds.txid2, list(net.nodes.values()))
 
+    def victims_tx1(e: dict[str, Any]) -> bool:
+        # The monitor's `tx1` label pointed at the previous trial's tx1 until just now (a
+        # sweep): only events about this trial's tx1 count for acceptance or a warning.
+        return (e["node"] == victim.name and e["event"] == "tx1" and e["t"] >= t0
+                and e.get("txid") == ds.txid1[:16])
+
     if plan.victim_latency:
         # A poorly connected merchant: its relay of tx1 to the miners lags behind the
         # attacker's direct delivery of tx2 (outgoing traffic only).
@@ -199,9 +205,8 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     # mempool as good to go (a listening period or a seen conflict says otherwise).
     accepted = bool(receipt.get("status") == "mempool" and receipt.get("accepted_zero_conf"))
     accepted = accepted or any(
-        e["node"] == victim.name and e["event"] == "tx1" and e["t"] >= t0
-        and e.get("status") == "mempool" and e.get("accepted_zero_conf", True) is not False
-        for e in list(tl.events))
+        victims_tx1(e) and e.get("status") == "mempool"
+        and e.get("accepted_zero_conf", True) is not False for e in list(tl.events))
     tl.mark(victim.name, "victim's view before any block", status=before.get("status"),
             confirmations=before.get("confirmations"), alert=detected_in(before),
             accepted_zero_conf=before.get("accepted_zero_conf"))
@@ -225,8 +230,7 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     # Whenever the victim's node reported the conflict (or the replacement) before the block
     # settled it (after the block a lost payment shows as conflicted anyway).
     alert = next((e for e in list(tl.events)
-                  if e["t"] >= t0 and e["node"] == victim.name and e["event"] == "tx1"
-                  and (shows_conflict(e) or e.get("status") == "replaced")
+                  if victims_tx1(e) and (shows_conflict(e) or e.get("status") == "replaced")
                   and e["t"] <= (block["t"] if block else t_decided)), None)
     detected = detected_in(before) or alert is not None
     held = holdings.summary(policies)
