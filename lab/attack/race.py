@@ -10,6 +10,7 @@ policy lets it; the timeline shows which spend each node held."""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -76,11 +77,26 @@ class RacePlan:
     timeout: float = 60.0
 
 
-def plan_of(args: argparse.Namespace, policies: dict[str, str]) -> RacePlan:
+def check_durations(**values: float) -> None:
+    """Refuses a duration that is not a finite number (argparse's float takes nan and inf: a
+    nan --wait would keep the observation window open for ever)."""
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise ScenarioError(f"{', '.join(bad)} must be finite numbers of seconds")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The race's own numbers, checked before any node is touched."""
+    check_durations(**{"--delay": args.delay, "--wait": args.wait,
+                       "--victim-latency": args.victim_latency, "--timeout": args.timeout})
     if args.outbid and args.delay < 0:
         raise ScenarioError("--outbid sends tx2 after tx1: --delay must be 0 or more")
     if args.wait < 0 or args.victim_latency < 0:
         raise ScenarioError("--wait and --victim-latency must be 0 or more")
+
+
+def plan_of(args: argparse.Namespace, policies: dict[str, str]) -> RacePlan:
+    check_args(args)
     return RacePlan(amount=args.amount, delay=args.delay, wait=args.wait,
                     victim_latency=args.victim_latency,
                     blocks=max(1, args.confirmations or 1), outbid=args.outbid,
@@ -93,6 +109,7 @@ def run(net: Network) -> None:
     roles, args = net.roles, net.args
     if not roles.honest:
         raise ScenarioError("the race needs at least one honest miner (see --honest)")
+    check_args(args)  # before any node is restarted for a run its own arguments refuse
     with net.staged():
         staging = apply_policies(net, wanted_policies(net, args))
         if staging.restarted:
@@ -122,6 +139,12 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     tl.mark(attacker.name, "double spend prepared", tx1=ds.txid1[:16], tx2=ds.txid2[:16],
             coin=f"{ds.coin['txid'][:16]}:{ds.coin['vout']}", tx1_bip125=plan.replaceable)
     holdings = Holdings(net, ds.txid1, ds.txid2, list(net.nodes.values()))
+
+    def victims_tx1(e: dict[str, Any]) -> bool:
+        # The monitor's `tx1` label pointed at the previous trial's tx1 until just now (a
+        # sweep): only events about this trial's tx1 count for acceptance or a warning.
+        return (e["node"] == victim.name and e["event"] == "tx1" and e["t"] >= t0
+                and e.get("txid") == ds.txid1[:16])
 
     if plan.victim_latency:
         # A poorly connected merchant: its relay of tx1 to the miners lags behind the
@@ -182,9 +205,8 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     # mempool as good to go (a listening period or a seen conflict says otherwise).
     accepted = bool(receipt.get("status") == "mempool" and receipt.get("accepted_zero_conf"))
     accepted = accepted or any(
-        e["node"] == victim.name and e["event"] == "tx1" and e["t"] >= t0
-        and e.get("status") == "mempool" and e.get("accepted_zero_conf", True) is not False
-        for e in list(tl.events))
+        victims_tx1(e) and e.get("status") == "mempool"
+        and e.get("accepted_zero_conf", True) is not False for e in list(tl.events))
     tl.mark(victim.name, "victim's view before any block", status=before.get("status"),
             confirmations=before.get("confirmations"), alert=detected_in(before),
             accepted_zero_conf=before.get("accepted_zero_conf"))
@@ -208,8 +230,7 @@ def race_trial(net: Network, plan: RacePlan, policies: dict[str, str]) -> dict[s
     # Whenever the victim's node reported the conflict (or the replacement) before the block
     # settled it (after the block a lost payment shows as conflicted anyway).
     alert = next((e for e in list(tl.events)
-                  if e["t"] >= t0 and e["node"] == victim.name and e["event"] == "tx1"
-                  and (shows_conflict(e) or e.get("status") == "replaced")
+                  if victims_tx1(e) and (shows_conflict(e) or e.get("status") == "replaced")
                   and e["t"] <= (block["t"] if block else t_decided)), None)
     detected = detected_in(before) or alert is not None
     held = holdings.summary(policies)

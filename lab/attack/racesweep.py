@@ -23,9 +23,10 @@ import argparse
 import time
 from typing import Any
 
-from lab.attack.race import RacePlan, race_trial
+from lab.attack.race import RacePlan, check_durations, race_trial
 from lab.attack.replacement import FIRST_SEEN, FULL, OPT_IN, apply_policies, fraction
 from lab.scenario import Network, ScenarioError
+from lab.scenario.engine import DOUBLE_SPEND_FEE
 from lab.stats import percentile, wilson_interval
 
 DEFAULT_SHARES = (0.0, 0.1, 0.5, 1.0)
@@ -34,7 +35,6 @@ MAX_TRIALS = 1000  # per cell: a sweep is bounded in time and in coins spent
 # Small, so that the attacker's coins last: every trial the victim's payment wins costs the
 # attacker the amount (tx2 winning gives the whole coin back).
 SWEEP_AMOUNT = 10_000_000
-FEE_ALLOWANCE = 20_000  # the larger of the two spends' fees (lab.scenario's double spend)
 
 
 def shares(text: str) -> tuple[float, ...]:
@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> None:
     if not 1 <= args.trials <= MAX_TRIALS:
         raise ScenarioError(f"--trials must be 1..{MAX_TRIALS}")
+    check_durations(**{"--listening-period": args.listening_period, "--wait": args.wait,
+                       "--delay": args.delay, "--timeout": args.timeout})
     if args.listening_period < 0 or args.wait < 0 or args.delay < 0:
         raise ScenarioError("--listening-period, --wait and --delay must be 0 or more")
     if args.amount <= 0:
@@ -91,22 +93,39 @@ def run(net: Network) -> None:
     chosen = DEFENCES if args.defences == "compare" else (args.defences,)
     count = len(chosen) * len(args.shares) * args.trials
     balance = int(net.roles.attacker.call("getbalance"))
-    if balance < count * (args.amount + FEE_ALLOWANCE):
+    # Per trial at most the payment plus the larger of the two spends' fees.
+    if balance < count * (args.amount + DOUBLE_SPEND_FEE):
         raise ScenarioError(f"{net.roles.attacker.name} holds {balance}, not enough for "
                             f"{count} payments of {args.amount}: lower --amount or fund it")
     trials: list[dict[str, Any]] = []
-    with net.staged():
-        for defences in chosen:
-            options = defence_options(defences, args.listening_period)
-            first = True
-            for share in args.shares:
-                for k in range(args.trials):
-                    trials.append(one_trial(net, share, defences, options, first, k + 1))
-                    first = False
-    cells = [summary([t for t in trials if t["defences"] == d and t["share"] == s], d, s)
-             for d in chosen for s in args.shares]
-    net.report(verdict=verdict(cells, args), success=any(t["defrauded"] for t in trials),
-               cells=cells, trials=trials, table=table(cells))
+    current, stopped = "the setup, before any trial", None
+    try:
+        with net.staged():
+            for defences in chosen:
+                options = defence_options(defences, args.listening_period)
+                first = True
+                for share in args.shares:
+                    for k in range(args.trials):
+                        current = f"trial {k + 1} of share {share:g} (defences {defences})"
+                        trials.append(one_trial(net, share, defences, options, first, k + 1))
+                        first = False
+    except BaseException as exc:
+        # A trial that errors (a timeout, a node down, Ctrl-C) ends the sweep; the finished
+        # trials are still reported (the runner keeps them next to the error), it is not.
+        stopped = f"stopped at {current}, not counted: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        report(net, trials, chosen, stopped)
+
+
+def report(net: Network, trials: list[dict[str, Any]], chosen: tuple[str, ...],
+           stopped: str | None) -> None:
+    args = net.args
+    cells = [summary(cell, d, s) for d in chosen for s in args.shares
+             if (cell := [t for t in trials if t["defences"] == d and t["share"] == s])]
+    text = verdict(cells, args) + (f"\n{stopped}" if stopped else "")
+    net.report(verdict=text, success=any(t["defrauded"] for t in trials), cells=cells,
+               trials=trials, table=table(cells), **({"stopped": stopped} if stopped else {}))
 
 
 def defence_options(defences: str, listening_period: float) -> dict[str, Any]:

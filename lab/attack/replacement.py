@@ -9,6 +9,7 @@ through RPC only, so the names are repeated here and checked against the node by
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +44,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
                        help="these nodes run full RBF, the others --replacement (a mixed "
                             "network)")
     mixed.add_argument("--full-rbf-fraction", type=fraction, default=None, metavar="F",
-                       help="a share F in [0, 1] of all nodes, round(F·N) drawn with the seed, "
-                            "run full RBF, the others --replacement")
+                       help="a share F in [0, 1] of all nodes, F·N (halves up) drawn with the "
+                            "seed, run full RBF, the others --replacement")
 
 
 def full_rbf_names(net: Network, args: argparse.Namespace) -> list[str]:
@@ -64,11 +65,12 @@ def full_rbf_names(net: Network, args: argparse.Namespace) -> list[str]:
 
 
 def pick_share(net: Network, share: float) -> list[str]:
-    """round(share · N) of the N nodes, drawn with the run's seeded generator."""
+    """F·N of the N nodes rounded half up, drawn with the run's seeded generator."""
     if not 0.0 <= share <= 1.0:
         raise ScenarioError(f"a full-RBF share is a fraction in [0, 1], not {share}")
     names = list(net.nodes)
-    count = round(share * len(names))
+    # Not round(): it rounds halves to even (4 nodes: 12.5 % drew none but 37.5 % two).
+    count = math.floor(share * len(names) + 0.5)
     return sorted(net.rng.sample(names, count), key=names.index)
 
 
@@ -168,6 +170,10 @@ class Holdings:
             self.net.timeline.mark(node.name, "holds", holds=held, tx1=s1, tx2=s2)
             line = self.history.setdefault(node.name, [])
             shown = mined_label(state) or held
+            if s1 == "replaced" and shown != "tx1" and "tx1" not in line:
+                # tx1 came and was replaced between two looks: the node's own status says it
+                # held tx1 first, so the history does not skip that step.
+                line.append("tx1")
             # Before a spend reaches a node it holds none: not worth a step in the history.
             if (line and line[-1] != shown) or (not line and shown != "none"):
                 line.append(shown)
