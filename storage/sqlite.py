@@ -661,7 +661,9 @@ class SQLiteStore:
         return self._conn
 
     def _get(self, sql: str, key: Any) -> Any:
-        with self._reading() as conn:
+        # One statement is its own read transaction: no BEGIN/COMMIT round (a getdata flood
+        # reads blocks one by one on the loop).
+        with self._reading(single_statement=True) as conn:
             try:
                 row = conn.execute(sql, (key,)).fetchone()
             except sqlite3.Error as exc:
@@ -682,9 +684,11 @@ class SQLiteStore:
             yield
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self, single_statement: bool = False) -> Iterator[sqlite3.Connection]:
         """The reading connection, inside one read transaction however deeply nested: every
-        statement of the outermost `with` sees the same commit."""
+        statement of the outermost `with` sees the same commit. `single_statement`: the caller
+        runs one statement, which SQLite already reads from one commit (autocommit), so no
+        explicit transaction is opened unless an outer `with` holds one."""
         if self._read_lock is None:  # reads share the writing connection and its lock
             with self._lock:
                 yield self._require_open()
@@ -693,7 +697,7 @@ class SQLiteStore:
             conn = self._reader
             if conn is None:
                 raise StorageError(f"the store {self.path} is closed")
-            outermost = self._read_depth == 0
+            outermost = self._read_depth == 0 and not single_statement
             if outermost:
                 try:
                     conn.execute("BEGIN")
